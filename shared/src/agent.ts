@@ -1,0 +1,123 @@
+import { z } from 'zod';
+import { toolNameSchema } from './envelope.ts';
+
+export const agentIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}');
+
+/** Limits on an agent definition (a definition is copied into every run it starts). */
+export const agentLimits = {
+  maxTools: 64,
+  maxScriptedSteps: 200,
+  maxSystemChars: 100_000,
+  maxStepsCeiling: 200,
+  defaultMaxSteps: 20,
+} as const;
+
+/** An environment variable name (keys never live in MongoDB; only the variable's name does). */
+const envNameSchema = z.string().regex(/^[A-Z_][A-Z0-9_]{0,127}$/, 'must be an environment variable name');
+
+export const openAICompatibleModelSchema = z.object({
+  provider: z.literal('openai-compatible'),
+  baseURL: z.url({ protocol: /^https?$/ }),
+  model: z.string().min(1).max(256),
+  apiKeyEnv: envNameSchema.optional(),
+});
+
+export const scriptedToolCallSchema = z.object({
+  toolName: toolNameSchema,
+  args: z.record(z.string(), z.unknown()),
+});
+export const scriptedStepSchema = z.object({
+  text: z.string().max(1_000_000).optional(),
+  toolCalls: z.array(scriptedToolCallSchema).max(32).optional(),
+});
+export const scriptedModelSchema = z.object({
+  provider: z.literal('scripted'),
+  steps: z.array(scriptedStepSchema).min(1).max(agentLimits.maxScriptedSteps),
+  /** Characters per streamed text chunk. @default 16 */
+  chunkSize: z.int().min(1).max(100_000).optional(),
+  /** Delay before each chunk, in ms. @default 0 */
+  delayMs: z.int().min(0).max(60_000).optional(),
+});
+
+export const modelConfigSchema = z.discriminatedUnion('provider', [openAICompatibleModelSchema, scriptedModelSchema]);
+export type ModelConfig = z.infer<typeof modelConfigSchema>;
+export type ScriptedModelConfig = z.infer<typeof scriptedModelSchema>;
+
+/** A JSON Schema describing a tool's input; must describe an object. */
+export const toolInputSchemaSchema = z.looseObject({ type: z.literal('object') });
+
+const headerNameSchema = z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'must be an HTTP header name');
+
+export const httpToolConfigSchema = z.object({
+  url: z.url({ protocol: /^https?$/ }),
+  method: z.enum(['POST', 'PUT', 'PATCH']).default('POST'),
+  headers: z.record(headerNameSchema, z.string().max(4096)).optional(),
+  /** Header name → environment variable of the tool-worker holding its value (secrets never go to MongoDB or the bus). */
+  headersFromEnv: z.record(headerNameSchema, envNameSchema).optional(),
+});
+export type HttpToolConfig = z.infer<typeof httpToolConfigSchema>;
+
+export const builtinToolNames = ['echo', 'sleep', 'current_time'] as const;
+
+export const toolDefinitionSchema = z
+  .object({
+    name: toolNameSchema,
+    description: z.string().max(10_000).default(''),
+    inputSchema: toolInputSchemaSchema,
+    kind: z.enum(['builtin', 'http']),
+    http: httpToolConfigSchema.optional(),
+    needsApproval: z.boolean().default(false),
+    /** Time a single execution may take. @default 600000 (10 min) */
+    timeoutMs: z.int().min(1).optional(),
+    /** Time a pending approval may wait. @default 1800000 (30 min) */
+    approvalTimeoutMs: z.int().min(1).optional(),
+    onApprovalTimeout: z.enum(['deny', 'fail']).default('deny'),
+    onOutcomeUnknown: z.enum(['retry', 'ask', 'fail']).default('retry'),
+  })
+  .superRefine((tool, context) => {
+    if (tool.kind === 'http' && !tool.http) context.addIssue({ code: 'custom', path: ['http'], message: 'an http tool needs `http`' });
+    if (tool.kind === 'builtin' && !(builtinToolNames as readonly string[]).includes(tool.name)) {
+      context.addIssue({ code: 'custom', path: ['name'], message: `unknown built-in tool; built-ins are ${builtinToolNames.join(', ')}` });
+    }
+  });
+export type ToolDefinition = z.infer<typeof toolDefinitionSchema>;
+
+export const agentLimitsSchema = z.object({
+  /** Model step timeout. @default 3600000 (60 min) */
+  llmStepTimeoutMs: z.int().min(1).optional(),
+});
+
+/** The body of `PUT /v1/agents/:agentId`. */
+export const agentDefinitionSchema = z
+  .object({
+    system: z.string().max(agentLimits.maxSystemChars).optional(),
+    model: modelConfigSchema,
+    tools: z.array(toolDefinitionSchema).max(agentLimits.maxTools).default([]),
+    maxSteps: z.int().min(1).max(agentLimits.maxStepsCeiling).default(agentLimits.defaultMaxSteps),
+    limits: agentLimitsSchema.default({}),
+  })
+  .strict()
+  .superRefine((agent, context) => {
+    const seen = new Set<string>();
+    agent.tools.forEach((tool, index) => {
+      if (seen.has(tool.name)) context.addIssue({ code: 'custom', path: ['tools', index, 'name'], message: `duplicate tool name "${tool.name}"` });
+      seen.add(tool.name);
+    });
+  });
+export type AgentDefinition = z.infer<typeof agentDefinitionSchema>;
+export type AgentDefinitionInput = z.input<typeof agentDefinitionSchema>;
+
+/** An agent as stored (`agents`) and as pinned into a run (`agentSnapshot`). */
+export const agentSchema = z.looseObject({
+  tenantId: z.string(),
+  agentId: agentIdSchema,
+  version: z.int().min(1),
+  system: z.string().optional(),
+  model: modelConfigSchema,
+  tools: z.array(toolDefinitionSchema),
+  maxSteps: z.int().min(1),
+  limits: agentLimitsSchema,
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type Agent = z.infer<typeof agentSchema>;

@@ -1,0 +1,129 @@
+import { z } from 'zod';
+import { agentIdSchema } from './agent.ts';
+import { runIdSchema, toolCallIdSchema } from './envelope.ts';
+import { modelMessageSchema } from './model-messages.ts';
+import { runStatusSchema } from './run-state.ts';
+
+/** Public API shapes (DESIGN §7). */
+
+export const apiLimits = {
+  maxInputMessages: 1_000,
+  maxInputChars: 1_000_000,
+  maxMetadataKeys: 64,
+  maxListLimit: 100,
+  defaultListLimit: 20,
+  maxIdempotencyKeyLength: 256,
+} as const;
+
+export const conversationIdSchema = z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/, 'must match [A-Za-z0-9_.:-]{1,128}');
+
+export const runInputSchema = z.union([
+  z.string().min(1).max(apiLimits.maxInputChars),
+  z.array(modelMessageSchema).min(1).max(apiLimits.maxInputMessages),
+]);
+export type RunInput = z.infer<typeof runInputSchema>;
+
+export const createRunBodySchema = z
+  .object({
+    agentId: agentIdSchema,
+    input: runInputSchema,
+    conversationId: conversationIdSchema.optional(),
+    metadata: z
+      .record(z.string().max(128), z.unknown())
+      .refine((value) => Object.keys(value).length <= apiLimits.maxMetadataKeys, `at most ${apiLimits.maxMetadataKeys} keys`)
+      .optional(),
+  })
+  .strict();
+export type CreateRunBody = z.infer<typeof createRunBodySchema>;
+
+export const idempotencyKeySchema = z.string().min(1).max(apiLimits.maxIdempotencyKeyLength).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
+
+export const listRunsQuerySchema = z
+  .object({
+    conversationId: conversationIdSchema.optional(),
+    status: runStatusSchema.optional(),
+    limit: z.coerce.number().int().min(1).max(apiLimits.maxListLimit).default(apiLimits.defaultListLimit),
+    cursor: z.string().max(512).optional(),
+  })
+  .strict();
+
+/** A resume cursor: the `seq` of the last event the client holds (a non-negative integer). */
+export const cursorSchema = z.string().regex(/^(0|[1-9]\d{0,15})$/, 'must be a non-negative integer').transform(Number);
+export const eventsQuerySchema = z.object({ after: cursorSchema.optional() }).strict();
+
+export const runIdParamsSchema = z.object({ runId: runIdSchema }).strict();
+export const agentIdParamsSchema = z.object({ agentId: agentIdSchema }).strict();
+export const approvalParamsSchema = z.object({ runId: runIdSchema, toolCallId: toolCallIdSchema }).strict();
+
+export const approvalDecisionBodySchema = z
+  .object({
+    approved: z.boolean(),
+    reason: z.string().max(10_000).optional(),
+    args: z.record(z.string(), z.unknown()).optional(),
+  })
+  .strict();
+export const batchApprovalBodySchema = z
+  .object({ decisions: z.array(approvalDecisionBodySchema.extend({ toolCallId: toolCallIdSchema })).min(1).max(100) })
+  .strict();
+
+export const cancelRunBodySchema = z.object({ reason: z.string().max(1000).optional() }).strict();
+
+export const errorBodySchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
+
+export const runViewSchema = z.object({
+  runId: z.string(),
+  agentId: z.string(),
+  agentVersion: z.int(),
+  conversationId: z.string(),
+  status: runStatusSchema,
+  step: z.int(),
+  pendingApprovals: z.array(z.object({ toolCallId: z.string(), toolName: z.string(), args: z.unknown(), expiresAt: z.string().optional() })),
+  output: z.string().nullable(),
+  error: z.object({ code: z.string(), message: z.string() }).nullable(),
+  usage: z.object({ inputTokens: z.number(), outputTokens: z.number(), totalTokens: z.number() }),
+  metadata: z.record(z.string(), z.unknown()).nullable(),
+  lastSeq: z.int().nullable(),
+  version: z.int(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type RunView = z.infer<typeof runViewSchema>;
+
+/* ---------- WebSocket frames ---------- */
+
+export const wsClientFrameSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('subscribe'), runId: runIdSchema, after: z.int().min(0).optional() }).strict(),
+  z.object({ type: z.literal('unsubscribe'), runId: runIdSchema }).strict(),
+  z
+    .object({
+      type: z.literal('run.create'),
+      requestId: z.string().min(1).max(128),
+      agentId: agentIdSchema,
+      input: runInputSchema,
+      conversationId: conversationIdSchema.optional(),
+      metadata: z.record(z.string().max(128), z.unknown()).optional(),
+      idempotencyKey: idempotencyKeySchema.optional(),
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('approval'),
+      requestId: z.string().min(1).max(128),
+      runId: runIdSchema,
+      toolCallId: toolCallIdSchema,
+      approved: z.boolean(),
+      reason: z.string().max(10_000).optional(),
+      args: z.record(z.string(), z.unknown()).optional(),
+    })
+    .strict(),
+  z.object({ type: z.literal('cancel'), requestId: z.string().min(1).max(128), runId: runIdSchema, reason: z.string().max(1000).optional() }).strict(),
+  z.object({ type: z.literal('ping') }).strict(),
+]);
+export type WsClientFrame = z.infer<typeof wsClientFrameSchema>;
+
+export type WsServerFrame =
+  | { type: 'event'; runId: string; event: Record<string, unknown> }
+  | { type: 'run.created'; requestId: string; runId: string; status: string; conversationId: string }
+  | { type: 'ack'; requestId: string; status: string }
+  | { type: 'error'; requestId?: string; runId?: string; code: string; message: string }
+  | { type: 'pong' };

@@ -1,0 +1,164 @@
+import type { ConsumerMessages, JetStreamClient, JsMsg } from '@nats-io/jetstream';
+import type { z } from 'zod';
+import { ackDecisionFor, ensureError, InvalidMessageError } from './errors.ts';
+import { decodeJson, type ConsumerPolicy } from './jetstream.ts';
+import type { Logger } from './logger.ts';
+
+/** What a handler learns about the message it handles. */
+export type Delivery<Message> = {
+  message: Message;
+  subject: string;
+  /** 1 on first delivery. */
+  deliveryCount: number;
+  /** True when no redelivery will follow a failure (`max_deliver` reached). */
+  isLastDelivery: boolean;
+  streamSequence: number;
+  /** Aborted when the consumer stops past its grace period. */
+  signal: AbortSignal;
+  /** Extends the ack deadline (the runner also does this every `heartbeatMs`). */
+  working(): void;
+};
+
+export type ConsumerRunnerOptions<Schema extends z.ZodType> = {
+  js: JetStreamClient;
+  policy: ConsumerPolicy;
+  schema: Schema;
+  /** Messages handled at once by this process (its pull batch size). */
+  concurrency: number;
+  logger: Logger;
+  /** Handles one message; resolve to ack, throw to let the error decide (term or nak). */
+  handle(delivery: Delivery<z.infer<Schema>>): Promise<void>;
+  /** Called when a handler fails on the last delivery, before the message is terminated. */
+  onExhausted?(delivery: Delivery<z.infer<Schema>>, error: Error): Promise<void>;
+};
+
+export type ConsumerRunner = {
+  start(): Promise<void>;
+  /** Stops pulling, waits up to `graceMs` for in-flight handlers, then aborts them. */
+  stop(graceMs: number): Promise<void>;
+  readonly inFlight: number;
+  readonly closed: Promise<Error | undefined>;
+};
+
+/** Nak delay for delivery `n`: exponential with full jitter, capped. */
+export function nakDelayFor(policy: ConsumerPolicy, deliveryCount: number): number {
+  const ceiling = Math.min(policy.maxNakDelayMs, policy.baseNakDelayMs * 2 ** Math.max(0, deliveryCount - 1));
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}
+
+/**
+ * A pull consumer with bounded concurrency. Every message is decoded and validated; one that
+ * does not parse is terminated and logged (never retried, never crashes the process). The
+ * message is acked only after its handler resolved (its effects are durable); an error
+ * decides between `term` and `nak` (`ackDecisionFor`).
+ */
+export function createConsumerRunner<Schema extends z.ZodType>(options: ConsumerRunnerOptions<Schema>): ConsumerRunner {
+  const { js, policy, schema, concurrency, logger, handle, onExhausted } = options;
+  const log = logger.child({ consumer: policy.durable });
+  const abort = new AbortController();
+  const running = new Set<Promise<void>>();
+  let messages: ConsumerMessages | undefined;
+  let stopping = false;
+  let resolveClosed: (error: Error | undefined) => void = () => {};
+  const closed = new Promise<Error | undefined>((resolve) => (resolveClosed = resolve));
+  let loop: Promise<void> | undefined;
+
+  async function process(raw: JsMsg): Promise<void> {
+    const deliveryCount = raw.info.deliveryCount;
+    let parsed: z.infer<Schema>;
+    try {
+      const result = schema.safeParse(decodeJson(raw.data));
+      if (!result.success) throw new InvalidMessageError(raw.subject, result.error.message.slice(0, 2_000));
+      parsed = result.data;
+    } catch (error) {
+      log.error({ subject: raw.subject, streamSequence: raw.seq, err: ensureError(error) }, 'message does not parse; terminated');
+      raw.term('invalid message');
+      return;
+    }
+    const heartbeat = setInterval(() => raw.working(), policy.heartbeatMs);
+    const delivery: Delivery<z.infer<Schema>> = {
+      message: parsed,
+      subject: raw.subject,
+      deliveryCount,
+      isLastDelivery: deliveryCount >= policy.maxDeliver,
+      streamSequence: raw.seq,
+      signal: abort.signal,
+      working: () => raw.working(),
+    };
+    try {
+      await handle(delivery);
+      clearInterval(heartbeat);
+      await raw.ackAck().catch((error: unknown) => {
+        // The ack may be lost (connection drop); the message is then redelivered and the
+        // handler's idempotency absorbs it.
+        log.warn({ subject: raw.subject, err: ensureError(error) }, 'ack not confirmed');
+      });
+    } catch (caught) {
+      clearInterval(heartbeat);
+      const error = ensureError(caught);
+      const decision = ackDecisionFor(error);
+      if (decision.action === 'nak' && delivery.isLastDelivery && onExhausted) {
+        try {
+          await onExhausted(delivery, error);
+          log.error({ subject: raw.subject, deliveryCount, err: error }, 'deliveries exhausted; failed result published, message terminated');
+          raw.term('delivery_exhausted');
+        } catch (exhaustError) {
+          log.error({ subject: raw.subject, err: ensureError(exhaustError) }, 'could not report exhausted message; leaving it to the advisory');
+          raw.nak();
+        }
+        return;
+      }
+      if (decision.action === 'term') {
+        log.error({ subject: raw.subject, deliveryCount, err: error }, 'message failed for good; terminated');
+        raw.term(decision.reason);
+      } else {
+        const delay = decision.delayMs ?? nakDelayFor(policy, deliveryCount);
+        log.warn({ subject: raw.subject, deliveryCount, delayMs: delay, err: error }, 'message failed; will be redelivered');
+        raw.nak(delay);
+      }
+    }
+  }
+
+  async function pull(): Promise<void> {
+    const consumer = await js.consumers.get(policy.stream, policy.durable);
+    messages = await consumer.consume({ max_messages: concurrency, expires: 30_000 });
+    for await (const raw of messages) {
+      if (stopping) {
+        raw.nak();
+        continue;
+      }
+      const task = process(raw).catch((error: unknown) => log.error({ err: ensureError(error) }, 'unexpected error in message handling'));
+      running.add(task);
+      void task.finally(() => running.delete(task));
+      while (running.size >= concurrency) await Promise.race(running);
+    }
+  }
+
+  return {
+    get inFlight() {
+      return running.size;
+    },
+    closed,
+    async start() {
+      loop = pull().then(
+        () => resolveClosed(undefined),
+        (error: unknown) => {
+          log.error({ err: ensureError(error) }, 'consumer loop failed');
+          resolveClosed(ensureError(error));
+        },
+      );
+    },
+    async stop(graceMs: number) {
+      stopping = true;
+      messages?.stop();
+      const drained = Promise.all([...running]);
+      const timedOut = await Promise.race([drained.then(() => false), new Promise<boolean>((resolve) => setTimeout(() => resolve(true), graceMs).unref())]);
+      if (timedOut) {
+        log.warn({ inFlight: running.size }, 'grace period over; aborting in-flight work');
+        abort.abort(new Error('shutting down'));
+        await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
+      }
+      await loop;
+    },
+  };
+}

@@ -1,0 +1,51 @@
+import { createServer, type Server } from 'node:http';
+import type { Logger } from './logger.ts';
+import type { Metrics } from './metrics.ts';
+
+/** A readiness check: resolves true when the dependency answers. */
+export type ReadinessCheck = { name: string; check(): Promise<boolean> };
+
+/**
+ * The small HTTP server of the orchestrator and the workers: `/healthz` (the process is alive),
+ * `/readyz` (its dependencies answer and it is not draining), `/metrics`.
+ */
+export function createHealthServer(options: { port: number; logger: Logger; checks: ReadinessCheck[]; metrics?: Metrics; isDraining(): boolean }) {
+  let server: Server | undefined;
+  async function readiness(): Promise<{ ready: boolean; checks: Record<string, boolean> }> {
+    const results = await Promise.all(
+      options.checks.map(async ({ name, check }) => [name, await check().catch(() => false)] as const),
+    );
+    const checks = Object.fromEntries(results);
+    return { ready: !options.isDraining() && results.every(([, ok]) => ok), checks };
+  }
+  return {
+    readiness,
+    async start(): Promise<number> {
+      server = createServer((request, response) => {
+        const path = (request.url ?? '/').split('?')[0];
+        if (path === '/healthz') {
+          response.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+        } else if (path === '/readyz') {
+          void readiness().then(({ ready, checks }) => {
+            response.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ready ? 'ready' : 'unavailable', checks, draining: options.isDraining() }));
+          });
+        } else if (path === '/metrics' && options.metrics) {
+          response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(options.metrics.render());
+        } else {
+          response.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"code":"not_found","message":"not found"}}');
+        }
+      });
+      await new Promise<void>((resolve, reject) => {
+        server!.once('error', reject);
+        server!.listen(options.port, '0.0.0.0', () => resolve());
+      });
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : options.port;
+      options.logger.info({ port }, 'health server listening');
+      return port;
+    },
+    async stop(): Promise<void> {
+      await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    },
+  };
+}

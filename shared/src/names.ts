@@ -1,0 +1,81 @@
+/**
+ * Every subject, stream, consumer, bucket and store name of Abide (DESIGN §2).
+ * No subject string is built anywhere else.
+ */
+
+/** Kinds of message a run's inbox accepts (`run.in.<runId>.<kind>`). */
+export const runInboxKinds = ['start', 'llm_result', 'tool_result', 'cancel', 'timer'] as const;
+export type RunInboxKind = (typeof runInboxKinds)[number];
+
+export const streams = {
+  runInbox: 'RUN_INBOX',
+  approvals: 'APPROVALS',
+  llmRequests: 'LLM_REQUESTS',
+  toolRequests: 'TOOL_REQUESTS',
+  runEvents: 'RUN_EVENTS',
+  advisories: 'ADVISORIES',
+} as const;
+export type StreamName = (typeof streams)[keyof typeof streams];
+
+export const consumers = {
+  orchestrator: 'orchestrator',
+  orchestratorApprovals: 'orchestrator-approvals',
+  orchestratorAdvisories: 'orchestrator-advisories',
+  llmWorker: 'llm-worker',
+  toolWorker: 'tool-worker',
+} as const;
+export type ConsumerName = (typeof consumers)[keyof typeof consumers];
+
+export const buckets = {
+  approvalLedger: 'APPROVAL_LEDGER',
+  toolResults: 'TOOL_RESULTS',
+  llmResults: 'LLM_RESULTS',
+  runControl: 'RUN_CONTROL',
+} as const;
+
+export const objectStores = {
+  payloads: 'PAYLOADS',
+} as const;
+
+/** Subject builders. A runId, tenantId and tool name are single subject tokens (validated by their schemas). */
+export const subjects = {
+  runInbox: (runId: string, kind: RunInboxKind) => `run.in.${runId}.${kind}`,
+  runInboxAll: 'run.in.>',
+  approvals: (tenantId: string, runId: string) => `approvals.${tenantId}.${runId}`,
+  approvalsAll: 'approvals.>',
+  llmRequest: (runId: string) => `llm.request.${runId}`,
+  llmRequestsAll: 'llm.request.>',
+  toolRequest: (toolName: string) => `tool.request.${toolName}`,
+  toolRequestsAll: 'tool.request.>',
+  runEvents: (runId: string) => `run.events.${runId}`,
+  runEventsAll: 'run.events.>',
+  maxDeliveriesAdvisoriesAll: '$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>',
+} as const;
+
+/** The inbox kind of a `run.in.<runId>.<kind>` subject, or undefined for any other subject. */
+export function parseRunInboxSubject(subject: string): { runId: string; kind: RunInboxKind } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 4 || parts[0] !== 'run' || parts[1] !== 'in') return undefined;
+  const kind = parts[3] as RunInboxKind;
+  if (!runInboxKinds.includes(kind)) return undefined;
+  return { runId: parts[2]!, kind };
+}
+
+/** KV keys (only `[-/=._A-Za-z0-9]`). */
+export const kvKeys = {
+  approval: (runId: string, toolCallId: string) => `${runId}.${toolCallId}`,
+  toolResult: (runId: string, toolCallId: string) => `${runId}.${toolCallId}`,
+  toolStarted: (runId: string, toolCallId: string) => `${runId}.${toolCallId}.started`,
+  llmResult: (runId: string, step: number) => `${runId}.${step}`,
+  runControl: (runId: string) => runId,
+} as const;
+
+/** MongoDB collection names (DESIGN §3). */
+export const collections = {
+  agents: 'agents',
+  agentVersions: 'agent_versions',
+  runs: 'runs',
+  runTransitions: 'run_transitions',
+  conversationLocks: 'conversation_locks',
+  runMessages: 'run_messages',
+} as const;

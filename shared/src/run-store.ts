@@ -1,0 +1,109 @@
+import type { Collections } from './mongo.ts';
+import { isDuplicateKeyError } from './errors.ts';
+import type { OutboxEntry } from './outbox.ts';
+import type { RunState } from './run-state.ts';
+
+/** A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`). */
+export type TransitionDocument = {
+  _id: string;
+  runId: string;
+  tenantId: string;
+  version: number;
+  at: Date;
+  /** The id of the message that caused it. */
+  cause: string;
+  state: RunState;
+  outbox: OutboxEntry[];
+  published: boolean;
+};
+
+/** The read model (`runs`, `_id: runId`): the latest state, which may lag by a transition. */
+export type RunDocument = RunState & { _id: string; version: number; lastSeq: number | null; publishedVersion: number };
+
+export const transitionId = (runId: string, version: number) => `${runId}:${version}`;
+
+/** Another replica committed this version first: reload and re-apply. */
+export class TransitionConflictError extends Error {
+  override readonly name = 'TransitionConflictError';
+}
+
+/**
+ * The run's commit protocol (DESIGN §3): a transition commits by inserting version v+1; a
+ * duplicate key means another replica won. Reads roll forward from the read model by `_id`.
+ */
+export function createRunStore(collections: Collections) {
+  const { runs, runTransitions } = collections;
+
+  async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
+    return (await runTransitions.findOne({ _id: transitionId(runId, version) })) as TransitionDocument | null;
+  }
+
+  return {
+    loadTransition,
+
+    /**
+     * The exact latest transition of a run, rolled forward past the read model by `_id`
+     * (`<runId>:<v+1>`, `+2`, …), with the read model's `lastSeq`; null if the run does not exist.
+     */
+    async loadLatest(runId: string, hint?: { version: number; lastSeq: number | null }): Promise<{ transition: TransitionDocument; lastSeq: number | null } | null> {
+      let version = hint?.version;
+      let lastSeq = hint?.lastSeq ?? null;
+      if (version === undefined) {
+        const run = (await runs.findOne({ _id: runId }, { projection: { version: 1, lastSeq: 1 } })) as { version?: number; lastSeq?: number | null } | null;
+        version = run?.version ?? 0;
+        lastSeq = run?.lastSeq ?? null;
+      }
+      let latest = version > 0 ? await loadTransition(runId, version) : null;
+      // The read model may lag (or not exist yet, right after creation): roll forward.
+      for (let probe = version + 1; ; probe += 1) {
+        const next = await loadTransition(runId, probe);
+        if (!next) break;
+        latest = next;
+      }
+      return latest ? { transition: latest, lastSeq } : null;
+    },
+
+    /** Inserts the transition; throws `TransitionConflictError` if the version exists. */
+    async commit(transition: TransitionDocument): Promise<void> {
+      try {
+        await runTransitions.insertOne(transition);
+      } catch (error) {
+        if (isDuplicateKeyError(error)) throw new TransitionConflictError(`transition ${transition._id} exists`, { cause: error });
+        throw error;
+      }
+    },
+
+    async markPublished(runId: string, version: number): Promise<void> {
+      await runTransitions.updateOne({ _id: transitionId(runId, version) }, { $set: { published: true } });
+    },
+
+    /**
+     * Rewrites the read model by `_id`. The version guard keeps a slower writer from moving it
+     * back in the common case; on FerretDB it is not atomic, and readers roll forward anyway.
+     */
+    async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<void> {
+      const document: RunDocument = {
+        ...transition.state,
+        _id: transition.runId,
+        version: transition.version,
+        lastSeq,
+        publishedVersion: transition.published ? transition.version : transition.version - 1,
+      };
+      if (transition.version === 1) {
+        try {
+          await runs.insertOne(document);
+          return;
+        } catch (error) {
+          if (!isDuplicateKeyError(error)) throw error;
+        }
+      }
+      await runs.replaceOne({ _id: transition.runId, version: { $lt: transition.version } }, document);
+    },
+
+    /** Transitions whose outbox is still unpublished, older than `before` (for the sweeper). */
+    async findUnpublished(before: Date, limit: number): Promise<TransitionDocument[]> {
+      return (await runTransitions.find({ published: false, at: { $lt: before } }).sort({ at: 1 }).limit(limit).toArray()) as TransitionDocument[];
+    },
+  };
+}
+export type RunStore = ReturnType<typeof createRunStore>;
