@@ -97,7 +97,14 @@ export function createRunStore(collections: Collections) {
           if (!isDuplicateKeyError(error)) throw error;
         }
       }
-      await runs.replaceOne({ _id: transition.runId, version: { $lt: transition.version } }, document);
+      const replaced = await runs.replaceOne({ _id: transition.runId, version: { $lte: transition.version } }, document);
+      if (replaced.matchedCount > 0) return;
+      // No read model yet (its creator crashed before writing it), or a newer one: insert decides.
+      try {
+        await runs.insertOne(document);
+      } catch (error) {
+        if (!isDuplicateKeyError(error)) throw error;
+      }
     },
 
     /** Transitions whose outbox is still unpublished, older than `before` (for the sweeper). */

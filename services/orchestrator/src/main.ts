@@ -1,0 +1,124 @@
+import {
+  approvalMessageSchema,
+  buckets,
+  connectNats,
+  consumerPolicies,
+  createConsumerRunner,
+  createHealthServer,
+  createLogger,
+  createMetrics,
+  createMongoClient,
+  createRunStore,
+  ensureIndexes,
+  exitOnStartupError,
+  getCollections,
+  installShutdown,
+  objectStores,
+  provisionJetStream,
+  runInboxMessageSchema,
+  type Logger,
+} from '@abide/shared';
+import { createApprovalLedger } from './approval-ledger.ts';
+import { loadOrchestratorConfig } from './config.ts';
+import { createInboxHandler } from './inbox-handler.ts';
+import { createKeyedQueue } from './keyed-queue.ts';
+import { createRunProcessor } from './run-processor.ts';
+import { createDeadlineSweeper, createOutboxSweeper } from './sweepers.ts';
+
+/** The orchestrator's composition root. */
+async function main(): Promise<void> {
+  let logger: Logger | undefined;
+  try {
+    const config = loadOrchestratorConfig(process.env);
+    logger = createLogger('orchestrator', config.LOG_LEVEL);
+    const log = logger;
+    const metrics = createMetrics();
+    let draining = false;
+
+    const nats = await connectNats(config, 'orchestrator', log);
+    const { js, kv, objects } = await provisionJetStream(
+      nats,
+      config,
+      {
+        streams: ['RUN_INBOX', 'APPROVALS', 'LLM_REQUESTS', 'TOOL_REQUESTS', 'RUN_EVENTS', 'ADVISORIES'],
+        consumers: ['orchestrator', 'orchestrator-approvals'],
+        buckets: [buckets.approvalLedger, buckets.runControl],
+        objectStores: [objectStores.payloads],
+      },
+      log,
+    );
+    const mongo = createMongoClient(config.MONGO_URL);
+    await mongo.connect();
+    const db = mongo.db();
+    await ensureIndexes(db);
+    const collections = getCollections(db);
+    const store = createRunStore(collections);
+
+    const processor = createRunProcessor({
+      store,
+      publisher: {
+        js,
+        runControl: kv.get(buckets.runControl)!,
+        collections,
+        payloads: objects.get(objectStores.payloads)!,
+        maxPayloadBytes: nats.info?.max_payload ?? 1_048_576,
+      },
+      queue: createKeyedQueue(),
+      logger: log,
+      metrics,
+    });
+    const ledger = createApprovalLedger({ kv: kv.get(buckets.approvalLedger)!, processor, logger: log });
+    const inbox = createConsumerRunner({
+      js,
+      policy: consumerPolicies.orchestrator,
+      schema: runInboxMessageSchema,
+      concurrency: config.ORCHESTRATOR_CONCURRENCY,
+      logger: log,
+      handle: createInboxHandler({ processor, ledger, logger: log }),
+    });
+    const approvals = createConsumerRunner({
+      js,
+      policy: consumerPolicies['orchestrator-approvals'],
+      schema: approvalMessageSchema,
+      concurrency: config.ORCHESTRATOR_CONCURRENCY,
+      logger: log,
+      handle: (delivery) => ledger.applyDecisionMessage(delivery.message),
+    });
+    const outboxSweeper = createOutboxSweeper({ store, processor, logger: log });
+    const deadlineSweeper = createDeadlineSweeper({ collections, js, logger: log });
+
+    const health = createHealthServer({
+      port: config.HEALTH_PORT,
+      logger: log,
+      metrics,
+      isDraining: () => draining,
+      checks: [
+        { name: 'nats', check: async () => !nats.isClosed() && nats.info !== undefined },
+        { name: 'mongodb', check: async () => (await db.command({ ping: 1 })).ok === 1 },
+      ],
+    });
+    await health.start();
+    await inbox.start();
+    await approvals.start();
+    outboxSweeper.start();
+    deadlineSweeper.start();
+    log.info('orchestrator started');
+
+    installShutdown({
+      logger: log,
+      hardLimitMs: config.SHUTDOWN_GRACE + 10_000,
+      async stop() {
+        draining = true;
+        await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop()]);
+        await Promise.all([inbox.stop(config.SHUTDOWN_GRACE), approvals.stop(config.SHUTDOWN_GRACE)]);
+        await nats.drain();
+        await mongo.close();
+        await health.stop();
+      },
+    });
+  } catch (error) {
+    exitOnStartupError(logger, error);
+  }
+}
+
+await main();

@@ -1,0 +1,143 @@
+import {
+  AbideError,
+  publishOutbox,
+  transitionId,
+  TransitionConflictError,
+  type Logger,
+  type Metrics,
+  type OutboxPublisherDeps,
+  type RunStore,
+  type TransitionDocument,
+} from '@abide/shared';
+import type { KeyedQueue } from './keyed-queue.ts';
+import { transition, type RunInput } from './run-state-machine.ts';
+
+export type RunProcessorDeps = {
+  store: RunStore;
+  publisher: OutboxPublisherDeps;
+  queue: KeyedQueue;
+  logger: Logger;
+  metrics?: Metrics;
+  now?: () => Date;
+  /** Latest transitions kept in memory, so a hot run is read with one probe instead of two reads. */
+  cacheSize?: number;
+};
+
+export type ApplyOutcome = { kind: 'committed'; version: number } | { kind: 'ignored'; reason: string } | { kind: 'unknown_run' };
+
+/** How many times a lost commit race is reloaded and re-applied before the message is handed back. */
+const maxConflictRetries = 8;
+
+/**
+ * Applies inputs to runs (DESIGN §3): load the exact latest transition, publish its outbox if a
+ * crash left it unpublished, compute the next state with the pure transition function, commit it
+ * by inserting version v+1 (a duplicate key means another replica won: reload, re-apply), then
+ * publish the outbox (events first, then work), mark it published and rewrite the read model.
+ * A crash anywhere leaves either nothing (the message is redelivered) or a committed but
+ * unpublished transition, which the next message of the run or the sweeper publishes.
+ */
+export function createRunProcessor(deps: RunProcessorDeps) {
+  const { store, publisher, queue, logger } = deps;
+  const now = deps.now ?? (() => new Date());
+  const cache = new Map<string, { transition: TransitionDocument; lastSeq: number | null }>();
+  const cacheSize = deps.cacheSize ?? 10_000;
+  const committed = deps.metrics?.counter('transitions_committed_total', 'Transitions committed');
+  const conflicts = deps.metrics?.counter('transition_conflicts_total', 'Commit races lost to another replica');
+  const ignoredInputs = deps.metrics?.counter('inputs_ignored_total', 'Stale or duplicate inputs acked and ignored');
+
+  function remember(runId: string, entry: { transition: TransitionDocument; lastSeq: number | null }) {
+    cache.delete(runId);
+    cache.set(runId, entry);
+    if (cache.size > cacheSize) cache.delete(cache.keys().next().value!);
+  }
+
+  async function loadLatest(runId: string) {
+    const cached = cache.get(runId);
+    if (cached) {
+      // Roll forward from what this process last saw; another replica may have committed since.
+      let latest = cached.transition;
+      for (;;) {
+        const next = await store.loadTransition(runId, latest.version + 1);
+        if (!next) break;
+        latest = next;
+      }
+      return { transition: latest, lastSeq: cached.lastSeq };
+    }
+    return store.loadLatest(runId);
+  }
+
+  /** Publishes a committed transition's outbox, marks it published and rewrites the read model. */
+  async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null): Promise<number | null> {
+    const lastEventSeq = await publishOutbox(publisher, committedTransition);
+    const lastSeq = lastEventSeq ?? previousLastSeq;
+    const published = { ...committedTransition, published: true };
+    await Promise.all([store.markPublished(committedTransition.runId, committedTransition.version), store.writeReadModel(published, lastSeq)]);
+    remember(committedTransition.runId, { transition: published, lastSeq });
+    return lastSeq;
+  }
+
+  async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
+    for (let attempt = 0; attempt <= maxConflictRetries; attempt += 1) {
+      const latest = await loadLatest(runId);
+      if (!latest) return { kind: 'unknown_run' };
+      let { transition: current, lastSeq } = latest;
+      if (tenantId !== undefined && current.tenantId !== tenantId) return { kind: 'unknown_run' };
+      if (!current.published) lastSeq = await publish(current, lastSeq);
+      if (current.cause === cause && current.version > 1) {
+        ignoredInputs?.inc({ reason: 'duplicate' });
+        return { kind: 'ignored', reason: 'input already applied' };
+      }
+      const result = transition(current.state, input, { now: now() });
+      if (result.kind === 'ignored') {
+        ignoredInputs?.inc({ reason: 'stale' });
+        return result;
+      }
+      const next: TransitionDocument = {
+        _id: transitionId(runId, current.version + 1),
+        runId,
+        tenantId: current.tenantId,
+        version: current.version + 1,
+        at: now(),
+        cause,
+        state: result.state,
+        outbox: result.outbox,
+        published: false,
+      };
+      try {
+        await store.commit(next);
+      } catch (error) {
+        if (error instanceof TransitionConflictError) {
+          conflicts?.inc();
+          cache.delete(runId);
+          logger.debug({ runId, version: next.version }, 'lost a commit race; reloading');
+          continue;
+        }
+        throw error;
+      }
+      committed?.inc();
+      logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
+      await publish(next, lastSeq);
+      return { kind: 'committed', version: next.version };
+    }
+    throw new AbideError('internal', `run ${runId}: lost ${maxConflictRetries + 1} commit races in a row`, { retryable: true, retryAfterMs: 200 });
+  }
+
+  return {
+    /** Applies `input` to the run, serialized with every other input of the run in this process. */
+    apply(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
+      return queue.run(runId, () => applyNow(runId, tenantId, input, cause));
+    },
+    /** Publishes a transition left unpublished (the sweeper's job), unless it was published meanwhile. */
+    republish(stale: TransitionDocument): Promise<void> {
+      return queue.run(stale.runId, async () => {
+        const fresh = await store.loadTransition(stale.runId, stale.version);
+        if (!fresh || fresh.published) return;
+        logger.warn({ runId: stale.runId, version: stale.version }, 'publishing an outbox left unpublished');
+        await publish(fresh, cache.get(stale.runId)?.lastSeq ?? null);
+      });
+    },
+    /** The latest state as this process knows it (rolled forward). */
+    loadLatest,
+  };
+}
+export type RunProcessor = ReturnType<typeof createRunProcessor>;
