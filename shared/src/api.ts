@@ -89,6 +89,22 @@ export const runViewSchema = z.object({
 });
 export type RunView = z.infer<typeof runViewSchema>;
 
+/* ---------- responses (added for the gateway's OpenAPI document and clients) ---------- */
+
+export const createRunResponseSchema = z.object({ runId: z.string(), status: runStatusSchema, conversationId: z.string() });
+export const listRunsResponseSchema = z.object({ runs: z.array(runViewSchema), nextCursor: z.string().nullable() });
+export const acceptedResponseSchema = z.object({ status: z.enum(['accepted', 'already_decided']) });
+export const approvalDecisionResultSchema = z.object({
+  toolCallId: z.string(),
+  status: z.enum(['accepted', 'already_decided', 'error']),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+});
+export const batchApprovalResponseSchema = z.object({ results: z.array(approvalDecisionResultSchema) });
+export const pendingApprovalsQuerySchema = z.object({ status: z.literal('pending').default('pending') }).strict();
+export const pendingApprovalsResponseSchema = z.object({
+  approvals: z.array(z.object({ runId: z.string(), toolCallId: z.string(), toolName: z.string(), args: z.unknown(), expiresAt: z.string().optional() })),
+});
+
 /* ---------- WebSocket frames ---------- */
 
 export const wsClientFrameSchema = z.discriminatedUnion('type', [
@@ -125,5 +141,5 @@ export type WsServerFrame =
   | { type: 'event'; runId: string; event: Record<string, unknown> }
   | { type: 'run.created'; requestId: string; runId: string; status: string; conversationId: string }
   | { type: 'ack'; requestId: string; status: string }
-  | { type: 'error'; requestId?: string; runId?: string; code: string; message: string }
+  | { type: 'error'; requestId?: string; runId?: string; code: string; message: string; run?: RunView }
   | { type: 'pong' };

@@ -75,7 +75,14 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
       raw.term('invalid message');
       return;
     }
-    const heartbeat = setInterval(() => raw.working(), policy.heartbeatMs);
+    const heartbeat = setInterval(() => {
+      try {
+        raw.working();
+      } catch (error) {
+        // The connection is closed or reconnecting: the server redelivers if the work outlives ack_wait.
+        log.warn({ subject: raw.subject, err: ensureError(error) }, 'in-progress ack failed');
+      }
+    }, policy.heartbeatMs);
     const delivery: Delivery<z.infer<Schema>> = {
       message: parsed,
       subject: raw.subject,
@@ -97,6 +104,12 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
       clearInterval(heartbeat);
       const error = ensureError(caught);
       const decision = ackDecisionFor(error);
+      if (decision.action === 'nak' && stopping) {
+        // Handed back by a shutdown: not the message's fault, so never "exhausted" by it.
+        log.info({ subject: raw.subject, deliveryCount }, 'handing the message back on shutdown');
+        raw.nak();
+        return;
+      }
       if (decision.action === 'nak' && delivery.isLastDelivery && onExhausted) {
         try {
           await onExhausted(delivery, error);

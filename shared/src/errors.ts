@@ -8,6 +8,7 @@ export const httpStatusByCode = {
   invalid_cursor: 400,
   invalid_args: 400,
   unauthorized: 401,
+  forbidden: 403,
   agent_not_found: 404,
   run_not_found: 404,
   approval_not_found: 404,

@@ -1,0 +1,295 @@
+/**
+ * The NATS users of deploy/nats/auth.conf against a real nats-server (deploy/nats/local.conf):
+ * each service can provision and use what DESIGN §1–§2 gives it, with the same client library
+ * and provisioning code the services use, and is refused everything else.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { Objm } from '@nats-io/obj';
+import {
+  buckets,
+  consumers,
+  createLogger,
+  objectStores,
+  provisionJetStream,
+  streams,
+  subjects,
+  type JetStreamSettings,
+  type Provisioning,
+} from '@abide/shared';
+import { ensureNatsServerBinary, freePort } from '../../../scripts/lib/servers.ts';
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const localConfig = join(repoRoot, 'deploy/nats/local.conf');
+
+/** NATS user → the environment variable of nats-server holding its password (deploy/nats/auth.conf). */
+const passwordVariables = {
+  gateway: 'NATS_GATEWAY_PASSWORD',
+  orchestrator: 'NATS_ORCHESTRATOR_PASSWORD',
+  'llm-worker': 'NATS_LLM_WORKER_PASSWORD',
+  'tool-worker': 'NATS_TOOL_WORKER_PASSWORD',
+  'approvals-publisher': 'NATS_APPROVALS_PUBLISHER_PASSWORD',
+  admin: 'NATS_ADMIN_PASSWORD',
+} as const;
+type User = keyof typeof passwordVariables;
+const password = (user: User) => `test-${user}-secret`;
+
+/** What each service provisions at start-up (DESIGN §1–§2). */
+const provisioning: Record<Exclude<User, 'approvals-publisher' | 'admin'>, Provisioning> = {
+  gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] },
+  orchestrator: {
+    streams: Object.values(streams),
+    consumers: [consumers.orchestrator, consumers.orchestratorApprovals, consumers.orchestratorAdvisories],
+    buckets: [buckets.runControl, buckets.approvalLedger],
+    objectStores: [objectStores.payloads],
+  },
+  'llm-worker': {
+    streams: [streams.llmRequests],
+    consumers: [consumers.llmWorker],
+    buckets: [buckets.llmResults, buckets.runControl],
+    objectStores: [objectStores.payloads],
+  },
+  'tool-worker': { streams: [streams.toolRequests], consumers: [consumers.toolWorker], buckets: [buckets.toolResults, buckets.runControl] },
+};
+
+const settings = (url: string): JetStreamSettings => ({
+  NATS_URL: url,
+  JS_REPLICAS: 1,
+  JS_DUPLICATE_WINDOW: 10 * 60_000,
+  EVENTS_MAX_AGE: 7 * 86_400_000,
+});
+
+const runId = 'r_perm1';
+const tenantId = 't_perm';
+const logger = createLogger('nats-permissions-test', 'silent');
+
+let server: ChildProcess | undefined;
+let dataDir: string;
+let url: string;
+const connections: NatsConnection[] = [];
+
+async function connectAs(user: User): Promise<NatsConnection> {
+  const connection = await connect({ servers: url, user, pass: password(user), name: `test-${user}` });
+  connections.push(connection);
+  return connection;
+}
+
+/** Expects `action` to fail with the server's permissions violation (not a timeout or a missing stream). */
+async function expectRefused(action: () => Promise<unknown>, subject: string): Promise<void> {
+  const error = await action().then(
+    () => undefined,
+    (reason: unknown) => reason as Error,
+  );
+  expect(error, `expected a permissions violation for ${subject}`).toBeInstanceOf(Error);
+  expect(String(error?.message)).toMatch(/permissions violation/i);
+  expect(String(error?.message)).toContain(subject);
+}
+
+async function waitForServer(port: number): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      const probe = await connect({ servers: `nats://127.0.0.1:${port}`, user: 'admin', pass: password('admin'), reconnect: false });
+      await jetstreamManager(probe); // JetStream answers
+      await probe.close();
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw new Error(`nats-server did not become ready: ${(error as Error).message}`);
+      await new Promise((done) => setTimeout(done, 200));
+    }
+  }
+}
+
+beforeAll(async () => {
+  const binary = await ensureNatsServerBinary();
+  dataDir = await mkdtemp(join(tmpdir(), 'abide-nats-perms-'));
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const user of Object.keys(passwordVariables) as User[]) env[passwordVariables[user]] = password(user);
+  server = spawn(binary, ['-c', localConfig, '-p', String(port), '-sd', dataDir], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let output = '';
+  server.stderr?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-4_000)));
+  server.once('exit', (code) => {
+    if (code !== null && code !== 0) process.stderr.write(`nats-server exited with ${code}:\n${output}\n`);
+  });
+  url = `nats://127.0.0.1:${port}`;
+  await waitForServer(port);
+});
+
+afterAll(async () => {
+  await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
+  if (server && server.exitCode === null) {
+    const exited = new Promise((done) => server!.once('exit', done));
+    server.kill('SIGTERM');
+    await exited;
+  }
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+describe('deploy/nats/auth.conf', () => {
+  it('refuses a wrong password and a missing user', async () => {
+    await expect(connect({ servers: url, user: 'gateway', pass: 'wrong', reconnect: false })).rejects.toThrow(/authorization/i);
+    await expect(connect({ servers: url, reconnect: false })).rejects.toThrow(/authorization/i);
+  });
+
+  it('lets every service provision its streams, consumers, buckets and stores', async () => {
+    // The orchestrator first (it owns every stream), then the others re-provision the same names.
+    for (const user of ['orchestrator', 'gateway', 'llm-worker', 'tool-worker'] as const) {
+      const connection = await connectAs(user);
+      await expect(provisionJetStream(connection, settings(url), provisioning[user], logger), user).resolves.toBeDefined();
+    }
+  });
+
+  it('carries a run through the services, each within its own subjects', async () => {
+    const [gateway, orchestrator, llmWorker, toolWorker, publisher] = await Promise.all(
+      (['gateway', 'orchestrator', 'llm-worker', 'tool-worker', 'approvals-publisher'] as const).map(connectAs),
+    );
+    const gatewayJs = jetstream(gateway!);
+    const orchestratorJs = jetstream(orchestrator!);
+    const llmJs = jetstream(llmWorker!);
+    const toolJs = jetstream(toolWorker!);
+
+    // gateway: start, approval ledger entry + decision, cancel
+    await expect(gatewayJs.publish(`run.in.${runId}.start`, '{}', { msgID: `${runId}:1:0` })).resolves.toMatchObject({ stream: streams.runInbox });
+    const ledger = await new Kvm(gatewayJs).open(buckets.approvalLedger);
+    await ledger.create(`${runId}.s0c0`, '{"approved":true}');
+    expect((await ledger.get(`${runId}.s0c0`))?.string()).toBe('{"approved":true}');
+    await expect(gatewayJs.publish(subjects.approvals(tenantId, runId), '{}')).resolves.toMatchObject({ stream: streams.approvals });
+    // an internal approvals publisher
+    await expect(jetstream(publisher!).publish(subjects.approvals(tenantId, runId), '{}')).resolves.toMatchObject({ stream: streams.approvals });
+
+    // orchestrator: consume its inbox and approvals, write everything it owns
+    const inbox = await orchestratorJs.consumers.get(streams.runInbox, consumers.orchestrator);
+    const start = await inbox.next({ expires: 5_000 });
+    expect(start?.subject).toBe(`run.in.${runId}.start`);
+    await start!.ackAck();
+    const approvals = await orchestratorJs.consumers.get(streams.approvals, consumers.orchestratorApprovals);
+    const decision = await approvals.next({ expires: 5_000 });
+    expect(decision?.subject).toBe(subjects.approvals(tenantId, runId));
+    decision!.working();
+    await decision!.ackAck();
+    expect((await (await new Kvm(orchestratorJs).open(buckets.approvalLedger)).get(`${runId}.s0c0`))?.string()).toBe('{"approved":true}');
+    await orchestratorJs.publish(subjects.runEvents(runId), '{"type":"run.started"}');
+    await orchestratorJs.publish(`run.in.${runId}.timer`, '{}');
+    const payloads = await new Objm(orchestratorJs).open(objectStores.payloads);
+    await payloads.putBlob({ name: `${runId}.0` }, new TextEncoder().encode('x'.repeat(300_000)));
+    await orchestratorJs.publish(subjects.llmRequest(runId), '{}');
+    await orchestratorJs.publish(subjects.toolRequest('echo'), '{}');
+
+    // llm-worker: request, payload, events, result
+    const llmRequests = await llmJs.consumers.get(streams.llmRequests, consumers.llmWorker);
+    const llmRequest = await llmRequests.next({ expires: 5_000 });
+    expect(llmRequest?.subject).toBe(subjects.llmRequest(runId));
+    llmRequest!.working();
+    const payload = await (await new Objm(llmJs).open(objectStores.payloads)).getBlob(`${runId}.0`);
+    expect(payload?.length).toBe(300_000);
+    const llmResults = await new Kvm(llmJs).open(buckets.llmResults);
+    await llmResults.put(`${runId}.0`, '{}');
+    expect((await llmResults.get(`${runId}.0`))?.string()).toBe('{}');
+    await llmJs.publish(subjects.runEvents(runId), '{"type":"message.delta"}');
+    await llmJs.publish(`run.in.${runId}.llm_result`, '{}');
+    await llmRequest!.ackAck();
+
+    // tool-worker: request, started marker, result
+    const toolRequests = await toolJs.consumers.get(streams.toolRequests, consumers.toolWorker);
+    const toolRequest = await toolRequests.next({ expires: 5_000 });
+    expect(toolRequest?.subject).toBe(subjects.toolRequest('echo'));
+    const toolResults = await new Kvm(toolJs).open(buckets.toolResults);
+    await toolResults.create(`${runId}.s0c0.started`, '{}');
+    await toolResults.put(`${runId}.s0c0`, '{}');
+    await toolJs.publish(`run.in.${runId}.tool_result`, '{}');
+    await toolRequest!.ackAck();
+
+    // workers watch RUN_CONTROL; the orchestrator cancels
+    const llmControl = await new Kvm(llmJs).open(buckets.runControl);
+    const toolControl = await new Kvm(toolJs).open(buckets.runControl);
+    const llmWatch = await llmControl.watch({ key: runId });
+    const toolWatch = await toolControl.watch({ key: runId });
+    await gatewayJs.publish(`run.in.${runId}.cancel`, '{}');
+    await (await new Kvm(orchestratorJs).open(buckets.runControl)).put(runId, '{"cancelled":true}');
+    for (const watch of [llmWatch, toolWatch]) {
+      for await (const entry of watch) {
+        if (entry.key === runId && entry.operation === 'PUT') break;
+      }
+    }
+    expect((await toolControl.get(runId))?.string()).toBe('{"cancelled":true}');
+
+    // gateway: replay the run's events with an ordered consumer
+    const replay = await gatewayJs.consumers.get(streams.runEvents, { filter_subjects: [subjects.runEvents(runId)] });
+    const seen: string[] = [];
+    for (let index = 0; index < 2; index += 1) {
+      const message = await replay.next({ expires: 5_000 });
+      if (message) seen.push(message.json<{ type: string }>().type);
+    }
+    expect(seen).toEqual(['run.started', 'message.delta']);
+    await replay.delete();
+  });
+
+  it('refuses every service the subjects, buckets and APIs that are not its own', async () => {
+    const [gateway, orchestrator, llmWorker, toolWorker, publisher] = await Promise.all(
+      (['gateway', 'orchestrator', 'llm-worker', 'tool-worker', 'approvals-publisher'] as const).map(connectAs),
+    );
+    const refusedPublishes: [NatsConnection, string][] = [
+      [gateway!, subjects.runEvents(runId)],
+      [gateway!, `run.in.${runId}.llm_result`],
+      [gateway!, `run.in.${runId}.tool_result`],
+      [gateway!, subjects.llmRequest(runId)],
+      [gateway!, `$KV.${buckets.runControl}.${runId}`],
+      [gateway!, `$JS.API.STREAM.DELETE.${streams.runEvents}`],
+      [gateway!, `$JS.API.STREAM.PURGE.${streams.runInbox}`],
+      [gateway!, `$JS.API.CONSUMER.MSG.NEXT.${streams.runInbox}.${consumers.orchestrator}`],
+      [orchestrator!, `run.in.${runId}.llm_result`],
+      [orchestrator!, `run.in.${runId}.tool_result`],
+      [orchestrator!, subjects.approvals(tenantId, runId)],
+      [orchestrator!, `$KV.${buckets.toolResults}.${runId}.s0c0`],
+      [orchestrator!, `$KV.${buckets.llmResults}.${runId}.0`],
+      [orchestrator!, `$JS.API.CONSUMER.MSG.NEXT.${streams.llmRequests}.${consumers.llmWorker}`],
+      [orchestrator!, `$JS.API.STREAM.DELETE.${streams.runInbox}`],
+      [llmWorker!, subjects.llmRequest(runId)],
+      [llmWorker!, subjects.toolRequest('echo')],
+      [llmWorker!, `run.in.${runId}.tool_result`],
+      [llmWorker!, `run.in.${runId}.start`],
+      [llmWorker!, `$KV.${buckets.runControl}.${runId}`],
+      [llmWorker!, `$O.${objectStores.payloads}.M.x`],
+      [llmWorker!, `$JS.API.CONSUMER.MSG.NEXT.${streams.toolRequests}.${consumers.toolWorker}`],
+      [toolWorker!, subjects.runEvents(runId)],
+      [toolWorker!, `run.in.${runId}.llm_result`],
+      [toolWorker!, `run.in.${runId}.cancel`],
+      [toolWorker!, `$KV.${buckets.llmResults}.${runId}.0`],
+      [toolWorker!, `$KV.${buckets.approvalLedger}.${runId}.s0c0`],
+      [toolWorker!, `$JS.API.DIRECT.GET.KV_${buckets.approvalLedger}.$KV.${buckets.approvalLedger}.${runId}.s0c0`],
+      [publisher!, `run.in.${runId}.cancel`],
+      [publisher!, subjects.runEvents(runId)],
+      [publisher!, `$KV.${buckets.approvalLedger}.${runId}.s0c0`],
+      [publisher!, '$JS.API.INFO'],
+    ];
+    for (const [connection, subject] of refusedPublishes) {
+      await expectRefused(() => connection.request(subject, '{}', { timeout: 5_000 }), subject);
+    }
+
+    // Reading someone else's messages is refused too (subscriptions outside _INBOX.>).
+    for (const [connection, subject] of [
+      [gateway!, 'run.events.>'],
+      [llmWorker!, 'run.in.>'],
+      [publisher!, 'approvals.>'],
+    ] as const) {
+      const errors = (async () => {
+        for await (const status of connection.status()) {
+          if (status.type === 'error') return String((status as { error?: Error }).error?.message);
+        }
+        return '';
+      })();
+      const subscription = connection.subscribe(subject);
+      await connection.flush();
+      expect(await errors).toMatch(new RegExp(`permissions violation for subscription to "${subject.replace(/[.>$]/g, '\\$&')}"`, 'i'));
+      subscription.unsubscribe();
+    }
+  });
+});

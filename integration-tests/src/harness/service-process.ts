@@ -1,0 +1,80 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { join } from 'node:path';
+
+export type ServiceName = 'gateway' | 'orchestrator' | 'llm-worker' | 'tool-worker';
+
+export const repoRoot = join(import.meta.dirname, '..', '..', '..');
+
+/** One service replica as a real OS process, its output in a log file. */
+export class ServiceProcess {
+  readonly name: ServiceName;
+  readonly replica: number;
+  readonly logFile: string;
+  readonly env: Record<string, string>;
+  readonly healthUrl: string;
+  #child: ChildProcess | undefined;
+  #log: WriteStream | undefined;
+  #exit: Promise<number | null> = Promise.resolve(null);
+
+  constructor(options: { name: ServiceName; replica: number; logDir: string; env: Record<string, string>; healthUrl: string }) {
+    this.name = options.name;
+    this.replica = options.replica;
+    this.logFile = join(options.logDir, `${options.name}-${options.replica}.log`);
+    this.env = options.env;
+    this.healthUrl = options.healthUrl;
+  }
+
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  get running(): boolean {
+    return this.#child !== undefined && this.#child.exitCode === null && this.#child.signalCode === null;
+  }
+
+  start(): void {
+    this.#log = createWriteStream(this.logFile, { flags: 'a' });
+    const child = spawn(process.execPath, [join(repoRoot, 'services', this.name, 'src', 'main.ts')], {
+      cwd: repoRoot,
+      env: { PATH: process.env.PATH ?? '', ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout!.pipe(this.#log, { end: false });
+    child.stderr!.pipe(this.#log, { end: false });
+    this.#exit = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    this.#child = child;
+  }
+
+  /** Resolves once `/readyz` answers 200. */
+  async waitReady(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (!this.running) throw new Error(`${this.name}#${this.replica} exited during start-up; see ${this.logFile}`);
+      try {
+        const response = await fetch(`${this.healthUrl}/readyz`, { signal: AbortSignal.timeout(1_000) });
+        if (response.status === 200) return;
+      } catch {
+        // Not listening yet: keep polling until the deadline.
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    throw new Error(`${this.name}#${this.replica} not ready after ${timeoutMs} ms; see ${this.logFile}`);
+  }
+
+  /** Sends `signal` and waits for the exit; returns the exit code (null when killed by a signal). */
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 20_000): Promise<number | null> {
+    if (!this.running) return this.#child?.exitCode ?? null;
+    this.#child!.kill(signal);
+    const timer = setTimeout(() => this.#child?.kill('SIGKILL'), timeoutMs);
+    const code = await this.#exit;
+    clearTimeout(timer);
+    return code;
+  }
+
+  async restart(): Promise<void> {
+    await this.stop('SIGKILL');
+    this.start();
+    await this.waitReady();
+  }
+}

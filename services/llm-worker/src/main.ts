@@ -1,0 +1,204 @@
+/**
+ * The llm-worker's composition root: configuration, logger, NATS, the `llm.request` consumer,
+ * the `RUN_CONTROL` watch, the health server and signal handling. Everything else is built by
+ * pure factories.
+ */
+import {
+  buckets,
+  ConfigError,
+  connectNats,
+  consumerPolicies,
+  createConsumerRunner,
+  createHealthServer,
+  createLogger,
+  createMetrics,
+  ensureError,
+  exitOnStartupError,
+  installShutdown,
+  llmRequestMessageSchema,
+  objectStores,
+  provisionJetStream,
+  type ConsumerRunner,
+  type Logger,
+  type NatsConnection,
+} from '@abide/shared';
+import { createCancelWatch, type CancelWatch } from './cancel-watch.ts';
+import { loadLlmWorkerConfig, type LlmWorkerConfig } from './config.ts';
+import { createLanguageModel } from './model-factory.ts';
+import { createJetStreamPublisher, createLlmResultStore, createRequestBodyReader } from './nats-adapters.ts';
+import type { StepMetrics } from './ports.ts';
+import { createRunStep } from './run-step.ts';
+
+const service = 'llm-worker';
+const policy = consumerPolicies['llm-worker'];
+const provisioning = {
+  streams: ['LLM_REQUESTS', 'RUN_EVENTS', 'RUN_INBOX'],
+  consumers: ['llm-worker'],
+  buckets: [buckets.llmResults, buckets.runControl],
+  objectStores: [objectStores.payloads],
+} as const;
+
+async function main(): Promise<void> {
+  let config: Readonly<LlmWorkerConfig>;
+  try {
+    config = loadLlmWorkerConfig();
+  } catch (error) {
+    exitOnStartupError(undefined, error);
+  }
+  const logger = createLogger(service, config.LOG_LEVEL);
+  const metrics = createMetrics();
+  const started = metrics.counter('llm_steps_started_total', 'Model steps started (model calls).');
+  const completed = metrics.counter('llm_steps_completed_total', 'Model steps finished and published.');
+  const failed = metrics.counter('llm_steps_failed_total', 'Model calls that failed, by code (transient ones are retried).');
+  const replayed = metrics.counter('llm_steps_replayed_total', 'Redelivered steps answered from LLM_RESULTS without calling the model.');
+  const cancelled = metrics.counter('llm_steps_cancelled_total', 'Model requests dropped or aborted because their run was cancelled.');
+  const stepMetrics: StepMetrics = {
+    started: () => started.inc(),
+    completed: () => completed.inc(),
+    failed: (code) => failed.inc({ code }),
+    replayed: () => replayed.inc(),
+    cancelled: () => cancelled.inc(),
+  };
+
+  let connection: NatsConnection | undefined;
+  let natsConnected = false;
+  let draining = false;
+  let runner: ConsumerRunner | undefined;
+  let watch: CancelWatch | undefined;
+  const startup = new AbortController();
+  metrics.gauge('llm_steps_in_flight', 'Model requests being handled by this process.', () => runner?.inFlight ?? 0);
+
+  const health = createHealthServer({
+    port: config.HEALTH_PORT,
+    logger,
+    metrics,
+    isDraining: () => draining,
+    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }],
+  });
+  try {
+    await health.start();
+  } catch (error) {
+    exitOnStartupError(logger, error);
+  }
+
+  installShutdown({
+    logger,
+    hardLimitMs: config.SHUTDOWN_GRACE + 15_000,
+    async stop() {
+      draining = true;
+      startup.abort(new Error('shutting down'));
+      // Stop pulling; in-flight steps finish within the grace period or are aborted and handed back.
+      await runner?.stop(config.SHUTDOWN_GRACE);
+      await watch?.stop();
+      await connection?.drain().catch((error: unknown) => {
+        // Already closed (e.g. lost for good): nothing left to flush.
+        logger.warn({ err: ensureError(error) }, 'nats drain failed');
+      });
+      await health.stop();
+    },
+  });
+
+  const jetStream = await connectWithRetry(config, logger, startup.signal, (opened) => {
+    connection = opened;
+    natsConnected = true;
+    void trackConnection(opened, (up) => (natsConnected = up));
+  });
+  if (!jetStream || draining) return;
+
+  const publisher = createJetStreamPublisher(jetStream.js);
+  watch = createCancelWatch({ bucket: jetStream.kv.get(buckets.runControl)!, logger });
+  await watch.start();
+  const handler = createRunStep({
+    publisher,
+    results: createLlmResultStore(jetStream.kv.get(buckets.llmResults)!),
+    bodies: createRequestBodyReader(jetStream.objects.get(objectStores.payloads)!),
+    cancellations: watch,
+    createModel: (model, { step }) => createLanguageModel(model, { step, env: config.secrets }),
+    logger,
+    metrics: stepMetrics,
+    maxRetryAfterMs: policy.maxNakDelayMs,
+  });
+
+  // The consumer loop should only end on shutdown; if it ends otherwise (e.g. the consumer was
+  // deleted), provision again and restart it rather than exit.
+  async function runConsumer(): Promise<void> {
+    while (!draining) {
+      const current = createConsumerRunner({
+        js: jetStream!.js,
+        policy,
+        schema: llmRequestMessageSchema,
+        concurrency: config.LLM_CONCURRENCY,
+        logger,
+        handle: handler.handle,
+        onExhausted: handler.onExhausted,
+      });
+      runner = current;
+      await current.start();
+      logger.info({ concurrency: config.LLM_CONCURRENCY }, 'consuming llm requests');
+      const error = await current.closed;
+      if (draining) return;
+      logger.error({ err: error }, 'llm request consumer stopped unexpectedly; restarting');
+      await sleep(1_000, startup.signal).catch(() => undefined);
+      await provisionJetStream(connection!, config, provisioning, logger).catch((provisionError: unknown) => {
+        logger.warn({ err: ensureError(provisionError) }, 'provisioning failed; retrying');
+      });
+    }
+  }
+  void runConsumer();
+}
+
+/**
+ * Connects to NATS and provisions what the worker uses, retrying with backoff while the server
+ * is unreachable or JetStream is not ready (a worker started before NATS waits for it). A
+ * configuration that can never work (`ConfigError`) stops the process.
+ */
+async function connectWithRetry(
+  config: Readonly<LlmWorkerConfig>,
+  logger: Logger,
+  signal: AbortSignal,
+  onConnected: (connection: NatsConnection) => void,
+): Promise<Awaited<ReturnType<typeof provisionJetStream>> | undefined> {
+  let connection: NatsConnection | undefined;
+  for (let attempt = 1; !signal.aborted; attempt += 1) {
+    try {
+      if (!connection) {
+        logger.info({ servers: config.NATS_URL }, 'connecting to nats');
+        connection = await connectNats(config, service, logger);
+        onConnected(connection);
+      }
+      return await provisionJetStream(connection, config, provisioning, logger);
+    } catch (error) {
+      if (error instanceof ConfigError) exitOnStartupError(logger, error);
+      const delayMs = Math.min(10_000, 250 * 2 ** Math.min(attempt, 6));
+      logger.warn({ err: ensureError(error), attempt, delayMs }, 'nats not ready; retrying');
+      await sleep(delayMs, signal).catch(() => undefined);
+    }
+  }
+  return undefined;
+}
+
+/** Follows the connection's status: down on disconnect, up on reconnect. */
+async function trackConnection(connection: NatsConnection, setUp: (up: boolean) => void): Promise<void> {
+  for await (const status of connection.status()) {
+    if (status.type === 'disconnect') setUp(false);
+    else if (status.type === 'reconnect') setUp(true);
+  }
+  setUp(false);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+main().catch((error: unknown) => exitOnStartupError(undefined, error));

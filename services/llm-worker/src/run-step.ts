@@ -1,0 +1,219 @@
+import type { LanguageModel } from 'ai';
+import {
+  AbideError,
+  llmResultPayloadSchema,
+  makeBusEvent,
+  makeEnvelope,
+  subjects,
+  type Delivery,
+  type ErrorInfo,
+  type LlmRequestBody,
+  type LlmRequestMessage,
+  type LlmResultPayload,
+  type Logger,
+  type ModelConfig,
+  type RunErrorCode,
+} from '@abide/shared';
+import { createDeltaCoalescer, type DeltaCoalescerOptions } from './delta-coalescer.ts';
+import { classifyModelError } from './model-errors.ts';
+import { noStepMetrics, type BusPublisher, type CancellationTracker, type LlmResultStore, type RequestBodyReader, type StepMetrics } from './ports.ts';
+import { createPublishPipeline } from './publish-pipeline.ts';
+import { streamStep, type StreamStepOutcome } from './stream-step.ts';
+
+export type RunStepDeps = {
+  publisher: BusPublisher;
+  results: LlmResultStore;
+  bodies: RequestBodyReader;
+  cancellations: CancellationTracker;
+  /** The language model for a request's model config (see `createLanguageModel`). */
+  createModel(config: ModelConfig, options: { step: number }): LanguageModel;
+  logger: Logger;
+  metrics?: StepMetrics;
+  /** Cap on a provider's `Retry-After` (the consumer's largest nak delay). */
+  maxRetryAfterMs: number;
+  /** Delta coalescing. @default { maxDelayMs: 50, maxChars: 512 } */
+  coalescing?: Omit<DeltaCoalescerOptions, 'emit'>;
+};
+
+export type RunStepHandler = {
+  /** Handles one `llm.request` delivery: resolves to ack, throws to let the error decide. */
+  handle(delivery: Delivery<LlmRequestMessage>): Promise<void>;
+  /** Publishes the `delivery_exhausted` result of a request whose last delivery failed. */
+  onExhausted(delivery: Delivery<LlmRequestMessage>, error: Error): Promise<void>;
+};
+
+/** `Nats-Msg-Id` (and envelope id) of a step's result: one per step, whatever the attempt. */
+export function llmResultMessageId(runId: string, step: number): string {
+  return `${runId}:llm_result:${step}`;
+}
+
+/** `eventId` of an event of one attempt of a step: `started`, or `d<n>` for the n-th delta. */
+export function stepEventId(runId: string, step: number, attempt: number, suffix: string): string {
+  return `${runId}:s${step}:a${attempt}:${suffix}`;
+}
+
+/**
+ * The llm-worker's handler (DESIGN §4 step 2). For an `llm.request`:
+ * 1. a cancelled run (`RUN_CONTROL`) → ack, nothing else;
+ * 2. a step already in `LLM_RESULTS` → its stored result is published again, the model is not called;
+ * 3. otherwise `llm.step.started` (attempt = delivery count), the model streamed through the AI
+ *    SDK with coalesced `message.delta` events, every event's PubAck awaited, the result stored in
+ *    `LLM_RESULTS` and then published to `run.in.<runId>.llm_result`.
+ * A transient model error throws a retryable error (nak with backoff); a final one, or a timeout,
+ * publishes `ok: false`. A cancel aborts the call and publishes nothing; a shutdown aborts it and
+ * hands the message back.
+ */
+export function createRunStep(deps: RunStepDeps): RunStepHandler {
+  const metrics = deps.metrics ?? noStepMetrics;
+
+  async function publishResult(message: LlmRequestMessage, result: LlmResultPayload): Promise<void> {
+    const id = llmResultMessageId(message.runId, result.step);
+    const envelope = makeEnvelope('llm_result', { id, runId: message.runId, tenantId: message.tenantId }, result);
+    await deps.publisher.publish(subjects.runInbox(message.runId, 'llm_result'), envelope, id);
+  }
+
+  /** Stores then publishes `result`; the first result stored for the step is the one published. */
+  async function finish(message: LlmRequestMessage, result: LlmResultPayload): Promise<LlmResultPayload> {
+    const stored = await deps.results.saveFirst(message.runId, result.step, llmResultPayloadSchema.parse(result));
+    await publishResult(message, stored);
+    return stored;
+  }
+
+  async function resolveBody(message: LlmRequestMessage): Promise<LlmRequestBody | ErrorInfo> {
+    const { body, bodyRef } = message.payload;
+    if (body) return body;
+    if (!bodyRef) return { code: 'internal', message: 'the model request has neither a body nor a bodyRef' };
+    const stored = await deps.bodies.read(bodyRef.name);
+    return stored ?? { code: 'internal', message: `the model request body ${bodyRef.name} is missing from ${bodyRef.store}` };
+  }
+
+  return {
+    async handle(delivery) {
+      const { message } = delivery;
+      const { runId, tenantId, payload } = message;
+      const { step } = payload;
+      const attempt = delivery.deliveryCount;
+      const log = deps.logger.child({ runId, tenantId, step, attempt });
+      // Track before checking: a cancel landing between the check and the call is seen by the watch.
+      const cancellation = deps.cancellations.track(runId);
+      try {
+        if (await deps.cancellations.isCancelled(runId)) {
+          log.info('run cancelled; model request dropped');
+          metrics.cancelled();
+          return;
+        }
+        const stored = await deps.results.get(runId, step);
+        if (stored) {
+          log.info({ ok: stored.ok, storedAttempt: stored.attempt }, 'step already finished; its stored result is published again');
+          metrics.replayed();
+          await publishResult(message, stored);
+          return;
+        }
+
+        metrics.started();
+        const startedAt = Date.now();
+        const timeout = AbortSignal.timeout(payload.timeoutMs);
+        const signal = AbortSignal.any([delivery.signal, cancellation.signal, timeout]);
+        const events = createPublishPipeline(deps.publisher);
+        const eventsSubject = subjects.runEvents(runId);
+        const startedId = stepEventId(runId, step, attempt, 'started');
+        events.send(eventsSubject, makeBusEvent('llm.step.started', { eventId: startedId, runId, tenantId }, { step, attempt }), startedId);
+        let deltas = 0;
+        const coalescer = createDeltaCoalescer({
+          ...deps.coalescing,
+          emit(text) {
+            const eventId = stepEventId(runId, step, attempt, `d${deltas}`);
+            deltas += 1;
+            events.send(eventsSubject, makeBusEvent('message.delta', { eventId, runId, tenantId }, { step, attempt, text }), eventId);
+          },
+        });
+
+        async function fail(error: ErrorInfo): Promise<void> {
+          await events.settle();
+          await finish(message, { ok: false, step, attempt, error });
+          metrics.failed(error.code);
+          log.warn({ code: error.code, reason: error.message }, 'model step failed for good; failure published');
+        }
+
+        const body = await resolveBody(message);
+        if (!('messages' in body)) return await fail(body);
+        let outcome: StreamStepOutcome;
+        try {
+          const model = deps.createModel(payload.model, { step });
+          outcome = await streamStep({
+            model,
+            body,
+            tools: payload.tools,
+            signal,
+            async onText(text) {
+              coalescer.push(text);
+              await events.belowWindow();
+            },
+          });
+        } catch (error) {
+          outcome = { kind: 'failed', error };
+        }
+
+        if (outcome.kind === 'aborted' || signal.aborted) {
+          coalescer.discard();
+          if (cancellation.signal.aborted) {
+            log.info('run cancelled during the model call; nothing published');
+            metrics.cancelled();
+            await events.settle().catch(() => {
+              // The run is cancelled: its partial events no longer matter.
+            });
+            return;
+          }
+          if (timeout.aborted) return await fail({ code: 'model_timeout' satisfies RunErrorCode, message: `the model step did not finish within ${payload.timeoutMs} ms` });
+          metrics.failed('aborted');
+          throw new AbideError('unavailable', 'the worker is shutting down; the model step is handed back', { retryable: true, retryAfterMs: 0 });
+        }
+
+        coalescer.flush();
+        if (outcome.kind === 'failed') {
+          const failure = classifyModelError(outcome.error, { maxRetryAfterMs: deps.maxRetryAfterMs });
+          if (!failure.retryable) return await fail({ code: 'model_error' satisfies RunErrorCode, message: failure.message });
+          metrics.failed('transient');
+          await events.settle();
+          throw new AbideError('model_error', `transient model failure: ${failure.message}`, {
+            retryable: true,
+            cause: outcome.error,
+            ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs }),
+          });
+        }
+
+        // Every delta's PubAck before the result: the run's events stay in order.
+        await events.settle();
+        const { text, toolCalls, finishReason, usage } = outcome;
+        const published = await finish(message, { ok: true, step, attempt, text, toolCalls, finishReason, usage });
+        metrics.completed();
+        log.info(
+          { finishReason, toolCalls: toolCalls.length, usage, deltas, durationMs: Date.now() - startedAt, publishedAttempt: published.attempt },
+          'model step finished; result published',
+        );
+      } finally {
+        cancellation.release();
+      }
+    },
+
+    async onExhausted(delivery, error) {
+      const { message } = delivery;
+      const { runId, payload } = message;
+      const stored = await deps.results.get(runId, payload.step);
+      if (stored) {
+        await publishResult(message, stored);
+        return;
+      }
+      await finish(message, {
+        ok: false,
+        step: payload.step,
+        attempt: delivery.deliveryCount,
+        error: {
+          code: 'delivery_exhausted' satisfies RunErrorCode,
+          message: `the model step failed on all ${delivery.deliveryCount} deliveries; last error: ${error.message}`.slice(0, 4_000),
+        },
+      });
+      metrics.failed('delivery_exhausted');
+    },
+  };
+}

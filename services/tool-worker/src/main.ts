@@ -1,0 +1,173 @@
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import {
+  buckets,
+  connectNats,
+  consumerPolicies,
+  createConsumerRunner,
+  createHealthServer,
+  createLogger,
+  createMetrics,
+  ensureError,
+  exitOnStartupError,
+  installShutdown,
+  provisionJetStream,
+  publishJson,
+  subjects,
+  toolRequestMessageSchema,
+  type ConsumerRunner,
+  type KV,
+  type Logger,
+  type NatsConnection,
+  type Provisioning,
+} from '@abide/shared';
+import { createBuiltinTools } from './builtins.ts';
+import { createCancelWatch, type CancelWatch } from './cancel-watch.ts';
+import { loadToolWorkerConfig } from './config.ts';
+import { createToolCallHandler } from './execute-call.ts';
+import { createHttpTool } from './http-tool.ts';
+import { createToolMetrics } from './tool-metrics.ts';
+import { createToolRunner } from './tool-runner.ts';
+
+const provisioning: Provisioning = {
+  streams: ['TOOL_REQUESTS', 'RUN_INBOX'],
+  consumers: ['tool-worker'],
+  buckets: [buckets.toolResults, buckets.runControl],
+};
+
+async function main(): Promise<void> {
+  let logger: Logger | undefined;
+  try {
+    // The one read of the process environment (STYLE 11).
+    const { config, toolEnvironment } = loadToolWorkerConfig({ ...process.env });
+    const log = createLogger('tool-worker', config.LOG_LEVEL);
+    logger = log;
+    const workerId = `tool-worker-${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+    const policy = consumerPolicies['tool-worker'];
+    const metrics = createMetrics();
+    const toolMetrics = createToolMetrics(metrics);
+    const startup = new AbortController();
+
+    let connection: NatsConnection | undefined;
+    let runner: ConsumerRunner | undefined;
+    let cancelWatch: CancelWatch | undefined;
+    let draining = false;
+
+    const health = createHealthServer({
+      port: config.HEALTH_PORT,
+      logger: log,
+      metrics,
+      isDraining: () => draining,
+      checks: [
+        { name: 'nats', check: async () => connection !== undefined && !connection.isClosed() && (await withTimeout(connection.rtt(), 2_000)) },
+        { name: 'consumer', check: async () => runner !== undefined },
+      ],
+    });
+    await health.start();
+
+    installShutdown({
+      logger: log,
+      hardLimitMs: config.SHUTDOWN_GRACE + 15_000,
+      async stop() {
+        draining = true;
+        startup.abort(new Error('shutting down'));
+        // Stop pulling, let in-flight calls finish within the grace period, then abort them
+        // (they are handed back to the stream); only then close the connection.
+        await runner?.stop(config.SHUTDOWN_GRACE);
+        await cancelWatch?.stop();
+        await health.stop();
+        await connection?.drain().catch((error: unknown) => log.warn({ err: ensureError(error) }, 'nats drain failed'));
+      },
+    });
+
+    // Start-up keeps trying until NATS and JetStream answer (a worker started before NATS waits for it).
+    let provisioned: Awaited<ReturnType<typeof provisionJetStream>> | undefined;
+    for (let attempt = 1; !provisioned; attempt++) {
+      try {
+        connection ??= await connectNats(config, workerId, log);
+        provisioned = await provisionJetStream(connection, config, provisioning, log);
+      } catch (error) {
+        if (startup.signal.aborted) return;
+        const delayMs = Math.min(10_000, 250 * 2 ** Math.min(attempt, 6));
+        log.warn({ err: ensureError(error), attempt, delayMs }, 'NATS or JetStream not ready; retrying');
+        await sleep(delayMs, startup.signal);
+        if (startup.signal.aborted) return;
+      }
+    }
+    const { js, kv } = provisioned;
+    const nats = connection!;
+    const toolResults = kv.get(buckets.toolResults) as KV;
+    const runControl = kv.get(buckets.runControl) as KV;
+
+    cancelWatch = createCancelWatch({ bucket: runControl, logger: log });
+    await cancelWatch.start();
+
+    const runTool = createToolRunner({
+      builtins: createBuiltinTools(),
+      http: createHttpTool({ egressAllow: config.TOOL_EGRESS_ALLOW, environment: toolEnvironment, maxRetryAfterMs: policy.maxNakDelayMs }),
+    });
+    const handler = createToolCallHandler({
+      results: toolResults,
+      cancellations: cancelWatch,
+      runTool,
+      workerId,
+      logger: log,
+      metrics: toolMetrics,
+      heartbeatMs: policy.heartbeatMs,
+      async publish(message) {
+        await publishJson(js, subjects.runInbox(message.runId, 'tool_result'), message, message.id);
+      },
+    });
+
+    // A consumer loop that ends on its own (the consumer was deleted, a server-side failure) is
+    // rebuilt, re-provisioning the consumer first; the process does not exit for it.
+    while (!startup.signal.aborted) {
+      const current = createConsumerRunner({
+        js,
+        policy,
+        schema: toolRequestMessageSchema,
+        concurrency: config.TOOL_CONCURRENCY,
+        logger: log,
+        handle: handler.handle,
+        onExhausted: handler.onExhausted,
+      });
+      runner = current;
+      await current.start();
+      log.info({ workerId, concurrency: config.TOOL_CONCURRENCY, egressAllow: config.TOOL_EGRESS_ALLOW }, 'tool-worker consuming');
+      const error = await current.closed;
+      if (startup.signal.aborted) break;
+      log.error({ err: error }, 'consumer loop ended; restarting it');
+      await sleep(1_000, startup.signal);
+      if (startup.signal.aborted) break;
+      await provisionJetStream(nats, config, { ...provisioning, buckets: [] }, log).catch((provisionError: unknown) =>
+        log.warn({ err: ensureError(provisionError) }, 'could not re-provision the consumer; retrying with the existing one'),
+      );
+    }
+  } catch (error) {
+    exitOnStartupError(logger, error);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+async function withTimeout(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+await main();

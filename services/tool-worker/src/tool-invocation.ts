@@ -1,0 +1,34 @@
+import type { ToolDefinition, ToolOutcome } from '@abide/shared';
+
+/** One execution of a tool call. */
+export type ToolInvocation = {
+  runId: string;
+  toolCallId: string;
+  tool: ToolDefinition;
+  args: unknown;
+  /** Time the execution may take. */
+  timeoutMs: number;
+  /** Aborted when the run is cancelled or the worker shuts down. */
+  signal: AbortSignal;
+  /**
+   * Called just before an effect outside the worker starts (an HTTP request is sent). Until then
+   * the call can be handed back on shutdown as "not executed".
+   */
+  onExternalEffect(): void;
+};
+
+/**
+ * Executes a tool call. Resolves with a `success` or final `error` outcome; throws a retryable
+ * `AbideError` for a transient failure, or the signal's reason when `signal` aborts.
+ */
+export type RunTool = (invocation: ToolInvocation) => Promise<ToolOutcome>;
+
+/** The idempotency key of a tool call (DESIGN §5), the same on every attempt. */
+export function idempotencyKeyFor(runId: string, toolCallId: string): string {
+  return `${runId}:${toolCallId}`;
+}
+
+/** A final error outcome. */
+export function errorOutcome(code: string, message: string): ToolOutcome {
+  return { kind: 'error', error: { code, message } };
+}
