@@ -16,17 +16,24 @@ export function createMongoClient(url: string): MongoClient {
   });
 }
 
-/** Indexes of DESIGN §3, created idempotently at start-up. */
+/** Indexes of DESIGN §3. */
+export const indexes: { collection: string; key: Record<string, 1 | -1>; name: string }[] = [
+  { collection: collections.runs, key: { tenantId: 1, conversationId: 1, createdAt: -1 }, name: 'tenant_conversation_created' },
+  { collection: collections.runs, key: { tenantId: 1, status: 1, createdAt: -1 }, name: 'tenant_status_created' },
+  { collection: collections.runs, key: { tenantId: 1, createdAt: -1 }, name: 'tenant_created' },
+  { collection: collections.runs, key: { nextDeadlineAt: 1 }, name: 'next_deadline' },
+  { collection: collections.runTransitions, key: { published: 1, at: 1 }, name: 'published_at' },
+];
+
+/**
+ * Creates the indexes idempotently at start-up, one `createIndexes` command per index:
+ * FerretDB 1.24 panics (and drops the connection) on a multi-index `createIndexes` whose
+ * indexes already exist.
+ */
 export async function ensureIndexes(db: Db): Promise<void> {
-  await Promise.all([
-    db.collection(collections.runs).createIndexes([
-      { key: { tenantId: 1, conversationId: 1, createdAt: -1 }, name: 'tenant_conversation_created' },
-      { key: { tenantId: 1, status: 1, createdAt: -1 }, name: 'tenant_status_created' },
-      { key: { tenantId: 1, createdAt: -1 }, name: 'tenant_created' },
-      { key: { nextDeadlineAt: 1 }, name: 'next_deadline' },
-    ]),
-    db.collection(collections.runTransitions).createIndexes([{ key: { published: 1, at: 1 }, name: 'published_at' }]),
-  ]);
+  for (const index of indexes) {
+    await db.collection(index.collection).createIndex(index.key, { name: index.name });
+  }
 }
 
 export type Collections = {

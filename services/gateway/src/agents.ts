@@ -1,0 +1,71 @@
+import { agentDefinitionSchema, ApiError, type Agent, type AgentDefinition } from '@abide/shared';
+import type { GatewayStore } from './ports.ts';
+import type { ToolArgsValidator } from './tool-args-validator.ts';
+import { parseOr400 } from './validation.ts';
+
+const day = 86_400_000;
+/** Concurrent PUTs of one agent each take the next version; this bounds the retries of one request. */
+const maxVersionAttempts = 20;
+
+/**
+ * Agents (DESIGN §3, §8): each PUT inserts `agent_versions` `<tenantId>:<agentId>:<version>`
+ * (the insert decides the version), then rewrites `agents` by `_id`.
+ */
+export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolArgsValidator; eventsMaxAgeMs: number; now?: () => Date }) {
+  const { store, toolArgs } = deps;
+  const now = deps.now ?? (() => new Date());
+
+  /** Rules zod cannot express: compilable tool schemas, deadlines inside the events' retention. */
+  function checkDefinition(definition: AgentDefinition): void {
+    const maxDeadlineMs = deps.eventsMaxAgeMs - day;
+    const tooLong = (value: number | undefined, field: string) => {
+      if (value !== undefined && value > maxDeadlineMs) {
+        throw new ApiError('invalid_request', `body.${field}: must be at most ${maxDeadlineMs} ms (EVENTS_MAX_AGE minus a day)`);
+      }
+    };
+    tooLong(definition.limits.llmStepTimeoutMs, 'limits.llmStepTimeoutMs');
+    definition.tools.forEach((tool, index) => {
+      tooLong(tool.timeoutMs, `tools.${index}.timeoutMs`);
+      tooLong(tool.approvalTimeoutMs, `tools.${index}.approvalTimeoutMs`);
+      const problem = toolArgs.checkSchema(tool.inputSchema);
+      if (problem) throw new ApiError('invalid_request', `body.tools.${index}.inputSchema: not a usable JSON Schema (${problem})`);
+    });
+  }
+
+  return {
+    /** Creates or replaces an agent; answers the new version. */
+    async putAgent(tenantId: string, agentId: string, body: unknown): Promise<Agent> {
+      const definition = parseOr400(agentDefinitionSchema, body, 'body');
+      checkDefinition(definition);
+      for (let attempt = 0; attempt < maxVersionAttempts; attempt += 1) {
+        const current = await store.findAgent(tenantId, agentId);
+        const at = now().toISOString();
+        const agent: Agent = {
+          tenantId,
+          agentId,
+          version: (current?.version ?? 0) + 1,
+          ...(definition.system === undefined ? {} : { system: definition.system }),
+          model: definition.model,
+          tools: definition.tools,
+          maxSteps: definition.maxSteps,
+          limits: definition.limits,
+          createdAt: current?.createdAt ?? at,
+          updatedAt: at,
+        };
+        // Another PUT took this version first: read again and take the next one.
+        if (!(await store.insertAgentVersion(agent))) continue;
+        await store.writeAgent(agent);
+        return agent;
+      }
+      throw new ApiError('unavailable', `agent ${agentId} is being changed by too many requests at once; retry`, { headers: { 'retry-after': '1' } });
+    },
+
+    /** The agent in force, or 404 `agent_not_found`. */
+    async getAgent(tenantId: string, agentId: string): Promise<Agent> {
+      const agent = await store.findAgent(tenantId, agentId);
+      if (!agent) throw new ApiError('agent_not_found', `agent ${agentId} not found`);
+      return agent;
+    },
+  };
+}
+export type AgentService = ReturnType<typeof createAgentService>;

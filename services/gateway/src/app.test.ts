@@ -1,0 +1,178 @@
+import { ApiError, httpStatusByCode, type PublicErrorCode } from '@abide/shared';
+import { readFileSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { toApiError } from './http-errors.ts';
+import { operations } from './openapi.ts';
+import { auth, createTestApp, scriptedAgent, type TestApp } from './testing/test-app.ts';
+
+let current: TestApp | undefined;
+function setup(...args: Parameters<typeof createTestApp>) {
+  current = createTestApp(...args);
+  return current;
+}
+afterEach(async () => {
+  await current?.app.close();
+  current = undefined;
+});
+
+describe('errors, auth and validation', () => {
+  it('answers 401 without a key or with an unknown one, on every /v1 route', async () => {
+    const { app } = setup();
+    for (const headers of [{}, { authorization: 'Bearer nope-nope' }, { authorization: 'Basic abc' }]) {
+      const response = await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers });
+      expect(response.statusCode).toBe(401);
+      expect(response.json()).toEqual({ error: { code: 'unauthorized', message: expect.any(String) } });
+    }
+    // the query token is accepted only where a browser cannot set headers
+    expect((await app.inject({ method: 'GET', url: '/v1/runs/run_x?access_token=key-tenant-one' })).statusCode).toBe(401);
+  });
+
+  it('leaves probes, metrics and the OpenAPI document open', async () => {
+    const { app } = setup();
+    expect((await app.inject('/healthz')).statusCode).toBe(200);
+    expect((await app.inject('/readyz')).json()).toMatchObject({ status: 'ready' });
+    expect((await app.inject('/metrics')).body).toContain('abide_http_requests_total');
+    expect((await app.inject('/openapi.json')).json()).toMatchObject({ openapi: '3.1.0' });
+  });
+
+  it('answers unknown routes 404 not_found', async () => {
+    const { app } = setup();
+    const response = await app.inject({ method: 'GET', url: '/v1/nothing', headers: auth() });
+    expect(response.statusCode).toBe(404);
+    expect(response.json().error.code).toBe('not_found');
+  });
+
+  it('answers malformed JSON 400 invalid_json, other media types 415, a body over the limit 413', async () => {
+    const { app } = setup();
+    const bad = await app.inject({ method: 'POST', url: '/v1/runs', headers: { ...auth(), 'content-type': 'application/json' }, payload: '{"agentId":' });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json().error.code).toBe('invalid_json');
+    const text = await app.inject({ method: 'POST', url: '/v1/runs', headers: { ...auth(), 'content-type': 'text/plain' }, payload: 'hi' });
+    expect(text.statusCode).toBe(415);
+    expect(text.json().error.code).toBe('unsupported_media_type');
+    const large = await app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'a', input: 'x'.repeat(70 * 1024) } });
+    expect(large.statusCode).toBe(413);
+    expect(large.json().error.code).toBe('payload_too_large');
+  });
+
+  it('answers a body that fails validation 400 invalid_request naming the field', async () => {
+    const { app } = setup();
+    const response = await app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'a b', input: 'hi' } });
+    expect(response.statusCode).toBe(400);
+    expect(response.json().error).toEqual({ code: 'invalid_request', message: expect.stringContaining('body.agentId') });
+    const unknownField = await app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'a', input: 'hi', extra: 1 } });
+    expect(unknownField.json().error.code).toBe('invalid_request');
+    const badKey = await app.inject({ method: 'POST', url: '/v1/runs', headers: { ...auth(), 'idempotency-key': 'has space' }, payload: { agentId: 'a', input: 'hi' } });
+    expect(badKey.json().error.message).toContain('headers.idempotency-key');
+  });
+
+  it('answers 503 unavailable while the backend is not connected, and while draining', async () => {
+    const { app, setDraining } = setup({ backend: () => undefined });
+    const starting = await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() });
+    expect(starting.statusCode).toBe(503);
+    expect(starting.headers['retry-after']).toBe('1');
+    setDraining(true);
+    expect((await app.inject({ method: 'GET', url: '/v1/agents/a', headers: auth() })).json().error.code).toBe('unavailable');
+    expect((await app.inject('/readyz')).statusCode).toBe(503);
+    expect((await app.inject('/healthz')).statusCode).toBe(200);
+  });
+
+  it('answers 5xx without internals', async () => {
+    const { app, memory } = setup();
+    memory.failNext('loadRun', new Error('secret connection string mongodb://user:pw@db'));
+    const response = await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() });
+    expect(response.statusCode).toBe(500);
+    expect(response.json()).toEqual({ error: { code: 'internal', message: 'internal error' } });
+    memory.failNext('loadRun', Object.assign(new Error('no server'), { name: 'MongoServerSelectionError' }));
+    expect((await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() })).statusCode).toBe(503);
+  });
+
+  it('echoes a valid X-Request-Id and makes one otherwise', async () => {
+    const { app } = setup();
+    expect((await app.inject({ url: '/healthz', headers: { 'x-request-id': 'abc-123' } })).headers['x-request-id']).toBe('abc-123');
+    expect((await app.inject({ url: '/healthz', headers: { 'x-request-id': 'bad id!' } })).headers['x-request-id']).toMatch(/^req_/);
+  });
+});
+
+describe('the error registry', () => {
+  it('maps every ApiError to its registry status through the one error handler', async () => {
+    for (const [code, status] of Object.entries(httpStatusByCode)) {
+      const error = toApiError(new ApiError(code as PublicErrorCode, 'x'), { maxBodyBytes: 1 });
+      expect(error.status).toBe(status);
+    }
+  });
+
+  it('documents every code with its status in docs/api.md', () => {
+    const docs = readFileSync(new URL('../../../docs/api.md', import.meta.url), 'utf8');
+    for (const [code, status] of Object.entries(httpStatusByCode)) {
+      expect(docs, `docs/api.md lacks ${code}`).toMatch(new RegExp(`\\|\\s*${status}\\s*\\|\\s*\`${code}\``));
+    }
+  });
+});
+
+describe('OpenAPI', () => {
+  it('lists every route the app serves, and nothing else', async () => {
+    const { app } = setup();
+    const served = new Set<string>();
+    app.addHook('onRoute', (route) => {
+      for (const method of [route.method].flat()) if (method !== 'HEAD') served.add(`${method.toLowerCase()} ${route.url}`);
+    });
+    await app.ready();
+    expect([...served].sort()).toEqual(operations.map((operation) => `${operation.method} ${operation.path}`).sort());
+    const document = (await app.inject('/openapi.json')).json();
+    expect(document.paths['/v1/runs/{runId}/approvals/{toolCallId}'].post.requestBody).toBeDefined();
+    expect(document.paths['/v1/runs'].post.parameters).toContainEqual(expect.objectContaining({ name: 'Idempotency-Key', in: 'header' }));
+    expect(document.paths['/v1/runs'].get.parameters.map((parameter: { name: string }) => parameter.name)).toEqual(['conversationId', 'status', 'limit', 'cursor']);
+  });
+});
+
+describe('agents', () => {
+  it('versions each PUT and answers the agent in force', async () => {
+    const { app } = setup();
+    const first = await app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: scriptedAgent });
+    expect(first.statusCode).toBe(200);
+    expect(first.json()).toMatchObject({ agentId: 'helper', tenantId: 't1', version: 1, maxSteps: 20 });
+    const second = await app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: { ...scriptedAgent, system: 'v2' } });
+    expect(second.json()).toMatchObject({ version: 2, system: 'v2', createdAt: first.json().createdAt });
+    const read = await app.inject({ method: 'GET', url: '/v1/agents/helper', headers: auth() });
+    expect(read.json()).toMatchObject({ version: 2, system: 'v2' });
+    expect(read.json()._id).toBeUndefined();
+  });
+
+  it('takes the next version when another writer took one (agents document lagging)', async () => {
+    const { app, memory } = setup();
+    await app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: scriptedAgent });
+    // A writer inserted version 2 and died before rewriting `agents`.
+    const v1 = memory.agents.get('t1:helper')!;
+    memory.agentVersions.set('t1:helper:2', { ...v1, version: 2, system: 'from a dead writer' });
+    expect((await app.inject({ method: 'GET', url: '/v1/agents/helper', headers: auth() })).json().version).toBe(2);
+    const put = await app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: scriptedAgent });
+    expect(put.json().version).toBe(3);
+  });
+
+  it('scopes agents to the tenant and refuses bad definitions', async () => {
+    const { app } = setup();
+    await app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: scriptedAgent });
+    const other = await app.inject({ method: 'GET', url: '/v1/agents/helper', headers: auth('t2') });
+    expect(other.statusCode).toBe(404);
+    expect(other.json().error.code).toBe('agent_not_found');
+    const provider = await app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: { model: { provider: 'nope', model: 'x' } } });
+    expect(provider.statusCode).toBe(400);
+    expect(provider.json().error).toMatchObject({ code: 'invalid_request', message: expect.stringContaining('body.model') });
+    const schema = await app.inject({
+      method: 'PUT',
+      url: '/v1/agents/helper',
+      headers: auth(),
+      payload: { ...scriptedAgent, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object', properties: { a: { type: 'nonsense' } } } }] },
+    });
+    expect(schema.json().error).toMatchObject({ code: 'invalid_request', message: expect.stringContaining('body.tools.0.inputSchema') });
+    const deadline = await app.inject({
+      method: 'PUT',
+      url: '/v1/agents/helper',
+      headers: auth(),
+      payload: { ...scriptedAgent, limits: { llmStepTimeoutMs: 7 * 86_400_000 } },
+    });
+    expect(deadline.json().error.message).toContain('EVENTS_MAX_AGE');
+    expect((await app.inject({ method: 'PUT', url: '/v1/agents/bad%20id', headers: auth(), payload: scriptedAgent })).json().error.code).toBe('invalid_request');
+  });
+});

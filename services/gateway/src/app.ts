@@ -1,0 +1,164 @@
+import { ApiError, newId, type Logger, type Metrics } from '@abide/shared';
+import fastifyWebsocket from '@fastify/websocket';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { createAuthenticator, type Caller } from './auth.ts';
+import type { GatewayConfig } from './config.ts';
+import { errorBody, toApiError } from './http-errors.ts';
+import { createLiveConnections, type LiveConnections } from './live-connections.ts';
+import { buildOpenApiDocument } from './openapi.ts';
+import type { Backend } from './ports.ts';
+import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
+import { registerAgentRoutes } from './routes/agents.ts';
+import { registerApprovalRoutes } from './routes/approvals.ts';
+import { registerEventRoutes } from './routes/events.ts';
+import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
+import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
+import { registerRunRoutes } from './routes/runs.ts';
+import { registerWebSocketRoute } from './routes/websocket.ts';
+import { createServices, type Services } from './services.ts';
+import { createToolArgsValidator } from './tool-args-validator.ts';
+
+export type AppDeps = {
+  config: Pick<GatewayConfig, 'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE'>;
+  logger: Logger;
+  metrics: Metrics;
+  /** NATS and MongoDB, once connected (undefined while `main.ts` is still connecting: answers 503). */
+  backend(): Backend | undefined;
+  readiness: Readiness;
+  /** True once shutdown began: new requests get 503. */
+  isDraining(): boolean;
+  streaming?: Partial<StreamingOptions>;
+  runCreationLimit?: RateLimitOptions;
+  now?: () => Date;
+};
+
+export const defaultStreamingOptions: StreamingOptions = {
+  heartbeatMs: 15_000,
+  wsHighWaterMarkBytes: 8 * 1_048_576,
+  maxSubscriptionsPerSocket: 100,
+};
+
+const requestIdPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
+/** Paths that answer while draining (probes must tell the truth until the end). */
+const alwaysServed = new Set(['/healthz', '/readyz', '/metrics']);
+
+/**
+ * The gateway's HTTP and WebSocket API (DESIGN §7) as a fastify instance: one error handler
+ * (`{ error: { code, message } }`, statuses from `httpStatusByCode`), API-key auth on `/v1`,
+ * and the routes. `live` holds the open SSE streams and WebSockets (closed on shutdown).
+ */
+export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConnections } {
+  const { config, logger, metrics } = deps;
+  const streaming = { ...defaultStreamingOptions, ...deps.streaming };
+  const limits = { maxBodyBytes: config.MAX_BODY_BYTES };
+  const live = createLiveConnections();
+  const authenticator = createAuthenticator(config.apiKeys);
+  const callers = new WeakMap<FastifyRequest, Caller>();
+  const toolArgs = createToolArgsValidator();
+  const rateLimiter = createRateLimiter(deps.runCreationLimit ?? defaultRunCreationLimit);
+  const requests = metrics.counter('http_requests_total', 'HTTP requests by method, route and status');
+  metrics.gauge('websocket_connections', 'Open WebSocket connections', () => live.counts().websockets);
+  metrics.gauge('sse_streams', 'Open SSE streams', () => live.counts().sseStreams);
+  metrics.gauge('event_subscriptions', 'Active run event subscriptions (SSE and WebSocket)', () => live.counts().subscriptions);
+
+  let services: { backend: Backend; services: Services } | undefined;
+  function currentServices(): Services {
+    const backend = deps.backend();
+    if (!backend) throw new ApiError('unavailable', 'starting: not connected to NATS and MongoDB yet', { headers: { 'retry-after': '1' } });
+    if (services?.backend !== backend) {
+      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, ...(deps.now ? { now: deps.now } : {}) }) };
+    }
+    return services.services;
+  }
+
+  const app: FastifyInstance = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    // Requests are logged once, on response, by the hook below (route pattern only: no query strings, no keys).
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
+    bodyLimit: config.MAX_BODY_BYTES,
+    genReqId: (request) => {
+      const header = request.headers['x-request-id'];
+      return typeof header === 'string' && requestIdPattern.test(header) ? header : newId('req');
+    },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+  });
+
+  // JSON bodies: an empty body is "no body" (an optional body such as cancel's), not an error.
+  const defaultJsonParser = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser(['application/json', 'text/plain']);
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '' || (typeof body === 'string' && body.trim() === '')) {
+      done(null, undefined);
+      return;
+    }
+    defaultJsonParser(request, body as string, done);
+  });
+
+  app.setErrorHandler((error, request, reply) => {
+    const apiError = toApiError(error, limits);
+    if (apiError.status >= 500) request.log.error({ err: error, code: apiError.code }, 'request failed');
+    else request.log.debug({ code: apiError.code, message: apiError.message }, 'request refused');
+    return reply.code(apiError.status).headers(apiError.headers).send(errorBody(apiError));
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    return reply.code(404).send(errorBody(new ApiError('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)));
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+    const path = request.url.split('?')[0] ?? '';
+    if (deps.isDraining() && !alwaysServed.has(path)) {
+      reply.header('connection', 'close');
+      throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
+    }
+    if (path === '/v1' || path.startsWith('/v1/')) {
+      const allowQueryToken = (request.routeOptions.config as { allowQueryToken?: boolean } | undefined)?.allowQueryToken === true;
+      const accessToken = allowQueryToken ? (request.query as Record<string, unknown>).access_token : undefined;
+      const caller = authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
+      callers.set(request, caller);
+      request.log = request.log.child({ tenantId: caller.tenantId });
+    }
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    requests.inc({ method: request.method, route, status: String(reply.statusCode) });
+    request.log.info({ method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'request');
+  });
+
+  const context: RouteContext = {
+    services: currentServices,
+    caller(request) {
+      const caller = callers.get(request);
+      if (!caller) throw new ApiError('unauthorized', 'missing or unknown API key');
+      return caller;
+    },
+    logger,
+    metrics,
+    recordRequest: (method, route, status) => requests.inc({ method, route, status: String(status) }),
+    live,
+    streaming,
+    maxBodyBytes: config.MAX_BODY_BYTES,
+    wsAllowedOrigins: config.WS_ALLOWED_ORIGINS,
+  };
+
+  app.register(fastifyWebsocket, {
+    options: { maxPayload: config.WS_MAX_FRAME_BYTES },
+    errorHandler: (error, socket, request) => {
+      request.log.error({ err: error }, 'WebSocket handler failed');
+      socket.close(1011, 'internal error');
+    },
+  });
+  app.register(async (scope) => {
+    registerOperationRoutes(scope, context, { readiness: deps.readiness, openApiDocument: buildOpenApiDocument });
+    registerAgentRoutes(scope, context);
+    registerRunRoutes(scope, context);
+    registerEventRoutes(scope, context);
+    registerApprovalRoutes(scope, context);
+    registerWebSocketRoute(scope, context);
+  });
+
+  return { app, live };
+}

@@ -1,0 +1,130 @@
+import {
+  ApiError,
+  hashJson,
+  kvKeys,
+  makeEnvelope,
+  newId,
+  subjects,
+  type ApprovalLedgerEntry,
+  type ApprovalPayload,
+  type Logger,
+} from '@abide/shared';
+import type { Caller } from './auth.ts';
+import type { GatewayBus, GatewayStore } from './ports.ts';
+import { findTenantRun } from './run-access.ts';
+import { pendingApprovalsOf, type PendingApprovalView } from './run-views.ts';
+import type { ToolArgsValidator } from './tool-args-validator.ts';
+
+export type ApprovalDecision = {
+  runId: string;
+  toolCallId: string;
+  approved: boolean;
+  reason?: string | undefined;
+  /** Approve with edited arguments; ignored on a denial. */
+  args?: Record<string, unknown> | undefined;
+};
+
+/** `accepted` (202: recorded now) or `already_decided` (200: the same decision was recorded before). */
+export type ApprovalOutcome = 'accepted' | 'already_decided';
+
+export type PendingApprovalItem = PendingApprovalView & { runId: string };
+
+/** Suspended runs looked at by the approvals inbox. */
+const maxInboxRuns = 500;
+
+/**
+ * Decisions on pending tool calls (DESIGN §7, "Approvals"), in exactly this order:
+ * 404 `approval_not_found` (no such call of the caller's run) → the ledger (same decision →
+ * `already_decided`, republished; another → 409 `approval_conflict`) → 409 `run_not_suspended`
+ * → 400 `invalid_args` → ledger create (a concurrent winner is answered from the ledger) →
+ * publish → `accepted`.
+ */
+export function createApprovalService(deps: { store: GatewayStore; bus: GatewayBus; toolArgs: ToolArgsValidator; logger: Logger; now?: () => Date }) {
+  const { store, bus, toolArgs, logger } = deps;
+  const now = deps.now ?? (() => new Date());
+
+  /** Publishes the ledger's decision; its `decisionId` is the msg id, so repeats are dropped. */
+  async function publishDecision(tenantId: string, runId: string, toolCallId: string, entry: ApprovalLedgerEntry): Promise<void> {
+    const payload: ApprovalPayload = {
+      toolCallId,
+      approved: entry.approved,
+      source: entry.source,
+      ...(entry.reason === undefined ? {} : { reason: entry.reason }),
+      ...(entry.args === undefined ? {} : { args: entry.args }),
+      ...(entry.decidedBy === undefined ? {} : { decidedBy: entry.decidedBy }),
+    };
+    const message = makeEnvelope('approval', { id: entry.decisionId, runId, tenantId, ts: entry.at }, payload);
+    await bus.publish(subjects.approvals(tenantId, runId), message, entry.decisionId);
+  }
+
+  /** The answer when the ledger already holds a decision for the call. */
+  async function answerFromLedger(tenantId: string, decision: ApprovalDecision, argsHash: string, entry: ApprovalLedgerEntry): Promise<ApprovalOutcome> {
+    if (entry.approved === decision.approved && entry.argsHash === argsHash) {
+      // The same decision again: make sure it reached the orchestrator (a publisher may have died after the ledger write).
+      await publishDecision(tenantId, decision.runId, decision.toolCallId, entry);
+      return 'already_decided';
+    }
+    const recorded = entry.approved ? (entry.argsHash === argsHash ? 'approved' : 'approved with other arguments') : 'denied';
+    throw new ApiError('approval_conflict', `tool call ${decision.toolCallId} was already ${recorded} (source: ${entry.source})`);
+  }
+
+  return {
+    async decide(caller: Caller, decision: ApprovalDecision): Promise<ApprovalOutcome> {
+      const { runId, toolCallId } = decision;
+      const notFound = () => new ApiError('approval_not_found', `run ${runId} has no tool call ${toolCallId} awaiting a decision`);
+      const run = await findTenantRun(store, caller.tenantId, runId);
+      const call = run?.state.toolCalls.find((candidate) => candidate.toolCallId === toolCallId && candidate.needsApproval);
+      if (!run || !call) throw notFound();
+
+      const args = decision.approved && decision.args !== undefined ? decision.args : undefined;
+      const argsHash = hashJson(args ?? call.args);
+      const key = kvKeys.approval(runId, toolCallId);
+      const recorded = await bus.ledger.get(key);
+      if (recorded) return answerFromLedger(caller.tenantId, decision, argsHash, recorded);
+
+      if (run.state.status !== 'suspended' || !run.state.pendingApprovals.includes(toolCallId)) {
+        throw new ApiError('run_not_suspended', `run ${runId} is ${run.state.status} and tool call ${toolCallId} is not pending`);
+      }
+      if (args !== undefined) {
+        const tool = run.state.agentSnapshot.tools.find((candidate) => candidate.name === call.toolName);
+        if (!tool) throw notFound();
+        let problems: string[];
+        try {
+          problems = toolArgs.validate(tool.inputSchema, args);
+        } catch (error) {
+          throw new ApiError('invalid_args', `the input schema of tool ${tool.name} cannot be used to validate: ${(error as Error).message}`);
+        }
+        if (problems.length > 0) throw new ApiError('invalid_args', problems.join('; '));
+      }
+
+      const entry: ApprovalLedgerEntry = {
+        decisionId: newId('dec'),
+        approved: decision.approved,
+        argsHash,
+        ...(args === undefined ? {} : { args }),
+        ...(decision.reason === undefined ? {} : { reason: decision.reason }),
+        source: 'user',
+        decidedBy: caller.keyId,
+        at: now().toISOString(),
+      };
+      if (!(await bus.ledger.create(key, entry))) {
+        // A concurrent decision (any road: HTTP, WebSocket, a service, the deadline) won the create.
+        const winner = await bus.ledger.get(key);
+        if (!winner) throw new Error(`approval ledger ${key}: create refused but no entry found`);
+        return answerFromLedger(caller.tenantId, decision, argsHash, winner);
+      }
+      await publishDecision(caller.tenantId, runId, toolCallId, entry);
+      logger.info({ runId, tenantId: caller.tenantId, toolCallId, approved: entry.approved, decisionId: entry.decisionId }, 'approval recorded');
+      return 'accepted';
+    },
+
+    /** The caller's pending approvals across its suspended runs (an approvals inbox). */
+    async listPending(tenantId: string): Promise<PendingApprovalItem[]> {
+      const { runs } = await store.listRuns({ tenantId, status: 'suspended', limit: maxInboxRuns });
+      return runs
+        .filter((run) => run.state.status === 'suspended')
+        .flatMap((run) => pendingApprovalsOf(run.state).map((approval) => ({ runId: run.state.runId, ...approval })));
+    },
+  };
+}
+export type ApprovalService = ReturnType<typeof createApprovalService>;

@@ -1,0 +1,72 @@
+import {
+  buckets,
+  connectNats,
+  createMongoClient,
+  createRunStore,
+  ensureIndexes,
+  getCollections,
+  provisionJetStream,
+  streams,
+  type Logger,
+  type NatsConnection,
+} from '@abide/shared';
+import type { MongoClient } from 'mongodb';
+import type { GatewayConfig } from './config.ts';
+import { createMongoStore } from './mongo-store.ts';
+import { createNatsBus } from './nats-bus.ts';
+import { createNatsEventSource } from './nats-event-source.ts';
+import type { Backend } from './ports.ts';
+import { retryWithBackoff } from './retry.ts';
+
+export type ConnectedBackend = { backend: Backend; nats: NatsConnection; mongo: MongoClient };
+
+/** Logs every `intervalMs` while `promise` is pending (NATS's first connect retries silently). */
+async function logWhilePending<T>(promise: Promise<T>, log: () => void, intervalMs: number): Promise<T> {
+  const timer = setInterval(log, intervalMs);
+  try {
+    return await promise;
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/**
+ * Connects to NATS and MongoDB, retrying with backoff until both answer (the gateway listens
+ * meanwhile and answers 503): provisions what the gateway publishes to and reads (streams
+ * `RUN_INBOX`, `APPROVALS`, `RUN_EVENTS`, bucket `APPROVAL_LEDGER`; no durable consumers) and
+ * the MongoDB indexes (the gateway may be the first service to start).
+ */
+export async function connectBackend(config: GatewayConfig, logger: Logger, signal: AbortSignal): Promise<ConnectedBackend> {
+  const connectToNats = async () => {
+    // connectNats keeps trying until the first connect succeeds (and reconnects forever after).
+    const connection = await logWhilePending(connectNats(config, 'abide-gateway', logger), () => logger.warn({ url: config.NATS_URL }, 'waiting for NATS'), 5_000);
+    const { js, jsm, kv } = await retryWithBackoff(
+      'provisioning JetStream',
+      () =>
+        provisionJetStream(connection, config, { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] }, logger),
+      { logger, signal },
+    );
+    const approvalLedger = kv.get(buckets.approvalLedger);
+    if (!approvalLedger) throw new Error('APPROVAL_LEDGER was not provisioned');
+    logger.info('connected to NATS');
+    return { connection, js, jsm, approvalLedger };
+  };
+
+  const connectToMongo = async () => {
+    const client = createMongoClient(config.MONGO_URL);
+    await retryWithBackoff('connecting to MongoDB', () => client.connect(), { logger, signal });
+    const db = client.db();
+    await retryWithBackoff('creating MongoDB indexes', () => ensureIndexes(db), { logger, signal });
+    logger.info({ database: db.databaseName }, 'connected to MongoDB');
+    return { client, db };
+  };
+
+  const [nats, mongo] = await Promise.all([connectToNats(), connectToMongo()]);
+  const collections = getCollections(mongo.db);
+  const backend: Backend = {
+    store: createMongoStore({ db: mongo.db, collections, runStore: createRunStore(collections) }),
+    bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, logger }),
+    events: createNatsEventSource({ js: nats.js, jsm: nats.jsm, logger }),
+  };
+  return { backend, nats: nats.connection, mongo: mongo.client };
+}

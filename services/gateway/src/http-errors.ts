@@ -1,0 +1,68 @@
+import { ApiError, type RunView } from '@abide/shared';
+
+/** A cursor older than the events' retention (410); carries the run's current state so the client can resync. */
+export class CursorExpiredError extends ApiError {
+  readonly run: RunView;
+  constructor(run: RunView, message = 'this cursor is older than the retention of the run\'s events; the run\'s current state is attached') {
+    super('cursor_expired', message);
+    this.run = run;
+  }
+}
+
+/** Errors of an unreachable dependency: answered 503 `unavailable` (the client may retry). */
+const unavailableErrorNames = new Set([
+  'MongoServerSelectionError',
+  'MongoNetworkError',
+  'MongoNetworkTimeoutError',
+  'MongoNotConnectedError',
+  'MongoTopologyClosedError',
+  'MongoPoolClearedError',
+  'ClosedConnectionError',
+  'DrainingConnectionError',
+  'ConnectionError',
+  'TimeoutError',
+  'RequestError',
+  'NoResponders',
+]);
+
+/**
+ * Every error the gateway can meet, as the `ApiError` it is answered with (DESIGN §7): fastify's
+ * body errors, validation errors, unreachable dependencies; anything else is 500 `internal`
+ * with no internals in the message.
+ */
+export function toApiError(error: unknown, limits: { maxBodyBytes: number }): ApiError {
+  if (error instanceof ApiError) return error;
+  const fastifyCode = (error as { code?: unknown } | null)?.code;
+  switch (fastifyCode) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ApiError('payload_too_large', `the request body is larger than ${limits.maxBodyBytes} bytes`);
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new ApiError('invalid_json', 'the request body is not valid JSON');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ApiError('unsupported_media_type', 'send request bodies as application/json');
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new ApiError('invalid_request', 'the Content-Length header does not match the body');
+    case 'FST_ERR_VALIDATION':
+      return new ApiError('invalid_request', (error as Error).message);
+    default:
+      break;
+  }
+  if (error instanceof SyntaxError && (error as { statusCode?: unknown }).statusCode === 400) {
+    return new ApiError('invalid_json', 'the request body is not valid JSON');
+  }
+  const name = (error as { name?: unknown } | null)?.name;
+  if (typeof name === 'string' && unavailableErrorNames.has(name)) {
+    return new ApiError('unavailable', 'a backing service is unreachable; retry shortly', { cause: error, headers: { 'retry-after': '1' } });
+  }
+  const statusCode = (error as { statusCode?: unknown } | null)?.statusCode;
+  if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) {
+    return new ApiError('invalid_request', (error as Error).message);
+  }
+  return new ApiError('internal', 'internal error', { cause: error });
+}
+
+/** The JSON body of an error answer: `{ error: { code, message } }` (plus `run` for `cursor_expired`). */
+export function errorBody(error: ApiError): Record<string, unknown> {
+  return { error: { code: error.code, message: error.message }, ...(error instanceof CursorExpiredError ? { run: error.run } : {}) };
+}

@@ -1,0 +1,66 @@
+import { createLogger, createMetrics, exitOnStartupError, installShutdown, type Logger } from '@abide/shared';
+import { createApp } from './app.ts';
+import { connectBackend, type ConnectedBackend } from './backend.ts';
+import { loadGatewayConfig } from './config.ts';
+
+/** The gateway's composition root: config, logger, app, connections, signal handling. */
+async function main(): Promise<void> {
+  let logger: Logger | undefined;
+  const stopping = new AbortController();
+  try {
+    const config = loadGatewayConfig(process.env);
+    logger = createLogger('gateway', config.LOG_LEVEL);
+    const log = logger;
+    const metrics = createMetrics();
+    let connected: ConnectedBackend | undefined;
+    let draining = false;
+
+    const { app, live } = createApp({
+      config,
+      logger,
+      metrics,
+      backend: () => connected?.backend,
+      isDraining: () => draining,
+      async readiness() {
+        const [nats, mongo] = connected
+          ? await Promise.all([connected.backend.bus.ping().catch(() => false), connected.backend.store.ping().catch(() => false)])
+          : [false, false];
+        return { ready: !draining && nats && mongo, checks: { nats, mongo }, draining };
+      },
+    });
+
+    installShutdown({
+      logger,
+      hardLimitMs: config.SHUTDOWN_GRACE + 5_000,
+      async stop() {
+        draining = true;
+        stopping.abort(new Error('shutting down'));
+        // Streams first (SSE ended, WebSockets closed with 1001), then in-flight requests, then connections.
+        live.closeAll();
+        let graceTimer: NodeJS.Timeout | undefined;
+        const graceOver = new Promise<void>((resolve) => {
+          graceTimer = setTimeout(() => {
+            log.warn('requests still in flight after SHUTDOWN_GRACE; closing anyway');
+            resolve();
+          }, config.SHUTDOWN_GRACE);
+        });
+        await Promise.race([app.close(), graceOver]);
+        clearTimeout(graceTimer);
+        if (connected) {
+          await connected.nats.drain().catch((error: unknown) => log.warn({ err: error }, 'NATS drain failed'));
+          await connected.mongo.close().catch((error: unknown) => log.warn({ err: error }, 'MongoDB close failed'));
+        }
+      },
+    });
+
+    await app.listen({ host: '0.0.0.0', port: config.GATEWAY_PORT });
+    connected = await connectBackend(config, logger, stopping.signal);
+    logger.info({ port: config.GATEWAY_PORT }, 'gateway ready');
+  } catch (error) {
+    // A signal during start-up aborts the connecting; the shutdown handler exits (0) by itself.
+    if (stopping.signal.aborted) return;
+    exitOnStartupError(logger, error);
+  }
+}
+
+await main();

@@ -1,0 +1,140 @@
+import { isDuplicateKeyError, type Agent, type Collections, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import type { Db } from 'mongodb';
+import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery } from './ports.ts';
+
+export const agentDocumentId = (tenantId: string, agentId: string) => `${tenantId}:${agentId}`;
+export const agentVersionId = (tenantId: string, agentId: string, version: number) => `${tenantId}:${agentId}:${version}`;
+
+/** Strips MongoDB's `_id` (and read-model bookkeeping) from a stored agent. */
+function toAgent(document: Record<string, unknown>): Agent {
+  const { _id: _ignored, ...agent } = document;
+  return agent as Agent;
+}
+
+/**
+ * The gateway's MongoDB access (DESIGN §3). Races are decided by inserts; every hot path goes by
+ * `_id`; reads roll forward past a lagging `agents` / `runs` document.
+ */
+export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore }): GatewayStore {
+  const { db, collections, runStore } = options;
+
+  /** Rolls a read-model document forward through `run_transitions` by `_id`. */
+  async function rollForward(document: RunDocument): Promise<LoadedRun> {
+    const { _id: _ignored, version, lastSeq, publishedVersion, ...state } = document;
+    let loaded: LoadedRun = { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
+    for (let probe = version + 1; ; probe += 1) {
+      const next = await runStore.loadTransition(document._id, probe);
+      if (!next) break;
+      loaded = { state: next.state, version: next.version, lastSeq: loaded.lastSeq, published: next.published };
+    }
+    return loaded;
+  }
+
+  return {
+    async findAgent(tenantId, agentId) {
+      const current = await collections.agents.findOne({ _id: agentDocumentId(tenantId, agentId) });
+      let agent = current ? toAgent(current) : null;
+      // `agents` may lag behind `agent_versions` (a writer died between the two writes, or a slower one lost).
+      for (let probe = (agent?.version ?? 0) + 1; ; probe += 1) {
+        const next = await collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, probe) });
+        if (!next) break;
+        agent = toAgent(next);
+      }
+      return agent;
+    },
+
+    async insertAgentVersion(agent) {
+      try {
+        await collections.agentVersions.insertOne({ _id: agentVersionId(agent.tenantId, agent.agentId, agent.version), ...agent });
+        return true;
+      } catch (error) {
+        if (isDuplicateKeyError(error)) return false;
+        throw error;
+      }
+    },
+
+    async writeAgent(agent) {
+      const _id = agentDocumentId(agent.tenantId, agent.agentId);
+      const replaced = await collections.agents.replaceOne({ _id, version: { $lt: agent.version } }, { _id, ...agent });
+      if (replaced.matchedCount > 0) return;
+      try {
+        await collections.agents.insertOne({ _id, ...agent });
+      } catch (error) {
+        // A newer version is in place already: readers roll forward anyway.
+        if (!isDuplicateKeyError(error)) throw error;
+      }
+    },
+
+    async loadRun(runId) {
+      const latest = await runStore.loadLatest(runId);
+      if (!latest) return null;
+      return { state: latest.transition.state, version: latest.transition.version, lastSeq: latest.lastSeq, published: latest.transition.published };
+    },
+
+    loadTransition: (runId, version) => runStore.loadTransition(runId, version),
+
+    async listRuns(query: RunListQuery) {
+      const filter: Record<string, unknown> = { tenantId: query.tenantId };
+      if (query.conversationId !== undefined) filter.conversationId = query.conversationId;
+      if (query.status !== undefined) filter.status = query.status;
+      if (query.after) {
+        filter.$or = [{ createdAt: { $lt: query.after.createdAt } }, { createdAt: query.after.createdAt, _id: { $lt: query.after.runId } }];
+      }
+      const documents = (await collections.runs
+        .find(filter)
+        .sort({ createdAt: -1, _id: -1 })
+        .limit(query.limit + 1)
+        .toArray()) as unknown as RunDocument[];
+      const hasMore = documents.length > query.limit;
+      const page = documents.slice(0, query.limit);
+      const runs = await Promise.all(page.map(rollForward));
+      const lastDocument = page.at(-1);
+      return { runs, last: lastDocument ? { createdAt: lastDocument.createdAt, runId: lastDocument._id } : null, hasMore };
+    },
+
+    async conversationRuns(tenantId, conversationId, limit) {
+      const documents = (await collections.runs
+        .find({ tenantId, conversationId })
+        .sort({ createdAt: -1, _id: -1 })
+        .limit(limit)
+        .toArray()) as unknown as RunDocument[];
+      return Promise.all(documents.map(rollForward));
+    },
+
+    async insertTransition(transition: TransitionDocument) {
+      try {
+        await collections.runTransitions.insertOne(transition);
+        return true;
+      } catch (error) {
+        if (isDuplicateKeyError(error)) return false;
+        throw error;
+      }
+    },
+
+    writeReadModel: (transition) => runStore.writeReadModel(transition, null),
+    markPublished: (runId, version) => runStore.markPublished(runId, version),
+
+    async insertLock(lock: ConversationLock) {
+      try {
+        await collections.conversationLocks.insertOne(lock);
+        return true;
+      } catch (error) {
+        if (isDuplicateKeyError(error)) return false;
+        throw error;
+      }
+    },
+
+    async findLock(lockId) {
+      return (await collections.conversationLocks.findOne({ _id: lockId })) as ConversationLock | null;
+    },
+
+    async deleteLock(lockId, runId) {
+      await collections.conversationLocks.deleteOne({ _id: lockId, runId });
+    },
+
+    async ping() {
+      await db.command({ ping: 1 });
+      return true;
+    },
+  };
+}

@@ -1,0 +1,61 @@
+import {
+  approvalLedgerEntrySchema,
+  decodeJson,
+  encodeJson,
+  publishJson,
+  publishOutbox,
+  type JetStreamClient,
+  type KV,
+  type NatsConnection,
+} from '@abide/shared';
+import type { Logger } from '@abide/shared';
+import type { GatewayBus } from './ports.ts';
+
+/** The gateway's publishes and its side of the approval ledger, over NATS JetStream. */
+export function createNatsBus(options: { connection: NatsConnection; js: JetStreamClient; approvalLedger: KV; logger: Logger }): GatewayBus {
+  const { connection, js, approvalLedger, logger } = options;
+  return {
+    async publish(subject, message, msgId) {
+      await publishJson(js, subject, message, msgId);
+    },
+
+    async publishOutbox(transition) {
+      await publishOutbox({ js }, transition);
+    },
+
+    ledger: {
+      async get(key) {
+        const entry = await approvalLedger.get(key);
+        if (!entry || entry.operation !== 'PUT') return null;
+        const parsed = approvalLedgerEntrySchema.safeParse(decodeJson(entry.value));
+        if (!parsed.success) {
+          // A foreign value under a ledger key: refuse to decide on it rather than guess.
+          logger.error({ key, issues: parsed.error.issues }, 'approval ledger entry does not parse');
+          throw new Error(`approval ledger entry ${key} does not parse`);
+        }
+        return parsed.data;
+      },
+      async create(key, entry) {
+        try {
+          await approvalLedger.create(key, encodeJson(entry));
+          return true;
+        } catch (error) {
+          // `create` fails when the key exists; anything else (timeout, no connection) is rethrown.
+          const existing = await approvalLedger.get(key);
+          if (existing && existing.operation === 'PUT') return false;
+          throw error;
+        }
+      },
+    },
+
+    async ping() {
+      if (connection.isClosed() || connection.isDraining()) return false;
+      // A round trip to the server; while disconnected it would wait for the reconnect, so bound it.
+      const timeout = AbortSignal.timeout(2_000);
+      return Promise.race([
+        connection.rtt().then(() => true),
+        new Promise<boolean>((resolve) => timeout.addEventListener('abort', () => resolve(false), { once: true })),
+      ]);
+    },
+  };
+}

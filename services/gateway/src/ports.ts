@@ -1,0 +1,102 @@
+import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument } from '@abide/shared';
+
+/**
+ * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
+ * implementations (`mongo-store.ts`, `nats-bus.ts`, `nats-event-source.ts`), unit tests wire
+ * in-memory fakes (`testing/fakes.ts`).
+ */
+
+/** A run's exact latest state (rolled forward past the read model). */
+export type LoadedRun = {
+  state: RunState;
+  version: number;
+  /** The read model's `lastSeq` (may lag). */
+  lastSeq: number | null;
+  /** Whether the latest transition's outbox has been published. */
+  published: boolean;
+};
+
+/** `conversation_locks`: one active run per conversation (DESIGN §3). */
+export type ConversationLock = { _id: string; runId: string; at: Date };
+
+/** A page position in the newest-first list of runs. */
+export type RunListPosition = { createdAt: string; runId: string };
+
+export type RunListQuery = {
+  tenantId: string;
+  conversationId?: string | undefined;
+  status?: RunStatus | undefined;
+  limit: number;
+  /** Only runs strictly after this position (older). */
+  after?: RunListPosition | undefined;
+};
+
+export type GatewayStore = {
+  /** The agent in force: `agents` by `_id`, rolled forward through `agent_versions`. */
+  findAgent(tenantId: string, agentId: string): Promise<Agent | null>;
+  /** Inserts `agent_versions` `<tenantId>:<agentId>:<version>`; false if that version exists. */
+  insertAgentVersion(agent: Agent): Promise<boolean>;
+  /** Rewrites `agents` by `_id` (never moves it back to an older version when it can tell). */
+  writeAgent(agent: Agent): Promise<void>;
+
+  /** The run's latest transition, or null if it does not exist. */
+  loadRun(runId: string): Promise<LoadedRun | null>;
+  /** One transition by `_id` (`<runId>:<version>`). */
+  loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
+  /** Runs from the read model, newest first, each rolled forward. `hasMore` says whether another page exists. */
+  listRuns(query: RunListQuery): Promise<{ runs: LoadedRun[]; last: RunListPosition | null; hasMore: boolean }>;
+  /** The newest runs of a conversation (read model order), rolled forward. */
+  conversationRuns(tenantId: string, conversationId: string, limit: number): Promise<LoadedRun[]>;
+  /** Inserts a transition; false if that version exists. */
+  insertTransition(transition: TransitionDocument): Promise<boolean>;
+  writeReadModel(transition: TransitionDocument): Promise<void>;
+  markPublished(runId: string, version: number): Promise<void>;
+
+  insertLock(lock: ConversationLock): Promise<boolean>;
+  findLock(lockId: string): Promise<ConversationLock | null>;
+  /** Deletes the lock only if `runId` still holds it. */
+  deleteLock(lockId: string, runId: string): Promise<void>;
+
+  /** True when the database answers. */
+  ping(): Promise<boolean>;
+};
+
+/** KV `APPROVAL_LEDGER`: first decision wins (DESIGN §7). */
+export type ApprovalLedger = {
+  get(key: string): Promise<ApprovalLedgerEntry | null>;
+  /** Atomic create; false if an entry exists already. */
+  create(key: string, entry: ApprovalLedgerEntry): Promise<boolean>;
+};
+
+export type GatewayBus = {
+  /** Publishes JSON, waits for the PubAck; `msgId` dedupes inside the duplicate window. */
+  publish(subject: string, message: unknown, msgId: string): Promise<void>;
+  /** Publishes a committed transition's outbox (shared `publishOutbox`). */
+  publishOutbox(transition: TransitionDocument): Promise<void>;
+  ledger: ApprovalLedger;
+  /** True when the NATS server answers a round trip. */
+  ping(): Promise<boolean>;
+};
+
+/** A raw message of `RUN_EVENTS`. */
+export type StoredEvent = { seq: number; data: Uint8Array };
+
+/** Reads `RUN_EVENTS` (DESIGN §6). */
+export type EventSource = {
+  /** The stream's first sequence (0 when empty). */
+  firstSequence(): Promise<number>;
+  /** The sequence of the last message on `run.events.<runId>`, or null if there is none. */
+  lastSequenceOf(runId: string): Promise<number | null>;
+  /**
+   * The run's messages from `after + 1` (or from its first with no `after`), in order, then live,
+   * until `signal` aborts or the caller stops iterating; the reader is removed afterwards.
+   */
+  read(runId: string, options: { after: number | undefined; signal: AbortSignal }): AsyncIterable<StoredEvent>;
+};
+
+/** Everything the routes reach outside the process. */
+export type Backend = {
+  store: GatewayStore;
+  bus: GatewayBus;
+  events: EventSource;
+};

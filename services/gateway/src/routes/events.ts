@@ -1,0 +1,80 @@
+import { ApiError, cursorSchema, runIdParamsSchema, type ClientEvent } from '@abide/shared';
+import type { FastifyInstance } from 'fastify';
+import type { ServerResponse } from 'node:http';
+import { parseOr400 } from '../validation.ts';
+import type { RouteContext } from './route-context.ts';
+
+/** The resume cursor of an SSE request: `Last-Event-ID` wins over `?after=` (a browser reconnects with the old URL and the newer header). */
+export function sseCursor(query: Record<string, unknown>, lastEventId: string | string[] | undefined): number | undefined {
+  const unknown = Object.keys(query).filter((name) => name !== 'after' && name !== 'access_token');
+  if (unknown.length > 0) throw new ApiError('invalid_request', `query.${unknown[0]}: unknown parameter`);
+  if (lastEventId !== undefined) return parseOr400(cursorSchema, lastEventId, 'headers.last-event-id', 'invalid_cursor');
+  if (query.after !== undefined) return parseOr400(cursorSchema, query.after, 'query.after', 'invalid_cursor');
+  return undefined;
+}
+
+/** One SSE message: `id:` the seq, `event:` the type, `data:` the client event. */
+export function formatSseEvent(event: ClientEvent): string {
+  return `id: ${event.seq}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`;
+}
+
+/** Writes to the response, waiting for `drain` when the socket's buffer is full (a slow client slows its own relay). */
+function write(raw: ServerResponse, chunk: string, signal: AbortSignal): Promise<void> {
+  if (raw.write(chunk)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      raw.off('drain', done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    raw.once('drain', done);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** `GET /v1/runs/:runId/events`: the run's events as `text/event-stream`, ending after the terminal event. */
+export function registerEventRoutes(app: FastifyInstance, context: RouteContext): void {
+  app.get('/v1/runs/:runId/events', { config: { allowQueryToken: true } }, async (request, reply) => {
+    const { runId } = parseOr400(runIdParamsSchema, request.params, 'params');
+    const after = sseCursor(request.query as Record<string, unknown>, request.headers['last-event-id']);
+    const { tenantId } = context.caller(request);
+    if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
+
+    const controller = new AbortController();
+    const { signal } = controller;
+    reply.raw.on('close', () => controller.abort());
+    const events = await context.services().openRunEvents({ tenantId, runId, after, signal });
+    // The client holds every event of an ended run already: 204 also stops a browser's EventSource from reconnecting.
+    if (!events) return reply.code(204).send();
+
+    reply.hijack();
+    const raw = reply.raw;
+    raw.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache, no-transform',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+      'x-request-id': request.id,
+    });
+    raw.write(': connected\n\n');
+    const forget = context.live.addStream({ close: () => controller.abort() });
+    const subscriptionEnded = context.live.subscriptionStarted();
+    const heartbeat = setInterval(() => raw.write(': heartbeat\n\n'), context.streaming.heartbeatMs);
+    context.recordRequest('GET', '/v1/runs/:runId/events', 200);
+    try {
+      for await (const event of events) {
+        await write(raw, formatSseEvent(event), signal);
+        if (signal.aborted) break;
+      }
+    } catch (error) {
+      // The relay failed (NATS gone): end the stream; the client resumes with Last-Event-ID.
+      if (!signal.aborted) request.log.warn({ runId, err: error }, 'event stream failed');
+    } finally {
+      clearInterval(heartbeat);
+      forget();
+      subscriptionEnded();
+      controller.abort();
+      raw.end();
+    }
+  });
+}

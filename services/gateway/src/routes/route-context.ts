@@ -1,0 +1,31 @@
+import type { Logger, Metrics } from '@abide/shared';
+import type { FastifyRequest } from 'fastify';
+import type { Caller } from '../auth.ts';
+import type { LiveConnections } from '../live-connections.ts';
+import type { Services } from '../services.ts';
+
+/** Timing and size knobs of the streaming routes (tests shorten them). */
+export type StreamingOptions = {
+  /** SSE comment / WebSocket `pong` interval. @default 15000 */
+  heartbeatMs: number;
+  /** A WebSocket whose send buffer passes this is closed with 1013. @default 8 MiB */
+  wsHighWaterMarkBytes: number;
+  /** Event subscriptions one WebSocket may hold. @default 100 */
+  maxSubscriptionsPerSocket: number;
+};
+
+/** What every route module gets from `createApp`. */
+export type RouteContext = {
+  /** The use cases; throws 503 `unavailable` while NATS or MongoDB is not connected yet. */
+  services(): Services;
+  /** The authenticated caller of a `/v1` request. */
+  caller(request: FastifyRequest): Caller;
+  logger: Logger;
+  metrics: Metrics;
+  /** Counts a request in `/metrics` (hijacked and upgraded requests count themselves). */
+  recordRequest(method: string, route: string, status: number): void;
+  live: LiveConnections;
+  streaming: StreamingOptions;
+  maxBodyBytes: number;
+  wsAllowedOrigins: readonly string[];
+};

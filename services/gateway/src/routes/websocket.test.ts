@@ -1,0 +1,205 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { WebSocket } from 'ws';
+import { auth, createTestApp, keys, scriptedAgent, type TestApp } from '../testing/test-app.ts';
+
+let t: TestApp;
+let runId: string;
+const usage = { inputTokens: 1, outputTokens: 1, totalTokens: 2 };
+
+async function setup(overrides: Parameters<typeof createTestApp>[0] = {}) {
+  t = createTestApp(overrides);
+  await t.app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: scriptedAgent });
+  runId = (await t.app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'helper', input: 'hi' } })).json().runId;
+  await t.app.ready();
+}
+beforeEach(async () => {
+  await setup();
+});
+afterEach(async () => {
+  await t.app.close();
+});
+
+type Frame = Record<string, unknown> & { type: string };
+
+/** A test client: every frame received, and a way to wait for the next matching one. */
+async function connect(headers: Record<string, string> = auth(), path = '/v1/ws') {
+  const frames: Frame[] = [];
+  const waiting: { match: (frame: Frame) => boolean; resolve: (frame: Frame) => void }[] = [];
+  let closeCode: number | undefined;
+  const socket: WebSocket = await t.app.injectWS(path, { headers });
+  const closed = new Promise<number>((resolve) => socket.on('close', (code) => resolve((closeCode = code))));
+  socket.on('message', (data) => {
+    const frame = JSON.parse(String(data)) as Frame;
+    frames.push(frame);
+    for (const waiter of [...waiting]) {
+      if (waiter.match(frame)) {
+        waiting.splice(waiting.indexOf(waiter), 1);
+        waiter.resolve(frame);
+      }
+    }
+  });
+  return {
+    socket,
+    frames,
+    closed,
+    get closeCode() {
+      return closeCode;
+    },
+    send: (value: unknown) => socket.send(typeof value === 'string' ? value : JSON.stringify(value)),
+    next(match: (frame: Frame) => boolean): Promise<Frame> {
+      const seen = frames.find(match);
+      if (seen) {
+        frames.splice(frames.indexOf(seen), 1);
+        return Promise.resolve(seen);
+      }
+      return new Promise((resolve) =>
+        waiting.push({
+          match,
+          resolve: (frame) => {
+            frames.splice(frames.indexOf(frame), 1);
+            resolve(frame);
+          },
+        }),
+      );
+    },
+  };
+}
+
+const tick = (ms = 10) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('WebSocket /v1/ws', () => {
+  it('answers a bad frame with an error frame and keeps the socket open', async () => {
+    const client = await connect();
+    client.send('{not json');
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_json' });
+    client.send({ type: 'teleport', requestId: 'r1' });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_request', requestId: 'r1' });
+    client.send({ type: 'subscribe', runId: 'bad id' });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_request', message: expect.stringContaining('frame.runId') });
+    client.send({ type: 'ping' });
+    expect(await client.next((frame) => frame.type === 'pong')).toEqual({ type: 'pong' });
+    client.socket.terminate();
+  });
+
+  it('refuses a missing key (401) and a browser origin not allowed (403) before the upgrade; accepts ?access_token=', async () => {
+    await expect(t.app.injectWS('/v1/ws', { headers: {} })).rejects.toThrow(/401/);
+    await expect(t.app.injectWS('/v1/ws', { headers: { ...auth(), origin: 'https://evil.example' } })).rejects.toThrow(/403/);
+    const allowed = await connect({ ...auth(), origin: 'https://app.example' });
+    allowed.socket.terminate();
+    const viaQuery = await connect({}, `/v1/ws?access_token=${keys.t1}`);
+    viaQuery.send({ type: 'ping' });
+    expect(await viaQuery.next((frame) => frame.type === 'pong')).toBeTruthy();
+    viaQuery.socket.terminate();
+  });
+
+  it('streams a subscribed run to its terminal event, and resumes after a seq', async () => {
+    const client = await connect();
+    client.send({ type: 'subscribe', runId });
+    await tick();
+    t.events.emit(runId, 't1', `${runId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    t.events.emit(runId, 't1', `${runId}:3:0`, 'run.completed', { output: 'x', usage });
+    t.events.emit(runId, 't1', 'late', 'message.delta', { step: 3, attempt: 1, text: 'x' });
+    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId, event: { seq: 1, type: 'run.started' } });
+    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId, event: { seq: 2, type: 'run.completed' } });
+    await tick();
+    expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
+    expect(t.live.counts().subscriptions).toBe(0);
+
+    client.send({ type: 'subscribe', runId, after: 1 });
+    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ event: { seq: 2 } });
+    client.socket.terminate();
+  });
+
+  it("answers another tenant's run like a missing one", async () => {
+    const client = await connect(auth('t2'));
+    client.send({ type: 'subscribe', runId });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'run_not_found', runId });
+    client.send({ type: 'cancel', requestId: 'c1', runId });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'run_not_found', requestId: 'c1' });
+    client.socket.terminate();
+  });
+
+  it('creates a run with the same function as POST /v1/runs and follows it from its first event', async () => {
+    const client = await connect();
+    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello', idempotencyKey: 'ws-1' });
+    const created = await client.next((frame) => frame.type === 'run.created');
+    expect(created).toMatchObject({ requestId: 'q1', status: 'queued', runId: expect.stringMatching(/^run_k/) });
+    const createdRunId = created.runId as string;
+    expect(t.memory.transitions.get(`${createdRunId}:1`)).toBeDefined();
+    // the same idempotency key over HTTP with the same body answers the same run
+    const http = await t.app.inject({ method: 'POST', url: '/v1/runs', headers: { ...auth(), 'idempotency-key': 'ws-1' }, payload: { agentId: 'helper', input: 'hello' } });
+    expect(http.statusCode).toBe(200);
+    expect(http.json().runId).toBe(createdRunId);
+    await tick();
+    t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId: createdRunId, event: { type: 'run.started' } });
+    client.send({ type: 'run.create', requestId: 'q2', agentId: 'nobody', input: 'hello' });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ requestId: 'q2', code: 'agent_not_found' });
+    client.socket.terminate();
+  });
+
+  it('cancels and decides approvals with acks, and errors with the HTTP codes', async () => {
+    const client = await connect();
+    client.send({ type: 'cancel', requestId: 'c1', runId, reason: 'stop' });
+    expect(await client.next((frame) => frame.type === 'ack')).toEqual({ type: 'ack', requestId: 'c1', status: 'accepted' });
+    expect(t.bus.published.at(-1)).toMatchObject({ subject: `run.in.${runId}.cancel`, msgId: `${runId}:cancel` });
+    client.send({ type: 'approval', requestId: 'a1', runId, toolCallId: 's0c0', approved: true });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ requestId: 'a1', code: 'approval_not_found' });
+    t.memory.advance(runId, (state) => {
+      state.status = 'suspended';
+      state.toolCalls = [{ toolCallId: 's0c0', providerToolCallId: 'p', step: 0, toolName: 'echo', args: { text: 'a' }, needsApproval: true, state: 'awaiting_approval' }];
+      state.pendingApprovals = ['s0c0'];
+    });
+    client.send({ type: 'approval', requestId: 'a2', runId, toolCallId: 's0c0', approved: true });
+    expect(await client.next((frame) => frame.type === 'ack')).toEqual({ type: 'ack', requestId: 'a2', status: 'accepted' });
+    client.send({ type: 'approval', requestId: 'a3', runId, toolCallId: 's0c0', approved: true });
+    expect(await client.next((frame) => frame.type === 'ack')).toEqual({ type: 'ack', requestId: 'a3', status: 'already_decided' });
+    t.memory.advance(runId, (state) => void (state.status = 'cancelled'));
+    client.send({ type: 'cancel', requestId: 'c2', runId });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ requestId: 'c2', code: 'run_finished' });
+    client.socket.terminate();
+  });
+
+  it('caps subscriptions per socket, and unsubscribes', async () => {
+    await t.app.close();
+    await setup({ streaming: { heartbeatMs: 60_000, maxSubscriptionsPerSocket: 1 } });
+    const client = await connect();
+    client.send({ type: 'subscribe', runId });
+    await tick();
+    expect(t.live.counts().subscriptions).toBe(1);
+    client.send({ type: 'subscribe', runId: 'run_other' });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'rate_limited' });
+    client.send({ type: 'unsubscribe', runId });
+    await tick();
+    expect(t.live.counts().subscriptions).toBe(0);
+    expect(t.events.openReaders).toBe(0);
+    client.socket.terminate();
+  });
+
+  it('sends heartbeats, closes a slow client with 1013, and closes sockets with 1001 on shutdown', async () => {
+    await t.app.close();
+    await setup({ streaming: { heartbeatMs: 20, wsHighWaterMarkBytes: -1 } });
+    const slow = await connect();
+    // every send passes a negative high-water mark: the first heartbeat closes it
+    expect(await slow.closed).toBe(1013);
+
+    await t.app.close();
+    await setup({ streaming: { heartbeatMs: 20 } });
+    const client = await connect();
+    expect(await client.next((frame) => frame.type === 'pong')).toEqual({ type: 'pong' });
+    client.send({ type: 'subscribe', runId });
+    await tick();
+    expect(t.live.counts()).toMatchObject({ websockets: 1, subscriptions: 1 });
+    t.live.closeAll();
+    expect(await client.closed).toBe(1001);
+    await tick();
+    expect(t.live.counts()).toMatchObject({ websockets: 0, subscriptions: 0 });
+    expect(t.events.openReaders).toBe(0);
+  });
+
+  it('closes the socket with 1009 on a frame over WS_MAX_FRAME_BYTES', async () => {
+    const client = await connect();
+    client.send({ type: 'ping', padding: 'x'.repeat(20 * 1024) });
+    expect(await client.closed).toBe(1009);
+  });
+});

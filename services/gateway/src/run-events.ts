@@ -1,0 +1,42 @@
+import type { ClientEvent } from '@abide/shared';
+import type { EventRelay } from './event-relay.ts';
+import { CursorExpiredError } from './http-errors.ts';
+import type { EventSource, GatewayStore } from './ports.ts';
+import { loadTenantRun } from './run-access.ts';
+import { isEnded, toRunView } from './run-views.ts';
+
+export type OpenRunEventsRequest = {
+  tenantId: string;
+  runId: string;
+  /** The `seq` of the last event the client holds; undefined = from the run's first event. */
+  after: number | undefined;
+  signal: AbortSignal;
+};
+
+/**
+ * Opens a run's event stream for SSE and WebSocket alike:
+ * - another tenant's or a missing run → 404 `run_not_found`;
+ * - a cursor older than the events' retention → 410 `cursor_expired` with the run's state. The
+ *   rule: the stream's first sequence is past `after + 1` (something after the cursor may be
+ *   gone) and the run is older than `EVENTS_MAX_AGE` (so its events are the ones expiring);
+ * - a run that had ended (its terminal transition published) when the subscription started is
+ *   followed up to its last stored message; null when the client already holds it (nothing to send).
+ */
+export function createRunEventsOpener(deps: { store: GatewayStore; events: EventSource; relay: EventRelay; eventsMaxAgeMs: number; now?: () => number }) {
+  const now = deps.now ?? Date.now;
+  return async function openRunEvents(request: OpenRunEventsRequest): Promise<AsyncGenerator<ClientEvent, void, undefined> | null> {
+    const { tenantId, runId, after, signal } = request;
+    const run = await loadTenantRun(deps.store, tenantId, runId);
+    const firstSequence = await deps.events.firstSequence();
+    if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence && Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs) {
+      throw new CursorExpiredError(toRunView(run));
+    }
+    let endAtSeq: number | undefined;
+    if (isEnded(run) && run.published) {
+      endAtSeq = (await deps.events.lastSequenceOf(runId)) ?? 0;
+      if (endAtSeq === 0 || (after !== undefined && endAtSeq <= after)) return null;
+    }
+    return deps.relay.follow(runId, { after, endAtSeq, signal });
+  };
+}
+export type OpenRunEvents = ReturnType<typeof createRunEventsOpener>;

@@ -1,0 +1,26 @@
+import type { Logger } from '@abide/shared';
+import { createAgentService } from './agents.ts';
+import { createApprovalService } from './approvals.ts';
+import { createEventRelay } from './event-relay.ts';
+import type { Backend } from './ports.ts';
+import type { RateLimiter } from './rate-limiter.ts';
+import { createRunCanceller } from './run-access.ts';
+import { createRunCreator } from './run-creation.ts';
+import { createRunEventsOpener } from './run-events.ts';
+import type { ToolArgsValidator } from './tool-args-validator.ts';
+
+/** The gateway's use cases, built once the backend (NATS, MongoDB) is connected. */
+export function createServices(backend: Backend, deps: { logger: Logger; toolArgs: ToolArgsValidator; rateLimiter: RateLimiter; eventsMaxAgeMs: number; now?: () => Date }) {
+  const { store, bus, events } = backend;
+  const now = deps.now ?? (() => new Date());
+  const relay = createEventRelay({ source: events, logger: deps.logger });
+  return {
+    store,
+    agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, now }),
+    createRun: createRunCreator({ store, bus, logger: deps.logger, rateLimiter: deps.rateLimiter, now }),
+    cancelRun: createRunCanceller({ store, bus }),
+    approvals: createApprovalService({ store, bus, toolArgs: deps.toolArgs, logger: deps.logger, now }),
+    openRunEvents: createRunEventsOpener({ store, events, relay, eventsMaxAgeMs: deps.eventsMaxAgeMs, now: () => now().getTime() }),
+  };
+}
+export type Services = ReturnType<typeof createServices>;
