@@ -29,6 +29,8 @@ const commonFields = {
   JS_DUPLICATE_WINDOW: duration('10m'),
   EVENTS_MAX_AGE: duration('7d'),
   SHUTDOWN_GRACE: duration('25s'),
+  /** Test only: `<service>.<point>[@N]`, comma-separated; the process kills itself there (see crash-points.ts). */
+  ABIDE_CRASH_POINTS: z.string().optional(),
 };
 
 const mongoFields = { MONGO_URL: z.string().regex(/^mongodb(\+srv)?:\/\//, 'must be a mongodb:// URL').default('mongodb://127.0.0.1:27017/abide') };

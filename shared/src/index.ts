@@ -2,6 +2,7 @@ export * from './agent.ts';
 export * from './api.ts';
 export * from './config.ts';
 export * from './consumer.ts';
+export * from './crash-points.ts';
 export * from './durations.ts';
 export * from './envelope.ts';
 export * from './errors.ts';

@@ -156,4 +156,17 @@ export const llmResultRecordSchema = llmResultPayloadSchema;
 export const runControlEntrySchema = z.object({ cancelled: z.literal(true), at: z.string(), reason: z.string().optional() });
 export type RunControlEntry = z.infer<typeof runControlEntrySchema>;
 
+/* ---------- $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer> (ADVISORIES) ---------- */
+
+/** A NATS max-deliveries advisory (not an envelope: the server publishes it). */
+export const maxDeliveriesAdvisorySchema = z.looseObject({
+  type: z.string(),
+  id: z.string(),
+  stream: z.string(),
+  consumer: z.string(),
+  stream_seq: z.number().int().min(1),
+  deliveries: z.number().int().min(1),
+});
+export type MaxDeliveriesAdvisory = z.infer<typeof maxDeliveriesAdvisorySchema>;
+
 export { modelMessageSchema };

@@ -33,11 +33,17 @@ export class ServiceProcess {
     return this.#child !== undefined && this.#child.exitCode === null && this.#child.signalCode === null;
   }
 
-  start(): void {
+  /** Starts the process; `overrides` replace environment variables for this start only (e.g. crash points). */
+  start(overrides: Record<string, string | undefined> = {}): void {
     this.#log = createWriteStream(this.logFile, { flags: 'a' });
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', ...this.env };
+    for (const [name, value] of Object.entries(overrides)) {
+      if (value === undefined) delete env[name];
+      else env[name] = value;
+    }
     const child = spawn(process.execPath, [join(repoRoot, 'services', this.name, 'src', 'main.ts')], {
       cwd: repoRoot,
-      env: { PATH: process.env.PATH ?? '', ...this.env },
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child.stdout!.pipe(this.#log, { end: false });
@@ -72,9 +78,14 @@ export class ServiceProcess {
     return code;
   }
 
-  async restart(): Promise<void> {
+  async restart(overrides: Record<string, string | undefined> = {}): Promise<void> {
     await this.stop('SIGKILL');
-    this.start();
+    this.start(overrides);
     await this.waitReady();
+  }
+
+  /** Resolves with the exit code when the process exits by itself (e.g. at a crash point). */
+  exited(): Promise<number | null> {
+    return this.#exit;
   }
 }

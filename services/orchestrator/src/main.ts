@@ -4,6 +4,7 @@ import {
   connectNats,
   consumerPolicies,
   createConsumerRunner,
+  createCrashPoints,
   createHealthServer,
   createLogger,
   createMetrics,
@@ -13,11 +14,13 @@ import {
   exitOnStartupError,
   getCollections,
   installShutdown,
+  maxDeliveriesAdvisorySchema,
   objectStores,
   provisionJetStream,
   runInboxMessageSchema,
   type Logger,
 } from '@abide/shared';
+import { createAdvisoryHandler } from './advisory-handler.ts';
 import { createApprovalLedger } from './approval-ledger.ts';
 import { loadOrchestratorConfig } from './config.ts';
 import { createInboxHandler } from './inbox-handler.ts';
@@ -36,12 +39,12 @@ async function main(): Promise<void> {
     let draining = false;
 
     const nats = await connectNats(config, 'orchestrator', log);
-    const { js, kv, objects } = await provisionJetStream(
+    const { js, jsm, kv, objects } = await provisionJetStream(
       nats,
       config,
       {
         streams: ['RUN_INBOX', 'APPROVALS', 'LLM_REQUESTS', 'TOOL_REQUESTS', 'RUN_EVENTS', 'ADVISORIES'],
-        consumers: ['orchestrator', 'orchestrator-approvals'],
+        consumers: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'],
         buckets: [buckets.approvalLedger, buckets.runControl],
         objectStores: [objectStores.payloads],
       },
@@ -66,6 +69,7 @@ async function main(): Promise<void> {
       queue: createKeyedQueue(),
       logger: log,
       metrics,
+      crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
     });
     const ledger = createApprovalLedger({ kv: kv.get(buckets.approvalLedger)!, processor, logger: log });
     const inbox = createConsumerRunner({
@@ -84,6 +88,14 @@ async function main(): Promise<void> {
       logger: log,
       handle: (delivery) => ledger.applyDecisionMessage(delivery.message),
     });
+    const advisories = createConsumerRunner({
+      js,
+      policy: consumerPolicies['orchestrator-advisories'],
+      schema: maxDeliveriesAdvisorySchema,
+      concurrency: 8,
+      logger: log,
+      handle: createAdvisoryHandler({ jsm, processor, logger: log }),
+    });
     const outboxSweeper = createOutboxSweeper({ store, processor, logger: log });
     const deadlineSweeper = createDeadlineSweeper({ collections, js, logger: log });
 
@@ -100,6 +112,7 @@ async function main(): Promise<void> {
     await health.start();
     await inbox.start();
     await approvals.start();
+    await advisories.start();
     outboxSweeper.start();
     deadlineSweeper.start();
     log.info('orchestrator started');
@@ -110,7 +123,7 @@ async function main(): Promise<void> {
       async stop() {
         draining = true;
         await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop()]);
-        await Promise.all([inbox.stop(config.SHUTDOWN_GRACE), approvals.stop(config.SHUTDOWN_GRACE)]);
+        await Promise.all([inbox.stop(config.SHUTDOWN_GRACE), approvals.stop(config.SHUTDOWN_GRACE), advisories.stop(config.SHUTDOWN_GRACE)]);
         await nats.drain();
         await mongo.close();
         await health.stop();

@@ -1,5 +1,6 @@
 import {
   AbideError,
+  type CrashPoints,
   publishOutbox,
   transitionId,
   TransitionConflictError,
@@ -19,6 +20,8 @@ export type RunProcessorDeps = {
   logger: Logger;
   metrics?: Metrics;
   now?: () => Date;
+  /** Test-only crash points (`orchestrator.after_commit`, `orchestrator.after_publish`). */
+  crashPoints?: CrashPoints;
   /** Latest transitions kept in memory, so a hot run is read with one probe instead of two reads. */
   cacheSize?: number;
 };
@@ -69,6 +72,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   /** Publishes a committed transition's outbox, marks it published and rewrites the read model. */
   async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null): Promise<number | null> {
     const lastEventSeq = await publishOutbox(publisher, committedTransition);
+    deps.crashPoints?.hit('orchestrator.after_publish');
     const lastSeq = lastEventSeq ?? previousLastSeq;
     const published = { ...committedTransition, published: true };
     await Promise.all([store.markPublished(committedTransition.runId, committedTransition.version), store.writeReadModel(published, lastSeq)]);
@@ -115,6 +119,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         throw error;
       }
       committed?.inc();
+      deps.crashPoints?.hit('orchestrator.after_commit');
       logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
       await publish(next, lastSeq);
       return { kind: 'committed', version: next.version };

@@ -320,3 +320,14 @@ describe('purity', () => {
     expect(first).toEqual(second);
   });
 });
+
+describe('exhausted deliveries', () => {
+  it('fails a running run with the given error and closes open calls', () => {
+    const { state } = run(makeState(), { type: 'start' }, llm(0, { toolCalls: [{ providerToolCallId: 'p0', toolName: 'echo', args: {} }] }));
+    const result = changed(transition(state, { type: 'fail', error: { code: 'delivery_exhausted', message: 'gone' } }, context));
+    expect(result.state.status).toBe('failed');
+    expect(result.state.error).toEqual({ code: 'delivery_exhausted', message: 'gone' });
+    expect(result.state.toolCalls[0]!.outcome).toEqual({ kind: 'cancelled' });
+    expect(eventTypes(result.outbox)).toEqual(['run.failed']);
+  });
+});

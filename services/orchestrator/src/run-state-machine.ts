@@ -34,7 +34,9 @@ export type RunInput =
   | { type: 'cancel'; payload: { reason?: string | undefined } }
   | { type: 'approval_decision'; toolCallId: string; decision: ApprovalLedgerEntry }
   /** Deadlines due at `context.now`; approvals that expired arrive as `approval_decision`s with source `timeout` first. */
-  | { type: 'deadline' };
+  | { type: 'deadline' }
+  /** A message of the run exhausted its deliveries (a max-deliveries advisory). */
+  | { type: 'fail'; error: ErrorInfo };
 
 export type TransitionContext = { now: Date };
 
@@ -59,6 +61,12 @@ export function transition(state: RunState, input: RunInput, context: Transition
       return onApprovalDecision(state, input.toolCallId, input.decision, context);
     case 'deadline':
       return onDeadline(state, context);
+    case 'fail': {
+      const draft = draftOf(state, context);
+      closeOpenCalls(draft, []);
+      fail(draft, input.error);
+      return done(draft);
+    }
   }
 }
 
