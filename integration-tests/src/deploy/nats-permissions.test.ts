@@ -3,14 +3,9 @@
  * each service can provision and use what DESIGN §1–§2 gives it, with the same client library
  * and provisioning code the services use, and is refused everything else.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { Objm } from '@nats-io/obj';
 import {
@@ -24,25 +19,10 @@ import {
   type JetStreamSettings,
   type Provisioning,
 } from '@abide/shared';
-import { ensureNatsServerBinary, freePort } from '../../../scripts/lib/servers.ts';
+import { startAuthNats, type AuthNats, type NatsUser } from './auth-nats.ts';
 
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-const localConfig = join(repoRoot, 'deploy/nats/local.conf');
-
-/** NATS user → the environment variable of nats-server holding its password (deploy/nats/auth.conf). */
-const passwordVariables = {
-  gateway: 'NATS_GATEWAY_PASSWORD',
-  orchestrator: 'NATS_ORCHESTRATOR_PASSWORD',
-  'llm-worker': 'NATS_LLM_WORKER_PASSWORD',
-  'tool-worker': 'NATS_TOOL_WORKER_PASSWORD',
-  'approvals-publisher': 'NATS_APPROVALS_PUBLISHER_PASSWORD',
-  admin: 'NATS_ADMIN_PASSWORD',
-} as const;
-type User = keyof typeof passwordVariables;
-const password = (user: User) => `test-${user}-secret`;
-
-/** What each service provisions at start-up (DESIGN §1–§2). */
-const provisioning: Record<Exclude<User, 'approvals-publisher' | 'admin'>, Provisioning> = {
+/** What each service provisions at start-up (as in services/<name>/src: the streams it reads or publishes into). */
+const provisioning: Record<Exclude<NatsUser, 'approvals-publisher' | 'admin'>, Provisioning> = {
   gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] },
   orchestrator: {
     streams: Object.values(streams),
@@ -51,12 +31,12 @@ const provisioning: Record<Exclude<User, 'approvals-publisher' | 'admin'>, Provi
     objectStores: [objectStores.payloads],
   },
   'llm-worker': {
-    streams: [streams.llmRequests],
+    streams: [streams.llmRequests, streams.runEvents, streams.runInbox],
     consumers: [consumers.llmWorker],
     buckets: [buckets.llmResults, buckets.runControl],
     objectStores: [objectStores.payloads],
   },
-  'tool-worker': { streams: [streams.toolRequests], consumers: [consumers.toolWorker], buckets: [buckets.toolResults, buckets.runControl] },
+  'tool-worker': { streams: [streams.toolRequests, streams.runInbox], consumers: [consumers.toolWorker], buckets: [buckets.toolResults, buckets.runControl] },
 };
 
 const settings = (url: string): JetStreamSettings => ({
@@ -70,16 +50,9 @@ const runId = 'r_perm1';
 const tenantId = 't_perm';
 const logger = createLogger('nats-permissions-test', 'silent');
 
-let server: ChildProcess | undefined;
-let dataDir: string;
+let nats: AuthNats;
 let url: string;
-const connections: NatsConnection[] = [];
-
-async function connectAs(user: User): Promise<NatsConnection> {
-  const connection = await connect({ servers: url, user, pass: password(user), name: `test-${user}` });
-  connections.push(connection);
-  return connection;
-}
+const connectAs = (user: NatsUser) => nats.connectAs(user);
 
 /** Expects `action` to fail with the server's permissions violation (not a timeout or a missing stream). */
 async function expectRefused(action: () => Promise<unknown>, subject: string): Promise<void> {
@@ -92,45 +65,13 @@ async function expectRefused(action: () => Promise<unknown>, subject: string): P
   expect(String(error?.message)).toContain(subject);
 }
 
-async function waitForServer(port: number): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    try {
-      const probe = await connect({ servers: `nats://127.0.0.1:${port}`, user: 'admin', pass: password('admin'), reconnect: false });
-      await jetstreamManager(probe); // JetStream answers
-      await probe.close();
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw new Error(`nats-server did not become ready: ${(error as Error).message}`);
-      await new Promise((done) => setTimeout(done, 200));
-    }
-  }
-}
-
 beforeAll(async () => {
-  const binary = await ensureNatsServerBinary();
-  dataDir = await mkdtemp(join(tmpdir(), 'abide-nats-perms-'));
-  const port = await freePort();
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const user of Object.keys(passwordVariables) as User[]) env[passwordVariables[user]] = password(user);
-  server = spawn(binary, ['-c', localConfig, '-p', String(port), '-sd', dataDir], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  let output = '';
-  server.stderr?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-4_000)));
-  server.once('exit', (code) => {
-    if (code !== null && code !== 0) process.stderr.write(`nats-server exited with ${code}:\n${output}\n`);
-  });
-  url = `nats://127.0.0.1:${port}`;
-  await waitForServer(port);
+  nats = await startAuthNats();
+  url = nats.url;
 });
 
 afterAll(async () => {
-  await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
-  if (server && server.exitCode === null) {
-    const exited = new Promise((done) => server!.once('exit', done));
-    server.kill('SIGTERM');
-    await exited;
-  }
-  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  await nats?.stop();
 });
 
 describe('deploy/nats/auth.conf', () => {
