@@ -1,0 +1,321 @@
+/**
+ * Finds or installs the server binaries Abide runs locally (DESIGN §10): nats-server and a
+ * MongoDB-compatible server (mongod on PATH, else FerretDB built with Go into `.abide/bin/`).
+ * Only Node built-ins are used here: this runs before anything else is trusted.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { accessSync, statSync } from 'node:fs';
+import { access, constants, cp, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { delimiter, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+export type Log = (message: string) => void;
+
+export const defaultLog: Log = (message) => process.stderr.write(`[servers] ${message}\n`);
+
+const repoRoot = resolve(import.meta.dirname, '../..');
+
+/** Where things live in this checkout. `ABIDE_BIN_DIR` moves the binary cache (CI caches, tests of the build). */
+export const abidePaths = {
+  repoRoot,
+  binDir: process.env.ABIDE_BIN_DIR ? resolve(process.env.ABIDE_BIN_DIR) : join(repoRoot, '.abide/bin'),
+  dataRoot: join(repoRoot, '.abide/data'),
+} as const;
+
+export const natsServerModule = { path: 'github.com/nats-io/nats-server/v2', version: 'v2.15.2' } as const;
+export const ferretdbModule = { path: 'github.com/FerretDB/FerretDB', version: 'v1.24.2' } as const;
+
+export type SemanticVersion = readonly [major: number, minor: number, patch: number];
+
+/** Oldest nats-server fit for more than development (`sync_interval`, multiple filter subjects). */
+export const minimumNatsVersion: SemanticVersion = [2, 10, 0];
+
+const installLockWaitMs = 30 * 60_000;
+
+/**
+ * Returns a nats-server binary, installing one if needed. Order: the repo cache, `nats-server`
+ * on PATH if ≥ 2.10, a `go install` into the cache, any `nats-server` on PATH, Debian's package.
+ * Safe to call from several processes at once (one builds, the others wait for it).
+ */
+export async function ensureNatsServerBinary(log: Log = defaultLog): Promise<string> {
+  const cached = join(abidePaths.binDir, 'nats-server');
+  if (await binaryRuns(cached)) return cached;
+
+  const onPath = findOnPath('nats-server');
+  const pathVersion = onPath ? await natsServerVersion(onPath) : undefined;
+  if (onPath && pathVersion && compareVersions(pathVersion, minimumNatsVersion) >= 0) return onPath;
+
+  let buildError: unknown;
+  if (findOnPath('go')) {
+    try {
+      return await installOnce('nats-server', log, async (scratchDir) => {
+        log(`building nats-server ${natsServerModule.version} with Go into ${abidePaths.binDir} (a few minutes on first use)`);
+        const workDir = await mkdtemp(join(tmpdir(), 'abide-nats-build-'));
+        try {
+          await runGo(['install', `${natsServerModule.path}@${natsServerModule.version}`], { cwd: workDir, env: { GOBIN: scratchDir } }, log);
+        } finally {
+          await rm(workDir, { recursive: true, force: true });
+        }
+        return join(scratchDir, 'nats-server');
+      });
+    } catch (error) {
+      // Fall through to the development-only fallbacks below, and report this error if they fail too.
+      buildError = error;
+      log(`building nats-server failed: ${errorMessage(error)}`);
+    }
+  }
+
+  const fallback = onPath ?? (await installDebianNatsServer(log));
+  if (fallback) {
+    const version = await natsServerVersion(fallback);
+    log('!'.repeat(100));
+    log(`WARNING: using ${fallback} (version ${version?.join('.') ?? 'unknown'}). nats-server older than 2.10 is for`);
+    log('WARNING: development only: no `sync_interval`, no multiple filter subjects, per-message TTL ignored,');
+    log('WARNING: and it predates the Jepsen data-loss fixes.');
+    log(buildError ? 'WARNING: building 2.15.2 with Go failed (see above).' : 'WARNING: install Go ≥ 1.25 (https://go.dev/dl/) to build 2.15.2 instead.');
+    log('!'.repeat(100));
+    return fallback;
+  }
+  if (buildError) throw new Error(`could not install nats-server: ${errorMessage(buildError)}`, { cause: buildError });
+  throw new Error(
+    'no nats-server available: install Go ≥ 1.25 (https://go.dev/dl/, or `apt-get install golang-go` if recent enough) so that ' +
+      `${natsServerModule.path}@${natsServerModule.version} can be built, put nats-server ≥ 2.10 on PATH, or set NATS_URL to a running server`,
+  );
+}
+
+/**
+ * Returns a MongoDB-compatible server: `mongod` on PATH, else FerretDB 1.24.2 from the repo
+ * cache, built with Go on first use. Safe to call from several processes at once.
+ */
+export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ kind: 'mongod' | 'ferretdb'; path: string }> {
+  const mongod = findOnPath('mongod');
+  if (mongod) return { kind: 'mongod', path: mongod };
+
+  const cached = join(abidePaths.binDir, 'ferretdb');
+  if (await binaryRuns(cached)) return { kind: 'ferretdb', path: cached };
+  if (await exists(cached)) log(`${cached} exists but does not run (see \`${cached} --version\`); rebuilding it`);
+
+  if (!findOnPath('go')) {
+    throw new Error(
+      'no MongoDB-compatible server available: install Go ≥ 1.24 (https://go.dev/dl/) so that FerretDB ' +
+        `${ferretdbModule.version} can be built, put mongod (MongoDB 7+) on PATH, or set MONGO_URL to a running server`,
+    );
+  }
+  const path = await installOnce('ferretdb', log, async (scratchDir) => {
+    log(`building FerretDB ${ferretdbModule.version} with Go into ${abidePaths.binDir} (a few minutes on first use)`);
+    const workDir = await mkdtemp(join(tmpdir(), 'abide-ferretdb-build-'));
+    try {
+      await buildFerretdb(workDir, join(scratchDir, 'ferretdb'), log);
+    } finally {
+      await rm(workDir, { recursive: true, force: true });
+    }
+    return join(scratchDir, 'ferretdb');
+  });
+  return { kind: 'ferretdb', path };
+}
+
+/*
+ * FerretDB embeds its version from build/version/version.txt, a file its release tooling
+ * generates and the module zip lacks. A binary whose main module is FerretDB panics at start-up
+ * without it, and `go install`/`go build` of the tool record FerretDB as the main module. So the
+ * module is resolved the usual way (a throwaway module, `go get -tool …@v1.24.2`), copied, given
+ * its version.txt, and built through a `replace` onto the copy.
+ */
+async function buildFerretdb(workDir: string, outputPath: string, log: Log): Promise<void> {
+  const goOptions = { cwd: workDir, env: {} };
+  await runGo(['mod', 'init', 'tools'], goOptions, log);
+  await runGo(['get', '-tool', `${ferretdbModule.path}/cmd/ferretdb@${ferretdbModule.version}`], goOptions, log);
+  const moduleDir = (await runGo(['list', '-m', '-f', '{{.Dir}}', ferretdbModule.path], goOptions, log)).trim();
+  const sourceCopy = join(workDir, 'ferretdb-src');
+  await cp(moduleDir, sourceCopy, { recursive: true });
+  await makeWritable(sourceCopy);
+  await writeFile(join(sourceCopy, 'build/version/version.txt'), `${ferretdbModule.version}\n`);
+  await runGo(['mod', 'edit', `-replace=${ferretdbModule.path}=./ferretdb-src`], goOptions, log);
+  await runGo(['build', '-buildvcs=false', '-o', outputPath, `${ferretdbModule.path}/cmd/ferretdb`], goOptions, log);
+}
+
+/** The module cache is read-only; the copy must accept a new file. */
+async function makeWritable(directory: string): Promise<void> {
+  await execFileAsync('chmod', ['-R', 'u+w', directory]);
+}
+
+/**
+ * Builds `name` into the cache once across processes: a lock directory elects one builder, the
+ * build goes to a scratch directory beside the cache and is renamed into place (atomic), and the
+ * others wait for the binary. A lock whose owner died is taken over.
+ */
+async function installOnce(name: string, log: Log, build: (scratchDir: string) => Promise<string>): Promise<string> {
+  const target = join(abidePaths.binDir, name);
+  const lockDir = join(abidePaths.binDir, `.${name}.lock`);
+  await mkdir(abidePaths.binDir, { recursive: true });
+  const deadline = Date.now() + installLockWaitMs;
+  let toldWaiting = false;
+  for (;;) {
+    if (await binaryRuns(target)) return target;
+    if (await tryLock(lockDir)) {
+      const scratchDir = join(abidePaths.binDir, `.${name}.build-${process.pid}-${randomUUID().slice(0, 8)}`);
+      try {
+        if (await binaryRuns(target)) return target;
+        await mkdir(scratchDir, { recursive: true });
+        const started = Date.now();
+        const built = await build(scratchDir);
+        if (!(await binaryRuns(built))) throw new Error(`the freshly built ${built} does not run (\`${built} --version\` failed)`);
+        await rename(built, target);
+        log(`installed ${target} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        return target;
+      } finally {
+        await rm(scratchDir, { recursive: true, force: true });
+        await rm(lockDir, { recursive: true, force: true });
+      }
+    }
+    if (!toldWaiting) log(`another process is building ${name} (lock ${lockDir}); waiting for it`);
+    toldWaiting = true;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for another process to build ${target}; remove ${lockDir} if it is stale`);
+    await removeStaleLock(lockDir);
+    await sleep(1_000);
+  }
+}
+
+async function tryLock(lockDir: string): Promise<boolean> {
+  try {
+    await mkdir(lockDir);
+  } catch (error) {
+    if (isErrorCode(error, 'EEXIST')) return false;
+    throw error;
+  }
+  await writeFile(join(lockDir, 'owner'), `${process.pid}\n`);
+  return true;
+}
+
+async function removeStaleLock(lockDir: string): Promise<void> {
+  const owner = await readFile(join(lockDir, 'owner'), 'utf8').catch(() => undefined); // absent: just created, or gone
+  const ownerPid = Number.parseInt(owner ?? '', 10);
+  if (Number.isInteger(ownerPid) && processIsAlive(ownerPid)) return;
+  if (owner === undefined) {
+    // A lock without an owner file is either being created right now or left by a crash in between.
+    const info = await stat(lockDir).catch(() => undefined); // gone: nothing to remove
+    if (!info || Date.now() - info.mtimeMs < 60_000) return;
+  }
+  await rm(lockDir, { recursive: true, force: true });
+}
+
+async function installDebianNatsServer(log: Log): Promise<string | undefined> {
+  if (!findOnPath('apt-get')) return undefined;
+  const asRoot = process.getuid?.() === 0;
+  if (!asRoot && !findOnPath('sudo')) return undefined;
+  const command = asRoot ? ['apt-get'] : ['sudo', '-n', 'apt-get'];
+  log(`installing Debian's nats-server with ${command.join(' ')} (last resort)`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  try {
+    await execFileAsync(command[0]!, [...command.slice(1), 'install', '-y', 'nats-server'], { env, maxBuffer: 64 << 20 });
+  } catch (error) {
+    // Report, then let the caller explain what to install instead.
+    log(`apt-get install nats-server failed: ${errorMessage(error)}`);
+    return undefined;
+  }
+  return findOnPath('nats-server');
+}
+
+async function runGo(args: string[], options: { cwd: string; env: Record<string, string> }, log: Log): Promise<string> {
+  const child = spawn('go', args, { cwd: options.cwd, env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  const stderrLines: string[] = [];
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    for (const line of chunk.split('\n')) {
+      if (!line.trim()) continue;
+      stderrLines.push(line);
+      if (!/^go: (added|upgraded|finding|downloading|extracting) /.test(line)) log(`  ${line}`);
+    }
+  });
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolvePromise, reject) => {
+    child.once('error', reject);
+    child.once('close', (exitCode, exitSignal) => resolvePromise([exitCode, exitSignal]));
+  });
+  if (code !== 0) {
+    throw new Error(`\`go ${args.join(' ')}\` failed (${signal ?? `exit ${code}`}):\n${stderrLines.slice(-30).join('\n')}`);
+  }
+  return stdout;
+}
+
+async function binaryRuns(path: string): Promise<boolean> {
+  if (!(await exists(path))) return false;
+  try {
+    await execFileAsync(path, ['--version'], { timeout: 15_000 });
+    return true;
+  } catch {
+    // A broken or foreign binary: the caller rebuilds or falls back.
+    return false;
+  }
+}
+
+export async function natsServerVersion(path: string): Promise<SemanticVersion | undefined> {
+  try {
+    const { stdout, stderr } = await execFileAsync(path, ['--version'], { timeout: 15_000 });
+    return parseVersion(`${stdout}${stderr}`);
+  } catch {
+    // An unusable binary has no version; the caller treats it as absent.
+    return undefined;
+  }
+}
+
+function parseVersion(text: string): SemanticVersion | undefined {
+  const match = /v?(\d+)\.(\d+)\.(\d+)/.exec(text);
+  return match ? [Number(match[1]), Number(match[2]), Number(match[3])] : undefined;
+}
+
+export function compareVersions(left: SemanticVersion, right: SemanticVersion): number {
+  return left[0] - right[0] || left[1] - right[1] || left[2] - right[2];
+}
+
+function findOnPath(name: string): string | undefined {
+  for (const directory of (process.env.PATH ?? '').split(delimiter)) {
+    if (!directory) continue;
+    const candidate = join(directory, name);
+    try {
+      accessSyncExecutable(candidate);
+      return candidate;
+    } catch {
+      // Not here (or not executable): keep looking.
+    }
+  }
+  return undefined;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path, constants.F_OK);
+    return true;
+  } catch {
+    // Absent.
+    return false;
+  }
+}
+
+/** Synchronous on purpose: a PATH lookup is a handful of stat calls, once per start. */
+function accessSyncExecutable(path: string): void {
+  accessSync(path, constants.X_OK);
+  if (!statSync(path).isFile()) throw new Error(`${path} is not a file`);
+}
+
+export function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return isErrorCode(error, 'EPERM');
+  }
+}
+
+function isErrorCode(error: unknown, code: string): boolean {
+  return error instanceof Error && (error as NodeJS.ErrnoException).code === code;
+}
+
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

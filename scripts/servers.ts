@@ -1,0 +1,90 @@
+/**
+ * Runs NATS (JetStream) and a MongoDB-compatible server for local development.
+ *
+ *   node scripts/servers.ts                      # 127.0.0.1:4222 and 127.0.0.1:27017, until Ctrl-C
+ *   node scripts/servers.ts --nats-port 0        # 0: any free port
+ *   node scripts/servers.ts --install-only       # just make sure the binaries exist (CI)
+ *
+ * A server whose URL is already set (`NATS_URL`, `MONGO_URL`) is not started.
+ * Data and logs: `.abide/data/{nats,mongo}/` (or `--data-dir`).
+ */
+import { parseArgs } from 'node:util';
+import { ensureMongoServerBinary, ensureNatsServerBinary, errorMessage, startServersFromEnv, type Log } from './lib/servers.ts';
+
+const usage = `usage: node scripts/servers.ts [--nats-port N] [--mongo-port N] [--data-dir DIR] [--install-only]`;
+
+const log: Log = (message) => process.stderr.write(`[servers] ${message}\n`);
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'nats-port': { type: 'string', default: '4222' },
+      'mongo-port': { type: 'string', default: '27017' },
+      'data-dir': { type: 'string' },
+      'install-only': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${usage}\n`);
+    return;
+  }
+
+  if (values['install-only']) {
+    const started = Date.now();
+    const [natsServer, mongo] = await Promise.all([ensureNatsServerBinary(log), ensureMongoServerBinary(log)]);
+    log(`nats-server: ${natsServer}`);
+    log(`${mongo.kind}: ${mongo.path}`);
+    log(`binaries ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    return;
+  }
+
+  const servers = await startServersFromEnv(process.env, {
+    natsPort: parsePort(values['nats-port'], '--nats-port'),
+    mongoPort: parsePort(values['mongo-port'], '--mongo-port'),
+    dataRoot: values['data-dir'],
+    log,
+    detached: true,
+    onUnexpectedExit: (name, info) => log(`${name} exited unexpectedly (${info.signal ?? `exit code ${info.code}`}); see its log file`),
+  });
+
+  for (const [label, server, url] of [['NATS', servers.nats, servers.natsUrl], ['MongoDB', servers.mongo, servers.mongoUrl]] as const) {
+    const origin = server ? `${server.kind}, pid ${server.pid}, log ${server.logFile}` : 'from the environment, not started here';
+    process.stdout.write(`${label.padEnd(8)} ${url}  (${origin})\n`);
+  }
+  process.stdout.write(`\nexport NATS_URL=${servers.natsUrl} MONGO_URL=${servers.mongoUrl}\n\nCtrl-C stops the servers.\n`);
+
+  let stopping = false;
+  const shutDown = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log(`${signal} again: killing the servers`);
+      servers.nats?.kill('SIGKILL');
+      servers.mongo?.kill('SIGKILL');
+      process.exit(1);
+    }
+    stopping = true;
+    log(`${signal}: stopping the servers`);
+    servers.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        log(`stopping failed: ${errorMessage(error)}`);
+        process.exit(1);
+      },
+    );
+  };
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => shutDown(signal));
+  // Stay up until a signal arrives, even if a server dies meanwhile.
+  setInterval(() => undefined, 1 << 30);
+}
+
+function parsePort(text: string | undefined, flag: string): number {
+  const port = Number(text);
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new Error(`${flag} must be a port number (0 for any free port), got "${text}"\n${usage}`);
+  return port;
+}
+
+main().catch((error: unknown) => {
+  log(errorMessage(error));
+  process.exitCode = 1;
+});

@@ -1,0 +1,349 @@
+/**
+ * `npm start`: the whole stack on one machine, no Docker (DESIGN §10).
+ *
+ * Starts NATS and a MongoDB-compatible server (unless `NATS_URL` / `MONGO_URL` name running
+ * ones), runs the four services as separate processes under a small dev supervisor (a service
+ * that dies is restarted after 1 s), creates the demo agent and prints how to use it.
+ * Ctrl-C or SIGTERM stops the services (SIGTERM, 15 s grace, then SIGKILL), then the servers.
+ * A second Ctrl-C kills everything at once.
+ *
+ *   node scripts/start-stack.ts [--raw-logs]
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs, styleText } from 'node:util';
+import { abidePaths, errorMessage, startServersFromEnv, type StartedServers } from './lib/servers.ts';
+
+type Color = 'cyan' | 'magenta' | 'yellow' | 'green' | 'blue' | 'red' | 'gray';
+
+interface ServiceSpec {
+  name: string;
+  color: Color;
+  env: Record<string, string>;
+}
+
+const serviceGraceMs = 15_000;
+const restartDelayMs = 1_000;
+const gatewayReadyTimeoutMs = 180_000;
+const nameWidth = 12;
+
+const { values: flags } = parseArgs({ options: { 'raw-logs': { type: 'boolean', default: false } }, strict: true });
+
+const gatewayPort = Number(process.env.GATEWAY_PORT || 8080);
+if (!Number.isInteger(gatewayPort) || gatewayPort <= 0 || gatewayPort > 65_535) throw new Error(`GATEWAY_PORT must be a port number, got "${process.env.GATEWAY_PORT}"`);
+const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
+const apiKeysGiven = Boolean(process.env.ABIDE_API_KEYS || process.env.ABIDE_API_KEYS_FILE);
+const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key:demo';
+
+/** Everything the signal handlers need; built in main(). */
+interface Stack {
+  shuttingDown: boolean;
+  servers: StartedServers | undefined;
+  services: SupervisedService[];
+}
+
+function say(message: string): void {
+  process.stdout.write(`${prefix('stack', 'blue')} ${message}\n`);
+}
+
+function prefix(name: string, color: Color): string {
+  return styleText(color, `[${name.padEnd(nameWidth)}]`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dev supervisor
+
+interface SupervisedService {
+  readonly name: string;
+  start(): void;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */
+  stop(graceMs: number): Promise<void>;
+  kill(): void;
+}
+
+function superviseService(spec: ServiceSpec, stack: Stack): SupervisedService {
+  const mainPath = join(abidePaths.repoRoot, 'services', spec.name, 'src', 'main.ts');
+  let child: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+  let restartTimer: NodeJS.Timeout | undefined;
+
+  function start(): void {
+    restartTimer = undefined;
+    const spawned = spawn(process.execPath, [mainPath], {
+      cwd: abidePaths.repoRoot,
+      env: { ...process.env, ...spec.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // Its own process group: a terminal's Ctrl-C reaches only this supervisor, which then stops the services before the servers.
+      detached: true,
+    });
+    child = spawned;
+    for (const stream of [spawned.stdout, spawned.stderr]) {
+      createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+        process.stdout.write(`${prefix(spec.name, spec.color)} ${flags['raw-logs'] ? line : formatLogLine(line)}\n`);
+      });
+    }
+    exited = new Promise((resolvePromise) => {
+      spawned.once('error', (error) => {
+        say(`${spec.name}: could not start: ${error.message}`);
+        resolvePromise();
+      });
+      spawned.once('exit', (code, signal) => {
+        resolvePromise();
+        if (stack.shuttingDown) return;
+        say(styleText('red', `${spec.name} exited unexpectedly (${signal ?? `exit code ${code}`}); restarting it in ${restartDelayMs / 1000} s`));
+        restartTimer = setTimeout(start, restartDelayMs);
+      });
+    });
+  }
+
+  return {
+    name: spec.name,
+    start,
+    async stop(graceMs) {
+      clearTimeout(restartTimer);
+      const current = child;
+      if (!current || current.exitCode !== null || current.signalCode !== null) return;
+      current.kill('SIGTERM');
+      const finished = await Promise.race([exited.then(() => true), sleep(graceMs).then(() => false)]);
+      if (finished) return;
+      say(`${spec.name} did not stop within ${graceMs / 1000} s; killing it`);
+      current.kill('SIGKILL');
+      await exited;
+    },
+    kill() {
+      clearTimeout(restartTimer);
+      child?.kill('SIGKILL');
+    },
+  };
+}
+
+const levelColors: Record<string, Color> = { trace: 'gray', debug: 'gray', info: 'green', warn: 'yellow', error: 'red', fatal: 'red' };
+const pinoLevelNames: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' };
+const contextFields = ['runId', 'tenantId', 'step'];
+const hiddenFields = new Set(['time', 'level', 'msg', 'pid', 'hostname', 'v', 'name', 'service', 'err', 'error']);
+
+/** A pino JSON line as `12:00:00.123 INFO  message runId=… key=value`; anything else as-is. */
+function formatLogLine(line: string): string {
+  if (!line.startsWith('{')) return line;
+  let entry: Record<string, unknown>;
+  try {
+    entry = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    // Not JSON after all: show it untouched.
+    return line;
+  }
+  const level = typeof entry.level === 'number' ? (pinoLevelNames[entry.level] ?? String(entry.level)) : entry.level;
+  if (typeof level !== 'string' || !('msg' in entry)) return line;
+  const time = typeof entry.time === 'number' || typeof entry.time === 'string' ? new Date(entry.time) : undefined;
+  const clock = time && !Number.isNaN(time.getTime()) ? time.toISOString().slice(11, 23) : '';
+  const keys = [...contextFields, ...Object.keys(entry).filter((key) => !contextFields.includes(key))];
+  const fields = keys.filter((key) => key in entry && !hiddenFields.has(key)).map((key) => `${key}=${formatValue(entry[key])}`);
+  const failure = entry.err ?? entry.error;
+  const severe = level === 'error' || level === 'fatal';
+  const failureText = failure && typeof failure === 'object' ? formatError(failure as Record<string, unknown>, severe) : '';
+  const label = styleText(levelColors[level] ?? 'gray', level.toUpperCase().padEnd(5));
+  return [styleText('gray', clock), label, String(entry.msg), ...fields].filter(Boolean).join(' ') + failureText;
+}
+
+function formatValue(value: unknown): string {
+  const text = typeof value === 'string' && /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value);
+  return text.length > 200 ? `${text.slice(0, 199)}…` : text;
+}
+
+function formatError(error: Record<string, unknown>, withStack: boolean): string {
+  const code = typeof error.code === 'string' ? ` [${error.code}]` : '';
+  const summary = ` ${styleText('red', `${String(error.type ?? 'Error')}${code}: ${String(error.message ?? '')}`)}`;
+  if (!withStack || typeof error.stack !== 'string') return summary;
+  return `${summary}\n${error.stack.split('\n').slice(1, 8).map((frame) => `${' '.repeat(nameWidth + 3)}${frame}`).join('\n')}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Demo agents
+
+const demoTools = [
+  { name: 'current_time', description: 'The current time', kind: 'builtin', inputSchema: { type: 'object', properties: {}, additionalProperties: false } },
+  {
+    name: 'echo',
+    description: 'Returns its input',
+    kind: 'builtin',
+    inputSchema: { type: 'object', properties: { message: { type: 'string' } }, required: ['message'] },
+  },
+];
+
+const demoAgent = {
+  system: 'You are the Abide demo agent.',
+  model: {
+    provider: 'scripted',
+    steps: [
+      { text: 'Let me check the time.', toolCalls: [{ toolName: 'current_time', args: {} }] },
+      { text: 'Echoing that back.', toolCalls: [{ toolName: 'echo', args: { message: 'hello from the demo' } }] },
+      { text: 'Done: the time was fetched and the message echoed.' },
+    ],
+    chunkSize: 8,
+    delayMs: 30,
+  },
+  tools: demoTools,
+  maxSteps: 10,
+};
+
+/** The first key of `ABIDE_API_KEYS` / `ABIDE_API_KEYS_FILE` (`key:tenant` entries), as the gateway reads them. */
+function demoApiKey(): string | undefined {
+  const fileText = process.env.ABIDE_API_KEYS_FILE && existsSync(process.env.ABIDE_API_KEYS_FILE) ? readFileSync(process.env.ABIDE_API_KEYS_FILE, 'utf8') : '';
+  const entries = `${apiKeys ?? ''}\n${fileText}`.split(/[,\n]/).map((entry) => entry.trim()).filter((entry) => entry && !entry.startsWith('#'));
+  const first = entries[0];
+  return first && first.lastIndexOf(':') > 0 ? first.slice(0, first.lastIndexOf(':')) : undefined;
+}
+
+async function waitForGateway(stack: Stack): Promise<boolean> {
+  const deadline = Date.now() + gatewayReadyTimeoutMs;
+  let lastReport = Date.now();
+  while (!stack.shuttingDown && Date.now() < deadline) {
+    const response = await fetch(`${gatewayUrl}/readyz`, { signal: AbortSignal.timeout(2_000) }).catch(() => undefined); // not listening yet
+    if (response?.status === 200) return true;
+    if (Date.now() - lastReport > 15_000) {
+      say(`waiting for ${gatewayUrl}/readyz (${response ? `HTTP ${response.status}` : 'not listening yet'})`);
+      lastReport = Date.now();
+    }
+    await sleep(1_000);
+  }
+  return false;
+}
+
+async function putAgent(apiKey: string, agentId: string, body: unknown): Promise<void> {
+  const response = await fetch(`${gatewayUrl}/v1/agents/${agentId}`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`PUT /v1/agents/${agentId} answered ${response.status}: ${text.slice(0, 1_000)}`);
+  const version = (JSON.parse(text) as { version?: unknown }).version;
+  say(`agent "${agentId}" ready (version ${String(version)})`);
+}
+
+function printUsage(apiKey: string, servers: StartedServers): void {
+  const auth = `-H 'Authorization: Bearer ${apiKey}'`;
+  const lines = [
+    '',
+    styleText('bold', 'Abide is up.'),
+    `  API      ${gatewayUrl}   (API key ${apiKey}${apiKeysGiven ? '' : ', tenant demo'})`,
+    `  NATS     ${servers.natsUrl}`,
+    `  MongoDB  ${servers.mongoUrl}`,
+    '',
+    'Start a run with the demo agent:',
+    `  curl -s ${gatewayUrl}/v1/runs ${auth} -H 'Content-Type: application/json' -d '{"agentId":"demo","input":"What time is it?"}'`,
+    'Watch its events (Server-Sent Events; RUN_ID from the answer above):',
+    `  curl -N ${gatewayUrl}/v1/runs/RUN_ID/events ${auth}`,
+    'Read its state:',
+    `  curl -s ${gatewayUrl}/v1/runs/RUN_ID ${auth}`,
+    'All at once:',
+    `  RUN_ID=$(curl -s ${gatewayUrl}/v1/runs ${auth} -H 'Content-Type: application/json' -d '{"agentId":"demo","input":"What time is it?"}' | sed -E 's/.*"runId":"([^"]+)".*/\\1/') && curl -N ${gatewayUrl}/v1/runs/$RUN_ID/events ${auth}`,
+    'Over WebSocket:',
+    `  npx wscat -c 'ws://127.0.0.1:${gatewayPort}/v1/ws?access_token=${apiKey}'`,
+    `  > {"type":"run.create","requestId":"r1","agentId":"demo","input":"hi"}`,
+    '',
+    'Ctrl-C stops everything.',
+    '',
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start and stop
+
+async function shutDown(stack: Stack, signal: NodeJS.Signals): Promise<void> {
+  if (stack.shuttingDown) {
+    say(`${signal} again: killing everything`);
+    for (const service of stack.services) service.kill();
+    stack.servers?.nats?.kill('SIGKILL');
+    stack.servers?.mongo?.kill('SIGKILL');
+    process.exit(1);
+  }
+  stack.shuttingDown = true;
+  // Servers still starting are not in `stack` yet: the servers library SIGTERMs them when this process exits.
+  say(`${signal}: stopping the services (up to ${serviceGraceMs / 1000} s; Ctrl-C again to kill)`);
+  await stopEverything(stack);
+  say('stopped');
+  process.exit(0);
+}
+
+async function stopEverything(stack: Stack): Promise<void> {
+  await Promise.all(stack.services.map((service) => service.stop(serviceGraceMs)));
+  if (!stack.servers) return;
+  say('stopping the servers');
+  await stack.servers.stop();
+}
+
+async function main(stack: Stack): Promise<void> {
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      shutDown(stack, signal).catch((error: unknown) => {
+        say(`shutting down failed: ${errorMessage(error)}`);
+        process.exit(1);
+      });
+    });
+  }
+
+  const names = ['gateway', 'orchestrator', 'llm-worker', 'tool-worker'] as const;
+  const missing = names.filter((name) => !existsSync(join(abidePaths.repoRoot, 'services', name, 'src', 'main.ts')));
+  if (missing.length > 0) throw new Error(`missing ${missing.map((name) => `services/${name}/src/main.ts`).join(', ')}`);
+
+  say('starting NATS and MongoDB (the first run builds them with Go, which takes a few minutes)');
+  const servers = await startServersFromEnv(process.env, {
+    natsPort: 4222,
+    mongoPort: 27017,
+    detached: true,
+    log: (message) => say(message),
+    onUnexpectedExit: (name, info) => say(styleText('red', `${name} server exited unexpectedly (${info.signal ?? `exit code ${info.code}`}); see its log in .abide/data/${name}/`)),
+  });
+  stack.servers = servers;
+  say(`NATS ${servers.natsUrl}, MongoDB ${servers.mongoUrl}`);
+
+  const common: Record<string, string> = { NATS_URL: servers.natsUrl, MONGO_URL: servers.mongoUrl, GATEWAY_PORT: String(gatewayPort) };
+  if (apiKeys !== undefined) common.ABIDE_API_KEYS = apiKeys;
+  const specs: ServiceSpec[] = [
+    { name: 'gateway', color: 'cyan', env: common },
+    { name: 'orchestrator', color: 'magenta', env: { ...common, HEALTH_PORT: '8081' } },
+    { name: 'llm-worker', color: 'yellow', env: { ...common, HEALTH_PORT: '8082' } },
+    { name: 'tool-worker', color: 'green', env: { ...common, HEALTH_PORT: '8083' } },
+  ];
+  for (const spec of specs) {
+    const service = superviseService(spec, stack);
+    stack.services.push(service);
+    service.start();
+  }
+
+  if (!(await waitForGateway(stack))) {
+    if (!stack.shuttingDown) say(styleText('red', `the gateway was not ready within ${gatewayReadyTimeoutMs / 1000} s; the demo agent was not created`));
+    return;
+  }
+  const apiKey = demoApiKey();
+  if (!apiKey) {
+    say('no API key found in ABIDE_API_KEYS / ABIDE_API_KEYS_FILE; the demo agent was not created');
+    return;
+  }
+  try {
+    await putAgent(apiKey, 'demo', demoAgent);
+    if (process.env.LLM_BASE_URL) {
+      const model = { provider: 'openai-compatible', baseURL: process.env.LLM_BASE_URL, model: process.env.LLM_MODEL || 'gpt-4o-mini', apiKeyEnv: 'LLM_API_KEY' };
+      await putAgent(apiKey, 'demo-llm', { ...demoAgent, model });
+    }
+  } catch (error) {
+    // The stack stays up for debugging; the user sees why the demo agent is missing.
+    say(styleText('red', `creating the demo agent failed: ${errorMessage(error)}`));
+    return;
+  }
+  printUsage(apiKey, servers);
+}
+
+const stack: Stack = { shuttingDown: false, servers: undefined, services: [] };
+main(stack).catch(async (error: unknown) => {
+  say(styleText('red', errorMessage(error)));
+  stack.shuttingDown = true;
+  await stopEverything(stack);
+  process.exit(1);
+});
