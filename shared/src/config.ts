@@ -29,6 +29,8 @@ const commonFields = {
   JS_DUPLICATE_WINDOW: duration('10m'),
   EVENTS_MAX_AGE: duration('7d'),
   SHUTDOWN_GRACE: duration('25s'),
+  /** Interface the HTTP servers (gateway API, health ports) bind to; images set 0.0.0.0. */
+  LISTEN_HOST: z.string().min(1).default('127.0.0.1'),
   /** Test only: `<service>.<point>[@N]`, comma-separated; the process kills itself there (see crash-points.ts). */
   ABIDE_CRASH_POINTS: z.string().optional(),
 };

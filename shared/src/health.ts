@@ -9,7 +9,7 @@ export type ReadinessCheck = { name: string; check(): Promise<boolean> };
  * The small HTTP server of the orchestrator and the workers: `/healthz` (the process is alive),
  * `/readyz` (its dependencies answer and it is not draining), `/metrics`.
  */
-export function createHealthServer(options: { port: number; logger: Logger; checks: ReadinessCheck[]; metrics?: Metrics; isDraining(): boolean }) {
+export function createHealthServer(options: { port: number; host: string; logger: Logger; checks: ReadinessCheck[]; metrics?: Metrics; isDraining(): boolean }) {
   let server: Server | undefined;
   async function readiness(): Promise<{ ready: boolean; checks: Record<string, boolean> }> {
     const results = await Promise.all(
@@ -37,7 +37,7 @@ export function createHealthServer(options: { port: number; logger: Logger; chec
       });
       await new Promise<void>((resolve, reject) => {
         server!.once('error', reject);
-        server!.listen(options.port, '0.0.0.0', () => resolve());
+        server!.listen(options.port, options.host, () => resolve());
       });
       const address = server.address();
       const port = typeof address === 'object' && address ? address.port : options.port;

@@ -80,7 +80,8 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       const header = request.headers['x-request-id'];
       return typeof header === 'string' && requestIdPattern.test(header) ? header : newId('req');
     },
-    return503OnClosing: true,
+    // While closing, requests still reach the hooks, which answer 503 in the API's error format.
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
   });
 
@@ -97,7 +98,8 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
 
   app.setErrorHandler((error, request, reply) => {
     const apiError = toApiError(error, limits);
-    if (apiError.status >= 500) request.log.error({ err: error, code: apiError.code }, 'request failed');
+    if (apiError.code === 'internal') request.log.error({ err: error }, 'request failed');
+    else if (apiError.code === 'unavailable') request.log.warn({ message: apiError.message, cause: (apiError.cause as Error | undefined)?.message }, 'request refused: unavailable');
     else request.log.debug({ code: apiError.code, message: apiError.message }, 'request refused');
     return reply.code(apiError.status).headers(apiError.headers).send(errorBody(apiError));
   });

@@ -64,7 +64,7 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
       await publishDecision(tenantId, decision.runId, decision.toolCallId, entry);
       return 'already_decided';
     }
-    const recorded = entry.approved ? (entry.argsHash === argsHash ? 'approved' : 'approved with other arguments') : 'denied';
+    const recorded = !entry.approved ? 'denied' : decision.approved ? 'approved with other arguments' : 'approved';
     throw new ApiError('approval_conflict', `tool call ${decision.toolCallId} was already ${recorded} (source: ${entry.source})`);
   }
 

@@ -53,7 +53,7 @@ async function main(): Promise<void> {
       },
     });
 
-    await app.listen({ host: '0.0.0.0', port: config.GATEWAY_PORT });
+    await app.listen({ host: config.LISTEN_HOST, port: config.GATEWAY_PORT });
     connected = await connectBackend(config, logger, stopping.signal);
     logger.info({ port: config.GATEWAY_PORT }, 'gateway ready');
   } catch (error) {

@@ -12,7 +12,7 @@ export type LoadedRun = {
   version: number;
   /** The read model's `lastSeq` (may lag). */
   lastSeq: number | null;
-  /** Whether the latest transition's outbox has been published. */
+  /** Whether the latest transition's outbox has been published (exact from `loadRun`; may lag in `listRuns`). */
   published: boolean;
 };
 

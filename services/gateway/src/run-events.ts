@@ -20,7 +20,8 @@ export type OpenRunEventsRequest = {
  *   rule: the stream's first sequence is past `after + 1` (something after the cursor may be
  *   gone) and the run is older than `EVENTS_MAX_AGE` (so its events are the ones expiring);
  * - a run that had ended (its terminal transition published) when the subscription started is
- *   followed up to its last stored message; null when the client already holds it (nothing to send).
+ *   followed up to its last stored message; null when nothing is left to send (the client holds
+ *   the terminal event already).
  */
 export function createRunEventsOpener(deps: { store: GatewayStore; events: EventSource; relay: EventRelay; eventsMaxAgeMs: number; now?: () => number }) {
   const now = deps.now ?? Date.now;
@@ -31,12 +32,25 @@ export function createRunEventsOpener(deps: { store: GatewayStore; events: Event
     if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence && Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs) {
       throw new CursorExpiredError(toRunView(run));
     }
-    let endAtSeq: number | undefined;
-    if (isEnded(run) && run.published) {
-      endAtSeq = (await deps.events.lastSequenceOf(runId)) ?? 0;
-      if (endAtSeq === 0 || (after !== undefined && endAtSeq <= after)) return null;
-    }
-    return deps.relay.follow(runId, { after, endAtSeq, signal });
+    if (!(isEnded(run) && run.published)) return deps.relay.follow(runId, { after, signal });
+    // Ended, and its last events are stored: read ahead to the first event to send, so that a
+    // client holding the terminal event already gets null (SSE: 204) rather than an empty stream.
+    const endAtSeq = (await deps.events.lastSequenceOf(runId)) ?? 0;
+    if (endAtSeq === 0 || (after !== undefined && endAtSeq <= after)) return null;
+    const events = deps.relay.follow(runId, { after, endAtSeq, signal });
+    const first = await events.next();
+    if (first.done) return null;
+    return prepend(first.value, events);
   };
+}
+
+async function* prepend<Item>(first: Item, rest: AsyncGenerator<Item, void, undefined>): AsyncGenerator<Item, void, undefined> {
+  try {
+    yield first;
+    yield* rest;
+  } finally {
+    // Stopped after `first`: close `rest` too, so its reader (an ordered consumer) is removed.
+    await rest.return();
+  }
 }
 export type OpenRunEvents = ReturnType<typeof createRunEventsOpener>;

@@ -9,6 +9,7 @@ import {
   connectNats,
   consumerPolicies,
   createConsumerRunner,
+  createCrashPoints,
   createHealthServer,
   createLogger,
   createMetrics,
@@ -70,6 +71,7 @@ async function main(): Promise<void> {
 
   const health = createHealthServer({
     port: config.HEALTH_PORT,
+    host: config.LISTEN_HOST,
     logger,
     metrics,
     isDraining: () => draining,
@@ -117,6 +119,7 @@ async function main(): Promise<void> {
     logger,
     metrics: stepMetrics,
     maxRetryAfterMs: policy.maxNakDelayMs,
+    crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
   });
 
   // The consumer loop should only end on shutdown; if it ends otherwise (e.g. the consumer was

@@ -101,6 +101,7 @@ async function main(): Promise<void> {
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,
+      host: config.LISTEN_HOST,
       logger: log,
       metrics,
       isDraining: () => draining,

@@ -5,6 +5,7 @@ import {
   connectNats,
   consumerPolicies,
   createConsumerRunner,
+  createCrashPoints,
   createHealthServer,
   createLogger,
   createMetrics,
@@ -55,6 +56,7 @@ async function main(): Promise<void> {
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,
+      host: config.LISTEN_HOST,
       logger: log,
       metrics,
       isDraining: () => draining,
@@ -114,6 +116,7 @@ async function main(): Promise<void> {
       logger: log,
       metrics: toolMetrics,
       heartbeatMs: policy.heartbeatMs,
+      crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
       async publish(message) {
         await publishJson(js, subjects.runInbox(message.runId, 'tool_result'), message, message.id);
       },

@@ -71,6 +71,10 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
     finishRun();
     const response = await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: { ...auth(), 'last-event-id': '5' } });
     expect(response.statusCode).toBe(204);
+    // a late delta stored after the terminal event changes nothing
+    t.events.emit(runId, 't1', 'late', 'message.delta', { step: 1, attempt: 1, text: 'x' });
+    expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: { ...auth(), 'last-event-id': '5' } })).statusCode).toBe(204);
+    expect(t.events.openReaders).toBe(0);
     // from earlier, an ended run is replayed up to its last stored message
     expect(parseSse((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=1`, headers: auth() })).body).map((event) => event.id)).toEqual([2, 3, 5]);
   });

@@ -60,7 +60,6 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
     const forget = context.live.addStream({ close: () => controller.abort() });
     const subscriptionEnded = context.live.subscriptionStarted();
     const heartbeat = setInterval(() => raw.write(': heartbeat\n\n'), context.streaming.heartbeatMs);
-    context.recordRequest('GET', '/v1/runs/:runId/events', 200);
     try {
       for await (const event of events) {
         await write(raw, formatSseEvent(event), signal);

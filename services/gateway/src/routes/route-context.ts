@@ -22,7 +22,7 @@ export type RouteContext = {
   caller(request: FastifyRequest): Caller;
   logger: Logger;
   metrics: Metrics;
-  /** Counts a request in `/metrics` (hijacked and upgraded requests count themselves). */
+  /** Counts a request in `/metrics` (upgraded WebSocket requests count themselves; everything else is counted on response). */
   recordRequest(method: string, route: string, status: number): void;
   live: LiveConnections;
   streaming: StreamingOptions;

@@ -1,9 +1,9 @@
-import { ApiError, wsClientFrameSchema, type WsClientFrame, type WsServerFrame } from '@abide/shared';
+import { ApiError, createRunBodySchema, wsClientFrameSchema, type WsClientFrame, type WsServerFrame } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { RawData, WebSocket } from 'ws';
 import type { Caller } from '../auth.ts';
 import { CursorExpiredError, toApiError } from '../http-errors.ts';
-import { describeIssues } from '../validation.ts';
+import { describeIssues, parseOr400 } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
 
 /** Close codes (RFC 6455 §7.4.1). */
@@ -57,7 +57,7 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
 
   function sendError(error: unknown, fields: { requestId?: string | undefined; runId?: string | undefined }): void {
     const apiError = toApiError(error, { maxBodyBytes: context.maxBodyBytes });
-    if (apiError.status >= 500) log.error({ err: error, ...fields }, 'WebSocket request failed');
+    if (apiError.code === 'internal') log.error({ err: error, ...fields }, 'WebSocket request failed');
     send({
       type: 'error',
       ...(fields.requestId === undefined ? {} : { requestId: fields.requestId }),
@@ -126,7 +126,9 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
         unsubscribe(frame.runId);
         return;
       case 'run.create': {
-        const { type: _type, requestId, idempotencyKey, ...body } = frame;
+        const { type: _type, requestId, idempotencyKey, ...fields } = frame;
+        // The HTTP body's rules (e.g. the metadata key limit) apply to the frame too.
+        const body = parseOr400(createRunBodySchema, fields, 'frame');
         const result = await services().createRun({ tenantId: caller.tenantId, body, idempotencyKey, requestId: `${request.id}:${requestId}` });
         send({ type: 'run.created', requestId, runId: result.runId, status: result.status, conversationId: result.conversationId });
         await subscribe(result.runId, undefined);
