@@ -20,7 +20,12 @@ export type RunProcessorDeps = {
   logger: Logger;
   metrics?: Metrics;
   now?: () => Date;
-  /** Test-only crash points (`orchestrator.after_commit`, `orchestrator.after_publish`). */
+  /**
+   * Test-only crash points: `orchestrator.after_commit` (inserted, outbox not published),
+   * `orchestrator.after_publish` (the outbox of a transition this call committed is published,
+   * not marked published, read model not written, message not acked) and
+   * `orchestrator.after_republish` (the same for an outbox left unpublished by someone else).
+   */
   crashPoints?: CrashPoints;
   /** Latest transitions kept in memory, so a hot run is read with one probe instead of two reads. */
   cacheSize?: number;
@@ -54,10 +59,10 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     if (cache.size > cacheSize) cache.delete(cache.keys().next().value!);
   }
 
+  /** The exact latest transition: rolled forward from what this process last saw (another replica may have committed since). */
   async function loadLatest(runId: string) {
     const cached = cache.get(runId);
     if (cached) {
-      // Roll forward from what this process last saw; another replica may have committed since.
       let latest = cached.transition;
       for (;;) {
         const next = await store.loadTransition(runId, latest.version + 1);
@@ -69,10 +74,26 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return store.loadLatest(runId);
   }
 
-  /** Publishes a committed transition's outbox, marks it published and rewrites the read model. */
-  async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null): Promise<number | null> {
+  /**
+   * What to apply the next input to. On the hot path this is the cached transition, unread: if
+   * another replica committed since, inserting v+1 fails with a duplicate key and the run is
+   * reloaded, so a stale cache can cost a retry but never a wrong commit. An input ignored
+   * against an unverified cache is re-checked against the exact latest state before it is acked.
+   */
+  async function loadForApply(runId: string, verified: boolean) {
+    const cached = cache.get(runId);
+    if (cached && !verified) return { ...cached, verified: false };
+    const latest = await loadLatest(runId);
+    return latest ? { ...latest, verified: true } : null;
+  }
+
+  /**
+   * Publishes a committed transition's outbox, marks it published and rewrites the read model.
+   * `committedHere`: the transition was just committed by this call (not left unpublished by a crash or a slower replica).
+   */
+  async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null, committedHere = false): Promise<number | null> {
     const lastEventSeq = await publishOutbox(publisher, committedTransition);
-    deps.crashPoints?.hit('orchestrator.after_publish');
+    deps.crashPoints?.hit(committedHere ? 'orchestrator.after_publish' : 'orchestrator.after_republish');
     const lastSeq = lastEventSeq ?? previousLastSeq;
     const published = { ...committedTransition, published: true };
     await Promise.all([store.markPublished(committedTransition.runId, committedTransition.version), store.writeReadModel(published, lastSeq)]);
@@ -81,8 +102,9 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   }
 
   async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
+    let verified = false;
     for (let attempt = 0; attempt <= maxConflictRetries; attempt += 1) {
-      const latest = await loadLatest(runId);
+      const latest = await loadForApply(runId, verified);
       if (!latest) return { kind: 'unknown_run' };
       let { transition: current, lastSeq } = latest;
       if (tenantId !== undefined && current.tenantId !== tenantId) return { kind: 'unknown_run' };
@@ -93,6 +115,11 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       }
       const result = transition(current.state, input, { now: now() });
       if (result.kind === 'ignored') {
+        if (!latest.verified) {
+          verified = true;
+          attempt -= 1;
+          continue;
+        }
         ignoredInputs?.inc({ reason: 'stale' });
         return result;
       }
@@ -121,7 +148,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       committed?.inc();
       deps.crashPoints?.hit('orchestrator.after_commit');
       logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
-      await publish(next, lastSeq);
+      await publish(next, lastSeq, true);
       return { kind: 'committed', version: next.version };
     }
     throw new AbideError('internal', `run ${runId}: lost ${maxConflictRetries + 1} commit races in a row`, { retryable: true, retryAfterMs: 200 });
@@ -138,7 +165,10 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         const fresh = await store.loadTransition(stale.runId, stale.version);
         if (!fresh || fresh.published) return;
         logger.warn({ runId: stale.runId, version: stale.version }, 'publishing an outbox left unpublished');
-        await publish(fresh, cache.get(stale.runId)?.lastSeq ?? null);
+        // Not cached here (e.g. a fresh process after a crash): the read model knows the last event's seq,
+        // which an outbox without events must not reset.
+        const lastSeq = cache.has(stale.runId) ? cache.get(stale.runId)!.lastSeq : ((await store.loadLatest(stale.runId))?.lastSeq ?? null);
+        await publish(fresh, lastSeq);
       });
     },
     /** The latest state as this process knows it (rolled forward). */
