@@ -2,8 +2,11 @@ import { ensureError } from '@abide/shared';
 import type { BusPublisher } from './ports.ts';
 
 export type PublishPipeline = {
-  /** Starts a publish without waiting for its PubAck (order is kept: one connection). */
-  send(subject: string, value: unknown, msgId: string): void;
+  /**
+   * Starts a publish without waiting for its PubAck (order is kept: one connection). The promise
+   * resolves once the PubAck arrived or the publish failed (never rejects; `settle` reports failures).
+   */
+  send(subject: string, value: unknown, msgId: string): Promise<void>;
   /** Resolves once fewer than `window` PubAcks are outstanding. */
   belowWindow(): Promise<void>;
   /** Waits for every PubAck; throws the first failure. */
@@ -28,6 +31,7 @@ export function createPublishPipeline(publisher: BusPublisher, options: { window
       });
       pending.add(publish);
       void publish.finally(() => pending.delete(publish));
+      return publish;
     },
     async belowWindow() {
       while (pending.size >= window) await Promise.race(pending);

@@ -6,6 +6,7 @@ import {
   makeEnvelope,
   subjects,
   type Delivery,
+  type CrashPoints,
   type ErrorInfo,
   type LlmRequestBody,
   type LlmRequestMessage,
@@ -33,6 +34,8 @@ export type RunStepDeps = {
   maxRetryAfterMs: number;
   /** Delta coalescing. @default { maxDelayMs: 50, maxChars: 512 } */
   coalescing?: Omit<DeltaCoalescerOptions, 'emit'>;
+  /** Test-only crash points: `llm-worker.mid_stream` (the first delta's PubAck arrived) and `llm-worker.after_store` (result stored, not published). */
+  crashPoints?: Pick<CrashPoints, 'hit'>;
 };
 
 export type RunStepHandler = {
@@ -75,6 +78,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
   /** Stores then publishes `result`; the first result stored for the step is the one published. */
   async function finish(message: LlmRequestMessage, result: LlmResultPayload): Promise<LlmResultPayload> {
     const stored = await deps.results.saveFirst(message.runId, result.step, llmResultPayloadSchema.parse(result));
+    deps.crashPoints?.hit('llm-worker.after_store');
     await publishResult(message, stored);
     return stored;
   }
@@ -123,8 +127,10 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
           ...deps.coalescing,
           emit(text) {
             const eventId = stepEventId(runId, step, attempt, `d${deltas}`);
+            const first = deltas === 0;
             deltas += 1;
-            events.send(eventsSubject, makeBusEvent('message.delta', { eventId, runId, tenantId }, { step, attempt, text }), eventId);
+            const published = events.send(eventsSubject, makeBusEvent('message.delta', { eventId, runId, tenantId }, { step, attempt, text }), eventId);
+            if (first && deps.crashPoints) void published.then(() => deps.crashPoints?.hit('llm-worker.mid_stream'));
           },
         });
 

@@ -6,6 +6,7 @@ import {
   makeEnvelope,
   toolResultRecordSchema,
   toolStartedMarkerSchema,
+  type CrashPoints,
   type Delivery,
   type Logger,
   type ToolOutcome,
@@ -38,6 +39,8 @@ export type ToolCallHandlerDeps = {
   maxUnsavedOutcomes?: number;
   now?: () => number;
   random?: () => number;
+  /** Test-only crash points: `tool-worker.after_execute` (the tool ran, its outcome not stored) and `tool-worker.after_store` (stored, not published). */
+  crashPoints?: Pick<CrashPoints, 'hit'>;
 };
 
 /** The `Nats-Msg-Id` (and envelope id) of a call's `tool_result`: every attempt publishes under the same id. */
@@ -152,6 +155,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       remember(call, outcome);
       throw new AbideError('internal', `could not store the tool result: ${ensureError(error).message}`, { retryable: true, cause: error });
     }
+    deps.crashPoints?.hit('tool-worker.after_store');
     try {
       await publishResult(call, result);
     } catch (error) {
@@ -287,6 +291,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       metrics.executionEnded();
       await stopHeartbeat();
     }
+    deps.crashPoints?.hit('tool-worker.after_execute');
     await finish(call, outcome);
   }
 
