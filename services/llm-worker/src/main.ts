@@ -22,8 +22,9 @@ import {
   type ConsumerRunner,
   type Logger,
   type NatsConnection,
+  createCancelWatch,
+  type CancelWatch,
 } from '@abide/shared';
-import { createCancelWatch, type CancelWatch } from './cancel-watch.ts';
 import { loadLlmWorkerConfig, type LlmWorkerConfig } from './config.ts';
 import { createLanguageModel } from './model-factory.ts';
 import { createJetStreamPublisher, createLlmResultStore, createRequestBodyReader } from './nats-adapters.ts';

@@ -27,12 +27,7 @@ export type RequestBodyReader = {
 };
 
 /** A run's cancellation, learned from `RUN_CONTROL`. */
-export type CancellationTracker = {
-  /** Registers in-flight work of `runId`: `signal` aborts when the run is cancelled. Call `release` when done. */
-  track(runId: string): { signal: AbortSignal; release(): void };
-  /** True when `RUN_CONTROL` says the run was cancelled. */
-  isCancelled(runId: string): Promise<boolean>;
-};
+export type { CancellationTracker } from '@abide/shared';
 
 /** Counters of the step handler (Prometheus in `main.ts`, no-ops in tests). */
 export type StepMetrics = {

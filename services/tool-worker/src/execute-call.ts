@@ -15,7 +15,9 @@ import {
   type ToolResultPayload,
   type ToolStartedMarker,
 } from '@abide/shared';
-import type { CancelTracking, CancelWatch } from './cancel-watch.ts';
+import type { CancellationTracker } from '@abide/shared';
+
+type CancelTracking = ReturnType<CancellationTracker['track']>;
 import { createOrRead, readRecord, type KeyValueBucket } from './kv-records.ts';
 import { errorOutcome, type RunTool } from './tool-invocation.ts';
 import type { ToolMetrics } from './tool-metrics.ts';
@@ -25,7 +27,7 @@ export type ToolCallHandlerDeps = {
   results: KeyValueBucket;
   /** Publishes a `tool_result` on `run.in.<runId>.tool_result` with `message.id` as msg id, waiting for the PubAck. */
   publish(message: ToolResultMessage): Promise<void>;
-  cancellations: Pick<CancelWatch, 'isCancelled' | 'track'>;
+  cancellations: CancellationTracker;
   runTool: RunTool;
   /** This process's id, written into the started markers it owns. */
   workerId: string;

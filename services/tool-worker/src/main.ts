@@ -21,9 +21,10 @@ import {
   type Logger,
   type NatsConnection,
   type Provisioning,
+  createCancelWatch,
+  type CancelWatch,
 } from '@abide/shared';
 import { createBuiltinTools } from './builtins.ts';
-import { createCancelWatch, type CancelWatch } from './cancel-watch.ts';
 import { loadToolWorkerConfig } from './config.ts';
 import { createToolCallHandler } from './execute-call.ts';
 import { createHttpTool } from './http-tool.ts';

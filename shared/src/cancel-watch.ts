@@ -1,13 +1,24 @@
-import { AbideError, decodeJson, ensureError, kvKeys, runControlEntrySchema, type Logger } from '@abide/shared';
-import type { CancellationTracker } from './ports.ts';
+import { AbideError, ensureError } from './errors.ts';
+import { decodeJson } from './jetstream.ts';
+import type { Logger } from './logger.ts';
+import { runControlEntrySchema } from './messages.ts';
+import { kvKeys } from './names.ts';
+
+/** In-flight work that a run's cancellation aborts. */
+export type CancellationTracker = {
+  /** Registers in-flight work of `runId`: `signal` aborts when the run is cancelled. Call `release` when done. */
+  track(runId: string): { signal: AbortSignal; release(): void };
+  /** True when `RUN_CONTROL` says the run was cancelled. */
+  isCancelled(runId: string): Promise<boolean>;
+};
 
 /** An entry of `RUN_CONTROL` as the watch sees it (a subset of nats.js `KvEntry`). */
-export type RunControlEntry = { key: string; value: Uint8Array; revision: number; operation: 'PUT' | 'DEL' | 'PURGE' };
+export type RunControlKvEntry = { key: string; value: Uint8Array; revision: number; operation: 'PUT' | 'DEL' | 'PURGE' };
 
 /** The part of the `RUN_CONTROL` KV bucket the watch uses (nats.js `KV` satisfies it). */
 export type RunControlBucket = {
-  get(key: string): Promise<RunControlEntry | null>;
-  watch(options: { include: 'updates'; resumeFromRevision?: number }): Promise<AsyncIterable<RunControlEntry> & { stop(): void }>;
+  get(key: string): Promise<RunControlKvEntry | null>;
+  watch(options: { include: 'updates'; resumeFromRevision?: number }): Promise<AsyncIterable<RunControlKvEntry> & { stop(): void }>;
 };
 
 export type CancelWatch = CancellationTracker & {
@@ -37,12 +48,12 @@ export function createCancelWatch(deps: { bucket: RunControlBucket; logger: Logg
   const inFlight = new Map<string, Set<AbortController>>();
   let stopping = false;
   let lastRevision: number | undefined;
-  let iterator: (AsyncIterable<RunControlEntry> & { stop(): void }) | undefined;
+  let iterator: (AsyncIterable<RunControlKvEntry> & { stop(): void }) | undefined;
   let loop: Promise<void> | undefined;
   let resolveClosed: (error: Error | undefined) => void = () => {};
   const closed = new Promise<Error | undefined>((resolve) => (resolveClosed = resolve));
 
-  function isCancelEntry(entry: RunControlEntry): boolean {
+  function isCancelEntry(entry: RunControlKvEntry): boolean {
     if (entry.operation !== 'PUT') return false;
     try {
       return runControlEntrySchema.safeParse(decodeJson(entry.value)).success;

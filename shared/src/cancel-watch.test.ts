@@ -1,13 +1,15 @@
 import { describe, expect, it, vi } from 'vitest';
-import { encodeJson } from '@abide/shared';
-import { createCancelWatch, RunCancelledError, type RunControlBucket, type RunControlEntry } from './cancel-watch.ts';
-import { silentLogger } from './test-fakes.ts';
+import { createCancelWatch, RunCancelledError, type RunControlBucket, type RunControlKvEntry } from './cancel-watch.ts';
+import { encodeJson } from './jetstream.ts';
+import { createLogger } from './logger.ts';
+
+const silentLogger = createLogger('cancel-watch-test', 'silent');
 
 /** An in-memory `RUN_CONTROL`: `put` stores and notifies open watches; `endWatches` ends them as a lost connection would. */
 function createFakeBucket() {
-  const entries = new Map<string, RunControlEntry>();
-  const log: RunControlEntry[] = [];
-  const watchers = new Set<{ push(entry: RunControlEntry): void; end(): void }>();
+  const entries = new Map<string, RunControlKvEntry>();
+  const log: RunControlKvEntry[] = [];
+  const watchers = new Set<{ push(entry: RunControlKvEntry): void; end(): void }>();
   const watchCalls: { resumeFromRevision?: number }[] = [];
   const bucket: RunControlBucket = {
     async get(key) {
@@ -15,11 +17,11 @@ function createFakeBucket() {
     },
     async watch(options) {
       watchCalls.push({ ...(options.resumeFromRevision === undefined ? {} : { resumeFromRevision: options.resumeFromRevision }) });
-      const queue: RunControlEntry[] = options.resumeFromRevision ? log.filter((entry) => entry.revision >= options.resumeFromRevision!) : [];
+      const queue: RunControlKvEntry[] = options.resumeFromRevision ? log.filter((entry) => entry.revision >= options.resumeFromRevision!) : [];
       let wake: (() => void) | undefined;
       let ended = false;
       const watcher = {
-        push(entry: RunControlEntry) {
+        push(entry: RunControlKvEntry) {
           queue.push(entry);
           wake?.();
         },
@@ -45,7 +47,7 @@ function createFakeBucket() {
     bucket,
     watchCalls,
     put(key: string, value: unknown, options: { silently?: boolean } = {}) {
-      const entry: RunControlEntry = { key, value: encodeJson(value), revision: log.length + 1, operation: 'PUT' };
+      const entry: RunControlKvEntry = { key, value: encodeJson(value), revision: log.length + 1, operation: 'PUT' };
       entries.set(key, entry);
       log.push(entry);
       if (!options.silently) for (const watcher of watchers) watcher.push(entry);
