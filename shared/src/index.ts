@@ -21,5 +21,6 @@ export * from './names.ts';
 export * from './outbox.ts';
 export * from './outbox-publisher.ts';
 export * from './requests.ts';
+export * from './retry.ts';
 export * from './run-state.ts';
 export * from './run-store.ts';

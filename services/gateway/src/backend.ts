@@ -9,6 +9,7 @@ import {
   streams,
   type Logger,
   type NatsConnection,
+  retryWithBackoff,
 } from '@abide/shared';
 import type { MongoClient } from 'mongodb';
 import type { GatewayConfig } from './config.ts';
@@ -16,7 +17,6 @@ import { createMongoStore } from './mongo-store.ts';
 import { createNatsBus } from './nats-bus.ts';
 import { createNatsEventSource } from './nats-event-source.ts';
 import type { Backend } from './ports.ts';
-import { retryWithBackoff } from './retry.ts';
 
 export type ConnectedBackend = { backend: Backend; nats: NatsConnection; mongo: MongoClient };
 

@@ -24,6 +24,8 @@ import {
   type NatsConnection,
   createCancelWatch,
   type CancelWatch,
+  retryWithBackoff,
+  sleep,
 } from '@abide/shared';
 import { loadLlmWorkerConfig, type LlmWorkerConfig } from './config.ts';
 import { createLanguageModel } from './model-factory.ts';
@@ -163,22 +165,24 @@ async function connectWithRetry(
   onConnected: (connection: NatsConnection) => void,
 ): Promise<Awaited<ReturnType<typeof provisionJetStream>> | undefined> {
   let connection: NatsConnection | undefined;
-  for (let attempt = 1; !signal.aborted; attempt += 1) {
-    try {
-      if (!connection) {
-        logger.info({ servers: config.NATS_URL }, 'connecting to nats');
-        connection = await connectNats(config, service, logger);
-        onConnected(connection);
-      }
-      return await provisionJetStream(connection, config, provisioning, logger);
-    } catch (error) {
-      if (error instanceof ConfigError) exitOnStartupError(logger, error);
-      const delayMs = Math.min(10_000, 250 * 2 ** Math.min(attempt, 6));
-      logger.warn({ err: ensureError(error), attempt, delayMs }, 'nats not ready; retrying');
-      await sleep(delayMs, signal).catch(() => undefined);
-    }
+  try {
+    return await retryWithBackoff(
+      'connecting to NATS and provisioning',
+      async () => {
+        if (!connection) {
+          logger.info({ servers: config.NATS_URL }, 'connecting to nats');
+          connection = await connectNats(config, service, logger);
+          onConnected(connection);
+        }
+        return provisionJetStream(connection, config, provisioning, logger);
+      },
+      { logger, signal },
+    );
+  } catch (error) {
+    if (error instanceof ConfigError) exitOnStartupError(logger, error);
+    // Aborted: the worker is shutting down before it ever started.
+    return undefined;
   }
-  return undefined;
 }
 
 /** Follows the connection's status: down on disconnect, up on reconnect. */
@@ -188,21 +192,6 @@ async function trackConnection(connection: NatsConnection, setUp: (up: boolean) 
     else if (status.type === 'reconnect') setUp(true);
   }
   setUp(false);
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 main().catch((error: unknown) => exitOnStartupError(undefined, error));

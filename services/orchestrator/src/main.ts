@@ -19,6 +19,7 @@ import {
   provisionJetStream,
   runInboxMessageSchema,
   type Logger,
+  retryWithBackoff,
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
 import { createApprovalLedger } from './approval-ledger.ts';
@@ -38,22 +39,41 @@ async function main(): Promise<void> {
     const metrics = createMetrics();
     let draining = false;
 
-    const nats = await connectNats(config, 'orchestrator', log);
-    const { js, jsm, kv, objects } = await provisionJetStream(
-      nats,
-      config,
-      {
-        streams: ['RUN_INBOX', 'APPROVALS', 'LLM_REQUESTS', 'TOOL_REQUESTS', 'RUN_EVENTS', 'ADVISORIES'],
-        consumers: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'],
-        buckets: [buckets.approvalLedger, buckets.runControl],
-        objectStores: [objectStores.payloads],
-      },
-      log,
+    // Start-up waits for NATS and MongoDB (a replica started before them must not exit);
+    // a signal during the wait exits at once.
+    const startup = new AbortController();
+    const abortStartup = () => startup.abort(new Error('stopped during start-up'));
+    process.once('SIGTERM', abortStartup);
+    process.once('SIGINT', abortStartup);
+    const nats = await retryWithBackoff('connecting to NATS', () => connectNats(config, 'orchestrator', log), { logger: log, signal: startup.signal });
+    const { js, jsm, kv, objects } = await retryWithBackoff(
+      'provisioning JetStream',
+      () =>
+        provisionJetStream(
+          nats,
+          config,
+          {
+            streams: ['RUN_INBOX', 'APPROVALS', 'LLM_REQUESTS', 'TOOL_REQUESTS', 'RUN_EVENTS', 'ADVISORIES'],
+            consumers: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'],
+            buckets: [buckets.approvalLedger, buckets.runControl],
+            objectStores: [objectStores.payloads],
+          },
+          log,
+        ),
+      { logger: log, signal: startup.signal },
     );
     const mongo = createMongoClient(config.MONGO_URL);
-    await mongo.connect();
     const db = mongo.db();
-    await ensureIndexes(db);
+    await retryWithBackoff(
+      'connecting to MongoDB',
+      async () => {
+        await mongo.connect();
+        await ensureIndexes(db);
+      },
+      { logger: log, signal: startup.signal },
+    );
+    process.off('SIGTERM', abortStartup);
+    process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
     const store = createRunStore(collections);
 

@@ -23,6 +23,8 @@ import {
   type Provisioning,
   createCancelWatch,
   type CancelWatch,
+  retryWithBackoff,
+  sleep,
 } from '@abide/shared';
 import { createBuiltinTools } from './builtins.ts';
 import { loadToolWorkerConfig } from './config.ts';
@@ -84,18 +86,19 @@ async function main(): Promise<void> {
     });
 
     // Start-up keeps trying until NATS and JetStream answer (a worker started before NATS waits for it).
-    let provisioned: Awaited<ReturnType<typeof provisionJetStream>> | undefined;
-    for (let attempt = 1; !provisioned; attempt++) {
-      try {
-        connection ??= await connectNats(config, workerId, log);
-        provisioned = await provisionJetStream(connection, config, provisioning, log);
-      } catch (error) {
-        if (startup.signal.aborted) return;
-        const delayMs = Math.min(10_000, 250 * 2 ** Math.min(attempt, 6));
-        log.warn({ err: ensureError(error), attempt, delayMs }, 'NATS or JetStream not ready; retrying');
-        await sleep(delayMs, startup.signal);
-        if (startup.signal.aborted) return;
-      }
+    let provisioned: Awaited<ReturnType<typeof provisionJetStream>>;
+    try {
+      provisioned = await retryWithBackoff(
+        'connecting to NATS and provisioning',
+        async () => {
+          connection ??= await connectNats(config, workerId, log);
+          return provisionJetStream(connection, config, provisioning, log);
+        },
+        { logger: log, signal: startup.signal },
+      );
+    } catch (error) {
+      if (startup.signal.aborted) return;
+      throw error;
     }
     const { js, kv } = provisioned;
     const nats = connection!;
@@ -141,7 +144,7 @@ async function main(): Promise<void> {
       const error = await current.closed;
       if (startup.signal.aborted) break;
       log.error({ err: error }, 'consumer loop ended; restarting it');
-      await sleep(1_000, startup.signal);
+      await sleep(1_000, startup.signal).catch(() => undefined);
       if (startup.signal.aborted) break;
       await provisionJetStream(nats, config, { ...provisioning, buckets: [] }, log).catch((provisionError: unknown) =>
         log.warn({ err: ensureError(provisionError) }, 'could not re-provision the consumer; retrying with the existing one'),
@@ -150,18 +153,6 @@ async function main(): Promise<void> {
   } catch (error) {
     exitOnStartupError(logger, error);
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 async function withTimeout(promise: Promise<unknown>, ms: number): Promise<boolean> {
