@@ -15,6 +15,8 @@ export type TransitionDocument = {
   state: RunState;
   outbox: OutboxEntry[];
   published: boolean;
+  /** The stream sequence of the last event published up to this transition (set with `published`). */
+  lastSeq?: number | null;
 };
 
 /** The read model (`runs`, `_id: runId`): the latest state, which may lag by a transition. */
@@ -60,7 +62,7 @@ export function createRunStore(collections: Collections) {
         if (!next) break;
         latest = next;
       }
-      return latest ? { transition: latest, lastSeq } : null;
+      return latest ? { transition: latest, lastSeq: latest.lastSeq ?? lastSeq } : null;
     },
 
     /** Inserts the transition; throws `TransitionConflictError` if the version exists. */
@@ -73,13 +75,13 @@ export function createRunStore(collections: Collections) {
       }
     },
 
-    async markPublished(runId: string, version: number): Promise<void> {
-      await runTransitions.updateOne({ _id: transitionId(runId, version) }, { $set: { published: true } });
+    /** Marks the outbox published, with the sequence of the last event published so far. */
+    async markPublished(runId: string, version: number, lastSeq: number | null = null): Promise<void> {
+      await runTransitions.updateOne({ _id: transitionId(runId, version) }, { $set: { published: true, lastSeq } });
     },
 
     /**
-     * Rewrites the read model by `_id`. The version guard keeps a slower writer from moving it
-     * back in the common case; on FerretDB it is not atomic, and readers roll forward anyway.
+     * Rewrites the read model by `_id` (it may lag; readers roll forward).
      */
     async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<void> {
       const document: RunDocument = {
@@ -97,7 +99,10 @@ export function createRunStore(collections: Collections) {
           if (!isDuplicateKeyError(error)) throw error;
         }
       }
-      const replaced = await runs.replaceOne({ _id: transition.runId, version: { $lte: transition.version } }, document);
+      // By `_id` alone: FerretDB pushes down only an exact `_id` filter and scans for anything
+      // more. A slower writer may move the read model back a version for a moment; readers roll
+      // forward from it by `_id`, and the next commit rewrites it.
+      const replaced = await runs.replaceOne({ _id: transition.runId }, document);
       if (replaced.matchedCount > 0) return;
       // No read model yet (its creator crashed before writing it), or a newer one: insert decides.
       try {

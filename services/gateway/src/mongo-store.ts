@@ -25,7 +25,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     for (let probe = version + 1; ; probe += 1) {
       const next = await runStore.loadTransition(document._id, probe);
       if (!next) break;
-      loaded = { state: next.state, version: next.version, lastSeq: loaded.lastSeq, published: next.published };
+      loaded = { state: next.state, version: next.version, lastSeq: next.lastSeq ?? loaded.lastSeq, published: next.published };
     }
     return loaded;
   }

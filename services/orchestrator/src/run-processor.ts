@@ -92,11 +92,15 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    * `committedHere`: the transition was just committed by this call (not left unpublished by a crash or a slower replica).
    */
   async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null, committedHere = false): Promise<number | null> {
+    // The read model first: the outbox's work causes the next transition, so read-model writes
+    // follow the runs' causal order and a slower writer cannot overwrite a newer state with an
+    // older one (the write goes by `_id` alone, which FerretDB can push down).
+    await store.writeReadModel(committedTransition, previousLastSeq);
     const lastEventSeq = await publishOutbox(publisher, committedTransition);
     deps.crashPoints?.hit(committedHere ? 'orchestrator.after_publish' : 'orchestrator.after_republish');
     const lastSeq = lastEventSeq ?? previousLastSeq;
-    const published = { ...committedTransition, published: true };
-    await Promise.all([store.markPublished(committedTransition.runId, committedTransition.version), store.writeReadModel(published, lastSeq)]);
+    const published = { ...committedTransition, published: true, lastSeq };
+    await store.markPublished(committedTransition.runId, committedTransition.version, lastSeq);
     remember(committedTransition.runId, { transition: published, lastSeq });
     return lastSeq;
   }
