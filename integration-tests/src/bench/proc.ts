@@ -1,0 +1,79 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+
+/** A process of the stack, by name, as seen in /proc. */
+export type StackProcess = { name: string; pid: number };
+
+const clockTicksPerSecond = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100; // getconf missing: Linux's usual USER_HZ
+  }
+})();
+
+/** Resident memory of `pid` in MiB (VmRSS), or 0 when it is gone. */
+export function rssMb(pid: number): number {
+  try {
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) / 1024 : 0;
+  } catch {
+    return 0; // exited
+  }
+}
+
+/** CPU time (user + system) `pid` has used, in seconds (all its threads), or 0 when it is gone. */
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14 and 15 of proc(5) (utime, stime) are at 11 and 12 counting from field 3.
+    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+  } catch {
+    return 0;
+  }
+}
+
+/** Samples the summed RSS of `processes` every `intervalMs`, keeping the peak. */
+export class RssSampler {
+  readonly processes: StackProcess[];
+  peakMb = 0;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(processes: StackProcess[]) {
+    this.processes = processes;
+  }
+
+  sampleNow(): number {
+    const total = this.processes.reduce((sum, process) => sum + rssMb(process.pid), 0);
+    if (total > this.peakMb) this.peakMb = total;
+    return total;
+  }
+
+  start(intervalMs = 500): void {
+    this.peakMb = 0;
+    this.sampleNow();
+    this.#timer = setInterval(() => this.sampleNow(), intervalMs);
+  }
+
+  /** Stops sampling; returns the peak in MiB. */
+  stop(): number {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.sampleNow();
+    return this.peakMb;
+  }
+}
+
+/** CPU use of each process over a window, in percent of one core. */
+export async function cpuPercentOver(processes: StackProcess[], windowMs: number, onSample?: () => void, sampleMs = 500): Promise<Map<string, number>> {
+  const before = new Map(processes.map((process) => [process.name, cpuSeconds(process.pid)]));
+  const started = performance.now();
+  while (performance.now() - started < windowMs) {
+    await new Promise((resolve) => setTimeout(resolve, Math.min(sampleMs, windowMs - (performance.now() - started))));
+    onSample?.();
+  }
+  const elapsedS = (performance.now() - started) / 1000;
+  return new Map(processes.map((process) => [process.name, ((cpuSeconds(process.pid) - before.get(process.name)!) / elapsedS) * 100]));
+}
