@@ -25,7 +25,9 @@ import {
 const scripted = (config: Omit<ScriptedModelConfig, 'provider'>): ScriptedModelConfig => ({ provider: 'scripted', ...config });
 const echoTool = { name: 'echo', description: 'Returns its input', inputSchema: { type: 'object' as const, properties: { text: { type: 'string' } } } };
 
-function setup(options: { model?: (config: ModelConfig, step: number) => LanguageModel; publisherFailsOn?: (subject: string) => boolean; bodies?: RunStepDeps['bodies'] } = {}) {
+function setup(
+  options: { model?: (config: ModelConfig, step: number) => LanguageModel; publisherFailsOn?: (subject: string) => boolean; bodies?: RunStepDeps['bodies']; crashPoints?: RunStepDeps['crashPoints'] } = {},
+) {
   const { publisher, published } = createFakePublisher(options.publisherFailsOn ? { failOn: options.publisherFailsOn } : {});
   const { results, entries } = createFakeResultStore();
   const cancellations = createFakeCancellations();
@@ -38,6 +40,7 @@ function setup(options: { model?: (config: ModelConfig, step: number) => Languag
     createModel,
     logger: silentLogger,
     maxRetryAfterMs: 60_000,
+    ...(options.crashPoints ? { crashPoints: options.crashPoints } : {}),
   });
   const events = () => published.filter((message) => message.subject === 'run.events.run_1');
   const llmResults = () => published.filter((message) => message.subject === 'run.in.run_1.llm_result');
@@ -93,6 +96,20 @@ describe('createRunStep', () => {
     expect(entries.get('run_1.0')).toEqual(envelope.payload);
     // Every event went out before the result.
     expect(published.at(-1)).toBe(result);
+  });
+
+  it('passes its crash points once the first delta is acknowledged and once the result is stored, before it is published', async () => {
+    const hits: { name: string; published: string[]; stored: boolean }[] = [];
+    const { handler, published, entries } = setup({
+      crashPoints: { hit: (name) => hits.push({ name, published: published.map((message) => message.msgId), stored: entries.has('run_1.0') }) },
+    });
+    await handler.handle(deliveryOf(llmRequest({ model: scripted({ chunkSize: 2, delayMs: 5, steps: [{ text: 'a few words, streamed slowly' }] }) })));
+    expect(hits.map((hit) => hit.name)).toEqual(['llm-worker.mid_stream', 'llm-worker.after_store']);
+    expect(hits[0]!.published).toContain('run_1:s0:a1:d0');
+    expect(hits[0]!.stored).toBe(false);
+    expect(hits[1]!.stored).toBe(true);
+    expect(hits[1]!.published).not.toContain('run_1:llm_result:0');
+    expect(published.at(-1)!.msgId).toBe('run_1:llm_result:0');
   });
 
   it('passes the system prompt as instructions and the tools as schemas to the model', async () => {

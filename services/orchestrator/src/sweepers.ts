@@ -13,18 +13,39 @@ import type { RunProcessor } from './run-processor.ts';
 
 export type Sweeper = { start(): void; stop(): Promise<void> };
 
-/** Runs `tick` every `intervalMs`, never two at once, until stopped. */
+/** A sweep waits at least this many times its own last duration before the next one. */
+export const sweepDutyFactor = 20;
+/** The longest pause between two sweeps, however slow they are. */
+export const maxSweepIntervalMs = 60_000;
+
+/** The pause before the next sweep: `intervalMs`, stretched to `sweepDutyFactor` × the last sweep's duration (capped). */
+export function nextSweepDelay(intervalMs: number, lastDurationMs: number): number {
+  return Math.min(Math.max(intervalMs, maxSweepIntervalMs), Math.max(intervalMs, sweepDutyFactor * lastDurationMs));
+}
+
+/**
+ * Runs `tick` every `intervalMs`, never two at once, until stopped. A sweep's query is not on
+ * `_id`, and FerretDB answers it by scanning the whole collection (its cost grows with every run
+ * ever stored); so a slow sweep stretches the pause after it (`nextSweepDelay`), keeping each
+ * replica's sweeping to about 1/`sweepDutyFactor` of the database's time instead of saturating it.
+ * On MongoDB, with its indexes, sweeps take milliseconds and run every `intervalMs`.
+ */
 function every(intervalMs: number, name: string, logger: Logger, tick: () => Promise<void>): Sweeper {
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
   let stopped = false;
+  let lastDurationMs = 0;
   const schedule = () => {
     if (stopped) return;
     timer = setTimeout(() => {
+      const startedAt = Date.now();
       running = tick()
         .catch((error: unknown) => logger.warn({ sweeper: name, err: ensureError(error) }, 'sweep failed; will retry'))
-        .finally(schedule);
-    }, intervalMs);
+        .finally(() => {
+          lastDurationMs = Date.now() - startedAt;
+          schedule();
+        });
+    }, nextSweepDelay(intervalMs, lastDurationMs));
     timer.unref();
   };
   return {

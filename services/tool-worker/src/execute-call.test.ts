@@ -136,6 +136,13 @@ describe('tool call handler', () => {
     });
   });
 
+  it('passes its crash points where the tool has run (nothing stored) and where the result is stored (not published)', async () => {
+    // The hits go into the same log as the bucket writes and publishes, to show where they fall.
+    const { handler, log } = setup({ deps: { crashPoints: { hit: (name) => log.push(`hit ${name}`) } } });
+    await handler.handle(delivery(request()));
+    expect(log).toEqual([`create ${markerKey}`, 'hit tool-worker.after_execute', `create ${resultKey}`, 'hit tool-worker.after_store', `publish ${runId}:tool_result:s0c0`, `delete ${markerKey}`]);
+  });
+
   it('writes the started marker with worker, attempt and heartbeat before executing', async () => {
     let seenMarker: unknown;
     const { handler, results } = setup({

@@ -1,0 +1,56 @@
+import { parseArgs } from 'node:util';
+import { runChaos, summarize } from './run-chaos.ts';
+
+/**
+ * `npm run chaos -- --runs 500 --seed 7`: a long chaos run (see run-chaos.ts). Prints progress on
+ * stderr, then the report as JSON and one readable line on stdout; exits 1 if any promise broke.
+ */
+const usage = 'usage: npm run chaos -- [--runs N] [--seed N] [--rate RUNS_PER_SECOND] [--followers N]';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runs: { type: 'string', default: '100' },
+      seed: { type: 'string' },
+      rate: { type: 'string', default: '0.5' },
+      followers: { type: 'string', default: '8' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(`${usage}\n`);
+    return;
+  }
+  const runs = Number(values.runs);
+  const seed = values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(values.seed);
+  const ratePerSecond = Number(values.rate);
+  const followers = Number(values.followers);
+  for (const [name, value] of Object.entries({ runs, seed, followers })) {
+    if (!Number.isInteger(value) || value < (name === 'seed' ? 0 : 1)) throw new Error(`--${name} must be a ${name === 'seed' ? 'non-negative' : 'positive'} integer\n${usage}`);
+  }
+  if (!(ratePerSecond > 0)) throw new Error(`--rate must be a positive number\n${usage}`);
+  // Ctrl-C (or SIGTERM) ends the chaos early but still stops every process it started.
+  const stop = new AbortController();
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      process.stderr.write(`${signal}: stopping the chaos and its stack\n`);
+      stop.abort(new Error(`interrupted by ${signal}`));
+    });
+  }
+  const report = await runChaos({
+    runs,
+    seed,
+    ratePerSecond,
+    followers,
+    signal: stop.signal,
+    settleTimeoutMs: Math.max(300_000, runs * 2_000),
+    log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+  });
+  process.stdout.write(`${JSON.stringify(report, null, 2)}\n${summarize(report)}\n`);
+  if (report.violations.length > 0) process.exitCode = 1;
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`${(error as Error).stack ?? String(error)}\n`);
+  process.exitCode = 1;
+});
