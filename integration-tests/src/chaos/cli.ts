@@ -5,7 +5,7 @@ import { runChaos, summarize } from './run-chaos.ts';
  * `npm run chaos -- --runs 500 --seed 7`: a long chaos run (see run-chaos.ts). Prints progress on
  * stderr, then the report as JSON and one readable line on stdout; exits 1 if any promise broke.
  */
-const usage = 'usage: npm run chaos -- [--runs N] [--seed N] [--rate RUNS_PER_SECOND] [--followers N]';
+const usage = 'usage: npm run chaos -- [--runs N] [--seed N] [--rate RUNS_PER_SECOND] [--followers N] [--kill-interval MIN_MS-MAX_MS]';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -14,6 +14,7 @@ async function main(): Promise<void> {
       seed: { type: 'string' },
       rate: { type: 'string', default: '0.5' },
       followers: { type: 'string', default: '8' },
+      'kill-interval': { type: 'string', default: '1000-3000' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -29,6 +30,10 @@ async function main(): Promise<void> {
     if (!Number.isInteger(value) || value < (name === 'seed' ? 0 : 1)) throw new Error(`--${name} must be a ${name === 'seed' ? 'non-negative' : 'positive'} integer\n${usage}`);
   }
   if (!(ratePerSecond > 0)) throw new Error(`--rate must be a positive number\n${usage}`);
+  const killInterval = values['kill-interval'].split('-').map(Number);
+  if (killInterval.length !== 2 || !killInterval.every((ms) => Number.isInteger(ms) && ms >= 0) || killInterval[0]! > killInterval[1]!) {
+    throw new Error(`--kill-interval must be MIN_MS-MAX_MS\n${usage}`);
+  }
   // Ctrl-C (or SIGTERM) ends the chaos early but still stops every process it started.
   const stop = new AbortController();
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
@@ -42,6 +47,7 @@ async function main(): Promise<void> {
     seed,
     ratePerSecond,
     followers,
+    killIntervalMs: [killInterval[0]!, killInterval[1]!],
     signal: stop.signal,
     settleTimeoutMs: Math.max(300_000, runs * 2_000),
     log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
