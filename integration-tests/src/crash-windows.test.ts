@@ -5,6 +5,7 @@ import {
   eventStreamProblems,
   fullReplay,
   latestTransition,
+  bookerMilestones,
   milestones,
   rawRunEvents,
   terminalTypes,
@@ -100,21 +101,6 @@ const overstayerAgent = {
   },
   tools: [{ name: 'sleep', kind: 'builtin', inputSchema: objectSchema }],
 };
-
-const bookerMilestones = [
-  'run.started',
-  'llm.step.started',
-  'message.completed',
-  'tool.call',
-  'tool.result',
-  'llm.step.started',
-  'message.completed',
-  'tool.call',
-  'tool.result',
-  'llm.step.started',
-  'message.completed',
-  'run.completed',
-];
 
 async function createRun(stack: Stack, agentId: string, input = 'go'): Promise<string> {
   const created = await stack.api('key-a', 'POST', '/v1/runs', { agentId, input });

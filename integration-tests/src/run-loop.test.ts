@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
+import { bookerMilestones } from './harness/run-checks.ts';
 import { Stack } from './harness/stack.ts';
 
 /**
@@ -65,20 +66,7 @@ describe('a durable run, end to end', () => {
     expect(terminal.map((event) => event.type)).toEqual(['run.completed']);
     expect(events.at(-1)!.type).toBe('run.completed');
     const milestones = events.filter((event) => event.type !== 'message.delta').map((event) => event.type);
-    expect(milestones).toEqual([
-      'run.started',
-      'llm.step.started',
-      'message.completed',
-      'tool.call',
-      'tool.result',
-      'llm.step.started',
-      'message.completed',
-      'tool.call',
-      'tool.result',
-      'llm.step.started',
-      'message.completed',
-      'run.completed',
-    ]);
+    expect(milestones).toEqual(bookerMilestones);
     expect(events.some((event) => event.type === 'message.delta')).toBe(true);
     const toolResults = events.filter((event) => event.type === 'tool.result');
     expect(toolResults[0]).toMatchObject({ toolCallId: 's0c0', toolName: 'echo', result: { message: 'ping' } });

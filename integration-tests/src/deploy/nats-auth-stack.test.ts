@@ -26,18 +26,7 @@ describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => 
   const services: ServiceProcess[] = [];
   let gatewayUrl = '';
 
-  const logs = () =>
-    services
-      .map((service) => {
-        let text = '';
-        try {
-          text = readFileSync(service.logFile, 'utf8');
-        } catch {
-          text = '(no log)';
-        }
-        return `--- ${service.name} ---\n${text.split('\n').slice(-30).join('\n')}`;
-      })
-      .join('\n');
+  const logs = () => services.map((service) => service.logTail(30)).join('\n');
 
   async function api(method: string, path: string, body?: unknown) {
     const response = await fetch(`${gatewayUrl}${path}`, {

@@ -5,6 +5,22 @@ import type { Db } from 'mongodb';
 import type { Stack } from './stack.ts';
 
 /** Client event types that end a run; exactly one of them is a run's last event. */
+/** The events of the three-step booker run (echo, HTTP tool, answer), deltas left out. */
+export const bookerMilestones: readonly string[] = [
+  'run.started',
+  'llm.step.started',
+  'message.completed',
+  'tool.call',
+  'tool.result',
+  'llm.step.started',
+  'message.completed',
+  'tool.call',
+  'tool.result',
+  'llm.step.started',
+  'message.completed',
+  'run.completed',
+];
+
 export const terminalTypes: readonly string[] = ['run.completed', 'run.failed', 'run.cancelled'];
 
 export type ClientEvent = { seq: number; eventId: string; type: string; [field: string]: any };

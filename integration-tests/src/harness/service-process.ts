@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 
 export type ServiceName = 'gateway' | 'orchestrator' | 'llm-worker' | 'tool-worker';
@@ -23,6 +23,17 @@ export class ServiceProcess {
     this.logFile = join(options.logDir, `${options.name}-${options.replica}.log`);
     this.env = options.env;
     this.healthUrl = options.healthUrl;
+  }
+
+  /** The last `lines` lines of its log, headed by its name (printed when a test fails). */
+  logTail(lines = 40): string {
+    let text: string;
+    try {
+      text = readFileSync(this.logFile, 'utf8');
+    } catch {
+      text = '(no log)';
+    }
+    return `--- ${this.name}#${this.replica} ---\n${text.split('\n').slice(-lines).join('\n')}`;
   }
 
   get pid(): number | undefined {

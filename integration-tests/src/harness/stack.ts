@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MongoClient, type Db } from 'mongodb';
@@ -115,17 +115,7 @@ export class Stack {
 
   /** The last lines of every service log (printed when a test fails). */
   logs(lines = 40): string {
-    return this.services
-      .map((service) => {
-        let text = '';
-        try {
-          text = readFileSync(service.logFile, 'utf8');
-        } catch {
-          text = '(no log)';
-        }
-        return `--- ${service.name}#${service.replica} ---\n${text.split('\n').slice(-lines).join('\n')}`;
-      })
-      .join('\n');
+    return this.services.map((service) => service.logTail(lines)).join('\n');
   }
 
   async stop(): Promise<void> {
