@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { durationSchema, parseDuration } from './durations.ts';
+import { invalidEgressEntries } from './egress.ts';
 
 /**
  * Environment variables (DESIGN §9), per service. Each service's `config.ts` loads its schema
@@ -14,6 +15,17 @@ const commaList = z
   .string()
   .default('')
   .transform((text) => text.split(',').map((item) => item.trim()).filter(Boolean));
+
+/** An egress allow list (see `egress.ts` for the rules); an invalid entry stops the process, naming it. */
+const egressList = commaList.superRefine((entries, context) => {
+  const invalid = invalidEgressEntries(entries);
+  if (invalid.length > 0) {
+    context.addIssue({ code: 'custom', message: `${invalid.map((entry) => `"${entry}"`).join(', ')} is not host, host:port, host:*, *.domain[:port|:*] or *` });
+  }
+});
+
+/** `TENANT_SECRETS_DIR`: `<dir>/<tenantId>/<NAME>` files, the secrets agents name (see `tenant-secrets.ts`). */
+const tenantSecretsDir = z.string().min(1).optional();
 
 const natsFields = {
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
@@ -63,14 +75,18 @@ export const llmWorkerEnvSchema = z.object({
   ...commonFields,
   HEALTH_PORT: port(8082),
   LLM_CONCURRENCY: positiveInt(16, 1024),
+  /** Destinations `openai-compatible` models may reach (same rules as `TOOL_EGRESS_ALLOW`); empty allows none. */
+  LLM_EGRESS_ALLOW: egressList,
+  TENANT_SECRETS_DIR: tenantSecretsDir,
 });
 
 export const toolWorkerEnvSchema = z.object({
   ...commonFields,
   HEALTH_PORT: port(8083),
   TOOL_CONCURRENCY: positiveInt(16, 1024),
-  /** Hosts HTTP tools may call (`host`, `host:port`, `*.domain`, or `*`); empty allows none. */
-  TOOL_EGRESS_ALLOW: commaList,
+  /** Destinations HTTP tools may call (`host`, `host:port`, `host:*`, `*.domain`, or `*`); empty allows none. */
+  TOOL_EGRESS_ALLOW: egressList,
+  TENANT_SECRETS_DIR: tenantSecretsDir,
 });
 
 export const serviceEnvSchemas = {

@@ -35,6 +35,8 @@ export const runErrorCodes = [
   'tool_error',
   'tool_timeout',
   'tool_not_allowed',
+  'egress_denied',
+  'secret_not_found',
   'delivery_exhausted',
   'approval_timeout',
   'outcome_unknown',

@@ -262,6 +262,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     try {
       outcome = await runTool({
         runId: call.runId,
+        tenantId: call.tenantId,
         toolCallId: call.toolCallId,
         tool: payload.tool,
         args: payload.args,

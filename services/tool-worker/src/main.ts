@@ -6,6 +6,8 @@ import {
   consumerPolicies,
   createConsumerRunner,
   createCrashPoints,
+  createEgressPolicy,
+  createTenantSecrets,
   createHealthServer,
   createLogger,
   createMetrics,
@@ -43,7 +45,7 @@ async function main(): Promise<void> {
   let logger: Logger | undefined;
   try {
     // The one read of the process environment (STYLE 11).
-    const { config, toolEnvironment } = loadToolWorkerConfig({ ...process.env });
+    const config = loadToolWorkerConfig({ ...process.env });
     const log = createLogger('tool-worker', config.LOG_LEVEL);
     logger = log;
     const workerId = `tool-worker-${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -110,7 +112,12 @@ async function main(): Promise<void> {
 
     const runTool = createToolRunner({
       builtins: createBuiltinTools(),
-      http: createHttpTool({ egressAllow: config.TOOL_EGRESS_ALLOW, environment: toolEnvironment, maxRetryAfterMs: policy.maxNakDelayMs }),
+      http: createHttpTool({
+        egress: createEgressPolicy({ allow: config.TOOL_EGRESS_ALLOW, variable: 'TOOL_EGRESS_ALLOW' }),
+        secrets: createTenantSecrets({ dir: config.TENANT_SECRETS_DIR }),
+        logger: log,
+        maxRetryAfterMs: policy.maxNakDelayMs,
+      }),
     });
     const handler = createToolCallHandler({
       results: toolResults,
