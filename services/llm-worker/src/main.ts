@@ -10,7 +10,9 @@ import {
   consumerPolicies,
   createConsumerRunner,
   createCrashPoints,
+  createEgressPolicy,
   createHealthServer,
+  createTenantSecrets,
   createLogger,
   createMetrics,
   ensureError,
@@ -111,6 +113,8 @@ async function main(): Promise<void> {
   if (!jetStream || draining) return;
 
   const publisher = createJetStreamPublisher(jetStream.js);
+  const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });
+  const egress = createEgressPolicy({ allow: config.LLM_EGRESS_ALLOW, variable: 'LLM_EGRESS_ALLOW' });
   watch = createCancelWatch({ bucket: jetStream.kv.get(buckets.runControl)!, logger });
   await watch.start();
   const handler = createRunStep({
@@ -118,7 +122,7 @@ async function main(): Promise<void> {
     results: createLlmResultStore(jetStream.kv.get(buckets.llmResults)!),
     bodies: createRequestBodyReader(jetStream.objects.get(objectStores.payloads)!),
     cancellations: watch,
-    createModel: (model, { step }) => createLanguageModel(model, { step, env: config.secrets }),
+    createModel: (model, { step, tenantId }) => createLanguageModel(model, { step, tenantId, secrets, egress }),
     logger,
     metrics: stepMetrics,
     maxRetryAfterMs: policy.maxNakDelayMs,
