@@ -12,12 +12,27 @@ export const agentLimits = {
   defaultMaxSteps: 20,
 } as const;
 
-/** An environment variable name (keys never live in MongoDB; only the variable's name does). */
-const envNameSchema = z.string().regex(/^[A-Z_][A-Z0-9_]{0,127}$/, 'must be an environment variable name');
+/**
+ * The name of a secret of the calling tenant (`TENANT_SECRETS_DIR/<tenantId>/<NAME>`), written
+ * like an environment variable name; the value never lives in MongoDB or on the bus.
+ */
+const envNameSchema = z.string().regex(/^[A-Z_][A-Z0-9_]{0,127}$/, 'must be a secret name ([A-Z_][A-Z0-9_]*)');
+
+/**
+ * An outbound http(s) URL of a tenant (a model's `baseURL`, a tool's `url`): no userinfo (it
+ * would be sent as credentials), no query and no fragment (a `#` would cut off the path the
+ * worker appends, making the whole path the tenant's).
+ */
+const outboundUrlSchema = z.url({ protocol: /^https?$/ }).superRefine((text, context) => {
+  const url = new URL(text);
+  if (url.username || url.password) context.addIssue({ code: 'custom', message: 'must not contain a user name or password' });
+  if (url.search || text.includes('?')) context.addIssue({ code: 'custom', message: 'must not contain a query' });
+  if (url.hash || text.includes('#')) context.addIssue({ code: 'custom', message: 'must not contain a fragment' });
+});
 
 export const openAICompatibleModelSchema = z.object({
   provider: z.literal('openai-compatible'),
-  baseURL: z.url({ protocol: /^https?$/ }),
+  baseURL: outboundUrlSchema,
   model: z.string().min(1).max(256),
   apiKeyEnv: envNameSchema.optional(),
 });
@@ -49,10 +64,10 @@ export const toolInputSchemaSchema = z.looseObject({ type: z.literal('object') }
 const headerNameSchema = z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'must be an HTTP header name');
 
 export const httpToolConfigSchema = z.object({
-  url: z.url({ protocol: /^https?$/ }),
+  url: outboundUrlSchema,
   method: z.enum(['POST', 'PUT', 'PATCH']).default('POST'),
   headers: z.record(headerNameSchema, z.string().max(4096)).optional(),
-  /** Header name → environment variable of the tool-worker holding its value (secrets never go to MongoDB or the bus). */
+  /** Header name → name of a secret of the calling tenant holding its value (`TENANT_SECRETS_DIR`; secrets never go to MongoDB or the bus). */
   headersFromEnv: z.record(headerNameSchema, envNameSchema).optional(),
 });
 export type HttpToolConfig = z.infer<typeof httpToolConfigSchema>;

@@ -75,7 +75,7 @@ describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => 
         ABIDE_API_KEYS: `${apiKey}:${tenantId}`,
         LOG_LEVEL: 'info',
         SHUTDOWN_GRACE: '5s',
-        TOOL_EGRESS_ALLOW: '127.0.0.1,localhost',
+        TOOL_EGRESS_ALLOW: '127.0.0.1:*,localhost:*',
         ...(name === 'gateway' ? { GATEWAY_PORT: String(port) } : { HEALTH_PORT: String(port) }),
       };
       if (name === 'gateway') gatewayUrl = `http://127.0.0.1:${port}`;
