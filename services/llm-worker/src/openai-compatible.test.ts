@@ -5,7 +5,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ackDecisionFor, AbideError, createEgressPolicy, llmResultMessageSchema } from '@abide/shared';
+import { ackDecisionFor, AbideError, createEgressPolicy, llmResultMessageSchema, type Resolver } from '@abide/shared';
 import { createLanguageModel } from './model-factory.ts';
 import { createRunStep } from './run-step.ts';
 import {
@@ -70,7 +70,11 @@ afterAll(async () => {
 });
 
 /** The request's tenant (`llmRequest`) holds the key unless a test says otherwise. */
-function setup(secrets: Record<string, Record<string, string>> = { tenant_a: { TINY_MODEL_KEY: 'sk-test' } }, egressAllow: string[] = ['127.0.0.1:*']) {
+function setup(
+  secrets: Record<string, Record<string, string>> = { tenant_a: { TINY_MODEL_KEY: 'sk-test' } },
+  egressAllow: string[] = ['127.0.0.1:*'],
+  options: { baseURL?: string; resolve?: Resolver } = {},
+) {
   const { publisher, published } = createFakePublisher();
   const { results, entries } = createFakeResultStore();
   const handler = createRunStep({
@@ -79,12 +83,17 @@ function setup(secrets: Record<string, Record<string, string>> = { tenant_a: { T
     bodies: createFakeBodyReader(),
     cancellations: createFakeCancellations().tracker,
     createModel: (config, { step, tenantId }) =>
-      createLanguageModel(config, { step, tenantId, secrets: createFakeSecrets(secrets), egress: createEgressPolicy({ allow: egressAllow, variable: 'LLM_EGRESS_ALLOW' }) }),
+      createLanguageModel(config, {
+        step,
+        tenantId,
+        secrets: createFakeSecrets(secrets),
+        egress: createEgressPolicy({ allow: egressAllow, variable: 'LLM_EGRESS_ALLOW', ...(options.resolve ? { resolve: options.resolve } : {}) }),
+      }),
     logger: silentLogger,
     maxRetryAfterMs: 60_000,
   });
   const message = llmRequest({
-    model: { provider: 'openai-compatible', baseURL, model: 'tiny-model', apiKeyEnv: 'TINY_MODEL_KEY' },
+    model: { provider: 'openai-compatible', baseURL: options.baseURL ?? baseURL, model: 'tiny-model', apiKeyEnv: 'TINY_MODEL_KEY' },
     tools: [{ name: 'echo', description: 'Returns its input', inputSchema: { type: 'object', properties: { text: { type: 'string' } } } }],
   });
   const llmResult = () => {
@@ -170,6 +179,16 @@ describe('openai-compatible model through the handler', () => {
     await handler.handle(deliveryOf(message));
     const origin = new URL(baseURL).origin;
     expect(llmResult()).toMatchObject({ ok: false, error: { code: 'egress_denied', message: `calls to ${origin} are not allowed (LLM_EGRESS_ALLOW)` } });
+    expect(received).toEqual([]);
+  });
+
+  it('fails with egress_denied when an allowed name resolves to loopback (checked on the connection), without a request', async () => {
+    received.length = 0;
+    const port = new URL(baseURL).port;
+    const resolve: Resolver = async () => [{ address: '127.0.0.1', family: 4 }];
+    const { handler, message, llmResult } = setup(undefined, ['*.evil.example:*'], { baseURL: `http://model.evil.example:${port}/v1`, resolve });
+    await handler.handle(deliveryOf(message));
+    expect(llmResult()).toMatchObject({ ok: false, error: { code: 'egress_denied', message: `calls to http://model.evil.example:${port} are not allowed (LLM_EGRESS_ALLOW)` } });
     expect(received).toEqual([]);
   });
 });
