@@ -216,12 +216,14 @@ const refusedRanges = (() => {
 
 /** True for an address in a refused range; IPv4-mapped, -compatible and NAT64 forms are checked as the IPv4 address they carry. */
 export function isRefusedAddress(address: string): boolean {
-  const family = isIP(address);
-  if (family === 4) return refusedRanges.check(address, 'ipv4');
+  // A zone (`fe80::1%eth0`) names an interface, not another address.
+  const bare = address.replace(/%.*$/, '');
+  const family = isIP(bare);
+  if (family === 4) return refusedRanges.check(bare, 'ipv4');
   if (family !== 6) return true;
-  const embedded = embeddedIPv4(address);
+  const embedded = embeddedIPv4(bare);
   if (embedded !== undefined) return refusedRanges.check(embedded, 'ipv4');
-  return refusedRanges.check(address, 'ipv6');
+  return refusedRanges.check(bare, 'ipv6');
 }
 
 /** The IPv4 address inside `::ffff:a.b.c.d`, `::a.b.c.d` or `64:ff9b::a.b.c.d` (any spelling). */
