@@ -13,7 +13,7 @@ import type { Caller } from './auth.ts';
 import type { GatewayBus, GatewayStore } from './ports.ts';
 import { findTenantRun } from './run-access.ts';
 import { pendingApprovalsOf, type PendingApprovalView } from './run-views.ts';
-import type { ToolArgsValidator } from './tool-args-validator.ts';
+import { ToolSchemaError, type ToolArgsValidator } from './tool-args-validator.ts';
 
 export type ApprovalDecision = {
   runId: string;
@@ -90,9 +90,9 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
         if (!tool) throw notFound();
         let problems: string[];
         try {
-          problems = toolArgs.validate(tool.inputSchema, args);
+          problems = toolArgs.validate(caller.tenantId, tool.inputSchema, args);
         } catch (error) {
-          throw new ApiError('invalid_args', `the input schema of tool ${tool.name} cannot be used to validate: ${(error as Error).message}`);
+          throw new ApiError('invalid_args', `the input schema of tool ${tool.name} cannot be used to validate: ${error instanceof ToolSchemaError ? `inputSchema${error.path}: ` : ''}${(error as Error).message}`);
         }
         if (problems.length > 0) throw new ApiError('invalid_args', problems.join('; '));
       }
