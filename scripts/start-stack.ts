@@ -36,7 +36,7 @@ const gatewayPort = Number(process.env.GATEWAY_PORT || 8080);
 if (!Number.isInteger(gatewayPort) || gatewayPort <= 0 || gatewayPort > 65_535) throw new Error(`GATEWAY_PORT must be a port number, got "${process.env.GATEWAY_PORT}"`);
 const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
 const apiKeysGiven = Boolean(process.env.ABIDE_API_KEYS || process.env.ABIDE_API_KEYS_FILE);
-const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key:demo';
+const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key-change-me-0001:demo';
 
 /** Everything the signal handlers need; built in main(). */
 interface Stack {

@@ -16,7 +16,7 @@ import { startHttpToolServer } from '../harness/http-tool-server.ts';
 import { ServiceProcess, type ServiceName } from '../harness/service-process.ts';
 import { natsPasswordVariables, startAuthNats, type AuthNats } from './auth-nats.ts';
 
-const apiKey = 'key-deploy-auth';
+const apiKey = 'key-deploy-auth-0123456789';
 const tenantId = 'tenant-auth';
 
 describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => {

@@ -19,7 +19,10 @@ import { createServices, type Services } from './services.ts';
 import { createToolArgsValidator } from './tool-args-validator.ts';
 
 export type AppDeps = {
-  config: Pick<GatewayConfig, 'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE'>;
+  config: Pick<
+    GatewayConfig,
+    'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE' | 'REQUEST_TIMEOUT' | 'HEADERS_TIMEOUT' | 'CONNECTION_TIMEOUT' | 'KEEP_ALIVE_TIMEOUT'
+  >;
   logger: Logger;
   metrics: Metrics;
   /** NATS and MongoDB, once connected (undefined while `main.ts` is still connecting: answers 503). */
@@ -76,6 +79,14 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     // Requests are logged once, on response, by the hook below (route pattern only: no query strings, no keys).
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
     bodyLimit: config.MAX_BODY_BYTES,
+    // A request (headers and body) must arrive within REQUEST_TIMEOUT (Node answers 408 and closes);
+    // SSE and WebSocket streams are responses, not request bodies, so they are not cut by it.
+    requestTimeout: config.REQUEST_TIMEOUT,
+    // Node looks for expired requests every `connectionsCheckingInterval` (30 s by default): check every second.
+    http: { headersTimeout: config.HEADERS_TIMEOUT, connectionsCheckingInterval: 1_000 },
+    // Idle sockets (no bytes either way); SSE sends heartbeats, and ws turns the timeout off after an upgrade.
+    connectionTimeout: config.CONNECTION_TIMEOUT,
+    keepAliveTimeout: config.KEEP_ALIVE_TIMEOUT,
     genReqId: (request) => {
       const header = request.headers['x-request-id'];
       return typeof header === 'string' && requestIdPattern.test(header) ? header : newId('req');

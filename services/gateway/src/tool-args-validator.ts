@@ -1,5 +1,5 @@
 import { hashJson } from '@abide/shared';
-import { Ajv, type Options, type RegExpEngine, type ValidateFunction } from 'ajv';
+import { Ajv, type CodeOptions, type Options, type ValidateFunction } from 'ajv';
 import { RE2JS } from 're2js';
 
 /**
@@ -47,7 +47,7 @@ export function compileLinearPattern(pattern: string): { test(input: string): bo
   return { test: (input) => compiled.test(input), toString: () => key };
 }
 
-const re2Engine: RegExpEngine = Object.assign((pattern: string) => compileLinearPattern(pattern), { code: 'compileLinearPattern' });
+const re2Engine: NonNullable<CodeOptions['regExp']> = Object.assign((pattern: string) => compileLinearPattern(pattern), { code: 'compileLinearPattern' });
 
 /** Options of every Ajv instance that compiles a tenant schema: RE2 for patterns, no meta-schema, no remote refs. */
 const tenantAjvOptions: Options = {
