@@ -100,9 +100,18 @@ export const approvalDecisionResultSchema = z.object({
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
 export const batchApprovalResponseSchema = z.object({ results: z.array(approvalDecisionResultSchema) });
-export const pendingApprovalsQuerySchema = z.object({ status: z.literal('pending').default('pending') }).strict();
+export const pendingApprovalsQuerySchema = z
+  .object({
+    status: z.literal('pending').default('pending'),
+    /** Suspended runs looked at per page (each may hold several pending approvals). */
+    limit: z.coerce.number().int().min(1).max(apiLimits.maxListLimit).default(apiLimits.defaultListLimit),
+    cursor: z.string().max(512).optional(),
+  })
+  .strict();
 export const pendingApprovalsResponseSchema = z.object({
   approvals: z.array(z.object({ runId: z.string(), toolCallId: z.string(), toolName: z.string(), args: z.unknown(), expiresAt: z.string().optional() })),
+  /** The next page (older suspended runs), or null when this is the last. */
+  nextCursor: z.string().nullable(),
 });
 
 /* ---------- WebSocket frames ---------- */

@@ -31,6 +31,9 @@ export type RunListQuery = {
   after?: RunListPosition | undefined;
 };
 
+/** What the approvals inbox reads of a suspended run (no messages, no agent snapshot). */
+export type SuspendedRunSummary = Pick<RunState, 'runId' | 'createdAt' | 'pendingApprovals' | 'toolCalls'>;
+
 export type GatewayStore = {
   /** The agent in force: `agents` by `_id`, rolled forward through `agent_versions`. */
   findAgent(tenantId: string, agentId: string): Promise<Agent | null>;
@@ -45,6 +48,16 @@ export type GatewayStore = {
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
   /** Runs from the read model, newest first, each rolled forward. `hasMore` says whether another page exists. */
   listRuns(query: RunListQuery): Promise<{ runs: LoadedRun[]; last: RunListPosition | null; hasMore: boolean }>;
+  /**
+   * The tenant's suspended runs from the read model (newest first, not rolled forward: an inbox
+   * may lag by a moment, decisions are checked against the exact state), only the fields the
+   * approvals inbox shows.
+   */
+  listSuspendedRuns(query: { tenantId: string; limit: number; after?: RunListPosition | undefined }): Promise<{
+    runs: SuspendedRunSummary[];
+    last: RunListPosition | null;
+    hasMore: boolean;
+  }>;
   /** The newest runs of a conversation (read model order), rolled forward. */
   conversationRuns(tenantId: string, conversationId: string, limit: number): Promise<LoadedRun[]>;
   /** Inserts a transition; false if that version exists. */

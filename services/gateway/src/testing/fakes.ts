@@ -78,6 +78,10 @@ export function createMemoryStore() {
       const last = page.at(-1);
       return { runs: page, last: last ? { createdAt: last.state.createdAt, runId: last.state.runId } : null, hasMore: sorted.length > query.limit };
     },
+    async listSuspendedRuns(query) {
+      const page = await store.listRuns({ ...query, status: 'suspended' });
+      return { ...page, runs: page.runs.map(({ state }) => ({ runId: state.runId, createdAt: state.createdAt, pendingApprovals: state.pendingApprovals, toolCalls: state.toolCalls })) };
+    },
     async conversationRuns(tenantId, conversationId, limit) {
       return (await store.listRuns({ tenantId, conversationId, limit })).runs;
     },
