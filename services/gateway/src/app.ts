@@ -39,6 +39,8 @@ export const defaultStreamingOptions: StreamingOptions = {
   heartbeatMs: 15_000,
   wsHighWaterMarkBytes: 8 * 1_048_576,
   maxSubscriptionsPerSocket: 100,
+  maxInFlightPerSocket: 16,
+  subscribeChurn: { burst: 50, perSecond: 10 },
 };
 
 const requestIdPattern = /^[A-Za-z0-9_.:-]{1,128}$/;

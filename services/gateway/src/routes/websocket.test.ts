@@ -202,4 +202,43 @@ describe('WebSocket /v1/ws', () => {
     client.send({ type: 'ping', padding: 'x'.repeat(20 * 1024) });
     expect(await client.closed).toBe(1009);
   });
+
+  it('answers frames beyond the in-flight cap with too_many_in_flight and keeps the socket open', async () => {
+    await t.app.close();
+    await setup({ streaming: { heartbeatMs: 60_000, maxInFlightPerSocket: 2 } });
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const loadRun = t.memory.store.loadRun.bind(t.memory.store);
+    t.memory.store.loadRun = async (id) => {
+      await gate;
+      return loadRun(id);
+    };
+    const client = await connect();
+    for (const requestId of ['c1', 'c2', 'c3']) client.send({ type: 'cancel', requestId, runId });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'too_many_in_flight', requestId: 'c3', runId });
+    client.send({ type: 'ping' });
+    // The ping is over the cap too while c1 and c2 wait: answered, not dropped.
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'too_many_in_flight' });
+    release();
+    const answers = [await client.next((frame) => frame.requestId === 'c1'), await client.next((frame) => frame.requestId === 'c2')];
+    expect(answers.map((frame) => frame.type)).toEqual(['ack', 'ack']);
+    client.send({ type: 'ping' });
+    expect(await client.next((frame) => frame.type === 'pong')).toEqual({ type: 'pong' });
+    expect(client.closeCode).toBeUndefined();
+    client.socket.terminate();
+  });
+
+  it('throttles subscribe/unsubscribe churn per socket with rate_limited', async () => {
+    await t.app.close();
+    await setup({ streaming: { heartbeatMs: 60_000, subscribeChurn: { burst: 3, perSecond: 0.001 } } });
+    const client = await connect();
+    client.send({ type: 'subscribe', runId });
+    client.send({ type: 'unsubscribe', runId });
+    client.send({ type: 'subscribe', runId });
+    client.send({ type: 'unsubscribe', runId });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'rate_limited', runId, message: expect.stringContaining('subscribe and unsubscribe frames') });
+    client.send({ type: 'ping' });
+    expect(await client.next((frame) => frame.type === 'pong')).toEqual({ type: 'pong' });
+    client.socket.terminate();
+  });
 });
