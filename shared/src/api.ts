@@ -146,6 +146,15 @@ export const wsClientFrameSchema = z.discriminatedUnion('type', [
 ]);
 export type WsClientFrame = z.infer<typeof wsClientFrameSchema>;
 
+/** `POST /v1/ws/tickets` takes no body (or an empty object). */
+export const createWsTicketBodySchema = z.object({}).strict();
+/** A single-use ticket for `GET /v1/ws?ticket=`; `expiresAt` is when it stops being accepted. */
+export const wsTicketResponseSchema = z.object({ ticket: z.string(), expiresAt: z.string() });
+export type WsTicketResponse = z.infer<typeof wsTicketResponseSchema>;
+/** What `WS_TICKETS` holds under a ticket's hash: the tenant and the key's short id, never the key. */
+export const wsTicketEntrySchema = z.object({ tenantId: z.string(), keyId: z.string(), expiresAt: z.string() });
+export type WsTicketEntry = z.infer<typeof wsTicketEntrySchema>;
+
 export type WsServerFrame =
   | { type: 'event'; runId: string; event: Record<string, unknown> }
   | { type: 'run.created'; requestId: string; runId: string; status: string; conversationId: string }

@@ -57,6 +57,8 @@ export const gatewayEnvSchema = z.object({
   CONNECTION_TIMEOUT: duration('2m'),
   /** How long an idle keep-alive connection stays open between requests (above a load balancer's idle timeout). */
   KEEP_ALIVE_TIMEOUT: duration('72s'),
+  /** How long a WebSocket ticket (`POST /v1/ws/tickets`) may wait for its one use (at most 5m, the bucket's max age). */
+  WS_TICKET_TTL: durationSchema.default(parseDuration('30s')).pipe(z.number().int().min(1_000).max(300_000)),
 });
 
 export const orchestratorEnvSchema = z.object({

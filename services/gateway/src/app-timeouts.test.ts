@@ -22,6 +22,7 @@ function appWith(timeouts: { REQUEST_TIMEOUT: number; HEADERS_TIMEOUT: number; C
       WS_ALLOWED_ORIGINS: [],
       EVENTS_MAX_AGE: 7 * 86_400_000,
       KEEP_ALIVE_TIMEOUT: 5_000,
+      WS_TICKET_TTL: 30_000,
       ...timeouts,
     },
   });

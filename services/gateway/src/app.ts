@@ -21,7 +21,7 @@ import { createToolArgsValidator } from './tool-args-validator.ts';
 export type AppDeps = {
   config: Pick<
     GatewayConfig,
-    'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE' | 'REQUEST_TIMEOUT' | 'HEADERS_TIMEOUT' | 'CONNECTION_TIMEOUT' | 'KEEP_ALIVE_TIMEOUT'
+    'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE' | 'REQUEST_TIMEOUT' | 'HEADERS_TIMEOUT' | 'CONNECTION_TIMEOUT' | 'KEEP_ALIVE_TIMEOUT' | 'WS_TICKET_TTL'
   >;
   logger: Logger;
   metrics: Metrics;
@@ -71,7 +71,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     const backend = deps.backend();
     if (!backend) throw new ApiError('unavailable', 'starting: not connected to NATS and MongoDB yet', { headers: { 'retry-after': '1' } });
     if (services?.backend !== backend) {
-      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, ...(deps.now ? { now: deps.now } : {}) }) };
+      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, wsTicketTtlMs: config.WS_TICKET_TTL, ...(deps.now ? { now: deps.now } : {}) }) };
     }
     return services.services;
   }
@@ -129,9 +129,14 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
     }
     if (path === '/v1' || path.startsWith('/v1/')) {
-      const allowQueryToken = (request.routeOptions.config as { allowQueryToken?: boolean } | undefined)?.allowQueryToken === true;
-      const accessToken = allowQueryToken ? (request.query as Record<string, unknown>).access_token : undefined;
-      const caller = authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
+      const routeConfig = request.routeOptions.config as { allowQueryToken?: boolean; allowTicket?: boolean } | undefined;
+      const query = request.query as Record<string, unknown>;
+      const accessToken = routeConfig?.allowQueryToken === true ? query.access_token : undefined;
+      const ticket = routeConfig?.allowTicket === true && request.headers.authorization === undefined ? query.ticket : undefined;
+      const caller =
+        typeof ticket === 'string'
+          ? await currentServices().wsTickets.redeem(ticket)
+          : authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
       callers.set(request, caller);
       request.log = request.log.child({ tenantId: caller.tenantId });
     }

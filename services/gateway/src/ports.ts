@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -81,12 +81,21 @@ export type ApprovalLedger = {
   create(key: string, entry: ApprovalLedgerEntry): Promise<boolean>;
 };
 
+/** KV `WS_TICKETS`: single-use WebSocket tickets, keyed by a hash of the ticket. */
+export type WsTicketStore = {
+  /** Stores a new ticket (atomic create: a key that exists is an error). */
+  create(key: string, entry: WsTicketEntry): Promise<void>;
+  /** Reads and deletes the ticket in one compare-and-delete; null when missing, used or taken by a concurrent consumer. */
+  consume(key: string): Promise<WsTicketEntry | null>;
+};
+
 export type GatewayBus = {
   /** Publishes JSON, waits for the PubAck; `msgId` dedupes inside the duplicate window. */
   publish(subject: string, message: unknown, msgId: string): Promise<void>;
   /** Publishes a committed transition's outbox (shared `publishOutbox`). */
   publishOutbox(transition: TransitionDocument): Promise<void>;
   ledger: ApprovalLedger;
+  tickets: WsTicketStore;
   /** True when the NATS server answers a round trip. */
   ping(): Promise<boolean>;
 };

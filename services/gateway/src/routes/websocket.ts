@@ -1,4 +1,4 @@
-import { ApiError, createRunBodySchema, wsClientFrameSchema, type WsClientFrame, type WsServerFrame } from '@abide/shared';
+import { ApiError, createRunBodySchema, createWsTicketBodySchema, wsClientFrameSchema, type WsClientFrame, type WsServerFrame } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { RawData, WebSocket } from 'ws';
 import type { Caller } from '../auth.ts';
@@ -21,11 +21,17 @@ export function isOriginAllowed(origin: string | undefined, allowed: readonly st
 
 /** `GET /v1/ws` (DESIGN §7): subscriptions to run events, run creation, cancels and approvals over one socket. */
 export function registerWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
+  // A single-use ticket for `GET /v1/ws?ticket=` (authenticated by the Authorization header only).
+  app.post('/v1/ws/tickets', async (request, reply) => {
+    parseOr400(createWsTicketBodySchema, request.body ?? {}, 'body');
+    return reply.code(201).send(await context.services().wsTickets.issue(context.caller(request)));
+  });
+
   app.get(
     '/v1/ws',
     {
       websocket: true,
-      config: { allowQueryToken: true },
+      config: { allowQueryToken: true, allowTicket: true },
       onRequest: async (request) => {
         if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
           throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);

@@ -41,6 +41,7 @@ export function createTestApp(overrides: Partial<AppDeps> = {}) {
       HEADERS_TIMEOUT: 10_000,
       CONNECTION_TIMEOUT: 120_000,
       KEEP_ALIVE_TIMEOUT: 72_000,
+      WS_TICKET_TTL: 30_000,
     },
     logger: createLogger('gateway-test', 'silent'),
     metrics: createMetrics(),
