@@ -66,6 +66,27 @@ describe('hostile input at the gateway', () => {
     socket.socket.close();
   });
 
+  it('stops a validation that costs more than linear time (uniqueItems over 60,000 objects) and answers invalid_args', async () => {
+    const put = await stack.api(testKeys.a, 'PUT', '/v1/agents/unique', {
+      ...redosAgent,
+      model: { provider: 'scripted', steps: [{ toolCalls: [{ toolName: 'echo', args: { list: [] } }] }, { text: 'Done.' }] },
+      tools: [{ ...redosAgent.tools[0], inputSchema: { type: 'object', properties: { list: { type: 'array', uniqueItems: true } } } }],
+    });
+    expect(put.status, JSON.stringify(put.body)).toBe(200);
+    const { socket, runId } = await suspendedRun('unique');
+    // Pairwise comparison of 60,000 distinct objects takes minutes: the gateway gives up after its limit.
+    const list = Array.from({ length: 60_000 }, (_, index) => ({ a: index }));
+    const attack = stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true, args: { list } });
+    const bystander = stack.api(testKeys.b, 'GET', '/v1/runs?limit=1');
+    const [attacked, served] = await Promise.all([attack, bystander]);
+    expect([attacked.status, attacked.body.error?.code]).toEqual([400, 'invalid_args']);
+    expect(attacked.body.error.message).toContain('took longer than');
+    expect(served.status).toBe(200);
+    const approved = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true, args: { list: [1, 2, 3] } });
+    expect(approved.status, JSON.stringify(approved.body)).toBe(202);
+    socket.socket.close();
+  });
+
   it('refuses at PUT a pattern RE2 cannot run (lookahead), naming the tool and the path', async () => {
     const put = await stack.api(testKeys.a, 'PUT', '/v1/agents/lookahead', {
       ...redosAgent,

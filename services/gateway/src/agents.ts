@@ -1,6 +1,6 @@
 import { agentDefinitionSchema, ApiError, type Agent, type AgentDefinition } from '@abide/shared';
 import type { GatewayStore } from './ports.ts';
-import type { ToolArgsValidator } from './tool-args-validator.ts';
+import type { ArgsValidation } from './args-validation.ts';
 import { parseOr400 } from './validation.ts';
 
 const day = 86_400_000;
@@ -11,7 +11,7 @@ const maxVersionAttempts = 20;
  * Agents (DESIGN §3, §8): each PUT inserts `agent_versions` `<tenantId>:<agentId>:<version>`
  * (the insert decides the version), then rewrites `agents` by `_id`.
  */
-export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolArgsValidator; eventsMaxAgeMs: number; now?: () => Date }) {
+export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<ArgsValidation, 'checkSchema'>; eventsMaxAgeMs: number; now?: () => Date }) {
   const { store, toolArgs } = deps;
   const now = deps.now ?? (() => new Date());
 

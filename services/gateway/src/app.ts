@@ -16,7 +16,7 @@ import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
 import { createServices, type Services } from './services.ts';
-import { createToolArgsValidator } from './tool-args-validator.ts';
+import { createArgsValidation } from './args-validation.ts';
 
 export type AppDeps = {
   config: Pick<
@@ -59,7 +59,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   const live = createLiveConnections();
   const authenticator = createAuthenticator(config.apiKeys);
   const callers = new WeakMap<FastifyRequest, Caller>();
-  const toolArgs = createToolArgsValidator();
+  const toolArgs = createArgsValidation();
   const rateLimiter = createRateLimiter(deps.runCreationLimit ?? defaultRunCreationLimit);
   const requests = metrics.counter('http_requests_total', 'HTTP requests by method, route and status');
   metrics.gauge('websocket_connections', 'Open WebSocket connections', () => live.counts().websockets);
@@ -96,6 +96,10 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     // While closing, requests still reach the hooks, which answer 503 in the API's error format.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
+  });
+
+  app.addHook('onClose', async () => {
+    await toolArgs.close();
   });
 
   // JSON bodies: an empty body is "no body" (an optional body such as cancel's), not an error.

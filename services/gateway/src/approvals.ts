@@ -13,7 +13,8 @@ import type { Caller } from './auth.ts';
 import type { GatewayBus, GatewayStore, LoadedRun, RunListPosition } from './ports.ts';
 import { findTenantRun } from './run-access.ts';
 import { pendingApprovalsOf, type PendingApprovalView } from './run-views.ts';
-import { ToolSchemaError, type ToolArgsValidator } from './tool-args-validator.ts';
+import type { ArgsValidation } from './args-validation.ts';
+import { ToolSchemaError } from './tool-args-validator.ts';
 
 export type ApprovalDecision = {
   runId: string;
@@ -36,7 +37,7 @@ export type PendingApprovalItem = PendingApprovalView & { runId: string };
  * → 400 `invalid_args` → ledger create (a concurrent winner is answered from the ledger) →
  * publish → `accepted`.
  */
-export function createApprovalService(deps: { store: GatewayStore; bus: GatewayBus; toolArgs: ToolArgsValidator; logger: Logger; now?: () => Date }) {
+export function createApprovalService(deps: { store: GatewayStore; bus: GatewayBus; toolArgs: Pick<ArgsValidation, 'validate'>; logger: Logger; now?: () => Date }) {
   const { store, bus, toolArgs, logger } = deps;
   const now = deps.now ?? (() => new Date());
 
@@ -96,8 +97,10 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
         if (!tool) throw notFound();
         let problems: string[];
         try {
-          problems = toolArgs.validate(caller.tenantId, tool.inputSchema, args);
+          problems = await toolArgs.validate(caller.tenantId, tool.inputSchema, args);
         } catch (error) {
+          // An overrun (invalid_args) or a busy / closing validator (unavailable) is answered as it is.
+          if (error instanceof ApiError) throw error;
           throw new ApiError('invalid_args', `the input schema of tool ${tool.name} cannot be used to validate: ${error instanceof ToolSchemaError ? `inputSchema${error.path}: ` : ''}${(error as Error).message}`);
         }
         if (problems.length > 0) throw new ApiError('invalid_args', problems.join('; '));
