@@ -51,8 +51,11 @@ export function createArgsValidation(options: ArgsValidationOptions = {}) {
   /** The worker died (or was terminated): the running job fails, the next one gets a new worker. */
   function fail(which: Worker, error: Error): void {
     if (worker !== which) return;
+    const booted = ready;
     worker = undefined;
     ready = false;
+    // A worker that dies before it has loaded would die again: fail what waits instead of looping.
+    if (!booted) for (const pending of queue.splice(0)) pending.reject(error);
     const current = running;
     running = undefined;
     if (current) {
