@@ -243,7 +243,7 @@ function printUsage(apiKey: string, servers: StartedServers): void {
     'All at once:',
     `  RUN_ID=$(curl -s ${gatewayUrl}/v1/runs ${auth} -H 'Content-Type: application/json' -d '{"agentId":"demo","input":"What time is it?"}' | sed -E 's/.*"runId":"([^"]+)".*/\\1/') && curl -N ${gatewayUrl}/v1/runs/$RUN_ID/events ${auth}`,
     'Over WebSocket:',
-    `  npx wscat -c 'ws://127.0.0.1:${gatewayPort}/v1/ws?access_token=${apiKey}'`,
+    `  npx wscat -c 'ws://127.0.0.1:${gatewayPort}/v1/ws' -H 'authorization: Bearer ${apiKey}'`,
     `  > {"type":"run.create","requestId":"r1","agentId":"demo","input":"hi"}`,
     '',
     'Ctrl-C stops everything.',
