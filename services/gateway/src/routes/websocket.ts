@@ -51,7 +51,7 @@ export function registerWebSocketRoute(app: FastifyInstance, context: RouteConte
 function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Caller, context: RouteContext): void {
   const log = request.log.child({ tenantId: caller.tenantId });
   const subscriptions = new Map<string, { controller: AbortController; ended: () => void }>();
-  /** Frames being handled now (a subscription counts until its events are open, not while it streams). */
+  /** Frames being handled now (a subscription counts until its run is loaded and its stream requested, not while it streams). */
   let inFlight = 0;
   const churn = createRateLimiter(context.streaming.subscribeChurn, Date.now, 'subscribe and unsubscribe frames on this connection');
   let closed = false;
