@@ -61,6 +61,16 @@ export const gatewayEnvSchema = z.object({
   WS_MAX_FRAME_BYTES: positiveInt(1_048_576, 64 * 1_048_576),
   /** Allowed `Origin`s of browser WebSocket connections; empty allows only connections without an Origin. `*` allows all. */
   WS_ALLOWED_ORIGINS: commaList,
+  /** Time to receive a whole request, headers and body (a slow body cannot hold a connection); 0 = none. */
+  REQUEST_TIMEOUT: duration('30s'),
+  /** Time to receive a request's headers (at most REQUEST_TIMEOUT). */
+  HEADERS_TIMEOUT: duration('10s'),
+  /** A socket with no traffic either way for this long is closed (SSE heartbeats and WebSockets are unaffected). */
+  CONNECTION_TIMEOUT: duration('2m'),
+  /** How long an idle keep-alive connection stays open between requests (above a load balancer's idle timeout). */
+  KEEP_ALIVE_TIMEOUT: duration('72s'),
+  /** How long a WebSocket ticket (`POST /v1/ws/tickets`) may wait for its one use (at most 5m, the bucket's max age). */
+  WS_TICKET_TTL: durationSchema.default(parseDuration('30s')).pipe(z.number().int().min(1_000).max(300_000)),
 });
 
 export const orchestratorEnvSchema = z.object({
@@ -127,18 +137,32 @@ export function loadConfig<Schema extends z.ZodObject>(schema: Schema, env: Reco
   return Object.freeze(parsed.data);
 }
 
-/** Parses `key:tenant,key:tenant` (and lines of a keys file) into key → tenant. */
+/** Shortest API key the gateway accepts (a key is a bearer secret: guessable keys are refused at start-up). */
+export const minApiKeyLength = 16;
+
+/**
+ * Parses `key:tenant,key:tenant` (and lines of a keys file) into key → tenant. A malformed entry
+ * is named by its variable and position, never by any part of its text (it may hold a key).
+ */
 export function parseApiKeys(inline: string | undefined, file: string | undefined): Map<string, string> {
-  const text = [inline ?? '', file ? readFileSync(file, 'utf8') : ''].join(',');
+  const sources: [variable: string, text: string][] = [
+    ['ABIDE_API_KEYS', inline ?? ''],
+    ['ABIDE_API_KEYS_FILE', file ? readFileSync(file, 'utf8') : ''],
+  ];
   const keys = new Map<string, string>();
-  for (const entry of text.split(/[,\n]/).map((item) => item.trim()).filter((item) => item && !item.startsWith('#'))) {
-    const separator = entry.lastIndexOf(':');
-    const key = entry.slice(0, separator);
-    const tenant = entry.slice(separator + 1);
-    if (separator <= 0 || !/^[A-Za-z0-9_-]{1,64}$/.test(tenant) || key.length < 4) {
-      throw new ConfigError(`invalid configuration:\n  ABIDE_API_KEYS: entry "${entry.slice(0, 8)}…" must be key:tenant (key ≥ 4 chars, tenant [A-Za-z0-9_-])`);
-    }
-    keys.set(key, tenant);
+  for (const [variable, text] of sources) {
+    const entries = text.split(/[,\n]/).map((item) => item.trim()).filter((item) => item && !item.startsWith('#'));
+    entries.forEach((entry, index) => {
+      const separator = entry.lastIndexOf(':');
+      const key = entry.slice(0, separator);
+      const tenant = entry.slice(separator + 1);
+      if (separator <= 0 || !/^[A-Za-z0-9_-]{1,64}$/.test(tenant) || key.length < minApiKeyLength) {
+        throw new ConfigError(
+          `invalid configuration:\n  ${variable}: entry ${index + 1} must be key:tenant (key at least ${minApiKeyLength} characters, tenant [A-Za-z0-9_-]{1,64})`,
+        );
+      }
+      keys.set(key, tenant);
+    });
   }
   if (keys.size === 0) throw new ConfigError('invalid configuration:\n  ABIDE_API_KEYS: no API keys configured (set ABIDE_API_KEYS or ABIDE_API_KEYS_FILE)');
   return keys;

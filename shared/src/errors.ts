@@ -22,6 +22,7 @@ export const httpStatusByCode = {
   unsupported_media_type: 415,
   idempotency_key_reused: 422,
   rate_limited: 429,
+  too_many_in_flight: 429,
   internal: 500,
   unavailable: 503,
 } as const;

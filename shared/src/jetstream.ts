@@ -160,6 +160,9 @@ export function consumerConfig(policy: ConsumerPolicy, maxAckPending = 20_000): 
   };
 }
 
+/** Max age of `WS_TICKETS` entries: tickets live seconds (`WS_TICKET_TTL`, at most this); the bucket forgets them soon after. */
+export const wsTicketsMaxAgeMs = 5 * 60_000;
+
 export type Provisioning = {
   streams: readonly StreamName[];
   consumers: readonly ConsumerName[];
@@ -210,7 +213,7 @@ export async function provisionJetStream(
   const kvm = new Kvm(js);
   const kv = new Map<string, KV>();
   for (const bucket of wanted.buckets) {
-    const ttl = bucket === buckets.approvalLedger ? 30 * day : settings.EVENTS_MAX_AGE;
+    const ttl = bucket === buckets.approvalLedger ? 30 * day : bucket === buckets.wsTickets ? wsTicketsMaxAgeMs : settings.EVENTS_MAX_AGE;
     kv.set(bucket, await kvm.create(bucket, { replicas: settings.JS_REPLICAS, history: 1, ttl, storage: StorageType.File }));
   }
   const objects = new Map<string, ObjectStore>();

@@ -31,6 +31,8 @@ export const buckets = {
   toolResults: 'TOOL_RESULTS',
   llmResults: 'LLM_RESULTS',
   runControl: 'RUN_CONTROL',
+  /** Single-use WebSocket tickets (`POST /v1/ws/tickets`), written and consumed by the gateway only. */
+  wsTickets: 'WS_TICKETS',
 } as const;
 
 export const objectStores = {
@@ -68,6 +70,8 @@ export const kvKeys = {
   toolStarted: (runId: string, toolCallId: string) => `${runId}.${toolCallId}.started`,
   llmResult: (runId: string, step: number) => `${runId}.${step}`,
   runControl: (runId: string) => runId,
+  /** A ticket is stored under a hash of it (hex), never as itself. */
+  wsTicket: (ticketHash: string) => ticketHash,
 } as const;
 
 /** MongoDB collection names (DESIGN §3). */

@@ -23,7 +23,7 @@ import { startAuthNats, type AuthNats, type NatsUser } from './auth-nats.ts';
 
 /** What each service provisions at start-up (as in services/<name>/src: the streams it reads or publishes into). */
 const provisioning: Record<Exclude<NatsUser, 'approvals-publisher' | 'admin'>, Provisioning> = {
-  gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] },
+  gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets] },
   orchestrator: {
     streams: Object.values(streams),
     consumers: [consumers.orchestrator, consumers.orchestratorApprovals, consumers.orchestratorAdvisories],

@@ -33,7 +33,7 @@ async function logWhilePending<T>(promise: Promise<T>, log: () => void, interval
 /**
  * Connects to NATS and MongoDB, retrying with backoff until both answer (the gateway listens
  * meanwhile and answers 503): provisions what the gateway publishes to and reads (streams
- * `RUN_INBOX`, `APPROVALS`, `RUN_EVENTS`, bucket `APPROVAL_LEDGER`; no durable consumers) and
+ * `RUN_INBOX`, `APPROVALS`, `RUN_EVENTS`, buckets `APPROVAL_LEDGER` and `WS_TICKETS`; no durable consumers) and
  * the MongoDB indexes (the gateway may be the first service to start).
  */
 export async function connectBackend(config: GatewayConfig, logger: Logger, signal: AbortSignal): Promise<ConnectedBackend> {
@@ -43,13 +43,14 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
     const { js, jsm, kv } = await retryWithBackoff(
       'provisioning JetStream',
       () =>
-        provisionJetStream(connection, config, { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] }, logger),
+        provisionJetStream(connection, config, { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets] }, logger),
       { logger, signal },
     );
     const approvalLedger = kv.get(buckets.approvalLedger);
-    if (!approvalLedger) throw new Error('APPROVAL_LEDGER was not provisioned');
+    const wsTickets = kv.get(buckets.wsTickets);
+    if (!approvalLedger || !wsTickets) throw new Error('APPROVAL_LEDGER or WS_TICKETS was not provisioned');
     logger.info('connected to NATS');
-    return { connection, js, jsm, approvalLedger };
+    return { connection, js, jsm, approvalLedger, wsTickets };
   };
 
   const connectToMongo = async () => {
@@ -65,7 +66,7 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
   const collections = getCollections(mongo.db);
   const backend: Backend = {
     store: createMongoStore({ db: mongo.db, collections, runStore: createRunStore(collections) }),
-    bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, logger }),
+    bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, wsTickets: nats.wsTickets, logger }),
     events: createNatsEventSource({ js: nats.js, jsm: nats.jsm, logger }),
   };
   return { backend, nats: nats.connection, mongo: mongo.client };

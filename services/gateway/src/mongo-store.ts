@@ -92,6 +92,23 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       return { runs, last: lastDocument ? { createdAt: lastDocument.createdAt, runId: lastDocument._id } : null, hasMore };
     },
 
+    async listSuspendedRuns(query) {
+      const filter: Record<string, unknown> = { tenantId: query.tenantId, status: 'suspended' };
+      if (query.after) {
+        filter.$or = [{ createdAt: { $lt: query.after.createdAt } }, { createdAt: query.after.createdAt, _id: { $lt: query.after.runId } }];
+      }
+      const documents = (await collections.runs
+        .find(filter, { projection: { _id: 1, createdAt: 1, pendingApprovals: 1, toolCalls: 1 } })
+        .sort({ createdAt: -1, _id: -1 })
+        .limit(query.limit + 1)
+        .toArray()) as unknown as (Pick<RunDocument, '_id' | 'createdAt' | 'pendingApprovals' | 'toolCalls'>)[];
+      const hasMore = documents.length > query.limit;
+      const page = documents.slice(0, query.limit);
+      const runs = page.map(({ _id, createdAt, pendingApprovals, toolCalls }) => ({ runId: _id, createdAt, pendingApprovals, toolCalls }));
+      const last = page.at(-1);
+      return { runs, last: last ? { createdAt: last.createdAt, runId: last._id } : null, hasMore };
+    },
+
     async conversationRuns(tenantId, conversationId, limit) {
       const documents = (await collections.runs
         .find({ tenantId, conversationId })

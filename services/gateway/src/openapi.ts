@@ -10,6 +10,7 @@ import {
   cancelRunBodySchema,
   createRunBodySchema,
   createRunResponseSchema,
+  createWsTicketBodySchema,
   errorBodySchema,
   eventsQuerySchema,
   httpStatusByCode,
@@ -21,6 +22,7 @@ import {
   runIdParamsSchema,
   runViewSchema,
   wsClientFrameSchema,
+  wsTicketResponseSchema,
 } from '@abide/shared';
 import { z } from 'zod';
 
@@ -164,6 +166,14 @@ export const operations: Operation[] = [
     authenticated: true,
     query: pendingApprovalsQuerySchema,
     responses: { '200': { description: 'pending approvals', schema: pendingApprovalsResponseSchema }, ...errors(400, 401, 503) },
+  },
+  {
+    method: 'post',
+    path: '/v1/ws/tickets',
+    summary: 'A single-use, short-lived ticket for GET /v1/ws?ticket= (keeps the API key out of URLs)',
+    authenticated: true,
+    body: createWsTicketBodySchema,
+    responses: { '201': { description: 'the ticket and when it stops being accepted', schema: wsTicketResponseSchema }, ...errors(400, 401, 503) },
   },
   {
     method: 'get',

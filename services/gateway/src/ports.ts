@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -31,6 +31,9 @@ export type RunListQuery = {
   after?: RunListPosition | undefined;
 };
 
+/** What the approvals inbox reads of a suspended run (no messages, no agent snapshot). */
+export type SuspendedRunSummary = Pick<RunState, 'runId' | 'createdAt' | 'pendingApprovals' | 'toolCalls'>;
+
 export type GatewayStore = {
   /** The agent in force: `agents` by `_id`, rolled forward through `agent_versions`. */
   findAgent(tenantId: string, agentId: string): Promise<Agent | null>;
@@ -45,6 +48,16 @@ export type GatewayStore = {
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
   /** Runs from the read model, newest first, each rolled forward. `hasMore` says whether another page exists. */
   listRuns(query: RunListQuery): Promise<{ runs: LoadedRun[]; last: RunListPosition | null; hasMore: boolean }>;
+  /**
+   * The tenant's suspended runs from the read model (newest first, not rolled forward: an inbox
+   * may lag by a moment, decisions are checked against the exact state), only the fields the
+   * approvals inbox shows.
+   */
+  listSuspendedRuns(query: { tenantId: string; limit: number; after?: RunListPosition | undefined }): Promise<{
+    runs: SuspendedRunSummary[];
+    last: RunListPosition | null;
+    hasMore: boolean;
+  }>;
   /** The newest runs of a conversation (read model order), rolled forward. */
   conversationRuns(tenantId: string, conversationId: string, limit: number): Promise<LoadedRun[]>;
   /** Inserts a transition; false if that version exists. */
@@ -68,12 +81,21 @@ export type ApprovalLedger = {
   create(key: string, entry: ApprovalLedgerEntry): Promise<boolean>;
 };
 
+/** KV `WS_TICKETS`: single-use WebSocket tickets, keyed by a hash of the ticket. */
+export type WsTicketStore = {
+  /** Stores a new ticket (atomic create: a key that exists is an error). */
+  create(key: string, entry: WsTicketEntry): Promise<void>;
+  /** Reads and deletes the ticket in one compare-and-delete; null when missing, used or taken by a concurrent consumer. */
+  consume(key: string): Promise<WsTicketEntry | null>;
+};
+
 export type GatewayBus = {
   /** Publishes JSON, waits for the PubAck; `msgId` dedupes inside the duplicate window. */
   publish(subject: string, message: unknown, msgId: string): Promise<void>;
   /** Publishes a committed transition's outbox (shared `publishOutbox`). */
   publishOutbox(transition: TransitionDocument): Promise<void>;
   ledger: ApprovalLedger;
+  tickets: WsTicketStore;
   /** True when the NATS server answers a round trip. */
   ping(): Promise<boolean>;
 };

@@ -7,10 +7,11 @@ import type { RateLimiter } from './rate-limiter.ts';
 import { createRunCanceller } from './run-access.ts';
 import { createRunCreator } from './run-creation.ts';
 import { createRunEventsOpener } from './run-events.ts';
-import type { ToolArgsValidator } from './tool-args-validator.ts';
+import type { ArgsValidation } from './args-validation.ts';
+import { createWsTicketService } from './ws-tickets.ts';
 
 /** The gateway's use cases, built once the backend (NATS, MongoDB) is connected. */
-export function createServices(backend: Backend, deps: { logger: Logger; toolArgs: ToolArgsValidator; rateLimiter: RateLimiter; eventsMaxAgeMs: number; now?: () => Date }) {
+export function createServices(backend: Backend, deps: { logger: Logger; toolArgs: ArgsValidation; rateLimiter: RateLimiter; eventsMaxAgeMs: number; wsTicketTtlMs: number; now?: () => Date }) {
   const { store, bus, events } = backend;
   const now = deps.now ?? (() => new Date());
   const relay = createEventRelay({ source: events, logger: deps.logger });
@@ -20,6 +21,7 @@ export function createServices(backend: Backend, deps: { logger: Logger; toolArg
     createRun: createRunCreator({ store, bus, logger: deps.logger, rateLimiter: deps.rateLimiter, now }),
     cancelRun: createRunCanceller({ store, bus }),
     approvals: createApprovalService({ store, bus, toolArgs: deps.toolArgs, logger: deps.logger, now }),
+    wsTickets: createWsTicketService({ tickets: bus.tickets, ttlMs: deps.wsTicketTtlMs, now }),
     openRunEvents: createRunEventsOpener({ store, events, relay, eventsMaxAgeMs: deps.eventsMaxAgeMs, now: () => now().getTime() }),
   };
 }
