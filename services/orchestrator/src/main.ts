@@ -23,6 +23,7 @@ import {
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
 import { createApprovalLedger } from './approval-ledger.ts';
+import { createApprovalsHandler } from './approvals-handler.ts';
 import { loadOrchestratorConfig } from './config.ts';
 import { createInboxHandler } from './inbox-handler.ts';
 import { createKeyedQueue } from './keyed-queue.ts';
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
     const abortStartup = () => startup.abort(new Error('stopped during start-up'));
     process.once('SIGTERM', abortStartup);
     process.once('SIGINT', abortStartup);
-    const nats = await retryWithBackoff('connecting to NATS', () => connectNats(config, 'orchestrator', log), { logger: log, signal: startup.signal });
+    const nats = await retryWithBackoff('connecting to NATS', () => connectNats(config, { service: 'orchestrator' }, log), { logger: log, signal: startup.signal });
     const { js, jsm, kv, objects } = await retryWithBackoff(
       'provisioning JetStream',
       () =>
@@ -106,7 +107,7 @@ async function main(): Promise<void> {
       schema: approvalMessageSchema,
       concurrency: config.ORCHESTRATOR_CONCURRENCY,
       logger: log,
-      handle: (delivery) => ledger.applyDecisionMessage(delivery.message),
+      handle: createApprovalsHandler({ ledger }),
     });
     const advisories = createConsumerRunner({
       js,
