@@ -71,6 +71,12 @@ export const orchestratorEnvSchema = z.object({
   HEALTH_PORT: port(8081),
   /** Messages a replica processes at once (its pull batch size). */
   ORCHESTRATOR_CONCURRENCY: positiveInt(64, 4096),
+  /**
+   * The largest model request (system prompt + conversation, as JSON): one over the server's
+   * `max_payload` goes through the `PAYLOADS` object store; one over this fails its run with
+   * `message_too_large`.
+   */
+  LLM_REQUEST_MAX_BYTES: byteSize(16 * 1024 ** 2, 1024 ** 2),
 });
 
 export const llmWorkerEnvSchema = z.object({

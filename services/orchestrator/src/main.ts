@@ -86,6 +86,7 @@ async function main(): Promise<void> {
         collections,
         payloads: objects.get(objectStores.payloads)!,
         maxPayloadBytes: nats.info?.max_payload ?? 1_048_576,
+        maxModelRequestBytes: config.LLM_REQUEST_MAX_BYTES,
       },
       queue: createKeyedQueue(),
       logger: log,
@@ -117,8 +118,8 @@ async function main(): Promise<void> {
       logger: log,
       handle: createAdvisoryHandler({ jsm, processor, logger: log }),
     });
-    const outboxSweeper = createOutboxSweeper({ store, processor, logger: log });
-    const deadlineSweeper = createDeadlineSweeper({ collections, js, logger: log });
+    const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
+    const deadlineSweeper = createDeadlineSweeper({ store, js, logger: log, metrics });
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,
