@@ -85,7 +85,10 @@ async function main(): Promise<void> {
         runControl: kv.get(buckets.runControl)!,
         collections,
         payloads: objects.get(objectStores.payloads)!,
-        maxPayloadBytes: nats.info?.max_payload ?? 1_048_576,
+        // Read on every use: after a reconnect the server (and its max_payload) may differ.
+        get maxPayloadBytes() {
+          return nats.info?.max_payload ?? 1_048_576;
+        },
         maxModelRequestBytes: config.LLM_REQUEST_MAX_BYTES,
       },
       queue: createKeyedQueue(),
