@@ -154,6 +154,19 @@ describe('limits and isolation', () => {
     expect(await stack.db.collection('run_transitions').countDocuments({ runId: bulky, published: false })).toBe(0);
   });
 
+  it('refuses an agent definition over its size limits (a schema of many 1e20s, a huge definition) with 400', { timeout: 30_000 }, async () => {
+    const properties = Object.fromEntries(Array.from({ length: 5_000 }, (_, index) => [`n${index}`, { type: 'number', maximum: 1e20, minimum: -1e20 }]));
+    const schema = await stack.api('key-a', 'PUT', '/v1/agents/wide', {
+      model: { provider: 'scripted', steps: [{ text: 'hi' }] },
+      tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object', properties } }],
+    });
+    expect([schema.status, schema.body.error?.code]).toEqual([400, 'invalid_request']);
+    expect(schema.body.error.message).toContain('inputSchema');
+    const whole = await stack.api('key-a', 'PUT', '/v1/agents/wide', { model: { provider: 'scripted', steps: [{ text: 'w'.repeat(300 * 1024) }] } });
+    expect([whole.status, whole.body.error?.code]).toEqual([400, 'invalid_request']);
+    expect((await stack.api('key-a', 'GET', '/v1/agents/wide')).status).toBe(404);
+  });
+
   it('a scripted model step over the output bound fails its run with model_output_too_large', { timeout: 60_000 }, async () => {
     const put = await stack.api('key-a', 'PUT', '/v1/agents/chatty', {
       model: { provider: 'scripted', chunkSize: 5_000, steps: [{ text: 'z'.repeat(modelOutputLimits.maxTextChars + 20_000) }] },
