@@ -11,6 +11,18 @@ import { invalidEgressEntries } from './egress.ts';
 const port = (fallback: number) => z.coerce.number().int().min(0).max(65_535).default(fallback);
 const positiveInt = (fallback: number, max: number) => z.coerce.number().int().min(1).max(max).default(fallback);
 const duration = (fallback: string) => durationSchema.default(parseDuration(fallback));
+const byteUnits: Record<string, number> = { '': 1, b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
+/** A size in bytes: an integer, optionally with a unit (`512MiB`, `4GiB`, `10GB`). */
+const byteSize = (fallback: number, min: number) =>
+  z
+    .string()
+    .regex(/^\d+\s*([KMGT]i?B|B)?$/i, 'must be a size such as 4GiB, 500MB or 1048576')
+    .transform((text) => {
+      const [, digits, unit] = /^(\d+)\s*([A-Za-z]*)$/.exec(text)!;
+      return Number(digits) * byteUnits[unit!.toLowerCase()]!;
+    })
+    .pipe(z.number().int().min(min, `must be at least ${min} bytes`).max(Number.MAX_SAFE_INTEGER))
+    .default(fallback);
 const commaList = z
   .string()
   .default('')
@@ -40,6 +52,8 @@ const commonFields = {
   JS_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   JS_DUPLICATE_WINDOW: duration('10m'),
   EVENTS_MAX_AGE: duration('7d'),
+  /** `RUN_EVENTS` `max_bytes`: the events stream's size cap (the oldest events go first when full). */
+  EVENTS_MAX_BYTES: byteSize(4 * 1024 ** 3, 64 * 1024 ** 2),
   SHUTDOWN_GRACE: duration('25s'),
   /** Interface the HTTP servers (gateway API, health ports) bind to; images set 0.0.0.0. */
   LISTEN_HOST: z.string().min(1).default('127.0.0.1'),
@@ -79,6 +93,12 @@ export const orchestratorEnvSchema = z.object({
   HEALTH_PORT: port(8081),
   /** Messages a replica processes at once (its pull batch size). */
   ORCHESTRATOR_CONCURRENCY: positiveInt(64, 4096),
+  /**
+   * The largest model request (system prompt + conversation, as JSON): one over the server's
+   * `max_payload` goes through the `PAYLOADS` object store; one over this fails its run with
+   * `message_too_large`.
+   */
+  LLM_REQUEST_MAX_BYTES: byteSize(16 * 1024 ** 2, 1024 ** 2),
 });
 
 export const llmWorkerEnvSchema = z.object({

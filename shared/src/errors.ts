@@ -41,6 +41,8 @@ export const runErrorCodes = [
   'delivery_exhausted',
   'approval_timeout',
   'outcome_unknown',
+  'model_output_too_large',
+  'message_too_large',
   'internal',
 ] as const;
 export type RunErrorCode = (typeof runErrorCodes)[number];

@@ -39,6 +39,21 @@ export const objectStores = {
   payloads: 'PAYLOADS',
 } as const;
 
+/**
+ * The NATS users of `deploy/nats/auth.conf` that run Abide code, each with its own reply-inbox
+ * prefix (nats.js `inboxPrefix`). Pull deliveries, PubAcks and JetStream API answers go to a
+ * service's inboxes; the server lets each user subscribe only to its own prefix, so one service's
+ * credentials cannot read another's deliveries (no user may subscribe to `_INBOX.>`).
+ */
+export const inboxPrefixes = {
+  gateway: '_INBOX_gateway',
+  orchestrator: '_INBOX_orchestrator',
+  'llm-worker': '_INBOX_llm-worker',
+  'tool-worker': '_INBOX_tool-worker',
+  'approvals-publisher': '_INBOX_approvals-publisher',
+} as const;
+export type NatsServiceUser = keyof typeof inboxPrefixes;
+
 /** Subject builders. A runId, tenantId and tool name are single subject tokens (validated by their schemas). */
 export const subjects = {
   runInbox: (runId: string, kind: RunInboxKind) => `run.in.${runId}.${kind}`,
@@ -61,6 +76,13 @@ export function parseRunInboxSubject(subject: string): { runId: string; kind: Ru
   const kind = parts[3] as RunInboxKind;
   if (!runInboxKinds.includes(kind)) return undefined;
   return { runId: parts[2]!, kind };
+}
+
+/** The tenant and run of an `approvals.<tenantId>.<runId>` subject, or undefined for any other subject. */
+export function parseApprovalsSubject(subject: string): { tenantId: string; runId: string } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 3 || parts[0] !== 'approvals') return undefined;
+  return { tenantId: parts[1]!, runId: parts[2]! };
 }
 
 /** KV keys (only `[-/=._A-Za-z0-9]`). */

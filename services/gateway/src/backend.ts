@@ -39,7 +39,7 @@ async function logWhilePending<T>(promise: Promise<T>, log: () => void, interval
 export async function connectBackend(config: GatewayConfig, logger: Logger, signal: AbortSignal): Promise<ConnectedBackend> {
   const connectToNats = async () => {
     // connectNats keeps trying until the first connect succeeds (and reconnects forever after).
-    const connection = await logWhilePending(connectNats(config, 'abide-gateway', logger), () => logger.warn({ url: config.NATS_URL }, 'waiting for NATS'), 5_000);
+    const connection = await logWhilePending(connectNats(config, { service: 'gateway', name: 'abide-gateway' }, logger), () => logger.warn({ url: config.NATS_URL }, 'waiting for NATS'), 5_000);
     const { js, jsm, kv } = await retryWithBackoff(
       'provisioning JetStream',
       () =>

@@ -175,7 +175,7 @@ async function connectWithRetry(
       async () => {
         if (!connection) {
           logger.info({ servers: config.NATS_URL }, 'connecting to nats');
-          connection = await connectNats(config, service, logger);
+          connection = await connectNats(config, { service }, logger);
           onConnected(connection);
         }
         return provisionJetStream(connection, config, provisioning, logger);

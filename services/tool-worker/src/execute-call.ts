@@ -20,7 +20,7 @@ import type { CancellationTracker } from '@abide/shared';
 type CancelTracking = ReturnType<CancellationTracker['track']>;
 import { createOrRead, readRecord, type KeyValueBucket } from './kv-records.ts';
 import { errorOutcome, type RunTool } from './tool-invocation.ts';
-import type { ToolMetrics } from './tool-metrics.ts';
+import { toolMetricLabel, type ToolMetrics } from './tool-metrics.ts';
 
 export type ToolCallHandlerDeps = {
   /** KV `TOOL_RESULTS`: results under `<runId>.<toolCallId>`, started markers under `….started`. */
@@ -56,6 +56,8 @@ type Call = {
   toolCallId: string;
   step: number;
   toolName: string;
+  /** The tool's metric label (`toolMetricLabel`): never the tenant's tool name. */
+  toolLabel: string;
   resultKey: string;
   markerKey: string;
   log: Logger;
@@ -103,6 +105,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       toolCallId,
       step,
       toolName: payload.tool.name,
+      toolLabel: toolMetricLabel(payload.tool),
       resultKey: kvKeys.toolResult(runId, toolCallId),
       markerKey: kvKeys.toolStarted(runId, toolCallId),
       log: logger.child({ runId, tenantId, step, toolCallId, tool: payload.tool.name, deliveryCount: delivery.deliveryCount }),
@@ -165,7 +168,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       throw new AbideError('internal', `could not publish the tool result: ${ensureError(error).message}`, { retryable: true, cause: error });
     }
     unsaved.delete(call.resultKey);
-    metrics.callFinished(call.toolName, outcomeLabel(result.outcome));
+    metrics.callFinished(call.toolLabel, outcomeLabel(result.outcome));
     const level = result.outcome.kind === 'success' ? 'info' : 'warn';
     call.log[level]({ outcome: outcomeLabel(result.outcome) }, 'tool result stored and published');
     await deleteMarker(call, 'the result is stored');
@@ -189,7 +192,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     }
 
     const policy = delivery.message.payload.tool.onOutcomeUnknown ?? 'retry';
-    metrics.outcomeUnknown(call.toolName, policy);
+    metrics.outcomeUnknown(call.toolLabel, policy);
     const interrupted = owner
       ? `the call was interrupted while executing (worker ${owner.worker}, attempt ${owner.attempt}, last heartbeat ${owner.heartbeatAt})`
       : 'the call was interrupted while executing (its started marker is unreadable)';
@@ -282,7 +285,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
           { retryable: true, retryAfterMs: 0, cause: error },
         );
       } else if (AbideError.isInstance(error) && error.retryable) {
-        metrics.retryableFailure(call.toolName);
+        metrics.retryableFailure(call.toolLabel);
         await deleteMarker(call, 'retryable failure');
         throw error;
       } else {
@@ -312,7 +315,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         }
         const cached = await readRecord(results, call.resultKey, toolResultRecordSchema);
         if (cached && !('invalid' in cached)) {
-          metrics.cacheHit(call.toolName);
+          metrics.cacheHit(call.toolLabel);
           await publishResult(call, cached.value);
           call.log.info({ outcome: outcomeLabel(cached.value.outcome) }, 'call already finished; result re-published from TOOL_RESULTS');
           return;
@@ -325,7 +328,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         }
         const claimed = await claim(call, delivery);
         if (claimed.kind === 'stored') {
-          metrics.cacheHit(call.toolName);
+          metrics.cacheHit(call.toolLabel);
           await publishResult(call, claimed.result);
         } else if (claimed.kind === 'decided') {
           await finish(call, claimed.outcome);

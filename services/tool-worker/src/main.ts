@@ -93,7 +93,7 @@ async function main(): Promise<void> {
       provisioned = await retryWithBackoff(
         'connecting to NATS and provisioning',
         async () => {
-          connection ??= await connectNats(config, workerId, log);
+          connection ??= await connectNats(config, { service: 'tool-worker', name: workerId }, log);
           return provisionJetStream(connection, config, provisioning, log);
         },
         { logger: log, signal: startup.signal },
