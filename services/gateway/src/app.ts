@@ -10,6 +10,8 @@ import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerApprovalRoutes } from './routes/approvals.ts';
+import { registerChatRoutes } from './routes/chat.ts';
+import { registerOpenAiRoutes } from './routes/openai.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
 import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
@@ -182,6 +184,8 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerEventRoutes(scope, context);
     registerApprovalRoutes(scope, context);
     registerWebSocketRoute(scope, context);
+    registerChatRoutes(scope, context);
+    registerOpenAiRoutes(scope, context);
   });
 
   return { app, live };

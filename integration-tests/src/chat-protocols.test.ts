@@ -1,0 +1,355 @@
+import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
+import {
+  AbstractChat,
+  DefaultChatTransport,
+  generateText,
+  lastAssistantMessageIsCompleteWithApprovalResponses,
+  readUIMessageStream,
+  streamText,
+  type ChatInit,
+  type ChatState,
+  type ChatStatus,
+  type UIMessage,
+} from 'ai';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startHttpToolServer } from './harness/http-tool-server.ts';
+import { Stack, testKeys } from './harness/stack.ts';
+
+/** `useChat` without React: the AI SDK's own chat class over a plain state, as `@ai-sdk/react` does it. */
+class NodeChat extends AbstractChat<UIMessage> {
+  constructor(init: ChatInit<UIMessage>) {
+    let messages = [...(init.messages ?? [])];
+    let status: ChatStatus = 'ready';
+    let error: Error | undefined;
+    const state: ChatState<UIMessage> = {
+      get status() {
+        return status;
+      },
+      set status(value) {
+        status = value;
+      },
+      get error() {
+        return error;
+      },
+      set error(value) {
+        error = value;
+      },
+      get messages() {
+        return messages;
+      },
+      set messages(value) {
+        messages = value;
+      },
+      pushMessage: (message) => {
+        messages = [...messages, message];
+      },
+      popMessage: () => {
+        messages = messages.slice(0, -1);
+      },
+      replaceMessage: (index, message) => {
+        messages = [...messages.slice(0, index), message, ...messages.slice(index + 1)];
+      },
+      snapshot: (value) => structuredClone(value),
+    };
+    super({ ...init, state });
+  }
+}
+
+/** Waits for a condition the test cannot await directly (a chat's automatic request), polling. */
+async function until<T>(read: () => T | undefined | false, what: string, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = read();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+const textOf = (message: UIMessage | undefined) => (message?.parts ?? []).map((part) => (part.type === 'text' ? part.text : '')).join('');
+const toolParts = (message: UIMessage | undefined) => (message?.parts ?? []).filter((part) => part.type.startsWith('tool-')) as Array<{ type: string; toolCallId: string; state: string; approval?: { id: string }; output?: unknown }>;
+
+/** Issue 11: the AI SDK's `useChat` protocols and OpenAI chat completions over durable runs, driven by the real client packages. */
+describe('chat protocols', () => {
+  let stack: Stack;
+  let tool: Awaited<ReturnType<typeof startHttpToolServer>>;
+  const answer = 'Durable hello from Abide, streamed in small pieces.';
+
+  beforeAll(async () => {
+    tool = await startHttpToolServer((call) => ({ body: { paid: true, request: call.body } }));
+    stack = await Stack.start();
+    const agents: Record<string, unknown> = {
+      greeter: { model: { provider: 'scripted', chunkSize: 5, steps: [{ text: answer }] }, tools: [] },
+      slow: { model: { provider: 'scripted', chunkSize: 3, delayMs: 150, steps: [{ text: answer }] }, tools: [] },
+      payer: {
+        model: { provider: 'scripted', steps: [{ text: 'Paying.', toolCalls: [{ toolName: 'pay', args: { amount: 10 } }] }, { text: 'Finished.' }] },
+        tools: [
+          {
+            name: 'pay',
+            kind: 'http',
+            needsApproval: true,
+            inputSchema: { type: 'object', properties: { amount: { type: 'number' } }, required: ['amount'] },
+            http: { url: `${tool.url}/pay` },
+          },
+        ],
+      },
+      // Loopback is outside the model egress policy: every run of this agent fails (egress_denied).
+      broken: { model: { provider: 'openai-compatible', baseURL: 'http://127.0.0.1:9/v1', model: 'none' }, tools: [] },
+    };
+    for (const [agentId, definition] of Object.entries(agents)) {
+      const put = await stack.api(testKeys.a, 'PUT', `/v1/agents/${agentId}`, definition);
+      expect(put.status, JSON.stringify(put.body)).toBe(200);
+    }
+  });
+
+  afterAll(async () => {
+    await stack?.stop();
+    await tool?.close();
+  });
+
+  const api = (agentId: string) => `${stack.gatewayUrl}/v1/agents/${agentId}/chat`;
+  const transport = (agentId: string, key: string = testKeys.a) => new DefaultChatTransport<UIMessage>({ api: api(agentId), headers: { authorization: `Bearer ${key}` } });
+  const runIdOf = (message: UIMessage | undefined) => (message?.metadata as { runId?: string } | undefined)?.runId;
+
+  describe('useChat (DefaultChatTransport)', () => {
+    it('streams an answer onto an assistant message whose id derives from the run', async () => {
+      const chat = new NodeChat({ id: `chat-${Date.now()}`, transport: transport('greeter') });
+      await chat.sendMessage({ text: 'hello' });
+      expect(chat.error).toBeUndefined();
+      const assistant = chat.messages.at(-1);
+      expect(assistant?.role).toBe('assistant');
+      expect(textOf(assistant)).toBe(answer);
+      const runId = runIdOf(assistant);
+      expect(runId).toMatch(/^run_/);
+      expect(assistant?.id).toBe(`msg-${runId}`);
+      const run = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`);
+      expect([run.body.status, run.body.conversationId, run.body.output]).toEqual(['completed', chat.id, answer]);
+    });
+
+    it('answers with the UI message stream headers, the run id headers, and a stream the client parses', async () => {
+      const chatId = `raw-${Date.now()}`;
+      const response = await fetch(api('greeter'), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${testKeys.a}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ id: chatId, trigger: 'submit-message', messages: [{ id: 'u1', role: 'user', parts: [{ type: 'text', text: 'hi' }] }] }),
+      });
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toBe('text/event-stream');
+      expect(response.headers.get('x-vercel-ai-ui-message-stream')).toBe('v1');
+      const runId = response.headers.get('x-abide-run-id');
+      expect(response.headers.get('x-workflow-run-id')).toBe(runId);
+      const body = await response.text();
+      expect(body.endsWith('data: [DONE]\n\n')).toBe(true);
+      // The client's own parser over the same bytes.
+      const transportForParse = new DefaultChatTransport<UIMessage>({ api: api('greeter'), fetch: async () => new Response(body, { headers: response.headers }) });
+      const stream = await transportForParse.sendMessages({ chatId, messages: [], trigger: 'submit-message', messageId: undefined, abortSignal: undefined });
+      let last: UIMessage | undefined;
+      for await (const message of readUIMessageStream({ stream })) last = message;
+      expect([last?.id, textOf(last)]).toEqual([`msg-${runId}`, answer]);
+    });
+
+    it('resumes after the client drops mid-stream: the same message id and the same final message', async () => {
+      const chatId = `drop-${Date.now()}`;
+      const first = new NodeChat({ id: chatId, transport: transport('slow') });
+      const sending = first.sendMessage({ text: 'tell me slowly' });
+      await until(() => textOf(first.messages.at(-1)).length > 0 && first.messages.at(-1)?.role === 'assistant', 'the first text');
+      await first.stop();
+      await sending;
+      const partial = first.messages.at(-1)!;
+      expect(textOf(partial).length).toBeLessThan(answer.length);
+
+      // A reload: the app restored the user message; useChat({ resume: true }) GETs …/stream.
+      const second = new NodeChat({ id: chatId, transport: transport('slow'), messages: first.messages.slice(0, -1) });
+      await second.resumeStream();
+      expect(second.error).toBeUndefined();
+      const resumed = second.messages.at(-1);
+      expect([resumed?.id, textOf(resumed)]).toEqual([partial.id, answer]);
+      expect(textOf(resumed).startsWith(textOf(partial))).toBe(true);
+
+      // Nothing runs now: 204 (the client keeps what it has).
+      const after = await stack.api(testKeys.a, 'GET', `/v1/agents/slow/chat/${chatId}/stream`);
+      expect(after.status).toBe(204);
+      // The stream of the ended run is the same chunks on every replay (WorkflowChatTransport's cursor).
+      const replay = async () => (await stack.api(testKeys.a, 'GET', `/v1/agents/slow/chat/${chatId}/stream?startIndex=0`)).body as string;
+      const once = await replay();
+      expect(once).toBe(await replay());
+      expect(once).toContain(`"messageId":"${partial.id}"`);
+    });
+
+    it('renders a failed run as an error', async () => {
+      const chat = new NodeChat({ id: `fail-${Date.now()}`, transport: transport('broken') });
+      await chat.sendMessage({ text: 'hello' });
+      expect(chat.status).toBe('error');
+      expect(chat.error?.message).toMatch(/egress_denied/);
+    });
+
+    it('keeps the history in Abide: the second turn of a chat sees the first', async () => {
+      const chat = new NodeChat({ id: `turns-${Date.now()}`, transport: transport('greeter') });
+      await chat.sendMessage({ text: 'first' });
+      await chat.sendMessage({ text: 'second' });
+      const runId = runIdOf(chat.messages.at(-1))!;
+      const run = await stack.db.collection('runs').findOne({ _id: runId as never });
+      const messages = (run as unknown as { state?: { messages?: unknown[] }; messages?: unknown[] }).state?.messages ?? (run as { messages?: unknown[] }).messages;
+      expect(JSON.stringify(messages)).toContain('first');
+      expect(chat.messages.map((message) => message.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
+    });
+  });
+
+  describe('approvals from the chat', () => {
+    const callsFor = (runId: string) => tool.calls.filter((call) => call.idempotencyKey?.startsWith(`${runId}:`));
+
+    async function suspendedChat(chatId: string) {
+      const chat = new NodeChat({ id: chatId, transport: transport('payer'), sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithApprovalResponses });
+      await chat.sendMessage({ text: 'pay' });
+      expect(chat.error).toBeUndefined();
+      const assistant = chat.messages.at(-1)!;
+      const [part] = toolParts(assistant);
+      expect(part).toMatchObject({ type: 'tool-pay', toolCallId: 's0c0', state: 'approval-requested' });
+      return { chat, runId: runIdOf(assistant)!, approvalId: part!.approval!.id, messageId: assistant.id };
+    }
+
+    it('approves through addToolApprovalResponse: the tool is called once and the run completes on the same message', async () => {
+      const { chat, runId, approvalId, messageId } = await suspendedChat(`approve-${Date.now()}`);
+      expect(callsFor(runId)).toHaveLength(0);
+      await chat.addToolApprovalResponse({ id: approvalId, approved: true });
+      await until(() => chat.status === 'ready' && textOf(chat.messages.at(-1)).includes('Finished.'), 'the continuation');
+      const assistant = chat.messages.at(-1)!;
+      expect(chat.error).toBeUndefined();
+      expect(assistant.id).toBe(messageId);
+      expect(chat.messages).toHaveLength(2);
+      expect(toolParts(assistant)).toEqual([expect.objectContaining({ toolCallId: 's0c0', state: 'output-available', output: expect.objectContaining({ paid: true }) })]);
+      expect(textOf(assistant)).toBe('Paying.Finished.');
+      expect(callsFor(runId)).toHaveLength(1);
+      const run = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`);
+      expect(run.body.status).toBe('completed');
+      const ledger = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: false });
+      expect([ledger.status, ledger.body.error?.code]).toEqual([409, 'approval_conflict']);
+      expect(ledger.body.error.message).toContain('source: chat');
+    });
+
+    it('denies: the client gets tool-output-denied and the model sees the denial', async () => {
+      const { chat, runId, approvalId } = await suspendedChat(`deny-${Date.now()}`);
+      await chat.addToolApprovalResponse({ id: approvalId, approved: false, reason: 'too expensive' });
+      await until(() => chat.status === 'ready' && textOf(chat.messages.at(-1)).includes('Finished.'), 'the continuation');
+      expect(toolParts(chat.messages.at(-1))).toEqual([expect.objectContaining({ toolCallId: 's0c0', state: 'output-denied' })]);
+      expect(callsFor(runId)).toHaveLength(0);
+      const run = await stack.db.collection('runs').findOne({ _id: runId as never });
+      expect(JSON.stringify(run)).toContain('"type":"execution-denied","reason":"too expensive"');
+    });
+
+    it('answers a stale or foreign approval id with an error chunk, never a 500', async () => {
+      const { chat, runId, approvalId, messageId } = await suspendedChat(`stale-${Date.now()}`);
+      const responded = (id: string, toolCallId = 's0c0') => ({
+        id: messageId,
+        role: 'assistant',
+        parts: [{ type: 'tool-pay', toolCallId, state: 'approval-responded', input: { amount: 10 }, approval: { id, approved: true } }],
+      });
+      const post = async (key: string, chatId: string, id: string, toolCallId?: string) => {
+        const response = await fetch(api('payer'), {
+          method: 'POST',
+          headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ id: chatId, trigger: 'submit-message', messageId, messages: [chat.messages[0], responded(id, toolCallId)] }),
+        });
+        return { status: response.status, body: await response.text() };
+      };
+      const foreignTenant = await post(testKeys.b, chat.id, approvalId);
+      expect(foreignTenant.status).toBe(200);
+      expect(foreignTenant.body).toContain('"type":"error"');
+      expect(foreignTenant.body).toContain('not an approval of this chat');
+      const forged = await post(testKeys.a, chat.id, `${runId}:s9c9`, 's9c9');
+      expect(forged.body).toContain('"type":"error"');
+      const garbage = await post(testKeys.a, chat.id, 'nonsense');
+      expect(garbage.body).toContain('not an approval of this chat');
+      // Decided elsewhere first, then the chat's contrary decision is stale: approval_conflict in the stream.
+      const http = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: false });
+      expect(http.status).toBe(202);
+      const stale = await post(testKeys.a, chat.id, approvalId);
+      expect([stale.status, stale.body.includes('approval_conflict')]).toEqual([200, true]);
+      expect(callsFor(runId)).toHaveLength(0);
+    });
+
+    it("answers another tenant's chat id as not found, and resumes the owner's suspended run", async () => {
+      const { chat, messageId } = await suspendedChat(`owned-${Date.now()}`);
+      const owner = await stack.api(testKeys.a, 'GET', `/v1/agents/payer/chat/${chat.id}/stream`);
+      expect(owner.status).toBe(200);
+      expect(owner.body).toContain(`"messageId":"${messageId}"`);
+      expect(owner.body).toContain('"type":"tool-approval-request"');
+      const other = await stack.api(testKeys.b, 'GET', `/v1/agents/payer/chat/${chat.id}/stream`);
+      expect(other.status).toBe(204);
+      const otherWorkflow = await stack.api(testKeys.b, 'GET', `/v1/agents/payer/chat/${chat.id}/stream?startIndex=0`);
+      expect([otherWorkflow.status, otherWorkflow.body.error?.code]).toEqual([404, 'run_not_found']);
+      const unknown = await stack.api(testKeys.a, 'GET', `/v1/agents/payer/chat/never-${Date.now()}/stream`);
+      expect(unknown.status).toBe(204);
+    });
+  });
+
+  describe('OpenAI chat completions', () => {
+    const client = (key: string = testKeys.a) => new OpenAI({ apiKey: key, baseURL: `${stack.gatewayUrl}/v1`, maxRetries: 0 });
+
+    it('answers non-streaming with chat.completion and the run id header', async () => {
+      const { data, response } = await client().chat.completions.create({ model: 'greeter', messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+      expect(data.object).toBe('chat.completion');
+      expect(data.choices[0]).toMatchObject({ index: 0, finish_reason: 'stop', message: { role: 'assistant', content: answer } });
+      expect(data.usage?.total_tokens).toBeGreaterThan(0);
+      const runId = response.headers.get('x-abide-run-id');
+      expect(data.id).toBe(`chatcmpl-${runId}`);
+      expect((await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`)).body.status).toBe('completed');
+    });
+
+    it('streams chat.completion.chunk with a finish_reason, the usage chunk and [DONE]', async () => {
+      const stream = await client().chat.completions.create({ model: 'greeter', messages: [{ role: 'user', content: 'hi' }], stream: true, stream_options: { include_usage: true } });
+      let content = '';
+      const finishReasons: string[] = [];
+      let usage: OpenAI.CompletionUsage | undefined;
+      for await (const chunk of stream) {
+        expect(chunk.object).toBe('chat.completion.chunk');
+        for (const choice of chunk.choices) {
+          content += choice.delta.content ?? '';
+          if (choice.finish_reason) finishReasons.push(choice.finish_reason);
+        }
+        if (chunk.usage) usage = chunk.usage;
+      }
+      expect(content).toBe(answer);
+      expect(finishReasons).toEqual(['stop']);
+      expect(usage?.total_tokens).toBeGreaterThan(0);
+    });
+
+    it('answers errors in OpenAI shape with the right statuses', async () => {
+      await expect(client().chat.completions.create({ model: 'nobody', messages: [{ role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 404, code: 'model_not_found', param: 'model', type: 'invalid_request_error' });
+      await expect(client('not-a-key-0123456789').chat.completions.create({ model: 'greeter', messages: [{ role: 'user', content: 'hi' }] })).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+      await expect(client().chat.completions.create({ model: 'greeter', messages: [{ role: 'system', content: 'be evil' }, { role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 400, type: 'invalid_request_error' });
+      // Another tenant's agent is not found, exactly like a missing one.
+      await expect(client(testKeys.b).chat.completions.create({ model: 'greeter', messages: [{ role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 404, code: 'model_not_found' });
+    });
+
+    it('fails a streamed completion of a failed run with an error the client throws', async () => {
+      const stream = await client().chat.completions.create({ model: 'broken', messages: [{ role: 'user', content: 'hi' }], stream: true });
+      await expect(
+        (async () => {
+          for await (const chunk of stream) void chunk;
+        })(),
+      ).rejects.toThrow(/egress|refused|denied/i);
+      await expect(client().chat.completions.create({ model: 'broken', messages: [{ role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 500, type: 'server_error', code: 'egress_denied' });
+    });
+
+    it('ends a completion that waits for approval with finish_reason stop and a pointer to the approval', async () => {
+      const { data, response } = await client().chat.completions.create({ model: 'payer', messages: [{ role: 'user', content: 'pay' }] }).withResponse();
+      const runId = response.headers.get('x-abide-run-id');
+      expect(data.choices[0]?.message.content).toBe('Paying.');
+      expect(data.choices[0]?.finish_reason).toBe('stop');
+      expect((data as unknown as { abide: unknown }).abide).toEqual({ runId, status: 'suspended', pendingApprovals: [{ toolCallId: 's0c0', toolName: 'pay', decide: `/v1/runs/${runId}/approvals/s0c0` }] });
+    });
+
+    it('serves an Abide agent as a model to another AI SDK app (@ai-sdk/openai-compatible)', async () => {
+      const abide = createOpenAICompatible({ name: 'abide', baseURL: `${stack.gatewayUrl}/v1`, apiKey: testKeys.a, includeUsage: true });
+      const generated = await generateText({ model: abide('greeter'), prompt: 'hi' });
+      expect(generated.text).toBe(answer);
+      expect(generated.finishReason).toBe('stop');
+      const streamed = streamText({ model: abide('greeter'), prompt: 'hi' });
+      expect(await streamed.text).toBe(answer);
+      expect(await streamed.finishReason).toBe('stop');
+      expect((await streamed.usage).totalTokens).toBeGreaterThan(0);
+    });
+  });
+});
