@@ -25,11 +25,12 @@ import {
   wsTicketResponseSchema,
 } from '@abide/shared';
 import { z } from 'zod';
+import { chatOperations } from './chat-openapi.ts';
 
 type Method = 'get' | 'put' | 'post';
 
 /** One operation of the public API, described by the same zod schemas that validate it. */
-type Operation = {
+export type Operation = {
   method: Method;
   /** The fastify path (`:param`). */
   path: string;
@@ -182,6 +183,7 @@ export const operations: Operation[] = [
     authenticated: true,
     responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 503) },
   },
+  ...chatOperations,
 ];
 
 const jsonSchema = (schema: z.ZodType, io: 'input' | 'output') => z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
