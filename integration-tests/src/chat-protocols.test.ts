@@ -10,7 +10,9 @@ import {
   type ChatState,
   type ChatStatus,
   type UIMessage,
+  WebSocketChatTransport,
 } from 'ai';
+import { WebSocket } from 'ws';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
@@ -64,6 +66,14 @@ async function until<T>(read: () => T | undefined | false, what: string, timeout
     if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+async function untilAsync(read: () => Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await read())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
 
@@ -281,6 +291,88 @@ describe('chat protocols', () => {
       expect([otherWorkflow.status, otherWorkflow.body.error?.code]).toEqual([404, 'run_not_found']);
       const unknown = await stack.api(testKeys.a, 'GET', `/v1/agents/payer/chat/never-${Date.now()}/stream`);
       expect(unknown.status).toBe(204);
+    });
+  });
+
+  describe('useChat over WebSocketChatTransport', () => {
+    const ticket = async () => {
+      const issued = await stack.api(testKeys.a, 'POST', '/v1/ws/tickets');
+      expect(issued.status).toBe(201);
+      return issued.body.ticket as string;
+    };
+    const wsTransport = (agentId: string) =>
+      new WebSocketChatTransport<UIMessage>({ url: `${stack.gatewayUrl}/v1/agents/${agentId}/chat/ws`, params: async () => ({ ticket: await ticket() }), webSocket: WebSocket as never });
+
+    it('carries two chats over one socket authenticated by a single-use ticket', async () => {
+      const transport = wsTransport('greeter');
+      try {
+        const chats = [new NodeChat({ id: `ws-a-${Date.now()}`, transport }), new NodeChat({ id: `ws-b-${Date.now()}`, transport })];
+        await Promise.all(chats.map((chat) => chat.sendMessage({ text: 'hi' })));
+        for (const chat of chats) {
+          expect(chat.error).toBeUndefined();
+          expect(textOf(chat.messages.at(-1))).toBe(answer);
+          expect(chat.messages.at(-1)?.id).toBe(`msg-${runIdOf(chat.messages.at(-1))}`);
+        }
+      } finally {
+        transport.close();
+      }
+    });
+
+    it('refuses a used ticket and a missing key before the upgrade', async () => {
+      const used = await ticket();
+      const open = (query: string) =>
+        new Promise<number>((resolve) => {
+          const socket = new WebSocket(`${stack.gatewayUrl.replace('http', 'ws')}/v1/agents/greeter/chat/ws${query}`);
+          socket.on('open', () => {
+            socket.close();
+            resolve(101);
+          });
+          socket.on('unexpected-response', (_request, response) => resolve(response.statusCode ?? 0));
+          socket.on('error', () => resolve(-1));
+        });
+      expect(await open(`?ticket=${used}`)).toBe(101);
+      expect(await open(`?ticket=${used}`)).toBe(401);
+      expect(await open('')).toBe(401);
+    });
+
+    it('resumes on a new socket after the old one drops: the whole message again, same id; no-active when nothing runs', async () => {
+      const chatId = `ws-drop-${Date.now()}`;
+      const first = wsTransport('slow');
+      const chat = new NodeChat({ id: chatId, transport: first });
+      const sending = chat.sendMessage({ text: 'slowly' });
+      await until(() => chat.messages.at(-1)?.role === 'assistant' && textOf(chat.messages.at(-1)).length > 0, 'the first text');
+      const partial = chat.messages.at(-1)!;
+      first.close(); // the network drops: the run goes on
+      await sending;
+      const second = wsTransport('slow');
+      try {
+        const reloaded = new NodeChat({ id: chatId, transport: second, messages: chat.messages.slice(0, -1) });
+        await reloaded.resumeStream();
+        expect(reloaded.error).toBeUndefined();
+        expect([reloaded.messages.at(-1)?.id, textOf(reloaded.messages.at(-1))]).toEqual([partial.id, answer]);
+        expect((await stack.api(testKeys.a, 'GET', `/v1/runs/${runIdOf(partial)}`)).body.status).toBe('completed');
+        // Nothing runs now: `no-active`, and the chat is left as it was.
+        const idle = new NodeChat({ id: chatId, transport: second, messages: reloaded.messages });
+        await idle.resumeStream();
+        expect([idle.error, idle.messages.length]).toEqual([undefined, 2]);
+      } finally {
+        second.close();
+      }
+    });
+
+    it('cancels the run when the user stops the chat (abort)', async () => {
+      const transport = wsTransport('slow');
+      try {
+        const chat = new NodeChat({ id: `ws-abort-${Date.now()}`, transport });
+        const sending = chat.sendMessage({ text: 'slowly' });
+        await until(() => runIdOf(chat.messages.at(-1)), 'the run id');
+        const runId = runIdOf(chat.messages.at(-1))!;
+        await chat.stop();
+        await sending;
+        await untilAsync(async () => (await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`)).body.status === 'cancelled', 'the run cancelled');
+      } finally {
+        transport.close();
+      }
     });
   });
 

@@ -200,3 +200,39 @@ export const openAiErrorBodySchema = z.object({
   error: z.object({ message: z.string(), type: z.string(), code: z.string().nullable(), param: z.string().nullable() }),
 });
 export type OpenAiErrorBody = z.infer<typeof openAiErrorBodySchema>;
+
+// ---- The AI SDK's WebSocketChatTransport (`ui/websocket-chat-transport.ts`, ai 7) ----
+
+const wsChatRequestIdSchema = z.string().min(1).max(128);
+const wsChatRequestFields = {
+  requestId: wsChatRequestIdSchema,
+  id: conversationIdSchema,
+  headers: z.record(z.string(), z.string()).optional(),
+  body: z.record(z.string(), z.unknown()).optional(),
+  metadata: z.unknown().optional(),
+};
+
+/** Client → server frames of `WebSocketChatTransport` (`CLIENTS.md` §2b). */
+export const wsChatClientFrameSchema = z.discriminatedUnion('type', [
+  z.looseObject({
+    type: z.literal('send'),
+    ...wsChatRequestFields,
+    trigger: z.enum(['submit-message', 'regenerate-message']),
+    messageId: z.string().max(chatLimits.maxIdLength).optional(),
+    messages: z.array(uiMessageSchema).min(1).max(chatLimits.maxMessages),
+  }),
+  /** `lastSequence`: the last chunk the client holds (omitted: replay the whole message). */
+  z.looseObject({ type: z.literal('resume'), ...wsChatRequestFields, lastSequence: z.int().min(0).optional() }),
+  z.looseObject({ type: z.literal('abort'), requestId: wsChatRequestIdSchema }),
+]);
+export type WsChatClientFrame = z.infer<typeof wsChatClientFrameSchema>;
+
+/** Server → client frames: `chunk.sequence` counts from 0 within a request (a `resume` counts the run's chunk indexes). */
+export const wsChatServerFrameSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('start'), requestId: z.string() }),
+  z.object({ type: z.literal('chunk'), requestId: z.string(), sequence: z.int().min(0), chunk: uiMessageChunkSchema }),
+  z.object({ type: z.literal('end'), requestId: z.string() }),
+  z.object({ type: z.literal('error'), requestId: z.string(), errorText: z.string().optional() }),
+  z.object({ type: z.literal('no-active'), requestId: z.string() }),
+]);
+export type WsChatServerFrame = z.infer<typeof wsChatServerFrameSchema>;

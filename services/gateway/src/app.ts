@@ -11,6 +11,7 @@ import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } fro
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerApprovalRoutes } from './routes/approvals.ts';
 import { registerChatRoutes } from './routes/chat.ts';
+import { registerChatWebSocketRoute } from './routes/chat-ws.ts';
 import { registerOpenAiRoutes } from './routes/openai.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
@@ -185,6 +186,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerApprovalRoutes(scope, context);
     registerWebSocketRoute(scope, context);
     registerChatRoutes(scope, context);
+    registerChatWebSocketRoute(scope, context);
     registerOpenAiRoutes(scope, context);
   });
 

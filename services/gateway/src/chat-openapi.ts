@@ -43,6 +43,14 @@ export const chatOperations: Operation[] = [
     responses: { '200': { description: 'UI message stream', contentType: 'text/event-stream' }, '204': { description: 'no active run' }, ...errors(400, 401, 404, 503) },
   },
   {
+    method: 'get',
+    path: '/v1/agents/:agentId/chat/ws',
+    summary: "AI SDK WebSocketChatTransport: many chats over one socket (send, resume with lastSequence, abort cancels the run); ?ticket= or the Authorization header",
+    authenticated: true,
+    params: chatAgentParamsSchema,
+    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 503) },
+  },
+  {
     method: 'post',
     path: '/v1/chat/completions',
     summary: 'OpenAI chat completions over a durable run; model is an agent id; errors in OpenAI shape',
