@@ -11,6 +11,9 @@ import {
   type ChatStatus,
   type UIMessage,
   WebSocketChatTransport,
+  parseJsonEventStream,
+  uiMessageChunkSchema,
+  type UIMessageChunk,
 } from 'ai';
 import { WebSocket } from 'ws';
 import OpenAI from 'openai';
@@ -373,6 +376,77 @@ describe('chat protocols', () => {
       } finally {
         transport.close();
       }
+    });
+  });
+
+  /**
+   * `@ai-sdk/workflow` needs the `workflow` engine as a peer (≈ 8,500 lockfile lines: swc, esbuild):
+   * not installed. These requests are exactly the ones its `WorkflowChatTransport` (2.0.43,
+   * `workflow-chat-transport.ts`) sends, parsed with the parser it uses (`parseJsonEventStream`
+   * with `uiMessageChunkSchema` from `ai`).
+   */
+  describe("WorkflowChatTransport's reconnect cursor", () => {
+    async function readChunks(response: Response, limit = Infinity) {
+      expect(response.status).toBe(200);
+      const chunks: UIMessageChunk[] = [];
+      const reader = parseJsonEventStream({ stream: response.body!, schema: uiMessageChunkSchema }).getReader();
+      while (chunks.length < limit) {
+        const next = await reader.read();
+        if (next.done) break;
+        if (!next.value.success) throw next.value.error;
+        chunks.push(next.value.value);
+      }
+      await reader.cancel();
+      return chunks;
+    }
+    const get = (agentId: string, id: string, startIndex: number, key: string = testKeys.a) =>
+      fetch(`${api(agentId)}/${encodeURIComponent(id)}/stream?startIndex=${startIndex}`, { headers: { authorization: `Bearer ${key}` } });
+
+    it('continues a dropped POST from the chunk index it reached, and replays the same chunks from 0', async () => {
+      const post = await fetch(api('slow'), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${testKeys.a}`, 'content-type': 'application/json' },
+        // The transport's default body: `{ messages, ...body }`, no chat id.
+        body: JSON.stringify({ messages: [{ id: 'u1', role: 'user', parts: [{ type: 'text', text: 'slowly' }] }] }),
+      });
+      const workflowRunId = post.headers.get('x-workflow-run-id')!;
+      expect(workflowRunId).toMatch(/^run_/);
+      const head = await readChunks(post, 4);
+      const rest = await readChunks(await get('slow', workflowRunId, head.length));
+      expect(rest.at(-1)?.type).toBe('finish');
+      const whole = await readChunks(await get('slow', workflowRunId, 0));
+      expect([...head, ...rest]).toEqual(whole);
+      let message: UIMessage | undefined;
+      for await (const snapshot of readUIMessageStream({ stream: new ReadableStream({ start: (controller) => { for (const chunk of whole) controller.enqueue(chunk); controller.close(); } }) })) message = snapshot;
+      expect([message?.id, textOf(message)]).toEqual([`msg-${workflowRunId}`, answer]);
+      // A negative start counts back from the tail the header names.
+      const tailResponse = await get('slow', workflowRunId, -2);
+      expect(tailResponse.headers.get('x-workflow-stream-tail-index')).toBe(String(whole.length - 1));
+      expect(await readChunks(tailResponse)).toEqual(whole.slice(-2));
+      // Never a 204: another tenant's run is not found.
+      expect((await get('slow', workflowRunId, 0, testKeys.b)).status).toBe(404);
+    });
+
+    it('reconnects into an approval continuation by the x-workflow-run-id it carried', async () => {
+      const chat = new NodeChat({ id: `wf-approve-${Date.now()}`, transport: transport('payer') });
+      await chat.sendMessage({ text: 'pay' });
+      const assistant = chat.messages.at(-1)!;
+      const part = toolParts(assistant)[0]!;
+      const responded = { ...assistant, parts: assistant.parts.map((item) => ((item as { toolCallId?: string }).toolCallId === part.toolCallId ? { ...item, state: 'approval-responded', approval: { id: part.approval!.id, approved: true } } : item)) };
+      const post = await fetch(api('payer'), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${testKeys.a}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ id: chat.id, trigger: 'submit-message', messageId: assistant.id, messages: [chat.messages[0], responded] }),
+      });
+      const continuationId = post.headers.get('x-workflow-run-id')!;
+      expect(continuationId).toBe(part.approval!.id);
+      const head = await readChunks(post, 2);
+      const rest = await readChunks(await get('payer', continuationId, head.length));
+      const whole = [...head, ...rest];
+      expect(whole[0]).toMatchObject({ type: 'start', messageId: assistant.id });
+      expect(whole).toContainEqual(expect.objectContaining({ type: 'tool-output-available', toolCallId: part.toolCallId }));
+      expect(whole.at(-1)).toMatchObject({ type: 'finish', finishReason: 'stop' });
+      expect(await readChunks(await get('payer', continuationId, 0))).toEqual(whole);
     });
   });
 

@@ -45,8 +45,11 @@ export type UiMessage = z.infer<typeof uiMessageSchema>;
  * trigger, messageId }`. Extra fields (the transport's `body` option) are tolerated and ignored.
  */
 export const chatRequestBodySchema = z.looseObject({
-  /** The chat id: Abide's `conversationId`. */
-  id: conversationIdSchema,
+  /**
+   * The chat id: Abide's `conversationId`. `WorkflowChatTransport` sends no id by default
+   * (`{ messages, ...body }`): without one, each message starts a new conversation.
+   */
+  id: conversationIdSchema.optional(),
   messages: z.array(uiMessageSchema).min(1).max(chatLimits.maxMessages),
   trigger: z.enum(['submit-message', 'regenerate-message']).default('submit-message'),
   messageId: z.string().max(chatLimits.maxIdLength).optional(),

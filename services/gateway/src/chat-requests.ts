@@ -22,6 +22,8 @@ export type ChunkSelection = {
   fromIndex: number;
   /** A continuation after decisions: `start`, then what follows the first suspension on one of these calls. */
   afterSuspensionOf?: readonly string[];
+  /** Leave out the first chunks of the selection (a reconnect into a continuation counts from its own start). */
+  skipFirst?: number;
 };
 
 /** What a chat request (HTTP POST or WebSocket `send`) answers with. */
@@ -103,13 +105,16 @@ export async function planChatRequest(services: Services, maxBodyBytes: number, 
     throw new ApiError('invalid_request', "body.trigger: regenerate-message is not supported: the conversation's history is kept by Abide");
   }
   const last = body.messages.at(-1)!;
-  if (last.role === 'assistant') return decideFromChat(services, maxBodyBytes, caller, agentId, body.id, last);
+  if (last.role === 'assistant') {
+    if (body.id === undefined) throw new ApiError('invalid_request', 'body.id: approval responses need the chat id');
+    return decideFromChat(services, maxBodyBytes, caller, agentId, body.id, last);
+  }
   if (last.role !== 'user') throw new ApiError('invalid_request', 'body.messages: the last message must be a user message or an assistant message with approval responses');
-  const key = idempotencyKeySchema.safeParse(`chat:${body.id}:${last.id}`);
+  const key = body.id === undefined ? undefined : idempotencyKeySchema.safeParse(`chat:${body.id}:${last.id}`);
   const created = await services.createRun({
     tenantId: caller.tenantId,
-    body: { agentId, input: userInput(last), conversationId: body.id },
-    idempotencyKey: key.success ? key.data : undefined,
+    body: { agentId, input: userInput(last), ...(body.id === undefined ? {} : { conversationId: body.id }) },
+    idempotencyKey: key?.success ? key.data : undefined,
     requestId: request.requestId,
   });
   return { kind: 'run', runId: created.runId, conversationId: created.conversationId, selection: { fromIndex: 0 } };
@@ -124,18 +129,21 @@ export async function* responseChunks(services: Services, request: { tenantId: s
   const { selection } = request;
   let skipping = selection.afterSuspensionOf !== undefined;
   let lastIndex = 0;
+  let toSkip = selection.skipFirst ?? 0;
   for await (const item of runUiStream(services, request)) {
     if (item.kind === 'chunk') {
       lastIndex = item.index;
       const last = item.chunk.type === 'finish';
       if ((skipping && item.index === 0) || (!skipping && item.index >= selection.fromIndex) || (skipping && last)) {
-        yield { index: item.index, chunk: item.chunk, last };
+        if (toSkip > 0) toSkip -= 1;
+        else yield { index: item.index, chunk: item.chunk, last };
       }
       if (last) return;
     } else if (skipping) {
       const pending = (item.event.pendingApprovals as string[] | undefined) ?? [];
       if (pending.some((toolCallId) => selection.afterSuspensionOf!.includes(toolCallId))) skipping = false;
     } else if (item.waiting) {
+      if (toSkip > 0) return;
       yield { index: lastIndex + 1, chunk: suspendedFinishChunk(request.runId), last: true };
       return;
     }

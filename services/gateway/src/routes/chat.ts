@@ -1,6 +1,8 @@
 import {
   ApiError,
   chatAgentParamsSchema,
+  chatApprovalId,
+  chatApprovalIdSchema,
   chatParamsSchema,
   chatRequestBodySchema,
   chatStreamQuerySchema,
@@ -54,8 +56,8 @@ export function registerChatRoutes(app: FastifyInstance, context: RouteContext):
     const plan = await planChatRequest(context.services(), context.maxBodyBytes, { caller, agentId, body, requestId: request.id });
     if (plan.kind === 'refused') return writeUiStream(context, request, reply, {}, () => refusalChunks(plan.errorText));
     return writeRunStream(context, request, reply, caller, plan.runId, plan.selection, {
-      // A continuation counts its chunks from its own start: no workflow run id (its reconnect cursor would not match).
-      ...(plan.selection.afterSuspensionOf === undefined ? { 'x-workflow-run-id': plan.runId } : {}),
+      // A continuation counts its chunks from its own start: WorkflowChatTransport reconnects to it by its approval id.
+      'x-workflow-run-id': plan.selection.afterSuspensionOf === undefined ? plan.runId : chatApprovalId(plan.runId, plan.selection.afterSuspensionOf[0]!),
       [runIdHeader]: plan.runId,
       [conversationIdHeader]: plan.conversationId,
     });
@@ -73,21 +75,26 @@ export function registerChatRoutes(app: FastifyInstance, context: RouteContext):
       return writeRunStream(context, request, reply, caller, run.state.runId, { fromIndex: 0 }, { [runIdHeader]: run.state.runId, [conversationIdHeader]: chatId });
     }
     // WorkflowChatTransport reconnects to `…/chat/<x-workflow-run-id>/stream?startIndex=N`: a run id
-    // of this agent, else a chat id (its active or latest run). Never 204: nothing is 404.
-    const byId = await findTenantRun(services.store, caller.tenantId, chatId);
-    const run = byId && byId.state.agentId === agentId ? byId : await findChatRun(services, { tenantId: caller.tenantId, agentId, chatId, latest: true });
+    // of this agent, an approval id (a continuation's stream), else a chat id (its active or
+    // latest run). Never 204: nothing found is 404.
+    const approval = chatApprovalIdSchema.safeParse(chatId);
+    const byId = await findTenantRun(services.store, caller.tenantId, approval.success ? approval.data.runId : chatId);
+    const run = byId && byId.state.agentId === agentId ? byId : approval.success ? null : await findChatRun(services, { tenantId: caller.tenantId, agentId, chatId, latest: true });
     if (!run) throw new ApiError('run_not_found', `chat or run ${chatId} not found`);
     const runId = run.state.runId;
+    const headers = { 'x-workflow-run-id': chatId, [runIdHeader]: runId, [conversationIdHeader]: run.state.conversationId };
+    if (approval.success) {
+      if (startIndex < 0) throw new ApiError('invalid_cursor', 'query.startIndex: a continuation is resumed from a non-negative index');
+      return writeRunStream(context, request, reply, caller, runId, { fromIndex: 0, afterSuspensionOf: [approval.data.toolCallId], skipFirst: startIndex }, headers);
+    }
     let fromIndex = startIndex;
     if (startIndex < 0) {
-      fromIndex = Math.max(0, (await countIndexedChunks(context, caller, runId)) + startIndex);
+      // The tail is the last chunk the run has now; the transport counts on from `tail + 1 + startIndex`.
+      const tail = (await countIndexedChunks(context, caller, runId)) - 1;
+      fromIndex = Math.max(0, tail + 1 + startIndex);
+      return writeRunStream(context, request, reply, caller, runId, { fromIndex }, { ...headers, 'x-workflow-stream-tail-index': String(tail) });
     }
-    return writeRunStream(context, request, reply, caller, runId, { fromIndex }, {
-      'x-workflow-run-id': runId,
-      'x-workflow-stream-tail-index': String(fromIndex),
-      [runIdHeader]: runId,
-      [conversationIdHeader]: run.state.conversationId,
-    });
+    return writeRunStream(context, request, reply, caller, runId, { fromIndex }, headers);
   });
 }
 
