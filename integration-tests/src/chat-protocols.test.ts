@@ -174,11 +174,14 @@ describe('chat protocols', () => {
 
       // A reload: the app restored the user message; useChat({ resume: true }) GETs …/stream.
       const second = new NodeChat({ id: chatId, transport: transport('slow'), messages: first.messages.slice(0, -1) });
-      await second.resumeStream();
+      // Another tab kept the partial assistant message: the replay (same message id) replaces it, no text twice.
+      const kept = new NodeChat({ id: chatId, transport: transport('slow'), messages: first.messages });
+      await Promise.all([second.resumeStream(), kept.resumeStream()]);
       expect(second.error).toBeUndefined();
       const resumed = second.messages.at(-1);
       expect([resumed?.id, textOf(resumed)]).toEqual([partial.id, answer]);
       expect(textOf(resumed).startsWith(textOf(partial))).toBe(true);
+      expect(kept.messages).toEqual(second.messages);
 
       // Nothing runs now: 204 (the client keeps what it has).
       const after = await stack.api(testKeys.a, 'GET', `/v1/agents/slow/chat/${chatId}/stream`);
