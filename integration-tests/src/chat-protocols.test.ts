@@ -91,7 +91,8 @@ describe('chat protocols', () => {
 
   beforeAll(async () => {
     tool = await startHttpToolServer((call) => ({ body: { paid: true, request: call.body } }));
-    stack = await Stack.start();
+    // Two gateways: a client that drops resumes on the other replica and gets the same chunks.
+    stack = await Stack.start({ replicas: { gateway: 2 } });
     const agents: Record<string, unknown> = {
       greeter: { model: { provider: 'scripted', chunkSize: 5, steps: [{ text: answer }] }, tools: [] },
       slow: { model: { provider: 'scripted', chunkSize: 3, delayMs: 150, steps: [{ text: answer }] }, tools: [] },
@@ -121,8 +122,8 @@ describe('chat protocols', () => {
     await tool?.close();
   });
 
-  const api = (agentId: string) => `${stack.gatewayUrl}/v1/agents/${agentId}/chat`;
-  const transport = (agentId: string, key: string = testKeys.a) => new DefaultChatTransport<UIMessage>({ api: api(agentId), headers: { authorization: `Bearer ${key}` } });
+  const api = (agentId: string, replica = 0) => `${stack.service('gateway', replica).healthUrl}/v1/agents/${agentId}/chat`;
+  const transport = (agentId: string, key: string = testKeys.a, replica = 0) => new DefaultChatTransport<UIMessage>({ api: api(agentId, replica), headers: { authorization: `Bearer ${key}` } });
   const runIdOf = (message: UIMessage | undefined) => (message?.metadata as { runId?: string } | undefined)?.runId;
 
   describe('useChat (DefaultChatTransport)', () => {
@@ -173,7 +174,8 @@ describe('chat protocols', () => {
       expect(textOf(partial).length).toBeLessThan(answer.length);
 
       // A reload: the app restored the user message; useChat({ resume: true }) GETs …/stream.
-      const second = new NodeChat({ id: chatId, transport: transport('slow'), messages: first.messages.slice(0, -1) });
+      // The reload lands on the other gateway replica.
+      const second = new NodeChat({ id: chatId, transport: transport('slow', testKeys.a, 1), messages: first.messages.slice(0, -1) });
       // Another tab kept the partial assistant message: the replay (same message id) replaces it, no text twice.
       const kept = new NodeChat({ id: chatId, transport: transport('slow'), messages: first.messages });
       await Promise.all([second.resumeStream(), kept.resumeStream()]);
@@ -402,10 +404,10 @@ describe('chat protocols', () => {
       await reader.cancel();
       return chunks;
     }
-    const get = (agentId: string, id: string, startIndex: number, key: string = testKeys.a) =>
-      fetch(`${api(agentId)}/${encodeURIComponent(id)}/stream?startIndex=${startIndex}`, { headers: { authorization: `Bearer ${key}` } });
+    const get = (agentId: string, id: string, startIndex: number, key: string = testKeys.a, replica = 0) =>
+      fetch(`${api(agentId, replica)}/${encodeURIComponent(id)}/stream?startIndex=${startIndex}`, { headers: { authorization: `Bearer ${key}` } });
 
-    it('continues a dropped POST from the chunk index it reached, and replays the same chunks from 0', async () => {
+    it('continues a dropped POST from the chunk index it reached, on another replica, and replays the same chunks from 0', async () => {
       const post = await fetch(api('slow'), {
         method: 'POST',
         headers: { authorization: `Bearer ${testKeys.a}`, 'content-type': 'application/json' },
@@ -415,7 +417,8 @@ describe('chat protocols', () => {
       const workflowRunId = post.headers.get('x-workflow-run-id')!;
       expect(workflowRunId).toMatch(/^run_/);
       const head = await readChunks(post, 4);
-      const rest = await readChunks(await get('slow', workflowRunId, head.length));
+      // Reconnected on the other replica: the index it reached is the same cursor there.
+      const rest = await readChunks(await get('slow', workflowRunId, head.length, testKeys.a, 1));
       expect(rest.at(-1)?.type).toBe('finish');
       const whole = await readChunks(await get('slow', workflowRunId, 0));
       expect([...head, ...rest]).toEqual(whole);
