@@ -43,7 +43,7 @@ describe('GET /v1/agents/:agentId/chat/:chatId/stream', () => {
 });
 
 describe('POST /v1/chat/completions errors', () => {
-  const complete = (payload: unknown, headers: Record<string, string> = auth()) => t.app.inject({ method: 'POST', url: '/v1/chat/completions', headers, payload });
+  const complete = async (payload: unknown, headers: Record<string, string> = auth()) => await t.app.inject({ method: 'POST', url: '/v1/chat/completions', headers, payload });
 
   it("answers in OpenAI's shape, the auth hook's 401 included", async () => {
     const anonymous = await complete({ model: 'helper', messages: [{ role: 'user', content: 'hi' }] }, {});
