@@ -1,3 +1,4 @@
+import type { LightMyRequestResponse } from 'fastify';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { auth, createTestApp, scriptedAgent, type TestApp } from '../testing/test-app.ts';
 
@@ -14,7 +15,7 @@ const userMessage = { id: 'u1', role: 'user', parts: [{ type: 'text', text: 'hi'
 
 describe('POST /v1/agents/:agentId/chat (before the stream)', () => {
   it('refuses regenerate, non-text user parts and a bad chat id with 400, creating no run', async () => {
-    const post = (payload: unknown) => t.app.inject({ method: 'POST', url: '/v1/agents/helper/chat', headers: auth(), payload });
+    const post = (payload: Record<string, unknown>): Promise<LightMyRequestResponse> => t.app.inject({ method: 'POST', url: '/v1/agents/helper/chat', headers: auth(), payload });
     const regenerate = await post({ id: 'c1', trigger: 'regenerate-message', messages: [userMessage] });
     expect([regenerate.statusCode, regenerate.json().error.code]).toEqual([400, 'invalid_request']);
     const file = await post({ id: 'c1', messages: [{ ...userMessage, parts: [{ type: 'file', url: 'http://x' }] }] });
@@ -43,13 +44,13 @@ describe('GET /v1/agents/:agentId/chat/:chatId/stream', () => {
 });
 
 describe('POST /v1/chat/completions errors', () => {
-  const complete = async (payload: unknown, headers: Record<string, string> = auth()) => await t.app.inject({ method: 'POST', url: '/v1/chat/completions', headers, payload });
+  const complete = (payload: Record<string, unknown>, headers: Record<string, string> = auth()): Promise<LightMyRequestResponse> => t.app.inject({ method: 'POST', url: '/v1/chat/completions', headers, payload });
 
   it("answers in OpenAI's shape, the auth hook's 401 included", async () => {
     const anonymous = await complete({ model: 'helper', messages: [{ role: 'user', content: 'hi' }] }, {});
     expect([anonymous.statusCode, anonymous.json()]).toEqual([401, { error: { message: expect.any(String), type: 'authentication_error', code: 'unauthorized', param: null } }]);
-    const unknown = await complete({ model: 'nobody', messages: [{ role: 'user', content: 'hi' }] });
-    expect([unknown.statusCode, unknown.json().error]).toEqual([404, expect.objectContaining({ type: 'invalid_request_error', code: 'model_not_found', param: 'model' })]);
+    const missing = await complete({ model: 'nobody', messages: [{ role: 'user', content: 'hi' }] });
+    expect([missing.statusCode, missing.json().error]).toEqual([404, expect.objectContaining({ type: 'invalid_request_error', code: 'model_not_found', param: 'model' })]);
     const tools = await complete({ model: 'helper', messages: [{ role: 'user', content: 'hi' }], tools: [{ type: 'function', function: { name: 'x' } }] });
     expect([tools.statusCode, tools.json().error.param]).toEqual([400, 'tools']);
     const json = await t.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { ...auth(), 'content-type': 'application/json' }, payload: '{' });
