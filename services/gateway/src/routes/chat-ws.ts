@@ -42,10 +42,13 @@ export function registerChatWebSocketRoute(app: FastifyInstance, context: RouteC
   );
 }
 
+/** A request being answered: its abort, the run it follows once known, and whether the user stopped it. */
+type ActiveRequest = { controller: AbortController; runId?: string; stopped?: boolean };
+
 function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller: Caller, agentId: string, context: RouteContext): void {
   const log = request.log.child({ tenantId: caller.tenantId, agentId });
   /** Requests being answered: their abort, and the run they follow once known. */
-  const active = new Map<string, { controller: AbortController; runId?: string }>();
+  const active = new Map<string, ActiveRequest>();
   let closed = false;
 
   function send(frame: WsChatServerFrame): boolean {
@@ -98,7 +101,7 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
   async function answer(frame: Exclude<WsChatClientFrame, { type: 'abort' }>): Promise<void> {
     const { requestId } = frame;
     const controller = new AbortController();
-    const entry: { controller: AbortController; runId?: string } = { controller };
+    const entry: ActiveRequest = { controller };
     active.set(requestId, entry);
     const services = context.services();
     try {
@@ -111,6 +114,11 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
           return;
         }
         entry.runId = plan.runId;
+        // Stopped while the run was being created: cancel it now that it has an id.
+        if (entry.stopped) {
+          await cancel(plan.runId);
+          return;
+        }
         const chunks = responseChunks(services, { tenantId: caller.tenantId, runId: plan.runId, selection: plan.selection, signal: controller.signal });
         await stream(requestId, chunks, controller.signal, (_chunk, position) => position);
         return;
@@ -139,14 +147,17 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
   async function abort(requestId: string): Promise<void> {
     const entry = active.get(requestId);
     if (!entry) return;
-    active.delete(requestId);
+    entry.stopped = true;
     entry.controller.abort();
-    if (entry.runId === undefined) return;
+    if (entry.runId !== undefined) await cancel(entry.runId);
+  }
+
+  async function cancel(runId: string): Promise<void> {
     try {
-      await context.services().cancelRun(caller.tenantId, entry.runId, 'aborted from the chat');
+      await context.services().cancelRun(caller.tenantId, runId, 'aborted from the chat');
     } catch (error) {
       // A run that ended meanwhile (run_finished) needs nothing; anything else is logged: the client sent a fire-and-forget frame.
-      if (!(error instanceof ApiError && error.code === 'run_finished')) log.warn({ err: error, runId: entry.runId }, 'could not cancel an aborted chat run');
+      if (!(error instanceof ApiError && error.code === 'run_finished')) log.warn({ err: error, runId }, 'could not cancel an aborted chat run');
     }
   }
 
