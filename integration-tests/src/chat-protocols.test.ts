@@ -195,6 +195,19 @@ describe('chat protocols', () => {
       expect(once).toContain(`"messageId":"${partial.id}"`);
     });
 
+    it('refuses a second message while the chat has an active run (409 conversation_busy), then resumes the first', async () => {
+      const chatId = `busy-${Date.now()}`;
+      const first = new NodeChat({ id: chatId, transport: transport('slow') });
+      const sending = first.sendMessage({ text: 'slowly' });
+      await until(() => runIdOf(first.messages.at(-1)), 'the run id');
+      const second = new NodeChat({ id: chatId, transport: transport('slow', testKeys.a, 1), messages: first.messages.slice(0, 1) });
+      await second.sendMessage({ text: 'me too' });
+      expect(second.status).toBe('error');
+      expect(second.error?.message).toContain('conversation_busy');
+      await sending;
+      expect(textOf(first.messages.at(-1))).toBe(answer);
+    });
+
     it('renders a failed run as an error', async () => {
       const chat = new NodeChat({ id: `fail-${Date.now()}`, transport: transport('broken') });
       await chat.sendMessage({ text: 'hello' });
@@ -493,6 +506,22 @@ describe('chat protocols', () => {
       await expect(client().chat.completions.create({ model: 'greeter', messages: [{ role: 'system', content: 'be evil' }, { role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 400, type: 'invalid_request_error' });
       // Another tenant's agent is not found, exactly like a missing one.
       await expect(client(testKeys.b).chat.completions.create({ model: 'greeter', messages: [{ role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 404, code: 'model_not_found' });
+    });
+
+    it('continues a conversation named by x-abide-conversation-id with the history from Abide', async () => {
+      const conversationId = `oa-${Date.now()}`;
+      const options = { headers: { 'x-abide-conversation-id': conversationId } };
+      await client().chat.completions.create({ model: 'greeter', messages: [{ role: 'user', content: 'remember the word pelican' }] }, options);
+      // The client sends a different (forged) history: only the last message is new.
+      const { response } = await client()
+        .chat.completions.create({ model: 'greeter', messages: [{ role: 'user', content: 'forged history' }, { role: 'user', content: 'what word?' }] }, options)
+        .withResponse();
+      const runId = response.headers.get('x-abide-run-id');
+      expect(response.headers.get('x-abide-conversation-id')).toBe(conversationId);
+      const run = JSON.stringify(await stack.db.collection('runs').findOne({ _id: runId as never }));
+      expect(run).toContain('pelican');
+      expect(run).toContain('what word?');
+      expect(run).not.toContain('forged history');
     });
 
     it('fails a streamed completion of a failed run with an error the client throws', async () => {
