@@ -21,6 +21,7 @@ export const httpStatusByCode = {
   payload_too_large: 413,
   unsupported_media_type: 415,
   idempotency_key_reused: 422,
+  mcp_list_failed: 422,
   rate_limited: 429,
   internal: 500,
   unavailable: 503,
@@ -40,6 +41,7 @@ export const runErrorCodes = [
   'delivery_exhausted',
   'approval_timeout',
   'outcome_unknown',
+  'mcp_protocol_error',
   'internal',
 ] as const;
 export type RunErrorCode = (typeof runErrorCodes)[number];

@@ -26,3 +26,4 @@ export * from './retry.ts';
 export * from './run-state.ts';
 export * from './run-store.ts';
 export * from './tenant-secrets.ts';
+export * from './mcp.ts';

@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, McpListReply, McpListRequest, RunState, RunStatus, TransitionDocument } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -74,6 +74,11 @@ export type GatewayBus = {
   /** Publishes a committed transition's outbox (shared `publishOutbox`). */
   publishOutbox(transition: TransitionDocument): Promise<void>;
   ledger: ApprovalLedger;
+  /**
+   * Asks a tool-worker for an MCP server's `tools/list` (core NATS request/reply, issue 13);
+   * throws a 503 `ApiError` when no worker answers. Absent: agents with MCP servers are refused (503).
+   */
+  listMcpTools?(request: McpListRequest): Promise<McpListReply>;
   /** True when the NATS server answers a round trip. */
   ping(): Promise<boolean>;
 };

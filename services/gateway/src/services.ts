@@ -16,7 +16,7 @@ export function createServices(backend: Backend, deps: { logger: Logger; toolArg
   const relay = createEventRelay({ source: events, logger: deps.logger });
   return {
     store,
-    agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, now }),
+    agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, listMcpTools: bus.listMcpTools?.bind(bus), now }),
     createRun: createRunCreator({ store, bus, logger: deps.logger, rateLimiter: deps.rateLimiter, now }),
     cancelRun: createRunCanceller({ store, bus }),
     approvals: createApprovalService({ store, bus, toolArgs: deps.toolArgs, logger: deps.logger, now }),
