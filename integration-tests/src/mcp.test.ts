@@ -240,28 +240,44 @@ describe('MCP servers as tools', () => {
     expect(events.some((event: ClientEvent) => event.type === 'tool.result' && event.result?.text?.startsWith('Long running operation completed'))).toBe(false);
   });
 
-  it('a tool-worker SIGKILLed during an MCP call: onOutcomeUnknown "fail" fails the call with outcome_unknown, never calling it again', async () => {
-    await putAgent('key-a', 'mcp-kill', {
-      model: scripted([{ toolCalls: [{ toolName: 'everything__trigger-long-running-operation', args: { duration: 20, steps: 20 } }] }, { text: 'Handled.' }]),
-      tools: [{ kind: 'mcp', name: 'everything', server: server(), tools: ['trigger-long-running-operation'], onOutcomeUnknown: 'fail' }],
-    });
+  it('a tool-worker SIGKILLed during MCP calls: "fail" gives outcome_unknown without calling again, "retry" calls again with the same idempotency key', async () => {
+    const longCall = { toolName: 'everything__trigger-long-running-operation', args: { duration: 4, steps: 4 } };
+    for (const policy of ['fail', 'retry'] as const) {
+      await putAgent('key-a', `mcp-kill-${policy}`, {
+        model: scripted([{ toolCalls: [longCall] }, { text: `Handled (${policy}).` }]),
+        tools: [{ kind: 'mcp', name: 'everything', server: server(), tools: ['trigger-long-running-operation'], onOutcomeUnknown: policy }],
+      });
+    }
     const worker = stack.service('tool-worker');
-    const runId = await startRun('key-a', 'mcp-kill');
-    await until('the tools/call to reach the server', () => (toolCallsOf(runId).length > 0 ? true : undefined));
+    const failRun = await startRun('key-a', 'mcp-kill-fail');
+    const retryRun = await startRun('key-a', 'mcp-kill-retry');
+    await until('both tools/calls to reach the server', () => (toolCallsOf(failRun).length > 0 && toolCallsOf(retryRun).length > 0 ? true : undefined));
     await worker.stop('SIGKILL');
     worker.start();
     await worker.waitReady();
-    // The request comes back after its ack_wait; the marker turns stale; the policy decides.
-    const events = await fullReplay(stack, 'key-a', runId, 150_000).catch((error: Error) => {
-      throw new Error(`${error.message}\n${stack.logs()}`);
-    });
-    expect(events.find((event) => event.type === 'tool.result')).toMatchObject({
+    // The requests come back after their ack_wait; the markers turn stale; each tool's policy decides.
+    const replay = (runId: string) =>
+      fullReplay(stack, 'key-a', runId, 150_000).catch((error: Error) => {
+        throw new Error(`${error.message}\n${stack.logs()}`);
+      });
+    const [failEvents, retryEvents] = await Promise.all([replay(failRun), replay(retryRun)]);
+
+    expect(failEvents.find((event) => event.type === 'tool.result')).toMatchObject({ toolCallId: 's0c0', error: { code: 'outcome_unknown' } });
+    expect(failEvents.at(-1)).toMatchObject({ type: 'run.completed', output: 'Handled (fail).' });
+    expect(toolCallsOf(failRun)).toHaveLength(1);
+
+    expect(retryEvents.find((event) => event.type === 'tool.result')).toMatchObject({
       toolCallId: 's0c0',
-      toolName: 'everything__trigger-long-running-operation',
-      error: { code: 'outcome_unknown' },
+      result: { text: 'Long running operation completed. Duration: 4 seconds, Steps: 4.' },
     });
-    expect(events.at(-1)).toMatchObject({ type: 'run.completed', output: 'Handled.' });
-    expect(toolCallsOf(runId)).toHaveLength(1);
+    expect(retryEvents.at(-1)).toMatchObject({ type: 'run.completed', output: 'Handled (retry).' });
+    const calls = toolCallsOf(retryRun);
+    expect(calls).toHaveLength(2);
+    // Same tool, arguments and idempotency key; a new session (the progress token is per session).
+    const sent = (call: SeenMessage) => ({ name: call.params.name, arguments: call.params.arguments, key: call.params._meta['abide/idempotency-key'] });
+    expect(sent(calls[1]!)).toEqual(sent(calls[0]!));
+    expect(sent(calls[0]!).key).toBe(`${retryRun}:s0c0`);
+    expect(calls[1]!.headers['mcp-session-id']).not.toBe(calls[0]!.headers['mcp-session-id']);
   }, 200_000);
 
   it('another tenant cannot use the first tenant’s MCP credentials, and never shares its connection', async () => {
