@@ -3,12 +3,14 @@ import { StreamableHTTPError } from '@modelcontextprotocol/sdk/client/streamable
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 import { ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
+import { ResponseTooLargeError } from './bounded-fetch.ts';
 
 /**
  * How a failure of an MCP call maps to Abide's errors (issue 13), decided from the error's class
  * and code, never its text:
  *
  * - an `AbideError` already decided (egress refused, secret missing, pool full) → itself;
+ * - a response over the size bound (`boundedFetch`) → final `tool_error` (a retry would get the same);
  * - the SDK's request timeout → final `tool_timeout`;
  * - the connection closed, HTTP 404 (the server forgot the session), 408, 429, 5xx, any failure to
  *   connect or read → retryable `tool_error` (the pool drops the connection; the consumer naks with backoff);
@@ -25,6 +27,8 @@ export function mcpFailure(error: unknown, destination: string, timeoutMs: numbe
   if (AbideError.isInstance(error)) return error;
   const denied = EgressDeniedError.find(error);
   if (denied) return denied;
+  const tooLarge = findInCauses(error, ResponseTooLargeError);
+  if (tooLarge) return new AbideError('tool_error', tooLarge.message, { cause: error });
   if (error instanceof McpError) {
     switch (error.code) {
       case ErrorCode.RequestTimeout:
@@ -57,6 +61,15 @@ export function mcpFailure(error: unknown, destination: string, timeoutMs: numbe
 /** True when the connection should be dropped from the pool (the next attempt opens a new session). */
 export function isBrokenConnection(failure: AbideError): boolean {
   return failure.retryable || failure.code === 'mcp_protocol_error';
+}
+
+function findInCauses<T extends Error>(error: unknown, type: new (...args: never[]) => T): T | undefined {
+  let current: unknown = error;
+  for (let depth = 0; depth < 6 && current instanceof Error; depth += 1) {
+    if (current instanceof type) return current;
+    current = current.cause;
+  }
+  return undefined;
 }
 
 function shorten(text: string, limit = 500): string {

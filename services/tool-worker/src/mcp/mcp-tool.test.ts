@@ -5,6 +5,7 @@ import { ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import type { ToolInvocation } from '../tool-invocation.ts';
 import type { McpConnection, McpConnectionPool } from './mcp-connection-pool.ts';
+import { boundedFetch, ResponseTooLargeError } from './bounded-fetch.ts';
 import { mcpFailure } from './mcp-errors.ts';
 import { storableInputSchema } from './mcp-input-schema.ts';
 import { createMcpTools, mcpIdempotencyMetaKey } from './mcp-tool.ts';
@@ -33,6 +34,17 @@ describe('MCP error mapping', () => {
   it('never shows a response body or network detail to the tenant', () => {
     expect(mcpFailure(new StreamableHTTPError(500, 'Error POSTing to endpoint: internal secret'), destination, 1_000).message).toBe(`HTTP 500 from the MCP server at ${destination}`);
     expect(mcpFailure(new Error('connect ECONNREFUSED 10.1.2.3:80'), destination, 1_000).message).toBe(`could not reach the MCP server at ${destination}`);
+  });
+});
+
+describe('bounded fetch', () => {
+  it('passes a body under the bound and errors one over it (a final tool_error, not a retry)', async () => {
+    const inner = (async (input: string | URL | Request) => new Response(String(input).endsWith('small') ? 'x'.repeat(100) : 'y'.repeat(5_000))) as typeof fetch;
+    const fetchBounded = boundedFetch(inner, 1_000);
+    expect(await (await fetchBounded('http://a/small')).text()).toBe('x'.repeat(100));
+    const error = await (await fetchBounded('http://a/large')).text().catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(ResponseTooLargeError);
+    expect(mcpFailure(new TypeError('body failed', { cause: error }), destination, 1_000)).toMatchObject({ code: 'tool_error', retryable: false, message: "the MCP server's response is larger than 1000 bytes" });
   });
 });
 

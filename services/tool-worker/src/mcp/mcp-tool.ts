@@ -19,6 +19,7 @@ import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { errorOutcome, idempotencyKeyFor, type ToolInvocation } from '../tool-invocation.ts';
 import type { McpConnection, McpConnectionPool } from './mcp-connection-pool.ts';
+import { boundedFetch } from './bounded-fetch.ts';
 import { isBrokenConnection, mcpFailure } from './mcp-errors.ts';
 import { storableInputSchema } from './mcp-input-schema.ts';
 
@@ -43,7 +44,12 @@ export type McpToolsOptions = {
   connectTimeoutMs?: number;
   /** Time a `tools/list` may take, all pages. @default 30000 */
   listTimeoutMs?: number;
+  /** Largest HTTP response body read from an MCP server (one JSON answer or one SSE stream). @default 4194304 (4 MiB) */
+  maxResponseBytes?: number;
 };
+
+/** Pages of `tools/list` read at most (a server paging forever with empty pages is cut off). */
+const maxListPages = 100;
 
 type Target = { key: string; destination: string; open: () => Promise<McpConnection> };
 
@@ -56,6 +62,7 @@ export function createMcpTools(options: McpToolsOptions) {
   const maxResultBytes = options.maxResultBytes ?? 1_048_576;
   const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
   const listTimeoutMs = options.listTimeoutMs ?? 30_000;
+  const fetchForMcp = boundedFetch(options.egress.fetch, options.maxResponseBytes ?? 4_194_304);
 
   /** Resolves where and as whom to connect; throws a final `AbideError` for what the tenant may not use. */
   async function resolveTarget(tenantId: string, server: McpServer): Promise<Target> {
@@ -87,7 +94,7 @@ export function createMcpTools(options: McpToolsOptions) {
       open: () =>
         openClient(
           new StreamableHTTPClientTransport(url, {
-            fetch: options.egress.fetch,
+            fetch: fetchForMcp,
             requestInit: { headers, redirect: 'manual' },
           }),
         ),
@@ -189,7 +196,10 @@ export function createMcpTools(options: McpToolsOptions) {
         async (connection) => {
           const tools: McpListedTool[] = [];
           let cursor: string | undefined;
+          let pages = 0;
           do {
+            pages += 1;
+            if (pages > maxListPages) throw new AbideError('mcp_protocol_error', `the MCP server's tools/list has more than ${maxListPages} pages`);
             const page = await connection.client.listTools(cursor === undefined ? {} : { cursor }, { signal, timeout: listTimeoutMs });
             for (const tool of page.tools) {
               if (tools.length >= mcpLimits.maxListedTools) throw new AbideError('mcp_protocol_error', `the MCP server lists more than ${mcpLimits.maxListedTools} tools`);
