@@ -21,14 +21,15 @@ type SeenMessage = {
   status?: number;
 };
 
+const everythingEntry = join(repoRoot, 'node_modules', '@modelcontextprotocol', 'server-everything', 'dist', 'index.js');
+
 /**
  * `@modelcontextprotocol/server-everything` (the MCP project's reference server, from npm) over
  * streamable HTTP, as a separate process on a free loopback port (`PORT`, path `/mcp`).
  */
 async function startEverythingServer(): Promise<{ port: number; process: ChildProcess; output: () => string; stop: () => Promise<void> }> {
   const port = await freePort();
-  const entry = join(repoRoot, 'node_modules', '@modelcontextprotocol', 'server-everything', 'dist', 'index.js');
-  const child = spawn(process.execPath, [entry, 'streamableHttp'], { env: { PATH: process.env.PATH ?? '', PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [everythingEntry, 'streamableHttp'], { env: { PATH: process.env.PATH ?? '', PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
   await new Promise<void>((resolve, reject) => {
@@ -131,7 +132,9 @@ describe('MCP servers as tools', () => {
     mkdirSync(join(secretsDir, 'tenant-a'));
     mkdirSync(join(secretsDir, 'tenant-b'));
     writeFileSync(join(secretsDir, 'tenant-a', 'MCP_TOKEN'), `${tokenA}\n`);
-    stack = await Stack.start({ env: { TENANT_SECRETS_DIR: secretsDir, TOOL_EGRESS_ALLOW: `127.0.0.1:${proxy.port}` } });
+    // The operator's one stdio server: the same reference server, spoken to over stdin/stdout.
+    const stdioServers = { everything: { command: process.execPath, args: [everythingEntry, 'stdio'] } };
+    stack = await Stack.start({ env: { TENANT_SECRETS_DIR: secretsDir, TOOL_EGRESS_ALLOW: `127.0.0.1:${proxy.port}`, MCP_STDIO_SERVERS: JSON.stringify(stdioServers) } });
   });
 
   afterAll(async () => {
@@ -279,6 +282,30 @@ describe('MCP servers as tools', () => {
     expect(sent(calls[0]!).key).toBe(`${retryRun}:s0c0`);
     expect(calls[1]!.headers['mcp-session-id']).not.toBe(calls[0]!.headers['mcp-session-id']);
   }, 200_000);
+
+  it('a stdio server exists only as the operator configured it, by id', async () => {
+    await putAgent('key-a', 'mcp-stdio', {
+      model: scripted([{ toolCalls: [{ toolName: 'local__get-sum', args: { a: 20, b: 22 } }] }, { text: 'Summed locally.' }]),
+      tools: [{ kind: 'mcp', name: 'local', server: { transport: 'stdio', serverId: 'everything' }, tools: ['get-sum'] }],
+    });
+    const events = await fullReplay(stack, 'key-a', await startRun('key-a', 'mcp-stdio'));
+    expect(events.find((event) => event.type === 'tool.result')).toMatchObject({ toolName: 'local__get-sum', result: { text: 'The sum of 20 and 22 is 42.' } });
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', output: 'Summed locally.' });
+
+    const unknown = await stack.api('key-a', 'PUT', '/v1/agents/mcp-stdio-unknown', {
+      model: scripted([{ text: 'hi' }]),
+      tools: [{ kind: 'mcp', name: 'local', server: { transport: 'stdio', serverId: 'shell' } }],
+    });
+    expect(unknown.status).toBe(422);
+    expect(unknown.body.error).toEqual({ code: 'mcp_list_failed', message: 'body.tools.0: listing the MCP server\'s tools failed (tool_error: no stdio MCP server "shell" is configured (MCP_STDIO_SERVERS))' });
+    // A command is not something a tenant can write.
+    const command = await stack.api('key-a', 'PUT', '/v1/agents/mcp-stdio-command', {
+      model: scripted([{ text: 'hi' }]),
+      tools: [{ kind: 'mcp', name: 'local', server: { transport: 'stdio', command: 'sh', args: ['-c', 'id'] } }],
+    });
+    expect(command.status).toBe(400);
+    expect(command.body.error.code).toBe('invalid_request');
+  });
 
   it('another tenant cannot use the first tenant’s MCP credentials, and never shares its connection', async () => {
     const before = proxy.seen.length;
