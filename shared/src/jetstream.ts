@@ -59,6 +59,12 @@ export async function connectNats(settings: JetStreamSettings, name: string, log
 }
 
 const day = 86_400_000;
+/**
+ * Max age of `TENANT_LEASES` entries: live leases are rewritten every few seconds, so only the
+ * slots of a crashed holder (stale after 30 s, taken over by the next acquirer) and release
+ * tombstones ever reach it; the server then removes them.
+ */
+const tenantLeaseBucketTtlMs = 2 * 60_000;
 
 /** Stream configurations (DESIGN §2). */
 export function streamConfigs(settings: JetStreamSettings): Record<StreamName, Partial<StreamConfig> & { name: string; subjects: string[] }> {
@@ -210,7 +216,7 @@ export async function provisionJetStream(
   const kvm = new Kvm(js);
   const kv = new Map<string, KV>();
   for (const bucket of wanted.buckets) {
-    const ttl = bucket === buckets.approvalLedger ? 30 * day : settings.EVENTS_MAX_AGE;
+    const ttl = bucket === buckets.approvalLedger ? 30 * day : bucket === buckets.tenantLeases ? tenantLeaseBucketTtlMs : settings.EVENTS_MAX_AGE;
     kv.set(bucket, await kvm.create(bucket, { replicas: settings.JS_REPLICAS, history: 1, ttl, storage: StorageType.File }));
   }
   const objects = new Map<string, ObjectStore>();

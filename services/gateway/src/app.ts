@@ -19,7 +19,8 @@ import { createServices, type Services } from './services.ts';
 import { createToolArgsValidator } from './tool-args-validator.ts';
 
 export type AppDeps = {
-  config: Pick<GatewayConfig, 'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE'>;
+  config: Pick<GatewayConfig, 'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE'> &
+    Partial<Pick<GatewayConfig, 'TENANT_MAX_ACTIVE_RUNS'>>;
   logger: Logger;
   metrics: Metrics;
   /** NATS and MongoDB, once connected (undefined while `main.ts` is still connecting: answers 503). */
@@ -66,7 +67,14 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     const backend = deps.backend();
     if (!backend) throw new ApiError('unavailable', 'starting: not connected to NATS and MongoDB yet', { headers: { 'retry-after': '1' } });
     if (services?.backend !== backend) {
-      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, ...(deps.now ? { now: deps.now } : {}) }) };
+      services = { backend, services: createServices(backend, {
+          logger,
+          toolArgs,
+          rateLimiter,
+          eventsMaxAgeMs: config.EVENTS_MAX_AGE,
+          maxActiveRuns: config.TENANT_MAX_ACTIVE_RUNS,
+          ...(deps.now ? { now: deps.now } : {}),
+        }), };
     }
     return services.services;
   }

@@ -1,5 +1,7 @@
+import { hostname } from 'node:os';
 import {
   buckets,
+  createTenantLeases,
   connectNats,
   createMongoClient,
   createRunStore,
@@ -43,13 +45,19 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
     const { js, jsm, kv } = await retryWithBackoff(
       'provisioning JetStream',
       () =>
-        provisionJetStream(connection, config, { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] }, logger),
+        provisionJetStream(
+          connection,
+          config,
+          { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.tenantLeases] },
+          logger,
+        ),
       { logger, signal },
     );
     const approvalLedger = kv.get(buckets.approvalLedger);
-    if (!approvalLedger) throw new Error('APPROVAL_LEDGER was not provisioned');
+    const tenantLeases = kv.get(buckets.tenantLeases);
+    if (!approvalLedger || !tenantLeases) throw new Error('APPROVAL_LEDGER or TENANT_LEASES was not provisioned');
     logger.info('connected to NATS');
-    return { connection, js, jsm, approvalLedger };
+    return { connection, js, jsm, approvalLedger, tenantLeases };
   };
 
   const connectToMongo = async () => {
@@ -63,7 +71,14 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
 
   const [nats, mongo] = await Promise.all([connectToNats(), connectToMongo()]);
   const collections = getCollections(mongo.db);
+  // Open SSE streams + WebSockets and event subscriptions per tenant, across every gateway (issue 8).
+  const holder = `gateway/${hostname()}/${process.pid}`;
+  const connections = createTenantLeases({ bucket: nats.tenantLeases, kind: 'connection', limit: config.TENANT_MAX_CONNECTIONS, holder, logger });
+  const subscriptions = createTenantLeases({ bucket: nats.tenantLeases, kind: 'subscription', limit: config.TENANT_MAX_SUBSCRIPTIONS, holder, logger });
+  connections.start();
+  subscriptions.start();
   const backend: Backend = {
+    capacity: { connections, subscriptions },
     store: createMongoStore({ db: mongo.db, collections, runStore: createRunStore(collections) }),
     bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, logger }),
     events: createNatsEventSource({ js: nats.js, jsm: nats.jsm, logger }),
