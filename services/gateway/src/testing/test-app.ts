@@ -20,6 +20,18 @@ export const scriptedAgent: AgentDefinitionInput = {
   ],
 };
 
+/** The configuration of the test app (override it whole with `config`). */
+export const testConfig: AppDeps['config'] = {
+  apiKeys: new Map([
+    [keys.t1, 't1'],
+    [keys.t2, 't2'],
+  ]),
+  MAX_BODY_BYTES: 64 * 1024,
+  WS_MAX_FRAME_BYTES: 16 * 1024,
+  WS_ALLOWED_ORIGINS: ['https://app.example'],
+  EVENTS_MAX_AGE: 7 * 86_400_000,
+};
+
 /** The app over in-memory fakes, with short heartbeats. */
 export function createTestApp(overrides: Partial<AppDeps> = {}) {
   const memory = createMemoryStore();
@@ -28,16 +40,7 @@ export function createTestApp(overrides: Partial<AppDeps> = {}) {
   const backend: Backend = { store: memory.store, bus: bus.bus, events: events.source };
   let draining = false;
   const { app, live } = createApp({
-    config: {
-      apiKeys: new Map([
-        [keys.t1, 't1'],
-        [keys.t2, 't2'],
-      ]),
-      MAX_BODY_BYTES: 64 * 1024,
-      WS_MAX_FRAME_BYTES: 16 * 1024,
-      WS_ALLOWED_ORIGINS: ['https://app.example'],
-      EVENTS_MAX_AGE: 7 * 86_400_000,
-    },
+    config: testConfig,
     logger: createLogger('gateway-test', 'silent'),
     metrics: createMetrics(),
     backend: () => backend,
