@@ -188,7 +188,11 @@ describe('tool call handler', () => {
     const { handler, results, published, log } = setup();
     results.seed(markerKey, marker('worker-a', 5_000));
     const last = delivery(request(), { deliveryCount: 6, isLastDelivery: true });
-    const error = await handler.handle(last).catch((caught: unknown) => caught as Error);
+    const error = await handler.handle(last).then(
+      () => new Error('handled'),
+      (caught: unknown) => caught as Error,
+    );
+    expect(error.name).toBe('CallOwnedElsewhereError');
     await handler.onExhausted(last, error);
     expect(results.json(resultKey)).toBeUndefined();
     expect(published).toHaveLength(0);
