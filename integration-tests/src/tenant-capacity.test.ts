@@ -11,10 +11,11 @@ import { TestSocket } from './harness/test-socket.ts';
  * for a WebSocket `subscribe` / `run.create`), while other tenants are served.
  */
 
-const limits = { activeRuns: 3, toolCalls: 1, connections: 3, subscriptions: 2 } as const;
+const limits = { activeRuns: 3, llmCalls: 1, toolCalls: 1, connections: 3, subscriptions: 2 } as const;
 const keys = {
   runsA: 'key-runs-a',
   runsB: 'key-runs-b',
+  llmBusy: 'key-llm-busy',
   busy: 'key-busy',
   other: 'key-other',
   conn: 'key-conn',
@@ -133,11 +134,13 @@ describe('per-tenant capacity across replicas', () => {
         .join(','),
       env: {
         TENANT_MAX_ACTIVE_RUNS: String(limits.activeRuns),
+        TENANT_MAX_LLM_CALLS: String(limits.llmCalls),
         TENANT_MAX_TOOL_CALLS: String(limits.toolCalls),
         TENANT_MAX_CONNECTIONS: String(limits.connections),
         TENANT_MAX_SUBSCRIPTIONS: String(limits.subscriptions),
-        // Two tool-worker slots in all: without the per-tenant cap, two held calls of one tenant take both.
+        // Two worker slots of each kind in all: without the per-tenant caps, one tenant takes both.
         TOOL_CONCURRENCY: '1',
+        LLM_CONCURRENCY: '1',
       },
     });
     gateways = [0, 1].map((replica) => stack.service('gateway', replica).healthUrl);
@@ -211,6 +214,27 @@ describe('per-tenant capacity across replicas', () => {
     expect(tool.maxInFlight.get('busy')).toBe(limits.toolCalls);
   });
 
+  it("never runs more of a tenant's model calls at once than its cap across both llm-workers, and completes every run", async () => {
+    // Each model call streams 8 chunks 120 ms apart (about a second).
+    await putAgent(keys.llmBusy, 'slow', { model: { provider: 'scripted', steps: [{ text: 'abcdefgh' }], chunkSize: 1, delayMs: 120 }, tools: [] });
+    const runs = [await createRun(0, keys.llmBusy, 'slow'), await createRun(1, keys.llmBusy, 'slow'), await createRun(0, keys.llmBusy, 'slow')];
+    const calls: { start: number; end: number }[] = [];
+    for (const runId of runs) {
+      const view = await waitForStatus(stack, keys.llmBusy, runId, ['completed', 'failed', 'cancelled'], 90_000);
+      expect(view.status, `${runId}: ${JSON.stringify(view.error)}`).toBe('completed');
+      const events = await sseEvents(gateways[0]!, keys.llmBusy, runId);
+      const started = events.find((event) => event.type === 'llm.step.started')!;
+      const deltas = events.filter((event) => event.type === 'message.delta');
+      expect(deltas.length).toBeGreaterThan(0);
+      // A model call's span, as its llm-worker reported it: from its start to its last delta, both inside the tenant's slot.
+      calls.push({ start: Date.parse(started.ts), end: Date.parse(deltas.at(-1)!.ts) });
+    }
+    calls.sort((left, right) => left.start - right.start);
+    for (let index = 1; index < calls.length; index += 1) {
+      expect(calls[index]!.start, `model call ${index} started before call ${index - 1} ended`).toBeGreaterThanOrEqual(calls[index - 1]!.end);
+    }
+  });
+
   it('refuses SSE streams and WebSockets over the connection cap with 429, across gateways, and accepts again once one closes', async () => {
     await putAgent(keys.conn, 'asker', approvalAgent);
     const runId = await createRun(0, keys.conn, 'asker');
@@ -276,6 +300,17 @@ describe('per-tenant capacity across replicas', () => {
     right.close();
   });
 });
+
+/** Every event of an ended run, read as Server-Sent Events. */
+async function sseEvents(gateway: string, key: string, runId: string): Promise<{ type: string; ts: string; [field: string]: unknown }[]> {
+  const response = await fetch(`${gateway}/v1/runs/${runId}/events`, { headers: { authorization: `Bearer ${key}` } });
+  expect(response.status).toBe(200);
+  const text = await response.text();
+  return text
+    .split('\n')
+    .filter((line) => line.startsWith('data: '))
+    .map((line) => JSON.parse(line.slice('data: '.length)));
+}
 
 /** Retries `attempt` until it resolves: a released slot frees asynchronously (the release is a KV delete). */
 async function retryUntil<Value>(attempt: () => Promise<Value>, timeoutMs = 20_000): Promise<Value> {

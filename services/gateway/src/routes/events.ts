@@ -88,8 +88,9 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
       forget();
       subscriptionEnded();
       controller.abort();
-      raw.end();
+      // Released before the end is sent: a client that saw its stream end may open the next one at once.
       await releaseLeases();
+      raw.end();
     }
   });
 }
