@@ -49,12 +49,16 @@ export const gatewayEnvSchema = z.object({
   WS_MAX_FRAME_BYTES: positiveInt(1_048_576, 64 * 1_048_576),
   /** Allowed `Origin`s of browser WebSocket connections; empty allows only connections without an Origin. `*` allows all. */
   WS_ALLOWED_ORIGINS: commaList,
-  /** Runs a tenant may have between creation and their end, suspended ones included, across every gateway (issue 8). */
-  TENANT_MAX_ACTIVE_RUNS: positiveInt(100, 10_000),
+  /**
+   * Runs a tenant may have between creation and their end, suspended ones included, across every
+   * gateway (issue 8). The TENANT_MAX_* limits are slots probed one by one: a refusal costs a few
+   * operations per slot, hence at most 1,000.
+   */
+  TENANT_MAX_ACTIVE_RUNS: positiveInt(100, 1_000),
   /** SSE streams plus WebSockets a tenant may hold open at once, across every gateway. */
-  TENANT_MAX_CONNECTIONS: positiveInt(100, 10_000),
+  TENANT_MAX_CONNECTIONS: positiveInt(100, 1_000),
   /** Run event subscriptions (SSE streams, WebSocket `subscribe`s) a tenant may hold at once, across every gateway. */
-  TENANT_MAX_SUBSCRIPTIONS: positiveInt(500, 10_000),
+  TENANT_MAX_SUBSCRIPTIONS: positiveInt(500, 1_000),
 });
 
 export const orchestratorEnvSchema = z.object({
@@ -70,7 +74,7 @@ export const llmWorkerEnvSchema = z.object({
   HEALTH_PORT: port(8082),
   LLM_CONCURRENCY: positiveInt(16, 1024),
   /** Model calls of one tenant in flight at once, across every llm-worker (issue 8). */
-  TENANT_MAX_LLM_CALLS: positiveInt(32, 10_000),
+  TENANT_MAX_LLM_CALLS: positiveInt(32, 1_000),
 });
 
 export const toolWorkerEnvSchema = z.object({
@@ -78,7 +82,7 @@ export const toolWorkerEnvSchema = z.object({
   HEALTH_PORT: port(8083),
   TOOL_CONCURRENCY: positiveInt(16, 1024),
   /** Tool calls of one tenant in flight at once, across every tool-worker (issue 8). */
-  TENANT_MAX_TOOL_CALLS: positiveInt(32, 10_000),
+  TENANT_MAX_TOOL_CALLS: positiveInt(32, 1_000),
   /** Hosts HTTP tools may call (`host`, `host:port`, `*.domain`, or `*`); empty allows none. */
   TOOL_EGRESS_ALLOW: commaList,
 });
