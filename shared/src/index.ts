@@ -27,3 +27,4 @@ export * from './run-state.ts';
 export * from './run-store.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
+export * from './tenant-leases.ts';

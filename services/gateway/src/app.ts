@@ -22,7 +22,8 @@ export type AppDeps = {
   config: Pick<
     GatewayConfig,
     'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE' | 'REQUEST_TIMEOUT' | 'HEADERS_TIMEOUT' | 'CONNECTION_TIMEOUT' | 'KEEP_ALIVE_TIMEOUT' | 'WS_TICKET_TTL'
-  >;
+  > &
+    Partial<Pick<GatewayConfig, 'TENANT_MAX_ACTIVE_RUNS'>>;
   logger: Logger;
   metrics: Metrics;
   /** NATS and MongoDB, once connected (undefined while `main.ts` is still connecting: answers 503). */
@@ -71,7 +72,18 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     const backend = deps.backend();
     if (!backend) throw new ApiError('unavailable', 'starting: not connected to NATS and MongoDB yet', { headers: { 'retry-after': '1' } });
     if (services?.backend !== backend) {
-      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, wsTicketTtlMs: config.WS_TICKET_TTL, ...(deps.now ? { now: deps.now } : {}) }) };
+      services = {
+        backend,
+        services: createServices(backend, {
+          logger,
+          toolArgs,
+          rateLimiter,
+          eventsMaxAgeMs: config.EVENTS_MAX_AGE,
+          wsTicketTtlMs: config.WS_TICKET_TTL,
+          maxActiveRuns: config.TENANT_MAX_ACTIVE_RUNS,
+          ...(deps.now ? { now: deps.now } : {}),
+        }),
+      };
     }
     return services.services;
   }

@@ -123,7 +123,7 @@ export const operations: Operation[] = [
       '200': { description: 'text/event-stream: `id:` seq, `event:` type, `data:` the event JSON', contentType: 'text/event-stream' },
       '204': { description: 'the run has ended and the client holds its last event' },
       '410': { description: 'cursor_expired, with the run attached as `run`', schema: errorBodySchema.extend({ run: runViewSchema }) },
-      ...errors(400, 401, 404, 503),
+      ...errors(400, 401, 404, 429, 503),
     },
   },
   {
@@ -180,7 +180,7 @@ export const operations: Operation[] = [
     path: '/v1/ws',
     summary: 'WebSocket (JSON text frames; see docs/api.md). Client frames are described by x-client-frames',
     authenticated: true,
-    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 503) },
+    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 429, 503) },
   },
 ];
 

@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument, WsTicketEntry } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TenantLeases, TransitionDocument, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -121,4 +121,6 @@ export type Backend = {
   store: GatewayStore;
   bus: GatewayBus;
   events: EventSource;
+  /** Per-tenant leases on open SSE streams + WebSockets and on event subscriptions (issue 8); absent = unlimited (unit tests). */
+  capacity?: { connections: TenantLeases; subscriptions: TenantLeases } | undefined;
 };
