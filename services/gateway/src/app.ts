@@ -10,12 +10,15 @@ import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerApprovalRoutes } from './routes/approvals.ts';
+import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
 import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
+import { registerRunHistoryRoute } from './routes/run-history.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
 import { createServices, type Services } from './services.ts';
+import { apiKeyFromWebSocketProtocols, selectWebSocketProtocol } from './websocket-protocol.ts';
 import { createToolArgsValidator } from './tool-args-validator.ts';
 
 export type AppDeps = {
@@ -117,8 +120,9 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     }
     if (path === '/v1' || path.startsWith('/v1/')) {
       const allowQueryToken = (request.routeOptions.config as { allowQueryToken?: boolean } | undefined)?.allowQueryToken === true;
-      const accessToken = allowQueryToken ? (request.query as Record<string, unknown>).access_token : undefined;
-      const caller = authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
+      const queryToken = allowQueryToken ? (request.query as Record<string, unknown>).access_token : undefined;
+      const accessToken = typeof queryToken === 'string' ? queryToken : allowQueryToken ? apiKeyFromWebSocketProtocols(request.headers['sec-websocket-protocol']) : undefined;
+      const caller = authenticator.authenticate(request.headers.authorization, accessToken);
       callers.set(request, caller);
       request.log = request.log.child({ tenantId: caller.tenantId });
     }
@@ -147,7 +151,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   };
 
   app.register(fastifyWebsocket, {
-    options: { maxPayload: config.WS_MAX_FRAME_BYTES },
+    options: { maxPayload: config.WS_MAX_FRAME_BYTES, handleProtocols: selectWebSocketProtocol },
     errorHandler: (error, socket, request) => {
       request.log.error({ err: error }, 'WebSocket handler failed');
       socket.close(1011, 'internal error');
@@ -160,6 +164,8 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerEventRoutes(scope, context);
     registerApprovalRoutes(scope, context);
     registerWebSocketRoute(scope, context);
+    registerRunHistoryRoute(scope, context);
+    registerConsoleRoutes(scope);
   });
 
   return { app, live };

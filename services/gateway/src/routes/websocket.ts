@@ -4,6 +4,7 @@ import type { RawData, WebSocket } from 'ws';
 import type { Caller } from '../auth.ts';
 import { CursorExpiredError, toApiError } from '../http-errors.ts';
 import { describeIssues, parseOr400 } from '../validation.ts';
+import { isSameOrigin } from '../websocket-protocol.ts';
 import type { RouteContext } from './route-context.ts';
 
 /** Close codes (RFC 6455 §7.4.1). */
@@ -23,7 +24,7 @@ export function registerWebSocketRoute(app: FastifyInstance, context: RouteConte
       websocket: true,
       config: { allowQueryToken: true },
       onRequest: async (request) => {
-        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
+        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
           throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
         }
         if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
