@@ -48,7 +48,8 @@ export async function followRun(client: Client, runId: string, options: FollowOp
     }
     failedAttempts += 1;
     if (failedAttempts >= maxAttempts) throw new CliError('network', `lost the connection to ${client.url} (${outcome.reason}) and could not resume after ${maxAttempts} attempts`, exitCodes.unavailable);
-    if (!options.json) options.stderr.write(`· connection lost (${outcome.reason}); resuming after seq ${cursor ?? 'start'}\n`);
+    // On stderr even with --json: stdout stays one event per line.
+    options.stderr.write(`· connection lost (${outcome.reason}); resuming after seq ${cursor ?? 'start'}\n`);
     await new Promise((resolve) => setTimeout(resolve, delayMs));
     delayMs = Math.min(delayMs * 2, 5_000);
   }
