@@ -52,7 +52,7 @@ describe('web console', () => {
 
   /** Signs in with the keyboard only: the key field has focus, Enter submits. */
   async function signIn(page: Page, key: string): Promise<void> {
-    await expect.poll(() => page.evaluate(() => document.activeElement?.getAttribute('name'))).toBe('apiKey');
+    await expect.poll(() => page.locator(':focus').getAttribute('name')).toBe('apiKey');
     await page.keyboard.type(key);
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Runs' }).waitFor();
@@ -63,7 +63,7 @@ describe('web console', () => {
     try {
       await signIn(page, keyA);
       // The key is in session storage, never in the URL.
-      expect(await page.evaluate(() => sessionStorage.getItem('abide.apiKey'))).toBe(keyA);
+      expect(await page.evaluate("sessionStorage.getItem('abide.apiKey')")).toBe(keyA);
       expect(page.url()).not.toContain(keyA);
 
       await page.getByLabel('Agent').fill('approver');
@@ -110,7 +110,7 @@ describe('web console', () => {
       await page.getByRole('link', { name: 'Runs' }).click();
       await page.locator(`tr[data-run-id="${runId}"]`).filter({ hasText: 'completed' }).waitFor();
       await page.setViewportSize({ width: 390, height: 844 });
-      expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+      expect(await page.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
       await page.goto(`${stack.gatewayUrl}/console#/runs/${encodeURIComponent(runId)}`);
       await page.getByTestId('run-output').waitFor();
       await page.screenshot({ path: join(outputDirectory, 'console-run-view-phone.png'), fullPage: true });

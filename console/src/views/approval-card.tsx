@@ -1,20 +1,26 @@
 import { Validator, type Schema } from '@cfworker/json-schema';
 import { useState } from 'preact/hooks';
-import { api, describeError, type ToolDefinition } from '../api.ts';
+import { api, describeError, type AgentView } from '../api.ts';
 import { json, runHref } from '../format.ts';
 
-/** Tool schemas by agent id, fetched once per page load (`GET /v1/agents/:agentId`). */
-const agentTools = new Map<string, Promise<ToolDefinition[]>>();
+/** Agents by id, fetched once per page load (`GET /v1/agents/:agentId`). */
+const agentTools = new Map<string, Promise<AgentView>>();
 
+/**
+ * The tool's input schema as the run knows it, or null when the agent has changed since the run
+ * started (the run keeps its own version; the API then checks the arguments against that one).
+ */
 async function toolSchema(runId: string, toolName: string): Promise<Record<string, unknown> | null> {
   const run = await api.getRun(runId);
-  let tools = agentTools.get(run.agentId);
-  if (!tools) {
-    tools = api.getAgent(run.agentId).then((agent) => agent.tools);
-    agentTools.set(run.agentId, tools);
-    tools.catch(() => agentTools.delete(run.agentId));
+  let agent = agentTools.get(run.agentId);
+  if (!agent) {
+    agent = api.getAgent(run.agentId);
+    agentTools.set(run.agentId, agent);
+    agent.catch(() => agentTools.delete(run.agentId));
   }
-  return (await tools).find((tool) => tool.name === toolName)?.inputSchema ?? null;
+  const current = await agent;
+  if (current.version !== run.agentVersion) return null;
+  return current.tools.find((tool) => tool.name === toolName)?.inputSchema ?? null;
 }
 
 /** Problems of `args` under the tool's JSON Schema (empty when valid). */
