@@ -50,9 +50,13 @@ export function RunView({ runId, live }: { runId: string; live: LiveConnection }
   const [connection, setConnection] = useState<ConnectionState>(live.state);
 
   const refresh = () =>
-    api.getRun(runId).then(setSummary, (error: unknown) => {
-      setProblem(describeError(error));
-    });
+    api.getRun(runId).then(
+      (run) => {
+        setSummary(run);
+        setProblem(null);
+      },
+      (error: unknown) => setProblem(describeError(error)),
+    );
 
   useEffect(() => {
     setModel(emptyRunModel);
