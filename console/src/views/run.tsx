@@ -23,7 +23,8 @@ function ToolCall({ runId, call }: { runId: string; call: ToolCallView }) {
         ) : null}
       </header>
       <details open>
-        <summary>Arguments</summary>
+        {/* Events carry the model's arguments; an approver's edited ones show in the result. */}
+        <summary>Arguments (as the model asked)</summary>
         <pre>{json(call.args)}</pre>
       </details>
       {call.error ? (
