@@ -118,9 +118,12 @@ describe('abide CLI', () => {
     const list = await abide(['runs', 'list', '--json', '--status', 'completed']);
     expect(JSON.parse(list.stdout).runs.map((run: { runId: string }) => run.runId)).toContain(runId);
     const history = await abide(['runs', 'history', runId, '--json']);
-    const versions = JSON.parse(history.stdout).transitions.map((transition: { version: number }) => transition.version);
-    expect(versions).toEqual(versions.map((_: number, index: number) => index + 1));
-    expect(versions.length).toBeGreaterThanOrEqual(4);
+    const transitions = JSON.parse(history.stdout).transitions as Array<{ version: number; status: string; step: number; awaiting: string | null; cause: string; at: string }>;
+    expect(transitions.map((transition) => transition.version)).toEqual(transitions.map((_, index) => index + 1));
+    expect(transitions.length).toBeGreaterThanOrEqual(4);
+    expect(transitions[0]).toMatchObject({ version: 1, status: 'queued', step: 0, awaiting: null, cause: expect.any(String), at: expect.any(String) });
+    expect(transitions).toContainEqual(expect.objectContaining({ status: 'suspended', awaiting: 'approvals' }));
+    expect(transitions.at(-1)).toMatchObject({ status: 'completed', step: 1, awaiting: null });
 
     // Another tenant's key: the run does not exist for it.
     const foreign = await abide(['runs', 'get', runId], { ABIDE_API_KEY: keyB });

@@ -1,6 +1,6 @@
-import { ApiError, cursorSchema, runHistoryQuerySchema, runIdParamsSchema, type RunTransitionView, type TransitionDocument } from '@abide/shared';
+import { ApiError, cursorSchema, runHistoryQuerySchema, runIdParamsSchema, type RunTransitionView } from '@abide/shared';
 import type { FastifyInstance } from 'fastify';
-import type { GatewayStore } from '../ports.ts';
+import type { GatewayStore, TransitionHeader } from '../ports.ts';
 import { loadTenantRun } from '../run-access.ts';
 import { parseOr400 } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
@@ -8,7 +8,7 @@ import type { RouteContext } from './route-context.ts';
 /** Exact-`_id` reads in flight at once for one page. */
 const parallelReads = 10;
 
-function toTransitionView(transition: TransitionDocument): RunTransitionView {
+function toTransitionView(transition: TransitionHeader): RunTransitionView {
   const { state } = transition;
   return {
     version: transition.version,
@@ -21,16 +21,16 @@ function toTransitionView(transition: TransitionDocument): RunTransitionView {
 }
 
 /**
- * Transitions `from`..`to` of a run, each read by its exact `_id` (`<runId>:<version>`).
+ * The headers of transitions `from`..`to` of a run, each read by its exact `_id` (`<runId>:<version>`).
  * Versions are contiguous (each commit inserts v+1), so the page is the list of ids itself: no
  * range query over `_id` (whose unpadded versions sort as strings: `:10` before `:2`) and no
  * scan of a non-`_id` filter, which FerretDB 1.24 cannot push down.
  */
-export async function readTransitions(store: GatewayStore, runId: string, from: number, to: number): Promise<TransitionDocument[]> {
-  const found: TransitionDocument[] = [];
+export async function readTransitions(store: GatewayStore, runId: string, from: number, to: number): Promise<TransitionHeader[]> {
+  const found: TransitionHeader[] = [];
   for (let start = from; start <= to; start += parallelReads) {
     const versions = Array.from({ length: Math.min(parallelReads, to - start + 1) }, (_, index) => start + index);
-    const batch = await Promise.all(versions.map((version) => store.loadTransition(runId, version)));
+    const batch = await Promise.all(versions.map((version) => store.loadTransitionHeader(runId, version)));
     for (const [index, transition] of batch.entries()) {
       // The run's latest version was read first and transitions are never deleted: a gap is a broken store.
       if (!transition) throw new ApiError('internal', `run ${runId}: transition ${versions[index]} is missing`);
