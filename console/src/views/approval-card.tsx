@@ -16,6 +16,7 @@ async function toolSchema(runId: string, toolName: string): Promise<Record<strin
   if (!agent) {
     agent = api.getAgent(run.agentId);
     agentTools.set(run.agentId, agent);
+    // A failed read is not cached; the caller awaiting `agent` below reports the error itself.
     agent.catch(() => agentTools.delete(run.agentId));
   }
   const current = await agent;
