@@ -23,6 +23,7 @@ export * from './outbox.ts';
 export * from './outbox-publisher.ts';
 export * from './requests.ts';
 export * from './retry.ts';
+export * from './run-history-api.ts';
 export * from './run-state.ts';
 export * from './run-store.ts';
 export * from './tenant-secrets.ts';

@@ -10,13 +10,16 @@ import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerApprovalRoutes } from './routes/approvals.ts';
+import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
 import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
+import { registerRunHistoryRoute } from './routes/run-history.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
 import { createServices, type Services } from './services.ts';
 import { createArgsValidation } from './args-validation.ts';
+import { apiKeyFromWebSocketProtocols, selectWebSocketProtocol } from './websocket-protocol.ts';
 
 export type AppDeps = {
   config: Pick<
@@ -147,12 +150,18 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     if (path === '/v1' || path.startsWith('/v1/')) {
       const routeConfig = request.routeOptions.config as { allowQueryToken?: boolean; allowTicket?: boolean } | undefined;
       const query = request.query as Record<string, unknown>;
-      const accessToken = routeConfig?.allowQueryToken === true ? query.access_token : undefined;
+      const allowQueryToken = routeConfig?.allowQueryToken === true;
+      // A browser cannot set headers on a WebSocket handshake: the key may come as `?access_token=`
+      // or as the `abide.key.<base64url>` subprotocol (websocket-protocol.ts), or a ticket instead.
+      const accessToken =
+        typeof query.access_token === 'string' && allowQueryToken ? query.access_token
+        : allowQueryToken ? apiKeyFromWebSocketProtocols(request.headers['sec-websocket-protocol'])
+        : undefined;
       const ticket = routeConfig?.allowTicket === true && request.headers.authorization === undefined ? query.ticket : undefined;
       const caller =
         typeof ticket === 'string'
           ? await currentServices().wsTickets.redeem(ticket)
-          : authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
+          : authenticator.authenticate(request.headers.authorization, accessToken);
       callers.set(request, caller);
       request.log = request.log.child({ tenantId: caller.tenantId });
     }
@@ -181,7 +190,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   };
 
   app.register(fastifyWebsocket, {
-    options: { maxPayload: config.WS_MAX_FRAME_BYTES },
+    options: { maxPayload: config.WS_MAX_FRAME_BYTES, handleProtocols: selectWebSocketProtocol },
     errorHandler: (error, socket, request) => {
       request.log.error({ err: error }, 'WebSocket handler failed');
       socket.close(1011, 'internal error');
@@ -194,6 +203,8 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerEventRoutes(scope, context);
     registerApprovalRoutes(scope, context);
     registerWebSocketRoute(scope, context);
+    registerRunHistoryRoute(scope, context);
+    registerConsoleRoutes(scope);
   });
 
   return { app, live };

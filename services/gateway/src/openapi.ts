@@ -19,6 +19,8 @@ import {
   listRunsResponseSchema,
   pendingApprovalsQuerySchema,
   pendingApprovalsResponseSchema,
+  runHistoryQuerySchema,
+  runHistoryResponseSchema,
   runIdParamsSchema,
   runViewSchema,
   wsClientFrameSchema,
@@ -181,6 +183,24 @@ export const operations: Operation[] = [
     summary: 'WebSocket (JSON text frames; see docs/api.md). Client frames are described by x-client-frames',
     authenticated: true,
     responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 429, 503) },
+  },
+  {
+    method: 'get',
+    path: '/v1/runs/:runId/history',
+    summary: "The run's transitions (version, cause, status, step, awaiting, at), oldest first, paginated by version",
+    authenticated: true,
+    params: runIdParamsSchema,
+    query: runHistoryQuerySchema,
+    responses: { '200': { description: 'a page of transitions', schema: runHistoryResponseSchema }, ...errors(400, 401, 404, 503) },
+  },
+  { method: 'get', path: '/console', summary: 'The web console (HTML; no-cache)', authenticated: false, responses: { '200': { description: 'text/html', contentType: 'text/html' }, ...errors(404) } },
+  { method: 'get', path: '/console/', summary: 'Redirects to /console', authenticated: false, responses: { '301': { description: 'to /console' } } },
+  {
+    method: 'get',
+    path: '/console/assets/:name',
+    summary: "The console's content-hashed assets (cached for a year)",
+    authenticated: false,
+    responses: { '200': { description: 'JavaScript or CSS' }, ...errors(404) },
   },
 ];
 

@@ -16,6 +16,11 @@ export type LoadedRun = {
   published: boolean;
 };
 
+/** What `GET /v1/runs/:runId/history` shows of a transition. */
+export type TransitionHeader = Pick<TransitionDocument, 'runId' | 'tenantId' | 'version' | 'at' | 'cause'> & {
+  state: Pick<TransitionDocument['state'], 'status' | 'step' | 'awaiting'>;
+};
+
 /** `conversation_locks`: one active run per conversation (DESIGN §3). */
 export type ConversationLock = { _id: string; runId: string; at: Date };
 
@@ -46,6 +51,8 @@ export type GatewayStore = {
   loadRun(runId: string): Promise<LoadedRun | null>;
   /** One transition by `_id` (`<runId>:<version>`). */
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
+  /** One transition's header by `_id`, without the run state's bulk (messages, tool calls): for the history. */
+  loadTransitionHeader(runId: string, version: number): Promise<TransitionHeader | null>;
   /** Runs from the read model, newest first, each rolled forward. `hasMore` says whether another page exists. */
   listRuns(query: RunListQuery): Promise<{ runs: LoadedRun[]; last: RunListPosition | null; hasMore: boolean }>;
   /**

@@ -6,6 +6,7 @@ import { CursorExpiredError, toApiError } from '../http-errors.ts';
 import { createRateLimiter } from '../rate-limiter.ts';
 import { describeIssues, parseOr400 } from '../validation.ts';
 import type { Services } from '../services.ts';
+import { isSameOrigin } from '../websocket-protocol.ts';
 import type { RouteContext } from './route-context.ts';
 
 type RunEvents = NonNullable<Awaited<ReturnType<Services['openRunEvents']>>>;
@@ -33,7 +34,7 @@ export function registerWebSocketRoute(app: FastifyInstance, context: RouteConte
       websocket: true,
       config: { allowQueryToken: true, allowTicket: true },
       onRequest: async (request) => {
-        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
+        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
           throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
         }
         if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
