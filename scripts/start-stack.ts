@@ -37,7 +37,7 @@ const gatewayPort = Number(process.env.GATEWAY_PORT || 8080);
 if (!Number.isInteger(gatewayPort) || gatewayPort <= 0 || gatewayPort > 65_535) throw new Error(`GATEWAY_PORT must be a port number, got "${process.env.GATEWAY_PORT}"`);
 const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
 const apiKeysGiven = Boolean(process.env.ABIDE_API_KEYS || process.env.ABIDE_API_KEYS_FILE);
-const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key:demo';
+const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key-change-me-0001:demo';
 
 /** Everything the signal handlers need; built in main(). */
 interface Stack {
@@ -271,6 +271,7 @@ function printUsage(apiKey: string, servers: StartedServers): void {
     '',
     styleText('bold', 'Abide is up.'),
     `  API      ${gatewayUrl}   (API key ${apiKey}${apiKeysGiven ? '' : ', tenant demo'})`,
+    `  Console  ${gatewayUrl}/console   (sign in with the API key)`,
     `  NATS     ${servers.natsUrl}`,
     `  MongoDB  ${servers.mongoUrl}`,
     '',
@@ -283,8 +284,10 @@ function printUsage(apiKey: string, servers: StartedServers): void {
     'All at once:',
     `  RUN_ID=$(curl -s ${gatewayUrl}/v1/runs ${auth} -H 'Content-Type: application/json' -d '{"agentId":"demo","input":"What time is it?"}' | sed -E 's/.*"runId":"([^"]+)".*/\\1/') && curl -N ${gatewayUrl}/v1/runs/$RUN_ID/events ${auth}`,
     'Over WebSocket:',
-    `  npx wscat -c 'ws://127.0.0.1:${gatewayPort}/v1/ws?access_token=${apiKey}'`,
+    `  npx wscat -c 'ws://127.0.0.1:${gatewayPort}/v1/ws' -H 'authorization: Bearer ${apiKey}'`,
     `  > {"type":"run.create","requestId":"r1","agentId":"demo","input":"hi"}`,
+    'With the CLI:',
+    `  ABIDE_URL=${gatewayUrl} ABIDE_API_KEY=${apiKey} npx abide runs create --agent demo --input "What time is it?" --follow`,
     '',
     'Ctrl-C stops everything.',
     '',

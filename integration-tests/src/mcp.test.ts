@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../scripts/lib/servers.ts';
 import { fullReplay, waitForStatus, type ClientEvent } from './harness/run-checks.ts';
 import { repoRoot } from './harness/service-process.ts';
-import { Stack } from './harness/stack.ts';
+import { Stack, testKeys } from './harness/stack.ts';
 
 /** One JSON-RPC message the MCP server received through the recording proxy, and its HTTP answer. */
 type SeenMessage = {
@@ -164,7 +164,7 @@ describe('MCP servers as tools', () => {
   const toolCallsOf = (runId: string) => proxy.seen.filter((message) => message.method === 'tools/call' && message.params?._meta?.['abide/idempotency-key'] === `${runId}:s0c0`);
 
   it('creates an agent from the server’s tools/list: each tool named <server>__<tool>, its schema stored with the version', async () => {
-    const agent = await putAgent('key-a', 'mcp-all', { model: scripted([{ text: 'hi' }]), tools: [{ kind: 'mcp', name: 'everything', server: server() }] });
+    const agent = await putAgent(testKeys.a, 'mcp-all', { model: scripted([{ text: 'hi' }]), tools: [{ kind: 'mcp', name: 'everything', server: server() }] });
     const names = (agent.tools as { name: string }[]).map((tool) => tool.name);
     expect(names).toEqual(expect.arrayContaining(['everything__echo', 'everything__get-sum', 'everything__trigger-long-running-operation']));
     expect(names.every((name) => name.startsWith('everything__'))).toBe(true);
@@ -182,7 +182,7 @@ describe('MCP servers as tools', () => {
     const stored = await stack.db.collection('agent_versions').findOne({ _id: `tenant-a:mcp-all:${agent.version}` as never });
     expect(stored?.tools.map((tool: { name: string }) => tool.name)).toEqual(names);
 
-    const missing = await stack.api('key-a', 'PUT', '/v1/agents/mcp-missing', {
+    const missing = await stack.api(testKeys.a, 'PUT', '/v1/agents/mcp-missing', {
       model: scripted([{ text: 'hi' }]),
       tools: [{ kind: 'mcp', name: 'everything', server: server(), tools: ['echo', 'no-such-tool'] }],
     });
@@ -191,12 +191,12 @@ describe('MCP servers as tools', () => {
   });
 
   it('a run calls an MCP tool and completes with its result; the idempotency key travels in _meta', async () => {
-    await putAgent('key-a', 'mcp-sum', {
+    await putAgent(testKeys.a, 'mcp-sum', {
       model: scripted([{ toolCalls: [{ toolName: 'everything__get-sum', args: { a: 2, b: 3 } }] }, { text: 'Summed.' }]),
       tools: [{ kind: 'mcp', name: 'everything', server: server(), tools: ['get-sum'] }],
     });
-    const runId = await startRun('key-a', 'mcp-sum');
-    const events = await fullReplay(stack, 'key-a', runId);
+    const runId = await startRun(testKeys.a, 'mcp-sum');
+    const events = await fullReplay(stack, testKeys.a, runId);
     expect(events.find((event) => event.type === 'tool.result')).toMatchObject({ toolCallId: 's0c0', toolName: 'everything__get-sum', result: { text: 'The sum of 2 and 3 is 5.' } });
     expect(events.at(-1)).toMatchObject({ type: 'run.completed', output: 'Summed.' });
     const calls = toolCallsOf(runId);
@@ -206,32 +206,32 @@ describe('MCP servers as tools', () => {
   });
 
   it('a call that needs approval suspends the run, and runs once approved', async () => {
-    await putAgent('key-a', 'mcp-approve', {
+    await putAgent(testKeys.a, 'mcp-approve', {
       model: scripted([{ toolCalls: [{ toolName: 'everything__echo', args: { message: 'approved hello' } }] }, { text: 'Echoed.' }]),
       tools: [{ kind: 'mcp', name: 'everything', server: server(), tools: ['echo'], needsApproval: true }],
     });
-    const runId = await startRun('key-a', 'mcp-approve');
-    const suspended = await waitForStatus(stack, 'key-a', runId, ['suspended']);
+    const runId = await startRun(testKeys.a, 'mcp-approve');
+    const suspended = await waitForStatus(stack, testKeys.a, runId, ['suspended']);
     expect(suspended.pendingApprovals).toEqual([expect.objectContaining({ toolCallId: 's0c0', toolName: 'everything__echo', args: { message: 'approved hello' } })]);
     expect(toolCallsOf(runId)).toHaveLength(0);
-    const decided = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
+    const decided = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
     expect(decided.status).toBe(202);
-    const events = await fullReplay(stack, 'key-a', runId);
+    const events = await fullReplay(stack, testKeys.a, runId);
     expect(events.find((event) => event.type === 'tool.result')).toMatchObject({ toolName: 'everything__echo', result: { text: 'Echo: approved hello' } });
     expect(events.at(-1)).toMatchObject({ type: 'run.completed', output: 'Echoed.' });
     expect(toolCallsOf(runId)).toHaveLength(1);
   });
 
   it('a long call cancelled mid-way: the run is cancelled and the server receives notifications/cancelled for that request', async () => {
-    await putAgent('key-a', 'mcp-long', {
+    await putAgent(testKeys.a, 'mcp-long', {
       model: scripted([{ toolCalls: [{ toolName: 'everything__trigger-long-running-operation', args: { duration: 60, steps: 60 } }] }, { text: 'Never.' }]),
       tools: [{ kind: 'mcp', name: 'everything', server: server(), tools: ['trigger-long-running-operation'] }],
     });
-    const runId = await startRun('key-a', 'mcp-long');
+    const runId = await startRun(testKeys.a, 'mcp-long');
     const [call] = await until('the tools/call to reach the server', () => (toolCallsOf(runId).length > 0 ? toolCallsOf(runId) : undefined));
-    const cancelled = await stack.api('key-a', 'POST', `/v1/runs/${runId}/cancel`, {});
+    const cancelled = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/cancel`, {});
     expect(cancelled.status).toBe(202);
-    const events = await fullReplay(stack, 'key-a', runId);
+    const events = await fullReplay(stack, testKeys.a, runId);
     expect(events.at(-1)!.type).toBe('run.cancelled');
     const notice = await until('notifications/cancelled to reach the server', () =>
       proxy.seen.find((message) => message.method === 'notifications/cancelled' && message.params?.requestId === call!.id && message.status !== undefined),
@@ -246,21 +246,21 @@ describe('MCP servers as tools', () => {
   it('a tool-worker SIGKILLed during MCP calls: "fail" gives outcome_unknown without calling again, "retry" calls again with the same idempotency key', async () => {
     const longCall = { toolName: 'everything__trigger-long-running-operation', args: { duration: 4, steps: 4 } };
     for (const policy of ['fail', 'retry'] as const) {
-      await putAgent('key-a', `mcp-kill-${policy}`, {
+      await putAgent(testKeys.a, `mcp-kill-${policy}`, {
         model: scripted([{ toolCalls: [longCall] }, { text: `Handled (${policy}).` }]),
         tools: [{ kind: 'mcp', name: 'everything', server: server(), tools: ['trigger-long-running-operation'], onOutcomeUnknown: policy }],
       });
     }
     const worker = stack.service('tool-worker');
-    const failRun = await startRun('key-a', 'mcp-kill-fail');
-    const retryRun = await startRun('key-a', 'mcp-kill-retry');
+    const failRun = await startRun(testKeys.a, 'mcp-kill-fail');
+    const retryRun = await startRun(testKeys.a, 'mcp-kill-retry');
     await until('both tools/calls to reach the server', () => (toolCallsOf(failRun).length > 0 && toolCallsOf(retryRun).length > 0 ? true : undefined));
     await worker.stop('SIGKILL');
     worker.start();
     await worker.waitReady();
     // The requests come back after their ack_wait; the markers turn stale; each tool's policy decides.
     const replay = (runId: string) =>
-      fullReplay(stack, 'key-a', runId, 150_000).catch((error: Error) => {
+      fullReplay(stack, testKeys.a, runId, 150_000).catch((error: Error) => {
         throw new Error(`${error.message}\n${stack.logs()}`);
       });
     const [failEvents, retryEvents] = await Promise.all([replay(failRun), replay(retryRun)]);
@@ -284,22 +284,22 @@ describe('MCP servers as tools', () => {
   }, 200_000);
 
   it('a stdio server exists only as the operator configured it, by id', async () => {
-    await putAgent('key-a', 'mcp-stdio', {
+    await putAgent(testKeys.a, 'mcp-stdio', {
       model: scripted([{ toolCalls: [{ toolName: 'local__get-sum', args: { a: 20, b: 22 } }] }, { text: 'Summed locally.' }]),
       tools: [{ kind: 'mcp', name: 'local', server: { transport: 'stdio', serverId: 'everything' }, tools: ['get-sum'] }],
     });
-    const events = await fullReplay(stack, 'key-a', await startRun('key-a', 'mcp-stdio'));
+    const events = await fullReplay(stack, testKeys.a, await startRun(testKeys.a, 'mcp-stdio'));
     expect(events.find((event) => event.type === 'tool.result')).toMatchObject({ toolName: 'local__get-sum', result: { text: 'The sum of 20 and 22 is 42.' } });
     expect(events.at(-1)).toMatchObject({ type: 'run.completed', output: 'Summed locally.' });
 
-    const unknown = await stack.api('key-a', 'PUT', '/v1/agents/mcp-stdio-unknown', {
+    const unknown = await stack.api(testKeys.a, 'PUT', '/v1/agents/mcp-stdio-unknown', {
       model: scripted([{ text: 'hi' }]),
       tools: [{ kind: 'mcp', name: 'local', server: { transport: 'stdio', serverId: 'shell' } }],
     });
     expect(unknown.status).toBe(422);
     expect(unknown.body.error).toEqual({ code: 'mcp_list_failed', message: 'body.tools.0: listing the MCP server\'s tools failed (tool_error: no stdio MCP server "shell" is configured (MCP_STDIO_SERVERS))' });
     // A command is not something a tenant can write.
-    const command = await stack.api('key-a', 'PUT', '/v1/agents/mcp-stdio-command', {
+    const command = await stack.api(testKeys.a, 'PUT', '/v1/agents/mcp-stdio-command', {
       model: scripted([{ text: 'hi' }]),
       tools: [{ kind: 'mcp', name: 'local', server: { transport: 'stdio', command: 'sh', args: ['-c', 'id'] } }],
     });
@@ -309,7 +309,7 @@ describe('MCP servers as tools', () => {
 
   it('another tenant cannot use the first tenant’s MCP credentials, and never shares its connection', async () => {
     const before = proxy.seen.length;
-    const refused = await stack.api('key-b', 'PUT', '/v1/agents/mcp-steal', { model: scripted([{ text: 'hi' }]), tools: [{ kind: 'mcp', name: 'everything', server: server() }] });
+    const refused = await stack.api(testKeys.b, 'PUT', '/v1/agents/mcp-steal', { model: scripted([{ text: 'hi' }]), tools: [{ kind: 'mcp', name: 'everything', server: server() }] });
     expect(refused.status).toBe(422);
     expect(refused.body.error).toEqual({
       code: 'mcp_list_failed',
@@ -319,7 +319,7 @@ describe('MCP servers as tools', () => {
     expect(proxy.seen.length).toBe(before);
 
     // Without credentials tenant-b gets its own session, never tenant-a's authenticated one.
-    await putAgent('key-b', 'mcp-open', { model: scripted([{ text: 'hi' }]), tools: [{ kind: 'mcp', name: 'everything', server: { transport: 'streamable-http', url: mcpUrl }, tools: ['echo'] }] });
+    await putAgent(testKeys.b, 'mcp-open', { model: scripted([{ text: 'hi' }]), tools: [{ kind: 'mcp', name: 'everything', server: { transport: 'streamable-http', url: mcpUrl }, tools: ['echo'] }] });
     const tenantBMessages = proxy.seen.slice(before);
     expect(tenantBMessages.map((message) => message.method)).toEqual(expect.arrayContaining(['initialize', 'tools/list']));
     expect(tenantBMessages.every((message) => message.headers.authorization === undefined)).toBe(true);

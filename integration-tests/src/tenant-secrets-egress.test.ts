@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../scripts/lib/servers.ts';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
 import { fullReplay, type ClientEvent } from './harness/run-checks.ts';
-import { Stack } from './harness/stack.ts';
+import { Stack, testKeys } from './harness/stack.ts';
 
 type Seen = { path: string; headers: IncomingMessage['headers']; body: string };
 
@@ -119,8 +119,8 @@ describe('tenant secrets and egress', () => {
 
   it('finding 1: apiKeyEnv never reads the llm-worker’s environment; an existing and an unknown name fail alike', async () => {
     const names = ['LEAK_CANARY', 'NATS_URL', 'NO_SUCH_NAME_ANYWHERE'];
-    for (const name of names) await putAgent('key-a', `leak-${name.toLowerCase().replaceAll('_', '-')}`, { model: model(attackerUrl(), name) });
-    const failures = await Promise.all(names.map((name) => runToEnd('key-a', `leak-${name.toLowerCase().replaceAll('_', '-')}`)));
+    for (const name of names) await putAgent(testKeys.a, `leak-${name.toLowerCase().replaceAll('_', '-')}`, { model: model(attackerUrl(), name) });
+    const failures = await Promise.all(names.map((name) => runToEnd(testKeys.a, `leak-${name.toLowerCase().replaceAll('_', '-')}`)));
     for (const [index, { terminal, run }] of failures.entries()) {
       const name = names[index]!;
       expect(terminal.type).toBe('run.failed');
@@ -138,8 +138,8 @@ describe('tenant secrets and egress', () => {
   });
 
   it('finding 2: a non-2xx body never reaches run.failed or the run; the tenant’s own secret does reach its allowed server', async () => {
-    await putAgent('key-a', 'keyed', { model: model(attackerUrl(), 'MODEL_KEY') });
-    const { terminal, run } = await runToEnd('key-a', 'keyed');
+    await putAgent(testKeys.a, 'keyed', { model: model(attackerUrl(), 'MODEL_KEY') });
+    const { terminal, run } = await runToEnd(testKeys.a, 'keyed');
     // Positive control: the tenant's own secret is the key sent to the server it allowed.
     expect(attacker.seen.map((request) => request.headers.authorization)).toContain(`Bearer ${modelKey}`);
     expect(terminal.type).toBe('run.failed');
@@ -154,25 +154,25 @@ describe('tenant secrets and egress', () => {
       tools: toolNames.map((name) => ({ name, kind: 'http', inputSchema: { type: 'object' }, http: { url: `${tool.url}/${name}`, headersFromEnv: headersFromEnv[name] } })),
     });
     const crm = { crm: { authorization: 'CRM_TOKEN' } };
-    await putAgent('key-a', 'crm', crmAgent(['crm'], crm));
-    await putAgent('key-b', 'crm', crmAgent(['crm'], crm));
-    await putAgent('key-b', 'worker-vars', crmAgent(['canary', 'nats', 'mongo', 'nowhere'], {
+    await putAgent(testKeys.a, 'crm', crmAgent(['crm'], crm));
+    await putAgent(testKeys.b, 'crm', crmAgent(['crm'], crm));
+    await putAgent(testKeys.b, 'worker-vars', crmAgent(['canary', 'nats', 'mongo', 'nowhere'], {
       canary: { 'x-leak': 'LEAK_CANARY' },
       nats: { 'x-leak': 'NATS_URL' },
       mongo: { 'x-leak': 'MONGO_URL' },
       nowhere: { 'x-leak': 'NO_SUCH_NAME_ANYWHERE' },
     }));
 
-    const owner = await runToEnd('key-a', 'crm');
+    const owner = await runToEnd(testKeys.a, 'crm');
     expect(owner.terminal.type).toBe('run.completed');
     expect(tool.calls.filter((call) => call.headers.authorization === crmToken)).toHaveLength(1);
 
-    const other = await runToEnd('key-b', 'crm');
+    const other = await runToEnd(testKeys.b, 'crm');
     const otherResult = other.events.find((event) => event.type === 'tool.result')!;
     expect(otherResult.error).toEqual({ code: 'secret_not_found', message: 'secret "CRM_TOKEN" not found for this tenant' });
     expect(other.terminal.type).toBe('run.completed');
 
-    const workerVars = await runToEnd('key-b', 'worker-vars');
+    const workerVars = await runToEnd(testKeys.b, 'worker-vars');
     const results = new Map(workerVars.events.filter((event) => event.type === 'tool.result').map((event) => [event.toolName as string, event.error]));
     const names = { canary: 'LEAK_CANARY', nats: 'NATS_URL', mongo: 'MONGO_URL', nowhere: 'NO_SUCH_NAME_ANYWHERE' };
     for (const [toolName, secretName] of Object.entries(names)) {
@@ -187,19 +187,19 @@ describe('tenant secrets and egress', () => {
 
   it('finding 2/11: a model or tool pointed at a loopback port not allowed is refused before any request', async () => {
     const internalUrl = `http://127.0.0.1:${internal.port}`;
-    await putAgent('key-a', 'internal-model', { model: model(`${internalUrl}/v1`) });
-    await putAgent('key-a', 'internal-tool', {
+    await putAgent(testKeys.a, 'internal-model', { model: model(`${internalUrl}/v1`) });
+    await putAgent(testKeys.a, 'internal-tool', {
       model: { provider: 'scripted', steps: [{ toolCalls: [{ toolName: 'peek', args: {} }] }, { text: 'done' }] },
       tools: [{ name: 'peek', kind: 'http', inputSchema: { type: 'object' }, http: { url: `${internalUrl}/admin` } }],
     });
-    const [modelRun, toolRun] = await Promise.all([runToEnd('key-a', 'internal-model'), runToEnd('key-a', 'internal-tool')]);
+    const [modelRun, toolRun] = await Promise.all([runToEnd(testKeys.a, 'internal-model'), runToEnd(testKeys.a, 'internal-tool')]);
     expect(modelRun.terminal.error).toEqual({ code: 'egress_denied', message: `calls to ${internalUrl} are not allowed (LLM_EGRESS_ALLOW)` });
     const peek = toolRun.events.find((event) => event.type === 'tool.result')!;
     expect(peek.error).toEqual({ code: 'egress_denied', message: `calls to ${internalUrl} are not allowed (TOOL_EGRESS_ALLOW)` });
     expect(internal.seen).toEqual([]);
     // A fragment or a query (the `#` that makes the whole path the tenant's) or userinfo is refused when the agent is written.
     for (const baseURL of [`${attackerUrl()}/internal#`, `${attackerUrl()}?x=1`, `http://user:pass@127.0.0.1:${attacker.port}/v1`]) {
-      const refused = await stack.api('key-a', 'PUT', '/v1/agents/tricky', { model: model(baseURL) });
+      const refused = await stack.api(testKeys.a, 'PUT', '/v1/agents/tricky', { model: model(baseURL) });
       expect(refused.status, baseURL).toBe(400);
       expect(refused.body.error.code).toBe('invalid_request');
     }
@@ -208,14 +208,14 @@ describe('tenant secrets and egress', () => {
   it('finding 2: a closed port and an open port that is not HTTP give the same message, for models and tools', async () => {
     const targets = { closed: closedPort, 'not-http': notHttp.port };
     for (const [name, port] of Object.entries(targets)) {
-      await putAgent('key-a', `model-${name}`, { model: model(`http://127.0.0.1:${port}/v1`) });
-      await putAgent('key-a', `tool-${name}`, {
+      await putAgent(testKeys.a, `model-${name}`, { model: model(`http://127.0.0.1:${port}/v1`) });
+      await putAgent(testKeys.a, `tool-${name}`, {
         model: { provider: 'scripted', steps: [{ toolCalls: [{ toolName: 'probe', args: {} }] }, { text: 'done' }] },
         tools: [{ name: 'probe', kind: 'http', inputSchema: { type: 'object' }, http: { url: `http://127.0.0.1:${port}/` } }],
       });
     }
     // Connection failures are transient: each call is retried until its deliveries are exhausted.
-    const runs = await Promise.all(Object.keys(targets).flatMap((name) => [runToEnd('key-a', `model-${name}`, 110_000), runToEnd('key-a', `tool-${name}`, 110_000)]));
+    const runs = await Promise.all(Object.keys(targets).flatMap((name) => [runToEnd(testKeys.a, `model-${name}`, 110_000), runToEnd(testKeys.a, `tool-${name}`, 110_000)]));
     const [modelClosed, toolClosed, modelNotHttp, toolNotHttp] = runs;
     const withoutPort = (text: string, port: number) => text.replaceAll(String(port), 'PORT');
     expect(modelClosed!.terminal.error.message).toContain(`could not reach http://127.0.0.1:${closedPort}`);

@@ -10,6 +10,14 @@ export const agentLimits = {
   maxSystemChars: 100_000,
   maxStepsCeiling: 200,
   defaultMaxSteps: 20,
+  /**
+   * The whole definition, serialized as JSON. An agent travels in every model request (its tools
+   * and model) and each tool request carries one tool, so their size is bounded by this, far
+   * below the bus's 1 MiB `max_payload`; `1e20`-style numbers cost nothing once size is bounded.
+   */
+  maxDefinitionBytes: 256 * 1024,
+  /** One tool's `inputSchema`, serialized as JSON. */
+  maxInputSchemaBytes: 64 * 1024,
 } as const;
 
 /**
@@ -29,6 +37,25 @@ const outboundUrlSchema = z.url({ protocol: /^https?$/ }).superRefine((text, con
   if (url.search || text.includes('?')) context.addIssue({ code: 'custom', message: 'must not contain a query' });
   if (url.hash || text.includes('#')) context.addIssue({ code: 'custom', message: 'must not contain a fragment' });
 });
+
+/**
+ * Bounds on what a model may produce in one step (the llm-worker enforces them while streaming;
+ * over a bound the stream is aborted and the step fails with `model_output_too_large`). Chosen so
+ * a step's result, its `message.completed` event and its `tool.call` events fit one NATS message.
+ */
+export const modelOutputLimits = {
+  /** Text characters per step. */
+  maxTextChars: 100_000,
+  /** Tool calls per step. */
+  maxToolCalls: 32,
+  /** Bytes of all tool-call arguments of a step, as JSON. */
+  maxToolArgsBytes: 256 * 1024,
+} as const;
+
+/** The UTF-8 size of `value` serialized as JSON. */
+export function jsonByteLength(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8');
+}
 
 export const openAICompatibleModelSchema = z.object({
   provider: z.literal('openai-compatible'),
@@ -130,6 +157,10 @@ const toolDefinitionObject = z.object({
 });
 
 function checkToolDefinition(tool: z.infer<typeof toolDefinitionObject>, context: z.RefinementCtx): void {
+  const schemaBytes = jsonByteLength(tool.inputSchema);
+  if (schemaBytes > agentLimits.maxInputSchemaBytes) {
+    context.addIssue({ code: 'custom', path: ['inputSchema'], message: `must be at most ${agentLimits.maxInputSchemaBytes} bytes as JSON (is ${schemaBytes})` });
+  }
   if (tool.kind === 'http' && !tool.http) context.addIssue({ code: 'custom', path: ['http'], message: 'an http tool needs `http`' });
   if (tool.kind === 'mcp' && !tool.mcp) context.addIssue({ code: 'custom', path: ['mcp'], message: 'an mcp tool needs `mcp`' });
   if (tool.kind === 'builtin' && !(builtinToolNames as readonly string[]).includes(tool.name)) {
@@ -153,7 +184,7 @@ export const mcpLimits = {
   /** Tools a `tools/list` may answer (all pages). */
   maxListedTools: 512,
   /** Size of one tool's `inputSchema`, as JSON. */
-  maxInputSchemaBytes: 65_536,
+  maxInputSchemaBytes: agentLimits.maxInputSchemaBytes,
 } as const;
 
 /**
@@ -191,6 +222,10 @@ export const agentDefinitionSchema = z
   })
   .strict()
   .superRefine((agent, context) => {
+    const definitionBytes = jsonByteLength(agent);
+    if (definitionBytes > agentLimits.maxDefinitionBytes) {
+      context.addIssue({ code: 'custom', path: [], message: `the agent definition must be at most ${agentLimits.maxDefinitionBytes} bytes as JSON (is ${definitionBytes})` });
+    }
     const seen = new Set<string>();
     agent.tools.forEach((tool, index) => {
       if (seen.has(tool.name)) context.addIssue({ code: 'custom', path: ['tools', index, 'name'], message: `duplicate tool name "${tool.name}"` });

@@ -23,6 +23,7 @@ export const httpStatusByCode = {
   idempotency_key_reused: 422,
   mcp_list_failed: 422,
   rate_limited: 429,
+  too_many_in_flight: 429,
   internal: 500,
   unavailable: 503,
 } as const;
@@ -41,6 +42,8 @@ export const runErrorCodes = [
   'delivery_exhausted',
   'approval_timeout',
   'outcome_unknown',
+  'model_output_too_large',
+  'message_too_large',
   'mcp_protocol_error',
   'internal',
 ] as const;

@@ -14,9 +14,10 @@ import { approvalMessageSchema, makeEnvelope, subjects } from '@abide/shared';
 import { freePort, startMongoServer, type ManagedServer } from '../../../scripts/lib/servers.ts';
 import { startHttpToolServer } from '../harness/http-tool-server.ts';
 import { ServiceProcess, type ServiceName } from '../harness/service-process.ts';
+import { TestSocket } from '../harness/test-socket.ts';
 import { natsPasswordVariables, startAuthNats, type AuthNats } from './auth-nats.ts';
 
-const apiKey = 'key-deploy-auth';
+const apiKey = 'key-deploy-auth-0123456789';
 const tenantId = 'tenant-auth';
 
 describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => {
@@ -148,6 +149,17 @@ describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => 
       code: 'mcp_list_failed',
       message: "body.tools.0: listing the MCP server's tools failed (egress_denied: calls to http://10.255.255.1:80 are not allowed (TOOL_EGRESS_ALLOW))",
     });
+  });
+
+  it('issues and consumes a single-use WebSocket ticket as the gateway user (KV WS_TICKETS)', async () => {
+    const issued = await api('POST', '/v1/ws/tickets');
+    expect(issued.status, JSON.stringify(issued.body)).toBe(201);
+    const url = `${gatewayUrl.replace('http', 'ws')}/v1/ws?ticket=${issued.body.ticket}`;
+    const socket = await TestSocket.open(url);
+    socket.send({ type: 'ping' });
+    await socket.waitFor((frame) => frame.type === 'pong');
+    socket.socket.close();
+    await expect(TestSocket.open(url)).rejects.toThrow(/401/);
   });
 
   it('refuses subjects outside a user’s permissions, and no service ran into one', async () => {

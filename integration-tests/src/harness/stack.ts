@@ -7,10 +7,13 @@ import { freePort, startServersFromEnv, type StartedServers } from '../../../scr
 import { ServiceProcess, type ServiceName } from './service-process.ts';
 import { TestSocket } from './test-socket.ts';
 
+/** The default stack's API keys (the gateway refuses keys shorter than 16 characters). */
+export const testKeys = { a: 'key-a-0123456789abcdef', b: 'key-b-0123456789abcdef' } as const;
+
 export type StackOptions = {
   /** Replicas per service. @default 1 each */
   replicas?: Partial<Record<ServiceName, number>>;
-  /** `key:tenant,…` @default 'key-a:tenant-a,key-b:tenant-b' */
+  /** `key:tenant,…` @default `${testKeys.a}:tenant-a,${testKeys.b}:tenant-b` */
   apiKeys?: string;
   /** Extra environment for every service (each gets only the variables its configuration names). */
   env?: Record<string, string>;
@@ -54,7 +57,7 @@ export class Stack {
       const common: Record<string, string> = {
         NATS_URL: servers.natsUrl,
         MONGO_URL: mongoUrl,
-        ABIDE_API_KEYS: options.apiKeys ?? 'key-a:tenant-a,key-b:tenant-b',
+        ABIDE_API_KEYS: options.apiKeys ?? `${testKeys.a}:tenant-a,${testKeys.b}:tenant-b`,
         LOG_LEVEL: 'info',
         SHUTDOWN_GRACE: '5s',
         TOOL_EGRESS_ALLOW: '127.0.0.1:*,localhost:*',

@@ -1,7 +1,7 @@
-import { agentDefinitionSchema, ApiError, type Agent, type AgentDefinition, type ToolDefinition } from '@abide/shared';
+import { agentDefinitionSchema, agentLimits, ApiError, jsonByteLength, type Agent, type AgentDefinition, type ToolDefinition } from '@abide/shared';
 import { expandToolEntries, type McpToolLister } from './mcp-tool-lists.ts';
 import type { GatewayStore } from './ports.ts';
-import type { ToolArgsValidator } from './tool-args-validator.ts';
+import type { ArgsValidation } from './args-validation.ts';
 import { parseOr400 } from './validation.ts';
 
 const day = 86_400_000;
@@ -12,12 +12,12 @@ const maxVersionAttempts = 20;
  * Agents (DESIGN §3, §8): each PUT inserts `agent_versions` `<tenantId>:<agentId>:<version>`
  * (the insert decides the version), then rewrites `agents` by `_id`.
  */
-export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolArgsValidator; eventsMaxAgeMs: number; listMcpTools?: McpToolLister | undefined; now?: () => Date }) {
+export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<ArgsValidation, 'checkSchema'>; eventsMaxAgeMs: number; listMcpTools?: McpToolLister | undefined; now?: () => Date }) {
   const { store, toolArgs } = deps;
   const now = deps.now ?? (() => new Date());
 
   /** Rules zod cannot express: compilable tool schemas, deadlines inside the events' retention. */
-  function checkDefinition(definition: AgentDefinition, tools: readonly ToolDefinition[]): void {
+  function checkDefinition(tenantId: string, definition: AgentDefinition, tools: readonly ToolDefinition[]): void {
     const maxDeadlineMs = deps.eventsMaxAgeMs - day;
     const tooLong = (value: number | undefined, field: string) => {
       if (value !== undefined && value > maxDeadlineMs) {
@@ -28,8 +28,8 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolAr
     tools.forEach((tool, index) => {
       tooLong(tool.timeoutMs, `tools.${index}.timeoutMs`);
       tooLong(tool.approvalTimeoutMs, `tools.${index}.approvalTimeoutMs`);
-      const problem = toolArgs.checkSchema(tool.inputSchema);
-      if (problem) throw new ApiError('invalid_request', `body.tools.${index}.inputSchema: not a usable JSON Schema (${problem})`);
+      const problem = toolArgs.checkSchema(tenantId, tool.inputSchema);
+      if (problem) throw new ApiError('invalid_request', `body.tools.${index}.inputSchema${problem.path} (tool ${tool.name}): ${problem.message}`);
     });
   }
 
@@ -39,7 +39,12 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolAr
       const definition = parseOr400(agentDefinitionSchema, body, 'body');
       // MCP server entries become the tools their servers list (one tool-worker round trip per server).
       const tools = await expandToolEntries(tenantId, definition.tools, deps.listMcpTools);
-      checkDefinition(definition, tools);
+      // The listed tools count against the definition's size like declared ones (the agent travels in every model request).
+      const expandedBytes = jsonByteLength({ ...definition, tools });
+      if (expandedBytes > agentLimits.maxDefinitionBytes) {
+        throw new ApiError('invalid_request', `body: the agent definition with its MCP servers' tools must be at most ${agentLimits.maxDefinitionBytes} bytes as JSON (is ${expandedBytes}); name fewer MCP tools`);
+      }
+      checkDefinition(tenantId, definition, tools);
       for (let attempt = 0; attempt < maxVersionAttempts; attempt += 1) {
         const current = await store.findAgent(tenantId, agentId);
         const at = now().toISOString();

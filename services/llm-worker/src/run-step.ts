@@ -161,6 +161,12 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
           outcome = { kind: 'failed', error };
         }
 
+        if (outcome.kind === 'too_large') {
+          // Final: the same model would produce the same output again. Deltas already sent stay;
+          // the run records the failure, not a partial text.
+          coalescer.discard();
+          return await fail({ code: 'model_output_too_large' satisfies RunErrorCode, message: outcome.message });
+        }
         if (outcome.kind === 'aborted' || signal.aborted) {
           coalescer.discard();
           if (cancellation.signal.aborted) {

@@ -2,8 +2,10 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import {
   buckets,
+  admitByTenant,
   connectNats,
   consumerPolicies,
+  createTenantLeases,
   createConsumerRunner,
   createCrashPoints,
   createEgressPolicy,
@@ -41,7 +43,7 @@ import { createToolRunner } from './tool-runner.ts';
 const provisioning: Provisioning = {
   streams: ['TOOL_REQUESTS', 'RUN_INBOX'],
   consumers: ['tool-worker'],
-  buckets: [buckets.toolResults, buckets.runControl],
+  buckets: [buckets.toolResults, buckets.runControl, buckets.tenantLeases],
 };
 
 async function main(): Promise<void> {
@@ -100,7 +102,7 @@ async function main(): Promise<void> {
       provisioned = await retryWithBackoff(
         'connecting to NATS and provisioning',
         async () => {
-          connection ??= await connectNats(config, workerId, log);
+          connection ??= await connectNats(config, { service: 'tool-worker', name: workerId }, log);
           return provisionJetStream(connection, config, provisioning, log);
         },
         { logger: log, signal: startup.signal },
@@ -113,6 +115,9 @@ async function main(): Promise<void> {
     const nats = connection!;
     const toolResults = kv.get(buckets.toolResults) as KV;
     const runControl = kv.get(buckets.runControl) as KV;
+    // In-flight tool calls per tenant, across every tool-worker (issue 8).
+    const tenantLeases = createTenantLeases({ bucket: kv.get(buckets.tenantLeases) as KV, kind: 'tool', limit: config.TENANT_MAX_TOOL_CALLS, holder: workerId, logger: log });
+    tenantLeases.start();
 
     cancelWatch = createCancelWatch({ bucket: runControl, logger: log });
     await cancelWatch.start();
@@ -153,6 +158,7 @@ async function main(): Promise<void> {
         logger: log,
         handle: handler.handle,
         onExhausted: handler.onExhausted,
+        admit: admitByTenant(tenantLeases),
       });
       runner = current;
       await current.start();

@@ -1,6 +1,7 @@
 import type { Logger, Metrics } from '@abide/shared';
 import type { FastifyRequest } from 'fastify';
 import type { Caller } from '../auth.ts';
+import type { RateLimitOptions } from '../rate-limiter.ts';
 import type { LiveConnections } from '../live-connections.ts';
 import type { Services } from '../services.ts';
 
@@ -12,6 +13,10 @@ export type StreamingOptions = {
   wsHighWaterMarkBytes: number;
   /** Event subscriptions one WebSocket may hold. @default 100 */
   maxSubscriptionsPerSocket: number;
+  /** Frames one WebSocket may have being handled at once; beyond, a frame is answered `too_many_in_flight`. @default 16 */
+  maxInFlightPerSocket: number;
+  /** `subscribe` / `unsubscribe` frames per WebSocket (a token bucket); beyond, `rate_limited`. @default burst 50, 10/s */
+  subscribeChurn: RateLimitOptions;
 };
 
 /** What every route module gets from `createApp`. */

@@ -7,7 +7,6 @@ import type { ToolInvocation } from '../tool-invocation.ts';
 import type { McpConnection, McpConnectionPool } from './mcp-connection-pool.ts';
 import { boundedFetch, ResponseTooLargeError } from './bounded-fetch.ts';
 import { mcpFailure } from './mcp-errors.ts';
-import { storableInputSchema } from './mcp-input-schema.ts';
 import { createMcpTools, mcpIdempotencyMetaKey } from './mcp-tool.ts';
 
 const destination = 'http://mcp.example:80';
@@ -45,33 +44,6 @@ describe('bounded fetch', () => {
     const error = await (await fetchBounded('http://a/large')).text().catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(ResponseTooLargeError);
     expect(mcpFailure(new TypeError('body failed', { cause: error }), destination, 1_000)).toMatchObject({ code: 'tool_error', retryable: false, message: "the MCP server's response is larger than 1000 bytes" });
-  });
-});
-
-describe('storable input schemas', () => {
-  it('drops annotations and inlines local references', () => {
-    const schema = {
-      $schema: 'https://json-schema.org/draft/2020-12/schema',
-      type: 'object',
-      properties: { address: { $ref: '#/$defs/Address' }, other: { $ref: '#/definitions/Name', description: 'kept' } },
-      $defs: { Address: { type: 'object', properties: { city: { type: 'string' } } } },
-      definitions: { Name: { type: 'string' } },
-    };
-    expect(storableInputSchema(schema, 65_536)).toEqual({
-      schema: {
-        type: 'object',
-        properties: { address: { type: 'object', properties: { city: { type: 'string' } } }, other: { type: 'string', description: 'kept' } },
-      },
-    });
-  });
-
-  it('refuses what cannot be stored or inlined', () => {
-    expect(storableInputSchema({ type: 'object', properties: { node: { $ref: '#/$defs/Node' } }, $defs: { Node: { type: 'object', properties: { next: { $ref: '#/$defs/Node' } } } } }, 65_536)).toEqual({ problem: 'recursive $ref to "Node"' });
-    expect(storableInputSchema({ type: 'object', properties: { x: { $ref: 'https://evil.example/schema' } } }, 65_536)).toMatchObject({ problem: expect.stringContaining('unsupported $ref') });
-    expect(storableInputSchema({ type: 'object', properties: { 'a.b': { type: 'string' } } }, 65_536)).toEqual({ problem: 'unsupported key "a.b"' });
-    // A definition referenced many times over would explode once inlined: bounded.
-    const wide = { type: 'object', properties: Object.fromEntries(Array.from({ length: 200 }, (_, index) => [`p${index}`, { $ref: '#/$defs/Big' }])), $defs: { Big: { type: 'object', description: 'x'.repeat(1_000) } } };
-    expect(storableInputSchema(wide, 65_536)).toMatchObject({ problem: expect.stringContaining('larger than 65536 bytes') });
   });
 });
 

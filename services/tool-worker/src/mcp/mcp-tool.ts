@@ -21,7 +21,6 @@ import { errorOutcome, idempotencyKeyFor, type ToolInvocation } from '../tool-in
 import type { McpConnection, McpConnectionPool } from './mcp-connection-pool.ts';
 import { boundedFetch } from './bounded-fetch.ts';
 import { isBrokenConnection, mcpFailure } from './mcp-errors.ts';
-import { storableInputSchema } from './mcp-input-schema.ts';
 
 /** The `_meta` key carrying a call's idempotency key (`<runId>:<toolCallId>`, the same on every attempt). */
 export const mcpIdempotencyMetaKey = 'abide/idempotency-key';
@@ -207,11 +206,7 @@ export function createMcpTools(options: McpToolsOptions) {
               if (Buffer.byteLength(JSON.stringify(inputSchema)) > mcpLimits.maxInputSchemaBytes) {
                 throw new AbideError('mcp_protocol_error', `the input schema of MCP tool ${JSON.stringify(tool.name.slice(0, 128))} is larger than ${mcpLimits.maxInputSchemaBytes} bytes`);
               }
-              const storable = storableInputSchema(inputSchema, mcpLimits.maxInputSchemaBytes);
-              if ('problem' in storable) {
-                throw new AbideError('mcp_protocol_error', `the input schema of MCP tool ${JSON.stringify(tool.name.slice(0, 128))} cannot be used: ${storable.problem}`);
-              }
-              const parsed = mcpListedToolSchema.safeParse({ name: tool.name, description: (tool.description ?? '').slice(0, 10_000), inputSchema: storable.schema });
+              const parsed = mcpListedToolSchema.safeParse({ name: tool.name, description: (tool.description ?? '').slice(0, 10_000), inputSchema });
               if (!parsed.success) throw new AbideError('mcp_protocol_error', `the MCP server lists a tool Abide cannot use (${JSON.stringify(tool.name.slice(0, 128))})`);
               tools.push(parsed.data);
             }
