@@ -13,6 +13,8 @@ export const mcpListRequestSchema = z.object({
   v: z.literal(1),
   tenantId: tenantIdSchema,
   server: mcpServerSchema,
+  /** Only these tools (by the server's names) are answered; `all` answers every one. */
+  tools: z.union([z.literal('all'), z.array(mcpToolNameSchema).max(mcpLimits.maxNamedTools)]).default('all'),
 });
 export type McpListRequest = z.infer<typeof mcpListRequestSchema>;
 

@@ -30,7 +30,7 @@ describe('MCP server entries of an agent definition', () => {
       entries([{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } }, { kind: 'mcp', name: 'srv', server, tools: ['echo', 'get-sum'], needsApproval: true, onOutcomeUnknown: 'fail' }]),
       lister,
     );
-    expect(lister).toHaveBeenCalledWith({ v: 1, tenantId: 'tenant-a', server });
+    expect(lister).toHaveBeenCalledWith({ v: 1, tenantId: 'tenant-a', server, tools: ['echo', 'get-sum'] });
     expect(tools.map((tool) => tool.name)).toEqual(['echo', 'srv__echo', 'srv__get-sum']);
     expect(tools[1]).toEqual({
       name: 'srv__echo',

@@ -27,7 +27,7 @@ export async function expandToolEntries(tenantId: string, entries: readonly Agen
       continue;
     }
     if (!lister) throw new ApiError('unavailable', 'MCP servers cannot be listed by this gateway', { headers: { 'retry-after': '5' } });
-    const reply = await lister({ v: 1, tenantId, server: entry.server });
+    const reply = await lister({ v: 1, tenantId, server: entry.server, tools: entry.tools });
     if (!reply.ok) {
       if (reply.error.code === 'unavailable') throw new ApiError('unavailable', `body.tools.${index}: ${reply.error.message}`, { headers: { 'retry-after': '5' } });
       throw new ApiError('mcp_list_failed', `body.tools.${index}: listing the MCP server's tools failed (${reply.error.code}: ${reply.error.message})`);

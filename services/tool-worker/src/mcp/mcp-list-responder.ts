@@ -1,5 +1,7 @@
 import {
   AbideError,
+  agentLimits,
+  jsonByteLength,
   consumers,
   decodeJson,
   encodeJson,
@@ -36,7 +38,15 @@ export function createMcpListResponder(deps: { nats: NatsConnection; mcp: Pick<M
     if (inFlight >= maxInFlight) return { ok: false, error: { code: 'unavailable', message: 'too many MCP tool listings at once; retry' } };
     inFlight += 1;
     try {
-      return { ok: true, tools: await deps.mcp.list(request.tenantId, request.server) };
+      const listed = await deps.mcp.list(request.tenantId, request.server);
+      const wanted = request.tools === 'all' ? undefined : new Set(request.tools);
+      const tools = wanted ? listed.filter((tool) => wanted.has(tool.name)) : listed;
+      // An agent cannot hold more than this anyway, and the reply must stay far below the bus's max payload.
+      const bytes = jsonByteLength(tools);
+      if (bytes > agentLimits.maxDefinitionBytes) {
+        return { ok: false, error: { code: 'tool_error', message: `the MCP server's tools take ${bytes} bytes as JSON, more than an agent may hold (${agentLimits.maxDefinitionBytes}); name fewer tools` } };
+      }
+      return { ok: true, tools };
     } catch (error) {
       if (AbideError.isInstance(error)) return { ok: false, error: { code: error.code, message: error.message } };
       deps.logger.error({ err: ensureError(error), tenantId: request.tenantId }, 'MCP list failed unexpectedly');
