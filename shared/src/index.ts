@@ -29,3 +29,4 @@ export * from './run-store.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
+export * from './mcp.ts';
