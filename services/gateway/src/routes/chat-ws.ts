@@ -7,6 +7,8 @@ import { findChatRun } from '../chat-runs.ts';
 import { toApiError } from '../http-errors.ts';
 import { describeIssues, parseOr400 } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
+import { holdStreamLeases } from './streaming-response.ts';
+import { isSameOrigin } from '../websocket-protocol.ts';
 import { isOriginAllowed } from './websocket.ts';
 
 /** Close codes (RFC 6455 §7.4.1). */
@@ -24,11 +26,16 @@ export function registerChatWebSocketRoute(app: FastifyInstance, context: RouteC
       websocket: true,
       config: { allowTicket: true },
       onRequest: async (request) => {
-        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
+        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
           throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
         }
         if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
-        context.services();
+        // One of the tenant's connections, as on /v1/ws: 429 before the upgrade over the cap,
+        // released when the TCP connection closes (whatever ends it).
+        const lease = await context.services().capacity.acquireConnection(context.caller(request).tenantId, request.id);
+        const connection = request.raw.socket as typeof request.raw.socket | undefined; // absent under app.injectWS
+        if (!connection || connection.destroyed) await lease.release();
+        else connection.once('close', () => void lease.release());
       },
       preValidation: async (request) => {
         parseOr400(chatAgentParamsSchema, request.params, 'params');
@@ -104,6 +111,7 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
     const entry: ActiveRequest = { controller };
     active.set(requestId, entry);
     const services = context.services();
+    let release: (() => Promise<void>) | undefined;
     try {
       if (frame.type === 'send') {
         const parsed = chatRequestBodySchema.safeParse({ id: frame.id, messages: frame.messages, trigger: frame.trigger, messageId: frame.messageId });
@@ -119,6 +127,7 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
           await cancel(plan.runId);
           return;
         }
+        release = await holdStreamLeases(context, caller.tenantId, `${request.id}:${requestId}`, { connection: false });
         const chunks = responseChunks(services, { tenantId: caller.tenantId, runId: plan.runId, selection: plan.selection, signal: controller.signal });
         await stream(requestId, chunks, controller.signal, (_chunk, position) => position);
         return;
@@ -129,6 +138,7 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
         return;
       }
       entry.runId = run.state.runId;
+      release = await holdStreamLeases(context, caller.tenantId, `${request.id}:${requestId}`, { connection: false });
       const fromIndex = frame.lastSequence === undefined ? 0 : frame.lastSequence + 1;
       const chunks = responseChunks(services, { tenantId: caller.tenantId, runId: run.state.runId, selection: { fromIndex }, signal: controller.signal });
       // A resume counts in the run's chunk indexes: `lastSequence` + 1 is exactly the next chunk the client lacks.
@@ -140,6 +150,7 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
     } finally {
       active.delete(requestId);
       controller.abort();
+      await release?.();
     }
   }
 

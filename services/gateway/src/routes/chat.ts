@@ -25,8 +25,8 @@ import { openStreamingResponse } from './streaming-response.ts';
  * the last chunk is written) and ends the response. Cut short (the client left, the relay
  * failed), it ends without `[DONE]`: the client resumes with `GET …/stream`.
  */
-async function writeUiStream(context: RouteContext, request: FastifyRequest, reply: FastifyReply, headers: Record<string, string>, chunks: (signal: AbortSignal) => AsyncIterable<ResponseChunk & { last: boolean }> | Iterable<ResponseChunk & { last: boolean }>): Promise<void> {
-  const response = openStreamingResponse(context, request, reply, { ...uiMessageStreamHeaders, ...headers });
+async function writeUiStream(context: RouteContext, request: FastifyRequest, reply: FastifyReply, caller: Caller, headers: Record<string, string>, chunks: (signal: AbortSignal) => AsyncIterable<ResponseChunk & { last: boolean }> | Iterable<ResponseChunk & { last: boolean }>): Promise<void> {
+  const response = await openStreamingResponse(context, request, reply, { ...uiMessageStreamHeaders, ...headers }, caller.tenantId);
   try {
     for await (const { chunk, last } of chunks(response.signal)) {
       await response.write(formatUiChunk(chunk));
@@ -36,12 +36,12 @@ async function writeUiStream(context: RouteContext, request: FastifyRequest, rep
   } catch (error) {
     if (!response.signal.aborted) request.log.warn({ err: error }, 'chat stream failed');
   } finally {
-    response.end();
+    await response.end();
   }
 }
 
 function writeRunStream(context: RouteContext, request: FastifyRequest, reply: FastifyReply, caller: Caller, runId: string, selection: ChunkSelection, headers: Record<string, string>): Promise<void> {
-  return writeUiStream(context, request, reply, headers, (signal) => responseChunks(context.services(), { tenantId: caller.tenantId, runId, selection, signal }));
+  return writeUiStream(context, request, reply, caller, headers, (signal) => responseChunks(context.services(), { tenantId: caller.tenantId, runId, selection, signal }));
 }
 
 /**
@@ -54,7 +54,7 @@ export function registerChatRoutes(app: FastifyInstance, context: RouteContext):
     const body = parseOr400(chatRequestBodySchema, request.body, 'body');
     const caller = context.caller(request);
     const plan = await planChatRequest(context.services(), context.maxBodyBytes, { caller, agentId, body, requestId: request.id });
-    if (plan.kind === 'refused') return writeUiStream(context, request, reply, {}, () => refusalChunks(plan.errorText));
+    if (plan.kind === 'refused') return writeUiStream(context, request, reply, caller, {}, () => refusalChunks(plan.errorText));
     return writeRunStream(context, request, reply, caller, plan.runId, plan.selection, {
       // A continuation counts its chunks from its own start: WorkflowChatTransport reconnects to it by its approval id.
       'x-workflow-run-id': plan.selection.afterSuspensionOf === undefined ? plan.runId : chatApprovalId(plan.runId, plan.selection.afterSuspensionOf[0]!),

@@ -18,7 +18,7 @@ import { pendingApprovalsOf } from '../run-views.ts';
 import type { Services } from '../services.ts';
 import { parseOr400 } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
-import { openStreamingResponse } from './streaming-response.ts';
+import { holdStreamLeases, openStreamingResponse } from './streaming-response.ts';
 
 /** How a completion's run stopped: ended, or waiting for approvals (with where to decide them). */
 type CompletionStop = { end: CompletionEnd } | { suspended: NonNullable<OpenAiCompletion['abide']>; usage: Usage };
@@ -89,9 +89,16 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
       const controller = new AbortController();
       reply.raw.on('close', () => controller.abort());
       let content = '';
-      const stop = await followCompletion(services, caller.tenantId, runId, controller.signal, async (text) => {
-        content += text;
-      });
+      // Waiting on the run's events is a subscription of the tenant (the request is a connection already).
+      const release = await holdStreamLeases(context, caller.tenantId, request.id, { connection: false });
+      let stop: CompletionStop | null;
+      try {
+        stop = await followCompletion(services, caller.tenantId, runId, controller.signal, async (text) => {
+          content += text;
+        });
+      } finally {
+        await release();
+      }
       if (!stop) throw new ApiError('unavailable', 'the run\'s events could not be followed to the end; read it with GET /v1/runs/' + runId, { headers: { 'retry-after': '1' } });
       if ('end' in stop && stop.end.kind !== 'completed') {
         const status = stop.end.kind === 'failed' ? 500 : 409;
@@ -108,7 +115,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
     }
 
     const includeUsage = body.stream_options?.include_usage === true;
-    const response = openStreamingResponse(context, request, reply, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no', ...headers });
+    const response = await openStreamingResponse(context, request, reply, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no', ...headers }, caller.tenantId);
     const send = (value: unknown) => response.write(`data: ${JSON.stringify(value)}\n\n`);
     try {
       await send(openAiChunk(fields, { role: 'assistant', content: '' }));
@@ -130,7 +137,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
       // The relay failed (NATS gone): end without [DONE]; the run id header lets the client resume from the events route.
       if (!response.signal.aborted) request.log.warn({ runId, err: error }, 'completion stream failed');
     } finally {
-      response.end();
+      await response.end();
     }
   });
 }

@@ -1,4 +1,4 @@
-import { ApiError } from '@abide/shared';
+import { ApiError, type Lease } from '@abide/shared';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { RouteContext } from './route-context.ts';
 
@@ -6,17 +6,39 @@ import type { RouteContext } from './route-context.ts';
 export type StreamingResponse = {
   signal: AbortSignal;
   write(text: string): Promise<void>;
-  end(): void;
+  end(): Promise<void>;
 };
+
+/**
+ * A follower of one run's events holds one of the tenant's connections and one of its
+ * subscriptions (issue 8, across replicas): 429 `rate_limited` over either cap. Returns the
+ * release (never rejects).
+ */
+export async function holdStreamLeases(context: RouteContext, tenantId: string, label: string, options: { connection: boolean }): Promise<() => Promise<void>> {
+  const { capacity } = context.services();
+  const leases: Lease[] = [];
+  const release = async () => {
+    await Promise.all(leases.splice(0).map((lease) => lease.release()));
+  };
+  try {
+    if (options.connection) leases.push(await capacity.acquireConnection(tenantId, label));
+    leases.push(await capacity.acquireSubscription(tenantId, label));
+  } catch (error) {
+    await release();
+    throw error;
+  }
+  return release;
+}
 
 /**
  * Takes over the response for a long-lived SSE answer in a client protocol (UI message stream,
  * OpenAI chunks): status 200 and `headers` at once, an SSE comment as heartbeat (both protocols'
  * parsers skip comments), closed on shutdown with the other live streams. Aborts when the
- * client goes away.
+ * client goes away. Holds a connection and a subscription of the tenant until `end()`.
  */
-export function openStreamingResponse(context: RouteContext, request: FastifyRequest, reply: FastifyReply, headers: Record<string, string>): StreamingResponse {
+export async function openStreamingResponse(context: RouteContext, request: FastifyRequest, reply: FastifyReply, headers: Record<string, string>, tenantId: string): Promise<StreamingResponse> {
   if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
+  const releaseLeases = await holdStreamLeases(context, tenantId, request.id, { connection: true });
   const controller = new AbortController();
   const { signal } = controller;
   reply.raw.on('close', () => controller.abort());
@@ -41,13 +63,15 @@ export function openStreamingResponse(context: RouteContext, request: FastifyReq
         signal.addEventListener('abort', done, { once: true });
       });
     },
-    end() {
+    async end() {
       if (ended) return;
       ended = true;
       clearInterval(heartbeat);
       forget();
       subscriptionEnded();
       controller.abort();
+      // Released before the end is sent: a client that saw its stream end may open the next one at once.
+      await releaseLeases();
       raw.end();
     },
   };
