@@ -92,7 +92,8 @@ describe('chat protocols', () => {
   beforeAll(async () => {
     tool = await startHttpToolServer((call) => ({ body: { paid: true, request: call.body } }));
     // Two gateways: a client that drops resumes on the other replica and gets the same chunks.
-    stack = await Stack.start({ replicas: { gateway: 2 } });
+    // Tenant connection cap 4 (SSE streams + WebSockets, across replicas): the capacity test fills tenant-b's.
+    stack = await Stack.start({ replicas: { gateway: 2 }, env: { TENANT_MAX_CONNECTIONS: '4' } });
     const agents: Record<string, unknown> = {
       greeter: { model: { provider: 'scripted', chunkSize: 5, steps: [{ text: answer }] }, tools: [] },
       slow: { model: { provider: 'scripted', chunkSize: 3, delayMs: 150, steps: [{ text: answer }] }, tools: [] },
@@ -115,6 +116,8 @@ describe('chat protocols', () => {
       const put = await stack.api(testKeys.a, 'PUT', `/v1/agents/${agentId}`, definition);
       expect(put.status, JSON.stringify(put.body)).toBe(200);
     }
+    const longB = await stack.api(testKeys.b, 'PUT', '/v1/agents/long', { model: { provider: 'scripted', chunkSize: 2, delayMs: 200, steps: [{ text: 'x'.repeat(200) }] }, tools: [] });
+    expect(longB.status, JSON.stringify(longB.body)).toBe(200);
   });
 
   afterAll(async () => {
@@ -466,6 +469,54 @@ describe('chat protocols', () => {
       expect(whole).toContainEqual(expect.objectContaining({ type: 'tool-output-available', toolCallId: part.toolCallId }));
       expect(whole.at(-1)).toMatchObject({ type: 'finish', finishReason: 'stop' });
       expect(await readChunks(await get('payer', continuationId, 0))).toEqual(whole);
+    });
+  });
+
+  describe("the tenant's stream capacity", () => {
+    it('refuses a chat, a completion stream and a chat socket over the connection cap with 429, creating no run', async () => {
+      const controllers: AbortController[] = [];
+      const openChat = async (chatId: string) => {
+        const controller = new AbortController();
+        const response = await fetch(api('long'), {
+          method: 'POST',
+          signal: controller.signal,
+          headers: { authorization: `Bearer ${testKeys.b}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ id: chatId, messages: [{ id: 'u1', role: 'user', parts: [{ type: 'text', text: 'go' }] }] }),
+        });
+        controllers.push(controller);
+        return response;
+      };
+      const runsOfB = async () => (await stack.api(testKeys.b, 'GET', '/v1/runs?limit=100')).body.runs.length as number;
+      try {
+        for (let index = 0; index < 4; index += 1) expect((await openChat(`cap-${index}-${Date.now()}`)).status).toBe(200);
+        const before = await runsOfB();
+        const refused = await openChat(`cap-over-${Date.now()}`);
+        expect([refused.status, ((await refused.json()) as { error: { code: string } }).error.code, refused.headers.get('retry-after')]).toEqual([429, 'rate_limited', '5']);
+        const openai = new OpenAI({ apiKey: testKeys.b, baseURL: `${stack.gatewayUrl}/v1`, maxRetries: 0 });
+        await expect(openai.chat.completions.create({ model: 'long', messages: [{ role: 'user', content: 'go' }], stream: true })).rejects.toMatchObject({ status: 429, type: 'rate_limit_error', code: 'rate_limited' });
+        const ticket = (await stack.api(testKeys.b, 'POST', '/v1/ws/tickets')).body.ticket as string;
+        const upgrade = await new Promise<number>((resolve) => {
+          const socket = new WebSocket(`${stack.gatewayUrl.replace('http', 'ws')}/v1/agents/long/chat/ws?ticket=${ticket}`);
+          socket.on('open', () => {
+            socket.close();
+            resolve(101);
+          });
+          socket.on('unexpected-response', (_request, response) => resolve(response.statusCode ?? 0));
+          socket.on('error', () => resolve(-1));
+        });
+        expect(upgrade).toBe(429);
+        expect(await runsOfB()).toBe(before);
+        // One stream closes: its slot comes back.
+        controllers.shift()!.abort();
+        await untilAsync(async () => {
+          const response = await openChat(`cap-again-${Date.now()}`);
+          if (response.status === 200) return true;
+          expect(response.status).toBe(429);
+          return false;
+        }, 'a freed connection slot');
+      } finally {
+        for (const controller of controllers) controller.abort();
+      }
     });
   });
 

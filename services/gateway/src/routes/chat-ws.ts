@@ -116,6 +116,8 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
       if (frame.type === 'send') {
         const parsed = chatRequestBodySchema.safeParse({ id: frame.id, messages: frame.messages, trigger: frame.trigger, messageId: frame.messageId });
         if (!parsed.success) throw new ApiError('invalid_request', describeIssues('frame', parsed.error.issues));
+        // The subscription's lease first: a tenant over its cap gets an error and no run is created.
+        release = await holdStreamLeases(context, caller.tenantId, `${request.id}:${requestId}`, { connection: false });
         const plan = await planChatRequest(services, context.maxBodyBytes, { caller, agentId, body: parsed.data, requestId: `${request.id}:${requestId}` });
         if (plan.kind === 'refused') {
           await stream(requestId, refusalChunks(plan.errorText), controller.signal, (_chunk, position) => position);
@@ -127,7 +129,6 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
           await cancel(plan.runId);
           return;
         }
-        release = await holdStreamLeases(context, caller.tenantId, `${request.id}:${requestId}`, { connection: false });
         const chunks = responseChunks(services, { tenantId: caller.tenantId, runId: plan.runId, selection: plan.selection, signal: controller.signal });
         await stream(requestId, chunks, controller.signal, (_chunk, position) => position);
         return;

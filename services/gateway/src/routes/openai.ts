@@ -75,22 +75,30 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
     const idempotencyKey = keyHeader === undefined ? undefined : parseOr400(idempotencyKeySchema, keyHeader, 'headers.idempotency-key');
     const input = completionInput(body.messages, conversationId !== undefined);
     const services = context.services();
-    const created = await services.createRun({
-      tenantId: caller.tenantId,
-      body: { agentId: body.model, input, ...(conversationId === undefined ? {} : { conversationId }) },
-      idempotencyKey,
-      requestId: request.id,
-    });
+    const streaming = body.stream === true;
+    // Leases first (a stream is a connection and a subscription; waiting for the answer a
+    // subscription): a tenant over its cap gets 429 and no run is created.
+    const release = await holdStreamLeases(context, caller.tenantId, request.id, { connection: streaming });
+    let created: Awaited<ReturnType<typeof services.createRun>>;
+    try {
+      created = await services.createRun({
+        tenantId: caller.tenantId,
+        body: { agentId: body.model, input, ...(conversationId === undefined ? {} : { conversationId }) },
+        idempotencyKey,
+        requestId: request.id,
+      });
+    } catch (error) {
+      await release();
+      throw error;
+    }
     const { runId } = created;
     const fields = { id: `chatcmpl-${runId}`, created: Math.floor(Date.now() / 1000), model: body.model };
     const headers = { [runIdHeader]: runId, [conversationIdHeader]: created.conversationId };
 
-    if (body.stream !== true) {
+    if (!streaming) {
       const controller = new AbortController();
       reply.raw.on('close', () => controller.abort());
       let content = '';
-      // Waiting on the run's events is a subscription of the tenant (the request is a connection already).
-      const release = await holdStreamLeases(context, caller.tenantId, request.id, { connection: false });
       let stop: CompletionStop | null;
       try {
         stop = await followCompletion(services, caller.tenantId, runId, controller.signal, async (text) => {
@@ -115,7 +123,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
     }
 
     const includeUsage = body.stream_options?.include_usage === true;
-    const response = await openStreamingResponse(context, request, reply, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no', ...headers }, caller.tenantId);
+    const response = openStreamingResponse(context, request, reply, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no', ...headers }, release);
     const send = (value: unknown) => response.write(`data: ${JSON.stringify(value)}\n\n`);
     try {
       await send(openAiChunk(fields, { role: 'assistant', content: '' }));

@@ -15,6 +15,7 @@ export type StreamingResponse = {
  * release (never rejects).
  */
 export async function holdStreamLeases(context: RouteContext, tenantId: string, label: string, options: { connection: boolean }): Promise<() => Promise<void>> {
+  if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
   const { capacity } = context.services();
   const leases: Lease[] = [];
   const release = async () => {
@@ -34,11 +35,10 @@ export async function holdStreamLeases(context: RouteContext, tenantId: string, 
  * Takes over the response for a long-lived SSE answer in a client protocol (UI message stream,
  * OpenAI chunks): status 200 and `headers` at once, an SSE comment as heartbeat (both protocols'
  * parsers skip comments), closed on shutdown with the other live streams. Aborts when the
- * client goes away. Holds a connection and a subscription of the tenant until `end()`.
+ * client goes away. `releaseLeases` (from `holdStreamLeases`, taken before any work so that a
+ * refused stream creates no run) is called by `end()`.
  */
-export async function openStreamingResponse(context: RouteContext, request: FastifyRequest, reply: FastifyReply, headers: Record<string, string>, tenantId: string): Promise<StreamingResponse> {
-  if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
-  const releaseLeases = await holdStreamLeases(context, tenantId, request.id, { connection: true });
+export function openStreamingResponse(context: RouteContext, request: FastifyRequest, reply: FastifyReply, headers: Record<string, string>, releaseLeases: () => Promise<void>): StreamingResponse {
   const controller = new AbortController();
   const { signal } = controller;
   reply.raw.on('close', () => controller.abort());
