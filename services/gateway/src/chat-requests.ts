@@ -1,6 +1,7 @@
 import {
   ApiError,
   chatApprovalIdSchema,
+  createRunBodySchema,
   hashJson,
   idempotencyKeySchema,
   respondedToolPartSchema,
@@ -113,7 +114,8 @@ export async function planChatRequest(services: Services, maxBodyBytes: number, 
   const key = body.id === undefined ? undefined : idempotencyKeySchema.safeParse(`chat:${body.id}:${last.id}`);
   const created = await services.createRun({
     tenantId: caller.tenantId,
-    body: { agentId, input: userInput(last), ...(body.id === undefined ? {} : { conversationId: body.id }) },
+    // The same limits as `POST /v1/runs` (input size, ids).
+    body: parseOr400(createRunBodySchema, { agentId, input: userInput(last), ...(body.id === undefined ? {} : { conversationId: body.id }) }, 'body'),
     idempotencyKey: key?.success ? key.data : undefined,
     requestId: request.requestId,
   });

@@ -1,5 +1,7 @@
 import {
   ApiError,
+  agentIdSchema,
+  createRunBodySchema,
   conversationIdHeader,
   conversationIdSchema,
   idempotencyKeySchema,
@@ -73,6 +75,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
     const conversationId = conversationHeader === undefined ? undefined : parseOr400(conversationIdSchema, conversationHeader, `headers.${conversationIdHeader}`);
     const keyHeader = request.headers['idempotency-key'];
     const idempotencyKey = keyHeader === undefined ? undefined : parseOr400(idempotencyKeySchema, keyHeader, 'headers.idempotency-key');
+    if (!agentIdSchema.safeParse(body.model).success) throw new ApiError('agent_not_found', `model ${body.model} is not an agent of this tenant`);
     const input = completionInput(body.messages, conversationId !== undefined);
     const services = context.services();
     const streaming = body.stream === true;
@@ -83,7 +86,8 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
     try {
       created = await services.createRun({
         tenantId: caller.tenantId,
-        body: { agentId: body.model, input, ...(conversationId === undefined ? {} : { conversationId }) },
+        // The same limits as `POST /v1/runs` (input size, ids); a model name that cannot be an agent id is not found.
+        body: parseOr400(createRunBodySchema, { agentId: body.model, input, ...(conversationId === undefined ? {} : { conversationId }) }, 'body'),
         idempotencyKey,
         requestId: request.id,
       });
