@@ -92,7 +92,7 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
     active.clear();
   });
 
-  /** Streams chunks as `chunk` frames (sequence from `firstSequence`, or the run's index), then `end`. */
+  /** Streams chunks as `chunk` frames (`sequenceOf` numbers them), then `end` after the last. */
   async function stream(requestId: string, chunks: AsyncIterable<ResponseChunk & { last: boolean }> | Iterable<ResponseChunk & { last: boolean }>, signal: AbortSignal, sequenceOf: (chunk: ResponseChunk, position: number) => number): Promise<void> {
     if (!send({ type: 'start', requestId })) return;
     let position = 0;
