@@ -1,4 +1,5 @@
 import { createServer, type Server } from 'node:http';
+import { ensureError } from './errors.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 
@@ -13,7 +14,14 @@ export function createHealthServer(options: { port: number; host: string; logger
   let server: Server | undefined;
   async function readiness(): Promise<{ ready: boolean; checks: Record<string, boolean> }> {
     const results = await Promise.all(
-      options.checks.map(async ({ name, check }) => [name, await check().catch(() => false)] as const),
+      options.checks.map(async ({ name, check }) => [
+        name,
+        await check().catch((error: unknown) => {
+          // A check that throws answers not-ready; logged so an operator sees why /readyz says 503.
+          options.logger.warn({ check: name, err: ensureError(error) }, 'readiness check failed');
+          return false;
+        }),
+      ] as const),
     );
     const checks = Object.fromEntries(results);
     return { ready: !options.isDraining() && results.every(([, ok]) => ok), checks };

@@ -5,6 +5,8 @@ export * from './chat-api.ts';
 export * from './config.ts';
 export * from './consumer.ts';
 export * from './crash-points.ts';
+export * from './dependency-errors.ts';
+export * from './dependency-ping.ts';
 export * from './durations.ts';
 export * from './egress.ts';
 export * from './envelope.ts';

@@ -83,8 +83,12 @@ describe('errors, auth and validation', () => {
     const response = await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() });
     expect(response.statusCode).toBe(500);
     expect(response.json()).toEqual({ error: { code: 'internal', message: 'internal error' } });
-    memory.failNext('loadRun', Object.assign(new Error('no server'), { name: 'MongoServerSelectionError' }));
+    // An unreachable dependency is recognised by its class (shared/src/dependency-errors.test.ts
+    // covers the NATS and MongoDB ones): 503. A plain Error that only carries such a name is a bug: 500.
+    memory.failNext('loadRun', new DOMException('the operation timed out', 'TimeoutError'));
     expect((await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() })).statusCode).toBe(503);
+    memory.failNext('loadRun', Object.assign(new Error('no server'), { name: 'MongoServerSelectionError' }));
+    expect((await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() })).statusCode).toBe(500);
   });
 
   it('echoes a valid X-Request-Id and makes one otherwise', async () => {

@@ -4,6 +4,7 @@ import { describe, expect, it, vi } from 'vitest';
 import {
   ackDecisionFor,
   AbideError,
+  ShuttingDownError,
   busEventSchema,
   createEgressPolicy,
   llmResultMessageSchema,
@@ -215,6 +216,9 @@ describe('createRunStep', () => {
     setTimeout(() => shutdown.abort(new Error('shutting down')), 30);
     const error = await handled;
     expect(AbideError.isInstance(error) && error.retryable).toBe(true);
+    // The same error as the tool-worker's hand-back (one code for one situation).
+    expect(error).toBeInstanceOf(ShuttingDownError);
+    expect(error).toMatchObject({ code: 'shutting_down' });
     expect(ackDecisionFor(error)).toEqual({ action: 'nak', delayMs: 0 });
     expect(llmResults()).toEqual([]);
     expect(entries.size).toBe(0);

@@ -1,6 +1,7 @@
 import type { LanguageModel } from 'ai';
 import {
   AbideError,
+  ShuttingDownError,
   llmResultPayloadSchema,
   makeBusEvent,
   makeEnvelope,
@@ -179,7 +180,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
           }
           if (timeout.aborted) return await fail({ code: 'model_timeout' satisfies RunErrorCode, message: `the model step did not finish within ${payload.timeoutMs} ms` });
           metrics.failed('aborted');
-          throw new AbideError('unavailable', 'the worker is shutting down; the model step is handed back', { retryable: true, retryAfterMs: 0 });
+          throw new ShuttingDownError('the worker is shutting down; the model step is handed back');
         }
 
         coalescer.flush();

@@ -1,6 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import {
   AbideError,
+  ShuttingDownError,
   createLogger,
   createMetrics,
   decodeJson,
@@ -312,7 +313,10 @@ describe('tool call handler', () => {
             setTimeout(() => shutdown.abort(new Error('shutting down')), 5);
           }),
       });
-      await expect(handler.handle(delivery(request(), { signal: shutdown.signal }))).rejects.toMatchObject({ retryable: true, retryAfterMs: 0 });
+      const handedBack = await handler.handle(delivery(request(), { signal: shutdown.signal })).catch((caught: unknown) => caught);
+      // The same error as the llm-worker's hand-back (one code for one situation).
+      expect(handedBack).toBeInstanceOf(ShuttingDownError);
+      expect(handedBack).toMatchObject({ code: 'shutting_down', retryable: true, retryAfterMs: 0 });
       expect(published).toHaveLength(0);
       expect(results.json(resultKey)).toBeUndefined();
       if (sent) expect(results.json(markerKey)).toMatchObject({ worker: 'worker-b' });

@@ -1,5 +1,6 @@
 import {
   AbideError,
+  ShuttingDownError,
   encodeJson,
   ensureError,
   kvKeys,
@@ -284,10 +285,9 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         outcome = { kind: 'cancelled' };
       } else if (delivery.signal.aborted) {
         if (!externalEffect) await deleteMarker(call, 'shutting down before the call had any effect');
-        throw new AbideError(
-          'not_ready',
+        throw new ShuttingDownError(
           externalEffect ? 'worker shutting down mid-call; handed back (its outcome is unknown)' : 'worker shutting down; handed back before executing',
-          { retryable: true, retryAfterMs: 0, cause: error },
+          error,
         );
       } else if (AbideError.isInstance(error) && error.retryable) {
         metrics.retryableFailure(call.toolLabel);
