@@ -236,7 +236,7 @@ describe('tool call handler', () => {
     expect(results.json(resultKey)).toMatchObject({ outcome: { kind: 'error', error: { code: 'outcome_unknown' } } });
   });
 
-  it('treats policy ask like fail for now, saying a human must decide', async () => {
+  it('fails the call like fail when a stored tool still carries policy ask (refused on PUT since), saying a human must decide', async () => {
     const { handler, results, runTool, published } = setup();
     results.seed(markerKey, marker('worker-a', 60_000));
     await handler.handle(delivery(request({ onOutcomeUnknown: 'ask' }), { deliveryCount: 2 }));

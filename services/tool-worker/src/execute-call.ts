@@ -199,8 +199,9 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       return { kind: 'decided', outcome: errorOutcome('outcome_unknown', `${interrupted}; the tool's onOutcomeUnknown policy is "fail", so it is not run again`) };
     }
     if (policy === 'ask') {
-      // TODO(issue 4, approvals): `ask` must raise an approval asking a human whether to run the
-      // call again (DESIGN §4). Approvals do not exist yet, so it fails the call like `fail`.
+      // `ask` (an approval asking a human whether to run the call again, DESIGN §4) is not built:
+      // `PUT /v1/agents` refuses it (shared/src/agent.ts, docs/decisions.md). Only an agent stored
+      // before that refusal can still carry it; its call fails like `fail`, saying why.
       return {
         kind: 'decided',
         outcome: errorOutcome('outcome_unknown', `${interrupted}; the tool's onOutcomeUnknown policy is "ask": a human must decide whether to run it again, so it is not run again automatically`),
