@@ -38,7 +38,15 @@ export function createHealthServer(options: { port: number; host: string; logger
             response.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ready ? 'ready' : 'unavailable', checks, draining: options.isDraining() }));
           });
         } else if (path === '/metrics' && options.metrics) {
-          response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(options.metrics.render());
+          const metrics = options.metrics;
+          metrics.render().then(
+            (text) => response.writeHead(200, { 'content-type': metrics.contentType }).end(text),
+            (error: unknown) => {
+              // A scrape that fails answers 500 and says why in the log; the next scrape tries again.
+              options.logger.error({ err: ensureError(error) }, 'rendering /metrics failed');
+              response.writeHead(500, { 'content-type': 'text/plain' }).end('metrics unavailable');
+            },
+          );
         } else {
           response.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"code":"not_found","message":"not found"}}');
         }

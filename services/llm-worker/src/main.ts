@@ -61,12 +61,18 @@ async function main(): Promise<void> {
   const failed = metrics.counter('llm_steps_failed_total', 'Model calls that failed, by code (transient ones are retried).');
   const replayed = metrics.counter('llm_steps_replayed_total', 'Redelivered steps answered from LLM_RESULTS without calling the model.');
   const cancelled = metrics.counter('llm_steps_cancelled_total', 'Model requests dropped or aborted because their run was cancelled.');
+  const modelCalls = metrics.histogram(
+    'model_call_duration_seconds',
+    'Model calls (the stream from request to its last chunk) by provider and outcome (finished, failed, aborted, too_large)',
+    ['provider', 'outcome'],
+  );
   const stepMetrics: StepMetrics = {
     started: () => started.inc(),
     completed: () => completed.inc(),
     failed: (code) => failed.inc({ code }),
     replayed: () => replayed.inc(),
     cancelled: () => cancelled.inc(),
+    modelCall: (provider, outcome, seconds) => modelCalls.observe({ provider, outcome }, seconds),
   };
 
   let connection: NatsConnection | undefined;

@@ -161,6 +161,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
         } catch (error) {
           outcome = { kind: 'failed', error };
         }
+        metrics.modelCall(payload.model.provider, outcome.kind, (Date.now() - startedAt) / 1_000);
 
         if (outcome.kind === 'too_large') {
           // Final: the same model would produce the same output again. Deltas already sent stay;

@@ -259,8 +259,8 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     const { payload } = delivery.message;
     const stopHeartbeat = startHeartbeat(call, delivery, marker, revision);
     let externalEffect = false;
-    let outcome: ToolOutcome;
-    metrics.executionStarted();
+    let outcome: ToolOutcome | undefined;
+    const executionEnded = metrics.executionStarted();
     try {
       outcome = await runTool({
         runId: call.runId,
@@ -300,7 +300,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         outcome = errorOutcome(AbideError.isInstance(error) ? error.code : 'tool_error', failure.message);
       }
     } finally {
-      metrics.executionEnded();
+      executionEnded(call.toolLabel, outcome === undefined ? 'handed_back' : outcomeLabel(outcome));
       await stopHeartbeat();
     }
     deps.crashPoints?.hit('tool-worker.after_execute');

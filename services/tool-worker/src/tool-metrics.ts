@@ -11,7 +11,7 @@ export function toolMetricLabel(tool: Pick<ToolDefinition, 'kind' | 'name'>): st
 
 /** An outcome label from a fixed set: the outcome kind, or a run error code (anything else is `error`). */
 export function outcomeMetricLabel(outcome: string): string {
-  if (['success', 'denied', 'cancelled'].includes(outcome) || (runErrorCodes as readonly string[]).includes(outcome)) return outcome;
+  if (['success', 'denied', 'cancelled', 'handed_back'].includes(outcome) || (runErrorCodes as readonly string[]).includes(outcome)) return outcome;
   return 'error';
 }
 
@@ -24,6 +24,11 @@ export function createToolMetrics(metrics: Metrics) {
   const retries = metrics.counter('tool_retryable_failures_total', 'Tool calls handed back for a retry, by tool kind');
   const skipped = metrics.counter('tool_calls_skipped_total', 'Tool requests of cancelled runs acked without executing');
   metrics.gauge('tool_calls_in_flight', 'Tool calls executing now', () => inFlight);
+  const durations = metrics.histogram(
+    'tool_call_duration_seconds',
+    'Tool executions (the tool running, not the queueing) by tool kind and outcome; handed_back: the worker shut down or the failure is retried',
+    ['tool', 'outcome'],
+  );
   return {
     /** `tool` is a `toolMetricLabel`. */
     callFinished(tool: string, outcome: string) {
@@ -41,11 +46,14 @@ export function createToolMetrics(metrics: Metrics) {
     skippedCancelled() {
       skipped.inc();
     },
+    /** Counts the execution in flight; call the returned `ended` once with its outcome label (or `handed_back`). */
     executionStarted() {
       inFlight += 1;
-    },
-    executionEnded() {
-      inFlight -= 1;
+      const startedAt = performance.now();
+      return function ended(tool: string, outcome: string): void {
+        inFlight -= 1;
+        durations.observe({ tool, outcome: outcomeMetricLabel(outcome) }, (performance.now() - startedAt) / 1_000);
+      };
     },
   };
 }

@@ -15,7 +15,7 @@ export function registerOperationRoutes(app: FastifyInstance, context: RouteCont
   });
 
   app.get('/metrics', async (_request, reply) => {
-    return reply.type('text/plain; version=0.0.4').send(context.metrics.render());
+    return reply.type(context.metrics.contentType).send(await context.metrics.render());
   });
 
   app.get('/openapi.json', async () => options.openApiDocument());
