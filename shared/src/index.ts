@@ -4,6 +4,7 @@ export * from './cancel-watch.ts';
 export * from './chat-api.ts';
 export * from './config.ts';
 export * from './consumer.ts';
+export * from './consumer-metrics.ts';
 export * from './crash-points.ts';
 export * from './dependency-errors.ts';
 export * from './dependency-ping.ts';

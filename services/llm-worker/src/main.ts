@@ -18,6 +18,7 @@ import {
   createTenantSecrets,
   createLogger,
   createMetrics,
+  watchConsumerBacklog,
   ensureError,
   exitOnStartupError,
   installShutdown,
@@ -122,6 +123,7 @@ async function main(): Promise<void> {
   if (!jetStream || draining) return;
 
   const publisher = createJetStreamPublisher(jetStream.js);
+  watchConsumerBacklog({ metrics, jsm: () => jetStream.jsm, durables: ['llm-worker'], logger });
   const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });
   const egress = createEgressPolicy({ allow: config.LLM_EGRESS_ALLOW, variable: 'LLM_EGRESS_ALLOW' });
   watch = createCancelWatch({ bucket: jetStream.kv.get(buckets.runControl)!, logger });

@@ -8,6 +8,7 @@ import {
   createHealthServer,
   createLogger,
   createMetrics,
+  watchConsumerBacklog,
   createMongoClient,
   createRunStore,
   ensureIndexes,
@@ -22,6 +23,7 @@ import {
   retryWithBackoff,
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
+import { createOrchestratorMetrics } from './orchestrator-metrics.ts';
 import { createApprovalLedger } from './approval-ledger.ts';
 import { createApprovalsHandler } from './approvals-handler.ts';
 import { loadOrchestratorConfig } from './config.ts';
@@ -77,6 +79,10 @@ async function main(): Promise<void> {
     process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
     const store = createRunStore(collections);
+    // `commitLatency` is the commit path's to observe (run-processor.ts); the backlog gauges are read at scrape time.
+    const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
+    void orchestratorMetrics.commitLatency;
+    watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'], logger: log });
 
     const processor = createRunProcessor({
       store,
