@@ -1,4 +1,4 @@
-import { encodeJson, streams, type Delivery, type JetStreamManager, type Logger, type MaxDeliveriesAdvisory } from '@abide/shared';
+import { createMetrics, encodeJson, streams, type Delivery, type JetStreamManager, type Logger, type MaxDeliveriesAdvisory } from '@abide/shared';
 import { describe, expect, it } from 'vitest';
 import { createAdvisoryHandler } from './advisory-handler.ts';
 import type { RunProcessor } from './run-processor.ts';
@@ -33,16 +33,18 @@ function setup(options: { getMessage?: () => Promise<unknown>; deleteMessage?: (
       return { kind: 'committed' };
     },
   } as unknown as RunProcessor;
-  const handle = createAdvisoryHandler({ jsm, processor, logger });
+  const metrics = createMetrics({ processMetrics: false });
+  const handle = createAdvisoryHandler({ jsm, processor, logger, metrics });
   const delivery = { message: advisory } as Delivery<MaxDeliveriesAdvisory>;
-  return { handle: () => handle(delivery), logged, applied };
+  return { handle: () => handle(delivery), logged, applied, metrics };
 }
 
 describe('the max-deliveries advisory handler', () => {
   it('fails the run and deletes the exhausted message', async () => {
-    const { handle, applied, logged } = setup();
+    const { handle, applied, logged, metrics } = setup();
     await handle();
     expect(applied).toHaveLength(1);
+    expect(await metrics.render()).toMatch(/^abide_deliveries_exhausted_total\{stream="TOOL_REQUESTS"\} 1$/m);
     expect(logged.filter((entry) => entry.level === 'error').map((entry) => entry.message)).toEqual(['message exhausted its deliveries; run failed']);
   });
 

@@ -8,6 +8,7 @@ import {
   type JetStreamManager,
   type Logger,
   type MaxDeliveriesAdvisory,
+  type Metrics,
 } from '@abide/shared';
 import { z } from 'zod';
 import type { RunProcessor } from './run-processor.ts';
@@ -20,8 +21,10 @@ const watchedStreams: readonly string[] = [streams.runInbox, streams.llmRequests
  * the orchestrator reads it from its stream, fails the run it belongs to with
  * `delivery_exhausted`, and deletes it from the work queue.
  */
-export function createAdvisoryHandler(deps: { jsm: JetStreamManager; processor: RunProcessor; logger: Logger }) {
+export function createAdvisoryHandler(deps: { jsm: JetStreamManager; processor: RunProcessor; logger: Logger; metrics?: Metrics }) {
   const { jsm, processor, logger } = deps;
+  // Labelled by stream, a fixed set (`watchedStreams`).
+  const exhausted = deps.metrics?.counter('deliveries_exhausted_total', 'Messages that exhausted their deliveries (max_deliver advisories handled), by stream', ['stream']);
   return async function handleAdvisory(delivery: Delivery<MaxDeliveriesAdvisory>): Promise<void> {
     const advisory = delivery.message;
     if (!watchedStreams.includes(advisory.stream)) return;
@@ -35,6 +38,7 @@ export function createAdvisoryHandler(deps: { jsm: JetStreamManager; processor: 
       throw error;
     });
     if (!stored) return;
+    exhausted?.inc({ stream: advisory.stream });
     const parsed = anyEnvelope.safeParse(decodeJson(stored.data));
     if (!parsed.success) {
       logger.error({ stream: advisory.stream, seq: advisory.stream_seq, subject: stored.subject }, 'exhausted message does not parse; deleting it');

@@ -125,7 +125,7 @@ async function main(): Promise<void> {
       schema: maxDeliveriesAdvisorySchema,
       concurrency: 8,
       logger: log,
-      handle: createAdvisoryHandler({ jsm, processor, logger: log }),
+      handle: createAdvisoryHandler({ jsm, processor, logger: log, metrics }),
     });
     const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
     const deadlineSweeper = createDeadlineSweeper({ store, js, logger: log, metrics });
