@@ -59,7 +59,7 @@ async function main(): Promise<void> {
   const metrics = createMetrics();
   const started = metrics.counter('llm_steps_started_total', 'Model steps started (model calls).');
   const completed = metrics.counter('llm_steps_completed_total', 'Model steps finished and published.');
-  const failed = metrics.counter('llm_steps_failed_total', 'Model calls that failed, by code (transient ones are retried).');
+  const failed = metrics.counter('llm_steps_failed_total', 'Model calls that failed, by code (transient ones are retried).', ['code']);
   const replayed = metrics.counter('llm_steps_replayed_total', 'Redelivered steps answered from LLM_RESULTS without calling the model.');
   const cancelled = metrics.counter('llm_steps_cancelled_total', 'Model requests dropped or aborted because their run was cancelled.');
   const modelCalls = metrics.histogram(

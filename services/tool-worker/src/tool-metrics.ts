@@ -18,10 +18,10 @@ export function outcomeMetricLabel(outcome: string): string {
 /** The tool-worker's Prometheus series. */
 export function createToolMetrics(metrics: Metrics) {
   let inFlight = 0;
-  const calls = metrics.counter('tool_calls_total', 'Tool calls finished by this worker, by tool kind (builtin:<name>, http) and outcome (success, error code, cancelled)');
-  const cacheHits = metrics.counter('tool_result_cache_hits_total', 'Tool requests answered from TOOL_RESULTS without executing, by tool kind');
-  const outcomeUnknown = metrics.counter('tool_outcome_unknown_total', 'Interrupted tool calls found (stale started marker), by tool kind and policy');
-  const retries = metrics.counter('tool_retryable_failures_total', 'Tool calls handed back for a retry, by tool kind');
+  const calls = metrics.counter('tool_calls_total', 'Tool calls finished by this worker, by tool kind (builtin:<name>, http) and outcome (success, error code, cancelled)', ['tool', 'outcome']);
+  const cacheHits = metrics.counter('tool_result_cache_hits_total', 'Tool requests answered from TOOL_RESULTS without executing, by tool kind', ['tool']);
+  const outcomeUnknown = metrics.counter('tool_outcome_unknown_total', 'Interrupted tool calls found (stale started marker), by tool kind and policy', ['tool', 'policy']);
+  const retries = metrics.counter('tool_retryable_failures_total', 'Tool calls handed back for a retry, by tool kind', ['tool']);
   const skipped = metrics.counter('tool_calls_skipped_total', 'Tool requests of cancelled runs acked without executing');
   metrics.gauge('tool_calls_in_flight', 'Tool calls executing now', () => inFlight);
   const durations = metrics.histogram(
