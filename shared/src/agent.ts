@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { toolNameSchema } from './envelope.ts';
+import { storedJsonMemberSchema, storedJsonObjectSchema, storedKeySchema } from './stored-json.ts';
 
 export const agentIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}');
 
@@ -24,7 +25,7 @@ export const openAICompatibleModelSchema = z.object({
 
 export const scriptedToolCallSchema = z.object({
   toolName: toolNameSchema,
-  args: z.record(z.string(), z.unknown()),
+  args: storedJsonObjectSchema,
 });
 export const scriptedStepSchema = z.object({
   text: z.string().max(1_000_000).optional(),
@@ -43,8 +44,15 @@ export const modelConfigSchema = z.discriminatedUnion('provider', [openAICompati
 export type ModelConfig = z.infer<typeof modelConfigSchema>;
 export type ScriptedModelConfig = z.infer<typeof scriptedModelSchema>;
 
-/** A JSON Schema describing a tool's input; must describe an object. */
-export const toolInputSchemaSchema = z.looseObject({ type: z.literal('object') });
+/**
+ * A JSON Schema describing a tool's input; must describe an object. Stored as is, so its keys
+ * follow `stored-json.ts` (keywords such as `$ref` are refused).
+ */
+export const toolInputSchemaSchema = z
+  .record(storedKeySchema, storedJsonMemberSchema)
+  .refine((schema) => schema.type === 'object', { path: ['type'], message: 'must be "object"' })
+  // The refinement, for the generated JSON Schema (zod cannot derive it from a refinement).
+  .meta({ properties: { type: { const: 'object' } }, required: ['type'] });
 
 const headerNameSchema = z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'must be an HTTP header name');
 
@@ -57,6 +65,13 @@ export const httpToolConfigSchema = z.object({
 });
 export type HttpToolConfig = z.infer<typeof httpToolConfigSchema>;
 
+/**
+ * A deadline an agent sets (tool and step timeouts), in ms. The gateway also bounds it by the
+ * events' retention (`EVENTS_MAX_AGE` minus a day), a configured value its OpenAPI document
+ * states as this schema's `maximum`.
+ */
+export const agentDeadlineSchema = z.int().min(1);
+
 export const builtinToolNames = ['echo', 'sleep', 'current_time'] as const;
 
 export const toolDefinitionSchema = z
@@ -68,9 +83,9 @@ export const toolDefinitionSchema = z
     http: httpToolConfigSchema.optional(),
     needsApproval: z.boolean().default(false),
     /** Time a single execution may take. @default 600000 (10 min) */
-    timeoutMs: z.int().min(1).optional(),
+    timeoutMs: agentDeadlineSchema.optional(),
     /** Time a pending approval may wait. @default 1800000 (30 min) */
-    approvalTimeoutMs: z.int().min(1).optional(),
+    approvalTimeoutMs: agentDeadlineSchema.optional(),
     onApprovalTimeout: z.enum(['deny', 'fail']).default('deny'),
     onOutcomeUnknown: z.enum(['retry', 'ask', 'fail']).default('retry'),
   })
@@ -84,7 +99,7 @@ export type ToolDefinition = z.infer<typeof toolDefinitionSchema>;
 
 export const agentLimitsSchema = z.object({
   /** Model step timeout. @default 3600000 (60 min) */
-  llmStepTimeoutMs: z.int().min(1).optional(),
+  llmStepTimeoutMs: agentDeadlineSchema.optional(),
 });
 
 /** The body of `PUT /v1/agents/:agentId`. */

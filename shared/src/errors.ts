@@ -13,6 +13,7 @@ export const httpStatusByCode = {
   run_not_found: 404,
   approval_not_found: 404,
   not_found: 404,
+  method_not_allowed: 405,
   conversation_busy: 409,
   approval_conflict: 409,
   run_not_suspended: 409,

@@ -24,3 +24,4 @@ export * from './requests.ts';
 export * from './retry.ts';
 export * from './run-state.ts';
 export * from './run-store.ts';
+export * from './stored-json.ts';

@@ -4,6 +4,9 @@ import type { ToolArgsValidator } from './tool-args-validator.ts';
 import { parseOr400 } from './validation.ts';
 
 const day = 86_400_000;
+
+/** The longest deadline an agent may set (tool and step timeouts): inside the events' retention minus a day. */
+export const maxAgentDeadlineMs = (eventsMaxAgeMs: number) => eventsMaxAgeMs - day;
 /** Concurrent PUTs of one agent each take the next version; this bounds the retries of one request. */
 const maxVersionAttempts = 20;
 
@@ -17,7 +20,7 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolAr
 
   /** Rules zod cannot express: compilable tool schemas, deadlines inside the events' retention. */
   function checkDefinition(definition: AgentDefinition): void {
-    const maxDeadlineMs = deps.eventsMaxAgeMs - day;
+    const maxDeadlineMs = maxAgentDeadlineMs(deps.eventsMaxAgeMs);
     const tooLong = (value: number | undefined, field: string) => {
       if (value !== undefined && value > maxDeadlineMs) {
         throw new ApiError('invalid_request', `body.${field}: must be at most ${maxDeadlineMs} ms (EVENTS_MAX_AGE minus a day)`);

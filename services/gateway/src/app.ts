@@ -5,6 +5,7 @@ import { createAuthenticator, type Caller } from './auth.ts';
 import type { GatewayConfig } from './config.ts';
 import { errorBody, toApiError } from './http-errors.ts';
 import { createLiveConnections, type LiveConnections } from './live-connections.ts';
+import { maxAgentDeadlineMs } from './agents.ts';
 import { buildOpenApiDocument } from './openapi.ts';
 import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
@@ -12,7 +13,7 @@ import { registerAgentRoutes } from './routes/agents.ts';
 import { registerApprovalRoutes } from './routes/approvals.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
-import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
+import type { RouteConfig, RouteContext, StreamingOptions } from './routes/route-context.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
 import { createServices, type Services } from './services.ts';
@@ -39,8 +40,8 @@ export const defaultStreamingOptions: StreamingOptions = {
 };
 
 const requestIdPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
-/** Paths that answer while draining (probes must tell the truth until the end). */
-const alwaysServed = new Set(['/healthz', '/readyz', '/metrics']);
+/** Methods a path that lacks them answers 405 `method_not_allowed` for. */
+const answeredMethods = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 
 /**
  * The gateway's HTTP and WebSocket API (DESIGN §7) as a fastify instance: one error handler
@@ -108,20 +109,21 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     return reply.code(404).send(errorBody(new ApiError('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)));
   });
 
+  // Auth is decided by the route the router matched (its config), never by the raw URL: the router
+  // decodes (`/%761/ws` is `/v1/ws`), so a URL test and the route could disagree. Every route needs
+  // a caller unless it opts out with `public`; unmatched paths (the 404 handler) need one too.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    const path = request.url.split('?')[0] ?? '';
-    if (deps.isDraining() && !alwaysServed.has(path)) {
+    const routeConfig = (request.routeOptions.config ?? {}) as RouteConfig;
+    if (deps.isDraining() && routeConfig.servedWhileDraining !== true) {
       reply.header('connection', 'close');
       throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
     }
-    if (path === '/v1' || path.startsWith('/v1/')) {
-      const allowQueryToken = (request.routeOptions.config as { allowQueryToken?: boolean } | undefined)?.allowQueryToken === true;
-      const accessToken = allowQueryToken ? (request.query as Record<string, unknown>).access_token : undefined;
-      const caller = authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
-      callers.set(request, caller);
-      request.log = request.log.child({ tenantId: caller.tenantId });
-    }
+    if (routeConfig.public === true) return;
+    const accessToken = routeConfig.allowQueryToken === true ? (request.query as Record<string, unknown> | undefined)?.access_token : undefined;
+    const caller = authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
+    callers.set(request, caller);
+    request.log = request.log.child({ tenantId: caller.tenantId });
   });
 
   app.addHook('onResponse', async (request, reply) => {
@@ -153,13 +155,37 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       socket.close(1011, 'internal error');
     },
   });
+  const methodsByPath = new Map<string, { methods: Set<string>; public: boolean }>();
   app.register(async (scope) => {
-    registerOperationRoutes(scope, context, { readiness: deps.readiness, openApiDocument: buildOpenApiDocument });
+    scope.addHook('onRoute', (route) => {
+      const entry = methodsByPath.get(route.url) ?? { methods: new Set<string>(), public: true };
+      for (const method of [route.method].flat()) entry.methods.add(method);
+      entry.public &&= (route.config as RouteConfig | undefined)?.public === true;
+      methodsByPath.set(route.url, entry);
+    });
+    registerOperationRoutes(scope, context, { readiness: deps.readiness, openApiDocument: () => buildOpenApiDocument({ maxDeadlineMs: maxAgentDeadlineMs(config.EVENTS_MAX_AGE) }) });
     registerAgentRoutes(scope, context);
     registerRunRoutes(scope, context);
     registerEventRoutes(scope, context);
     registerApprovalRoutes(scope, context);
     registerWebSocketRoute(scope, context);
+  });
+  // Registered after every route above: each path answers the methods it lacks 405 with `Allow`
+  // (authenticated like the path's own routes).
+  app.register(async (scope) => {
+    for (const [url, entry] of methodsByPath) {
+      const missing = answeredMethods.filter((method) => !entry.methods.has(method));
+      if (missing.length === 0) continue;
+      const allow = [...entry.methods].sort().join(', ');
+      scope.route({
+        method: [...missing],
+        url,
+        config: { public: entry.public, methodNotAllowed: true } satisfies RouteConfig,
+        handler: async (request) => {
+          throw new ApiError('method_not_allowed', `${request.method} is not allowed on ${url} (allowed: ${allow})`, { headers: { allow } });
+        },
+      });
+    }
   });
 
   return { app, live };

@@ -141,6 +141,22 @@ export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; l
     throw new ApiError('conversation_busy', `conversation ${conversationId} is being taken by another request`);
   }
 
+  /**
+   * Gives the conversation back after a failure between taking its lock and committing the run,
+   * rather than hold it for 30 s. The insert may have failed after the write reached the store (a
+   * lost reply): the lock is released only when the run is known not to exist; when that cannot
+   * be known (the store is unreachable), the 30-s rule and the run's own end release it.
+   */
+  async function releaseUncommittedLock(tenantId: string, conversationId: string, runId: string): Promise<void> {
+    try {
+      if (await store.loadRun(runId)) return;
+      await store.deleteLock(conversationLockId(tenantId, conversationId), runId);
+    } catch (releaseError) {
+      // Logged, not thrown: the caller rethrows the error that stopped the creation.
+      logger.warn({ runId, err: releaseError }, 'could not release a conversation lock; the 30-s rule will');
+    }
+  }
+
   /** The conversation so far: the messages of its latest ended run. */
   async function conversationHistory(tenantId: string, conversationId: string): Promise<ModelMessage[]> {
     const runs = await store.conversationRuns(tenantId, conversationId, conversationLookback);
@@ -162,7 +178,10 @@ export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; l
     if (!agent) throw new ApiError('agent_not_found', `agent ${body.agentId} not found`);
     const conversationId = body.conversationId ?? newId('conv');
 
+    // Everything the client sent was validated by the route (stored-json keys and depth included):
+    // nothing below refuses the body, so a refusal never holds the conversation.
     await acquireLock(tenantId, conversationId, runId);
+    let committed: boolean;
     let transition: TransitionDocument;
     try {
       // Read after taking the lock: no other run of the conversation is active, its history is final.
@@ -180,15 +199,13 @@ export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; l
         outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }],
         published: false,
       };
+      committed = await store.insertTransition(transition);
     } catch (error) {
-      // Nothing committed yet: give the conversation back rather than hold it for 30 s.
-      await store.deleteLock(conversationLockId(tenantId, conversationId), runId).catch((releaseError: unknown) => {
-        logger.warn({ runId, err: releaseError }, 'could not release a conversation lock; the 30-s rule will');
-      });
+      await releaseUncommittedLock(tenantId, conversationId, runId);
       throw error;
     }
 
-    if (!(await store.insertTransition(transition))) {
+    if (!committed) {
       // A concurrent request with the same Idempotency-Key committed first.
       const existing = await store.loadRun(runId);
       if (!existing) throw new Error(`run ${runId}: version 1 exists but cannot be read`);

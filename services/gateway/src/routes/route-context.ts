@@ -14,6 +14,18 @@ export type StreamingOptions = {
   maxSubscriptionsPerSocket: number;
 };
 
+/** What a route declares in its fastify `config` (read by `createApp`'s hooks). */
+export type RouteConfig = {
+  /** Answered without an API key (probes, metrics, this document). Every other route needs one. */
+  public?: boolean;
+  /** Answered while draining (probes must tell the truth until the end). */
+  servedWhileDraining?: boolean;
+  /** Accepts `?access_token=` where a browser cannot set headers (SSE, WebSocket). */
+  allowQueryToken?: boolean;
+  /** The route that answers 405 for the methods a path lacks (not an operation of the API). */
+  methodNotAllowed?: boolean;
+};
+
 /** What every route module gets from `createApp`. */
 export type RouteContext = {
   /** The use cases; throws 503 `unavailable` while NATS or MongoDB is not connected yet. */

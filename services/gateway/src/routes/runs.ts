@@ -29,8 +29,10 @@ export function registerRunRoutes(app: FastifyInstance, context: RouteContext): 
   });
 
   app.get('/v1/runs', async (request) => {
+    const { cursor } = request.query as { cursor?: unknown };
+    // The cursor first: a bad one is 400 `invalid_cursor`, other parameters `invalid_request`.
+    const after = cursor === undefined ? undefined : decodeListCursor(cursor);
     const query = parseOr400(listRunsQuerySchema, request.query, 'query');
-    const after = query.cursor === undefined ? undefined : decodeListCursor(query.cursor);
     const { tenantId } = context.caller(request);
     const page = await context.services().store.listRuns({ tenantId, conversationId: query.conversationId, status: query.status, limit: query.limit, after });
     return {
