@@ -94,6 +94,13 @@ export const toolDefinitionSchema = z
     if (tool.kind === 'builtin' && !(builtinToolNames as readonly string[]).includes(tool.name)) {
       context.addIssue({ code: 'custom', path: ['name'], message: `unknown built-in tool; built-ins are ${builtinToolNames.join(', ')}` });
     }
+  })
+  // The refinement, for the generated JSON Schema (zod cannot derive it from a refinement).
+  .meta({
+    anyOf: [
+      { properties: { kind: { const: 'builtin' }, name: { enum: [...builtinToolNames] } } },
+      { properties: { kind: { const: 'http' } }, required: ['http'] },
+    ],
   });
 export type ToolDefinition = z.infer<typeof toolDefinitionSchema>;
 

@@ -3,12 +3,17 @@ import { z } from 'zod';
 /**
  * JSON a client sends that is stored as is in MongoDB (run metadata, input messages, approval
  * args, agent definitions). MongoDB (and FerretDB more strictly) refuses field names that start
- * with `$` or contain `.` or NUL, and bounds nesting: such a value is refused at the API with 400
- * naming its path, never met at commit time (DESIGN §5: nothing a tenant sends may fail a write).
+ * with `$` or contain `.` or NUL, FerretDB also an array directly inside an array, and nesting is
+ * bounded: such a value is refused at the API with 400 naming its path, never met at commit time
+ * (a refused write after the conversation lock was a 500 that held the lock).
  */
 export const storedJsonLimits = {
-  /** Levels of arrays and objects inside one stored value. */
-  maxDepth: 16,
+  /**
+   * Levels of arrays and objects inside one stored value. The OpenAPI document states the bound
+   * with one schema per level, and a schema-driven fuzzer's work grows steeply with it: 8 keeps
+   * `npm test`'s schemathesis run short while leaving room for real arguments and tool schemas.
+   */
+  maxDepth: 8,
   maxKeyLength: 256,
 } as const;
 
@@ -22,15 +27,20 @@ export const storedKeySchema = z
 const scalarSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
 
 /**
- * `levels[n]`: a JSON value with stored keys, at most n levels of arrays and objects deep. One
- * schema per level (not a recursive one), so that the bound holds and the generated JSON Schema
- * states it too (`z.toJSONSchema` shares the levels as `$defs`). Level 0 is scalars only: an
- * array or object there is too deep.
+ * `levels[n]`: a JSON value with stored keys, at most n levels of arrays and objects deep, and no
+ * array directly inside an array (FerretDB refuses nested arrays). One schema per level (not a
+ * recursive one), so that the bound holds and the generated JSON Schema states it too
+ * (`z.toJSONSchema` shares the levels as `$defs`). Level 0 is scalars only: an array or object
+ * there is too deep.
  */
-const levels: z.ZodType<unknown>[] = [z.union([z.string(), z.number(), z.boolean(), z.null()], { error: `nested more than ${storedJsonLimits.maxDepth} levels deep` })];
+const tooDeep = `nested more than ${storedJsonLimits.maxDepth} levels deep`;
+const levels: z.ZodType<unknown>[] = [z.union([z.string(), z.number(), z.boolean(), z.null()], { error: tooDeep })];
+/** `elements[n]`: what an array at level n+1 holds: scalars and objects, never arrays. */
+const elements: z.ZodType<unknown>[] = [levels[0]!];
 for (let depth = 1; depth <= storedJsonLimits.maxDepth; depth += 1) {
-  const inner = levels[depth - 1]!;
-  levels.push(z.union([scalarSchema, z.array(inner), z.record(storedKeySchema, inner)]));
+  const object = z.record(storedKeySchema, levels[depth - 1]!);
+  elements.push(z.union([scalarSchema, object], { error: `an array inside an array cannot be stored, or ${tooDeep}` }));
+  levels.push(z.union([scalarSchema, z.array(elements[depth - 1]!), object]));
 }
 
 /** Any JSON value MongoDB stores as is (see `storedJsonLimits`). */

@@ -134,6 +134,9 @@ describe('405 for methods a path does not have', () => {
     expect(runs.headers.allow).toBe('GET, HEAD, POST');
     expect((await app.inject({ method: 'PATCH', url: '/v1/runs/run_x/cancel', headers: auth() })).headers.allow).toBe('POST');
     expect((await app.inject({ method: 'PUT', url: '/v1/ws', headers: auth() })).statusCode).toBe(405);
+    // before the body is read: a QUERY without Content-Type is 405 too
+    expect((await app.inject({ method: 'QUERY', url: '/v1/runs/run_x', headers: auth() })).statusCode).toBe(405);
+    expect((await app.inject({ method: 'TRACE', url: '/v1/approvals', headers: auth() })).statusCode).toBe(405);
     expect((await app.inject({ method: 'DELETE', url: '/v1/runs' })).statusCode).toBe(401);
     const probe = await app.inject({ method: 'POST', url: '/healthz' });
     expect(probe.statusCode).toBe(405);

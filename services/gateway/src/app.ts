@@ -40,8 +40,6 @@ export const defaultStreamingOptions: StreamingOptions = {
 };
 
 const requestIdPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
-/** Methods a path that lacks them answers 405 `method_not_allowed` for. */
-const answeredMethods = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 
 /**
  * The gateway's HTTP and WebSocket API (DESIGN §7) as a fastify instance: one error handler
@@ -174,15 +172,20 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   // (authenticated like the path's own routes).
   app.register(async (scope) => {
     for (const [url, entry] of methodsByPath) {
-      const missing = answeredMethods.filter((method) => !entry.methods.has(method));
+      // Every method fastify routes (GET, HEAD, TRACE, DELETE, OPTIONS, PATCH, PUT, POST, QUERY).
+      const missing = scope.supportedMethods.filter((method) => !entry.methods.has(method));
       if (missing.length === 0) continue;
       const allow = [...entry.methods].sort().join(', ');
       scope.route({
         method: [...missing],
         url,
         config: { public: entry.public, methodNotAllowed: true } satisfies RouteConfig,
-        handler: async (request) => {
+        // In onRequest (after auth), before fastify reads a body: a QUERY without Content-Type is still 405.
+        onRequest: async (request) => {
           throw new ApiError('method_not_allowed', `${request.method} is not allowed on ${url} (allowed: ${allow})`, { headers: { allow } });
+        },
+        handler: async () => {
+          throw new Error('unreachable: the onRequest hook answers 405');
         },
       });
     }

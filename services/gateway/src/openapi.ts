@@ -172,7 +172,7 @@ export const operations: Operation[] = [
     path: '/v1/ws',
     summary: 'WebSocket (JSON text frames; see docs/api.md). Client frames are described by x-client-frames',
     authenticated: true,
-    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 503) },
+    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 426, 503) },
   },
 ];
 

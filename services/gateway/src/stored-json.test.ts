@@ -26,6 +26,8 @@ describe('stored JSON at the API', () => {
     ['a $-key in a tool call input', { input: [{ role: 'assistant', content: [{ type: 'tool-call', toolCallId: 'p0', toolName: 'echo', input: { $set: 1 } }] }] }, '["$set"]'],
     ['a dotted key in a tool result', { input: [{ role: 'tool', content: [{ type: 'tool-result', toolCallId: 'p0', toolName: 'echo', output: { type: 'json', value: { 'x.y': 1 } } }] }] }, '["x.y"]'],
     ['metadata nested too deep', { metadata: { deep: nested(storedJsonLimits.maxDepth) } }, `levels deep`],
+    ['an array inside an array', { metadata: { a: [1, [2]] } }, 'body.metadata.a.1: an array inside an array'],
+    ['an array inside an array in a tool result', { input: [{ role: 'tool', content: [{ type: 'tool-result', toolCallId: 'p0', toolName: 'echo', output: { type: 'error-json', value: { x: [[null]] } } }] }] }, '.value.x.0: an array inside an array'],
   ])('refuses %s with 400 invalid_request naming the path, and takes no lock', async (_name, payload, where) => {
     const response = await createRun({ input: 'hi', conversationId: 'conv-1', ...payload });
     expect(response.statusCode).toBe(400);

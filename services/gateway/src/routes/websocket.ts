@@ -17,25 +17,27 @@ export function isOriginAllowed(origin: string | undefined, allowed: readonly st
 
 /** `GET /v1/ws` (DESIGN §7): subscriptions to run events, run creation, cancels and approvals over one socket. */
 export function registerWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
-  app.get(
-    '/v1/ws',
-    {
-      websocket: true,
-      config: { allowQueryToken: true },
-      onRequest: async (request) => {
-        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
-          throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
-        }
-        if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
-        // Fail before the upgrade when the backend is not connected yet.
-        context.services();
-      },
+  app.route({
+    method: 'GET',
+    url: '/v1/ws',
+    config: { allowQueryToken: true },
+    onRequest: async (request) => {
+      if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
+        throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
+      }
+      if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
+      // Fail before the upgrade when the backend is not connected yet.
+      context.services();
     },
-    (socket, request) => {
+    wsHandler: (socket, request) => {
       context.recordRequest('GET', '/v1/ws', 101);
       handleConnection(socket, request, context.caller(request), context);
     },
-  );
+    // A plain HTTP request (no upgrade) to the WebSocket path.
+    handler: async () => {
+      throw new ApiError('upgrade_required', 'GET /v1/ws is a WebSocket endpoint: send Connection: Upgrade, Upgrade: websocket', { headers: { upgrade: 'websocket', connection: 'Upgrade' } });
+    },
+  });
 }
 
 function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Caller, context: RouteContext): void {

@@ -1,0 +1,102 @@
+import { collections } from '@abide/shared';
+import { Stack } from '../harness/stack.ts';
+import { runFrameFuzz, type FrameFuzzReport } from './frame-fuzzer.ts';
+import { runSchemathesis, type SchemathesisResult } from './schemathesis.ts';
+
+export type FuzzBudget = {
+  /** schemathesis `--max-examples` (per operation and phase). */
+  maxExamples: number;
+  /** WebSocket frames sent. */
+  frames: number;
+  seed: number;
+  log?: (line: string) => void;
+};
+
+export type FuzzReport = {
+  schemathesis: Pick<SchemathesisResult, 'exitCode' | 'casesGenerated' | 'failures'>;
+  frames: FrameFuzzReport;
+  /** The gateway's `http_requests_total`, summed by status. */
+  httpStatuses: Record<string, number>;
+  /** Service processes that exited during the run (must be empty). */
+  deadProcesses: string[];
+  /** `conversation_locks` documents whose run does not exist (must be empty). */
+  orphanLocks: unknown[];
+};
+
+const keys = { a: 'key-a', b: 'key-b' } as const;
+
+/**
+ * Tenant b's agent suspends on an approval (so approval frames meet a pending call); tenant a's
+ * (the key schemathesis uses) completes, so the SSE streams schemathesis opens on listed runs end.
+ */
+const agentDefinition = (needsApproval: boolean) => ({
+  model: { provider: 'scripted', steps: [{ text: 'Echoing.', toolCalls: [{ toolName: 'echo', args: { text: 'hi' } }] }, { text: 'Done.' }] },
+  tools: [{ name: 'echo', kind: 'builtin', needsApproval, inputSchema: { type: 'object', properties: { text: { type: 'string' } } } }],
+});
+
+/** Sums `abide_http_requests_total{…,status="…"} n` by status. */
+export function statusCounts(metrics: string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const match of metrics.matchAll(/^abide_http_requests_total\{[^}]*status="(\d+)"[^}]*\} (\d+(?:\.\d+)?)$/gm)) {
+    counts[match[1]!] = (counts[match[1]!] ?? 0) + Number(match[2]);
+  }
+  return counts;
+}
+
+/**
+ * Issue 8's fuzzing: the whole stack (real processes), agents and runs for two tenants, then
+ * schemathesis against `/openapi.json` and the WebSocket frame fuzzer, each within `budget`; then
+ * what must hold afterwards: no 5xx, every process alive, no conversation lock without its run.
+ */
+export async function runFuzz(budget: FuzzBudget): Promise<FuzzReport> {
+  const log = budget.log ?? (() => {});
+  const stack = await Stack.start();
+  try {
+    const runIds: string[] = [];
+    for (const key of Object.values(keys)) {
+      const put = await stack.api(key, 'PUT', '/v1/agents/helper', agentDefinition(key === keys.b));
+      if (put.status !== 200) throw new Error(`agent setup failed: ${put.status} ${JSON.stringify(put.body)}`);
+      for (let index = 0; index < 2; index += 1) {
+        const run = await stack.api(key, 'POST', '/v1/runs', { agentId: 'helper', input: `setup ${index}` });
+        if (run.status !== 201) throw new Error(`run setup failed: ${run.status} ${JSON.stringify(run.body)}`);
+        runIds.push(run.body.runId);
+      }
+    }
+
+    log(`schemathesis: --max-examples ${budget.maxExamples}, seed ${budget.seed}`);
+    const schemathesis = await runSchemathesis({ baseUrl: stack.gatewayUrl, apiKey: keys.a, maxExamples: budget.maxExamples, seed: budget.seed, workers: 2 });
+    log(`schemathesis: ${schemathesis.casesGenerated} cases generated, exit ${schemathesis.exitCode}`);
+    if (schemathesis.exitCode !== 0) log(schemathesis.output.slice(-20_000));
+
+    log(`frame fuzzer: ${budget.frames} frames, seed ${budget.seed}`);
+    const frames = await runFrameFuzz({
+      url: `${stack.gatewayUrl.replace('http', 'ws')}/v1/ws`,
+      apiKeys: [keys.a, keys.b, keys.a, keys.b],
+      runIds,
+      agentId: 'helper',
+      frames: budget.frames,
+      seed: budget.seed,
+    });
+    log(`frame fuzzer: ${frames.sent} frames sent; by kind ${JSON.stringify(frames.byKind)}`);
+    log(`frame fuzzer: error frames for refused frames by code ${JSON.stringify(frames.badFrameErrors)}; replies to valid frames ${JSON.stringify(frames.validFrameReplies)}`);
+
+    const metrics = await stack.api(undefined, 'GET', '/metrics');
+    const httpStatuses = statusCounts(String(metrics.body));
+    log(`gateway http_requests_total by status: ${JSON.stringify(httpStatuses)}`);
+    const deadProcesses = stack.services.filter((service) => !service.running).map((service) => `${service.name}#${service.replica}`);
+    const locks = await stack.db.collection<{ _id: string; runId: string }>(collections.conversationLocks).find().toArray();
+    const orphanLocks = [];
+    for (const lock of locks) {
+      const transition = await stack.db.collection<{ _id: string }>(collections.runTransitions).findOne({ _id: `${lock.runId}:1` });
+      if (!transition) orphanLocks.push(lock);
+    }
+    log(`conversation locks: ${locks.length}, without a run: ${orphanLocks.length}`);
+    if (deadProcesses.length > 0 || (httpStatuses['500'] ?? 0) > 0) log(stack.logs(60));
+    return { schemathesis: { exitCode: schemathesis.exitCode, casesGenerated: schemathesis.casesGenerated, failures: schemathesis.failures }, frames, httpStatuses, deadProcesses, orphanLocks };
+  } finally {
+    await stack.stop();
+  }
+}
+
+/** Statuses of 500 and above in `counts`. */
+export const serverErrors = (counts: Record<string, number>) => Object.fromEntries(Object.entries(counts).filter(([status]) => Number(status) >= 500));
