@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runFuzz, serverErrors } from './fuzz/run-fuzz.ts';
+import { oddWebSocketPaths, runFuzz, serverErrors } from './fuzz/run-fuzz.ts';
 
 /**
  * Issue 8, "Fuzzed", CI-sized: schemathesis against `/openapi.json` (every check) and a seeded
@@ -14,6 +14,9 @@ describe('fuzzing the public API', () => {
       seed: Number(process.env.FUZZ_SEED ?? 20_261_129),
       log: (line) => console.log(line),
     });
+    // finding 13: however the path is spelled, no upgrade without a key (a real WebSocket client)
+    expect(report.oddPathUpgrades).toEqual(Object.fromEntries(oddWebSocketPaths.map((path) => [path, 401])));
+    expect(report.oddPathUpgradeWithKey).toBe('open');
     expect(report.schemathesis.failures).toBe('');
     expect(report.schemathesis.exitCode).toBe(0);
     expect(report.schemathesis.casesGenerated).toBeGreaterThan(100);

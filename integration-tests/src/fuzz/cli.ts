@@ -11,6 +11,8 @@ const budget = {
 };
 const report = await runFuzz({ ...budget, log: (line) => console.log(line) });
 const violations = [
+  ...Object.entries(report.oddPathUpgrades).filter(([, status]) => status !== 401).map(([path, status]) => `upgrade of ${path} without a key: ${status}`),
+  ...(report.oddPathUpgradeWithKey === 'open' ? [] : [`upgrade of /%761/ws with a key: ${report.oddPathUpgradeWithKey}`]),
   ...(report.schemathesis.exitCode === 0 ? [] : [`schemathesis failed:\n${report.schemathesis.failures}`]),
   ...(report.frames.unanswered.length > 0 ? [`${report.frames.unanswered.length} refused frames got no error frame`] : []),
   ...(report.frames.internalErrors > 0 ? [`${report.frames.internalErrors} internal error frames`] : []),

@@ -196,7 +196,9 @@ export async function runFrameFuzz(options: FrameFuzzOptions): Promise<FrameFuzz
         }
       })();
       if (bad) {
-        const reply = await socket.take((candidate) => candidate.type === 'error' && (requestId === undefined || candidate.requestId === requestId), timeoutMs);
+        // Refused by the frame contract: answered at once with invalid_json or invalid_request.
+        const refusal = (candidate: Reply) => candidate.type === 'error' && (candidate.code === 'invalid_json' || candidate.code === 'invalid_request');
+        const reply = await socket.take((candidate) => refusal(candidate) && (requestId === undefined || candidate.requestId === requestId), timeoutMs);
         if (!reply) report.unanswered.push(frame);
         else increment(report.badFrameErrors, String(reply.code));
         if (reply?.code === 'internal') report.internalErrors += 1;

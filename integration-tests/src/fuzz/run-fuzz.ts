@@ -1,4 +1,5 @@
 import { collections } from '@abide/shared';
+import WebSocket from 'ws';
 import { Stack } from '../harness/stack.ts';
 import { runFrameFuzz, type FrameFuzzReport } from './frame-fuzzer.ts';
 import { runSchemathesis, type SchemathesisResult } from './schemathesis.ts';
@@ -21,7 +22,30 @@ export type FuzzReport = {
   deadProcesses: string[];
   /** `conversation_locks` documents whose run does not exist (must be empty). */
   orphanLocks: unknown[];
+  /** WebSocket upgrades of oddly spelled paths without a key: path → HTTP status (finding 13; must all be 401). */
+  oddPathUpgrades: Record<string, number | 'open'>;
+  /** The same upgrade of `/%761/ws` with a key (the decoded route: must be `open`). */
+  oddPathUpgradeWithKey: number | 'open';
 };
+
+/** Paths the router decodes or does not match, each of which must need a key (finding 13). */
+export const oddWebSocketPaths = ['/%761/ws', '/%76%31/ws', '/V1/ws', '//v1/ws', '/v1/ws.', '/v1/ws/', '/v1//ws'];
+
+/** Opens a real WebSocket to `url`: `open`, or the status of the refused upgrade. */
+function upgrade(url: string, headers: Record<string, string>): Promise<number | 'open'> {
+  return new Promise((resolve, reject) => {
+    const socket = new WebSocket(url, { headers });
+    socket.once('open', () => {
+      socket.terminate();
+      resolve('open');
+    });
+    socket.once('unexpected-response', (_request, response) => {
+      resolve(response.statusCode ?? 0);
+      socket.terminate();
+    });
+    socket.once('error', (error) => reject(error));
+  });
+}
 
 const keys = { a: 'key-a', b: 'key-b' } as const;
 
@@ -63,6 +87,12 @@ export async function runFuzz(budget: FuzzBudget): Promise<FuzzReport> {
       }
     }
 
+    const wsBase = stack.gatewayUrl.replace('http', 'ws');
+    const oddPathUpgrades: Record<string, number | 'open'> = {};
+    for (const path of oddWebSocketPaths) oddPathUpgrades[path] = await upgrade(`${wsBase}${path}`, {});
+    const oddPathUpgradeWithKey = await upgrade(`${wsBase}/%761/ws`, { authorization: `Bearer ${keys.a}` });
+    log(`odd WebSocket paths without a key: ${JSON.stringify(oddPathUpgrades)}; /%761/ws with a key: ${oddPathUpgradeWithKey}`);
+
     log(`schemathesis: --max-examples ${budget.maxExamples}, seed ${budget.seed}`);
     const schemathesis = await runSchemathesis({ baseUrl: stack.gatewayUrl, apiKey: keys.a, maxExamples: budget.maxExamples, seed: budget.seed, workers: 2 });
     log(`schemathesis: ${schemathesis.casesGenerated} cases generated, exit ${schemathesis.exitCode}`);
@@ -92,7 +122,15 @@ export async function runFuzz(budget: FuzzBudget): Promise<FuzzReport> {
     }
     log(`conversation locks: ${locks.length}, without a run: ${orphanLocks.length}`);
     if (deadProcesses.length > 0 || (httpStatuses['500'] ?? 0) > 0) log(stack.logs(60));
-    return { schemathesis: { exitCode: schemathesis.exitCode, casesGenerated: schemathesis.casesGenerated, failures: schemathesis.failures }, frames, httpStatuses, deadProcesses, orphanLocks };
+    return {
+      schemathesis: { exitCode: schemathesis.exitCode, casesGenerated: schemathesis.casesGenerated, failures: schemathesis.failures },
+      frames,
+      httpStatuses,
+      deadProcesses,
+      orphanLocks,
+      oddPathUpgrades,
+      oddPathUpgradeWithKey,
+    };
   } finally {
     await stack.stop();
   }

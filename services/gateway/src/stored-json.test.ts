@@ -14,6 +14,8 @@ afterEach(async () => {
   await t.app.close();
 });
 
+/** `storedJsonLimits.maxDepth` (checked below). */
+const maxDepth = 8;
 const nested = (depth: number): unknown => (depth === 0 ? 'leaf' : { level: nested(depth - 1) });
 const createRun = (payload: Record<string, unknown>) => t.app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'helper', ...payload } });
 
@@ -25,7 +27,7 @@ describe('stored JSON at the API', () => {
     ['an empty key', { metadata: { a: { '': 1 } } }, 'body.metadata.a[""]'],
     ['a $-key in a tool call input', { input: [{ role: 'assistant', content: [{ type: 'tool-call', toolCallId: 'p0', toolName: 'echo', input: { $set: 1 } }] }] }, '["$set"]'],
     ['a dotted key in a tool result', { input: [{ role: 'tool', content: [{ type: 'tool-result', toolCallId: 'p0', toolName: 'echo', output: { type: 'json', value: { 'x.y': 1 } } }] }] }, '["x.y"]'],
-    ['metadata nested too deep', { metadata: { deep: nested(storedJsonLimits.maxDepth) } }, `levels deep`],
+    ['metadata nested too deep', { metadata: { deep: nested(maxDepth) } }, `levels deep`],
     ['an array inside an array', { metadata: { a: [1, [2]] } }, 'body.metadata.a.1: an array inside an array'],
     ['an array inside an array in a tool result', { input: [{ role: 'tool', content: [{ type: 'tool-result', toolCallId: 'p0', toolName: 'echo', output: { type: 'error-json', value: { x: [[null]] } } }] }] }, '.value.x.0: an array inside an array'],
   ])('refuses %s with 400 invalid_request naming the path, and takes no lock', async (_name, payload, where) => {
@@ -38,9 +40,10 @@ describe('stored JSON at the API', () => {
   });
 
   it('accepts storable JSON up to the depth bound, and drops unknown fields of input parts', async () => {
+    expect(storedJsonLimits.maxDepth).toBe(maxDepth);
     const response = await createRun({
       input: [{ role: 'user', content: [{ type: 'text', text: 'hi', 'odd.field': 1 }] }],
-      metadata: { deep: nested(storedJsonLimits.maxDepth - 1), 'key with spaces$': 1 },
+      metadata: { deep: nested(maxDepth - 1), 'key with spaces$': 1 },
     });
     expect(response.statusCode).toBe(201);
     const run = t.memory.transitions.get(`${response.json().runId}:1`);
