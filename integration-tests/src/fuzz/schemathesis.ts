@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { repoRoot } from '../harness/service-process.ts';
 
@@ -53,6 +54,8 @@ export async function runSchemathesis(options: SchemathesisOptions): Promise<Sch
     '--no-color',
   ];
   const child = spawn(schemathesisBinary, args, {
+    // schemathesis keeps a cache (`.schemathesis/`) in its working directory: a fresh one per run.
+    cwd: mkdtempSync(join(tmpdir(), 'abide-schemathesis-')),
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', SCHEMATHESIS_HOOKS: 'schemathesis_hooks', PYTHONPATH: import.meta.dirname },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
