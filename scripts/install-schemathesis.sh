@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs schemathesis (PyPI, pinned) into .abide/schemathesis/ (a Python venv) when it is
 # missing or another version; used by the fuzz test (integration-tests/src/fuzz.test.ts) and
-# `npm run fuzz`. Needs python3; installs Debian's python3-venv when the venv module is missing
-# (CI runs as root on Debian).
+# `npm run fuzz`. Needs python3; installs Debian's python3-venv with apt when the venv module is
+# missing (CI runs as root on Debian; elsewhere through sudo).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,12 +14,11 @@ if [[ -x "${venv}/bin/st" ]] && [[ "$("${venv}/bin/st" --version 2>/dev/null)" =
 fi
 
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-  if [[ "$(id -u)" != "0" ]]; then
-    echo "python3's venv module is missing: install python3-venv (apt-get install -y python3-venv)" >&2
-    exit 1
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    sudo="sudo"
   fi
-  apt-get update
-  DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv
+  ${sudo} apt-get update && ${sudo} env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
 fi
 
 rm -rf "${venv}"

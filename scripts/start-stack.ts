@@ -10,17 +10,18 @@
  *   node scripts/start-stack.ts [--raw-logs]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, styleText } from 'node:util';
+import { serviceEnvironment, type ServiceName } from '@abide/shared';
 import { abidePaths, errorMessage, startServersFromEnv, type StartedServers } from './lib/servers.ts';
 
 type Color = 'cyan' | 'magenta' | 'yellow' | 'green' | 'blue' | 'red' | 'gray';
 
 interface ServiceSpec {
-  name: string;
+  name: ServiceName;
   color: Color;
   env: Record<string, string>;
 }
@@ -36,7 +37,7 @@ const gatewayPort = Number(process.env.GATEWAY_PORT || 8080);
 if (!Number.isInteger(gatewayPort) || gatewayPort <= 0 || gatewayPort > 65_535) throw new Error(`GATEWAY_PORT must be a port number, got "${process.env.GATEWAY_PORT}"`);
 const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
 const apiKeysGiven = Boolean(process.env.ABIDE_API_KEYS || process.env.ABIDE_API_KEYS_FILE);
-const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key:demo';
+const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key-change-me-0001:demo';
 
 /** Everything the signal handlers need; built in main(). */
 interface Stack {
@@ -74,7 +75,7 @@ function superviseService(spec: ServiceSpec, stack: Stack): SupervisedService {
     restartTimer = undefined;
     const spawned = spawn(process.execPath, [mainPath], {
       cwd: abidePaths.repoRoot,
-      env: { ...process.env, ...spec.env },
+      env: serviceProcessEnvironment(spec),
       stdio: ['ignore', 'pipe', 'pipe'],
       // Its own process group: a terminal's Ctrl-C reaches only this supervisor, which then stops the services before the servers.
       detached: true,
@@ -118,6 +119,44 @@ function superviseService(spec: ServiceSpec, stack: Stack): SupervisedService {
       child?.kill('SIGKILL');
     },
   };
+}
+
+/** Variables every process may need to run at all; nothing of them configures Abide. */
+const processBasics = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_ALL', 'TZ'];
+
+/**
+ * What a service process gets: the basics, the variables its configuration names (taken from
+ * this shell) and the stack's own values; nothing else of this shell's environment (issue 8: a
+ * variable a service does not read is one an agent could never be tricked into reaching).
+ */
+function serviceProcessEnvironment(spec: ServiceSpec): Record<string, string> {
+  const names = new Set([...processBasics, ...serviceEnvironment[spec.name].variables]);
+  const inherited = Object.entries(process.env).filter((entry): entry is [string, string] => names.has(entry[0]) && entry[1] !== undefined);
+  return { ...Object.fromEntries(inherited), ...spec.env };
+}
+
+/**
+ * The demo tenant's secrets, laid out as `TENANT_SECRETS_DIR/<tenantId>/<NAME>`: `LLM_API_KEY`
+ * becomes the `demo-llm` agent's key (its `apiKeyEnv`) for the tenant of the demo API key.
+ */
+const tenantSecretsDir = join(abidePaths.dataRoot, 'secrets');
+function writeDemoSecrets(tenantId: string): void {
+  const key = process.env.LLM_API_KEY;
+  if (!key) return;
+  const dir = join(tenantSecretsDir, tenantId);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dir, 'LLM_API_KEY'), key, { mode: 0o600 });
+  chmodSync(join(dir, 'LLM_API_KEY'), 0o600);
+}
+
+/** `LLM_EGRESS_ALLOW` for the demo model server: its host and port (an address entry, so a local server is allowed too). */
+function demoLlmEgress(): string | undefined {
+  if (!process.env.LLM_BASE_URL) return undefined;
+  const url = new URL(process.env.LLM_BASE_URL);
+  const port = url.port || (url.protocol === 'https:' ? '443' : '80');
+  // `localhost` resolves to loopback addresses, which only an address entry allows.
+  const loopback = url.hostname === 'localhost' ? [`127.0.0.1:${port}`, `[::1]:${port}`] : [];
+  return [`${url.hostname}:${port}`, ...loopback].join(',');
 }
 
 const levelColors: Record<string, Color> = { trace: 'gray', debug: 'gray', info: 'green', warn: 'yellow', error: 'red', fatal: 'red' };
@@ -189,12 +228,13 @@ const demoAgent = {
   maxSteps: 10,
 };
 
-/** The first key of `ABIDE_API_KEYS` / `ABIDE_API_KEYS_FILE` (`key:tenant` entries), as the gateway reads them. */
-function demoApiKey(): string | undefined {
+/** The first entry of `ABIDE_API_KEYS` / `ABIDE_API_KEYS_FILE` (`key:tenant` entries), as the gateway reads them. */
+function demoApiKeyEntry(): { key: string; tenantId: string } | undefined {
   const fileText = process.env.ABIDE_API_KEYS_FILE && existsSync(process.env.ABIDE_API_KEYS_FILE) ? readFileSync(process.env.ABIDE_API_KEYS_FILE, 'utf8') : '';
   const entries = `${apiKeys ?? ''}\n${fileText}`.split(/[,\n]/).map((entry) => entry.trim()).filter((entry) => entry && !entry.startsWith('#'));
   const first = entries[0];
-  return first && first.lastIndexOf(':') > 0 ? first.slice(0, first.lastIndexOf(':')) : undefined;
+  const separator = first?.lastIndexOf(':') ?? -1;
+  return first && separator > 0 ? { key: first.slice(0, separator), tenantId: first.slice(separator + 1) } : undefined;
 }
 
 async function waitForGateway(stack: Stack): Promise<boolean> {
@@ -231,6 +271,7 @@ function printUsage(apiKey: string, servers: StartedServers): void {
     '',
     styleText('bold', 'Abide is up.'),
     `  API      ${gatewayUrl}   (API key ${apiKey}${apiKeysGiven ? '' : ', tenant demo'})`,
+    `  Console  ${gatewayUrl}/console   (sign in with the API key)`,
     `  NATS     ${servers.natsUrl}`,
     `  MongoDB  ${servers.mongoUrl}`,
     '',
@@ -243,8 +284,10 @@ function printUsage(apiKey: string, servers: StartedServers): void {
     'All at once:',
     `  RUN_ID=$(curl -s ${gatewayUrl}/v1/runs ${auth} -H 'Content-Type: application/json' -d '{"agentId":"demo","input":"What time is it?"}' | sed -E 's/.*"runId":"([^"]+)".*/\\1/') && curl -N ${gatewayUrl}/v1/runs/$RUN_ID/events ${auth}`,
     'Over WebSocket:',
-    `  npx wscat -c 'ws://127.0.0.1:${gatewayPort}/v1/ws?access_token=${apiKey}'`,
+    `  npx wscat -c 'ws://127.0.0.1:${gatewayPort}/v1/ws' -H 'authorization: Bearer ${apiKey}'`,
     `  > {"type":"run.create","requestId":"r1","agentId":"demo","input":"hi"}`,
+    'With the CLI:',
+    `  ABIDE_URL=${gatewayUrl} ABIDE_API_KEY=${apiKey} npx abide runs create --agent demo --input "What time is it?" --follow`,
     '',
     'Ctrl-C stops everything.',
     '',
@@ -303,13 +346,18 @@ async function main(stack: Stack): Promise<void> {
   stack.servers = servers;
   say(`NATS ${servers.natsUrl}, MongoDB ${servers.mongoUrl}`);
 
-  const common: Record<string, string> = { NATS_URL: servers.natsUrl, MONGO_URL: servers.mongoUrl, GATEWAY_PORT: String(gatewayPort) };
-  if (apiKeys !== undefined) common.ABIDE_API_KEYS = apiKeys;
+  const demoEntry = demoApiKeyEntry();
+  if (demoEntry) writeDemoSecrets(demoEntry.tenantId);
+  const nats = { NATS_URL: servers.natsUrl };
+  const mongo = { MONGO_URL: servers.mongoUrl };
+  // Each service gets only what it reads: the API keys and MongoDB stay away from the workers.
+  const workerSecrets = { TENANT_SECRETS_DIR: process.env.TENANT_SECRETS_DIR || tenantSecretsDir };
+  const llmEgress = process.env.LLM_EGRESS_ALLOW || demoLlmEgress();
   const specs: ServiceSpec[] = [
-    { name: 'gateway', color: 'cyan', env: common },
-    { name: 'orchestrator', color: 'magenta', env: { ...common, HEALTH_PORT: '8081' } },
-    { name: 'llm-worker', color: 'yellow', env: { ...common, HEALTH_PORT: '8082' } },
-    { name: 'tool-worker', color: 'green', env: { ...common, HEALTH_PORT: '8083' } },
+    { name: 'gateway', color: 'cyan', env: { ...nats, ...mongo, GATEWAY_PORT: String(gatewayPort), ...(apiKeys !== undefined ? { ABIDE_API_KEYS: apiKeys } : {}) } },
+    { name: 'orchestrator', color: 'magenta', env: { ...nats, ...mongo, HEALTH_PORT: '8081' } },
+    { name: 'llm-worker', color: 'yellow', env: { ...nats, ...workerSecrets, ...(llmEgress ? { LLM_EGRESS_ALLOW: llmEgress } : {}), HEALTH_PORT: '8082' } },
+    { name: 'tool-worker', color: 'green', env: { ...nats, ...workerSecrets, HEALTH_PORT: '8083' } },
   ];
   for (const spec of specs) {
     const service = superviseService(spec, stack);
@@ -321,7 +369,7 @@ async function main(stack: Stack): Promise<void> {
     if (!stack.shuttingDown) say(styleText('red', `the gateway was not ready within ${gatewayReadyTimeoutMs / 1000} s; the demo agent was not created`));
     return;
   }
-  const apiKey = demoApiKey();
+  const apiKey = demoEntry?.key;
   if (!apiKey) {
     say('no API key found in ABIDE_API_KEYS / ABIDE_API_KEYS_FILE; the demo agent was not created');
     return;
@@ -329,7 +377,7 @@ async function main(stack: Stack): Promise<void> {
   try {
     await putAgent(apiKey, 'demo', demoAgent);
     if (process.env.LLM_BASE_URL) {
-      const model = { provider: 'openai-compatible', baseURL: process.env.LLM_BASE_URL, model: process.env.LLM_MODEL || 'gpt-4o-mini', apiKeyEnv: 'LLM_API_KEY' };
+      const model = { provider: 'openai-compatible', baseURL: process.env.LLM_BASE_URL, model: process.env.LLM_MODEL || 'gpt-4o-mini', ...(process.env.LLM_API_KEY ? { apiKeyEnv: 'LLM_API_KEY' } : {}) };
       await putAgent(apiKey, 'demo-llm', { ...demoAgent, model });
     }
   } catch (error) {

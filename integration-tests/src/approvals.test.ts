@@ -2,7 +2,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
-import { Stack } from './harness/stack.ts';
+import { Stack, testKeys } from './harness/stack.ts';
 
 /** Issue 3: a run suspends on a tool call that needs approval and resumes on a decision from any road. */
 describe('tool approvals', () => {
@@ -12,7 +12,7 @@ describe('tool approvals', () => {
   beforeAll(async () => {
     tool = await startHttpToolServer((call) => ({ body: { paid: true, request: call.body } }));
     stack = await Stack.start();
-    const put = await stack.api('key-a', 'PUT', '/v1/agents/payer', {
+    const put = await stack.api(testKeys.a, 'PUT', '/v1/agents/payer', {
       model: {
         provider: 'scripted',
         steps: [{ text: 'Paying.', toolCalls: [{ toolName: 'pay', args: { amount: 10 } }] }, { text: 'Finished.' }],
@@ -29,7 +29,7 @@ describe('tool approvals', () => {
       ],
     });
     expect(put.status, JSON.stringify(put.body)).toBe(200);
-    const triple = await stack.api('key-a', 'PUT', '/v1/agents/triple', {
+    const triple = await stack.api(testKeys.a, 'PUT', '/v1/agents/triple', {
       model: {
         provider: 'scripted',
         steps: [
@@ -57,7 +57,7 @@ describe('tool approvals', () => {
   });
 
   async function startSuspended(agentId = 'payer') {
-    const socket = await stack.socket('key-a');
+    const socket = await stack.socket(testKeys.a);
     socket.send({ type: 'run.create', requestId: 'c', agentId, input: 'pay' });
     const { runId } = await socket.waitFor((frame) => frame.type === 'run.created');
     await socket.waitFor((frame) => frame.type === 'event' && frame.event.type === 'run.suspended').catch((error: Error) => {
@@ -70,20 +70,20 @@ describe('tool approvals', () => {
 
   it('approves over HTTP: the tool is called once and the run completes', async () => {
     const { socket, runId } = await startSuspended();
-    const view = await stack.api('key-a', 'GET', `/v1/runs/${runId}`);
+    const view = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`);
     expect(view.body.status).toBe('suspended');
     expect(view.body.pendingApprovals).toMatchObject([{ toolCallId: 's0c0', toolName: 'pay', args: { amount: 10 } }]);
     expect(callsFor(runId)).toHaveLength(0);
-    const inbox = await stack.api('key-a', 'GET', '/v1/approvals?status=pending');
+    const inbox = await stack.api(testKeys.a, 'GET', '/v1/approvals?status=pending');
     expect(inbox.body.approvals).toContainEqual(expect.objectContaining({ runId, toolCallId: 's0c0' }));
-    const other = await stack.api('key-b', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
+    const other = await stack.api(testKeys.b, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
     expect([other.status, other.body.error?.code]).toEqual([404, 'approval_not_found']);
 
-    const decided = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
+    const decided = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
     expect([decided.status, decided.body.status]).toEqual([202, 'accepted']);
-    const again = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
+    const again = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
     expect([again.status, again.body.status]).toEqual([200, 'already_decided']);
-    const conflict = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: false });
+    const conflict = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: false });
     expect([conflict.status, conflict.body.error?.code]).toEqual([409, 'approval_conflict']);
 
     const events = await socket.untilTerminal(runId);
@@ -141,9 +141,9 @@ describe('tool approvals', () => {
 
   it('decides three calls of one step independently; only the approved one reaches the tool', async () => {
     const { socket, runId } = await startSuspended('triple');
-    const view = await stack.api('key-a', 'GET', `/v1/runs/${runId}`);
+    const view = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`);
     expect(view.body.pendingApprovals.map((approval: { toolCallId: string }) => approval.toolCallId)).toEqual(['s0c0', 's0c1']);
-    const batch = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals`, {
+    const batch = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals`, {
       decisions: [
         { toolCallId: 's0c0', approved: false, reason: 'no' },
         { toolCallId: 's0c1', approved: true },
@@ -161,14 +161,14 @@ describe('tool approvals', () => {
 
   it('answers races and bad input exactly', async () => {
     const { socket, runId } = await startSuspended();
-    const badArgs = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true, args: { amount: 'lots' } });
+    const badArgs = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true, args: { amount: 'lots' } });
     expect([badArgs.status, badArgs.body.error?.code]).toEqual([400, 'invalid_args']);
-    const unknown = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s9c9`, { approved: true });
+    const unknown = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s9c9`, { approved: true });
     expect([unknown.status, unknown.body.error?.code]).toEqual([404, 'approval_not_found']);
     // A concurrent approve and deny: exactly one wins, both callers learn which.
     const [approve, deny] = await Promise.all([
-      stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true }),
-      stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: false }),
+      stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true }),
+      stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: false }),
     ]);
     const statuses = [approve.status, deny.status].sort();
     expect(statuses).toEqual([202, 409]);
@@ -176,17 +176,17 @@ describe('tool approvals', () => {
     const events = await socket.untilTerminal(runId);
     expect(events.find((event) => event.type === 'approval.resolved')!.approved).toBe(approvedWon);
     expect(callsFor(runId)).toHaveLength(approvedWon ? 1 : 0);
-    const finished = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: approvedWon });
+    const finished = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: approvedWon });
     expect([finished.status, finished.body.status]).toEqual([200, 'already_decided']);
     socket.close();
   });
 
   it('answers run_not_suspended for a call of a run that is no longer suspended', async () => {
     const { socket, runId } = await startSuspended();
-    const cancel = await stack.api('key-a', 'POST', `/v1/runs/${runId}/cancel`, {});
+    const cancel = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/cancel`, {});
     expect(cancel.status).toBe(202);
     await socket.untilTerminal(runId);
-    const late = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
+    const late = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
     expect([late.status, late.body.error?.code]).toEqual([409, 'run_not_suspended']);
     expect(callsFor(runId)).toHaveLength(0);
     socket.close();
@@ -196,7 +196,7 @@ describe('tool approvals', () => {
     const { socket, runId } = await startSuspended();
     const orchestrator = stack.service('orchestrator');
     await orchestrator.stop('SIGKILL');
-    const decided = await stack.api('key-a', 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
+    const decided = await stack.api(testKeys.a, 'POST', `/v1/runs/${runId}/approvals/s0c0`, { approved: true });
     expect(decided.status).toBe(202);
     orchestrator.start();
     await orchestrator.waitReady();
@@ -211,8 +211,8 @@ describe('tool approvals', () => {
       model: { provider: 'scripted', steps: [{ toolCalls: [{ toolName: 'pay', args: { amount: 3 } }] }, { text: 'After the deadline.' }] },
       tools: [{ name: 'pay', kind: 'http', needsApproval: true, approvalTimeoutMs: 1_000, onApprovalTimeout, inputSchema: { type: 'object' }, http: { url: `${tool.url}/pay` } }],
     });
-    expect((await stack.api('key-a', 'PUT', '/v1/agents/hasty-deny', agent('deny'))).status).toBe(200);
-    expect((await stack.api('key-a', 'PUT', '/v1/agents/hasty-fail', agent('fail'))).status).toBe(200);
+    expect((await stack.api(testKeys.a, 'PUT', '/v1/agents/hasty-deny', agent('deny'))).status).toBe(200);
+    expect((await stack.api(testKeys.a, 'PUT', '/v1/agents/hasty-fail', agent('fail'))).status).toBe(200);
     const denied = await startSuspended('hasty-deny');
     const deniedEvents = await denied.socket.untilTerminal(denied.runId, 30_000);
     expect(deniedEvents.find((event) => event.type === 'approval.resolved')).toMatchObject({ approved: false, source: 'timeout' });

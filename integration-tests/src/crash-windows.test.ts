@@ -14,7 +14,7 @@ import {
   waitForStatus,
   type ClientEvent,
 } from './harness/run-checks.ts';
-import { Stack } from './harness/stack.ts';
+import { Stack, testKeys } from './harness/stack.ts';
 import type { TestSocket } from './harness/test-socket.ts';
 import { Follower } from './chaos/followers.ts';
 import { GatewayPool } from './chaos/gateways.ts';
@@ -103,13 +103,13 @@ const overstayerAgent = {
 };
 
 async function createRun(stack: Stack, agentId: string, input = 'go'): Promise<string> {
-  const created = await stack.api('key-a', 'POST', '/v1/runs', { agentId, input });
+  const created = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId, input });
   expect(created.status, JSON.stringify(created.body)).toBe(201);
   return created.body.runId as string;
 }
 
 async function follow(stack: Stack, runId: string): Promise<TestSocket> {
-  const socket = await stack.socket('key-a');
+  const socket = await stack.socket(testKeys.a);
   socket.send({ type: 'subscribe', runId });
   return socket;
 }
@@ -120,7 +120,7 @@ function callsFor(tool: ToolServer, runId: string): RecordedCall[] {
 
 /** Every check of a finished run that does not depend on the scenario. */
 async function expectCleanRun(stack: Stack, runId: string, live?: readonly ClientEvent[]): Promise<ClientEvent[]> {
-  const replay = await fullReplay(stack, 'key-a', runId);
+  const replay = await fullReplay(stack, testKeys.a, runId);
   expect(eventStreamProblems(replay)).toEqual([]);
   if (live) expect(live.map((event) => event.eventId)).toEqual(replay.map((event) => event.eventId));
   const raw = await rawRunEvents(stack.servers.natsUrl, runId);
@@ -164,7 +164,7 @@ describe('crash windows, one replica of each service', () => {
       overstayer: overstayerAgent,
     };
     for (const [agentId, body] of Object.entries(agents)) {
-      const put = await stack.api('key-a', 'PUT', `/v1/agents/${agentId}`, body);
+      const put = await stack.api(testKeys.a, 'PUT', `/v1/agents/${agentId}`, body);
       expect(put.status, JSON.stringify(put.body)).toBe(200);
     }
   });
@@ -202,7 +202,7 @@ describe('crash windows, one replica of each service', () => {
     const replay = await expectCleanRun(stack, runId, live);
     expect(replay.at(-1)).toMatchObject({ type: 'run.completed', output: 'Booked.' });
     expect(callsFor(tool, runId).map((call) => call.idempotencyKey)).toEqual([`${runId}:s1c0`]);
-    const view = await stack.api('key-a', 'GET', `/v1/runs/${runId}`);
+    const view = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`);
     expect(view.body).toMatchObject({ status: 'completed', output: 'Booked.' });
     crashedRuns.push(runId);
   }
@@ -319,7 +319,7 @@ describe('crash windows, one replica of each service', () => {
     expect(before.some((event) => terminalTypes.includes(event.type))).toBe(false);
     gateway.start();
     await gateway.waitReady();
-    const second = await stack.socket('key-a');
+    const second = await stack.socket(testKeys.a);
     second.send({ type: 'subscribe', runId, after: before.at(-1)!.seq });
     const after = (await second.untilTerminal(runId, 60_000)) as ClientEvent[];
     second.close();
@@ -331,7 +331,7 @@ describe('crash windows, one replica of each service', () => {
     expect(resumed.map((event) => event.seq)).toEqual(replay.map((event) => event.seq));
 
     // A cursor at the terminal event: nothing more, ever.
-    const done = await stack.socket('key-a');
+    const done = await stack.socket(testKeys.a);
     done.send({ type: 'subscribe', runId, after: replay.at(-1)!.seq });
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(done.events(runId)).toEqual([]);
@@ -347,16 +347,16 @@ describe('crash windows, one replica of each service', () => {
     await done.waitFor((frame) => frame.type === 'pong');
     done.close();
     for (const query of ['after=-1', 'after=x', 'after=1.5', 'after=']) {
-      const response = await stack.api('key-a', 'GET', `/v1/runs/${runId}/events?${query}`);
+      const response = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}/events?${query}`);
       expect([response.status, response.body?.error?.code], query).toEqual([400, 'invalid_cursor']);
     }
-    const badHeader = await stack.api('key-a', 'GET', `/v1/runs/${runId}/events`, undefined, { 'last-event-id': 'soon' });
+    const badHeader = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}/events`, undefined, { 'last-event-id': 'soon' });
     expect([badHeader.status, badHeader.body?.error?.code]).toEqual([400, 'invalid_cursor']);
   });
 
   async function expectAllComplete(runIds: readonly string[], timeoutMs = 120_000): Promise<void> {
     for (const runId of runIds) {
-      const view = await waitForStatus(stack, 'key-a', runId, terminalTypes.map((type) => type.slice(4)), timeoutMs);
+      const view = await waitForStatus(stack, testKeys.a, runId, terminalTypes.map((type) => type.slice(4)), timeoutMs);
       expect(view.status, `${runId}: ${JSON.stringify(view.error)}`).toBe('completed');
     }
     for (const runId of runIds) await expectCleanRun(stack, runId);
@@ -376,13 +376,13 @@ describe('crash windows, one replica of each service', () => {
     expect(follower.unfinished().map((run) => run.runId), 'runs whose terminal event never reached the WebSocket client').toEqual([]);
     expect(follower.stats.problems).toEqual([]);
     for (const runId of runIds) {
-      const replay = await fullReplay(stack, 'key-a', runId);
+      const replay = await fullReplay(stack, testKeys.a, runId);
       expect(follower.runs.get(runId)!.events.map((event) => event.eventId)).toEqual(replay.map((event) => event.eventId));
     }
   }
 
   async function serverRestart(server: 'nats' | 'mongo') {
-    const follower = new Follower({ name: 'restart-follower', pool: new GatewayPool(stack, createRandom(1), 'key-a'), key: 'key-a', onEvent() {} });
+    const follower = new Follower({ name: 'restart-follower', pool: new GatewayPool(stack, createRandom(1), testKeys.a), key: testKeys.a, onEvent() {} });
     await follower.start();
     try {
       const runIds = await Promise.all([1, 2, 3, 4].map(() => createRun(stack, 'sleeper')));
@@ -435,7 +435,7 @@ describe('two replicas of every service', () => {
   beforeAll(async () => {
     tool = await startHttpToolServer((call) => ({ body: { ok: true, key: call.idempotencyKey } }));
     stack = await Stack.start({ replicas: { gateway: 2, orchestrator: 2, 'llm-worker': 2, 'tool-worker': 2 } });
-    const put = await stack.api('key-a', 'PUT', '/v1/agents/booker', bookerAgent(tool));
+    const put = await stack.api(testKeys.a, 'PUT', '/v1/agents/booker', bookerAgent(tool));
     expect(put.status, JSON.stringify(put.body)).toBe(200);
   });
 
@@ -447,7 +447,7 @@ describe('two replicas of every service', () => {
   it('30 runs with HTTP tools complete; each HTTP call exactly once; no event twice', async () => {
     const runIds = await Promise.all(Array.from({ length: 30 }, () => createRun(stack, 'booker')));
     for (const runId of runIds) {
-      const view = await waitForStatus(stack, 'key-a', runId, ['completed', 'failed', 'cancelled'], 90_000);
+      const view = await waitForStatus(stack, testKeys.a, runId, ['completed', 'failed', 'cancelled'], 90_000);
       expect(view.status).toBe('completed');
     }
     const keys = tool.calls.map((call) => call.idempotencyKey);

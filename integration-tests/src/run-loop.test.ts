@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
 import { bookerMilestones } from './harness/run-checks.ts';
-import { Stack } from './harness/stack.ts';
+import { Stack, testKeys } from './harness/stack.ts';
 
 /**
  * Issue 2, end to end through the public API only: a scripted agent calls `echo`, then an HTTP
@@ -42,11 +42,11 @@ describe('a durable run, end to end', () => {
   }
 
   it('runs echo, then the HTTP tool, then answers; events in order; resumable; tenant-scoped', { timeout: 120_000 }, async () => {
-    const put = await stack.api('key-a', 'PUT', '/v1/agents/booker', agentBody());
+    const put = await stack.api(testKeys.a, 'PUT', '/v1/agents/booker', agentBody());
     expect(put.status, JSON.stringify(put.body)).toBe(200);
     expect(put.body.version).toBe(1);
 
-    const socket = await stack.socket('key-a');
+    const socket = await stack.socket(testKeys.a);
     socket.send({ type: 'run.create', requestId: 'r1', agentId: 'booker', input: 'Book me the blue room for two nights.' });
     const created = await socket.waitFor((frame) => frame.type === 'run.created' && frame.requestId === 'r1');
     const runId: string = created.runId;
@@ -80,7 +80,7 @@ describe('a durable run, end to end', () => {
     expect(tool.calls[0]!.body).toEqual({ room: 'blue', nights: 2 });
 
     // The run through the API, and in MongoDB.
-    const view = await stack.api('key-a', 'GET', `/v1/runs/${runId}`);
+    const view = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`);
     expect(view.status).toBe(200);
     expect(view.body).toMatchObject({ runId, agentId: 'booker', status: 'completed', output: 'All done: the blue room is booked for 2 nights.', pendingApprovals: [] });
     const stored = await stack.db.collection('runs').findOne({ _id: runId as never });
@@ -90,15 +90,15 @@ describe('a durable run, end to end', () => {
     expect(transitions.at(-1)!.state.status).toBe('completed');
 
     // Another tenant sees nothing.
-    const foreign = await stack.api('key-b', 'GET', `/v1/runs/${runId}`);
+    const foreign = await stack.api(testKeys.b, 'GET', `/v1/runs/${runId}`);
     expect(foreign.status).toBe(404);
     expect(foreign.body.error.code).toBe('run_not_found');
-    const foreignEvents = await stack.api('key-b', 'GET', `/v1/runs/${runId}/events`);
+    const foreignEvents = await stack.api(testKeys.b, 'GET', `/v1/runs/${runId}/events`);
     expect(foreignEvents.status).toBe(404);
 
     // A second WebSocket resumes from a mid-run seq and gets exactly the later events.
     const middle = events[Math.floor(events.length / 2)]!;
-    const resumed = await stack.socket('key-a');
+    const resumed = await stack.socket(testKeys.a);
     resumed.send({ type: 'subscribe', runId, after: middle.seq });
     const later = await resumed.untilTerminal(runId, 30_000);
     expect(later.map((event) => event.eventId)).toEqual(events.filter((event) => event.seq > middle.seq).map((event) => event.eventId));
@@ -107,7 +107,7 @@ describe('a durable run, end to end', () => {
     expect(resumed.events(runId)).toHaveLength(later.length);
 
     // SSE replays the same events from the same cursor (Last-Event-ID wins over after).
-    const sse = await stack.api('key-a', 'GET', `/v1/runs/${runId}/events?after=0`, undefined, { 'last-event-id': String(middle.seq) });
+    const sse = await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}/events?after=0`, undefined, { 'last-event-id': String(middle.seq) });
     expect(sse.status).toBe(200);
     const sseIds = String(sse.body)
       .split('\n')
@@ -122,22 +122,22 @@ describe('a durable run, end to end', () => {
   it('answers bad input with a stable code and writes nothing', async () => {
     expect((await stack.api(undefined, 'GET', '/v1/runs')).status).toBe(401);
     expect((await stack.api('wrong-key', 'GET', '/v1/runs')).body.error.code).toBe('unauthorized');
-    const malformed = await stack.api('key-a', 'POST', '/v1/runs', '{"agentId": ');
+    const malformed = await stack.api(testKeys.a, 'POST', '/v1/runs', '{"agentId": ');
     expect([malformed.status, malformed.body.error.code]).toEqual([400, 'invalid_json']);
-    const unknownAgent = await stack.api('key-a', 'POST', '/v1/runs', { agentId: 'nobody', input: 'hi' });
+    const unknownAgent = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'nobody', input: 'hi' });
     expect([unknownAgent.status, unknownAgent.body.error.code]).toEqual([404, 'agent_not_found']);
-    const invalid = await stack.api('key-a', 'POST', '/v1/runs', { agentId: 'booker' });
+    const invalid = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'booker' });
     expect([invalid.status, invalid.body.error.code]).toEqual([400, 'invalid_request']);
-    const huge = await stack.api('key-a', 'POST', '/v1/runs', { agentId: 'booker', input: 'x'.repeat(2 * 1024 * 1024) });
+    const huge = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'booker', input: 'x'.repeat(2 * 1024 * 1024) });
     expect([huge.status, huge.body.error.code]).toEqual([413, 'payload_too_large']);
-    const badProvider = await stack.api('key-a', 'PUT', '/v1/agents/bad', { model: { provider: 'nope' }, tools: [] });
+    const badProvider = await stack.api(testKeys.a, 'PUT', '/v1/agents/bad', { model: { provider: 'nope' }, tools: [] });
     expect([badProvider.status, badProvider.body.error.code]).toEqual([400, 'invalid_request']);
-    const badCursor = await stack.api('key-a', 'GET', '/v1/runs/run_x/events?after=-1');
+    const badCursor = await stack.api(testKeys.a, 'GET', '/v1/runs/run_x/events?after=-1');
     expect([badCursor.status, badCursor.body.error.code]).toEqual([400, 'invalid_cursor']);
     expect(await stack.db.collection('runs').countDocuments({ agentId: 'nobody' })).toBe(0);
     expect(await stack.db.collection('agents').countDocuments({ agentId: 'bad' })).toBe(0);
 
-    const socket = await stack.socket('key-a');
+    const socket = await stack.socket(testKeys.a);
     socket.send('not json');
     expect((await socket.waitFor((frame) => frame.type === 'error')).code).toBe('invalid_json');
     socket.send({ type: 'subscribe', runId: 'run_x', after: 'soon' });
@@ -149,12 +149,12 @@ describe('a durable run, end to end', () => {
 
   it('answers a repeated Idempotency-Key with the same run, and another body with 422', async () => {
     const body = { agentId: 'booker', input: 'hello again' };
-    const first = await stack.api('key-a', 'POST', '/v1/runs', body, { 'idempotency-key': 'order-42' });
+    const first = await stack.api(testKeys.a, 'POST', '/v1/runs', body, { 'idempotency-key': 'order-42' });
     expect(first.status).toBe(201);
-    const again = await stack.api('key-a', 'POST', '/v1/runs', body, { 'idempotency-key': 'order-42' });
+    const again = await stack.api(testKeys.a, 'POST', '/v1/runs', body, { 'idempotency-key': 'order-42' });
     expect(again.status).toBe(200);
     expect(again.body.runId).toBe(first.body.runId);
-    const other = await stack.api('key-a', 'POST', '/v1/runs', { ...body, input: 'different' }, { 'idempotency-key': 'order-42' });
+    const other = await stack.api(testKeys.a, 'POST', '/v1/runs', { ...body, input: 'different' }, { 'idempotency-key': 'order-42' });
     expect([other.status, other.body.error.code]).toEqual([422, 'idempotency_key_reused']);
     expect(await stack.db.collection('runs').countDocuments({ _id: first.body.runId })).toBe(1);
   });

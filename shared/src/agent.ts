@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { toolNameSchema } from './envelope.ts';
-import { storedJsonMemberSchema, storedJsonObjectSchema, storedKeySchema } from './stored-json.ts';
+import { definitionJsonMemberSchema, definitionJsonObjectSchema } from './stored-json.ts';
 
 export const agentIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}');
 
@@ -11,21 +11,63 @@ export const agentLimits = {
   maxSystemChars: 100_000,
   maxStepsCeiling: 200,
   defaultMaxSteps: 20,
+  /**
+   * The whole definition, serialized as JSON. An agent travels in every model request (its tools
+   * and model) and each tool request carries one tool, so their size is bounded by this, far
+   * below the bus's 1 MiB `max_payload`; `1e20`-style numbers cost nothing once size is bounded.
+   */
+  maxDefinitionBytes: 256 * 1024,
+  /** One tool's `inputSchema`, serialized as JSON. */
+  maxInputSchemaBytes: 64 * 1024,
 } as const;
 
-/** An environment variable name (keys never live in MongoDB; only the variable's name does). */
-const envNameSchema = z.string().regex(/^[A-Z_][A-Z0-9_]{0,127}$/, 'must be an environment variable name');
+/**
+ * The name of a secret of the calling tenant (`TENANT_SECRETS_DIR/<tenantId>/<NAME>`), written
+ * like an environment variable name; the value never lives in MongoDB or on the bus.
+ */
+const envNameSchema = z.string().regex(/^[A-Z_][A-Z0-9_]{0,127}$/, 'must be a secret name ([A-Z_][A-Z0-9_]*)');
+
+/**
+ * An outbound http(s) URL of a tenant (a model's `baseURL`, a tool's `url`): no userinfo (it
+ * would be sent as credentials), no query and no fragment (a `#` would cut off the path the
+ * worker appends, making the whole path the tenant's).
+ */
+const outboundUrlSchema = z.url({ protocol: /^https?$/ }).superRefine((text, context) => {
+  const url = new URL(text);
+  if (url.username || url.password) context.addIssue({ code: 'custom', message: 'must not contain a user name or password' });
+  if (url.search || text.includes('?')) context.addIssue({ code: 'custom', message: 'must not contain a query' });
+  if (url.hash || text.includes('#')) context.addIssue({ code: 'custom', message: 'must not contain a fragment' });
+});
+
+/**
+ * Bounds on what a model may produce in one step (the llm-worker enforces them while streaming;
+ * over a bound the stream is aborted and the step fails with `model_output_too_large`). Chosen so
+ * a step's result, its `message.completed` event and its `tool.call` events fit one NATS message.
+ */
+export const modelOutputLimits = {
+  /** Text characters per step. */
+  maxTextChars: 100_000,
+  /** Tool calls per step. */
+  maxToolCalls: 32,
+  /** Bytes of all tool-call arguments of a step, as JSON. */
+  maxToolArgsBytes: 256 * 1024,
+} as const;
+
+/** The UTF-8 size of `value` serialized as JSON. */
+export function jsonByteLength(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8');
+}
 
 export const openAICompatibleModelSchema = z.object({
   provider: z.literal('openai-compatible'),
-  baseURL: z.url({ protocol: /^https?$/ }),
+  baseURL: outboundUrlSchema,
   model: z.string().min(1).max(256),
   apiKeyEnv: envNameSchema.optional(),
 });
 
 export const scriptedToolCallSchema = z.object({
   toolName: toolNameSchema,
-  args: storedJsonObjectSchema,
+  args: definitionJsonObjectSchema,
 });
 export const scriptedStepSchema = z.object({
   text: z.string().max(1_000_000).optional(),
@@ -45,11 +87,11 @@ export type ModelConfig = z.infer<typeof modelConfigSchema>;
 export type ScriptedModelConfig = z.infer<typeof scriptedModelSchema>;
 
 /**
- * A JSON Schema describing a tool's input; must describe an object. Stored as is, so its keys
- * follow `stored-json.ts` (keywords such as `$ref` are refused).
+ * A JSON Schema describing a tool's input; must describe an object. Stored with its keys escaped,
+ * so any keyword may appear; its depth and arrays follow `stored-json.ts`.
  */
 export const toolInputSchemaSchema = z
-  .record(storedKeySchema, storedJsonMemberSchema)
+  .record(z.string(), definitionJsonMemberSchema)
   .refine((schema) => schema.type === 'object', { path: ['type'], message: 'must be "object"' })
   // The refinement, for the generated JSON Schema (zod cannot derive it from a refinement).
   .meta({ properties: { type: { const: 'object' } }, required: ['type'] });
@@ -57,10 +99,10 @@ export const toolInputSchemaSchema = z
 const headerNameSchema = z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'must be an HTTP header name');
 
 export const httpToolConfigSchema = z.object({
-  url: z.url({ protocol: /^https?$/ }),
+  url: outboundUrlSchema,
   method: z.enum(['POST', 'PUT', 'PATCH']).default('POST'),
   headers: z.record(headerNameSchema, z.string().max(4096)).optional(),
-  /** Header name → environment variable of the tool-worker holding its value (secrets never go to MongoDB or the bus). */
+  /** Header name → name of a secret of the calling tenant holding its value (`TENANT_SECRETS_DIR`; secrets never go to MongoDB or the bus). */
   headersFromEnv: z.record(headerNameSchema, envNameSchema).optional(),
 });
 export type HttpToolConfig = z.infer<typeof httpToolConfigSchema>;
@@ -90,6 +132,10 @@ export const toolDefinitionSchema = z
     onOutcomeUnknown: z.enum(['retry', 'ask', 'fail']).default('retry'),
   })
   .superRefine((tool, context) => {
+    const schemaBytes = jsonByteLength(tool.inputSchema);
+    if (schemaBytes > agentLimits.maxInputSchemaBytes) {
+      context.addIssue({ code: 'custom', path: ['inputSchema'], message: `must be at most ${agentLimits.maxInputSchemaBytes} bytes as JSON (is ${schemaBytes})` });
+    }
     if (tool.kind === 'http' && !tool.http) context.addIssue({ code: 'custom', path: ['http'], message: 'an http tool needs `http`' });
     if (tool.kind === 'builtin' && !(builtinToolNames as readonly string[]).includes(tool.name)) {
       context.addIssue({ code: 'custom', path: ['name'], message: `unknown built-in tool; built-ins are ${builtinToolNames.join(', ')}` });
@@ -120,6 +166,10 @@ export const agentDefinitionSchema = z
   })
   .strict()
   .superRefine((agent, context) => {
+    const definitionBytes = jsonByteLength(agent);
+    if (definitionBytes > agentLimits.maxDefinitionBytes) {
+      context.addIssue({ code: 'custom', path: [], message: `the agent definition must be at most ${agentLimits.maxDefinitionBytes} bytes as JSON (is ${definitionBytes})` });
+    }
     const seen = new Set<string>();
     agent.tools.forEach((tool, index) => {
       if (seen.has(tool.name)) context.addIssue({ code: 'custom', path: ['tools', index, 'name'], message: `duplicate tool name "${tool.name}"` });

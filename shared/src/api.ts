@@ -114,9 +114,18 @@ export const approvalDecisionResultSchema = z.object({
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
 export const batchApprovalResponseSchema = z.object({ results: z.array(approvalDecisionResultSchema) });
-export const pendingApprovalsQuerySchema = z.object({ status: z.literal('pending').default('pending') }).strict();
+export const pendingApprovalsQuerySchema = z
+  .object({
+    status: z.literal('pending').default('pending'),
+    /** Suspended runs looked at per page (each may hold several pending approvals). */
+    limit: z.coerce.number().int().min(1).max(apiLimits.maxListLimit).default(apiLimits.defaultListLimit),
+    cursor: listCursorSchema.optional(),
+  })
+  .strict();
 export const pendingApprovalsResponseSchema = z.object({
   approvals: z.array(z.object({ runId: z.string(), toolCallId: z.string(), toolName: z.string(), args: z.unknown(), expiresAt: z.string().optional() })),
+  /** The next page (older suspended runs), or null when this is the last. */
+  nextCursor: z.string().nullable(),
 });
 
 /* ---------- WebSocket frames ---------- */
@@ -150,6 +159,15 @@ export const wsClientFrameSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('ping') }).strict(),
 ]);
 export type WsClientFrame = z.infer<typeof wsClientFrameSchema>;
+
+/** `POST /v1/ws/tickets` takes no body (or an empty object). */
+export const createWsTicketBodySchema = z.object({}).strict();
+/** A single-use ticket for `GET /v1/ws?ticket=`; `expiresAt` is when it stops being accepted. */
+export const wsTicketResponseSchema = z.object({ ticket: z.string(), expiresAt: z.string() });
+export type WsTicketResponse = z.infer<typeof wsTicketResponseSchema>;
+/** What `WS_TICKETS` holds under a ticket's hash: the tenant and the key's short id, never the key. */
+export const wsTicketEntrySchema = z.object({ tenantId: z.string(), keyId: z.string(), expiresAt: z.string() });
+export type WsTicketEntry = z.infer<typeof wsTicketEntrySchema>;
 
 export type WsServerFrame =
   | { type: 'event'; runId: string; event: Record<string, unknown> }

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { durationSchema, parseDuration } from './durations.ts';
+import { invalidEgressEntries } from './egress.ts';
 
 /**
  * Environment variables (DESIGN §9), per service. Each service's `config.ts` loads its schema
@@ -10,10 +11,33 @@ import { durationSchema, parseDuration } from './durations.ts';
 const port = (fallback: number) => z.coerce.number().int().min(0).max(65_535).default(fallback);
 const positiveInt = (fallback: number, max: number) => z.coerce.number().int().min(1).max(max).default(fallback);
 const duration = (fallback: string) => durationSchema.default(parseDuration(fallback));
+const byteUnits: Record<string, number> = { '': 1, b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
+/** A size in bytes: an integer, optionally with a unit (`512MiB`, `4GiB`, `10GB`). */
+const byteSize = (fallback: number, min: number) =>
+  z
+    .string()
+    .regex(/^\d+\s*([KMGT]i?B|B)?$/i, 'must be a size such as 4GiB, 500MB or 1048576')
+    .transform((text) => {
+      const [, digits, unit] = /^(\d+)\s*([A-Za-z]*)$/.exec(text)!;
+      return Number(digits) * byteUnits[unit!.toLowerCase()]!;
+    })
+    .pipe(z.number().int().min(min, `must be at least ${min} bytes`).max(Number.MAX_SAFE_INTEGER))
+    .default(fallback);
 const commaList = z
   .string()
   .default('')
   .transform((text) => text.split(',').map((item) => item.trim()).filter(Boolean));
+
+/** An egress allow list (see `egress.ts` for the rules); an invalid entry stops the process, naming it. */
+const egressList = commaList.superRefine((entries, context) => {
+  const invalid = invalidEgressEntries(entries);
+  if (invalid.length > 0) {
+    context.addIssue({ code: 'custom', message: `${invalid.map((entry) => `"${entry}"`).join(', ')} is not host, host:port, host:*, *.domain[:port|:*] or *` });
+  }
+});
+
+/** `TENANT_SECRETS_DIR`: `<dir>/<tenantId>/<NAME>` files, the secrets agents name (see `tenant-secrets.ts`). */
+const tenantSecretsDir = z.string().min(1).optional();
 
 const natsFields = {
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
@@ -28,6 +52,8 @@ const commonFields = {
   JS_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   JS_DUPLICATE_WINDOW: duration('10m'),
   EVENTS_MAX_AGE: duration('7d'),
+  /** `RUN_EVENTS` `max_bytes`: the events stream's size cap (the oldest events go first when full). */
+  EVENTS_MAX_BYTES: byteSize(4 * 1024 ** 3, 64 * 1024 ** 2),
   SHUTDOWN_GRACE: duration('25s'),
   /** Interface the HTTP servers (gateway API, health ports) bind to; images set 0.0.0.0. */
   LISTEN_HOST: z.string().min(1).default('127.0.0.1'),
@@ -49,6 +75,26 @@ export const gatewayEnvSchema = z.object({
   WS_MAX_FRAME_BYTES: positiveInt(1_048_576, 64 * 1_048_576),
   /** Allowed `Origin`s of browser WebSocket connections; empty allows only connections without an Origin. `*` allows all. */
   WS_ALLOWED_ORIGINS: commaList,
+  /** Time to receive a whole request, headers and body (a slow body cannot hold a connection); 0 = none. */
+  REQUEST_TIMEOUT: duration('30s'),
+  /** Time to receive a request's headers (at most REQUEST_TIMEOUT). */
+  HEADERS_TIMEOUT: duration('10s'),
+  /** A socket with no traffic either way for this long is closed (SSE heartbeats and WebSockets are unaffected). */
+  CONNECTION_TIMEOUT: duration('2m'),
+  /** How long an idle keep-alive connection stays open between requests (above a load balancer's idle timeout). */
+  KEEP_ALIVE_TIMEOUT: duration('72s'),
+  /** How long a WebSocket ticket (`POST /v1/ws/tickets`) may wait for its one use (at most 5m, the bucket's max age). */
+  WS_TICKET_TTL: durationSchema.default(parseDuration('30s')).pipe(z.number().int().min(1_000).max(300_000)),
+  /**
+   * Runs a tenant may have between creation and their end, suspended ones included, across every
+   * gateway (issue 8). The TENANT_MAX_* limits are slots probed one by one: a refusal costs a few
+   * operations per slot, hence at most 1,000.
+   */
+  TENANT_MAX_ACTIVE_RUNS: positiveInt(100, 1_000),
+  /** SSE streams plus WebSockets a tenant may hold open at once, across every gateway. */
+  TENANT_MAX_CONNECTIONS: positiveInt(100, 1_000),
+  /** Run event subscriptions (SSE streams, WebSocket `subscribe`s) a tenant may hold at once, across every gateway. */
+  TENANT_MAX_SUBSCRIPTIONS: positiveInt(500, 1_000),
 });
 
 export const orchestratorEnvSchema = z.object({
@@ -57,20 +103,34 @@ export const orchestratorEnvSchema = z.object({
   HEALTH_PORT: port(8081),
   /** Messages a replica processes at once (its pull batch size). */
   ORCHESTRATOR_CONCURRENCY: positiveInt(64, 4096),
+  /**
+   * The largest model request (system prompt + conversation, as JSON): one over the server's
+   * `max_payload` goes through the `PAYLOADS` object store; one over this fails its run with
+   * `message_too_large`.
+   */
+  LLM_REQUEST_MAX_BYTES: byteSize(16 * 1024 ** 2, 1024 ** 2),
 });
 
 export const llmWorkerEnvSchema = z.object({
   ...commonFields,
   HEALTH_PORT: port(8082),
   LLM_CONCURRENCY: positiveInt(16, 1024),
+  /** Destinations `openai-compatible` models may reach (same rules as `TOOL_EGRESS_ALLOW`); empty allows none. */
+  LLM_EGRESS_ALLOW: egressList,
+  TENANT_SECRETS_DIR: tenantSecretsDir,
+  /** Model calls of one tenant in flight at once, across every llm-worker (issue 8). */
+  TENANT_MAX_LLM_CALLS: positiveInt(32, 1_000),
 });
 
 export const toolWorkerEnvSchema = z.object({
   ...commonFields,
   HEALTH_PORT: port(8083),
   TOOL_CONCURRENCY: positiveInt(16, 1024),
-  /** Hosts HTTP tools may call (`host`, `host:port`, `*.domain`, or `*`); empty allows none. */
-  TOOL_EGRESS_ALLOW: commaList,
+  /** Destinations HTTP tools may call (`host`, `host:port`, `host:*`, `*.domain`, or `*`); empty allows none. */
+  TOOL_EGRESS_ALLOW: egressList,
+  TENANT_SECRETS_DIR: tenantSecretsDir,
+  /** Tool calls of one tenant in flight at once, across every tool-worker (issue 8). */
+  TENANT_MAX_TOOL_CALLS: positiveInt(32, 1_000),
 });
 
 export const serviceEnvSchemas = {
@@ -111,18 +171,32 @@ export function loadConfig<Schema extends z.ZodObject>(schema: Schema, env: Reco
   return Object.freeze(parsed.data);
 }
 
-/** Parses `key:tenant,key:tenant` (and lines of a keys file) into key → tenant. */
+/** Shortest API key the gateway accepts (a key is a bearer secret: guessable keys are refused at start-up). */
+export const minApiKeyLength = 16;
+
+/**
+ * Parses `key:tenant,key:tenant` (and lines of a keys file) into key → tenant. A malformed entry
+ * is named by its variable and position, never by any part of its text (it may hold a key).
+ */
 export function parseApiKeys(inline: string | undefined, file: string | undefined): Map<string, string> {
-  const text = [inline ?? '', file ? readFileSync(file, 'utf8') : ''].join(',');
+  const sources: [variable: string, text: string][] = [
+    ['ABIDE_API_KEYS', inline ?? ''],
+    ['ABIDE_API_KEYS_FILE', file ? readFileSync(file, 'utf8') : ''],
+  ];
   const keys = new Map<string, string>();
-  for (const entry of text.split(/[,\n]/).map((item) => item.trim()).filter((item) => item && !item.startsWith('#'))) {
-    const separator = entry.lastIndexOf(':');
-    const key = entry.slice(0, separator);
-    const tenant = entry.slice(separator + 1);
-    if (separator <= 0 || !/^[A-Za-z0-9_-]{1,64}$/.test(tenant) || key.length < 4) {
-      throw new ConfigError(`invalid configuration:\n  ABIDE_API_KEYS: entry "${entry.slice(0, 8)}…" must be key:tenant (key ≥ 4 chars, tenant [A-Za-z0-9_-])`);
-    }
-    keys.set(key, tenant);
+  for (const [variable, text] of sources) {
+    const entries = text.split(/[,\n]/).map((item) => item.trim()).filter((item) => item && !item.startsWith('#'));
+    entries.forEach((entry, index) => {
+      const separator = entry.lastIndexOf(':');
+      const key = entry.slice(0, separator);
+      const tenant = entry.slice(separator + 1);
+      if (separator <= 0 || !/^[A-Za-z0-9_-]{1,64}$/.test(tenant) || key.length < minApiKeyLength) {
+        throw new ConfigError(
+          `invalid configuration:\n  ${variable}: entry ${index + 1} must be key:tenant (key at least ${minApiKeyLength} characters, tenant [A-Za-z0-9_-]{1,64})`,
+        );
+      }
+      keys.set(key, tenant);
+    });
   }
   if (keys.size === 0) throw new ConfigError('invalid configuration:\n  ABIDE_API_KEYS: no API keys configured (set ABIDE_API_KEYS or ABIDE_API_KEYS_FILE)');
   return keys;

@@ -24,6 +24,7 @@ export const httpStatusByCode = {
   idempotency_key_reused: 422,
   upgrade_required: 426,
   rate_limited: 429,
+  too_many_in_flight: 429,
   internal: 500,
   unavailable: 503,
 } as const;
@@ -37,9 +38,13 @@ export const runErrorCodes = [
   'tool_error',
   'tool_timeout',
   'tool_not_allowed',
+  'egress_denied',
+  'secret_not_found',
   'delivery_exhausted',
   'approval_timeout',
   'outcome_unknown',
+  'model_output_too_large',
+  'message_too_large',
   'internal',
 ] as const;
 export type RunErrorCode = (typeof runErrorCodes)[number];

@@ -3,6 +3,8 @@ import {
   AckPolicy,
   DeliverPolicy,
   DiscardPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
   jetstream,
   jetstreamManager,
   RetentionPolicy,
@@ -11,12 +13,13 @@ import {
   type JetStreamClient,
   type JetStreamManager,
   type StreamConfig,
+  type StreamInfo,
 } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { readFileSync } from 'node:fs';
 import type { Logger } from './logger.ts';
-import { buckets, consumers, objectStores, streams, subjects, type ConsumerName, type StreamName } from './names.ts';
+import { buckets, consumers, inboxPrefixes, objectStores, streams, subjects, type ConsumerName, type NatsServiceUser, type StreamName } from './names.ts';
 import { assertFitsDuplicateWindow } from './config.ts';
 
 export type { NatsConnection, JetStreamClient, JetStreamManager, KV, ObjectStore };
@@ -30,13 +33,23 @@ export type JetStreamSettings = {
   JS_REPLICAS: number;
   JS_DUPLICATE_WINDOW: number;
   EVENTS_MAX_AGE: number;
+  /** `RUN_EVENTS` `max_bytes`. */
+  EVENTS_MAX_BYTES: number;
 };
 
-/** Connects and keeps reconnecting forever (a service that loses NATS answers not-ready, it does not exit). */
-export async function connectNats(settings: JetStreamSettings, name: string, logger: Logger): Promise<NatsConnection> {
+/** The largest single event `RUN_EVENTS` stores (`max_msg_size`); the orchestrator checks its events against it before a commit. */
+export const eventMaxMessageBytes = 1_048_576;
+
+/**
+ * Connects and keeps reconnecting forever (a service that loses NATS answers not-ready, it does
+ * not exit). Replies and pull deliveries use the service's own inbox prefix (`inboxPrefixes`),
+ * the only inboxes its NATS user may subscribe to.
+ */
+export async function connectNats(settings: JetStreamSettings, client: { service: NatsServiceUser; name?: string }, logger: Logger): Promise<NatsConnection> {
   const options: ConnectionOptions = {
     servers: settings.NATS_URL.split(','),
-    name,
+    name: client.name ?? client.service,
+    inboxPrefix: inboxPrefixes[client.service],
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     waitOnFirstConnect: true,
@@ -59,6 +72,12 @@ export async function connectNats(settings: JetStreamSettings, name: string, log
 }
 
 const day = 86_400_000;
+/**
+ * Max age of `TENANT_LEASES` entries: live leases are rewritten every few seconds, so only the
+ * slots of a crashed holder (stale after 30 s, taken over by the next acquirer) and release
+ * tombstones ever reach it; the server then removes them.
+ */
+const tenantLeaseBucketTtlMs = 2 * 60_000;
 
 /** Stream configurations (DESIGN §2). */
 export function streamConfigs(settings: JetStreamSettings): Record<StreamName, Partial<StreamConfig> & { name: string; subjects: string[] }> {
@@ -69,7 +88,18 @@ export function streamConfigs(settings: JetStreamSettings): Record<StreamName, P
     APPROVALS: { ...common, name: streams.approvals, subjects: [subjects.approvalsAll], retention: RetentionPolicy.Limits, max_age: nanos(30 * day) },
     LLM_REQUESTS: { ...workQueue, name: streams.llmRequests, subjects: [subjects.llmRequestsAll] },
     TOOL_REQUESTS: { ...workQueue, name: streams.toolRequests, subjects: [subjects.toolRequestsAll] },
-    RUN_EVENTS: { ...common, name: streams.runEvents, subjects: [subjects.runEventsAll], retention: RetentionPolicy.Limits, max_age: nanos(settings.EVENTS_MAX_AGE) },
+    // Limits stream, bounded in age and bytes. DiscardOld when full (docs/decisions.md): the oldest
+    // events (of long-finished runs) go, instead of every run stalling on a refused publish.
+    RUN_EVENTS: {
+      ...common,
+      name: streams.runEvents,
+      subjects: [subjects.runEventsAll],
+      retention: RetentionPolicy.Limits,
+      max_age: nanos(settings.EVENTS_MAX_AGE),
+      max_bytes: settings.EVENTS_MAX_BYTES,
+      max_msg_size: eventMaxMessageBytes,
+      discard: DiscardPolicy.Old,
+    },
     ADVISORIES: { ...common, name: streams.advisories, subjects: [subjects.maxDeliveriesAdvisoriesAll], retention: RetentionPolicy.Limits, max_age: nanos(7 * day) },
   };
 }
@@ -160,6 +190,9 @@ export function consumerConfig(policy: ConsumerPolicy, maxAckPending = 20_000): 
   };
 }
 
+/** Max age of `WS_TICKETS` entries: tickets live seconds (`WS_TICKET_TTL`, at most this); the bucket forgets them soon after. */
+export const wsTicketsMaxAgeMs = 5 * 60_000;
+
 export type Provisioning = {
   streams: readonly StreamName[];
   consumers: readonly ConsumerName[];
@@ -167,12 +200,70 @@ export type Provisioning = {
   objectStores?: readonly (typeof objectStores)[keyof typeof objectStores][];
 };
 
-const streamInUseCode = 10058;
-const consumerExistsCodes = [10013, 10148, 10105];
+/** True for the JetStream API's answer `code` (nats.js v3 `JetStreamApiError`). */
+function isApiError(error: unknown, code: number): boolean {
+  return error instanceof JetStreamApiError && error.code === code;
+}
+
+/** The fields of `wanted` whose values differ from the existing configuration. */
+function changedFields(existing: object, wanted: object): string[] {
+  const current = existing as Record<string, unknown>;
+  return Object.entries(wanted)
+    .filter(([field, value]) => value !== undefined && JSON.stringify(current[field]) !== JSON.stringify(value))
+    .map(([field]) => field);
+}
+
+/**
+ * Creates a stream, or updates an existing one whose settings differ from `config` (a changed
+ * `EVENTS_MAX_AGE`, `EVENTS_MAX_BYTES` or `JS_REPLICAS` applies on the next start). Safe when
+ * replicas start at once: a lost create race reads the winner and compares.
+ */
+async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }, logger: Logger): Promise<void> {
+  let info: StreamInfo;
+  try {
+    info = await jsm.streams.info(config.name);
+  } catch (error) {
+    if (!isApiError(error, JetStreamApiCodes.StreamNotFound)) throw error;
+    try {
+      await jsm.streams.add(config);
+      return;
+    } catch (addError) {
+      // Another replica created it meanwhile (stream name in use): compare with the winner below.
+      if (!(addError instanceof JetStreamApiError)) throw addError;
+      info = await jsm.streams.info(config.name);
+    }
+  }
+  const changed = changedFields(info.config, config);
+  if (changed.length === 0) return;
+  try {
+    await jsm.streams.update(config.name, { ...info.config, ...config });
+    logger.info({ stream: config.name, changed }, 'stream settings updated');
+  } catch (error) {
+    // An immutable field (retention, storage) differs: keep the existing stream, say so loudly.
+    if (!(error instanceof JetStreamApiError)) throw error;
+    logger.warn({ stream: config.name, changed, err: error }, 'stream exists with settings that cannot be updated; keeping it');
+  }
+}
+
+/** Creates a durable consumer, or updates it when its settings differ. */
+async function ensureConsumer(jsm: JetStreamManager, stream: string, config: Partial<ConsumerConfig> & { durable_name: string }, logger: Logger): Promise<void> {
+  try {
+    const info = await jsm.consumers.info(stream, config.durable_name);
+    const changed = changedFields(info.config, config);
+    if (changed.length === 0) return;
+    await jsm.consumers.update(stream, config.durable_name, config);
+    logger.info({ stream, consumer: config.durable_name, changed }, 'consumer settings updated');
+  } catch (error) {
+    if (!isApiError(error, JetStreamApiCodes.ConsumerNotFound)) throw error;
+    // Created by add; a replica that created it first with the same settings makes this a no-op.
+    await jsm.consumers.add(stream, config);
+  }
+}
 
 /**
  * Creates or updates what a service uses. Idempotent and safe when replicas start at once;
  * refuses a consumer whose redelivery span does not fit the duplicate window (DESIGN §2).
+ * KV buckets and object stores are streams too: their age and replicas are reconciled the same way.
  */
 export async function provisionJetStream(
   connection: NatsConnection,
@@ -183,41 +274,30 @@ export async function provisionJetStream(
   const jsm = await jetstreamManager(connection);
   const js = jetstream(connection);
   const configs = streamConfigs(settings);
-  for (const name of wanted.streams) {
-    const config = configs[name];
-    try {
-      await jsm.streams.add(config);
-    } catch (error) {
-      if ((error as { api_error?: { err_code?: number } }).api_error?.err_code !== streamInUseCode) throw error;
-      await jsm.streams.update(name, config).catch((updateError: unknown) => {
-        // An immutable field (retention, storage) differs: keep the existing stream, say so loudly.
-        logger.warn({ stream: name, err: updateError }, 'stream exists with a configuration that cannot be updated; keeping it');
-      });
-    }
-  }
+  for (const name of wanted.streams) await ensureStream(jsm, configs[name], logger);
   for (const durable of wanted.consumers) {
     const policy = consumerPolicies[durable];
     assertFitsDuplicateWindow(durable, policy.ackWaitMs, [worstCaseRedeliveryMs(policy) - policy.ackWaitMs], settings.JS_DUPLICATE_WINDOW);
-    const config = consumerConfig(policy);
-    try {
-      await jsm.consumers.add(policy.stream, config);
-    } catch (error) {
-      const code = (error as { api_error?: { err_code?: number } }).api_error?.err_code;
-      if (code === undefined || !consumerExistsCodes.includes(code)) throw error;
-      await jsm.consumers.update(policy.stream, policy.durable, config);
-    }
+    await ensureConsumer(jsm, policy.stream, consumerConfig(policy), logger);
   }
   const kvm = new Kvm(js);
   const kv = new Map<string, KV>();
   for (const bucket of wanted.buckets) {
-    const ttl = bucket === buckets.approvalLedger ? 30 * day : settings.EVENTS_MAX_AGE;
+    const ttl =
+      bucket === buckets.approvalLedger ? 30 * day
+      : bucket === buckets.wsTickets ? wsTicketsMaxAgeMs
+      : bucket === buckets.tenantLeases ? tenantLeaseBucketTtlMs
+      : settings.EVENTS_MAX_AGE;
     kv.set(bucket, await kvm.create(bucket, { replicas: settings.JS_REPLICAS, history: 1, ttl, storage: StorageType.File }));
+    // `create` opens an existing bucket as it is: apply changed settings to its stream.
+    await ensureStream(jsm, { name: `KV_${bucket}`, max_age: nanos(ttl), num_replicas: settings.JS_REPLICAS }, logger);
   }
   const objects = new Map<string, ObjectStore>();
   if (wanted.objectStores?.length) {
     const objm = new Objm(js);
     for (const store of wanted.objectStores) {
-      objects.set(store, await objm.create(store, { replicas: settings.JS_REPLICAS, ttl: settings.EVENTS_MAX_AGE, storage: StorageType.File }));
+      objects.set(store, await objm.create(store, { replicas: settings.JS_REPLICAS, ttl: nanos(settings.EVENTS_MAX_AGE), storage: StorageType.File }));
+      await ensureStream(jsm, { name: `OBJ_${store}`, max_age: nanos(settings.EVENTS_MAX_AGE), num_replicas: settings.JS_REPLICAS }, logger);
     }
   }
   logger.info({ streams: wanted.streams, consumers: wanted.consumers, buckets: wanted.buckets }, 'jetstream provisioned');

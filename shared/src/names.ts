@@ -31,11 +31,33 @@ export const buckets = {
   toolResults: 'TOOL_RESULTS',
   llmResults: 'LLM_RESULTS',
   runControl: 'RUN_CONTROL',
+  /** Single-use WebSocket tickets (`POST /v1/ws/tickets`), written and consumed by the gateway only. */
+  wsTickets: 'WS_TICKETS',
+  tenantLeases: 'TENANT_LEASES',
 } as const;
+
+/** What a per-tenant lease of `TENANT_LEASES` counts (issue 8): model calls, tool calls, SSE streams + WebSockets, event subscriptions. */
+export const tenantLeaseKinds = ['llm', 'tool', 'connection', 'subscription'] as const;
+export type TenantLeaseKind = (typeof tenantLeaseKinds)[number];
 
 export const objectStores = {
   payloads: 'PAYLOADS',
 } as const;
+
+/**
+ * The NATS users of `deploy/nats/auth.conf` that run Abide code, each with its own reply-inbox
+ * prefix (nats.js `inboxPrefix`). Pull deliveries, PubAcks and JetStream API answers go to a
+ * service's inboxes; the server lets each user subscribe only to its own prefix, so one service's
+ * credentials cannot read another's deliveries (no user may subscribe to `_INBOX.>`).
+ */
+export const inboxPrefixes = {
+  gateway: '_INBOX_gateway',
+  orchestrator: '_INBOX_orchestrator',
+  'llm-worker': '_INBOX_llm-worker',
+  'tool-worker': '_INBOX_tool-worker',
+  'approvals-publisher': '_INBOX_approvals-publisher',
+} as const;
+export type NatsServiceUser = keyof typeof inboxPrefixes;
 
 /** Subject builders. A runId, tenantId and tool name are single subject tokens (validated by their schemas). */
 export const subjects = {
@@ -61,6 +83,13 @@ export function parseRunInboxSubject(subject: string): { runId: string; kind: Ru
   return { runId: parts[2]!, kind };
 }
 
+/** The tenant and run of an `approvals.<tenantId>.<runId>` subject, or undefined for any other subject. */
+export function parseApprovalsSubject(subject: string): { tenantId: string; runId: string } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 3 || parts[0] !== 'approvals') return undefined;
+  return { tenantId: parts[1]!, runId: parts[2]! };
+}
+
 /** KV keys (only `[-/=._A-Za-z0-9]`). */
 export const kvKeys = {
   approval: (runId: string, toolCallId: string) => `${runId}.${toolCallId}`,
@@ -68,6 +97,21 @@ export const kvKeys = {
   toolStarted: (runId: string, toolCallId: string) => `${runId}.${toolCallId}.started`,
   llmResult: (runId: string, step: number) => `${runId}.${step}`,
   runControl: (runId: string) => runId,
+  /** A ticket is stored under a hash of it (hex), never as itself. */
+  wsTicket: (ticketHash: string) => ticketHash,
+  /** Slot `slot` of a tenant's `kind` leases (a tenant id matches [A-Za-z0-9_-]). */
+  tenantLease: (kind: TenantLeaseKind, tenantId: string, slot: number) => `${kind}.${tenantId}.${slot}`,
+} as const;
+
+/**
+ * `_id`s of `conversation_locks` (DESIGN §3), which holds two kinds of lock with one protocol
+ * (insert to take, the holder run's end or 30 s without a holder run to free): one per
+ * conversation, and the per-tenant active-run slots (issue 8). A `/` never occurs in a tenant or
+ * conversation id, so the two never collide.
+ */
+export const lockIds = {
+  conversation: (tenantId: string, conversationId: string) => `${tenantId}:${conversationId}`,
+  runSlot: (tenantId: string, slot: number) => `${tenantId}/active-run/${slot}`,
 } as const;
 
 /** MongoDB collection names (DESIGN §3). */

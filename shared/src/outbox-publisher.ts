@@ -4,11 +4,16 @@ import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
 import { makeEnvelope } from './envelope.ts';
 import { makeBusEvent } from './events.ts';
 import { outboxEntryId } from './ids.ts';
-import { encodeJson } from './jetstream.ts';
+import { encodeJson, eventMaxMessageBytes } from './jetstream.ts';
 import type { Collections } from './mongo.ts';
-import { kvKeys, subjects } from './names.ts';
+import { kvKeys, lockIds, subjects } from './names.ts';
+import type { OutboxEntry } from './outbox.ts';
 import { buildLlmRequest, buildToolRequest } from './requests.ts';
+import type { ErrorInfo } from './run-state.ts';
 import type { TransitionDocument } from './run-store.ts';
+
+/** Room left under the server's `max_payload` for NATS headers (`Nats-Msg-Id`, trace context). */
+export const messageHeaderRoomBytes = 4_096;
 
 export type OutboxPublisherDeps = {
   js: JetStreamClient;
@@ -18,9 +23,100 @@ export type OutboxPublisherDeps = {
   collections?: Collections;
   /** Large model requests go here (orchestrator). */
   payloads?: ObjectStore;
-  /** Messages larger than this go through the payload store. */
+  /** The server's `max_payload` (from its INFO); a message larger than this minus header room cannot be published. */
   maxPayloadBytes?: number;
+  /**
+   * The largest model request body stored in `PAYLOADS` (`LLM_REQUEST_MAX_BYTES`): a hard cap,
+   * so nothing unbounded is stored. @default 16 MiB
+   */
+  maxModelRequestBytes?: number;
 };
+
+type Limits = { message: number; event: number; modelRequest: number };
+
+function limitsOf(deps: OutboxPublisherDeps): Limits {
+  const message = (deps.maxPayloadBytes ?? 1_048_576) - messageHeaderRoomBytes;
+  return { message, event: Math.min(message, eventMaxMessageBytes), modelRequest: deps.maxModelRequestBytes ?? 16 * 1_048_576 };
+}
+
+type Encoded =
+  | { kind: 'event'; subject: string; data: Uint8Array }
+  | { kind: 'message'; subject: string; data: Uint8Array }
+  /** A model request: inline in `data`, or (too large for one message) its body goes to `PAYLOADS` and `data` carries a reference. */
+  | { kind: 'llm_request'; subject: string; data: Uint8Array; blob?: { name: string; data: Uint8Array } };
+
+/**
+ * The message an outbox entry publishes, exactly as `publishOutbox` sends it (the size check
+ * before a commit and the publish after it encode the same bytes). Null for entries that are
+ * not messages (KV and MongoDB effects).
+ */
+function encodeEntry(deps: OutboxPublisherDeps, transition: TransitionDocument, entry: OutboxEntry, index: number, limits: Limits): Encoded | null {
+  const { runId, tenantId, version, state } = transition;
+  const ts = transition.at.toISOString();
+  const id = outboxEntryId(runId, version, index);
+  switch (entry.kind) {
+    case 'event': {
+      const event = makeBusEvent(entry.type, { eventId: id, runId, tenantId, ts }, entry.payload as never);
+      return { kind: 'event', subject: subjects.runEvents(runId), data: encodeJson(event) };
+    }
+    case 'inbox':
+      return { kind: 'message', subject: subjects.runInbox(runId, entry.inboxKind), data: encodeJson(makeEnvelope(entry.inboxKind, { id, runId, tenantId, ts }, entry.payload)) };
+    case 'llm_request': {
+      const payload = buildLlmRequest(state, entry.step);
+      const data = encodeJson(makeEnvelope('llm.request', { id, runId, tenantId, ts }, payload));
+      if (data.byteLength <= limits.message || !deps.payloads) return { kind: 'llm_request', subject: subjects.llmRequest(runId), data };
+      // Too large for one message: the body goes to the object store, the message carries a reference.
+      const name = `${runId}/${entry.step}`;
+      const { body, ...withoutBody } = payload;
+      const reference = encodeJson(makeEnvelope('llm.request', { id, runId, tenantId, ts }, { ...withoutBody, bodyRef: { store: 'PAYLOADS', name } }));
+      return { kind: 'llm_request', subject: subjects.llmRequest(runId), data: reference, blob: { name, data: encodeJson(body) } };
+    }
+    case 'tool_request': {
+      const payload = buildToolRequest(state, entry.toolCallId);
+      return { kind: 'message', subject: subjects.toolRequest(payload.tool.name), data: encodeJson(makeEnvelope('tool.request', { id, runId, tenantId, ts }, payload)) };
+    }
+    case 'run_control':
+    case 'release_conversation_lock':
+      return null;
+  }
+}
+
+function describeEntry(entry: OutboxEntry): string {
+  switch (entry.kind) {
+    case 'event':
+      return `the ${entry.type} event`;
+    case 'llm_request':
+      return `the model request of step ${entry.step}`;
+    case 'tool_request':
+      return `the tool request of ${entry.toolCallId}`;
+    case 'inbox':
+      return `the ${entry.inboxKind} message`;
+    default:
+      return entry.kind;
+  }
+}
+
+/**
+ * The first message of `transition`'s outbox that could never be published (larger than the
+ * server's `max_payload` minus header room, an event over `RUN_EVENTS`' `max_msg_size`, a model
+ * request body over `LLM_REQUEST_MAX_BYTES`), as the error its run fails with; null if all fit.
+ * Checked before a commit, so nothing is committed that can never publish (issue 8, finding 5).
+ */
+export function findUnpublishableEntry(deps: OutboxPublisherDeps, transition: TransitionDocument): ErrorInfo | null {
+  const limits = limitsOf(deps);
+  for (const [index, entry] of transition.outbox.entries()) {
+    const encoded = encodeEntry(deps, transition, entry, index, limits);
+    if (!encoded) continue;
+    const limit = encoded.kind === 'event' ? limits.event : limits.message;
+    if (encoded.data.byteLength > limit) {
+      return { code: 'message_too_large', message: `${describeEntry(entry)} is ${encoded.data.byteLength} bytes, more than the ${limit} bytes one message may carry` };
+    }
+    if (encoded.kind === 'llm_request' && encoded.blob && encoded.blob.data.byteLength > limits.modelRequest) {
+      return { code: 'message_too_large', message: `${describeEntry(entry)} is ${encoded.blob.data.byteLength} bytes, more than the ${limits.modelRequest} bytes a model request may have` };
+    }
+  }
+  return null;
+}
 
 /**
  * Publishes a committed transition's outbox in order, each publish awaited for its PubAck with
@@ -31,58 +127,36 @@ export type OutboxPublisherDeps = {
  */
 export async function publishOutbox(deps: OutboxPublisherDeps, transition: TransitionDocument): Promise<number | null> {
   const { js } = deps;
-  const { runId, tenantId, version, state } = transition;
+  const { runId, tenantId } = transition;
   const ts = transition.at.toISOString();
+  const limits = limitsOf(deps);
   let lastEventSeq: number | null = null;
   const pendingEvents: Promise<PubAck>[] = [];
-  let index = 0;
-  for (const entry of transition.outbox) {
-    const id = outboxEntryId(runId, version, index);
-    index += 1;
-    if (entry.kind === 'event') {
-      const event = makeBusEvent(entry.type, { eventId: id, runId, tenantId, ts }, entry.payload as never);
-      pendingEvents.push(js.publish(subjects.runEvents(runId), encodeJson(event), { msgID: id }));
+  for (const [index, entry] of transition.outbox.entries()) {
+    const id = outboxEntryId(runId, transition.version, index);
+    const encoded = encodeEntry(deps, transition, entry, index, limits);
+    if (encoded?.kind === 'event') {
+      pendingEvents.push(js.publish(encoded.subject, encoded.data, { msgID: id }));
       continue;
     }
     if (pendingEvents.length) {
       const acks = await Promise.all(pendingEvents.splice(0));
       lastEventSeq = acks.at(-1)!.seq;
     }
-    switch (entry.kind) {
-      case 'inbox': {
-        const message = makeEnvelope(entry.inboxKind, { id, runId, tenantId, ts }, entry.payload);
-        await js.publish(subjects.runInbox(runId, entry.inboxKind), encodeJson(message), { msgID: id });
-        break;
-      }
-      case 'llm_request': {
-        const payload = buildLlmRequest(state, entry.step);
-        let data = encodeJson(makeEnvelope('llm.request', { id, runId, tenantId, ts }, payload));
-        if (deps.payloads && deps.maxPayloadBytes && data.byteLength > deps.maxPayloadBytes - 4_096) {
-          // Too large for one message: the body goes to the object store, the message carries a reference.
-          const name = `${runId}/${entry.step}`;
-          await deps.payloads.putBlob({ name }, encodeJson(payload.body));
-          const { body: _body, ...withoutBody } = payload;
-          data = encodeJson(makeEnvelope('llm.request', { id, runId, tenantId, ts }, { ...withoutBody, bodyRef: { store: 'PAYLOADS', name } }));
-        }
-        await js.publish(subjects.llmRequest(runId), data, { msgID: id });
-        break;
-      }
-      case 'tool_request': {
-        const payload = buildToolRequest(state, entry.toolCallId);
-        await js.publish(subjects.toolRequest(payload.tool.name), encodeJson(makeEnvelope('tool.request', { id, runId, tenantId, ts }, payload)), { msgID: id });
-        break;
-      }
-      case 'run_control': {
-        if (!deps.runControl) throw new Error('outbox entry run_control needs the RUN_CONTROL bucket');
-        await deps.runControl.put(kvKeys.runControl(runId), encodeJson({ cancelled: true, at: ts, ...(entry.reason ? { reason: entry.reason } : {}) }));
-        break;
-      }
-      case 'release_conversation_lock': {
-        if (!deps.collections) throw new Error('outbox entry release_conversation_lock needs MongoDB');
-        // Only this run's lock: a newer run may hold the conversation by now.
-        await deps.collections.conversationLocks.deleteOne({ _id: `${tenantId}:${entry.conversationId}`, runId });
-        break;
-      }
+    if (encoded) {
+      if (encoded.kind === 'llm_request' && encoded.blob) await deps.payloads!.putBlob({ name: encoded.blob.name }, encoded.blob.data);
+      await js.publish(encoded.subject, encoded.data, { msgID: id });
+      continue;
+    }
+    if (entry.kind === 'run_control') {
+      if (!deps.runControl) throw new Error('outbox entry run_control needs the RUN_CONTROL bucket');
+      await deps.runControl.put(kvKeys.runControl(runId), encodeJson({ cancelled: true, at: ts, ...(entry.reason ? { reason: entry.reason } : {}) }));
+    } else if (entry.kind === 'release_conversation_lock') {
+      if (!deps.collections) throw new Error('outbox entry release_conversation_lock needs MongoDB');
+      // Only this run's locks: a newer run may hold the conversation (or the slot) by now.
+      // A crash between the two deletes republishes the whole outbox: both are idempotent.
+      await deps.collections.conversationLocks.deleteOne({ _id: lockIds.conversation(tenantId, entry.conversationId), runId });
+      if (entry.runSlot !== undefined) await deps.collections.conversationLocks.deleteOne({ _id: lockIds.runSlot(tenantId, entry.runSlot), runId });
     }
   }
   if (pendingEvents.length) {

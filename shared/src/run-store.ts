@@ -2,6 +2,7 @@ import type { Collections } from './mongo.ts';
 import { isDuplicateKeyError } from './errors.ts';
 import type { OutboxEntry } from './outbox.ts';
 import type { RunState } from './run-state.ts';
+import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
 
 /** A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`). */
 export type TransitionDocument = {
@@ -29,15 +30,24 @@ export class TransitionConflictError extends Error {
   override readonly name = 'TransitionConflictError';
 }
 
+/** A page position in a sweep: the sort key and `_id` of the last item seen. */
+export type SweepCursor = { key: string; id: string };
+
+/** A run whose deadline has passed (the deadline sweeper's work list). */
+export type DueRun = { runId: string; tenantId: string; nextDeadlineAt: string };
+
 /**
  * The run's commit protocol (DESIGN §3): a transition commits by inserting version v+1; a
  * duplicate key means another replica won. Reads roll forward from the read model by `_id`.
+ * Documents are stored with their keys escaped (`stored-keys.ts`): tool arguments and results
+ * are free JSON and may hold keys FerretDB refuses.
  */
 export function createRunStore(collections: Collections) {
   const { runs, runTransitions } = collections;
 
   async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
-    return (await runTransitions.findOne({ _id: transitionId(runId, version) })) as TransitionDocument | null;
+    const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
+    return stored ? decodeStoredKeys(stored as unknown as TransitionDocument) : null;
   }
 
   return {
@@ -68,7 +78,7 @@ export function createRunStore(collections: Collections) {
     /** Inserts the transition; throws `TransitionConflictError` if the version exists. */
     async commit(transition: TransitionDocument): Promise<void> {
       try {
-        await runTransitions.insertOne(transition);
+        await runTransitions.insertOne(encodeStoredKeys(transition));
       } catch (error) {
         if (isDuplicateKeyError(error)) throw new TransitionConflictError(`transition ${transition._id} exists`, { cause: error });
         throw error;
@@ -84,13 +94,13 @@ export function createRunStore(collections: Collections) {
      * Rewrites the read model by `_id` (it may lag; readers roll forward).
      */
     async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<void> {
-      const document: RunDocument = {
+      const document: RunDocument = encodeStoredKeys({
         ...transition.state,
         _id: transition.runId,
         version: transition.version,
         lastSeq,
         publishedVersion: transition.published ? transition.version : transition.version - 1,
-      };
+      });
       if (transition.version === 1) {
         try {
           await runs.insertOne(document);
@@ -112,9 +122,37 @@ export function createRunStore(collections: Collections) {
       }
     },
 
-    /** Transitions whose outbox is still unpublished, older than `before` (for the sweeper). */
-    async findUnpublished(before: Date, limit: number): Promise<TransitionDocument[]> {
-      return (await runTransitions.find({ published: false, at: { $lt: before } }).sort({ at: 1 }).limit(limit).toArray()) as TransitionDocument[];
+    /**
+     * Transitions whose outbox is still unpublished, older than `before` (for the sweeper), oldest
+     * first, one page after `after`: a sweep pages through all of them, so items that keep failing
+     * never hide the ones behind them.
+     */
+    async findUnpublished(before: Date, limit: number, after?: SweepCursor): Promise<TransitionDocument[]> {
+      const page = after
+        ? { $or: [{ at: { $gt: new Date(after.key) } }, { at: new Date(after.key), _id: { $gt: after.id } }] }
+        : {};
+      const found = await runTransitions
+        .find({ published: false, at: { $lt: before }, ...page })
+        .sort({ at: 1, _id: 1 })
+        .limit(limit)
+        .toArray();
+      return found.map((document) => decodeStoredKeys(document as unknown as TransitionDocument));
+    },
+
+    /**
+     * Runs whose deadline has passed by `nowIso`, earliest first, one page after `after`
+     * (small projections; the deadline sweeper pages through all of them).
+     */
+    async findDueDeadlines(nowIso: string, limit: number, after?: SweepCursor): Promise<DueRun[]> {
+      const page = after
+        ? { $or: [{ nextDeadlineAt: { $gt: after.key, $lte: nowIso } }, { nextDeadlineAt: after.key, _id: { $gt: after.id } }] }
+        : { nextDeadlineAt: { $ne: null, $lte: nowIso } };
+      const found = await runs
+        .find(page, { projection: { _id: 1, tenantId: 1, nextDeadlineAt: 1 } })
+        .sort({ nextDeadlineAt: 1, _id: 1 })
+        .limit(limit)
+        .toArray();
+      return found.map((run) => ({ runId: String(run._id), tenantId: String(run.tenantId), nextDeadlineAt: String(run.nextDeadlineAt) }));
     },
   };
 }

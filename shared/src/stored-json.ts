@@ -27,27 +27,42 @@ export const storedKeySchema = z
 const scalarSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
 
 /**
- * `levels[n]`: a JSON value with stored keys, at most n levels of arrays and objects deep, and no
- * array directly inside an array (FerretDB refuses nested arrays). One schema per level (not a
- * recursive one), so that the bound holds and the generated JSON Schema states it too
+ * `levels[n]`: a JSON value whose keys pass `key`, at most n levels of arrays and objects deep,
+ * and no array directly inside an array (FerretDB refuses nested arrays). One schema per level
+ * (not a recursive one), so that the bound holds and the generated JSON Schema states it too
  * (`z.toJSONSchema` shares the levels as `$defs`). Level 0 is scalars only: an array or object
  * there is too deep.
  */
-const tooDeep = `nested more than ${storedJsonLimits.maxDepth} levels deep`;
-const levels: z.ZodType<unknown>[] = [z.union([z.string(), z.number(), z.boolean(), z.null()], { error: tooDeep })];
-/** `elements[n]`: what an array at level n+1 holds: scalars and objects, never arrays. */
-const elements: z.ZodType<unknown>[] = [levels[0]!];
-for (let depth = 1; depth <= storedJsonLimits.maxDepth; depth += 1) {
-  const object = z.record(storedKeySchema, levels[depth - 1]!);
-  elements.push(z.union([scalarSchema, object], { error: `an array inside an array cannot be stored, or ${tooDeep}` }));
-  levels.push(z.union([scalarSchema, z.array(elements[depth - 1]!), object]));
+function buildLevels(key: z.ZodType<string>): z.ZodType<unknown>[] {
+  const tooDeep = `nested more than ${storedJsonLimits.maxDepth} levels deep`;
+  const levels: z.ZodType<unknown>[] = [z.union([z.string(), z.number(), z.boolean(), z.null()], { error: tooDeep })];
+  /** `elements[n]`: what an array at level n+1 holds: scalars and objects, never arrays. */
+  const elements: z.ZodType<unknown>[] = [levels[0]!];
+  for (let depth = 1; depth <= storedJsonLimits.maxDepth; depth += 1) {
+    const object = z.record(key, levels[depth - 1]!);
+    elements.push(z.union([scalarSchema, object], { error: `an array inside an array cannot be stored, or ${tooDeep}` }));
+    levels.push(z.union([scalarSchema, z.array(elements[depth - 1]!), object]));
+  }
+  return levels;
 }
 
+const checkedKeys = buildLevels(storedKeySchema);
+
 /** Any JSON value MongoDB stores as is (see `storedJsonLimits`). */
-export const storedJsonValueSchema: z.ZodType<unknown> = levels[storedJsonLimits.maxDepth]!;
+export const storedJsonValueSchema: z.ZodType<unknown> = checkedKeys[storedJsonLimits.maxDepth]!;
 
 /** A value inside a stored JSON object (one level less). */
-export const storedJsonMemberSchema: z.ZodType<unknown> = levels[storedJsonLimits.maxDepth - 1]!;
+export const storedJsonMemberSchema: z.ZodType<unknown> = checkedKeys[storedJsonLimits.maxDepth - 1]!;
 
 /** A JSON object MongoDB stores as is (e.g. tool call args). */
 export const storedJsonObjectSchema = z.record(storedKeySchema, storedJsonMemberSchema);
+
+/**
+ * JSON of an agent definition (a tool's `inputSchema`, a scripted step's `args`): any key (JSON
+ * Schema keywords such as `$ref`; the store escapes keys, `stored-keys.ts`), the same depth bound
+ * and no array directly inside an array.
+ */
+const anyKey = z.string().max(storedJsonLimits.maxKeyLength);
+const escapedKeys = buildLevels(anyKey);
+export const definitionJsonMemberSchema: z.ZodType<unknown> = escapedKeys[storedJsonLimits.maxDepth - 1]!;
+export const definitionJsonObjectSchema = z.record(anyKey, definitionJsonMemberSchema);

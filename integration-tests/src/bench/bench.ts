@@ -686,7 +686,7 @@ async function scenarioApprovals(context: Context): Promise<void> {
 async function withStack(label: string, tenantCount: number, toolServer: BenchToolServer, body: (context: Context) => Promise<void>): Promise<void> {
   checkInterrupted();
   const workload: WorkloadOptions = { llmMs: config.llmMs, toolMs: config.toolMs, toolServerUrl: toolServer.url };
-  const keys = Array.from({ length: tenantCount }, (_, index) => `bench-key-${index}`);
+  const keys = Array.from({ length: tenantCount }, (_, index) => `bench-key-${index}-0123456789abcdef`);
   const started = performance.now();
   let succeeded = false;
   const dir = mkdtempSync(join(tmpdir(), 'abide-bench-'));

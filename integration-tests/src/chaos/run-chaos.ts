@@ -1,5 +1,5 @@
 import { eventStreamProblems, waitForQuietConsumers, type ClientEvent } from '../harness/run-checks.ts';
-import { Stack } from '../harness/stack.ts';
+import { Stack, testKeys } from '../harness/stack.ts';
 import { Approver } from './approver.ts';
 import { fullReplays, interruptedCallRetries, readAllRawEvents, readTransitions, waitForPublished } from './evidence.ts';
 import { Follower } from './followers.ts';
@@ -55,7 +55,7 @@ export type ChaosReport = {
   violations: string[];
 };
 
-const apiKey = 'key-a';
+const apiKey = testKeys.a;
 const outcomeUnknownReason = 'outcome_unknown: retried with the same key after a tool-worker died mid-call';
 const killedMidCallReason = 'a tool-worker was killed between the calls (its retry log line was lost with it)';
 

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
+import { inboxPrefixes } from '@abide/shared';
 import { ensureNatsServerBinary, freePort } from '../../../scripts/lib/servers.ts';
 import { repoRoot } from './render.ts';
 
@@ -25,7 +26,8 @@ export type NatsUser = keyof typeof natsPasswordVariables;
 export type AuthNats = {
   url: string;
   password(user: NatsUser): string;
-  connectAs(user: NatsUser): Promise<NatsConnection>;
+  /** Connects as `user` with its own inbox prefix (`inboxPrefixes`), or with `inboxPrefix` when given. */
+  connectAs(user: NatsUser, options?: { inboxPrefix?: string }): Promise<NatsConnection>;
   /** The server's recent output (for failure messages). */
   output(): string;
   stop(): Promise<void>;
@@ -64,8 +66,9 @@ export async function startAuthNats(): Promise<AuthNats> {
   return {
     url,
     password,
-    async connectAs(user) {
-      const connection = await connect({ servers: url, user, pass: password(user), name: `test-${user}` });
+    async connectAs(user, options = {}) {
+      const inboxPrefix = options.inboxPrefix ?? (user === 'admin' ? undefined : inboxPrefixes[user]);
+      const connection = await connect({ servers: url, user, pass: password(user), name: `test-${user}`, ...(inboxPrefix ? { inboxPrefix } : {}) });
       connections.push(connection);
       return connection;
     },

@@ -14,9 +14,10 @@ import { approvalMessageSchema, makeEnvelope, subjects } from '@abide/shared';
 import { freePort, startMongoServer, type ManagedServer } from '../../../scripts/lib/servers.ts';
 import { startHttpToolServer } from '../harness/http-tool-server.ts';
 import { ServiceProcess, type ServiceName } from '../harness/service-process.ts';
+import { TestSocket } from '../harness/test-socket.ts';
 import { natsPasswordVariables, startAuthNats, type AuthNats } from './auth-nats.ts';
 
-const apiKey = 'key-deploy-auth';
+const apiKey = 'key-deploy-auth-0123456789';
 const tenantId = 'tenant-auth';
 
 describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => {
@@ -75,7 +76,7 @@ describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => 
         ABIDE_API_KEYS: `${apiKey}:${tenantId}`,
         LOG_LEVEL: 'info',
         SHUTDOWN_GRACE: '5s',
-        TOOL_EGRESS_ALLOW: '127.0.0.1,localhost',
+        TOOL_EGRESS_ALLOW: '127.0.0.1:*,localhost:*',
         ...(name === 'gateway' ? { GATEWAY_PORT: String(port) } : { HEALTH_PORT: String(port) }),
       };
       if (name === 'gateway') gatewayUrl = `http://127.0.0.1:${port}`;
@@ -134,6 +135,17 @@ describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => 
     expect(cancel.status, JSON.stringify(cancel.body)).toBe(202);
     await waitForStatus(runId, 'cancelled');
     expect(tool.calls.filter((call) => call.idempotencyKey === `${runId}:s0c0`)).toHaveLength(0);
+  });
+
+  it('issues and consumes a single-use WebSocket ticket as the gateway user (KV WS_TICKETS)', async () => {
+    const issued = await api('POST', '/v1/ws/tickets');
+    expect(issued.status, JSON.stringify(issued.body)).toBe(201);
+    const url = `${gatewayUrl.replace('http', 'ws')}/v1/ws?ticket=${issued.body.ticket}`;
+    const socket = await TestSocket.open(url);
+    socket.send({ type: 'ping' });
+    await socket.waitFor((frame) => frame.type === 'pong');
+    socket.socket.close();
+    await expect(TestSocket.open(url)).rejects.toThrow(/401/);
   });
 
   it('refuses subjects outside a user’s permissions, and no service ran into one', async () => {

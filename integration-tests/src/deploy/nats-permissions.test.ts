@@ -5,13 +5,14 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { Objm } from '@nats-io/obj';
 import {
   buckets,
   consumers,
   createLogger,
+  inboxPrefixes,
   objectStores,
   provisionJetStream,
   streams,
@@ -23,7 +24,7 @@ import { startAuthNats, type AuthNats, type NatsUser } from './auth-nats.ts';
 
 /** What each service provisions at start-up (as in services/<name>/src: the streams it reads or publishes into). */
 const provisioning: Record<Exclude<NatsUser, 'approvals-publisher' | 'admin'>, Provisioning> = {
-  gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] },
+  gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets, buckets.tenantLeases] },
   orchestrator: {
     streams: Object.values(streams),
     consumers: [consumers.orchestrator, consumers.orchestratorApprovals, consumers.orchestratorAdvisories],
@@ -33,10 +34,10 @@ const provisioning: Record<Exclude<NatsUser, 'approvals-publisher' | 'admin'>, P
   'llm-worker': {
     streams: [streams.llmRequests, streams.runEvents, streams.runInbox],
     consumers: [consumers.llmWorker],
-    buckets: [buckets.llmResults, buckets.runControl],
+    buckets: [buckets.llmResults, buckets.runControl, buckets.tenantLeases],
     objectStores: [objectStores.payloads],
   },
-  'tool-worker': { streams: [streams.toolRequests, streams.runInbox], consumers: [consumers.toolWorker], buckets: [buckets.toolResults, buckets.runControl] },
+  'tool-worker': { streams: [streams.toolRequests, streams.runInbox], consumers: [consumers.toolWorker], buckets: [buckets.toolResults, buckets.runControl, buckets.tenantLeases] },
 };
 
 const settings = (url: string): JetStreamSettings => ({
@@ -44,6 +45,7 @@ const settings = (url: string): JetStreamSettings => ({
   JS_REPLICAS: 1,
   JS_DUPLICATE_WINDOW: 10 * 60_000,
   EVENTS_MAX_AGE: 7 * 86_400_000,
+  EVENTS_MAX_BYTES: 1024 ** 3,
 });
 
 const runId = 'r_perm1';
@@ -53,6 +55,22 @@ const logger = createLogger('nats-permissions-test', 'silent');
 let nats: AuthNats;
 let url: string;
 const connectAs = (user: NatsUser) => nats.connectAs(user);
+
+/** Subscribes to `subject` and resolves with the permissions error the server sends for it ('' if none before the flush). */
+async function subscriptionError(connection: NatsConnection, subject: string): Promise<string> {
+  const errors = (async () => {
+    for await (const status of connection.status()) {
+      if (status.type === 'error') return String((status as { error?: Error }).error?.message);
+    }
+    return '';
+  })();
+  const subscription = connection.subscribe(subject);
+  await connection.flush();
+  const message = await errors;
+  subscription.unsubscribe();
+  return message;
+}
+const violation = (subject: string) => new RegExp(`permissions violation for subscription to "${subject.replace(/[.>$]/g, '\\$&')}"`, 'i');
 
 /** Expects `action` to fail with the server's permissions violation (not a timeout or a missing stream). */
 async function expectRefused(action: () => Promise<unknown>, subject: string): Promise<void> {
@@ -191,9 +209,10 @@ describe('deploy/nats/auth.conf', () => {
       [orchestrator!, subjects.approvals(tenantId, runId)],
       [orchestrator!, `$KV.${buckets.toolResults}.${runId}.s0c0`],
       [orchestrator!, `$KV.${buckets.llmResults}.${runId}.0`],
+      [orchestrator!, `$KV.${buckets.tenantLeases}.tool.${tenantId}.0`],
       [orchestrator!, `$JS.API.CONSUMER.MSG.NEXT.${streams.llmRequests}.${consumers.llmWorker}`],
       [orchestrator!, `$JS.API.STREAM.DELETE.${streams.runInbox}`],
-      [llmWorker!, subjects.llmRequest(runId)],
+      // llm.request.* is the llm-worker's own: it defers a request of a tenant at capacity by republishing it (issue 8).
       [llmWorker!, subjects.toolRequest('echo')],
       [llmWorker!, `run.in.${runId}.tool_result`],
       [llmWorker!, `run.in.${runId}.start`],
@@ -221,16 +240,25 @@ describe('deploy/nats/auth.conf', () => {
       [llmWorker!, 'run.in.>'],
       [publisher!, 'approvals.>'],
     ] as const) {
-      const errors = (async () => {
-        for await (const status of connection.status()) {
-          if (status.type === 'error') return String((status as { error?: Error }).error?.message);
-        }
-        return '';
-      })();
-      const subscription = connection.subscribe(subject);
-      await connection.flush();
-      expect(await errors).toMatch(new RegExp(`permissions violation for subscription to "${subject.replace(/[.>$]/g, '\\$&')}"`, 'i'));
-      subscription.unsubscribe();
+      expect(await subscriptionError(connection, subject)).toMatch(violation(subject));
     }
+  });
+
+  it("gives each service its own reply inbox: no one subscribes to _INBOX.> or to another service's inbox (finding 12)", async () => {
+    const users = ['gateway', 'orchestrator', 'llm-worker', 'tool-worker', 'approvals-publisher'] as const;
+    for (const user of users) {
+      const own = await connectAs(user);
+      // Every service's everyday traffic (requests, PubAcks, pulls) works through its own prefix:
+      // the run above went through; here a JetStream API request answers on it.
+      if (user !== 'approvals-publisher') await expect(jetstreamManager(own).then((jsm) => jsm.getAccountInfo())).resolves.toBeDefined();
+      expect(await subscriptionError(await connectAs(user), '_INBOX.>')).toMatch(violation('_INBOX.>'));
+      for (const other of users.filter((candidate) => candidate !== user)) {
+        const theirs = `${inboxPrefixes[other]}.>`;
+        expect(await subscriptionError(await connectAs(user), theirs), `${user} reading ${other}'s inbox`).toMatch(violation(theirs));
+      }
+    }
+    // A client of a service's credentials that keeps the default prefix gets no answers at all.
+    const defaultPrefix = await nats.connectAs('orchestrator', { inboxPrefix: '_INBOX' });
+    await expect(jetstreamManager(defaultPrefix, { timeout: 2_000 })).rejects.toThrow();
   });
 });

@@ -2,17 +2,23 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MongoClient, type Db } from 'mongodb';
+import { serviceEnvironment } from '@abide/shared';
 import { freePort, startServersFromEnv, type StartedServers } from '../../../scripts/lib/servers.ts';
 import { ServiceProcess, type ServiceName } from './service-process.ts';
 import { TestSocket } from './test-socket.ts';
 
+/** The default stack's API keys (the gateway refuses keys shorter than 16 characters). */
+export const testKeys = { a: 'key-a-0123456789abcdef', b: 'key-b-0123456789abcdef' } as const;
+
 export type StackOptions = {
   /** Replicas per service. @default 1 each */
   replicas?: Partial<Record<ServiceName, number>>;
-  /** `key:tenant,…` @default 'key-a:tenant-a,key-b:tenant-b' */
+  /** `key:tenant,…` @default `${testKeys.a}:tenant-a,${testKeys.b}:tenant-b` */
   apiKeys?: string;
-  /** Extra environment for every service. */
+  /** Extra environment for every service (each gets only the variables its configuration names). */
   env?: Record<string, string>;
+  /** Environment for one service only, given as is (e.g. a canary variable a test expects never to leak). */
+  serviceEnv?: Partial<Record<ServiceName, Record<string, string>>>;
 };
 
 export type ApiResponse<Body = any> = { status: number; body: Body; headers: Headers };
@@ -51,10 +57,10 @@ export class Stack {
       const common: Record<string, string> = {
         NATS_URL: servers.natsUrl,
         MONGO_URL: mongoUrl,
-        ABIDE_API_KEYS: options.apiKeys ?? 'key-a:tenant-a,key-b:tenant-b',
+        ABIDE_API_KEYS: options.apiKeys ?? `${testKeys.a}:tenant-a,${testKeys.b}:tenant-b`,
         LOG_LEVEL: 'info',
         SHUTDOWN_GRACE: '5s',
-        TOOL_EGRESS_ALLOW: '127.0.0.1,localhost',
+        TOOL_EGRESS_ALLOW: '127.0.0.1:*,localhost:*',
         ...options.env,
       };
       const order: ServiceName[] = ['orchestrator', 'tool-worker', 'llm-worker', 'gateway'];
@@ -63,7 +69,13 @@ export class Stack {
         const count = options.replicas?.[name] ?? 1;
         for (let replica = 0; replica < count; replica += 1) {
           const port = await freePort();
-          const env = { ...common, ...(name === 'gateway' ? { GATEWAY_PORT: String(port) } : { HEALTH_PORT: String(port) }) };
+          // Only what the service's configuration names (as `npm start` does), then its own extras.
+          const own = new Set(serviceEnvironment[name].variables);
+          const env = {
+            ...Object.fromEntries(Object.entries(common).filter(([variable]) => own.has(variable))),
+            ...(name === 'gateway' ? { GATEWAY_PORT: String(port) } : { HEALTH_PORT: String(port) }),
+            ...options.serviceEnv?.[name],
+          };
           const url = `http://127.0.0.1:${port}`;
           if (name === 'gateway' && !gatewayUrl) gatewayUrl = url;
           services.push(new ServiceProcess({ name, replica, logDir: dir, env, healthUrl: url }));

@@ -1,6 +1,6 @@
 import { agentDefinitionSchema, ApiError, type Agent, type AgentDefinition } from '@abide/shared';
 import type { GatewayStore } from './ports.ts';
-import type { ToolArgsValidator } from './tool-args-validator.ts';
+import type { ArgsValidation } from './args-validation.ts';
 import { parseOr400 } from './validation.ts';
 
 const day = 86_400_000;
@@ -14,12 +14,12 @@ const maxVersionAttempts = 20;
  * Agents (DESIGN §3, §8): each PUT inserts `agent_versions` `<tenantId>:<agentId>:<version>`
  * (the insert decides the version), then rewrites `agents` by `_id`.
  */
-export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolArgsValidator; eventsMaxAgeMs: number; now?: () => Date }) {
+export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<ArgsValidation, 'checkSchema'>; eventsMaxAgeMs: number; now?: () => Date }) {
   const { store, toolArgs } = deps;
   const now = deps.now ?? (() => new Date());
 
   /** Rules zod cannot express: compilable tool schemas, deadlines inside the events' retention. */
-  function checkDefinition(definition: AgentDefinition): void {
+  function checkDefinition(tenantId: string, definition: AgentDefinition): void {
     const maxDeadlineMs = maxAgentDeadlineMs(deps.eventsMaxAgeMs);
     const tooLong = (value: number | undefined, field: string) => {
       if (value !== undefined && value > maxDeadlineMs) {
@@ -30,8 +30,8 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolAr
     definition.tools.forEach((tool, index) => {
       tooLong(tool.timeoutMs, `tools.${index}.timeoutMs`);
       tooLong(tool.approvalTimeoutMs, `tools.${index}.approvalTimeoutMs`);
-      const problem = toolArgs.checkSchema(tool.inputSchema);
-      if (problem) throw new ApiError('invalid_request', `body.tools.${index}.inputSchema: not a usable JSON Schema (${problem})`);
+      const problem = toolArgs.checkSchema(tenantId, tool.inputSchema);
+      if (problem) throw new ApiError('invalid_request', `body.tools.${index}.inputSchema${problem.path} (tool ${tool.name}): ${problem.message}`);
     });
   }
 
@@ -39,7 +39,7 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: ToolAr
     /** Creates or replaces an agent; answers the new version. */
     async putAgent(tenantId: string, agentId: string, body: unknown): Promise<Agent> {
       const definition = parseOr400(agentDefinitionSchema, body, 'body');
-      checkDefinition(definition);
+      checkDefinition(tenantId, definition);
       for (let attempt = 0; attempt < maxVersionAttempts; attempt += 1) {
         const current = await store.findAgent(tenantId, agentId);
         const at = now().toISOString();

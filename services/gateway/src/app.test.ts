@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { toApiError } from './http-errors.ts';
 import { operations } from './openapi.ts';
 import type { RouteConfig } from './routes/route-context.ts';
-import { auth, createTestApp, scriptedAgent, type TestApp } from './testing/test-app.ts';
+import { auth, createTestApp, keys, scriptedAgent, type TestApp } from './testing/test-app.ts';
 
 let current: TestApp | undefined;
 function setup(...args: Parameters<typeof createTestApp>) {
@@ -25,7 +25,7 @@ describe('errors, auth and validation', () => {
       expect(response.json()).toEqual({ error: { code: 'unauthorized', message: expect.any(String) } });
     }
     // the query token is accepted only where a browser cannot set headers
-    expect((await app.inject({ method: 'GET', url: '/v1/runs/run_x?access_token=key-tenant-one' })).statusCode).toBe(401);
+    expect((await app.inject({ method: 'GET', url: `/v1/runs/run_x?access_token=${keys.t1}` })).statusCode).toBe(401);
   });
 
   it('leaves probes, metrics and the OpenAPI document open', async () => {

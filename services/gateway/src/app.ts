@@ -11,16 +11,23 @@ import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerApprovalRoutes } from './routes/approvals.ts';
+import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
 import type { RouteConfig, RouteContext, StreamingOptions } from './routes/route-context.ts';
+import { registerRunHistoryRoute } from './routes/run-history.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
 import { createServices, type Services } from './services.ts';
-import { createToolArgsValidator } from './tool-args-validator.ts';
+import { createArgsValidation } from './args-validation.ts';
+import { apiKeyFromWebSocketProtocols, selectWebSocketProtocol } from './websocket-protocol.ts';
 
 export type AppDeps = {
-  config: Pick<GatewayConfig, 'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE'>;
+  config: Pick<
+    GatewayConfig,
+    'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE' | 'REQUEST_TIMEOUT' | 'HEADERS_TIMEOUT' | 'CONNECTION_TIMEOUT' | 'KEEP_ALIVE_TIMEOUT' | 'WS_TICKET_TTL'
+  > &
+    Partial<Pick<GatewayConfig, 'TENANT_MAX_ACTIVE_RUNS'>>;
   logger: Logger;
   metrics: Metrics;
   /** NATS and MongoDB, once connected (undefined while `main.ts` is still connecting: answers 503). */
@@ -37,6 +44,8 @@ export const defaultStreamingOptions: StreamingOptions = {
   heartbeatMs: 15_000,
   wsHighWaterMarkBytes: 8 * 1_048_576,
   maxSubscriptionsPerSocket: 100,
+  maxInFlightPerSocket: 16,
+  subscribeChurn: { burst: 50, perSecond: 10 },
 };
 
 const requestIdPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
@@ -53,7 +62,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   const live = createLiveConnections();
   const authenticator = createAuthenticator(config.apiKeys);
   const callers = new WeakMap<FastifyRequest, Caller>();
-  const toolArgs = createToolArgsValidator();
+  const toolArgs = createArgsValidation();
   const rateLimiter = createRateLimiter(deps.runCreationLimit ?? defaultRunCreationLimit);
   const requests = metrics.counter('http_requests_total', 'HTTP requests by method, route and status');
   metrics.gauge('websocket_connections', 'Open WebSocket connections', () => live.counts().websockets);
@@ -65,7 +74,18 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     const backend = deps.backend();
     if (!backend) throw new ApiError('unavailable', 'starting: not connected to NATS and MongoDB yet', { headers: { 'retry-after': '1' } });
     if (services?.backend !== backend) {
-      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, ...(deps.now ? { now: deps.now } : {}) }) };
+      services = {
+        backend,
+        services: createServices(backend, {
+          logger,
+          toolArgs,
+          rateLimiter,
+          eventsMaxAgeMs: config.EVENTS_MAX_AGE,
+          wsTicketTtlMs: config.WS_TICKET_TTL,
+          maxActiveRuns: config.TENANT_MAX_ACTIVE_RUNS,
+          ...(deps.now ? { now: deps.now } : {}),
+        }),
+      };
     }
     return services.services;
   }
@@ -75,6 +95,14 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     // Requests are logged once, on response, by the hook below (route pattern only: no query strings, no keys).
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
     bodyLimit: config.MAX_BODY_BYTES,
+    // A request (headers and body) must arrive within REQUEST_TIMEOUT (Node answers 408 and closes);
+    // SSE and WebSocket streams are responses, not request bodies, so they are not cut by it.
+    requestTimeout: config.REQUEST_TIMEOUT,
+    // Node looks for expired requests every `connectionsCheckingInterval` (30 s by default): check every second.
+    http: { headersTimeout: config.HEADERS_TIMEOUT, connectionsCheckingInterval: 1_000 },
+    // Idle sockets (no bytes either way); SSE sends heartbeats, and ws turns the timeout off after an upgrade.
+    connectionTimeout: config.CONNECTION_TIMEOUT,
+    keepAliveTimeout: config.KEEP_ALIVE_TIMEOUT,
     genReqId: (request) => {
       const header = request.headers['x-request-id'];
       return typeof header === 'string' && requestIdPattern.test(header) ? header : newId('req');
@@ -82,6 +110,10 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     // While closing, requests still reach the hooks, which answer 503 in the API's error format.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
+  });
+
+  app.addHook('onClose', async () => {
+    await toolArgs.close();
   });
 
   // JSON bodies: an empty body is "no body" (an optional body such as cancel's), not an error.
@@ -118,8 +150,19 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
     }
     if (routeConfig.public === true) return;
-    const accessToken = routeConfig.allowQueryToken === true ? (request.query as Record<string, unknown> | undefined)?.access_token : undefined;
-    const caller = authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
+    const query = (request.query ?? {}) as Record<string, unknown>;
+    const allowQueryToken = routeConfig.allowQueryToken === true;
+    // A browser cannot set headers on a WebSocket handshake: the key may come as `?access_token=`
+    // or as the `abide.key.<base64url>` subprotocol (websocket-protocol.ts), or a ticket instead.
+    const accessToken =
+      typeof query.access_token === 'string' && allowQueryToken ? query.access_token
+      : allowQueryToken ? apiKeyFromWebSocketProtocols(request.headers['sec-websocket-protocol'])
+      : undefined;
+    const ticket = routeConfig.allowTicket === true && request.headers.authorization === undefined ? query.ticket : undefined;
+    const caller =
+      typeof ticket === 'string'
+        ? await currentServices().wsTickets.redeem(ticket)
+        : authenticator.authenticate(request.headers.authorization, accessToken);
     callers.set(request, caller);
     request.log = request.log.child({ tenantId: caller.tenantId });
   });
@@ -147,7 +190,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   };
 
   app.register(fastifyWebsocket, {
-    options: { maxPayload: config.WS_MAX_FRAME_BYTES },
+    options: { maxPayload: config.WS_MAX_FRAME_BYTES, handleProtocols: selectWebSocketProtocol },
     errorHandler: (error, socket, request) => {
       request.log.error({ err: error }, 'WebSocket handler failed');
       socket.close(1011, 'internal error');
@@ -167,6 +210,8 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerEventRoutes(scope, context);
     registerApprovalRoutes(scope, context);
     registerWebSocketRoute(scope, context);
+    registerRunHistoryRoute(scope, context);
+    registerConsoleRoutes(scope);
   });
   // Registered after every route above: each path answers the methods it lacks 405 with `Allow`
   // (authenticated like the path's own routes).

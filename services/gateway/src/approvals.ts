@@ -10,10 +10,11 @@ import {
   type Logger,
 } from '@abide/shared';
 import type { Caller } from './auth.ts';
-import type { GatewayBus, GatewayStore } from './ports.ts';
+import type { GatewayBus, GatewayStore, LoadedRun, RunListPosition } from './ports.ts';
 import { findTenantRun } from './run-access.ts';
 import { pendingApprovalsOf, type PendingApprovalView } from './run-views.ts';
-import type { ToolArgsValidator } from './tool-args-validator.ts';
+import type { ArgsValidation } from './args-validation.ts';
+import { ToolSchemaError } from './tool-args-validator.ts';
 
 export type ApprovalDecision = {
   runId: string;
@@ -29,9 +30,6 @@ export type ApprovalOutcome = 'accepted' | 'already_decided';
 
 export type PendingApprovalItem = PendingApprovalView & { runId: string };
 
-/** Suspended runs looked at by the approvals inbox. */
-const maxInboxRuns = 500;
-
 /**
  * Decisions on pending tool calls (DESIGN §7, "Approvals"), in exactly this order:
  * 404 `approval_not_found` (no such call of the caller's run) → the ledger (same decision →
@@ -39,7 +37,7 @@ const maxInboxRuns = 500;
  * → 400 `invalid_args` → ledger create (a concurrent winner is answered from the ledger) →
  * publish → `accepted`.
  */
-export function createApprovalService(deps: { store: GatewayStore; bus: GatewayBus; toolArgs: ToolArgsValidator; logger: Logger; now?: () => Date }) {
+export function createApprovalService(deps: { store: GatewayStore; bus: GatewayBus; toolArgs: Pick<ArgsValidation, 'validate'>; logger: Logger; now?: () => Date }) {
   const { store, bus, toolArgs, logger } = deps;
   const now = deps.now ?? (() => new Date());
 
@@ -69,10 +67,19 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
   }
 
   return {
-    async decide(caller: Caller, decision: ApprovalDecision): Promise<ApprovalOutcome> {
+    /** The caller's run as it is now (null when missing or another tenant's), for `decide` on a batch. */
+    loadRun(caller: Caller, runId: string): Promise<LoadedRun | null> {
+      return findTenantRun(store, caller.tenantId, runId);
+    },
+
+    /**
+     * Records a decision. `loaded` is the run from `loadRun` when the caller decides several calls
+     * of one run at once (a batch reads the run once); the ledger, not the run, decides races.
+     */
+    async decide(caller: Caller, decision: ApprovalDecision, loaded?: LoadedRun | null): Promise<ApprovalOutcome> {
       const { runId, toolCallId } = decision;
       const notFound = () => new ApiError('approval_not_found', `run ${runId} has no tool call ${toolCallId} awaiting a decision`);
-      const run = await findTenantRun(store, caller.tenantId, runId);
+      const run = loaded === undefined ? await findTenantRun(store, caller.tenantId, runId) : loaded;
       const call = run?.state.toolCalls.find((candidate) => candidate.toolCallId === toolCallId && candidate.needsApproval);
       if (!run || !call) throw notFound();
 
@@ -90,9 +97,11 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
         if (!tool) throw notFound();
         let problems: string[];
         try {
-          problems = toolArgs.validate(tool.inputSchema, args);
+          problems = await toolArgs.validate(caller.tenantId, tool.inputSchema, args);
         } catch (error) {
-          throw new ApiError('invalid_args', `the input schema of tool ${tool.name} cannot be used to validate: ${(error as Error).message}`);
+          // An overrun (invalid_args) or a busy / closing validator (unavailable) is answered as it is.
+          if (error instanceof ApiError) throw error;
+          throw new ApiError('invalid_args', `the input schema of tool ${tool.name} cannot be used to validate: ${error instanceof ToolSchemaError ? `inputSchema${error.path}: ` : ''}${(error as Error).message}`);
         }
         if (problems.length > 0) throw new ApiError('invalid_args', problems.join('; '));
       }
@@ -118,12 +127,14 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
       return 'accepted';
     },
 
-    /** The caller's pending approvals across its suspended runs (an approvals inbox). */
-    async listPending(tenantId: string): Promise<PendingApprovalItem[]> {
-      const { runs } = await store.listRuns({ tenantId, status: 'suspended', limit: maxInboxRuns });
-      return runs
-        .filter((run) => run.state.status === 'suspended')
-        .flatMap((run) => pendingApprovalsOf(run.state).map((approval) => ({ runId: run.state.runId, ...approval })));
+    /**
+     * One page of the caller's pending approvals (an approvals inbox): the approvals of up to
+     * `limit` suspended runs, newest run first, and where the next page starts.
+     */
+    async listPending(tenantId: string, page: { limit: number; after?: RunListPosition | undefined }): Promise<{ approvals: PendingApprovalItem[]; next: RunListPosition | null }> {
+      const { runs, last, hasMore } = await store.listSuspendedRuns({ tenantId, limit: page.limit, after: page.after });
+      const approvals = runs.flatMap((run) => pendingApprovalsOf(run).map((approval) => ({ runId: run.runId, ...approval })));
+      return { approvals, next: hasMore ? last : null };
     },
   };
 }

@@ -1,5 +1,7 @@
+import { hostname } from 'node:os';
 import {
   buckets,
+  createTenantLeases,
   connectNats,
   createMongoClient,
   createRunStore,
@@ -33,23 +35,30 @@ async function logWhilePending<T>(promise: Promise<T>, log: () => void, interval
 /**
  * Connects to NATS and MongoDB, retrying with backoff until both answer (the gateway listens
  * meanwhile and answers 503): provisions what the gateway publishes to and reads (streams
- * `RUN_INBOX`, `APPROVALS`, `RUN_EVENTS`, bucket `APPROVAL_LEDGER`; no durable consumers) and
+ * `RUN_INBOX`, `APPROVALS`, `RUN_EVENTS`, buckets `APPROVAL_LEDGER` and `WS_TICKETS`; no durable consumers) and
  * the MongoDB indexes (the gateway may be the first service to start).
  */
 export async function connectBackend(config: GatewayConfig, logger: Logger, signal: AbortSignal): Promise<ConnectedBackend> {
   const connectToNats = async () => {
     // connectNats keeps trying until the first connect succeeds (and reconnects forever after).
-    const connection = await logWhilePending(connectNats(config, 'abide-gateway', logger), () => logger.warn({ url: config.NATS_URL }, 'waiting for NATS'), 5_000);
+    const connection = await logWhilePending(connectNats(config, { service: 'gateway', name: 'abide-gateway' }, logger), () => logger.warn({ url: config.NATS_URL }, 'waiting for NATS'), 5_000);
     const { js, jsm, kv } = await retryWithBackoff(
       'provisioning JetStream',
       () =>
-        provisionJetStream(connection, config, { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger] }, logger),
+        provisionJetStream(
+          connection,
+          config,
+          { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets, buckets.tenantLeases] },
+          logger,
+        ),
       { logger, signal },
     );
     const approvalLedger = kv.get(buckets.approvalLedger);
-    if (!approvalLedger) throw new Error('APPROVAL_LEDGER was not provisioned');
+    const wsTickets = kv.get(buckets.wsTickets);
+    const tenantLeases = kv.get(buckets.tenantLeases);
+    if (!approvalLedger || !wsTickets || !tenantLeases) throw new Error('APPROVAL_LEDGER, WS_TICKETS or TENANT_LEASES was not provisioned');
     logger.info('connected to NATS');
-    return { connection, js, jsm, approvalLedger };
+    return { connection, js, jsm, approvalLedger, wsTickets, tenantLeases };
   };
 
   const connectToMongo = async () => {
@@ -63,9 +72,16 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
 
   const [nats, mongo] = await Promise.all([connectToNats(), connectToMongo()]);
   const collections = getCollections(mongo.db);
+  // Open SSE streams + WebSockets and event subscriptions per tenant, across every gateway (issue 8).
+  const holder = `gateway/${hostname()}/${process.pid}`;
+  const connections = createTenantLeases({ bucket: nats.tenantLeases, kind: 'connection', limit: config.TENANT_MAX_CONNECTIONS, holder, logger });
+  const subscriptions = createTenantLeases({ bucket: nats.tenantLeases, kind: 'subscription', limit: config.TENANT_MAX_SUBSCRIPTIONS, holder, logger });
+  connections.start();
+  subscriptions.start();
   const backend: Backend = {
+    capacity: { connections, subscriptions },
     store: createMongoStore({ db: mongo.db, collections, runStore: createRunStore(collections) }),
-    bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, logger }),
+    bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, wsTickets: nats.wsTickets, logger }),
     events: createNatsEventSource({ js: nats.js, jsm: nats.jsm, logger }),
   };
   return { backend, nats: nats.connection, mongo: mongo.client };

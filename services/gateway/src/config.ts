@@ -24,5 +24,8 @@ export function loadGatewayConfig(env: Record<string, string | undefined>): Gate
     // The keys file could not be read: name the variable, not the keys.
     throw new ConfigError(`invalid configuration:\n  ABIDE_API_KEYS_FILE: cannot read "${config.ABIDE_API_KEYS_FILE}" (${(error as Error).message})`, { cause: error });
   }
+  if (config.REQUEST_TIMEOUT > 0 && config.HEADERS_TIMEOUT > config.REQUEST_TIMEOUT) {
+    throw new ConfigError('invalid configuration:\n  HEADERS_TIMEOUT: must be at most REQUEST_TIMEOUT');
+  }
   return Object.freeze({ ...config, apiKeys });
 }

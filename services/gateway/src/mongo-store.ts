@@ -1,13 +1,13 @@
-import { isDuplicateKeyError, type Agent, type Collections, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, transitionId, type Agent, type Collections, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
-import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery } from './ports.ts';
+import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
 export const agentDocumentId = (tenantId: string, agentId: string) => `${tenantId}:${agentId}`;
 export const agentVersionId = (tenantId: string, agentId: string, version: number) => `${tenantId}:${agentId}:${version}`;
 
 /** Strips MongoDB's `_id` (and read-model bookkeeping) from a stored agent. */
 function toAgent(document: Record<string, unknown>): Agent {
-  const { _id: _ignored, ...agent } = document;
+  const { _id: _ignored, ...agent } = decodeStoredKeys(document);
   return agent as Agent;
 }
 
@@ -20,7 +20,8 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
   /** Rolls a read-model document forward through `run_transitions` by `_id`. */
   async function rollForward(document: RunDocument): Promise<LoadedRun> {
-    const { _id: _ignored, version, lastSeq, publishedVersion, ...state } = document;
+    // Stored with escaped keys (shared stored-keys.ts); the run store decodes transitions itself.
+    const { _id: _ignored, version, lastSeq, publishedVersion, ...state } = decodeStoredKeys(document);
     let loaded: LoadedRun = { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
     for (let probe = version + 1; ; probe += 1) {
       const next = await runStore.loadTransition(document._id, probe);
@@ -45,7 +46,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
     async insertAgentVersion(agent) {
       try {
-        await collections.agentVersions.insertOne({ _id: agentVersionId(agent.tenantId, agent.agentId, agent.version), ...agent });
+        await collections.agentVersions.insertOne(encodeStoredKeys({ _id: agentVersionId(agent.tenantId, agent.agentId, agent.version), ...agent }));
         return true;
       } catch (error) {
         if (isDuplicateKeyError(error)) return false;
@@ -55,10 +56,10 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
     async writeAgent(agent) {
       const _id = agentDocumentId(agent.tenantId, agent.agentId);
-      const replaced = await collections.agents.replaceOne({ _id, version: { $lt: agent.version } }, { _id, ...agent });
+      const replaced = await collections.agents.replaceOne({ _id, version: { $lt: agent.version } }, encodeStoredKeys({ _id, ...agent }));
       if (replaced.matchedCount > 0) return;
       try {
-        await collections.agents.insertOne({ _id, ...agent });
+        await collections.agents.insertOne(encodeStoredKeys({ _id, ...agent }));
       } catch (error) {
         // A newer version is in place already: readers roll forward anyway.
         if (!isDuplicateKeyError(error)) throw error;
@@ -72,6 +73,12 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     },
 
     loadTransition: (runId, version) => runStore.loadTransition(runId, version),
+
+    async loadTransitionHeader(runId, version) {
+      // By exact `_id`, projected: a transition holds the run's whole state (its messages too).
+      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1 };
+      return (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as TransitionHeader | null;
+    },
 
     async listRuns(query: RunListQuery) {
       const filter: Record<string, unknown> = { tenantId: query.tenantId };
@@ -92,6 +99,27 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       return { runs, last: lastDocument ? { createdAt: lastDocument.createdAt, runId: lastDocument._id } : null, hasMore };
     },
 
+    async listSuspendedRuns(query) {
+      const filter: Record<string, unknown> = { tenantId: query.tenantId, status: 'suspended' };
+      if (query.after) {
+        filter.$or = [{ createdAt: { $lt: query.after.createdAt } }, { createdAt: query.after.createdAt, _id: { $lt: query.after.runId } }];
+      }
+      const documents = (await collections.runs
+        .find(filter, { projection: { _id: 1, createdAt: 1, pendingApprovals: 1, toolCalls: 1 } })
+        .sort({ createdAt: -1, _id: -1 })
+        .limit(query.limit + 1)
+        .toArray()) as unknown as (Pick<RunDocument, '_id' | 'createdAt' | 'pendingApprovals' | 'toolCalls'>)[];
+      const hasMore = documents.length > query.limit;
+      const page = documents.slice(0, query.limit);
+      // Stored with escaped keys (shared stored-keys.ts): tool-call args are tenant JSON.
+      const runs = page.map((document) => {
+        const { _id, createdAt, pendingApprovals, toolCalls } = decodeStoredKeys(document);
+        return { runId: _id, createdAt, pendingApprovals, toolCalls };
+      });
+      const last = page.at(-1);
+      return { runs, last: last ? { createdAt: last.createdAt, runId: last._id } : null, hasMore };
+    },
+
     async conversationRuns(tenantId, conversationId, limit) {
       const documents = (await collections.runs
         .find({ tenantId, conversationId })
@@ -103,7 +131,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
     async insertTransition(transition: TransitionDocument) {
       try {
-        await collections.runTransitions.insertOne(transition);
+        await collections.runTransitions.insertOne(encodeStoredKeys(transition));
         return true;
       } catch (error) {
         if (isDuplicateKeyError(error)) return false;

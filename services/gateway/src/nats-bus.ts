@@ -1,5 +1,6 @@
 import {
   approvalLedgerEntrySchema,
+  wsTicketEntrySchema,
   decodeJson,
   encodeJson,
   publishJson,
@@ -12,8 +13,8 @@ import type { Logger } from '@abide/shared';
 import type { GatewayBus } from './ports.ts';
 
 /** The gateway's publishes and its side of the approval ledger, over NATS JetStream. */
-export function createNatsBus(options: { connection: NatsConnection; js: JetStreamClient; approvalLedger: KV; logger: Logger }): GatewayBus {
-  const { connection, js, approvalLedger, logger } = options;
+export function createNatsBus(options: { connection: NatsConnection; js: JetStreamClient; approvalLedger: KV; wsTickets: KV; logger: Logger }): GatewayBus {
+  const { connection, js, approvalLedger, wsTickets, logger } = options;
   return {
     async publish(subject, message, msgId) {
       await publishJson(js, subject, message, msgId);
@@ -45,6 +46,27 @@ export function createNatsBus(options: { connection: NatsConnection; js: JetStre
           if (existing && existing.operation === 'PUT') return false;
           throw error;
         }
+      },
+    },
+
+    tickets: {
+      async create(key, entry) {
+        await wsTickets.create(key, encodeJson(entry));
+      },
+      async consume(key) {
+        const entry = await wsTickets.get(key);
+        if (!entry || entry.operation !== 'PUT') return null;
+        try {
+          // Compare-and-delete on the revision read: of two replicas redeeming one ticket, one delete wins.
+          await wsTickets.delete(key, { previousSeq: entry.revision });
+        } catch (error) {
+          // The other consumer's delete came first (wrong last sequence): this one did not get the ticket.
+          logger.debug({ err: error }, 'ticket consumed concurrently');
+          return null;
+        }
+        const parsed = wsTicketEntrySchema.safeParse(decodeJson(entry.value));
+        if (!parsed.success) throw new Error('a WS_TICKETS entry does not parse');
+        return parsed.data;
       },
     },
 

@@ -11,6 +11,7 @@ import {
   cancelRunBodySchema,
   createRunBodySchema,
   createRunResponseSchema,
+  createWsTicketBodySchema,
   cursorSchema,
   errorBodySchema,
   eventsQuerySchema,
@@ -20,9 +21,12 @@ import {
   listRunsResponseSchema,
   pendingApprovalsQuerySchema,
   pendingApprovalsResponseSchema,
+  runHistoryQuerySchema,
+  runHistoryResponseSchema,
   runIdParamsSchema,
   runViewSchema,
   wsClientFrameSchema,
+  wsTicketResponseSchema,
 } from '@abide/shared';
 import { z } from 'zod';
 
@@ -123,7 +127,7 @@ export const operations: Operation[] = [
       '200': { description: 'text/event-stream: `id:` seq, `event:` type, `data:` the event JSON', contentType: 'text/event-stream' },
       '204': { description: 'the run has ended and the client holds its last event' },
       '410': { description: 'cursor_expired, with the run attached as `run`', schema: errorBodySchema.extend({ run: runViewSchema }) },
-      ...errors(400, 401, 404, 503),
+      ...errors(400, 401, 404, 429, 503),
     },
   },
   {
@@ -168,11 +172,37 @@ export const operations: Operation[] = [
     responses: { '200': { description: 'pending approvals', schema: pendingApprovalsResponseSchema }, ...errors(400, 401, 503) },
   },
   {
+    method: 'post',
+    path: '/v1/ws/tickets',
+    summary: 'A single-use, short-lived ticket for GET /v1/ws?ticket= (keeps the API key out of URLs)',
+    authenticated: true,
+    body: createWsTicketBodySchema,
+    responses: { '201': { description: 'the ticket and when it stops being accepted', schema: wsTicketResponseSchema }, ...errors(400, 401, 503) },
+  },
+  {
     method: 'get',
     path: '/v1/ws',
     summary: 'WebSocket (JSON text frames; see docs/api.md). Client frames are described by x-client-frames',
     authenticated: true,
-    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 426, 503) },
+    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 426, 429, 503) },
+  },
+  {
+    method: 'get',
+    path: '/v1/runs/:runId/history',
+    summary: "The run's transitions (version, cause, status, step, awaiting, at), oldest first, paginated by version",
+    authenticated: true,
+    params: runIdParamsSchema,
+    query: runHistoryQuerySchema,
+    responses: { '200': { description: 'a page of transitions', schema: runHistoryResponseSchema }, ...errors(400, 401, 404, 503) },
+  },
+  { method: 'get', path: '/console', summary: 'The web console (HTML; no-cache)', authenticated: false, responses: { '200': { description: 'text/html', contentType: 'text/html' }, ...errors(404) } },
+  { method: 'get', path: '/console/', summary: 'Redirects to /console', authenticated: false, responses: { '301': { description: 'to /console' } } },
+  {
+    method: 'get',
+    path: '/console/assets/:name',
+    summary: "The console's content-hashed assets (cached for a year)",
+    authenticated: false,
+    responses: { '200': { description: 'JavaScript or CSS' }, ...errors(404) },
   },
 ];
 

@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TenantLeases, TransitionDocument, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -16,6 +16,11 @@ export type LoadedRun = {
   published: boolean;
 };
 
+/** What `GET /v1/runs/:runId/history` shows of a transition. */
+export type TransitionHeader = Pick<TransitionDocument, 'runId' | 'tenantId' | 'version' | 'at' | 'cause'> & {
+  state: Pick<TransitionDocument['state'], 'status' | 'step' | 'awaiting'>;
+};
+
 /** `conversation_locks`: one active run per conversation (DESIGN §3). */
 export type ConversationLock = { _id: string; runId: string; at: Date };
 
@@ -31,6 +36,9 @@ export type RunListQuery = {
   after?: RunListPosition | undefined;
 };
 
+/** What the approvals inbox reads of a suspended run (no messages, no agent snapshot). */
+export type SuspendedRunSummary = Pick<RunState, 'runId' | 'createdAt' | 'pendingApprovals' | 'toolCalls'>;
+
 export type GatewayStore = {
   /** The agent in force: `agents` by `_id`, rolled forward through `agent_versions`. */
   findAgent(tenantId: string, agentId: string): Promise<Agent | null>;
@@ -43,8 +51,20 @@ export type GatewayStore = {
   loadRun(runId: string): Promise<LoadedRun | null>;
   /** One transition by `_id` (`<runId>:<version>`). */
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
+  /** One transition's header by `_id`, without the run state's bulk (messages, tool calls): for the history. */
+  loadTransitionHeader(runId: string, version: number): Promise<TransitionHeader | null>;
   /** Runs from the read model, newest first, each rolled forward. `hasMore` says whether another page exists. */
   listRuns(query: RunListQuery): Promise<{ runs: LoadedRun[]; last: RunListPosition | null; hasMore: boolean }>;
+  /**
+   * The tenant's suspended runs from the read model (newest first, not rolled forward: an inbox
+   * may lag by a moment, decisions are checked against the exact state), only the fields the
+   * approvals inbox shows.
+   */
+  listSuspendedRuns(query: { tenantId: string; limit: number; after?: RunListPosition | undefined }): Promise<{
+    runs: SuspendedRunSummary[];
+    last: RunListPosition | null;
+    hasMore: boolean;
+  }>;
   /** The newest runs of a conversation (read model order), rolled forward. */
   conversationRuns(tenantId: string, conversationId: string, limit: number): Promise<LoadedRun[]>;
   /** Inserts a transition; false if that version exists. */
@@ -68,12 +88,21 @@ export type ApprovalLedger = {
   create(key: string, entry: ApprovalLedgerEntry): Promise<boolean>;
 };
 
+/** KV `WS_TICKETS`: single-use WebSocket tickets, keyed by a hash of the ticket. */
+export type WsTicketStore = {
+  /** Stores a new ticket (atomic create: a key that exists is an error). */
+  create(key: string, entry: WsTicketEntry): Promise<void>;
+  /** Reads and deletes the ticket in one compare-and-delete; null when missing, used or taken by a concurrent consumer. */
+  consume(key: string): Promise<WsTicketEntry | null>;
+};
+
 export type GatewayBus = {
   /** Publishes JSON, waits for the PubAck; `msgId` dedupes inside the duplicate window. */
   publish(subject: string, message: unknown, msgId: string): Promise<void>;
   /** Publishes a committed transition's outbox (shared `publishOutbox`). */
   publishOutbox(transition: TransitionDocument): Promise<void>;
   ledger: ApprovalLedger;
+  tickets: WsTicketStore;
   /** True when the NATS server answers a round trip. */
   ping(): Promise<boolean>;
 };
@@ -99,4 +128,6 @@ export type Backend = {
   store: GatewayStore;
   bus: GatewayBus;
   events: EventSource;
+  /** Per-tenant leases on open SSE streams + WebSockets and on event subscriptions (issue 8); absent = unlimited (unit tests). */
+  capacity?: { connections: TenantLeases; subscriptions: TenantLeases } | undefined;
 };

@@ -17,7 +17,7 @@ const maxTrackedTenants = 10_000;
  * A per-tenant token bucket, in this process (each replica limits on its own). `take` throws
  * `ApiError('rate_limited')` with `Retry-After` when the tenant has no token left.
  */
-export function createRateLimiter(options: RateLimitOptions = defaultRunCreationLimit, now: () => number = Date.now) {
+export function createRateLimiter(options: RateLimitOptions = defaultRunCreationLimit, now: () => number = Date.now, what = 'runs created') {
   const buckets = new Map<string, { tokens: number; at: number }>();
 
   function refill(tenantId: string): { tokens: number; at: number } {
@@ -39,7 +39,7 @@ export function createRateLimiter(options: RateLimitOptions = defaultRunCreation
       const bucket = refill(tenantId);
       if (bucket.tokens < 1) {
         const retryAfterSeconds = Math.max(1, Math.ceil((1 - bucket.tokens) / options.perSecond));
-        throw new ApiError('rate_limited', `too many runs created; retry in ${retryAfterSeconds} s`, { headers: { 'retry-after': String(retryAfterSeconds) } });
+        throw new ApiError('rate_limited', `too many ${what}; retry in ${retryAfterSeconds} s`, { headers: { 'retry-after': String(retryAfterSeconds) } });
       }
       bucket.tokens -= 1;
       if (!buckets.has(tenantId) && buckets.size >= maxTrackedTenants) forgetFullBuckets();

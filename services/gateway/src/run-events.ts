@@ -18,19 +18,32 @@ export type OpenRunEventsRequest = {
  * - another tenant's or a missing run → 404 `run_not_found`;
  * - a cursor older than the events' retention → 410 `cursor_expired` with the run's state. The
  *   rule: the stream's first sequence is past `after + 1` (something after the cursor may be
- *   gone) and the run is older than `EVENTS_MAX_AGE` (so its events are the ones expiring);
+ *   gone) and the run is older than `EVENTS_MAX_AGE` (so its events are the ones expiring) or its
+ *   first event is gone (the stream reached `EVENTS_MAX_BYTES` and discarded its oldest events);
  * - a run that had ended (its terminal transition published) when the subscription started is
  *   followed up to its last stored message; null when nothing is left to send (the client holds
  *   the terminal event already).
  */
 export function createRunEventsOpener(deps: { store: GatewayStore; events: EventSource; relay: EventRelay; eventsMaxAgeMs: number; now?: () => number }) {
   const now = deps.now ?? Date.now;
+
+  /**
+   * True when the run's first event is no longer stored although the run is young: `RUN_EVENTS`
+   * discards its oldest events when it reaches `EVENTS_MAX_BYTES`. Transition 2 (the run's first
+   * with events) records the stream sequence of its last event once published.
+   */
+  async function firstEventEvicted(runId: string, firstSequence: number): Promise<boolean> {
+    const first = await deps.store.loadTransition(runId, 2);
+    return typeof first?.lastSeq === 'number' && first.lastSeq < firstSequence;
+  }
+
   return async function openRunEvents(request: OpenRunEventsRequest): Promise<AsyncGenerator<ClientEvent, void, undefined> | null> {
     const { tenantId, runId, after, signal } = request;
     const run = await loadTenantRun(deps.store, tenantId, runId);
     const firstSequence = await deps.events.firstSequence();
-    if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence && Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs) {
-      throw new CursorExpiredError(toRunView(run));
+    if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence) {
+      const aged = Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs;
+      if (aged || (await firstEventEvicted(runId, firstSequence))) throw new CursorExpiredError(toRunView(run));
     }
     if (!(isEnded(run) && run.published)) return deps.relay.follow(runId, { after, signal });
     // Ended, and its last events are stored: read ahead to the first event to send, so that a

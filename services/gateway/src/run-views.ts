@@ -4,7 +4,7 @@ import type { LoadedRun } from './ports.ts';
 export type PendingApprovalView = RunView['pendingApprovals'][number];
 
 /** The pending approvals of a run, in the order the run lists them. */
-export function pendingApprovalsOf(state: RunState): PendingApprovalView[] {
+export function pendingApprovalsOf(state: Pick<RunState, 'pendingApprovals' | 'toolCalls'>): PendingApprovalView[] {
   const views: PendingApprovalView[] = [];
   for (const toolCallId of state.pendingApprovals) {
     const call = state.toolCalls.find((candidate) => candidate.toolCallId === toolCallId);

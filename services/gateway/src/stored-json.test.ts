@@ -57,20 +57,20 @@ describe('stored JSON at the API', () => {
     expect((await createRun({ input: 'hi', conversationId: 'conv-2' })).statusCode).toBe(201);
   });
 
-  it('refuses unstorable approval args and agent definitions with 400', async () => {
+  it('refuses unstorable approval args and agent definitions with 400 (agents may use any key)', async () => {
     const approval = await t.app.inject({ method: 'POST', url: '/v1/runs/run_x/approvals/s0c0', headers: auth(), payload: { approved: true, args: { 'a.b': 1 } } });
     expect(approval.statusCode).toBe(400);
     expect(approval.json().error.message).toContain('body.args["a.b"]');
     const batch = await t.app.inject({ method: 'POST', url: '/v1/runs/run_x/approvals', headers: auth(), payload: { decisions: [{ toolCallId: 's0c0', approved: true, args: { x: { $gt: 1 } } }] } });
     expect(batch.json().error.message).toContain('body.decisions.0.args.x["$gt"]');
-    const agent = await t.app.inject({
-      method: 'PUT',
-      url: '/v1/agents/helper',
-      headers: auth(),
-      payload: { ...scriptedAgent, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object', $defs: {} } }] },
-    });
-    expect(agent.statusCode).toBe(400);
-    expect(agent.json().error.message).toContain('body.tools.0.inputSchema["$defs"]');
+    // An agent's JSON Schema may use any keyword (the store escapes keys), but not a nested array.
+    const withKeywords = { type: 'object', $defs: { text: { type: 'string' } }, properties: { a: { $ref: '#/$defs/text' } } };
+    const put = (inputSchema: Record<string, unknown>) =>
+      t.app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: { ...scriptedAgent, tools: [{ name: 'echo', kind: 'builtin', inputSchema }] } });
+    expect((await put(withKeywords)).statusCode).toBe(200);
+    const nestedArray = await put({ type: 'object', properties: { a: { enum: [[1, 2]] } } });
+    expect(nestedArray.statusCode).toBe(400);
+    expect(nestedArray.json().error.message).toContain('body.tools.0.inputSchema.properties.a.enum.0: an array inside an array');
   });
 
   it('refuses them in a WebSocket run.create frame too, keeping the socket usable', async () => {

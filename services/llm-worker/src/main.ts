@@ -3,14 +3,19 @@
  * the `RUN_CONTROL` watch, the health server and signal handling. Everything else is built by
  * pure factories.
  */
+import { hostname } from 'node:os';
 import {
+  admitByTenant,
   buckets,
+  createTenantLeases,
   ConfigError,
   connectNats,
   consumerPolicies,
   createConsumerRunner,
   createCrashPoints,
+  createEgressPolicy,
   createHealthServer,
+  createTenantSecrets,
   createLogger,
   createMetrics,
   ensureError,
@@ -38,7 +43,7 @@ const policy = consumerPolicies['llm-worker'];
 const provisioning = {
   streams: ['LLM_REQUESTS', 'RUN_EVENTS', 'RUN_INBOX'],
   consumers: ['llm-worker'],
-  buckets: [buckets.llmResults, buckets.runControl],
+  buckets: [buckets.llmResults, buckets.runControl, buckets.tenantLeases],
   objectStores: [objectStores.payloads],
 } as const;
 
@@ -111,14 +116,25 @@ async function main(): Promise<void> {
   if (!jetStream || draining) return;
 
   const publisher = createJetStreamPublisher(jetStream.js);
+  const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });
+  const egress = createEgressPolicy({ allow: config.LLM_EGRESS_ALLOW, variable: 'LLM_EGRESS_ALLOW' });
   watch = createCancelWatch({ bucket: jetStream.kv.get(buckets.runControl)!, logger });
   await watch.start();
+  // In-flight model calls per tenant, across every llm-worker (issue 8).
+  const tenantLeases = createTenantLeases({
+    bucket: jetStream.kv.get(buckets.tenantLeases)!,
+    kind: 'llm',
+    limit: config.TENANT_MAX_LLM_CALLS,
+    holder: `${service}/${hostname()}/${process.pid}`,
+    logger,
+  });
+  tenantLeases.start();
   const handler = createRunStep({
     publisher,
     results: createLlmResultStore(jetStream.kv.get(buckets.llmResults)!),
     bodies: createRequestBodyReader(jetStream.objects.get(objectStores.payloads)!),
     cancellations: watch,
-    createModel: (model, { step }) => createLanguageModel(model, { step, env: config.secrets }),
+    createModel: (model, { step, tenantId }) => createLanguageModel(model, { step, tenantId, secrets, egress }),
     logger,
     metrics: stepMetrics,
     maxRetryAfterMs: policy.maxNakDelayMs,
@@ -137,6 +153,7 @@ async function main(): Promise<void> {
         logger,
         handle: handler.handle,
         onExhausted: handler.onExhausted,
+        admit: admitByTenant(tenantLeases),
       });
       runner = current;
       await current.start();
@@ -171,7 +188,7 @@ async function connectWithRetry(
       async () => {
         if (!connection) {
           logger.info({ servers: config.NATS_URL }, 'connecting to nats');
-          connection = await connectNats(config, service, logger);
+          connection = await connectNats(config, { service }, logger);
           onConnected(connection);
         }
         return provisionJetStream(connection, config, provisioning, logger);

@@ -23,7 +23,7 @@ describe('classifyModelError', () => {
   it.each([400, 401, 403, 404, 422])('HTTP %i is final', (status) => {
     const failure = classifyModelError(apiError(status), options);
     expect(failure.retryable).toBe(false);
-    expect(failure.message).toContain(`HTTP ${status}`);
+    expect(failure.message).toBe(`HTTP ${status} from http://model:80`);
   });
 
   it('uses Retry-After (seconds), capped', () => {
@@ -42,8 +42,22 @@ describe('classifyModelError', () => {
 
   it('treats network errors as transient', () => {
     const refused = Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
-    expect(classifyModelError(new TypeError('fetch failed', { cause: refused }), options).retryable).toBe(true);
-    expect(classifyModelError(new TypeError('terminated'), options).retryable).toBe(true);
+    const origin = { ...options, origin: 'http://10.0.0.5:6379' };
+    expect(classifyModelError(new TypeError('fetch failed', { cause: refused }), origin)).toMatchObject({ retryable: true, message: 'could not reach http://10.0.0.5:6379' });
+    expect(classifyModelError(new TypeError('terminated'), origin)).toMatchObject({ retryable: true, message: 'could not reach http://10.0.0.5:6379' });
+  });
+
+  it('gives every connection failure the same message, with no errno or body', () => {
+    const unreachable = (cause: Error) => new APICallError({ message: `Cannot connect to API: ${cause.message}`, url: 'http://10.0.0.5:6379/chat/completions', requestBodyValues: {}, cause, isRetryable: true });
+    const refused = classifyModelError(unreachable(Object.assign(new Error('connect ECONNREFUSED 10.0.0.5:6379'), { code: 'ECONNREFUSED' })), options);
+    const notHttp = classifyModelError(unreachable(new Error('Response does not match the HTTP/1.1 protocol (Expected HTTP/)')), options);
+    expect(refused).toMatchObject({ retryable: true, message: 'could not reach http://10.0.0.5:6379' });
+    expect(notHttp.message).toBe(refused.message);
+    const withBody = new APICallError({ message: 'Unauthorized', url: 'http://model/v1', requestBodyValues: {}, statusCode: 401, responseBody: 'internal secret page' });
+    const failure = classifyModelError(withBody, options);
+    expect(failure.message).toBe('HTTP 401 from http://model:80');
+    expect(failure.message).not.toContain('internal secret page');
+    expect(failure.detail).toContain('internal secret page');
   });
 
   it('treats a stream cut off before its finish as transient, other bad data as final', () => {
@@ -55,12 +69,15 @@ describe('classifyModelError', () => {
     expect(classifyModelError({ message: 'Overloaded', type: 'overloaded_error' }, options).retryable).toBe(true);
     expect(classifyModelError({ message: 'bad tool schema', type: 'invalid_request_error' }, options)).toEqual({
       retryable: false,
-      message: 'invalid_request_error bad tool schema',
+      code: 'model_error',
+      message: 'the model server reported an error: invalid_request_error',
+      detail: 'invalid_request_error bad tool schema',
     });
   });
 
   it('keeps an AbideError as it is', () => {
-    expect(classifyModelError(new AbideError('model_error', 'no key', { retryable: false }), options)).toEqual({ retryable: false, message: 'no key' });
+    expect(classifyModelError(new AbideError('model_error', 'no key', { retryable: false }), options)).toEqual({ retryable: false, code: 'model_error', message: 'no key' });
+    expect(classifyModelError(new AbideError('secret_not_found', 'secret "K" not found for this tenant'), options)).toMatchObject({ retryable: false, code: 'secret_not_found' });
   });
 
   it('treats unknown errors as final', () => {

@@ -5,10 +5,19 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ackDecisionFor, AbideError, llmResultMessageSchema } from '@abide/shared';
+import { ackDecisionFor, AbideError, createEgressPolicy, llmResultMessageSchema, type Resolver } from '@abide/shared';
 import { createLanguageModel } from './model-factory.ts';
 import { createRunStep } from './run-step.ts';
-import { createFakeBodyReader, createFakeCancellations, createFakePublisher, createFakeResultStore, deliveryOf, llmRequest, silentLogger } from './test-fakes.ts';
+import {
+  createFakeBodyReader,
+  createFakeCancellations,
+  createFakePublisher,
+  createFakeResultStore,
+  createFakeSecrets,
+  deliveryOf,
+  llmRequest,
+  silentLogger,
+} from './test-fakes.ts';
 
 type Received = { path: string; authorization: string | undefined; body: Record<string, unknown> };
 type Reply = (response: ServerResponse) => void;
@@ -60,7 +69,12 @@ afterAll(async () => {
   await new Promise((resolve) => server.close(resolve));
 });
 
-function setup(env: Record<string, string> = { TINY_MODEL_KEY: 'sk-test' }) {
+/** The request's tenant (`llmRequest`) holds the key unless a test says otherwise. */
+function setup(
+  secrets: Record<string, Record<string, string>> = { tenant_a: { TINY_MODEL_KEY: 'sk-test' } },
+  egressAllow: string[] = ['127.0.0.1:*'],
+  options: { baseURL?: string; resolve?: Resolver } = {},
+) {
   const { publisher, published } = createFakePublisher();
   const { results, entries } = createFakeResultStore();
   const handler = createRunStep({
@@ -68,12 +82,18 @@ function setup(env: Record<string, string> = { TINY_MODEL_KEY: 'sk-test' }) {
     results,
     bodies: createFakeBodyReader(),
     cancellations: createFakeCancellations().tracker,
-    createModel: (config, { step }) => createLanguageModel(config, { step, env }),
+    createModel: (config, { step, tenantId }) =>
+      createLanguageModel(config, {
+        step,
+        tenantId,
+        secrets: createFakeSecrets(secrets),
+        egress: createEgressPolicy({ allow: egressAllow, variable: 'LLM_EGRESS_ALLOW', ...(options.resolve ? { resolve: options.resolve } : {}) }),
+      }),
     logger: silentLogger,
     maxRetryAfterMs: 60_000,
   });
   const message = llmRequest({
-    model: { provider: 'openai-compatible', baseURL, model: 'tiny-model', apiKeyEnv: 'TINY_MODEL_KEY' },
+    model: { provider: 'openai-compatible', baseURL: options.baseURL ?? baseURL, model: 'tiny-model', apiKeyEnv: 'TINY_MODEL_KEY' },
     tools: [{ name: 'echo', description: 'Returns its input', inputSchema: { type: 'object', properties: { text: { type: 'string' } } } }],
   });
   const llmResult = () => {
@@ -137,18 +157,38 @@ describe('openai-compatible model through the handler', () => {
     expect(llmResult()).toBeUndefined();
   });
 
-  it('fails the run for good on a 400', async () => {
+  it('fails the run for good on a 400, naming the status but never the body', async () => {
     reply = (response) => response.writeHead(400, { 'content-type': 'application/json' }).end('{"error":{"message":"model not found","type":"invalid_request_error"}}');
     const { handler, message, llmResult } = setup();
     await handler.handle(deliveryOf(message));
-    expect(llmResult()).toMatchObject({ ok: false, error: { code: 'model_error', message: expect.stringContaining('model not found') } });
+    const origin = new URL(baseURL).origin;
+    expect(llmResult()).toMatchObject({ ok: false, error: { code: 'model_error', message: `HTTP 400 from ${origin}` } });
   });
 
-  it('fails the run for good when the key variable is not set on the worker', async () => {
+  it('fails the run for good with secret_not_found when the key is not a secret of the run’s tenant', async () => {
     received.length = 0;
-    const { handler, message, llmResult } = setup({});
+    const { handler, message, llmResult } = setup({ other_tenant: { TINY_MODEL_KEY: 'sk-other' } });
     await handler.handle(deliveryOf(message));
-    expect(llmResult()).toMatchObject({ ok: false, error: { code: 'model_error', message: expect.stringContaining('TINY_MODEL_KEY') } });
+    expect(llmResult()).toMatchObject({ ok: false, error: { code: 'secret_not_found', message: 'secret "TINY_MODEL_KEY" not found for this tenant' } });
+    expect(received).toEqual([]);
+  });
+
+  it('fails the run for good with egress_denied when the baseURL is not allowed, without a request', async () => {
+    received.length = 0;
+    const { handler, message, llmResult } = setup(undefined, ['127.0.0.1']);
+    await handler.handle(deliveryOf(message));
+    const origin = new URL(baseURL).origin;
+    expect(llmResult()).toMatchObject({ ok: false, error: { code: 'egress_denied', message: `calls to ${origin} are not allowed (LLM_EGRESS_ALLOW)` } });
+    expect(received).toEqual([]);
+  });
+
+  it('fails with egress_denied when an allowed name resolves to loopback (checked on the connection), without a request', async () => {
+    received.length = 0;
+    const port = new URL(baseURL).port;
+    const resolve: Resolver = async () => [{ address: '127.0.0.1', family: 4 }];
+    const { handler, message, llmResult } = setup(undefined, ['*.evil.example:*'], { baseURL: `http://model.evil.example:${port}/v1`, resolve });
+    await handler.handle(deliveryOf(message));
+    expect(llmResult()).toMatchObject({ ok: false, error: { code: 'egress_denied', message: `calls to http://model.evil.example:${port} are not allowed (LLM_EGRESS_ALLOW)` } });
     expect(received).toEqual([]);
   });
 });

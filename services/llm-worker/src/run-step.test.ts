@@ -5,6 +5,7 @@ import {
   ackDecisionFor,
   AbideError,
   busEventSchema,
+  createEgressPolicy,
   llmResultMessageSchema,
   type LlmResultPayload,
   type ModelConfig,
@@ -17,6 +18,7 @@ import {
   createFakeCancellations,
   createFakePublisher,
   createFakeResultStore,
+  createFakeSecrets,
   deliveryOf,
   llmRequest,
   silentLogger,
@@ -31,7 +33,9 @@ function setup(
   const { publisher, published } = createFakePublisher(options.publisherFailsOn ? { failOn: options.publisherFailsOn } : {});
   const { results, entries } = createFakeResultStore();
   const cancellations = createFakeCancellations();
-  const createModel = vi.fn((config: ModelConfig, { step }: { step: number }) => (options.model ? options.model(config, step) : createLanguageModel(config, { step, env: {} })));
+  const createModel = vi.fn((config: ModelConfig, { step, tenantId }: { step: number; tenantId: string }) =>
+    options.model ? options.model(config, step) : createLanguageModel(config, { step, tenantId, secrets: createFakeSecrets(), egress: createEgressPolicy({ allow: [], variable: 'LLM_EGRESS_ALLOW' }) }),
+  );
   const handler = createRunStep({
     publisher,
     results,

@@ -4,6 +4,7 @@ import {
   llmResultPayloadSchema,
   makeBusEvent,
   makeEnvelope,
+  originOf,
   subjects,
   type Delivery,
   type CrashPoints,
@@ -26,8 +27,8 @@ export type RunStepDeps = {
   results: LlmResultStore;
   bodies: RequestBodyReader;
   cancellations: CancellationTracker;
-  /** The language model for a request's model config (see `createLanguageModel`). */
-  createModel(config: ModelConfig, options: { step: number }): LanguageModel;
+  /** The language model for a request's model config (see `createLanguageModel`); the tenant's secrets resolve there. */
+  createModel(config: ModelConfig, options: { step: number; tenantId: string }): LanguageModel | Promise<LanguageModel>;
   logger: Logger;
   metrics?: StepMetrics;
   /** Cap on a provider's `Retry-After` (the consumer's largest nak delay). */
@@ -145,7 +146,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
         if (!('messages' in body)) return await fail(body);
         let outcome: StreamStepOutcome;
         try {
-          const model = deps.createModel(payload.model, { step });
+          const model = await deps.createModel(payload.model, { step, tenantId });
           outcome = await streamStep({
             model,
             body,
@@ -160,6 +161,12 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
           outcome = { kind: 'failed', error };
         }
 
+        if (outcome.kind === 'too_large') {
+          // Final: the same model would produce the same output again. Deltas already sent stay;
+          // the run records the failure, not a partial text.
+          coalescer.discard();
+          return await fail({ code: 'model_output_too_large' satisfies RunErrorCode, message: outcome.message });
+        }
         if (outcome.kind === 'aborted' || signal.aborted) {
           coalescer.discard();
           if (cancellation.signal.aborted) {
@@ -177,8 +184,11 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
 
         coalescer.flush();
         if (outcome.kind === 'failed') {
-          const failure = classifyModelError(outcome.error, { maxRetryAfterMs: deps.maxRetryAfterMs });
-          if (!failure.retryable) return await fail({ code: 'model_error' satisfies RunErrorCode, message: failure.message });
+          const origin = payload.model.provider === 'openai-compatible' ? originOf(payload.model.baseURL) : undefined;
+          const failure = classifyModelError(outcome.error, { maxRetryAfterMs: deps.maxRetryAfterMs, ...(origin ? { origin } : {}) });
+          // Operators get the detail (a truncated response body, the network error); the run gets the sanitized message.
+          if (failure.detail) log.warn({ code: failure.code, detail: failure.detail, retryable: failure.retryable }, 'model call failed');
+          if (!failure.retryable) return await fail({ code: failure.code, message: failure.message });
           metrics.failed('transient');
           await events.settle();
           throw new AbideError('model_error', `transient model failure: ${failure.message}`, {

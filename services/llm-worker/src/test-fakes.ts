@@ -1,6 +1,8 @@
 /** In-memory fakes of the handler's ports, for unit tests. */
 import {
   createLogger,
+  SecretNotFoundError,
+  type TenantSecrets,
   llmRequestMessageSchema,
   makeEnvelope,
   type Delivery,
@@ -90,5 +92,16 @@ export function deliveryOf(message: LlmRequestMessage, options: { deliveryCount?
     streamSequence: 1,
     signal: options.signal ?? new AbortController().signal,
     working() {},
+  };
+}
+
+/** Secrets per tenant, as `TENANT_SECRETS_DIR` would hold them. */
+export function createFakeSecrets(byTenant: Record<string, Record<string, string>> = {}): TenantSecrets {
+  return {
+    async read(tenantId, name) {
+      const value = byTenant[tenantId]?.[name];
+      if (value === undefined) throw new SecretNotFoundError(name);
+      return value;
+    },
   };
 }

@@ -23,6 +23,7 @@ import {
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
 import { createApprovalLedger } from './approval-ledger.ts';
+import { createApprovalsHandler } from './approvals-handler.ts';
 import { loadOrchestratorConfig } from './config.ts';
 import { createInboxHandler } from './inbox-handler.ts';
 import { createKeyedQueue } from './keyed-queue.ts';
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
     const abortStartup = () => startup.abort(new Error('stopped during start-up'));
     process.once('SIGTERM', abortStartup);
     process.once('SIGINT', abortStartup);
-    const nats = await retryWithBackoff('connecting to NATS', () => connectNats(config, 'orchestrator', log), { logger: log, signal: startup.signal });
+    const nats = await retryWithBackoff('connecting to NATS', () => connectNats(config, { service: 'orchestrator' }, log), { logger: log, signal: startup.signal });
     const { js, jsm, kv, objects } = await retryWithBackoff(
       'provisioning JetStream',
       () =>
@@ -84,7 +85,11 @@ async function main(): Promise<void> {
         runControl: kv.get(buckets.runControl)!,
         collections,
         payloads: objects.get(objectStores.payloads)!,
-        maxPayloadBytes: nats.info?.max_payload ?? 1_048_576,
+        // Read on every use: after a reconnect the server (and its max_payload) may differ.
+        get maxPayloadBytes() {
+          return nats.info?.max_payload ?? 1_048_576;
+        },
+        maxModelRequestBytes: config.LLM_REQUEST_MAX_BYTES,
       },
       queue: createKeyedQueue(),
       logger: log,
@@ -106,7 +111,7 @@ async function main(): Promise<void> {
       schema: approvalMessageSchema,
       concurrency: config.ORCHESTRATOR_CONCURRENCY,
       logger: log,
-      handle: (delivery) => ledger.applyDecisionMessage(delivery.message),
+      handle: createApprovalsHandler({ ledger }),
     });
     const advisories = createConsumerRunner({
       js,
@@ -116,8 +121,8 @@ async function main(): Promise<void> {
       logger: log,
       handle: createAdvisoryHandler({ jsm, processor, logger: log }),
     });
-    const outboxSweeper = createOutboxSweeper({ store, processor, logger: log });
-    const deadlineSweeper = createDeadlineSweeper({ collections, js, logger: log });
+    const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
+    const deadlineSweeper = createDeadlineSweeper({ store, js, logger: log, metrics });
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,

@@ -1,6 +1,7 @@
 import {
   AbideError,
   type CrashPoints,
+  findUnpublishableEntry,
   publishOutbox,
   transitionId,
   TransitionConflictError,
@@ -52,6 +53,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   const committed = deps.metrics?.counter('transitions_committed_total', 'Transitions committed');
   const conflicts = deps.metrics?.counter('transition_conflicts_total', 'Commit races lost to another replica');
   const ignoredInputs = deps.metrics?.counter('inputs_ignored_total', 'Stale or duplicate inputs acked and ignored');
+  const oversize = deps.metrics?.counter('transitions_oversize_total', 'Transitions replaced by a run failure because a message of theirs could never be published');
 
   function remember(runId: string, entry: { transition: TransitionDocument; lastSeq: number | null }) {
     cache.delete(runId);
@@ -117,7 +119,8 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         ignoredInputs?.inc({ reason: 'duplicate' });
         return { kind: 'ignored', reason: 'input already applied' };
       }
-      const result = transition(current.state, input, { now: now() });
+      const at = now();
+      let result = transition(current.state, input, { now: at });
       if (result.kind === 'ignored') {
         if (!latest.verified) {
           verified = true;
@@ -132,12 +135,25 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         runId,
         tenantId: current.tenantId,
         version: current.version + 1,
-        at: now(),
+        at,
         cause,
         state: result.state,
         outbox: result.outbox,
         published: false,
       };
+      // Sizes are checked before the commit (issue 8, finding 5): a transition with a message
+      // that can never be published (over the server's max_payload, an event over RUN_EVENTS'
+      // max_msg_size, a model request over LLM_REQUEST_MAX_BYTES) is never committed; the run
+      // fails with `message_too_large` instead, from the same state, and nothing else waits on it.
+      const unpublishable = findUnpublishableEntry(publisher, next);
+      if (unpublishable) {
+        result = transition(current.state, { type: 'fail', error: unpublishable }, { now: at });
+        if (result.kind !== 'changed') throw new Error(`run ${runId}: a failure could not be applied to a ${current.state.status} run`);
+        next.state = result.state;
+        next.outbox = result.outbox;
+        oversize?.inc();
+        logger.warn({ runId, tenantId: next.tenantId, step: current.state.step, cause, reason: unpublishable.message }, 'a transition would publish a message too large for the bus; failing the run instead');
+      }
       try {
         await store.commit(next);
       } catch (error) {

@@ -255,6 +255,14 @@ describe('approvals', () => {
 });
 
 describe('cancel', () => {
+  it("releases the run's active-run slot with its conversation lock when it ends (issue 8)", () => {
+    const result = changed(transition(makeState({ runSlot: 4 }), { type: 'cancel', payload: { reason: 'user' } }, context));
+    expect(work(result.outbox)).toEqual([
+      { kind: 'release_conversation_lock', conversationId: 'conv_1', runSlot: 4 },
+      { kind: 'run_control', reason: 'user' },
+    ]);
+  });
+
   it('cancels a queued run', () => {
     const result = changed(transition(makeState(), { type: 'cancel', payload: { reason: 'user' } }, context));
     expect(result.state.status).toBe('cancelled');

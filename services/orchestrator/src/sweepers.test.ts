@@ -1,5 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { maxSweepIntervalMs, nextSweepDelay, sweepDutyFactor } from './sweepers.ts';
+import { Writable } from 'node:stream';
+import { createLogger, createMetrics, type DueRun, type SweepCursor, type TransitionDocument } from '@abide/shared';
+import {
+  createDeadlineSweep,
+  createOutboxSweep,
+  deadlineSweepPageSize,
+  itemRetryDelayMs,
+  maxSweepIntervalMs,
+  nextSweepDelay,
+  outboxSweepPageSize,
+  sweepDutyFactor,
+} from './sweepers.ts';
 
 describe('sweep pacing', () => {
   it('sweeps every interval while sweeps are fast', () => {
@@ -14,5 +25,137 @@ describe('sweep pacing', () => {
 
   it('never sweeps less often than a configured interval longer than the cap', () => {
     expect(nextSweepDelay(120_000, 10_000)).toBe(120_000);
+  });
+});
+
+/* ---------- failure isolation and paging (issue 8, finding 5) ---------- */
+
+
+function capturingLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const destination = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(JSON.parse(String(chunk)));
+      done();
+    },
+  });
+  return { lines, logger: createLogger('orchestrator', 'info', destination) };
+}
+
+function unpublished(count: number): TransitionDocument[] {
+  return Array.from({ length: count }, (_, index) => {
+    const runId = `run_${String(index).padStart(4, '0')}`;
+    return { _id: `${runId}:2`, runId, tenantId: index < 3 ? 'tenant-evil' : 'tenant-ok', version: 2, at: new Date(1_000 + index), cause: 'c', state: {} as never, outbox: [], published: false };
+  });
+}
+
+/** An in-memory `findUnpublished` with the store's order and cursor semantics; published ones leave. */
+function fakeOutboxStore(transitions: TransitionDocument[]) {
+  const pending = new Map(transitions.map((transition) => [transition._id, transition]));
+  return {
+    pending,
+    async findUnpublished(before: Date, limit: number, after?: SweepCursor) {
+      return [...pending.values()]
+        .filter((transition) => transition.at < before)
+        .sort((a, b) => a.at.getTime() - b.at.getTime() || a._id.localeCompare(b._id))
+        .filter((transition) => !after || transition.at.toISOString() > after.key || (transition.at.toISOString() === after.key && transition._id > after.id))
+        .slice(0, limit);
+    },
+  };
+}
+
+describe('outbox sweeper: one failing transition never blocks the others', () => {
+  it('publishes every other transition, logs and counts the failures with their runId, and retries them after a backoff', async () => {
+    // The three oldest can never publish (e.g. committed before the size check existed); 450 others wait behind them (3 pages).
+    const transitions = unpublished(453);
+    const store = fakeOutboxStore(transitions);
+    const attempts = new Map<string, number>();
+    let clock = 1_000_000;
+    const { lines, logger } = capturingLogger();
+    const metrics = createMetrics();
+    const sweep = createOutboxSweep({
+      store,
+      logger,
+      metrics,
+      now: () => clock,
+      processor: {
+        async republish(transition) {
+          attempts.set(transition._id, (attempts.get(transition._id) ?? 0) + 1);
+          if (transition.tenantId === 'tenant-evil') throw new Error('maximum payload exceeded');
+          store.pending.delete(transition._id);
+        },
+      },
+    });
+    await sweep();
+    expect([...store.pending.keys()]).toEqual(['run_0000:2', 'run_0001:2', 'run_0002:2']);
+    expect(attempts.size).toBe(453);
+    const failures = lines.filter((line) => line.msg === 'could not publish an unpublished outbox; will retry');
+    expect(failures.map((line) => line.runId)).toEqual(['run_0000', 'run_0001', 'run_0002']);
+    expect(metrics.render()).toContain('abide_outbox_republish_failures_total 3');
+
+    // Within the backoff the failing ones are not tried again; after it, they are.
+    await sweep();
+    expect(attempts.get('run_0000:2')).toBe(1);
+    clock += itemRetryDelayMs(1) + 1;
+    await sweep();
+    expect(attempts.get('run_0000:2')).toBe(2);
+    expect(metrics.render()).toContain('abide_outbox_republish_failures_total 6');
+  });
+
+  it('pages past a full page of failing transitions', async () => {
+    const transitions = unpublished(outboxSweepPageSize + 10).map((transition) => ({ ...transition, tenantId: 'tenant-evil' }));
+    transitions.at(-1)!.tenantId = 'tenant-ok';
+    const store = fakeOutboxStore(transitions);
+    const { logger } = capturingLogger();
+    const sweep = createOutboxSweep({
+      store,
+      logger,
+      now: () => 1_000_000,
+      processor: {
+        async republish(transition) {
+          if (transition.tenantId === 'tenant-evil') throw new Error('cannot publish');
+          store.pending.delete(transition._id);
+        },
+      },
+    });
+    await sweep();
+    expect(store.pending.has(transitions.at(-1)!._id)).toBe(false);
+  });
+});
+
+describe('deadline sweeper: a full page of due runs does not starve the rest', () => {
+  it('sends a timer to every due run, past 500 runs whose deadlines stay due', async () => {
+    const nowMs = Date.parse('2026-11-29T12:00:00.000Z');
+    // 500 runs of one tenant with tiny deadlines that stay due (their runs are slow or stuck), then 20 others.
+    const due: DueRun[] = [
+      ...Array.from({ length: deadlineSweepPageSize }, (_, index) => ({ runId: `run_a${String(index).padStart(4, '0')}`, tenantId: 'tenant-evil', nextDeadlineAt: new Date(nowMs - 60_000).toISOString() })),
+      ...Array.from({ length: 20 }, (_, index) => ({ runId: `run_b${String(index).padStart(4, '0')}`, tenantId: 'tenant-ok', nextDeadlineAt: new Date(nowMs - 1_000 + index).toISOString() })),
+    ];
+    const store = {
+      async findDueDeadlines(nowIso: string, limit: number, after?: SweepCursor) {
+        return due
+          .filter((run) => run.nextDeadlineAt <= nowIso)
+          .sort((a, b) => a.nextDeadlineAt.localeCompare(b.nextDeadlineAt) || a.runId.localeCompare(b.runId))
+          .filter((run) => !after || run.nextDeadlineAt > after.key || (run.nextDeadlineAt === after.key && run.runId > after.id))
+          .slice(0, limit);
+      },
+    };
+    const published: string[] = [];
+    const { logger } = capturingLogger();
+    const sweep = createDeadlineSweep({
+      store,
+      logger,
+      now: () => nowMs,
+      js: {
+        async publish(subject: string) {
+          if (subject.includes('run_a0007')) throw new Error('nats: timeout');
+          published.push(subject);
+          return { stream: 'RUN_INBOX', seq: published.length, duplicate: false, domain: '' };
+        },
+      } as never,
+    });
+    await sweep();
+    expect(published).toHaveLength(deadlineSweepPageSize + 20 - 1);
+    for (let index = 0; index < 20; index += 1) expect(published).toContain(`run.in.run_b${String(index).padStart(4, '0')}.timer`);
   });
 });

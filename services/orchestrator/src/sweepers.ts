@@ -4,10 +4,11 @@ import {
   makeEnvelope,
   publishJson,
   subjects,
-  type Collections,
   type JetStreamClient,
   type Logger,
+  type Metrics,
   type RunStore,
+  type SweepCursor,
 } from '@abide/shared';
 import type { RunProcessor } from './run-processor.ts';
 
@@ -58,36 +59,162 @@ function every(intervalMs: number, name: string, logger: Logger, tick: () => Pro
   };
 }
 
+/** How long an item that failed waits before the sweeper tries it again: doubling from 2 s to 5 min. */
+export function itemRetryDelayMs(failures: number): number {
+  return Math.min(5 * 60_000, 2_000 * 2 ** Math.max(0, failures - 1));
+}
+
+/**
+ * Per-item failure isolation for a sweep (issue 8, finding 5): an item that fails is logged,
+ * counted and skipped until its backoff passes; the others go on. Bounded: entries are dropped
+ * when their item succeeds or stops showing up in sweeps.
+ */
+function createItemBackoff(now: () => number) {
+  const failing = new Map<string, { failures: number; retryAt: number; seenInSweep: number }>();
+  let sweep = 0;
+  return {
+    beginSweep() {
+      sweep += 1;
+    },
+    /** True while `key` waits out its backoff. */
+    waiting(key: string): boolean {
+      const entry = failing.get(key);
+      if (!entry) return false;
+      entry.seenInSweep = sweep;
+      return entry.retryAt > now();
+    },
+    failed(key: string): number {
+      const failures = (failing.get(key)?.failures ?? 0) + 1;
+      failing.set(key, { failures, retryAt: now() + itemRetryDelayMs(failures), seenInSweep: sweep });
+      return failures;
+    },
+    succeeded(key: string) {
+      failing.delete(key);
+    },
+    /** Forgets items the last full sweep did not see (published or ended meanwhile). */
+    endSweep() {
+      for (const [key, entry] of failing) if (entry.seenInSweep < sweep) failing.delete(key);
+    },
+    get size() {
+      return failing.size;
+    },
+  };
+}
+
+/** The outbox sweeper's page size. */
+export const outboxSweepPageSize = 200;
+
 /**
  * Publishes outboxes left unpublished for longer than `ageMs` (a crash between commit and
  * publish, DESIGN §3). Every replica runs it; `Nats-Msg-Id` dedupes what two replicas both send.
+ * Each sweep pages through every such transition, oldest first; one that fails to publish is
+ * logged with its runId, counted (`outbox_republish_failures_total`) and retried with backoff,
+ * and never stops the others.
  */
-export function createOutboxSweeper(deps: { store: RunStore; processor: RunProcessor; logger: Logger; intervalMs?: number; ageMs?: number }): Sweeper {
-  const ageMs = deps.ageMs ?? 5_000;
-  return every(deps.intervalMs ?? 2_000, 'outbox', deps.logger, async () => {
-    const stale = await deps.store.findUnpublished(new Date(Date.now() - ageMs), 200);
-    for (const transition of stale) await deps.processor.republish(transition);
-  });
+export function createOutboxSweeper(deps: {
+  store: Pick<RunStore, 'findUnpublished'>;
+  processor: Pick<RunProcessor, 'republish'>;
+  logger: Logger;
+  metrics?: Metrics;
+  intervalMs?: number;
+  ageMs?: number;
+  now?: () => number;
+}): Sweeper {
+  return every(deps.intervalMs ?? 2_000, 'outbox', deps.logger, createOutboxSweep(deps));
 }
+
+/** One outbox sweep (exported for tests). */
+export function createOutboxSweep(deps: {
+  store: Pick<RunStore, 'findUnpublished'>;
+  processor: Pick<RunProcessor, 'republish'>;
+  logger: Logger;
+  metrics?: Metrics;
+  ageMs?: number;
+  now?: () => number;
+}): () => Promise<void> {
+  const ageMs = deps.ageMs ?? 5_000;
+  const now = deps.now ?? Date.now;
+  const backoff = createItemBackoff(now);
+  const failures = deps.metrics?.counter('outbox_republish_failures_total', 'Unpublished outboxes the sweeper failed to publish (each retried later with backoff)');
+  return async () => {
+    backoff.beginSweep();
+    const before = new Date(now() - ageMs);
+    let after: SweepCursor | undefined;
+    for (;;) {
+      const page = await deps.store.findUnpublished(before, outboxSweepPageSize, after);
+      for (const transition of page) {
+        const key = transition._id;
+        if (backoff.waiting(key)) continue;
+        try {
+          await deps.processor.republish(transition);
+          backoff.succeeded(key);
+        } catch (error) {
+          // Isolated: this transition waits for its backoff; the sweep goes on with the others.
+          const count = backoff.failed(key);
+          failures?.inc();
+          deps.logger.warn({ sweeper: 'outbox', runId: transition.runId, tenantId: transition.tenantId, version: transition.version, failures: count, err: ensureError(error) }, 'could not publish an unpublished outbox; will retry');
+        }
+      }
+      if (page.length < outboxSweepPageSize) break;
+      const last = page.at(-1)!;
+      after = { key: last.at.toISOString(), id: last._id };
+    }
+    backoff.endSweep();
+  };
+}
+
+/** The deadline sweeper's page size. */
+export const deadlineSweepPageSize = 500;
 
 /**
  * Finds runs whose `nextDeadlineAt` has passed and sends each a `timer` message; the run's
  * transition decides what the deadline means. Nothing waits in memory: deadlines live in
  * MongoDB and any replica enforces them. The msg id dedupes the timers of several replicas.
+ * Each sweep pages through every due run (earliest first), so runs whose deadlines stay due
+ * (stuck, or not processed yet) cannot fill a page and starve the rest; a failed publish is
+ * isolated like the outbox sweeper's.
  */
-export function createDeadlineSweeper(deps: { collections: Collections; js: JetStreamClient; logger: Logger; intervalMs?: number }): Sweeper {
-  return every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, async () => {
-    const nowIso = new Date().toISOString();
-    const due = await deps.collections.runs
-      .find({ nextDeadlineAt: { $ne: null, $lte: nowIso } }, { projection: { _id: 1, tenantId: 1, nextDeadlineAt: 1 } })
-      .limit(500)
-      .toArray();
-    for (const run of due) {
-      const runId = String(run._id);
-      const id = `${runId}:timer:${String(run.nextDeadlineAt)}`;
-      const message = makeEnvelope('timer', { id, runId, tenantId: String(run.tenantId) }, { deadlineAt: String(run.nextDeadlineAt) });
-      await publishJson(deps.js, subjects.runInbox(runId, 'timer'), message, id);
+export function createDeadlineSweeper(deps: { store: Pick<RunStore, 'findDueDeadlines'>; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
+  return every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, createDeadlineSweep(deps));
+}
+
+/** One deadline sweep (exported for tests). */
+export function createDeadlineSweep(deps: {
+  store: Pick<RunStore, 'findDueDeadlines'>;
+  js: Pick<JetStreamClient, 'publish'>;
+  logger: Logger;
+  metrics?: Metrics;
+  now?: () => number;
+}): () => Promise<void> {
+  const now = deps.now ?? Date.now;
+  const backoff = createItemBackoff(now);
+  const failures = deps.metrics?.counter('deadline_timer_failures_total', 'Deadline timers the sweeper failed to publish (each retried later with backoff)');
+  return async () => {
+    backoff.beginSweep();
+    const nowIso = new Date(now()).toISOString();
+    let after: SweepCursor | undefined;
+    let sent = 0;
+    for (;;) {
+      const page = await deps.store.findDueDeadlines(nowIso, deadlineSweepPageSize, after);
+      for (const run of page) {
+        const id = `${run.runId}:timer:${run.nextDeadlineAt}`;
+        if (backoff.waiting(id)) continue;
+        try {
+          const message = makeEnvelope('timer', { id, runId: run.runId, tenantId: run.tenantId }, { deadlineAt: run.nextDeadlineAt });
+          await publishJson(deps.js as JetStreamClient, subjects.runInbox(run.runId, 'timer'), message, id);
+          backoff.succeeded(id);
+          sent += 1;
+        } catch (error) {
+          const count = backoff.failed(id);
+          failures?.inc();
+          deps.logger.warn({ sweeper: 'deadline', runId: run.runId, tenantId: run.tenantId, failures: count, err: ensureError(error) }, 'could not send a deadline timer; will retry');
+        }
+      }
+      if (page.length < deadlineSweepPageSize) break;
+      const last = page.at(-1)!;
+      after = { key: last.nextDeadlineAt, id: last.runId };
     }
-    if (due.length) deps.logger.info({ count: due.length, collection: collectionNames.runs }, 'deadline timers sent');
-  });
+    backoff.endSweep();
+    if (sent) deps.logger.info({ count: sent, collection: collectionNames.runs }, 'deadline timers sent');
+  };
 }

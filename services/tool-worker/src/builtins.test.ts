@@ -6,6 +6,7 @@ import type { ToolInvocation } from './tool-invocation.ts';
 function invocation(name: string, args: unknown, overrides: Partial<ToolInvocation> = {}): ToolInvocation {
   return {
     runId: 'run_1',
+    tenantId: 'tenant-a',
     toolCallId: 's0c0',
     tool: toolDefinitionSchema.parse({ name, kind: 'builtin', inputSchema: { type: 'object' } }),
     args,

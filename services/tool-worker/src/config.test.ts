@@ -3,16 +3,15 @@ import { ConfigError } from '@abide/shared';
 import { loadToolWorkerConfig } from './config.ts';
 
 describe('tool-worker config', () => {
-  it('parses the egress list and keeps the worker’s own variables out of the tools’ environment', () => {
-    const { config, toolEnvironment } = loadToolWorkerConfig({
-      TOOL_EGRESS_ALLOW: 'api.example.com, *.example.org:443 ,127.0.0.1',
-      NATS_PASSWORD: 'nats-secret',
+  it('parses the egress list and the tenant secrets directory', () => {
+    const config = loadToolWorkerConfig({
+      TOOL_EGRESS_ALLOW: 'api.example.com, *.example.org:443 ,127.0.0.1:*',
+      TENANT_SECRETS_DIR: '/var/run/abide/tenant-secrets',
       WEATHER_TOKEN: 'tool-secret',
     });
-    expect(config.TOOL_EGRESS_ALLOW).toEqual(['api.example.com', '*.example.org:443', '127.0.0.1']);
-    expect(toolEnvironment.WEATHER_TOKEN).toBe('tool-secret');
-    expect(toolEnvironment.NATS_PASSWORD).toBeUndefined();
-    expect(toolEnvironment.TOOL_EGRESS_ALLOW).toBeUndefined();
+    expect(config.TOOL_EGRESS_ALLOW).toEqual(['api.example.com', '*.example.org:443', '127.0.0.1:*']);
+    expect(config.TENANT_SECRETS_DIR).toBe('/var/run/abide/tenant-secrets');
+    expect(config).not.toHaveProperty('WEATHER_TOKEN');
   });
 
   it('refuses an invalid egress entry, naming the variable', () => {

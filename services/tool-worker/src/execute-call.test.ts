@@ -184,6 +184,21 @@ describe('tool call handler', () => {
     expect(results.json(markerKey)).toMatchObject({ worker: 'worker-a' });
   });
 
+  it('drops, without a result, a duplicate copy that ran out of deliveries while another worker executes the call', async () => {
+    const { handler, results, published, log } = setup();
+    results.seed(markerKey, marker('worker-a', 5_000));
+    const last = delivery(request(), { deliveryCount: 6, isLastDelivery: true });
+    const error = await handler.handle(last).then(
+      () => new Error('handled'),
+      (caught: unknown) => caught as Error,
+    );
+    expect(error.name).toBe('CallOwnedElsewhereError');
+    await handler.onExhausted(last, error);
+    expect(results.json(resultKey)).toBeUndefined();
+    expect(published).toHaveLength(0);
+    expect(log).toEqual([]);
+  });
+
   it('runs an interrupted call (stale marker, policy retry) once, taking the marker over with a compare-and-swap', async () => {
     const { handler, results, runTool, published, log } = setup();
     results.seed(markerKey, marker('worker-a', 60_000));
@@ -357,10 +372,23 @@ describe('tool call handler', () => {
     second.payload.toolCallId = 's0c1';
     await handler.handle(delivery(second));
     const text = metrics.render();
-    expect(text).toContain('abide_tool_calls_total{tool="echo",outcome="success"} 1');
-    expect(text).toContain('abide_tool_calls_total{tool="echo",outcome="outcome_unknown"} 1');
-    expect(text).toContain('abide_tool_result_cache_hits_total{tool="echo"} 1');
-    expect(text).toContain('abide_tool_outcome_unknown_total{tool="echo",policy="fail"} 1');
+    expect(text).toContain('abide_tool_calls_total{tool="builtin:echo",outcome="success"} 1');
+    expect(text).toContain('abide_tool_calls_total{tool="builtin:echo",outcome="outcome_unknown"} 1');
+    expect(text).toContain('abide_tool_result_cache_hits_total{tool="builtin:echo"} 1');
+    expect(text).toContain('abide_tool_outcome_unknown_total{tool="builtin:echo",policy="fail"} 1');
     expect(text).toContain('abide_tool_calls_in_flight 0');
+  });
+
+  it("labels metrics by tool kind, never by the tenant's tool name (finding 17)", async () => {
+    const { handler, metrics } = setup({ runTool: async () => ({ kind: 'error', error: { code: 'tenant-chosen-code', message: 'no' } }) });
+    for (const [index, name] of ['crm_lookup_tenant_a', 'crm_lookup_tenant_b', 'x'.repeat(64)].entries()) {
+      const message = request({ name, kind: 'http', http: { url: 'https://tools.example/x' } });
+      message.payload.toolCallId = `s0c${index}`;
+      await handler.handle(delivery(message));
+    }
+    const text = metrics.render();
+    expect(text).toContain('abide_tool_calls_total{tool="http",outcome="error"} 3');
+    expect(text).not.toContain('crm_lookup');
+    expect(text).not.toContain('tenant-chosen-code');
   });
 });

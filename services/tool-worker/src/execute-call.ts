@@ -20,7 +20,7 @@ import type { CancellationTracker } from '@abide/shared';
 type CancelTracking = ReturnType<CancellationTracker['track']>;
 import { createOrRead, readRecord, type KeyValueBucket } from './kv-records.ts';
 import { errorOutcome, type RunTool } from './tool-invocation.ts';
-import type { ToolMetrics } from './tool-metrics.ts';
+import { toolMetricLabel, type ToolMetrics } from './tool-metrics.ts';
 
 export type ToolCallHandlerDeps = {
   /** KV `TOOL_RESULTS`: results under `<runId>.<toolCallId>`, started markers under `….started`. */
@@ -56,6 +56,8 @@ type Call = {
   toolCallId: string;
   step: number;
   toolName: string;
+  /** The tool's metric label (`toolMetricLabel`): never the tenant's tool name. */
+  toolLabel: string;
   resultKey: string;
   markerKey: string;
   log: Logger;
@@ -103,6 +105,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       toolCallId,
       step,
       toolName: payload.tool.name,
+      toolLabel: toolMetricLabel(payload.tool),
       resultKey: kvKeys.toolResult(runId, toolCallId),
       markerKey: kvKeys.toolStarted(runId, toolCallId),
       log: logger.child({ runId, tenantId, step, toolCallId, tool: payload.tool.name, deliveryCount: delivery.deliveryCount }),
@@ -165,7 +168,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       throw new AbideError('internal', `could not publish the tool result: ${ensureError(error).message}`, { retryable: true, cause: error });
     }
     unsaved.delete(call.resultKey);
-    metrics.callFinished(call.toolName, outcomeLabel(result.outcome));
+    metrics.callFinished(call.toolLabel, outcomeLabel(result.outcome));
     const level = result.outcome.kind === 'success' ? 'info' : 'warn';
     call.log[level]({ outcome: outcomeLabel(result.outcome) }, 'tool result stored and published');
     await deleteMarker(call, 'the result is stored');
@@ -182,14 +185,11 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     if (age < staleAfterMs) {
       // Come back when the marker would turn stale (a heartbeat from a clock ahead of ours counts as just now).
       const retryAfterMs = Math.max(1_000, Math.round(staleAfterMs - Math.max(0, age) + random() * 1_000));
-      throw new AbideError('not_ready', `the call is being executed by worker ${owner?.worker} (attempt ${owner?.attempt}); retrying in ${retryAfterMs} ms`, {
-        retryable: true,
-        retryAfterMs,
-      });
+      throw new CallOwnedElsewhereError(`the call is being executed by worker ${owner?.worker} (attempt ${owner?.attempt}); retrying in ${retryAfterMs} ms`, retryAfterMs);
     }
 
     const policy = delivery.message.payload.tool.onOutcomeUnknown ?? 'retry';
-    metrics.outcomeUnknown(call.toolName, policy);
+    metrics.outcomeUnknown(call.toolLabel, policy);
     const interrupted = owner
       ? `the call was interrupted while executing (worker ${owner.worker}, attempt ${owner.attempt}, last heartbeat ${owner.heartbeatAt})`
       : 'the call was interrupted while executing (its started marker is unreadable)';
@@ -209,7 +209,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     try {
       revision = await results.update(call.markerKey, encodeJson(marker), existing.revision);
     } catch (error) {
-      throw new AbideError('not_ready', 'another worker took over the interrupted call', { retryable: true, retryAfterMs: heartbeatMs, cause: error });
+      throw new CallOwnedElsewhereError('another worker took over the interrupted call', heartbeatMs, error);
     }
     // The interrupted attempt may have stored its result just before the takeover.
     const late = await readRecord(results, call.resultKey, toolResultRecordSchema);
@@ -262,6 +262,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     try {
       outcome = await runTool({
         runId: call.runId,
+        tenantId: call.tenantId,
         toolCallId: call.toolCallId,
         tool: payload.tool,
         args: payload.args,
@@ -281,7 +282,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
           { retryable: true, retryAfterMs: 0, cause: error },
         );
       } else if (AbideError.isInstance(error) && error.retryable) {
-        metrics.retryableFailure(call.toolName);
+        metrics.retryableFailure(call.toolLabel);
         await deleteMarker(call, 'retryable failure');
         throw error;
       } else {
@@ -311,7 +312,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         }
         const cached = await readRecord(results, call.resultKey, toolResultRecordSchema);
         if (cached && !('invalid' in cached)) {
-          metrics.cacheHit(call.toolName);
+          metrics.cacheHit(call.toolLabel);
           await publishResult(call, cached.value);
           call.log.info({ outcome: outcomeLabel(cached.value.outcome) }, 'call already finished; result re-published from TOOL_RESULTS');
           return;
@@ -324,7 +325,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         }
         const claimed = await claim(call, delivery);
         if (claimed.kind === 'stored') {
-          metrics.cacheHit(call.toolName);
+          metrics.cacheHit(call.toolLabel);
           await publishResult(call, claimed.result);
         } else if (claimed.kind === 'decided') {
           await finish(call, claimed.outcome);
@@ -339,6 +340,13 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     /** The last delivery failed: store and publish a `delivery_exhausted` outcome (or the one executed here, if storing it failed). */
     async onExhausted(delivery: Delivery<ToolRequestMessage>, error: Error): Promise<void> {
       const call = callOf(delivery);
+      if (error instanceof CallOwnedElsewhereError && !unsaved.has(call.resultKey)) {
+        // A second copy of a call another worker is executing (a deferral's crash window,
+        // consumer.ts): that worker's own message brings the result (or, if it dies, comes back
+        // and finds the marker stale). Failing the call from here would overrule it: terminate this copy only.
+        call.log.warn({ err: error }, 'duplicate copy of a call another worker executes ran out of deliveries; dropped without a result');
+        return;
+      }
       const outcome =
         unsaved.get(call.resultKey) ??
         errorOutcome('delivery_exhausted', `the tool call failed on all ${delivery.deliveryCount} deliveries; last error: ${error.message}`);
@@ -347,6 +355,14 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
   };
 }
 export type ToolCallHandler = ReturnType<typeof createToolCallHandler>;
+
+/** The call is claimed by another live worker (a fresh started marker, or a lost take-over): retry later. */
+export class CallOwnedElsewhereError extends AbideError {
+  override readonly name = 'CallOwnedElsewhereError';
+  constructor(message: string, retryAfterMs: number, cause?: unknown) {
+    super('not_ready', message, { retryable: true, retryAfterMs, cause });
+  }
+}
 
 /** A metric label for an outcome: `success`, `cancelled`, `denied`, or the error code. */
 export function outcomeLabel(outcome: ToolOutcome): string {

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { AbideError, toolDefinitionSchema, type ToolDefinition } from '@abide/shared';
+import { AbideError, createEgressPolicy, SecretNotFoundError, toolDefinitionSchema, type TenantSecrets, type ToolDefinition } from '@abide/shared';
 import { createHttpTool, parseRetryAfter, type HttpToolOptions } from './http-tool.ts';
 import type { ToolInvocation } from './tool-invocation.ts';
 
@@ -44,6 +44,7 @@ function tool(path: string, http: Partial<NonNullable<ToolDefinition['http']>> =
 function invocation(definition: ToolDefinition, overrides: Partial<ToolInvocation> = {}): ToolInvocation {
   return {
     runId: 'run_abc',
+    tenantId: 'tenant-a',
     toolCallId: 's1c2',
     tool: definition,
     args: { city: 'Oslo' },
@@ -54,15 +55,27 @@ function invocation(definition: ToolDefinition, overrides: Partial<ToolInvocatio
   };
 }
 
-function httpTool(options: Partial<HttpToolOptions> = {}) {
-  return createHttpTool({ egressAllow: ['127.0.0.1'], environment: {}, ...options });
+/** Secrets per tenant, as `TENANT_SECRETS_DIR` would hold them. */
+function fakeSecrets(byTenant: Record<string, Record<string, string>>): TenantSecrets {
+  return {
+    async read(tenantId, name) {
+      const value = byTenant[tenantId]?.[name];
+      if (value === undefined) throw new SecretNotFoundError(name);
+      return value;
+    },
+  };
+}
+
+function httpTool(options: Partial<Omit<HttpToolOptions, 'secrets'>> & { egressAllow?: string[]; secrets?: Record<string, Record<string, string>> } = {}) {
+  const { egressAllow = ['127.0.0.1:*'], secrets = {}, ...rest } = options;
+  return createHttpTool({ egress: createEgressPolicy({ allow: egressAllow, variable: 'TOOL_EGRESS_ALLOW' }), secrets: fakeSecrets(secrets), ...rest });
 }
 
 describe('HTTP tool', () => {
-  it('POSTs the args as JSON with the idempotency key and the static and env headers', async () => {
+  it('POSTs the args as JSON with the idempotency key, the static headers and the tenant’s secret headers', async () => {
     routes.set('/weather', (_request, response) => response.writeHead(200, { 'content-type': 'application/json' }).end('{"temp":21}'));
     let effects = 0;
-    const outcome = await httpTool({ environment: { WEATHER_TOKEN: 'secret-123' } }).run(
+    const outcome = await httpTool({ secrets: { 'tenant-a': { WEATHER_TOKEN: 'secret-123' } } }).run(
       invocation(tool('/weather', { headers: { 'x-static': 'yes', 'Idempotency-Key': 'forged' }, headersFromEnv: { authorization: 'WEATHER_TOKEN' } }), {
         onExternalEffect: () => effects++,
       }),
@@ -90,9 +103,10 @@ describe('HTTP tool', () => {
     expect(await httpTool().run(invocation(tool('/text')))).toEqual({ kind: 'success', value: { text: 'plain words' } });
   });
 
-  it('fails for good, naming the variable but not a value, when a headersFromEnv variable is missing', async () => {
-    const outcome = await httpTool({ environment: { OTHER: 'x' } }).run(invocation(tool('/weather', { headersFromEnv: { authorization: 'MISSING_TOKEN' } })));
-    expect(outcome).toMatchObject({ kind: 'error', error: { code: 'tool_error', message: expect.stringContaining('MISSING_TOKEN') } });
+  it('fails for good with secret_not_found, naming only the name, when the tenant has no such secret', async () => {
+    const secrets = { 'tenant-a': { OTHER: 'x' }, 'tenant-b': { MISSING_TOKEN: 'tenant-b-value' } };
+    const outcome = await httpTool({ secrets }).run(invocation(tool('/weather', { headersFromEnv: { authorization: 'MISSING_TOKEN' } })));
+    expect(outcome).toEqual({ kind: 'error', error: { code: 'secret_not_found', message: 'secret "MISSING_TOKEN" not found for this tenant' } });
     expect(seen).toHaveLength(0);
   });
 
@@ -100,7 +114,7 @@ describe('HTTP tool', () => {
     routes.set('/flaky', (_request, response) => response.writeHead(503, { 'retry-after': '3' }).end('overloaded'));
     const error = await httpTool().run(invocation(tool('/flaky'))).catch((caught: unknown) => caught);
     expect(AbideError.isInstance(error)).toBe(true);
-    expect(error).toMatchObject({ code: 'tool_error', retryable: true, retryAfterMs: 3_000, message: 'HTTP 503: overloaded' });
+    expect(error).toMatchObject({ code: 'tool_error', retryable: true, retryAfterMs: 3_000, message: `HTTP 503 from ${base}` });
   });
 
   it('treats 408 and 429 as retryable', async () => {
@@ -110,9 +124,12 @@ describe('HTTP tool', () => {
     await expect(httpTool().run(invocation(tool('/late')))).rejects.toMatchObject({ retryable: true });
   });
 
-  it('answers another 4xx as a final error quoting the body', async () => {
+  it('answers another 4xx as a final error naming the status, never the body (the body goes to the log)', async () => {
     routes.set('/bad', (_request, response) => response.writeHead(400).end('{"error":"city unknown"}'));
-    expect(await httpTool().run(invocation(tool('/bad')))).toEqual({ kind: 'error', error: { code: 'tool_error', message: 'HTTP 400: {"error":"city unknown"}' } });
+    const logged: unknown[] = [];
+    const outcome = await httpTool({ logger: { warn: (fields: unknown) => logged.push(fields) } }).run(invocation(tool('/bad')));
+    expect(outcome).toEqual({ kind: 'error', error: { code: 'tool_error', message: `HTTP 400 from ${base}` } });
+    expect(logged).toEqual([expect.objectContaining({ status: 400, body: '{"error":"city unknown"}' })]);
   });
 
   it('answers the timeout as a final tool_timeout', async () => {
@@ -132,10 +149,15 @@ describe('HTTP tool', () => {
   it('refuses a destination outside TOOL_EGRESS_ALLOW without calling it', async () => {
     routes.set('/weather', (_request, response) => response.writeHead(200).end('{}'));
     const outcome = await httpTool({ egressAllow: ['example.com'] }).run(invocation(tool('/weather')));
-    expect(outcome).toMatchObject({ kind: 'error', error: { code: 'tool_not_allowed' } });
-    expect(seen).toHaveLength(0);
+    expect(outcome).toEqual({ kind: 'error', error: { code: 'egress_denied', message: `calls to ${base} are not allowed (TOOL_EGRESS_ALLOW)` } });
     const none = await httpTool({ egressAllow: [] }).run(invocation(tool('/weather')));
-    expect(none).toMatchObject({ kind: 'error', error: { code: 'tool_not_allowed' } });
+    expect(none).toMatchObject({ kind: 'error', error: { code: 'egress_denied' } });
+    // A plain host entry is the default port only; a loopback name is refused unless the address is listed.
+    const defaultPortOnly = await httpTool({ egressAllow: ['127.0.0.1'] }).run(invocation(tool('/weather')));
+    expect(defaultPortOnly).toMatchObject({ kind: 'error', error: { code: 'egress_denied' } });
+    const loopbackName = await httpTool({ egressAllow: ['localhost:*'] }).run(invocation(tool('/weather', { url: `${base.replace('127.0.0.1', 'localhost')}/weather` })));
+    expect(loopbackName).toMatchObject({ kind: 'error', error: { code: 'egress_denied' } });
+    expect(seen).toHaveLength(0);
   });
 
   it('does not follow redirects', async () => {
@@ -165,7 +187,22 @@ describe('HTTP tool', () => {
     const port = (closed.address() as AddressInfo).port;
     await new Promise((resolve) => closed.close(resolve));
     const definition = toolDefinitionSchema.parse({ name: 'remote', kind: 'http', inputSchema: { type: 'object' }, http: { url: `http://127.0.0.1:${port}/` } });
-    await expect(httpTool().run(invocation(definition))).rejects.toMatchObject({ code: 'tool_error', retryable: true });
+    await expect(httpTool().run(invocation(definition))).rejects.toMatchObject({ code: 'tool_error', retryable: true, message: `could not reach http://127.0.0.1:${port}` });
+  });
+
+  it('gives a port that answers something other than HTTP the same message as a closed one', async () => {
+    const { createServer: createTcpServer } = await import('node:net');
+    const sockets = new Set<import('node:net').Socket>();
+    const notHttp = createTcpServer((socket) => {
+      sockets.add(socket);
+      socket.end('INFO {"server_id":"nats"}\r\n');
+    });
+    await new Promise<void>((resolve) => notHttp.listen(0, '127.0.0.1', resolve));
+    const port = (notHttp.address() as AddressInfo).port;
+    const definition = toolDefinitionSchema.parse({ name: 'remote', kind: 'http', inputSchema: { type: 'object' }, http: { url: `http://127.0.0.1:${port}/` } });
+    await expect(httpTool().run(invocation(definition))).rejects.toMatchObject({ code: 'tool_error', retryable: true, message: `could not reach http://127.0.0.1:${port}` });
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => notHttp.close(resolve));
   });
 });
 

@@ -1,19 +1,19 @@
-import { AbideError, type ToolOutcome } from '@abide/shared';
-import { isEgressAllowed } from './egress.ts';
+import { AbideError, EgressDeniedError, originOf, SecretNotFoundError, type EgressPolicy, type Logger, type TenantSecrets, type ToolOutcome } from '@abide/shared';
 import { errorOutcome, idempotencyKeyFor, type ToolInvocation } from './tool-invocation.ts';
 
 export type HttpToolOptions = {
-  /** `TOOL_EGRESS_ALLOW`: the hosts HTTP tools may call (see `egress.ts`). */
-  egressAllow: readonly string[];
-  /** The worker's environment, for `headersFromEnv` (header → variable name). */
-  environment: Readonly<Record<string, string | undefined>>;
+  /** The egress policy of `TOOL_EGRESS_ALLOW`; its `fetch` makes every request. */
+  egress: Pick<EgressPolicy, 'assertUrlAllowed' | 'fetch'>;
+  /** The calling tenant's secrets, for `headersFromEnv` (header → secret name). */
+  secrets: TenantSecrets;
+  /** Where what a tenant is not shown goes (response bodies, network error details). */
+  logger?: Pick<Logger, 'warn'>;
   /** Largest response body accepted. @default 1048576 (1 MiB) */
   maxResponseBytes?: number;
   /** Longest `Retry-After` honoured (longer ones are cut to this). @default 60000 */
   maxRetryAfterMs?: number;
-  /** Characters of an error response's body quoted in the error message. @default 500 */
-  errorBodyChars?: number;
-  fetch?: typeof globalThis.fetch;
+  /** Characters of an error response's body logged for operators (never shown to the tenant). @default 500 */
+  loggedBodyChars?: number;
 };
 
 /**
@@ -21,34 +21,45 @@ export type HttpToolOptions = {
  * `Idempotency-Key` (`<runId>:<toolCallId>`, the same on every attempt).
  *
  * - 2xx → success: the JSON body (a body that is not JSON → `{ text }`, an empty one → `null`).
- * - 408, 429, 5xx, network failure → a retryable `tool_error` (honouring `Retry-After`).
+ * - 408, 429, 5xx, any failure to connect or read → a retryable `tool_error` (honouring `Retry-After`).
  * - other 4xx, any 3xx (redirects are never followed: a redirect could leave the egress allow
- *   list), a body over the size limit, a missing `headersFromEnv` variable → final `tool_error`.
- * - a host outside `TOOL_EGRESS_ALLOW` → final `tool_not_allowed`; the timeout → final `tool_timeout`.
+ *   list), a body over the size limit → final `tool_error`.
+ * - a destination the egress policy refuses → final `egress_denied`; a `headersFromEnv` name that
+ *   is not a secret of the calling tenant → final `secret_not_found`; the timeout → final `tool_timeout`.
  * - the invocation's signal aborting → its reason is thrown.
+ *
+ * What the tenant sees is sanitized (issue 8): an HTTP status but never a response body, and one
+ * message for every connection failure ("could not reach <scheme://host:port>"), so an error
+ * tells nothing about what listens behind an address. The details go to the worker's log.
  */
 export function createHttpTool(options: HttpToolOptions) {
   const maxResponseBytes = options.maxResponseBytes ?? 1_048_576;
   const maxRetryAfterMs = options.maxRetryAfterMs ?? 60_000;
-  const errorBodyChars = options.errorBodyChars ?? 500;
-  const fetchImplementation = options.fetch ?? globalThis.fetch;
+  const loggedBodyChars = options.loggedBodyChars ?? 500;
 
   async function run(invocation: ToolInvocation): Promise<ToolOutcome> {
     const { tool, signal } = invocation;
     signal.throwIfAborted();
     if (!tool.http) return errorOutcome('tool_error', `tool "${tool.name}" has no http configuration`);
     const { url, method } = tool.http;
-    if (!isEgressAllowed(url, options.egressAllow)) {
-      return errorOutcome('tool_not_allowed', `calls to ${describeDestination(url)} are not allowed (TOOL_EGRESS_ALLOW)`);
+    const destination = originOf(url);
+    const log = (fields: Record<string, unknown>, message: string) =>
+      options.logger?.warn({ runId: invocation.runId, tenantId: invocation.tenantId, tool: tool.name, destination, ...fields }, message);
+    try {
+      options.egress.assertUrlAllowed(url);
+    } catch (error) {
+      if (error instanceof EgressDeniedError) return errorOutcome(error.code, error.message);
+      throw error;
     }
     const headers = new Headers();
     for (const [name, value] of Object.entries(tool.http.headers ?? {})) headers.set(name, value);
-    for (const [name, variable] of Object.entries(tool.http.headersFromEnv ?? {})) {
-      const value = options.environment[variable];
-      if (value === undefined || value === '') {
-        return errorOutcome('tool_error', `header "${name}" needs the environment variable ${variable}, which is not set on the tool-worker`);
+    for (const [name, secretName] of Object.entries(tool.http.headersFromEnv ?? {})) {
+      try {
+        headers.set(name, await options.secrets.read(invocation.tenantId, secretName));
+      } catch (error) {
+        if (error instanceof SecretNotFoundError) return errorOutcome(error.code, error.message);
+        throw error;
       }
-      headers.set(name, value);
     }
     // Set last so that a tool's static headers cannot replace them.
     headers.set('content-type', 'application/json');
@@ -58,10 +69,14 @@ export function createHttpTool(options: HttpToolOptions) {
     const timeout = AbortSignal.timeout(invocation.timeoutMs);
     const requestSignal = AbortSignal.any([signal, timeout]);
     const timedOut = () => timeout.aborted && !signal.aborted;
+    const unreachable = (error: unknown, stage: string) => {
+      log({ err: error instanceof Error ? error : new Error(String(error)), stage }, 'HTTP tool: could not reach the destination');
+      return new AbideError('tool_error', `could not reach ${destination}`, { retryable: true, cause: error });
+    };
     let response: Response;
     try {
       invocation.onExternalEffect();
-      response = await fetchImplementation(url, {
+      response = await options.egress.fetch(url, {
         method,
         headers,
         body: JSON.stringify(invocation.args ?? null),
@@ -71,7 +86,9 @@ export function createHttpTool(options: HttpToolOptions) {
     } catch (error) {
       if (signal.aborted) throw signal.reason;
       if (timedOut()) return timeoutOutcome(invocation.timeoutMs);
-      throw new AbideError('tool_error', `HTTP request to ${describeDestination(url)} failed: ${networkErrorText(error)}`, { retryable: true, cause: error });
+      const denied = EgressDeniedError.find(error);
+      if (denied) return errorOutcome(denied.code, denied.message);
+      throw unreachable(error, 'request');
     }
 
     let body: string;
@@ -81,19 +98,20 @@ export function createHttpTool(options: HttpToolOptions) {
       if (signal.aborted) throw signal.reason;
       if (timedOut()) return timeoutOutcome(invocation.timeoutMs);
       if (error instanceof ResponseTooLargeError) return errorOutcome('tool_error', error.message);
-      throw new AbideError('tool_error', `reading the response of ${describeDestination(url)} failed: ${networkErrorText(error)}`, { retryable: true, cause: error });
+      throw unreachable(error, 'response body');
     }
 
     const { status } = response;
     if (status >= 200 && status < 300) return { kind: 'success', value: parseBody(body) };
+    log({ status, body: shorten(body, loggedBodyChars) }, 'HTTP tool answered an error status');
     if (status === 408 || status === 429 || status >= 500) {
       const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'), maxRetryAfterMs);
-      throw new AbideError('tool_error', `HTTP ${status}: ${shorten(body, errorBodyChars)}`, { retryable: true, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) });
+      throw new AbideError('tool_error', `HTTP ${status} from ${destination}`, { retryable: true, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) });
     }
     if (status >= 300 && status < 400) {
-      return errorOutcome('tool_error', `HTTP ${status}: redirects are not followed (the tool's url must answer directly)`);
+      return errorOutcome('tool_error', `HTTP ${status} from ${destination}: redirects are not followed (the tool's url must answer directly)`);
     }
-    return errorOutcome('tool_error', `HTTP ${status}: ${shorten(body, errorBodyChars)}`);
+    return errorOutcome('tool_error', `HTTP ${status} from ${destination}`);
   }
 
   return { run };
@@ -153,25 +171,6 @@ export function parseRetryAfter(header: string | null, capMs: number, now = Date
 
 function timeoutOutcome(timeoutMs: number): ToolOutcome {
   return errorOutcome('tool_timeout', `the HTTP tool did not answer within ${timeoutMs} ms`);
-}
-
-/** Scheme, host and port only: a URL's path or query may carry what logs should not. */
-function describeDestination(url: string): string {
-  try {
-    const parsed = new URL(url);
-    return `${parsed.protocol}//${parsed.host}`;
-  } catch {
-    // The tool schema validated the URL; this is only a fallback for the message.
-    return 'the tool url';
-  }
-}
-
-function networkErrorText(error: unknown): string {
-  if (error instanceof Error) {
-    const cause = error.cause instanceof Error ? ` (${(error.cause as Error & { code?: string }).code ?? error.cause.message})` : '';
-    return `${error.message}${cause}`;
-  }
-  return String(error);
 }
 
 function shorten(text: string, limit: number): string {

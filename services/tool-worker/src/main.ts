@@ -2,10 +2,14 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import {
   buckets,
+  admitByTenant,
   connectNats,
   consumerPolicies,
+  createTenantLeases,
   createConsumerRunner,
   createCrashPoints,
+  createEgressPolicy,
+  createTenantSecrets,
   createHealthServer,
   createLogger,
   createMetrics,
@@ -36,14 +40,14 @@ import { createToolRunner } from './tool-runner.ts';
 const provisioning: Provisioning = {
   streams: ['TOOL_REQUESTS', 'RUN_INBOX'],
   consumers: ['tool-worker'],
-  buckets: [buckets.toolResults, buckets.runControl],
+  buckets: [buckets.toolResults, buckets.runControl, buckets.tenantLeases],
 };
 
 async function main(): Promise<void> {
   let logger: Logger | undefined;
   try {
     // The one read of the process environment (STYLE 11).
-    const { config, toolEnvironment } = loadToolWorkerConfig({ ...process.env });
+    const config = loadToolWorkerConfig({ ...process.env });
     const log = createLogger('tool-worker', config.LOG_LEVEL);
     logger = log;
     const workerId = `tool-worker-${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -91,7 +95,7 @@ async function main(): Promise<void> {
       provisioned = await retryWithBackoff(
         'connecting to NATS and provisioning',
         async () => {
-          connection ??= await connectNats(config, workerId, log);
+          connection ??= await connectNats(config, { service: 'tool-worker', name: workerId }, log);
           return provisionJetStream(connection, config, provisioning, log);
         },
         { logger: log, signal: startup.signal },
@@ -104,13 +108,21 @@ async function main(): Promise<void> {
     const nats = connection!;
     const toolResults = kv.get(buckets.toolResults) as KV;
     const runControl = kv.get(buckets.runControl) as KV;
+    // In-flight tool calls per tenant, across every tool-worker (issue 8).
+    const tenantLeases = createTenantLeases({ bucket: kv.get(buckets.tenantLeases) as KV, kind: 'tool', limit: config.TENANT_MAX_TOOL_CALLS, holder: workerId, logger: log });
+    tenantLeases.start();
 
     cancelWatch = createCancelWatch({ bucket: runControl, logger: log });
     await cancelWatch.start();
 
     const runTool = createToolRunner({
       builtins: createBuiltinTools(),
-      http: createHttpTool({ egressAllow: config.TOOL_EGRESS_ALLOW, environment: toolEnvironment, maxRetryAfterMs: policy.maxNakDelayMs }),
+      http: createHttpTool({
+        egress: createEgressPolicy({ allow: config.TOOL_EGRESS_ALLOW, variable: 'TOOL_EGRESS_ALLOW' }),
+        secrets: createTenantSecrets({ dir: config.TENANT_SECRETS_DIR }),
+        logger: log,
+        maxRetryAfterMs: policy.maxNakDelayMs,
+      }),
     });
     const handler = createToolCallHandler({
       results: toolResults,
@@ -137,6 +149,7 @@ async function main(): Promise<void> {
         logger: log,
         handle: handler.handle,
         onExhausted: handler.onExhausted,
+        admit: admitByTenant(tenantLeases),
       });
       runner = current;
       await current.start();

@@ -3,6 +3,8 @@ import type { ToolDefinition, ToolOutcome } from '@abide/shared';
 /** One execution of a tool call. */
 export type ToolInvocation = {
   runId: string;
+  /** The run's tenant: `headersFromEnv` names this tenant's secrets. */
+  tenantId: string;
   toolCallId: string;
   tool: ToolDefinition;
   args: unknown;

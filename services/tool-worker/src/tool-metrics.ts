@@ -1,17 +1,33 @@
-import type { Metrics } from '@abide/shared';
+import { builtinToolNames, runErrorCodes, type Metrics, type ToolDefinition } from '@abide/shared';
+
+/**
+ * A tool's metric label: its kind, never the tenant's tool name (finding 17: tenant input as a
+ * label makes unbounded series). `builtin:<name>` for the fixed built-ins, `http` for HTTP tools.
+ */
+export function toolMetricLabel(tool: Pick<ToolDefinition, 'kind' | 'name'>): string {
+  if (tool.kind === 'builtin') return (builtinToolNames as readonly string[]).includes(tool.name) ? `builtin:${tool.name}` : 'builtin:other';
+  return tool.kind === 'http' ? 'http' : 'other';
+}
+
+/** An outcome label from a fixed set: the outcome kind, or a run error code (anything else is `error`). */
+export function outcomeMetricLabel(outcome: string): string {
+  if (['success', 'denied', 'cancelled'].includes(outcome) || (runErrorCodes as readonly string[]).includes(outcome)) return outcome;
+  return 'error';
+}
 
 /** The tool-worker's Prometheus series. */
 export function createToolMetrics(metrics: Metrics) {
   let inFlight = 0;
-  const calls = metrics.counter('tool_calls_total', 'Tool calls finished by this worker, by tool and outcome (success, error code, cancelled)');
-  const cacheHits = metrics.counter('tool_result_cache_hits_total', 'Tool requests answered from TOOL_RESULTS without executing, by tool');
-  const outcomeUnknown = metrics.counter('tool_outcome_unknown_total', 'Interrupted tool calls found (stale started marker), by tool and policy');
-  const retries = metrics.counter('tool_retryable_failures_total', 'Tool calls handed back for a retry, by tool');
+  const calls = metrics.counter('tool_calls_total', 'Tool calls finished by this worker, by tool kind (builtin:<name>, http) and outcome (success, error code, cancelled)');
+  const cacheHits = metrics.counter('tool_result_cache_hits_total', 'Tool requests answered from TOOL_RESULTS without executing, by tool kind');
+  const outcomeUnknown = metrics.counter('tool_outcome_unknown_total', 'Interrupted tool calls found (stale started marker), by tool kind and policy');
+  const retries = metrics.counter('tool_retryable_failures_total', 'Tool calls handed back for a retry, by tool kind');
   const skipped = metrics.counter('tool_calls_skipped_total', 'Tool requests of cancelled runs acked without executing');
   metrics.gauge('tool_calls_in_flight', 'Tool calls executing now', () => inFlight);
   return {
+    /** `tool` is a `toolMetricLabel`. */
     callFinished(tool: string, outcome: string) {
-      calls.inc({ tool, outcome });
+      calls.inc({ tool, outcome: outcomeMetricLabel(outcome) });
     },
     cacheHit(tool: string) {
       cacheHits.inc({ tool });

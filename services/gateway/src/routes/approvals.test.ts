@@ -1,5 +1,5 @@
 import { approvalMessageSchema, hashJson } from '@abide/shared';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { auth, createTestApp, scriptedAgent, type TestApp } from '../testing/test-app.ts';
 
 let t: TestApp;
@@ -139,5 +139,48 @@ describe('approvals', () => {
     ]);
     expect((await t.app.inject({ method: 'GET', url: '/v1/approvals', headers: auth('t2') })).json().approvals).toEqual([]);
     expect((await t.app.inject({ method: 'GET', url: '/v1/approvals?status=done', headers: auth() })).statusCode).toBe(400);
+  });
+
+  it('reads the run once for a whole batch (not once per decision)', async () => {
+    const loads = vi.spyOn(t.memory.store, 'loadRun');
+    const decisions = [{ toolCallId: 's0c0', approved: true }, { toolCallId: 's0c1', approved: true }, ...Array.from({ length: 20 }, () => ({ toolCallId: 's9c9', approved: true }))];
+    const response = await t.app.inject({ method: 'POST', url: `/v1/runs/${runId}/approvals`, headers: auth(), payload: { decisions } });
+    expect(response.statusCode).toBe(200);
+    expect(response.json().results.slice(0, 2)).toEqual([
+      { toolCallId: 's0c0', status: 'accepted' },
+      { toolCallId: 's0c1', status: 'accepted' },
+    ]);
+    expect(loads).toHaveBeenCalledTimes(1);
+  });
+
+  it('pages the inbox by suspended runs with the list cursor, reading no whole runs', async () => {
+    const runIds = [runId];
+    for (let index = 0; index < 4; index += 1) {
+      const id = (await t.app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'helper', input: `more ${index}` } })).json().runId as string;
+      t.memory.advance(id, (state) => {
+        state.status = 'suspended';
+        state.toolCalls = [{ toolCallId: 's0c0', providerToolCallId: 'p0', step: 0, toolName: 'echo', args: { text: id }, needsApproval: true, state: 'awaiting_approval' }];
+        state.pendingApprovals = ['s0c0'];
+      });
+      runIds.push(id);
+    }
+    const loads = vi.spyOn(t.memory.store, 'loadRun');
+    const listRuns = vi.spyOn(t.memory.store, 'listRuns');
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const url: string = `/v1/approvals?limit=2${cursor ? `&cursor=${cursor}` : ''}`;
+      const page = (await t.app.inject({ method: 'GET', url, headers: auth() })).json() as { approvals: { runId: string; toolCallId: string }[]; nextCursor: string | null };
+      seen.push(...page.approvals.map((approval) => `${approval.runId}/${approval.toolCallId}`));
+      cursor = page.nextCursor;
+      pages += 1;
+    } while (cursor);
+    expect(pages).toBe(3);
+    expect(seen.sort()).toEqual([`${runId}/s0c0`, `${runId}/s0c1`, ...runIds.slice(1).map((id) => `${id}/s0c0`)].sort());
+    expect(loads).not.toHaveBeenCalled();
+    expect(listRuns.mock.calls.every(([query]) => query.limit <= 2)).toBe(true);
+    expect((await t.app.inject({ method: 'GET', url: '/v1/approvals?cursor=forged', headers: auth() })).json().error.code).toBe('invalid_cursor');
+    expect((await t.app.inject({ method: 'GET', url: '/v1/approvals?limit=101', headers: auth() })).statusCode).toBe(400);
   });
 });

@@ -1,6 +1,7 @@
 import { approvalDecisionBodySchema, approvalParamsSchema, batchApprovalBodySchema, pendingApprovalsQuerySchema, runIdParamsSchema } from '@abide/shared';
 import type { FastifyInstance } from 'fastify';
 import { toApiError } from '../http-errors.ts';
+import { decodeListCursor, encodeListCursor } from '../list-cursor.ts';
 import { parseOr400 } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
 
@@ -18,11 +19,13 @@ export function registerApprovalRoutes(app: FastifyInstance, context: RouteConte
     const { decisions } = parseOr400(batchApprovalBodySchema, request.body, 'body');
     const caller = context.caller(request);
     const { approvals } = context.services();
+    // The run is read once for the whole batch; each decision still goes through the ledger.
+    const run = await approvals.loadRun(caller, runId);
     const results = [];
     // One after the other: two decisions on one call in a batch are answered like two requests.
     for (const { toolCallId, ...decision } of decisions) {
       try {
-        results.push({ toolCallId, status: await approvals.decide(caller, { runId, toolCallId, ...decision }) });
+        results.push({ toolCallId, status: await approvals.decide(caller, { runId, toolCallId, ...decision }, run) });
       } catch (error) {
         const apiError = toApiError(error, { maxBodyBytes: context.maxBodyBytes });
         // Per-decision failures are answered in the list; a dependency failure fails the whole request.
@@ -34,8 +37,12 @@ export function registerApprovalRoutes(app: FastifyInstance, context: RouteConte
   });
 
   app.get('/v1/approvals', async (request) => {
-    parseOr400(pendingApprovalsQuerySchema, request.query, 'query');
-    return { approvals: await context.services().approvals.listPending(context.caller(request).tenantId) };
+    const { cursor } = request.query as { cursor?: unknown };
+    // The cursor first: a bad one is 400 `invalid_cursor`, other parameters `invalid_request`.
+    const after = cursor === undefined ? undefined : decodeListCursor(cursor);
+    const query = parseOr400(pendingApprovalsQuerySchema, request.query, 'query');
+    const page = await context.services().approvals.listPending(context.caller(request).tenantId, { limit: query.limit, after });
+    return { approvals: page.approvals, nextCursor: page.next ? encodeListCursor(page.next) : null };
   });
 }
 

@@ -109,6 +109,18 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
     expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=3`, headers: auth() })).statusCode).toBe(200);
   });
 
+  it('answers 410 cursor_expired for a young run whose first events were discarded by the size limit (EVENTS_MAX_BYTES)', async () => {
+    emitRun();
+    // Transition 2 published the run's first event at seq 1.
+    t.memory.advance(runId, (state) => void (state.status = 'running')).lastSeq = 1;
+    t.events.expireBefore(3);
+    const response = await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=1`, headers: auth() });
+    expect(response.statusCode).toBe(410);
+    expect(response.json()).toMatchObject({ error: { code: 'cursor_expired' }, run: { runId } });
+    // A cursor past the gap loses nothing.
+    expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=2`, headers: auth() })).statusCode).toBe(200);
+  });
+
   it('ends open streams on shutdown', async () => {
     const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: auth() });
     await new Promise((resolve) => setTimeout(resolve, 10));

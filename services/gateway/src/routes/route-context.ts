@@ -1,6 +1,7 @@
 import type { Logger, Metrics } from '@abide/shared';
 import type { FastifyRequest } from 'fastify';
 import type { Caller } from '../auth.ts';
+import type { RateLimitOptions } from '../rate-limiter.ts';
 import type { LiveConnections } from '../live-connections.ts';
 import type { Services } from '../services.ts';
 
@@ -12,6 +13,10 @@ export type StreamingOptions = {
   wsHighWaterMarkBytes: number;
   /** Event subscriptions one WebSocket may hold. @default 100 */
   maxSubscriptionsPerSocket: number;
+  /** Frames one WebSocket may have being handled at once; beyond, a frame is answered `too_many_in_flight`. @default 16 */
+  maxInFlightPerSocket: number;
+  /** `subscribe` / `unsubscribe` frames per WebSocket (a token bucket); beyond, `rate_limited`. @default burst 50, 10/s */
+  subscribeChurn: RateLimitOptions;
 };
 
 /** What a route declares in its fastify `config` (read by `createApp`'s hooks). */
@@ -20,8 +25,10 @@ export type RouteConfig = {
   public?: boolean;
   /** Answered while draining (probes must tell the truth until the end). */
   servedWhileDraining?: boolean;
-  /** Accepts `?access_token=` where a browser cannot set headers (SSE, WebSocket). */
+  /** Accepts `?access_token=` (or the WebSocket key subprotocol) where a browser cannot set headers (SSE, WebSocket). */
   allowQueryToken?: boolean;
+  /** Accepts a single-use `?ticket=` instead of a key (`GET /v1/ws`). */
+  allowTicket?: boolean;
   /** The route that answers 405 for the methods a path lacks (not an operation of the API). */
   methodNotAllowed?: boolean;
 };

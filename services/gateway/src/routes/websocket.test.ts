@@ -202,4 +202,79 @@ describe('WebSocket /v1/ws', () => {
     client.send({ type: 'ping', padding: 'x'.repeat(20 * 1024) });
     expect(await client.closed).toBe(1009);
   });
+
+  it('answers frames beyond the in-flight cap with too_many_in_flight and keeps the socket open', async () => {
+    await t.app.close();
+    await setup({ streaming: { heartbeatMs: 60_000, maxInFlightPerSocket: 2 } });
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const loadRun = t.memory.store.loadRun.bind(t.memory.store);
+    t.memory.store.loadRun = async (id) => {
+      await gate;
+      return loadRun(id);
+    };
+    const client = await connect();
+    for (const requestId of ['c1', 'c2', 'c3']) client.send({ type: 'cancel', requestId, runId });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'too_many_in_flight', requestId: 'c3', runId });
+    client.send({ type: 'ping' });
+    // The ping is over the cap too while c1 and c2 wait: answered, not dropped.
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'too_many_in_flight' });
+    release();
+    const answers = [await client.next((frame) => frame.requestId === 'c1'), await client.next((frame) => frame.requestId === 'c2')];
+    expect(answers.map((frame) => frame.type)).toEqual(['ack', 'ack']);
+    client.send({ type: 'ping' });
+    expect(await client.next((frame) => frame.type === 'pong')).toEqual({ type: 'pong' });
+    expect(client.closeCode).toBeUndefined();
+    client.socket.terminate();
+  });
+
+  it('throttles subscribe/unsubscribe churn per socket with rate_limited', async () => {
+    await t.app.close();
+    await setup({ streaming: { heartbeatMs: 60_000, subscribeChurn: { burst: 3, perSecond: 0.001 } } });
+    const client = await connect();
+    client.send({ type: 'subscribe', runId });
+    client.send({ type: 'unsubscribe', runId });
+    client.send({ type: 'subscribe', runId });
+    client.send({ type: 'unsubscribe', runId });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'rate_limited', runId, message: expect.stringContaining('subscribe and unsubscribe frames') });
+    client.send({ type: 'ping' });
+    expect(await client.next((frame) => frame.type === 'pong')).toEqual({ type: 'pong' });
+    client.socket.terminate();
+  });
+
+  it('accepts a ticket exactly once, for its own tenant, until it expires; never with the key in the URL', async () => {
+    await t.app.close();
+    let clock = Date.parse('2030-01-01T00:00:00.000Z');
+    await setup({ now: () => new Date(clock) });
+    const issued = await t.app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: auth() });
+    expect(issued.statusCode).toBe(201);
+    const { ticket, expiresAt } = issued.json() as { ticket: string; expiresAt: string };
+    expect(ticket).toMatch(/^wst_[A-Za-z0-9_-]{43}$/);
+    expect(expiresAt).toBe('2030-01-01T00:00:30.000Z');
+    // Only the tenant and the key's short id are stored, under a hash of the ticket.
+    expect([...t.bus.tickets.keys()]).not.toContain(ticket);
+    expect(JSON.stringify([...t.bus.tickets.values()])).not.toContain(keys.t1);
+
+    const client = await connect({}, `/v1/ws?ticket=${ticket}`);
+    client.send({ type: 'subscribe', runId });
+    t.events.emit(runId, 't1', `${runId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId, event: { type: 'run.started' } });
+    client.socket.terminate();
+    await expect(t.app.injectWS(`/v1/ws?ticket=${ticket}`, { headers: {} })).rejects.toThrow(/401/);
+
+    const other = (await t.app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: auth('t2') })).json().ticket as string;
+    const otherClient = await connect({}, `/v1/ws?ticket=${other}`);
+    otherClient.send({ type: 'subscribe', runId });
+    expect(await otherClient.next((frame) => frame.type === 'error')).toMatchObject({ code: 'run_not_found', runId });
+    otherClient.socket.terminate();
+
+    const late = (await t.app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: auth() })).json().ticket as string;
+    clock += 30_000;
+    await expect(t.app.injectWS(`/v1/ws?ticket=${late}`, { headers: {} })).rejects.toThrow(/401/);
+    await expect(t.app.injectWS('/v1/ws?ticket=wst_forged', { headers: {} })).rejects.toThrow(/401/);
+    // Tickets are handed out for a key in the header only, and only open WebSockets.
+    expect((await t.app.inject({ method: 'POST', url: `/v1/ws/tickets?access_token=${keys.t1}` })).statusCode).toBe(401);
+    const unused = (await t.app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: auth() })).json().ticket as string;
+    expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}?ticket=${unused}` })).statusCode).toBe(401);
+  });
 });

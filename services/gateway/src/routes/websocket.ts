@@ -1,10 +1,15 @@
-import { ApiError, createRunBodySchema, wsClientFrameSchema, type WsClientFrame, type WsServerFrame } from '@abide/shared';
+import { ApiError, createRunBodySchema, createWsTicketBodySchema, wsClientFrameSchema, type Lease, type WsClientFrame, type WsServerFrame } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { RawData, WebSocket } from 'ws';
 import type { Caller } from '../auth.ts';
 import { CursorExpiredError, toApiError } from '../http-errors.ts';
+import { createRateLimiter } from '../rate-limiter.ts';
 import { describeIssues, parseOr400 } from '../validation.ts';
-import type { RouteContext } from './route-context.ts';
+import type { Services } from '../services.ts';
+import { isSameOrigin } from '../websocket-protocol.ts';
+import type { RouteConfig, RouteContext } from './route-context.ts';
+
+type RunEvents = NonNullable<Awaited<ReturnType<Services['openRunEvents']>>>;
 
 /** Close codes (RFC 6455 §7.4.1). */
 const closeCodes = { goingAway: 1001, tryAgainLater: 1013 } as const;
@@ -17,17 +22,31 @@ export function isOriginAllowed(origin: string | undefined, allowed: readonly st
 
 /** `GET /v1/ws` (DESIGN §7): subscriptions to run events, run creation, cancels and approvals over one socket. */
 export function registerWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
+  // A single-use ticket for `GET /v1/ws?ticket=` (authenticated by the Authorization header only).
+  app.post('/v1/ws/tickets', async (request, reply) => {
+    parseOr400(createWsTicketBodySchema, request.body ?? {}, 'body');
+    return reply.code(201).send(await context.services().wsTickets.issue(context.caller(request)));
+  });
+
   app.route({
     method: 'GET',
     url: '/v1/ws',
-    config: { allowQueryToken: true },
+    config: { allowQueryToken: true, allowTicket: true } satisfies RouteConfig,
     onRequest: async (request) => {
-      if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
+      if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
         throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
       }
       if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
       // Fail before the upgrade when the backend is not connected yet.
-      context.services();
+      const services = context.services();
+      // A plain HTTP request is answered 426 by `handler` below and holds no connection slot.
+      if (request.headers.upgrade?.toLowerCase() !== 'websocket') return;
+      // The socket is one of the tenant's connections (issue 8): 429 before the upgrade over the cap,
+      // released when the TCP connection closes (whatever ends it: the upgrade failing included).
+      const lease = await services.capacity.acquireConnection(context.caller(request).tenantId, request.id);
+      const connection = request.raw.socket as typeof request.raw.socket | undefined; // absent under app.injectWS
+      if (!connection || connection.destroyed) await lease.release();
+      else connection.once('close', () => void lease.release());
     },
     wsHandler: (socket, request) => {
       context.recordRequest('GET', '/v1/ws', 101);
@@ -42,7 +61,10 @@ export function registerWebSocketRoute(app: FastifyInstance, context: RouteConte
 
 function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Caller, context: RouteContext): void {
   const log = request.log.child({ tenantId: caller.tenantId });
-  const subscriptions = new Map<string, { controller: AbortController; ended: () => void }>();
+  const subscriptions = new Map<string, { controller: AbortController; ended: () => void; lease: Lease }>();
+  /** Frames being handled now (a subscription counts until its run is loaded and its stream requested, not while it streams). */
+  let inFlight = 0;
+  const churn = createRateLimiter(context.streaming.subscribeChurn, Date.now, 'subscribe and unsubscribe frames on this connection');
   let closed = false;
 
   function send(frame: WsServerFrame): boolean {
@@ -76,6 +98,7 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
     subscriptions.delete(runId);
     subscription.controller.abort();
     subscription.ended();
+    void subscription.lease.release(); // never rejects: a failed release is logged, the slot turns stale
   }
 
   function cleanUp(): void {
@@ -91,25 +114,46 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
     socket.close(code, reason);
   }
 
+  /**
+   * Opens the run's events and returns once they are open (or refused); the events then stream
+   * on their own until the run ends, the client unsubscribes or the socket closes.
+   */
   async function subscribe(runId: string, after: number | undefined): Promise<void> {
     if (!subscriptions.has(runId) && subscriptions.size >= context.streaming.maxSubscriptionsPerSocket) {
       throw new ApiError('rate_limited', `at most ${context.streaming.maxSubscriptionsPerSocket} subscriptions per connection`);
     }
     unsubscribe(runId); // a new subscribe to the same run replaces the old one (e.g. with a new `after`)
+    // One of the tenant's subscriptions across every gateway (issue 8): an `error` frame over the cap.
+    const lease = await context.services().capacity.acquireSubscription(caller.tenantId, `${request.id}:${runId}`);
+    if (closed) {
+      await lease.release();
+      return;
+    }
+    unsubscribe(runId); // a concurrent subscribe to the same run got here first: the newest wins
     const controller = new AbortController();
-    const subscription = { controller, ended: context.live.subscriptionStarted() };
+    const subscription = { controller, ended: context.live.subscriptionStarted(), lease };
     subscriptions.set(runId, subscription);
     const isCurrent = () => subscriptions.get(runId) === subscription;
+    let events: RunEvents | null = null;
     try {
-      const events = await context.services().openRunEvents({ tenantId: caller.tenantId, runId, after, signal: controller.signal });
-      if (!events) return;
+      events = await context.services().openRunEvents({ tenantId: caller.tenantId, runId, after, signal: controller.signal });
+    } catch (error) {
+      if (!controller.signal.aborted) sendError(error, { runId });
+    }
+    if (!events) {
+      if (isCurrent()) unsubscribe(runId);
+      return;
+    }
+    void forward(runId, events, controller, isCurrent);
+  }
+
+  async function forward(runId: string, events: RunEvents, controller: AbortController, isCurrent: () => boolean): Promise<void> {
+    try {
       for await (const event of events) {
         if (!isCurrent() || !send({ type: 'event', runId, event })) break;
       }
     } catch (error) {
-      if (!controller.signal.aborted) {
-        sendError(error, { runId });
-      }
+      if (!controller.signal.aborted) sendError(error, { runId });
     } finally {
       if (isCurrent()) unsubscribe(runId);
     }
@@ -122,9 +166,11 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
         send({ type: 'pong' });
         return;
       case 'subscribe':
+        churn.take('socket');
         await subscribe(frame.runId, frame.after);
         return;
       case 'unsubscribe':
+        churn.take('socket');
         unsubscribe(frame.runId);
         return;
       case 'run.create': {
@@ -165,9 +211,18 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
       return;
     }
     const frame = parsed.data;
-    handle(frame).catch((error: unknown) => {
-      sendError(error, { requestId: 'requestId' in frame ? frame.requestId : undefined, runId: 'runId' in frame ? frame.runId : undefined });
-    });
+    const fields = { requestId: 'requestId' in frame ? frame.requestId : undefined, runId: 'runId' in frame ? frame.runId : undefined };
+    if (inFlight >= context.streaming.maxInFlightPerSocket) {
+      // Answered, not queued and not fatal: the client waits for answers before sending more.
+      sendError(new ApiError('too_many_in_flight', `at most ${context.streaming.maxInFlightPerSocket} frames are handled at once per connection; wait for answers`), fields);
+      return;
+    }
+    inFlight += 1;
+    handle(frame)
+      .catch((error: unknown) => sendError(error, fields))
+      .finally(() => {
+        inFlight -= 1;
+      });
   }
 
   const forget = context.live.addSocket({ close: () => close(closeCodes.goingAway, 'server shutting down') });

@@ -1,4 +1,4 @@
-import { encodeJson, makeBusEvent, type Agent, type ApprovalLedgerEntry, type BusEvent, type RunEventFields, type RunEventType, type TransitionDocument } from '@abide/shared';
+import { encodeJson, makeBusEvent, type Agent, type ApprovalLedgerEntry, type BusEvent, type WsTicketEntry, type RunEventFields, type RunEventType, type TransitionDocument } from '@abide/shared';
 import type { ConversationLock, EventSource, GatewayBus, GatewayStore, LoadedRun, RunListQuery } from '../ports.ts';
 
 /**
@@ -62,6 +62,12 @@ export function createMemoryStore() {
       const transition = transitions.get(`${runId}:${version}`);
       return transition ? clone(transition) : null;
     },
+    async loadTransitionHeader(runId, version) {
+      const transition = transitions.get(`${runId}:${version}`);
+      if (!transition) return null;
+      const { state } = clone(transition);
+      return { runId: transition.runId, tenantId: transition.tenantId, version: transition.version, at: transition.at, cause: transition.cause, state: { status: state.status, step: state.step, awaiting: state.awaiting } };
+    },
     async listRuns(query: RunListQuery) {
       const sorted = readModelRuns()
         .filter((run) => run.state.tenantId === query.tenantId)
@@ -77,6 +83,10 @@ export function createMemoryStore() {
       const page = sorted.slice(0, query.limit);
       const last = page.at(-1);
       return { runs: page, last: last ? { createdAt: last.state.createdAt, runId: last.state.runId } : null, hasMore: sorted.length > query.limit };
+    },
+    async listSuspendedRuns(query) {
+      const page = await store.listRuns({ ...query, status: 'suspended' });
+      return { ...page, runs: page.runs.map(({ state }) => ({ runId: state.runId, createdAt: state.createdAt, pendingApprovals: state.pendingApprovals, toolCalls: state.toolCalls })) };
     },
     async conversationRuns(tenantId, conversationId, limit) {
       return (await store.listRuns({ tenantId, conversationId, limit })).runs;
@@ -144,6 +154,7 @@ export function createFakeBus() {
   const published: { subject: string; message: unknown; msgId: string }[] = [];
   const outboxes: TransitionDocument[] = [];
   const ledger = new Map<string, ApprovalLedgerEntry>();
+  const tickets = new Map<string, WsTicketEntry>();
   let failPublishes = 0;
   /** Runs just before a ledger create (to simulate a concurrent decision winning the race). */
   let beforeCreate: ((key: string) => void) | undefined;
@@ -174,12 +185,24 @@ export function createFakeBus() {
         return true;
       },
     },
+    tickets: {
+      async create(key, entry) {
+        if (tickets.has(key)) throw new Error(`ticket ${key} exists`);
+        tickets.set(key, clone(entry));
+      },
+      async consume(key) {
+        const entry = tickets.get(key);
+        tickets.delete(key);
+        return entry ?? null;
+      },
+    },
     async ping() {
       return true;
     },
   };
   return {
     bus,
+    tickets,
     published,
     outboxes,
     ledger,

@@ -1,0 +1,79 @@
+import { describe, expect, it } from 'vitest';
+import { agentDefinitionSchema } from './agent.ts';
+import { eventEntry, type OutboxEntry } from './outbox.ts';
+import { findUnpublishableEntry, messageHeaderRoomBytes, type OutboxPublisherDeps } from './outbox-publisher.ts';
+import { zeroUsage, type RunState } from './run-state.ts';
+import type { TransitionDocument } from './run-store.ts';
+
+const at = new Date('2026-11-29T00:00:00.000Z');
+
+function transitionWith(outbox: OutboxEntry[], state: Partial<RunState> = {}): TransitionDocument {
+  const agent = agentDefinitionSchema.parse({ model: { provider: 'scripted', steps: [{ text: 'hi' }] }, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } }] });
+  const base: RunState = {
+    schemaVersion: 1,
+    runId: 'run_1',
+    tenantId: 't1',
+    agentId: 'a1',
+    agentSnapshot: { ...agent, tenantId: 't1', agentId: 'a1', version: 1, createdAt: at.toISOString(), updatedAt: at.toISOString() },
+    conversationId: 'conv_1',
+    status: 'running',
+    step: 1,
+    awaiting: { kind: 'llm', step: 1 },
+    messages: [{ role: 'user', content: 'hello' }],
+    historyLength: 0,
+    toolCalls: [],
+    pendingApprovals: [],
+    llmAttempts: [],
+    usage: zeroUsage,
+    output: null,
+    error: null,
+    cancelReason: null,
+    requestHash: 'h',
+    metadata: null,
+    nextDeadlineAt: null,
+    createdAt: at.toISOString(),
+    updatedAt: at.toISOString(),
+    ...state,
+  };
+  return { _id: 'run_1:3', runId: 'run_1', tenantId: 't1', version: 3, at, cause: 'm', state: base, outbox, published: false };
+}
+
+const deps = (extra: Partial<OutboxPublisherDeps> = {}): OutboxPublisherDeps => ({ js: {} as never, maxPayloadBytes: 1_048_576, ...extra });
+const big = (bytes: number) => 'x'.repeat(bytes);
+
+describe('findUnpublishableEntry (finding 5)', () => {
+  it('passes an ordinary outbox', () => {
+    expect(findUnpublishableEntry(deps(), transitionWith([eventEntry('run.resumed', {}), { kind: 'llm_request', step: 1 }]))).toBeNull();
+  });
+
+  it('refuses a tool request over max_payload minus header room', () => {
+    const state: Partial<RunState> = {
+      awaiting: { kind: 'tools', step: 0 },
+      toolCalls: [{ toolCallId: 's0c0', providerToolCallId: 'p', step: 0, toolName: 'echo', args: { blob: big(1_048_576 - messageHeaderRoomBytes) }, needsApproval: false, state: 'requested' }],
+    };
+    expect(findUnpublishableEntry(deps(), transitionWith([{ kind: 'tool_request', toolCallId: 's0c0' }], state))).toMatchObject({
+      code: 'message_too_large',
+      message: expect.stringContaining('the tool request of s0c0'),
+    });
+  });
+
+  it('sends a model request over max_payload through PAYLOADS, up to the cap', () => {
+    const state: Partial<RunState> = { messages: [{ role: 'user', content: big(3 * 1_048_576) }] };
+    const withStore = deps({ payloads: {} as never, maxModelRequestBytes: 4 * 1_048_576 });
+    expect(findUnpublishableEntry(withStore, transitionWith([{ kind: 'llm_request', step: 1 }], state))).toBeNull();
+    expect(findUnpublishableEntry({ ...withStore, maxModelRequestBytes: 2 * 1_048_576 }, transitionWith([{ kind: 'llm_request', step: 1 }], state))).toMatchObject({
+      code: 'message_too_large',
+      message: expect.stringContaining('model request of step 1'),
+    });
+    // Without an object store, it cannot be sent at all.
+    expect(findUnpublishableEntry(deps(), transitionWith([{ kind: 'llm_request', step: 1 }], state))).toMatchObject({ code: 'message_too_large' });
+  });
+
+  it('refuses an event over RUN_EVENTS max_msg_size even when the server allows more', () => {
+    const outbox = [eventEntry('tool.result', { toolCallId: 's0c0', toolName: 'echo', result: big(2 * 1_048_576) })];
+    expect(findUnpublishableEntry(deps({ maxPayloadBytes: 8 * 1_048_576 }), transitionWith(outbox))).toMatchObject({
+      code: 'message_too_large',
+      message: expect.stringContaining('the tool.result event'),
+    });
+  });
+});
