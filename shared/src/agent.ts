@@ -33,6 +33,9 @@ const envNameSchema = z.string().regex(/^[A-Z_][A-Z0-9_]{0,127}$/, 'must be a se
  * worker appends, making the whole path the tenant's).
  */
 const outboundUrlSchema = z.url({ protocol: /^https?$/ }).superRefine((text, context) => {
+  // zod runs this refinement after a failed `z.url()` check too (found by schemathesis: `""` was a
+  // 500): that check has reported the value already.
+  if (!URL.canParse(text)) return;
   const url = new URL(text);
   if (url.username || url.password) context.addIssue({ code: 'custom', message: 'must not contain a user name or password' });
   if (url.search || text.includes('?')) context.addIssue({ code: 'custom', message: 'must not contain a query' });

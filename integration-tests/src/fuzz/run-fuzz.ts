@@ -1,6 +1,6 @@
 import { collections } from '@abide/shared';
 import WebSocket from 'ws';
-import { Stack } from '../harness/stack.ts';
+import { Stack, testKeys } from '../harness/stack.ts';
 import { runFrameFuzz, type FrameFuzzReport } from './frame-fuzzer.ts';
 import { runSchemathesis, type SchemathesisResult } from './schemathesis.ts';
 
@@ -47,7 +47,7 @@ function upgrade(url: string, headers: Record<string, string>): Promise<number |
   });
 }
 
-const keys = { a: 'key-a', b: 'key-b' } as const;
+const keys = testKeys;
 
 /**
  * Tenant b's agent suspends on an approval (so approval frames meet a pending call); tenant a's

@@ -206,6 +206,24 @@ describe('the OpenAPI document promises what the server enforces', () => {
   });
 });
 
+describe('found by schemathesis', () => {
+  it('answers an empty tool URL 400 (not 500), and a JSON null body 400 where the body is optional', async () => {
+    const { app } = setup();
+    const agent = await app.inject({
+      method: 'PUT',
+      url: '/v1/agents/helper',
+      headers: auth(),
+      payload: { ...scriptedAgent, tools: [{ name: 'remote', kind: 'http', inputSchema: { type: 'object' }, http: { url: '' } }] },
+    });
+    expect(agent.statusCode).toBe(400);
+    expect(agent.json().error.message).toContain('body.tools.0.http.url');
+    const json = { ...auth(), 'content-type': 'application/json' };
+    expect((await app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: json, payload: 'null' })).statusCode).toBe(400);
+    expect((await app.inject({ method: 'POST', url: '/v1/runs/run_x/cancel', headers: json, payload: 'null' })).statusCode).toBe(400);
+    expect((await app.inject({ method: 'POST', url: '/v1/runs/run_x/cancel', headers: auth() })).json().error.code).toBe('run_not_found');
+  });
+});
+
 describe('agents', () => {
   it('versions each PUT and answers the agent in force', async () => {
     const { app } = setup();

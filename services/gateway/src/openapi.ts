@@ -202,6 +202,7 @@ export const operations: Operation[] = [
     path: '/console/assets/:name',
     summary: "The console's content-hashed assets (cached for a year)",
     authenticated: false,
+    params: z.object({ name: z.string().min(1) }),
     responses: { '200': { description: 'JavaScript or CSS' }, ...errors(404) },
   },
 ];

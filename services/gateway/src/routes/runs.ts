@@ -44,7 +44,7 @@ export function registerRunRoutes(app: FastifyInstance, context: RouteContext): 
 
   app.post('/v1/runs/:runId/cancel', async (request, reply) => {
     const { runId } = parseOr400(runIdParamsSchema, request.params, 'params');
-    const body = parseOr400(cancelRunBodySchema, request.body ?? {}, 'body');
+    const body = parseOr400(cancelRunBodySchema, request.body === undefined ? {} : request.body, 'body');
     await context.services().cancelRun(context.caller(request).tenantId, runId, body.reason);
     return reply.code(202).send({ status: 'accepted' });
   });

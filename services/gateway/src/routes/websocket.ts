@@ -24,7 +24,7 @@ export function isOriginAllowed(origin: string | undefined, allowed: readonly st
 export function registerWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
   // A single-use ticket for `GET /v1/ws?ticket=` (authenticated by the Authorization header only).
   app.post('/v1/ws/tickets', async (request, reply) => {
-    parseOr400(createWsTicketBodySchema, request.body ?? {}, 'body');
+    parseOr400(createWsTicketBodySchema, request.body === undefined ? {} : request.body, 'body');
     return reply.code(201).send(await context.services().wsTickets.issue(context.caller(request)));
   });
 
