@@ -58,11 +58,12 @@ export const storedJsonMemberSchema: z.ZodType<unknown> = checkedKeys[storedJson
 export const storedJsonObjectSchema = z.record(storedKeySchema, storedJsonMemberSchema);
 
 /**
- * JSON of an agent definition (a tool's `inputSchema`, a scripted step's `args`): any key (JSON
- * Schema keywords such as `$ref`; the store escapes keys, `stored-keys.ts`), the same depth bound
- * and no array directly inside an array.
+ * JSON of an agent definition (a tool's `inputSchema`, a scripted step's `args`): any key but one
+ * holding NUL (JSON Schema keywords such as `$ref`; the store escapes keys, `stored-keys.ts`), the
+ * same depth bound and no array directly inside an array.
  */
-const anyKey = z.string().max(storedJsonLimits.maxKeyLength);
+// NUL is the one character BSON cannot carry in a key (found by schemathesis: a 500).
+const anyKey = z.string().max(storedJsonLimits.maxKeyLength).regex(/^[^\u0000]*$/, 'a key must not contain NUL');
 const escapedKeys = buildLevels(anyKey);
 export const definitionJsonMemberSchema: z.ZodType<unknown> = escapedKeys[storedJsonLimits.maxDepth - 1]!;
 export const definitionJsonObjectSchema = z.record(anyKey, definitionJsonMemberSchema);

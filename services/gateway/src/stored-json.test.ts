@@ -68,6 +68,7 @@ describe('stored JSON at the API', () => {
     const put = (inputSchema: Record<string, unknown>) =>
       t.app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: { ...scriptedAgent, tools: [{ name: 'echo', kind: 'builtin', inputSchema }] } });
     expect((await put(withKeywords)).statusCode).toBe(200);
+    expect((await put({ type: 'object', properties: { 'a\u0000b': {} } })).statusCode).toBe(400);
     const nestedArray = await put({ type: 'object', properties: { a: { enum: [[1, 2]] } } });
     expect(nestedArray.statusCode).toBe(400);
     expect(nestedArray.json().error.message).toContain('body.tools.0.inputSchema.properties.a.enum.0: an array inside an array');
