@@ -15,6 +15,10 @@ import schemathesis
 INEXPRESSIBLE = [
     # Tool names must be unique within an agent (uniqueness of one property across array items).
     (400, "invalid_request", "duplicate tool name"),
+    # No `__proto__` key, and no `constructor` object with a `prototype` key, anywhere in a body
+    # (fastify's JSON parser refuses prototype poisoning); stating it would take a `propertyNames`
+    # on every object of every schema.
+    (400, "invalid_json", "__proto__"),
     # A tool's inputSchema must compile as a JSON Schema (the meta-schema is not restated).
     (400, "invalid_request", "not a usable JSON Schema"),
     # An Idempotency-Key reused with another body: depends on an earlier request, like a 409.

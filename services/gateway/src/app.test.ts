@@ -221,6 +221,8 @@ describe('found by schemathesis', () => {
     expect((await app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: json, payload: 'null' })).statusCode).toBe(400);
     expect((await app.inject({ method: 'POST', url: '/v1/runs/run_x/cancel', headers: json, payload: 'null' })).statusCode).toBe(400);
     expect((await app.inject({ method: 'POST', url: '/v1/runs/run_x/cancel', headers: auth() })).json().error.code).toBe('run_not_found');
+    const poisoned = await app.inject({ method: 'POST', url: '/v1/runs', headers: json, payload: '{"agentId":"a","input":"hi","metadata":{"__proto__":{"x":1}}}' });
+    expect(poisoned.json().error).toEqual({ code: 'invalid_json', message: expect.stringContaining('__proto__') });
   });
 });
 

@@ -50,6 +50,17 @@ export const defaultStreamingOptions: StreamingOptions = {
 
 const requestIdPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
 
+/** Whether `text` parses as JSON (used only after fastify's parser refused it). */
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    // Not JSON: fastify's own refusal (invalid_json) stands.
+    return false;
+  }
+}
+
 /**
  * The gateway's HTTP and WebSocket API (DESIGN §7) as a fastify instance: one error handler
  * (`{ error: { code, message } }`, statuses from `httpStatusByCode`), API-key auth on `/v1`,
@@ -124,7 +135,14 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       done(null, undefined);
       return;
     }
-    defaultJsonParser(request, body as string, done);
+    defaultJsonParser(request, body as string, (error, value) => {
+      if (error && isJson(body as string)) {
+        // Valid JSON that fastify's parser (secure-json-parse) refused: prototype poisoning.
+        done(new ApiError('invalid_json', 'the request body holds a __proto__ key, or a constructor key whose object has a prototype key: refused'), undefined);
+        return;
+      }
+      done(error, value);
+    });
   });
 
   app.setErrorHandler((error, request, reply) => {
