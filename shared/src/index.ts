@@ -30,3 +30,4 @@ export * from './stored-json.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
+export * from './mcp.ts';

@@ -75,7 +75,7 @@ export const operations: Operation[] = [
     params: agentIdParamsSchema,
     body: agentDefinitionSchema,
     bodyRequired: true,
-    responses: { '200': { description: 'the agent, with its version', schema: agentSchema }, ...errors(400, 401, 413, 415, 503) },
+    responses: { '200': { description: 'the agent, with its version', schema: agentSchema }, ...errors(400, 401, 413, 415, 422, 503) },
   },
   {
     method: 'get',

@@ -30,7 +30,7 @@ export function createServices(
   const relay = createEventRelay({ source: events, logger: deps.logger });
   return {
     store,
-    agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, now }),
+    agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, listMcpTools: bus.listMcpTools?.bind(bus), now }),
     createRun: createRunCreator({ store, bus, logger: deps.logger, rateLimiter: deps.rateLimiter, maxActiveRuns: deps.maxActiveRuns, now }),
     capacity: createTenantCapacity(backend.capacity),
     cancelRun: createRunCanceller({ store, bus }),
