@@ -23,6 +23,9 @@ INEXPRESSIBLE = [
     (400, "invalid_request", "not a usable JSON Schema"),
     # An Idempotency-Key reused with another body: depends on an earlier request, like a 409.
     (422, "idempotency_key_reused", ""),
+    # An agent's MCP server could not be listed: depends on that server (reachable, allowed by the
+    # egress policy, configured by the operator in MCP_STDIO_SERVERS), not on the request's shape.
+    (422, "mcp_list_failed", ""),
     # GET /v1/ws without the WebSocket handshake, which an HTTP client does not perform; the
     # frame fuzzer in fuzz.test.ts exercises the socket itself.
     (426, "upgrade_required", ""),
