@@ -56,7 +56,7 @@ export async function runSchemathesis(options: SchemathesisOptions): Promise<Sch
   const child = spawn(schemathesisBinary, args, {
     // schemathesis keeps a cache (`.schemathesis/`) in its working directory: a fresh one per run.
     cwd: mkdtempSync(join(tmpdir(), 'abide-schemathesis-')),
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', SCHEMATHESIS_HOOKS: 'schemathesis_hooks', PYTHONPATH: import.meta.dirname },
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', SCHEMATHESIS_HOOKS: 'schemathesis_hooks', PYTHONPATH: import.meta.dirname, PYTHONDONTWRITEBYTECODE: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
