@@ -1,6 +1,7 @@
 export * from './agent.ts';
 export * from './api.ts';
 export * from './cancel-watch.ts';
+export * from './chat-api.ts';
 export * from './config.ts';
 export * from './consumer.ts';
 export * from './crash-points.ts';

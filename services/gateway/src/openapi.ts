@@ -29,11 +29,12 @@ import {
   wsTicketResponseSchema,
 } from '@abide/shared';
 import { z } from 'zod';
+import { chatOperations } from './chat-openapi.ts';
 
 type Method = 'get' | 'put' | 'post';
 
 /** One operation of the public API, described by the same zod schemas that validate it. */
-type Operation = {
+export type Operation = {
   method: Method;
   /** The fastify path (`:param`). */
   path: string;
@@ -205,6 +206,7 @@ export const operations: Operation[] = [
     params: z.object({ name: z.string().min(1) }),
     responses: { '200': { description: 'JavaScript or CSS' }, ...errors(404) },
   },
+  ...chatOperations,
 ];
 
 /**

@@ -36,6 +36,8 @@ export function createServices(
     cancelRun: createRunCanceller({ store, bus }),
     approvals: createApprovalService({ store, bus, toolArgs: deps.toolArgs, logger: deps.logger, now }),
     wsTickets: createWsTicketService({ tickets: bus.tickets, ttlMs: deps.wsTicketTtlMs, now }),
+    /** The stream sequence of a run's last stored event (null: none yet). */
+    lastEventSeq: (runId: string) => events.lastSequenceOf(runId),
     openRunEvents: createRunEventsOpener({ store, events, relay, eventsMaxAgeMs: deps.eventsMaxAgeMs, now: () => now().getTime() }),
   };
 }
