@@ -100,7 +100,10 @@ export async function runFuzz(budget: FuzzBudget): Promise<FuzzReport> {
     // `SystemError: AST constructor recursion depth mismatch` from hypothesis's `ast.parse` with two.
     const schemathesis = await runSchemathesis({ baseUrl: stack.gatewayUrl, apiKey: keys.a, maxExamples: budget.maxExamples, seed: budget.seed, workers: 1 });
     log(`schemathesis: ${schemathesis.casesGenerated} cases generated, exit ${schemathesis.exitCode}`);
-    if (schemathesis.exitCode !== 0) log(schemathesis.output.slice(-20_000));
+    if (schemathesis.exitCode !== 0) {
+      const failuresAt = schemathesis.output.search(/=+ (FAILURES|ERRORS) =+/);
+      log(schemathesis.output.slice(failuresAt >= 0 ? failuresAt : -20_000).slice(0, 60_000));
+    }
 
     log(`frame fuzzer: ${budget.frames} frames, seed ${budget.seed}`);
     const frames = await runFrameFuzz({
