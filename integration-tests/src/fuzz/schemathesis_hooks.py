@@ -35,6 +35,9 @@ INEXPRESSIBLE = [
     (400, "invalid_request", "the last message is an assistant message without approval responses"),
     (400, "invalid_request", "the last message must be a user message with text"),
     (400, "invalid_request", "messages are not accepted (the agent's system prompt and tools are used)"),
+    (400, "invalid_request", "the last message must be a user message or an assistant message with approval responses"),
+    (400, "invalid_request", "approval responses need the chat id"),
+    (400, "invalid_request", "only text parts are supported"),
     # GET /v1/ws without the WebSocket handshake, which an HTTP client does not perform; the
     # frame fuzzer in fuzz.test.ts exercises the socket itself.
     (426, "upgrade_required", ""),
