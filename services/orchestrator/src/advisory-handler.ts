@@ -23,7 +23,7 @@ const watchedStreams: readonly string[] = [streams.runInbox, streams.llmRequests
  */
 export function createAdvisoryHandler(deps: { jsm: JetStreamManager; processor: RunProcessor; logger: Logger; metrics?: Metrics }) {
   const { jsm, processor, logger } = deps;
-  // Labelled by stream, a fixed set (`watchedStreams`).
+  // Labelled by stream, a fixed set (`watchedStreams`); a redelivered advisory counts again (alerts use increase > 0).
   const exhausted = deps.metrics?.counter('deliveries_exhausted_total', 'Messages that exhausted their deliveries (max_deliver advisories handled), by stream', ['stream']);
   return async function handleAdvisory(delivery: Delivery<MaxDeliveriesAdvisory>): Promise<void> {
     const advisory = delivery.message;
