@@ -79,9 +79,9 @@ async function main(): Promise<void> {
     process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
     const store = createRunStore(collections);
-    // `commitLatency` is the commit path's to observe (run-processor.ts); the backlog gauges are read at scrape time.
+    // `orchestratorMetrics.commitLatency` is for the commit path (run-processor.ts) to observe; it
+    // is registered (served, at zero) until that path takes it. The backlog gauges are read at scrape time.
     const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
-    void orchestratorMetrics.commitLatency;
     watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'], logger: log });
 
     const processor = createRunProcessor({
