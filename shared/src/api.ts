@@ -131,7 +131,7 @@ export const pendingApprovalsResponseSchema = z.object({
 /* ---------- WebSocket frames ---------- */
 
 export const wsClientFrameSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('subscribe'), runId: runIdSchema, after: z.int().min(0).optional() }).strict(),
+  z.object({ type: z.literal('subscribe'), runId: runIdSchema, after: z.int().min(0).max(Number.MAX_SAFE_INTEGER).optional() }).strict(),
   z.object({ type: z.literal('unsubscribe'), runId: runIdSchema }).strict(),
   z
     .object({

@@ -205,6 +205,11 @@ function isApiError(error: unknown, code: number): boolean {
   return error instanceof JetStreamApiError && error.code === code;
 }
 
+/** True when the JetStream API answered that the stream holds no message at that sequence (`NoMessageFound`). */
+export function isNoMessageFound(error: unknown): boolean {
+  return isApiError(error, JetStreamApiCodes.NoMessageFound);
+}
+
 /** The fields of `wanted` whose values differ from the existing configuration. */
 function changedFields(existing: object, wanted: object): string[] {
   const current = existing as Record<string, unknown>;

@@ -79,6 +79,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   const toolArgs = createArgsValidation();
   const rateLimiter = createRateLimiter(deps.runCreationLimit ?? defaultRunCreationLimit);
   const requests = metrics.counter('http_requests_total', 'HTTP requests by method, route and status');
+  const latency = metrics.histogram('http_request_duration_seconds', 'HTTP request latency by method and route pattern (streams count until they end)', ['method', 'route']);
   metrics.gauge('websocket_connections', 'Open WebSocket connections', () => live.counts().websockets);
   metrics.gauge('sse_streams', 'Open SSE streams', () => live.counts().sseStreams);
   metrics.gauge('event_subscriptions', 'Active run event subscriptions (SSE and WebSocket)', () => live.counts().subscriptions);
@@ -191,6 +192,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
     requests.inc({ method: request.method, route, status: String(reply.statusCode) });
+    latency.observe({ method: request.method, route }, reply.elapsedTime / 1_000);
     request.log.info({ method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'request');
   });
 

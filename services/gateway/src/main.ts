@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, exitOnStartupError, installShutdown, type Logger } from '@abide/shared';
+import { createLogger, createMetrics, exitOnStartupError, installShutdown, pingDependency, type Logger } from '@abide/shared';
 import { createApp } from './app.ts';
 import { connectBackend, type ConnectedBackend } from './backend.ts';
 import { loadGatewayConfig } from './config.ts';
@@ -23,7 +23,10 @@ async function main(): Promise<void> {
       isDraining: () => draining,
       async readiness() {
         const [nats, mongo] = connected
-          ? await Promise.all([connected.backend.bus.ping().catch(() => false), connected.backend.store.ping().catch(() => false)])
+          ? await Promise.all([
+              pingDependency('nats', () => connected!.backend.bus.ping(), log),
+              pingDependency('mongo', () => connected!.backend.store.ping(), log),
+            ])
           : [false, false];
         return { ready: !draining && nats && mongo, checks: { nats, mongo }, draining };
       },

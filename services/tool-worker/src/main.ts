@@ -13,6 +13,7 @@ import {
   createHealthServer,
   createLogger,
   createMetrics,
+  watchConsumerBacklog,
   ensureError,
   exitOnStartupError,
   installShutdown,
@@ -111,7 +112,8 @@ async function main(): Promise<void> {
       if (startup.signal.aborted) return;
       throw error;
     }
-    const { js, kv } = provisioned;
+    const { js, jsm, kv } = provisioned;
+    watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['tool-worker'], logger: log });
     const nats = connection!;
     const toolResults = kv.get(buckets.toolResults) as KV;
     const runControl = kv.get(buckets.runControl) as KV;

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from '../testing/test-app.ts';
 
 let t: TestApp;
@@ -57,8 +57,14 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
   });
 
   it('follows live events and resumes after a cursor; Last-Event-ID wins over after', async () => {
+    let answered = false;
     const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=0`, headers: { ...auth(), 'last-event-id': '2' } });
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    void pending.then(() => (answered = true));
+    // Synchronised on the reader being open, not on time: no event is stored yet, so every event
+    // the stream then carries arrived live (after the reader started), none replayed.
+    await vi.waitFor(() => expect(t.events.openReaders).toBe(1));
+    expect(await t.events.source.lastSequenceOf(runId)).toBeNull();
+    expect(answered).toBe(false);
     emitRun();
     const events = parseSse((await pending).body);
     expect(events.map((event) => event.id)).toEqual([3, 5]);

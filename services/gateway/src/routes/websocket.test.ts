@@ -81,6 +81,20 @@ describe('WebSocket /v1/ws', () => {
     client.socket.terminate();
   });
 
+  it('answers a bad subscribe cursor with invalid_cursor, the code HTTP answers for the same cursor', async () => {
+    const client = await connect();
+    for (const after of [-1, 1.5, '3', Number.MAX_SAFE_INTEGER * 4]) {
+      client.send({ type: 'subscribe', runId, after });
+      expect(await client.next((frame) => frame.type === 'error'), String(after)).toMatchObject({ code: 'invalid_cursor', runId, message: expect.stringContaining('frame.after') });
+    }
+    const http = await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=-1`, headers: auth() });
+    expect(http.json().error.code).toBe('invalid_cursor');
+    // A frame with other faults besides its cursor is invalid_request.
+    client.send({ type: 'subscribe', runId: 'bad id', after: -1 });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_request' });
+    client.socket.terminate();
+  });
+
   it('refuses a missing key (401) and a browser origin not allowed (403) before the upgrade; accepts ?access_token=', async () => {
     await expect(t.app.injectWS('/v1/ws', { headers: {} })).rejects.toThrow(/401/);
     await expect(t.app.injectWS('/v1/ws', { headers: { ...auth(), origin: 'https://evil.example' } })).rejects.toThrow(/403/);
