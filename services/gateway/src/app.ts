@@ -32,6 +32,8 @@ export type AppDeps = {
   isDraining(): boolean;
   streaming?: Partial<StreamingOptions>;
   runCreationLimit?: RateLimitOptions;
+  /** How long a live event stream may try to resume its reader before ending with `subscription_interrupted` (tests shorten it). @default 20000 */
+  eventsResumeWithinMs?: number;
   now?: () => Date;
 };
 
@@ -71,7 +73,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     const backend = deps.backend();
     if (!backend) throw new ApiError('unavailable', 'starting: not connected to NATS and MongoDB yet', { headers: { 'retry-after': '1' } });
     if (services?.backend !== backend) {
-      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, wsTicketTtlMs: config.WS_TICKET_TTL, ...(deps.now ? { now: deps.now } : {}) }) };
+      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, wsTicketTtlMs: config.WS_TICKET_TTL, ...(deps.now ? { now: deps.now } : {}), ...(deps.eventsResumeWithinMs === undefined ? {} : { eventsResumeWithinMs: deps.eventsResumeWithinMs }) }) };
     }
     return services.services;
   }

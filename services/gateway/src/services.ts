@@ -11,10 +11,10 @@ import type { ArgsValidation } from './args-validation.ts';
 import { createWsTicketService } from './ws-tickets.ts';
 
 /** The gateway's use cases, built once the backend (NATS, MongoDB) is connected. */
-export function createServices(backend: Backend, deps: { logger: Logger; toolArgs: ArgsValidation; rateLimiter: RateLimiter; eventsMaxAgeMs: number; wsTicketTtlMs: number; now?: () => Date }) {
+export function createServices(backend: Backend, deps: { logger: Logger; toolArgs: ArgsValidation; rateLimiter: RateLimiter; eventsMaxAgeMs: number; wsTicketTtlMs: number; eventsResumeWithinMs?: number; now?: () => Date }) {
   const { store, bus, events } = backend;
   const now = deps.now ?? (() => new Date());
-  const relay = createEventRelay({ source: events, logger: deps.logger });
+  const relay = createEventRelay({ source: events, logger: deps.logger, ...(deps.eventsResumeWithinMs === undefined ? {} : { resumeWithinMs: deps.eventsResumeWithinMs }) });
   return {
     store,
     agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, now }),
