@@ -1,7 +1,8 @@
 import type { ConsumerMessages, JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import type { z } from 'zod';
 import { ackDecisionFor, ensureError, InvalidMessageError } from './errors.ts';
-import { decodeJson, type ConsumerPolicy } from './jetstream.ts';
+import { JetStreamApiCodes } from '@nats-io/jetstream';
+import { decodeJson, isApiError, type ConsumerPolicy } from './jetstream.ts';
 import type { Logger } from './logger.ts';
 
 /** What a handler learns about the message it handles. */
@@ -132,10 +133,43 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
     }
   }
 
+  /**
+   * Pulls until stopped. The library rides through missed heartbeats and a consumer that is
+   * briefly not found (it re-checks the consumer and pulls again); when its iterator still ends
+   * or throws (connection closed and reopened, a stream leader lost in a cluster), the consumer
+   * is fetched again and consumed anew, with a capped backoff, instead of this process going
+   * quiet. The durable keeps the position: nothing is skipped or re-acked.
+   */
   async function pull(): Promise<void> {
+    let notFound = 0;
+    for (let attempt = 0; !stopping; attempt += 1) {
+      try {
+        await consumeOnce(() => {
+          attempt = 0;
+          notFound = 0;
+        });
+        if (stopping) return;
+        log.warn('consumer iterator ended; fetching the consumer again');
+      } catch (error) {
+        if (stopping) return;
+        // Not found for ~30 s is gone for real (a leader change answers so for seconds at most):
+        // `closed` reports it and a worker provisions again.
+        const gone = isApiError(error, JetStreamApiCodes.ConsumerNotFound) || isApiError(error, JetStreamApiCodes.StreamNotFound);
+        notFound = gone ? notFound + 1 : 0;
+        if (notFound >= 10) throw error;
+        log.warn({ err: ensureError(error), attempt }, 'consumer failed; fetching it again');
+      }
+      const delay = Math.min(5_000, 100 * 2 ** attempt);
+      await new Promise((resolve) => setTimeout(resolve, delay).unref());
+    }
+  }
+
+  async function consumeOnce(onMessage: () => void): Promise<void> {
     const consumer = await js.consumers.get(policy.stream, policy.durable);
+    if (stopping) return;
     messages = await consumer.consume({ max_messages: concurrency, expires: 30_000 });
     for await (const raw of messages) {
+      onMessage();
       if (stopping) {
         raw.nak();
         continue;

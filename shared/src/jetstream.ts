@@ -195,7 +195,8 @@ export type Provisioning = {
 };
 
 /** True for the JetStream API's answer `code` (nats.js v3 `JetStreamApiError`). */
-function isApiError(error: unknown, code: number): boolean {
+/** True for a `JetStreamApiError` with `code` (`JetStreamApiCodes`). */
+export function isApiError(error: unknown, code: number): boolean {
   return error instanceof JetStreamApiError && error.code === code;
 }
 
@@ -305,7 +306,21 @@ export function decodeJson(data: Uint8Array): unknown {
   return JSON.parse(decoder.decode(data));
 }
 
-/** Publishes a JSON message, waits for its PubAck, and dedupes on `msgId` inside the duplicate window. */
+/**
+ * The options of every JetStream publish: the `Nats-Msg-Id`, and up to `publishAttempts` attempts
+ * of `timeoutMs` each when the request times out or finds no responder, as during a stream leader
+ * election in a cluster (seconds). Each attempt carries the same msg id, so an attempt whose
+ * PubAck was lost but whose message was stored is dropped as a duplicate (inside
+ * `JS_DUPLICATE_WINDOW`, minutes); the library waits between attempts (0.25 s, then longer).
+ * A publish still failing after that throws, and the caller's message is redelivered.
+ */
+export function publishOptions(msgId: string, timeoutMs = 5_000): { msgID: string; timeout: number; retries: number } {
+  return { msgID: msgId, timeout: timeoutMs, retries: publishAttempts };
+}
+/** Attempts per publish (see `publishOptions`): 4 × 5 s outlasts an election with its backoff. */
+export const publishAttempts = 4;
+
+/** Publishes a JSON message, waits for its PubAck, and dedupes on `msgId` inside the duplicate window (retried as `publishOptions` says). */
 export async function publishJson(js: JetStreamClient, subject: string, value: unknown, msgId: string, options: { timeoutMs?: number } = {}) {
-  return js.publish(subject, encodeJson(value), { msgID: msgId, timeout: options.timeoutMs ?? 10_000 });
+  return js.publish(subject, encodeJson(value), publishOptions(msgId, options.timeoutMs));
 }

@@ -18,6 +18,9 @@ import {
   ensureError,
   exitOnStartupError,
   installShutdown,
+  jetStreamCheck,
+  streams,
+  type JetStreamManager,
   llmRequestMessageSchema,
   objectStores,
   provisionJetStream,
@@ -68,6 +71,7 @@ async function main(): Promise<void> {
 
   let connection: NatsConnection | undefined;
   let natsConnected = false;
+  let jetStreamManager: JetStreamManager | undefined;
   let draining = false;
   let runner: ConsumerRunner | undefined;
   let watch: CancelWatch | undefined;
@@ -80,7 +84,7 @@ async function main(): Promise<void> {
     logger,
     metrics,
     isDraining: () => draining,
-    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }],
+    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }, jetStreamCheck(() => jetStreamManager, streams.llmRequests)],
   });
   try {
     await health.start();
@@ -111,6 +115,7 @@ async function main(): Promise<void> {
     void trackConnection(opened, (up) => (natsConnected = up));
   });
   if (!jetStream || draining) return;
+  jetStreamManager = jetStream.jsm;
 
   const publisher = createJetStreamPublisher(jetStream.js);
   const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });

@@ -14,6 +14,8 @@ import {
   ensureError,
   exitOnStartupError,
   installShutdown,
+  jetStreamCheck,
+  streams,
   provisionJetStream,
   publishJson,
   subjects,
@@ -58,6 +60,7 @@ async function main(): Promise<void> {
     let runner: ConsumerRunner | undefined;
     let cancelWatch: CancelWatch | undefined;
     let draining = false;
+    let provisioned: Awaited<ReturnType<typeof provisionJetStream>> | undefined;
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,
@@ -68,6 +71,7 @@ async function main(): Promise<void> {
       checks: [
         { name: 'nats', check: async () => connection !== undefined && !connection.isClosed() && (await withTimeout(connection.rtt(), 2_000)) },
         { name: 'consumer', check: async () => runner !== undefined },
+        jetStreamCheck(() => provisioned?.jsm, streams.toolRequests),
       ],
     });
     await health.start();
@@ -88,7 +92,6 @@ async function main(): Promise<void> {
     });
 
     // Start-up keeps trying until NATS and JetStream answer (a worker started before NATS waits for it).
-    let provisioned: Awaited<ReturnType<typeof provisionJetStream>>;
     try {
       provisioned = await retryWithBackoff(
         'connecting to NATS and provisioning',
@@ -102,7 +105,7 @@ async function main(): Promise<void> {
       if (startup.signal.aborted) return;
       throw error;
     }
-    const { js, kv } = provisioned;
+    const { js, kv } = provisioned!;
     const nats = connection!;
     const toolResults = kv.get(buckets.toolResults) as KV;
     const runControl = kv.get(buckets.runControl) as KV;
