@@ -167,7 +167,8 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
   async function consumeOnce(onMessage: () => void): Promise<void> {
     const consumer = await js.consumers.get(policy.stream, policy.durable);
     if (stopping) return;
-    messages = await consumer.consume({ max_messages: concurrency, expires: 30_000 });
+    // Heartbeats every 5 s: a pull lost with its node is noticed after two missed ones (10 s), not 30 s.
+    messages = await consumer.consume({ max_messages: concurrency, expires: 30_000, idle_heartbeat: 5_000 });
     for await (const raw of messages) {
       onMessage();
       if (stopping) {

@@ -1,4 +1,4 @@
-import { connect, credsAuthenticator, nanos, type NatsConnection, type ConnectionOptions } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, nanos, RequestError, TimeoutError, type NatsConnection, type ConnectionOptions } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -12,6 +12,7 @@ import {
   type ConsumerConfig,
   type JetStreamClient,
   type JetStreamManager,
+  type PubAck,
   type StreamConfig,
   type StreamInfo,
 } from '@nats-io/jetstream';
@@ -306,21 +307,40 @@ export function decodeJson(data: Uint8Array): unknown {
   return JSON.parse(decoder.decode(data));
 }
 
-/**
- * The options of every JetStream publish: the `Nats-Msg-Id`, and up to `publishAttempts` attempts
- * of `timeoutMs` each when the request times out or finds no responder, as during a stream leader
- * election in a cluster (seconds). Each attempt carries the same msg id, so an attempt whose
- * PubAck was lost but whose message was stored is dropped as a duplicate (inside
- * `JS_DUPLICATE_WINDOW`, minutes); the library waits between attempts (0.25 s, then longer).
- * A publish still failing after that throws, and the caller's message is redelivered.
- */
-export function publishOptions(msgId: string, timeoutMs = 5_000): { msgID: string; timeout: number; retries: number } {
-  return { msgID: msgId, timeout: timeoutMs, retries: publishAttempts };
-}
-/** Attempts per publish (see `publishOptions`): 4 × 5 s outlasts an election with its backoff. */
-export const publishAttempts = 4;
+/** How long a publish keeps trying through timeouts and missing responders (a stream leader election takes seconds). */
+export const publishRetryWindowMs = 20_000;
 
-/** Publishes a JSON message, waits for its PubAck, and dedupes on `msgId` inside the duplicate window (retried as `publishOptions` says). */
+/** True for a publish that may succeed if sent again: no PubAck in time, or no stream leader listening yet. */
+function isTransientPublishError(error: unknown): boolean {
+  if (error instanceof TimeoutError) return true;
+  if (error instanceof RequestError && error.isNoResponders()) return true;
+  // The client reports "no responders" on a JetStream subject as JetStreamNotEnabled, with the RequestError as cause.
+  const cause = (error as { cause?: unknown } | null)?.cause;
+  return cause instanceof RequestError && cause.isNoResponders();
+}
+
+/**
+ * Publishes `data` and waits for its PubAck, trying again with the **same** `Nats-Msg-Id` while
+ * the request times out or finds no responder (a stream leader election in a cluster), for up to
+ * `publishRetryWindowMs`, waiting 0.25 s doubled up to 2 s between attempts. An attempt whose
+ * PubAck was lost but whose message was stored is dropped as a duplicate by the server (inside
+ * `JS_DUPLICATE_WINDOW`, minutes). Anything else, or a publish still failing at the end of the
+ * window, throws: the caller's own message is then redelivered and published again, same id.
+ */
+export async function publishRetrying(js: JetStreamClient, subject: string, data: Uint8Array, msgId: string, options: { timeoutMs?: number } = {}): Promise<PubAck> {
+  const deadline = Date.now() + publishRetryWindowMs;
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      return await js.publish(subject, data, { msgID: msgId, timeout: options.timeoutMs ?? 5_000 });
+    } catch (error) {
+      const wait = Math.min(2_000, 250 * 2 ** attempt);
+      if (!isTransientPublishError(error) || Date.now() + wait >= deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
+
+/** Publishes a JSON message, waits for its PubAck, and dedupes on `msgId` inside the duplicate window (see `publishRetrying`). */
 export async function publishJson(js: JetStreamClient, subject: string, value: unknown, msgId: string, options: { timeoutMs?: number } = {}) {
-  return js.publish(subject, encodeJson(value), publishOptions(msgId, options.timeoutMs));
+  return publishRetrying(js, subject, encodeJson(value), msgId, options);
 }

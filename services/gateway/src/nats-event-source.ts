@@ -5,8 +5,8 @@ import type { EventSource } from './ports.ts';
 /** Messages an ordered consumer buffers ahead of a slow reader (bounds the gateway's memory per subscription). */
 const pullBatch = 64;
 /** The server's idle heartbeat on a reader's pull: proof the consumer still exists while a run is quiet. */
-const heartbeatMs = 5_000;
-/** A reader with no message and no heartbeat for this long is stalled (its node is gone or frozen). */
+const heartbeatMs = 2_500;
+/** A reader with no message and no heartbeat for this long (three missed) is stalled: its node is gone or frozen. */
 const stalledAfterMs = 3 * heartbeatMs;
 
 /** A reader whose consumer stopped answering; the relay replaces it with a new one. */
@@ -45,7 +45,7 @@ export function createNatsEventSource(options: { js: JetStreamClient; jsm: JetSt
           ? { deliver_policy: DeliverPolicy.All }
           : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 }),
       });
-      const messages = await consumer.consume({ max_messages: pullBatch, idle_heartbeat: heartbeatMs, expires: 2 * heartbeatMs });
+      const messages = await consumer.consume({ max_messages: pullBatch, idle_heartbeat: heartbeatMs, expires: 4 * heartbeatMs });
       let lastSignOfLife = Date.now();
       const alive = () => {
         lastSignOfLife = Date.now();
