@@ -167,9 +167,20 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
   async function consumeOnce(onMessage: () => void): Promise<void> {
     const consumer = await js.consumers.get(policy.stream, policy.durable);
     if (stopping) return;
-    // Heartbeats every 5 s: a pull lost with its node is noticed after two missed ones (10 s), not 30 s.
-    messages = await consumer.consume({ max_messages: concurrency, expires: 30_000, idle_heartbeat: 5_000 });
-    for await (const raw of messages) {
+    // Heartbeats every 5 s: a pull lost with its node is noticed after two missed ones (10 s).
+    const current = await consumer.consume({ max_messages: concurrency, expires: 30_000, idle_heartbeat: 5_000 });
+    messages = current;
+    void (async () => {
+      for await (const status of current.status()) {
+        if (status.type !== 'heartbeats_missed') continue;
+        // The library would check the consumer again only every `expires` (30 s) while the
+        // check fails (a leader election); stopping here makes `pull` fetch it again within
+        // seconds. Messages being handled keep their own ack subjects.
+        log.warn({ missed: status.count }, 'consumer heartbeats missed; fetching the consumer again');
+        current.stop();
+      }
+    })();
+    for await (const raw of current) {
       onMessage();
       if (stopping) {
         raw.nak();
