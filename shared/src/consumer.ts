@@ -41,6 +41,10 @@ export type ConsumerRunner = {
   readonly closed: Promise<Error | undefined>;
 };
 
+/** A durable pull's expiry and idle heartbeat (see `consumeOnce`). */
+const pullExpiresMs = 10_000;
+const pullHeartbeatMs = 5_000;
+
 /** Nak delay for delivery `n`: exponential with full jitter, capped. */
 export function nakDelayFor(policy: ConsumerPolicy, deliveryCount: number): number {
   const ceiling = Math.min(policy.maxNakDelayMs, policy.baseNakDelayMs * 2 ** Math.max(0, deliveryCount - 1));
@@ -167,19 +171,44 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
   async function consumeOnce(onMessage: () => void): Promise<void> {
     const consumer = await js.consumers.get(policy.stream, policy.durable);
     if (stopping) return;
-    // Heartbeats every 5 s: a pull lost with its node is noticed after two missed ones (10 s).
-    const current = await consumer.consume({ max_messages: concurrency, expires: 30_000, idle_heartbeat: 5_000 });
+    // Pulls expire every 10 s with heartbeats every 5 s: a pull lost with its node is noticed
+    // after two missed heartbeats (10 s).
+    const current = await consumer.consume({ max_messages: concurrency, expires: pullExpiresMs, idle_heartbeat: pullHeartbeatMs });
     messages = current;
+    let lastSignOfLife = Date.now();
     void (async () => {
       for await (const status of current.status()) {
+        if (status.type === 'heartbeat') lastSignOfLife = Date.now();
         if (status.type !== 'heartbeats_missed') continue;
-        // The library would check the consumer again only every `expires` (30 s) while the
-        // check fails (a leader election); stopping here makes `pull` fetch it again within
-        // seconds. Messages being handled keep their own ack subjects.
+        // The library would check the consumer again only every `expires` while the check
+        // fails (a leader election); stopping here makes `pull` fetch it again within seconds.
+        // Messages being handled keep their own ack subjects.
         log.warn({ missed: status.count }, 'consumer heartbeats missed; fetching the consumer again');
         current.stop();
       }
     })();
+    // After a reconnect the library stops its heartbeat monitor until its consumer check
+    // succeeds: nothing would notice a pull that never comes back. A pull with room for messages
+    // and no heartbeat or message for 3 heartbeats is stopped and fetched again.
+    const watchdog = setInterval(() => {
+      // Full: no pull is outstanding, so no heartbeat is due; the clock starts when there is room.
+      if (running.size >= concurrency) lastSignOfLife = Date.now();
+      else if (Date.now() - lastSignOfLife > 3 * pullHeartbeatMs) {
+        log.warn('consumer silent; fetching the consumer again');
+        current.stop();
+      }
+    }, pullHeartbeatMs);
+    try {
+      await handOut(current, () => {
+        lastSignOfLife = Date.now();
+        onMessage();
+      });
+    } finally {
+      clearInterval(watchdog);
+    }
+  }
+
+  async function handOut(current: ConsumerMessages, onMessage: () => void): Promise<void> {
     for await (const raw of current) {
       onMessage();
       if (stopping) {
