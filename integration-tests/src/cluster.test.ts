@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { runChaos, summarize } from './chaos/run-chaos.ts';
+import { Stack } from './harness/stack.ts';
 
 /**
  * Issue 14 on a real three-node NATS cluster (R3 streams, `sync_interval: always`), CI-sized: runs
@@ -29,5 +30,44 @@ describe('a three-node NATS cluster', () => {
     expect(report.followers.resubscribesAfterSilence).toBe(0);
     expect(report.followers.reconnects).toBe(0);
     expect(report.approvals.approved + report.approvals.denied).toBeGreaterThan(0);
+  });
+
+  it('answers not ready while the cluster has lost quorum, and ready again once it has it back', { timeout: 240_000 }, async () => {
+    const stack = await Stack.start({ natsCluster: 3 });
+    try {
+      const probes = { gateway: `${stack.gatewayUrl}/readyz`, orchestrator: `${stack.service('orchestrator').healthUrl}/readyz`, 'tool-worker': `${stack.service('tool-worker').healthUrl}/readyz` };
+      const readiness = async () =>
+        Object.fromEntries(
+          await Promise.all(
+            Object.entries(probes).map(async ([name, url]) => {
+              const response = await fetch(url, { signal: AbortSignal.timeout(10_000) }).catch(() => undefined); // a probe that hangs counts as not ready
+              const body = (await response?.json().catch(() => undefined)) as { checks?: Record<string, boolean> } | undefined;
+              return [name, { status: response?.status ?? 0, jetstream: body?.checks?.jetstream }] as const;
+            }),
+          ),
+        );
+      const until = async (wanted: number, timeoutMs: number) => {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+          const now = await readiness();
+          if (Object.values(now).every((probe) => probe.status === wanted)) return now;
+          if (Date.now() > deadline) throw new Error(`readiness never became ${wanted}: ${JSON.stringify(now)}`);
+          await new Promise((resolve) => setTimeout(resolve, 250));
+        }
+      };
+      expect(Object.values(await until(200, 30_000)).map((probe) => probe.jetstream)).toEqual([true, true, true]);
+
+      // Two of three nodes down: the connections stay up (to the third) but nothing can be stored.
+      const [first, second] = stack.servers.natsCluster!.nodes;
+      first!.server.kill('SIGKILL');
+      second!.server.kill('SIGKILL');
+      const lost = await until(503, 60_000);
+      expect(Object.values(lost).map((probe) => probe.jetstream)).toEqual([false, false, false]);
+
+      await Promise.all([first!.server.restart(), second!.server.restart()]);
+      await until(200, 90_000);
+    } finally {
+      await stack.stop();
+    }
   });
 });
