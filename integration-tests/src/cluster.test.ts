@@ -15,7 +15,7 @@ describe('a three-node NATS cluster', () => {
   it('completes every run exactly once, loses no approval and keeps every subscription while nodes fail', { timeout: 420_000 }, async () => {
     const seed = Number(process.env.CHAOS_SEED ?? 20_261_129);
     const runs = 24;
-    const report = await runChaos({ runs, seed, cluster: 3, ratePerSecond: 0.5, killIntervalMs: [1_500, 3_500], downMs: [500, 3_000], nodeStopMs: 12_000, followers: 4, log: (line) => console.log(line) });
+    const report = await runChaos({ runs, seed, cluster: 3, ratePerSecond: 0.5, killIntervalMs: [1_500, 3_500], downMs: [500, 3_000], nodeStopMs: 12_000, minKills: 5, followers: 4, log: (line) => console.log(line) });
     console.log(`NATS node faults:\n  ${report.nodeFaults.join('\n  ')}`);
     console.log(`longest stall a run saw: ${(report.longestStall.ms / 1_000).toFixed(1)} s (${report.longestStall.runId})`);
     console.log(summarize(report));

@@ -6,7 +6,7 @@ import { runChaos, summarize } from './run-chaos.ts';
  * on a three-node NATS cluster with R3 streams, faulting NATS nodes instead of services. Prints progress on
  * stderr, then the report as JSON and one readable line on stdout; exits 1 if any promise broke.
  */
-const usage = 'usage: npm run chaos -- [--runs N] [--seed N] [--rate RUNS_PER_SECOND] [--followers N] [--kill-interval MIN_MS-MAX_MS] [--cluster NODES]';
+const usage = 'usage: npm run chaos -- [--runs N] [--seed N] [--rate RUNS_PER_SECOND] [--followers N] [--kill-interval MIN_MS-MAX_MS] [--cluster NODES] [--min-kills N]';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -17,6 +17,7 @@ async function main(): Promise<void> {
       followers: { type: 'string', default: '8' },
       'kill-interval': { type: 'string', default: '1000-3000' },
       cluster: { type: 'string' },
+      'min-kills': { type: 'string', default: '0' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -31,6 +32,8 @@ async function main(): Promise<void> {
   for (const [name, value] of Object.entries({ runs, seed, followers })) {
     if (!Number.isInteger(value) || value < (name === 'seed' ? 0 : 1)) throw new Error(`--${name} must be a ${name === 'seed' ? 'non-negative' : 'positive'} integer\n${usage}`);
   }
+  const minKills = Number(values['min-kills']);
+  if (!(Number.isInteger(minKills) && minKills >= 0)) throw new Error(`--min-kills must be a non-negative integer\n${usage}`);
   const cluster = values.cluster === undefined ? undefined : Number(values.cluster);
   if (cluster !== undefined && !(Number.isInteger(cluster) && cluster >= 3 && cluster <= 7)) throw new Error(`--cluster takes 3 to 7 nodes\n${usage}`);
   if (!(ratePerSecond > 0)) throw new Error(`--rate must be a positive number\n${usage}`);
@@ -52,6 +55,7 @@ async function main(): Promise<void> {
     ratePerSecond,
     followers,
     ...(cluster ? { cluster } : {}),
+    minKills,
     killIntervalMs: [killInterval[0]!, killInterval[1]!],
     signal: stop.signal,
     settleTimeoutMs: Math.max(300_000, runs * 2_000),

@@ -31,6 +31,8 @@ export type ChaosOptions = {
   cluster?: number;
   /** Cluster: how long the one SIGSTOPped node stays frozen, ms. @default 12000 */
   nodeStopMs?: number;
+  /** Keep the killer going after the last run was created until it has made this many kills (at most 5 more minutes). @default 0 */
+  minKills?: number;
   /** Ends the chaos early (the stack is still stopped and cleaned up). */
   signal?: AbortSignal;
   log?(line: string): void;
@@ -170,6 +172,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     }
     await Promise.all(creations);
     await new Promise((resolve) => setTimeout(resolve, 3_000));
+    // Faults keep coming (while the runs go on) until the minimum asked for has happened.
+    for (const deadline = Date.now() + 300_000; faultCount() < (options.minKills ?? 0) && Date.now() < deadline; ) {
+      options.signal?.throwIfAborted();
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
     await killer.stop();
     log(`chaos: all runs created; killer stopped after ${faultCount()} kills; waiting for the runs to end`);
 
