@@ -19,14 +19,15 @@ function fakeJs(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | unknown[] }
         gets += 1;
         const step = script.shift() ?? { pull: [] };
         if ('get' in step) throw new Error('timeout (election)');
+        const { pull } = step;
         return {
           async consume() {
             let stop: () => void = () => {};
             const stopped = new Promise<void>((resolve) => (stop = resolve));
             async function* iterate() {
-              if (step.pull === 'end') return;
-              if (step.pull === 'throw') throw new Error('consumer deleted');
-              for (const [index, value] of (step.pull as unknown[]).entries()) {
+              if (pull === 'end') return;
+              if (pull === 'throw') throw new Error('consumer deleted');
+              for (const [index, value] of pull.entries()) {
                 yield {
                   data: encodeJson(value),
                   subject: 'tool.req.echo',
