@@ -76,7 +76,7 @@ describe('limits and isolation', () => {
       index % 2 === 0 ? { toolCall: { name: 'probe', arguments: JSON.stringify({ $where: 'x', 'k.e.y': 1 }) } } : { text: 'saw it' },
     );
     // A low cap on model requests, so a conversation passes it in three steps.
-    stack = await Stack.start({ env: { LLM_REQUEST_MAX_BYTES: '2MiB' } });
+    stack = await Stack.start({ env: { LLM_REQUEST_MAX_BYTES: '2MiB', LLM_EGRESS_ALLOW: '127.0.0.1:*' } });
     const simple = await stack.api(testKeys.b, 'PUT', '/v1/agents/simple', {
       model: { provider: 'scripted', steps: [{ text: 'Echoing.', toolCalls: [{ toolName: 'echo', args: { note: 'hello' } }] }, { text: 'Simple done.' }] },
       tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } }],

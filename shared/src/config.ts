@@ -39,6 +39,30 @@ const egressList = commaList.superRefine((entries, context) => {
 /** `TENANT_SECRETS_DIR`: `<dir>/<tenantId>/<NAME>` files, the secrets agents name (see `tenant-secrets.ts`). */
 const tenantSecretsDir = z.string().min(1).optional();
 
+/**
+ * `MCP_STDIO_SERVERS`: JSON `{ "<id>": { "command": "…", "args": ["…"], "env": { … } } }`, the
+ * only stdio MCP servers an agent may name (issue 13).
+ */
+const mcpStdioServerSchema = z.object({
+  command: z.string().min(1),
+  args: z.array(z.string()).default([]),
+  env: z.record(z.string(), z.string()).default({}),
+});
+export type McpStdioServerConfig = z.infer<typeof mcpStdioServerSchema>;
+const mcpStdioServers = z
+  .string()
+  .default('{}')
+  .transform((text, context) => {
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      // Converted into a configuration issue naming the variable.
+      context.addIssue({ code: 'custom', message: 'must be a JSON object of id → { command, args?, env? }' });
+      return z.NEVER;
+    }
+  })
+  .pipe(z.record(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'ids must match [A-Za-z0-9_-]{1,64}'), mcpStdioServerSchema));
+
 const natsFields = {
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
   NATS_USER: z.string().optional(),
@@ -85,6 +109,16 @@ export const gatewayEnvSchema = z.object({
   KEEP_ALIVE_TIMEOUT: duration('72s'),
   /** How long a WebSocket ticket (`POST /v1/ws/tickets`) may wait for its one use (at most 5m, the bucket's max age). */
   WS_TICKET_TTL: durationSchema.default(parseDuration('30s')).pipe(z.number().int().min(1_000).max(300_000)),
+  /**
+   * Runs a tenant may have between creation and their end, suspended ones included, across every
+   * gateway (issue 8). The TENANT_MAX_* limits are slots probed one by one: a refusal costs a few
+   * operations per slot, hence at most 1,000.
+   */
+  TENANT_MAX_ACTIVE_RUNS: positiveInt(100, 1_000),
+  /** SSE streams plus WebSockets a tenant may hold open at once, across every gateway. */
+  TENANT_MAX_CONNECTIONS: positiveInt(100, 1_000),
+  /** Run event subscriptions (SSE streams, WebSocket `subscribe`s) a tenant may hold at once, across every gateway. */
+  TENANT_MAX_SUBSCRIPTIONS: positiveInt(500, 1_000),
 });
 
 export const orchestratorEnvSchema = z.object({
@@ -108,6 +142,8 @@ export const llmWorkerEnvSchema = z.object({
   /** Destinations `openai-compatible` models may reach (same rules as `TOOL_EGRESS_ALLOW`); empty allows none. */
   LLM_EGRESS_ALLOW: egressList,
   TENANT_SECRETS_DIR: tenantSecretsDir,
+  /** Model calls of one tenant in flight at once, across every llm-worker (issue 8). */
+  TENANT_MAX_LLM_CALLS: positiveInt(32, 1_000),
 });
 
 export const toolWorkerEnvSchema = z.object({
@@ -117,6 +153,14 @@ export const toolWorkerEnvSchema = z.object({
   /** Destinations HTTP tools may call (`host`, `host:port`, `host:*`, `*.domain`, or `*`); empty allows none. */
   TOOL_EGRESS_ALLOW: egressList,
   TENANT_SECRETS_DIR: tenantSecretsDir,
+  /** Tool calls of one tenant in flight at once, across every tool-worker (issue 8). */
+  TENANT_MAX_TOOL_CALLS: positiveInt(32, 1_000),
+  /** Open MCP connections (per tenant, server and credentials) a worker keeps at most. */
+  MCP_MAX_CONNECTIONS: positiveInt(64, 10_000),
+  /** An MCP connection unused this long is closed. */
+  MCP_IDLE_TIMEOUT: duration('5m'),
+  /** Operator-configured stdio MCP servers, by id (agents name the id, never a command). */
+  MCP_STDIO_SERVERS: mcpStdioServers,
 });
 
 export const serviceEnvSchemas = {

@@ -1,16 +1,166 @@
-import type { JetStreamClient } from '@nats-io/jetstream';
+import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
+import type { JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { createConsumerRunner } from './consumer.ts';
-import { consumerPolicies, encodeJson } from './jetstream.ts';
+import { createConsumerRunner, deferHeaders } from './consumer.ts';
+import { encodeJson, consumerPolicies } from './jetstream.ts';
 import { createLogger } from './logger.ts';
+
+const silentLogger = createLogger('consumer-test', 'silent');
+const schema = z.object({ tenantId: z.string(), runId: z.string() });
+
+/** A pulled message: records what the runner did with it. */
+function fakeMessage(fields: { seq: number; deliveryCount?: number; headers?: Record<string, string> }) {
+  const outcome: string[] = [];
+  const headers: MsgHdrs = natsHeaders();
+  for (const [key, value] of Object.entries(fields.headers ?? {})) headers.set(key, value);
+  const message = {
+    subject: 'tool.request.hold',
+    data: encodeJson({ tenantId: 'acme', runId: 'run_1' }),
+    seq: fields.seq,
+    headers,
+    info: { deliveryCount: fields.deliveryCount ?? 1 },
+    working: () => undefined,
+    ackAck: async () => {
+      outcome.push('ack');
+      return true;
+    },
+    nak: () => outcome.push('nak'),
+    term: () => outcome.push('term'),
+  };
+  return { message: message as unknown as JsMsg, outcome };
+}
+
+/**
+ * A JetStream client whose consumer yields `messages` once, then waits like a live pull until
+ * stopped; `drained` resolves once the runner asked for more than `messages`. Records publishes.
+ */
+function fakeJetStream(messages: JsMsg[]) {
+  const published: { subject: string; msgID: string | undefined; headers: MsgHdrs | undefined }[] = [];
+  let markDrained: () => void = () => {};
+  const drained = new Promise<void>((resolve) => (markDrained = resolve));
+  const js = {
+    consumers: {
+      get: async () => ({
+        consume: async () => {
+          let stop: () => void = () => {};
+          const stopped = new Promise<void>((resolve) => (stop = resolve));
+          return {
+            stop: () => stop(),
+            status: () => (async function* () {})(),
+            async *[Symbol.asyncIterator]() {
+              yield* messages;
+              markDrained();
+              await stopped;
+            },
+          };
+        },
+      }),
+    },
+    publish: async (subject: string, _data: Uint8Array, options: { msgID?: string; headers?: MsgHdrs }) => {
+      published.push({ subject, msgID: options.msgID, headers: options.headers });
+      return { seq: 100 + published.length, duplicate: false, stream: 'TOOL_REQUESTS' };
+    },
+  };
+  return { js: js as unknown as JetStreamClient, published, drained };
+}
+
+async function runOnce(options: { messages: JsMsg[]; admit: () => Promise<(() => Promise<void>) | undefined>; handled: string[]; now?: () => number }) {
+  const { js, published, drained } = fakeJetStream(options.messages);
+  const runner = createConsumerRunner({
+    js,
+    policy: consumerPolicies['tool-worker'],
+    schema,
+    concurrency: 1,
+    logger: silentLogger,
+    handle: async () => {
+      options.handled.push('handled');
+    },
+    admit: options.admit,
+    deferPauseMs: 50,
+    ...(options.now ? { now: options.now } : {}),
+  });
+  await runner.start();
+  await drained;
+  await runner.stop(1_000);
+  return published;
+}
+
+describe('consumer runner admission (per-tenant capacity)', () => {
+  it('defers a message its tenant has no slot for: republished with a deterministic id, the original acked, never nakked', async () => {
+    const original = fakeMessage({ seq: 7, headers: { 'Nats-Msg-Id': 'run_1:3:0', traceparent: 't-1' } });
+    const handled: string[] = [];
+    const published = await runOnce({ messages: [original.message], admit: async () => undefined, handled });
+    expect(handled).toEqual([]);
+    expect(original.outcome).toEqual(['ack']);
+    expect(published).toHaveLength(1);
+    expect(published[0]!.subject).toBe('tool.request.hold');
+    expect(published[0]!.msgID).toBe('run_1:3:0:defer:1');
+    expect(published[0]!.headers!.get(deferHeaders.origin)).toBe('run_1:3:0');
+    expect(published[0]!.headers!.get(deferHeaders.count)).toBe('1');
+    expect(published[0]!.headers!.get('traceparent')).toBe('t-1');
+
+    // The same original redelivered (its ack lost in a crash) is deferred under the same id: the duplicate window drops it.
+    const again = fakeMessage({ seq: 7, deliveryCount: 2, headers: { 'Nats-Msg-Id': 'run_1:3:0' } });
+    const republished = await runOnce({ messages: [again.message], admit: async () => undefined, handled });
+    expect(republished[0]!.msgID).toBe('run_1:3:0:defer:1');
+    // A deferred copy deferred again counts on from its origin.
+    const copy = fakeMessage({ seq: 9, headers: { 'Nats-Msg-Id': 'run_1:3:0:defer:1', [deferHeaders.origin]: 'run_1:3:0', [deferHeaders.count]: '1', [deferHeaders.at]: '0' } });
+    const next = await runOnce({ messages: [copy.message], admit: async () => undefined, handled });
+    expect(next[0]!.msgID).toBe('run_1:3:0:defer:2');
+  });
+
+  it('lets a copy deferred a moment ago wait out the pause and ask once more; admitted, it is handled and its slot released', async () => {
+    const clock = 1_000_000;
+    const copy = fakeMessage({ seq: 9, headers: { [deferHeaders.origin]: 'run_1:3:0', [deferHeaders.count]: '1', [deferHeaders.at]: String(clock - 10) } });
+    const answers = [undefined, 'slot'];
+    const steps: string[] = [];
+    const handled: string[] = [];
+    const published = await runOnce({
+      messages: [copy.message],
+      handled,
+      now: () => clock,
+      admit: async () => {
+        const answer = answers.shift();
+        steps.push(answer ? 'admitted' : 'refused');
+        return answer ? async () => void steps.push('released') : undefined;
+      },
+    });
+    expect(steps).toEqual(['refused', 'admitted', 'released']);
+    expect(handled).toEqual(['handled']);
+    expect(published).toHaveLength(0);
+    expect(copy.outcome).toEqual(['ack']);
+  });
+
+  it('releases the slot when the handler fails, and naks as before', async () => {
+    const message = fakeMessage({ seq: 3 });
+    const steps: string[] = [];
+    const { js, drained } = fakeJetStream([message.message]);
+    const runner = createConsumerRunner({
+      js,
+      policy: consumerPolicies['tool-worker'],
+      schema,
+      concurrency: 1,
+      logger: silentLogger,
+      handle: async () => {
+        throw new Error('transient');
+      },
+      admit: async () => async () => void steps.push('released'),
+    });
+    await runner.start();
+    await drained;
+    await runner.stop(1_000);
+    expect(steps).toEqual(['released']);
+    expect(message.outcome).toEqual(['nak']);
+  });
+});
 
 /**
  * A JetStream client whose consumer hands out one scripted pull per `consume()`: `end` stops at
  * once without an error (a pull whose node died and whose iterator the library ended), `throw`
  * fails, a list of values delivers them and then waits for `stop()`. `get` itself may fail.
  */
-function fakeJs(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | unknown[] })[]) {
+function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | unknown[] })[]) {
   let gets = 0;
   const acked: unknown[] = [];
   const js = {
@@ -66,7 +216,7 @@ async function until(check: () => boolean): Promise<void> {
 
 describe('consumer runner', () => {
   it('fetches its consumer again whenever a pull ends, fails or cannot be fetched, and goes on handling messages', async () => {
-    const fake = fakeJs([{ pull: [{ n: 1 }] }]);
+    const fake = scriptedJetStream([{ pull: [{ n: 1 }] }]);
     const handled: unknown[] = [];
     const runner = createConsumerRunner({
       js: fake.js,
@@ -86,7 +236,7 @@ describe('consumer runner', () => {
     await runner.stop(1_000);
     expect(await closed).toEqual({ error: undefined });
 
-    const resumed = fakeJs([{ pull: 'end' }, { get: 'fail' }, { pull: 'throw' }, { pull: [{ n: 2 }, { n: 3 }] }]);
+    const resumed = scriptedJetStream([{ pull: 'end' }, { get: 'fail' }, { pull: 'throw' }, { pull: [{ n: 2 }, { n: 3 }] }]);
     const again = createConsumerRunner({
       js: resumed.js,
       policy: consumerPolicies['tool-worker'],

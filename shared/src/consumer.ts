@@ -1,9 +1,14 @@
 import type { ConsumerMessages, JetStreamClient, JsMsg } from '@nats-io/jetstream';
+import { headers as natsHeaders } from '@nats-io/transport-node';
 import type { z } from 'zod';
 import { ackDecisionFor, ensureError, InvalidMessageError } from './errors.ts';
 import { JetStreamApiCodes } from '@nats-io/jetstream';
 import { decodeJson, isApiError, type ConsumerPolicy } from './jetstream.ts';
 import type { Logger } from './logger.ts';
+import { sleep } from './retry.ts';
+
+/** Headers of a deferred copy (issue 8): the msg id of the message first deferred, how many times, and when last. */
+export const deferHeaders = { origin: 'Abide-Deferred-From', count: 'Abide-Defer-Count', at: 'Abide-Deferred-At' } as const;
 
 /** What a handler learns about the message it handles. */
 export type Delivery<Message> = {
@@ -31,6 +36,16 @@ export type ConsumerRunnerOptions<Schema extends z.ZodType> = {
   handle(delivery: Delivery<z.infer<Schema>>): Promise<void>;
   /** Called when a handler fails on the last delivery, before the message is terminated. */
   onExhausted?(delivery: Delivery<z.infer<Schema>>, error: Error): Promise<void>;
+  /**
+   * Per-tenant capacity (issue 8): called before `handle`. Resolves to a release function (called
+   * once `handle` settled) when the message may be worked on now, or to undefined when its tenant
+   * has no free slot: the message is then deferred (see `defer` below), never nakked, so waiting
+   * for capacity spends none of its deliveries.
+   */
+  admit?(delivery: Delivery<z.infer<Schema>>): Promise<(() => Promise<void>) | undefined>;
+  /** A message deferred less than this long ago waits out the rest (then asks `admit` once more) before it is deferred again. @default 1000 */
+  deferPauseMs?: number;
+  now?: () => number;
 };
 
 export type ConsumerRunner = {
@@ -58,7 +73,9 @@ export function nakDelayFor(policy: ConsumerPolicy, deliveryCount: number): numb
  * decides between `term` and `nak` (`ackDecisionFor`).
  */
 export function createConsumerRunner<Schema extends z.ZodType>(options: ConsumerRunnerOptions<Schema>): ConsumerRunner {
-  const { js, policy, schema, concurrency, logger, handle, onExhausted } = options;
+  const { js, policy, schema, concurrency, logger, handle, onExhausted, admit } = options;
+  const deferPauseMs = options.deferPauseMs ?? 1_000;
+  const now = options.now ?? Date.now;
   const log = logger.child({ consumer: policy.durable });
   const abort = new AbortController();
   const running = new Set<Promise<void>>();
@@ -67,6 +84,60 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
   let resolveClosed: (error: Error | undefined) => void = () => {};
   const closed = new Promise<Error | undefined>((resolve) => (resolveClosed = resolve));
   let loop: Promise<void> | undefined;
+
+  /**
+   * Puts a message its tenant has no capacity for behind the queue without spending a delivery:
+   * republishes the same data and headers to the same subject with the deterministic msg id
+   * `<first msg id>:defer:<n>`, then acks the original. A redelivered original deferred again
+   * yields the same id, which the duplicate window drops.
+   * Crash window: dying between the publish and the ack leaves both copies (the original comes
+   * back after ack_wait). Both are handled, and the second is harmless by the workers' existing
+   * idempotency: the llm-worker answers a step found in `LLM_RESULTS` from there without calling
+   * the model (two copies at the same moment call it twice; the result stored first is the one
+   * published); the tool-worker answers a call found in `TOOL_RESULTS` from there, naks while
+   * another worker's `.started` marker is fresh (and drops, without a result, a copy that runs out
+   * of deliveries that way), and treats a stale marker without a result as the outcome-unknown
+   * case with the same idempotency key; the orchestrator records a step's or call's first result only.
+   */
+  async function defer(raw: JsMsg): Promise<void> {
+    const original = raw.headers;
+    const count = Number(original?.get(deferHeaders.count) || '0') + 1;
+    const origin = original?.get(deferHeaders.origin) || original?.get('Nats-Msg-Id') || `${policy.stream}:${raw.seq}`;
+    const copyHeaders = natsHeaders();
+    for (const key of original?.keys() ?? []) {
+      if (key === 'Nats-Msg-Id' || Object.values(deferHeaders).includes(key as never)) continue;
+      for (const value of original!.values(key)) copyHeaders.append(key, value);
+    }
+    copyHeaders.set(deferHeaders.origin, origin);
+    copyHeaders.set(deferHeaders.count, String(count));
+    copyHeaders.set(deferHeaders.at, String(now()));
+    await js.publish(raw.subject, raw.data, { msgID: `${origin}:defer:${count}`, headers: copyHeaders });
+    await raw.ackAck();
+    log.debug({ subject: raw.subject, deferCount: count }, 'tenant at capacity; message deferred');
+  }
+
+  /** How long a message waits before it may be deferred again: the rest of `deferPauseMs` since its last deferral. */
+  function pauseBeforeDeferring(raw: JsMsg): number {
+    const at = Number(raw.headers?.get(deferHeaders.at) || 'NaN');
+    if (!Number.isFinite(at)) return 0;
+    return Math.min(deferPauseMs, Math.max(0, deferPauseMs - (now() - at)));
+  }
+
+  /** Admits the message (resolving to its release) or defers it (resolving to undefined). */
+  async function admitOrDefer(raw: JsMsg, delivery: Delivery<unknown>): Promise<(() => Promise<void>) | undefined> {
+    if (!admit) return async () => {};
+    const release = await admit(delivery as never);
+    if (release) return release;
+    const pause = pauseBeforeDeferring(raw);
+    if (pause > 0 && !stopping) {
+      // A lone tenant's few messages would otherwise circle the queue as fast as NATS allows.
+      await sleep(pause, abort.signal);
+      const retried = await admit(delivery as never);
+      if (retried) return retried;
+    }
+    await defer(raw);
+    return undefined;
+  }
 
   async function process(raw: JsMsg): Promise<void> {
     const deliveryCount = raw.info.deliveryCount;
@@ -98,7 +169,16 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
       working: () => raw.working(),
     };
     try {
-      await handle(delivery);
+      const release = await admitOrDefer(raw, delivery);
+      if (!release) {
+        clearInterval(heartbeat);
+        return;
+      }
+      try {
+        await handle(delivery);
+      } finally {
+        await release();
+      }
       clearInterval(heartbeat);
       await raw.ackAck().catch((error: unknown) => {
         // The ack may be lost (connection drop); the message is then redelivered and the

@@ -73,6 +73,12 @@ export async function connectNats(settings: JetStreamSettings, client: { service
 }
 
 const day = 86_400_000;
+/**
+ * Max age of `TENANT_LEASES` entries: live leases are rewritten every few seconds, so only the
+ * slots of a crashed holder (stale after 30 s, taken over by the next acquirer) and release
+ * tombstones ever reach it; the server then removes them.
+ */
+const tenantLeaseBucketTtlMs = 2 * 60_000;
 
 /** Stream configurations (DESIGN §2). */
 export function streamConfigs(settings: JetStreamSettings): Record<StreamName, Partial<StreamConfig> & { name: string; subjects: string[] }> {
@@ -279,7 +285,11 @@ export async function provisionJetStream(
   const kvm = new Kvm(js);
   const kv = new Map<string, KV>();
   for (const bucket of wanted.buckets) {
-    const ttl = bucket === buckets.approvalLedger ? 30 * day : bucket === buckets.wsTickets ? wsTicketsMaxAgeMs : settings.EVENTS_MAX_AGE;
+    const ttl =
+      bucket === buckets.approvalLedger ? 30 * day
+      : bucket === buckets.wsTickets ? wsTicketsMaxAgeMs
+      : bucket === buckets.tenantLeases ? tenantLeaseBucketTtlMs
+      : settings.EVENTS_MAX_AGE;
     kv.set(bucket, await kvm.create(bucket, { replicas: settings.JS_REPLICAS, history: 1, ttl, storage: StorageType.File }));
     // `create` opens an existing bucket as it is: apply changed settings to its stream.
     await ensureStream(jsm, { name: `KV_${bucket}`, max_age: nanos(ttl), num_replicas: settings.JS_REPLICAS }, logger);

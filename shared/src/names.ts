@@ -33,7 +33,12 @@ export const buckets = {
   runControl: 'RUN_CONTROL',
   /** Single-use WebSocket tickets (`POST /v1/ws/tickets`), written and consumed by the gateway only. */
   wsTickets: 'WS_TICKETS',
+  tenantLeases: 'TENANT_LEASES',
 } as const;
+
+/** What a per-tenant lease of `TENANT_LEASES` counts (issue 8): model calls, tool calls, SSE streams + WebSockets, event subscriptions. */
+export const tenantLeaseKinds = ['llm', 'tool', 'connection', 'subscription'] as const;
+export type TenantLeaseKind = (typeof tenantLeaseKinds)[number];
 
 export const objectStores = {
   payloads: 'PAYLOADS',
@@ -67,6 +72,8 @@ export const subjects = {
   runEvents: (runId: string) => `run.events.${runId}`,
   runEventsAll: 'run.events.>',
   maxDeliveriesAdvisoriesAll: '$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>',
+  /** Core NATS request/reply (no stream): the gateway asks a tool-worker (queue group `tool-worker`) for an MCP server's `tools/list`. */
+  mcpToolsList: 'mcp.tools.list',
 } as const;
 
 /** The inbox kind of a `run.in.<runId>.<kind>` subject, or undefined for any other subject. */
@@ -94,6 +101,19 @@ export const kvKeys = {
   runControl: (runId: string) => runId,
   /** A ticket is stored under a hash of it (hex), never as itself. */
   wsTicket: (ticketHash: string) => ticketHash,
+  /** Slot `slot` of a tenant's `kind` leases (a tenant id matches [A-Za-z0-9_-]). */
+  tenantLease: (kind: TenantLeaseKind, tenantId: string, slot: number) => `${kind}.${tenantId}.${slot}`,
+} as const;
+
+/**
+ * `_id`s of `conversation_locks` (DESIGN §3), which holds two kinds of lock with one protocol
+ * (insert to take, the holder run's end or 30 s without a holder run to free): one per
+ * conversation, and the per-tenant active-run slots (issue 8). A `/` never occurs in a tenant or
+ * conversation id, so the two never collide.
+ */
+export const lockIds = {
+  conversation: (tenantId: string, conversationId: string) => `${tenantId}:${conversationId}`,
+  runSlot: (tenantId: string, slot: number) => `${tenantId}/active-run/${slot}`,
 } as const;
 
 /** MongoDB collection names (DESIGN §3). */

@@ -6,7 +6,7 @@ import { makeBusEvent } from './events.ts';
 import { outboxEntryId } from './ids.ts';
 import { encodeJson, eventMaxMessageBytes, publishRetrying } from './jetstream.ts';
 import type { Collections } from './mongo.ts';
-import { kvKeys, subjects } from './names.ts';
+import { kvKeys, lockIds, subjects } from './names.ts';
 import type { OutboxEntry } from './outbox.ts';
 import { buildLlmRequest, buildToolRequest } from './requests.ts';
 import type { ErrorInfo } from './run-state.ts';
@@ -153,8 +153,10 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
       await deps.runControl.put(kvKeys.runControl(runId), encodeJson({ cancelled: true, at: ts, ...(entry.reason ? { reason: entry.reason } : {}) }));
     } else if (entry.kind === 'release_conversation_lock') {
       if (!deps.collections) throw new Error('outbox entry release_conversation_lock needs MongoDB');
-      // Only this run's lock: a newer run may hold the conversation by now.
-      await deps.collections.conversationLocks.deleteOne({ _id: `${tenantId}:${entry.conversationId}`, runId });
+      // Only this run's locks: a newer run may hold the conversation (or the slot) by now.
+      // A crash between the two deletes republishes the whole outbox: both are idempotent.
+      await deps.collections.conversationLocks.deleteOne({ _id: lockIds.conversation(tenantId, entry.conversationId), runId });
+      if (entry.runSlot !== undefined) await deps.collections.conversationLocks.deleteOne({ _id: lockIds.runSlot(tenantId, entry.runSlot), runId });
     }
   }
   if (pendingEvents.length) {

@@ -13,7 +13,8 @@ export const outboxEntrySchema = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('llm_request'), step: z.int().min(0) }),
   z.object({ kind: z.literal('tool_request'), toolCallId: z.string() }),
   z.object({ kind: z.literal('run_control'), reason: z.string().optional() }),
-  z.object({ kind: z.literal('release_conversation_lock'), conversationId: z.string() }),
+  /** Releases the run's conversation lock and, when it took one, its active-run slot (issue 8). */
+  z.object({ kind: z.literal('release_conversation_lock'), conversationId: z.string(), runSlot: z.int().min(0).optional() }),
 ]);
 export type OutboxEntry = z.infer<typeof outboxEntrySchema>;
 

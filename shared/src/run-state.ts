@@ -95,6 +95,8 @@ export const runStateSchema = z.looseObject({
   requestHash: z.string(),
   metadata: z.record(z.string(), z.unknown()).nullable(),
   nextDeadlineAt: z.string().nullable(),
+  /** The tenant's active-run slot the run holds until it ends (issue 8); absent on runs created before the limit existed. */
+  runSlot: z.int().min(0).optional(),
   createdAt: z.string(),
   updatedAt: z.string(),
 });

@@ -24,7 +24,7 @@ import { startAuthNats, type AuthNats, type NatsUser } from './auth-nats.ts';
 
 /** What each service provisions at start-up (as in services/<name>/src: the streams it reads or publishes into). */
 const provisioning: Record<Exclude<NatsUser, 'approvals-publisher' | 'admin'>, Provisioning> = {
-  gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets] },
+  gateway: { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets, buckets.tenantLeases] },
   orchestrator: {
     streams: Object.values(streams),
     consumers: [consumers.orchestrator, consumers.orchestratorApprovals, consumers.orchestratorAdvisories],
@@ -34,10 +34,10 @@ const provisioning: Record<Exclude<NatsUser, 'approvals-publisher' | 'admin'>, P
   'llm-worker': {
     streams: [streams.llmRequests, streams.runEvents, streams.runInbox],
     consumers: [consumers.llmWorker],
-    buckets: [buckets.llmResults, buckets.runControl],
+    buckets: [buckets.llmResults, buckets.runControl, buckets.tenantLeases],
     objectStores: [objectStores.payloads],
   },
-  'tool-worker': { streams: [streams.toolRequests, streams.runInbox], consumers: [consumers.toolWorker], buckets: [buckets.toolResults, buckets.runControl] },
+  'tool-worker': { streams: [streams.toolRequests, streams.runInbox], consumers: [consumers.toolWorker], buckets: [buckets.toolResults, buckets.runControl, buckets.tenantLeases] },
 };
 
 const settings = (url: string): JetStreamSettings => ({
@@ -209,9 +209,10 @@ describe('deploy/nats/auth.conf', () => {
       [orchestrator!, subjects.approvals(tenantId, runId)],
       [orchestrator!, `$KV.${buckets.toolResults}.${runId}.s0c0`],
       [orchestrator!, `$KV.${buckets.llmResults}.${runId}.0`],
+      [orchestrator!, `$KV.${buckets.tenantLeases}.tool.${tenantId}.0`],
       [orchestrator!, `$JS.API.CONSUMER.MSG.NEXT.${streams.llmRequests}.${consumers.llmWorker}`],
       [orchestrator!, `$JS.API.STREAM.DELETE.${streams.runInbox}`],
-      [llmWorker!, subjects.llmRequest(runId)],
+      // llm.request.* is the llm-worker's own: it defers a request of a tenant at capacity by republishing it (issue 8).
       [llmWorker!, subjects.toolRequest('echo')],
       [llmWorker!, `run.in.${runId}.tool_result`],
       [llmWorker!, `run.in.${runId}.start`],

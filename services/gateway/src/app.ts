@@ -10,19 +10,26 @@ import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerApprovalRoutes } from './routes/approvals.ts';
+import { registerChatRoutes } from './routes/chat.ts';
+import { registerChatWebSocketRoute } from './routes/chat-ws.ts';
+import { registerOpenAiRoutes } from './routes/openai.ts';
+import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
 import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
+import { registerRunHistoryRoute } from './routes/run-history.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
 import { createServices, type Services } from './services.ts';
 import { createArgsValidation } from './args-validation.ts';
+import { apiKeyFromWebSocketProtocols, selectWebSocketProtocol } from './websocket-protocol.ts';
 
 export type AppDeps = {
   config: Pick<
     GatewayConfig,
     'apiKeys' | 'MAX_BODY_BYTES' | 'WS_MAX_FRAME_BYTES' | 'WS_ALLOWED_ORIGINS' | 'EVENTS_MAX_AGE' | 'REQUEST_TIMEOUT' | 'HEADERS_TIMEOUT' | 'CONNECTION_TIMEOUT' | 'KEEP_ALIVE_TIMEOUT' | 'WS_TICKET_TTL'
-  >;
+  > &
+    Partial<Pick<GatewayConfig, 'TENANT_MAX_ACTIVE_RUNS'>>;
   logger: Logger;
   metrics: Metrics;
   /** NATS and MongoDB, once connected (undefined while `main.ts` is still connecting: answers 503). */
@@ -73,7 +80,19 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     const backend = deps.backend();
     if (!backend) throw new ApiError('unavailable', 'starting: not connected to NATS and MongoDB yet', { headers: { 'retry-after': '1' } });
     if (services?.backend !== backend) {
-      services = { backend, services: createServices(backend, { logger, toolArgs, rateLimiter, eventsMaxAgeMs: config.EVENTS_MAX_AGE, wsTicketTtlMs: config.WS_TICKET_TTL, ...(deps.now ? { now: deps.now } : {}), ...(deps.eventsResumeWithinMs === undefined ? {} : { eventsResumeWithinMs: deps.eventsResumeWithinMs }) }) };
+      services = {
+        backend,
+        services: createServices(backend, {
+          logger,
+          toolArgs,
+          rateLimiter,
+          eventsMaxAgeMs: config.EVENTS_MAX_AGE,
+          wsTicketTtlMs: config.WS_TICKET_TTL,
+          maxActiveRuns: config.TENANT_MAX_ACTIVE_RUNS,
+          ...(deps.now ? { now: deps.now } : {}),
+          ...(deps.eventsResumeWithinMs === undefined ? {} : { eventsResumeWithinMs: deps.eventsResumeWithinMs }),
+        }),
+      };
     }
     return services.services;
   }
@@ -137,12 +156,18 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     if (path === '/v1' || path.startsWith('/v1/')) {
       const routeConfig = request.routeOptions.config as { allowQueryToken?: boolean; allowTicket?: boolean } | undefined;
       const query = request.query as Record<string, unknown>;
-      const accessToken = routeConfig?.allowQueryToken === true ? query.access_token : undefined;
+      const allowQueryToken = routeConfig?.allowQueryToken === true;
+      // A browser cannot set headers on a WebSocket handshake: the key may come as `?access_token=`
+      // or as the `abide.key.<base64url>` subprotocol (websocket-protocol.ts), or a ticket instead.
+      const accessToken =
+        typeof query.access_token === 'string' && allowQueryToken ? query.access_token
+        : allowQueryToken ? apiKeyFromWebSocketProtocols(request.headers['sec-websocket-protocol'])
+        : undefined;
       const ticket = routeConfig?.allowTicket === true && request.headers.authorization === undefined ? query.ticket : undefined;
       const caller =
         typeof ticket === 'string'
           ? await currentServices().wsTickets.redeem(ticket)
-          : authenticator.authenticate(request.headers.authorization, typeof accessToken === 'string' ? accessToken : undefined);
+          : authenticator.authenticate(request.headers.authorization, accessToken);
       callers.set(request, caller);
       request.log = request.log.child({ tenantId: caller.tenantId });
     }
@@ -171,7 +196,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   };
 
   app.register(fastifyWebsocket, {
-    options: { maxPayload: config.WS_MAX_FRAME_BYTES },
+    options: { maxPayload: config.WS_MAX_FRAME_BYTES, handleProtocols: selectWebSocketProtocol },
     errorHandler: (error, socket, request) => {
       request.log.error({ err: error }, 'WebSocket handler failed');
       socket.close(1011, 'internal error');
@@ -184,6 +209,11 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerEventRoutes(scope, context);
     registerApprovalRoutes(scope, context);
     registerWebSocketRoute(scope, context);
+    registerChatRoutes(scope, context);
+    registerChatWebSocketRoute(scope, context);
+    registerOpenAiRoutes(scope, context);
+    registerRunHistoryRoute(scope, context);
+    registerConsoleRoutes(scope);
   });
 
   return { app, live };

@@ -1,5 +1,7 @@
+import { hostname } from 'node:os';
 import {
   buckets,
+  createTenantLeases,
   connectNats,
   createMongoClient,
   createRunStore,
@@ -44,14 +46,20 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
     const { js, jsm, kv } = await retryWithBackoff(
       'provisioning JetStream',
       () =>
-        provisionJetStream(connection, config, { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets] }, logger),
+        provisionJetStream(
+          connection,
+          config,
+          { streams: [streams.runInbox, streams.approvals, streams.runEvents], consumers: [], buckets: [buckets.approvalLedger, buckets.wsTickets, buckets.tenantLeases] },
+          logger,
+        ),
       { logger, signal },
     );
     const approvalLedger = kv.get(buckets.approvalLedger);
     const wsTickets = kv.get(buckets.wsTickets);
-    if (!approvalLedger || !wsTickets) throw new Error('APPROVAL_LEDGER or WS_TICKETS was not provisioned');
+    const tenantLeases = kv.get(buckets.tenantLeases);
+    if (!approvalLedger || !wsTickets || !tenantLeases) throw new Error('APPROVAL_LEDGER, WS_TICKETS or TENANT_LEASES was not provisioned');
     logger.info('connected to NATS');
-    return { connection, js, jsm, approvalLedger, wsTickets };
+    return { connection, js, jsm, approvalLedger, wsTickets, tenantLeases };
   };
 
   const connectToMongo = async () => {
@@ -65,7 +73,14 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
 
   const [nats, mongo] = await Promise.all([connectToNats(), connectToMongo()]);
   const collections = getCollections(mongo.db);
+  // Open SSE streams + WebSockets and event subscriptions per tenant, across every gateway (issue 8).
+  const holder = `gateway/${hostname()}/${process.pid}`;
+  const connections = createTenantLeases({ bucket: nats.tenantLeases, kind: 'connection', limit: config.TENANT_MAX_CONNECTIONS, holder, logger });
+  const subscriptions = createTenantLeases({ bucket: nats.tenantLeases, kind: 'subscription', limit: config.TENANT_MAX_SUBSCRIPTIONS, holder, logger });
+  connections.start();
+  subscriptions.start();
   const backend: Backend = {
+    capacity: { connections, subscriptions },
     store: createMongoStore({ db: mongo.db, collections, runStore: createRunStore(collections) }),
     bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, wsTickets: nats.wsTickets, logger }),
     events: createNatsEventSource({ js: nats.js, jsm: nats.jsm, logger }),

@@ -1,6 +1,6 @@
-import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, type Agent, type Collections, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, transitionId, type Agent, type Collections, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
-import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery } from './ports.ts';
+import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
 export const agentDocumentId = (tenantId: string, agentId: string) => `${tenantId}:${agentId}`;
 export const agentVersionId = (tenantId: string, agentId: string, version: number) => `${tenantId}:${agentId}:${version}`;
@@ -73,6 +73,12 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     },
 
     loadTransition: (runId, version) => runStore.loadTransition(runId, version),
+
+    async loadTransitionHeader(runId, version) {
+      // By exact `_id`, projected: a transition holds the run's whole state (its messages too).
+      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1 };
+      return (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as TransitionHeader | null;
+    },
 
     async listRuns(query: RunListQuery) {
       const filter: Record<string, unknown> = { tenantId: query.tenantId };

@@ -19,17 +19,20 @@ import {
   listRunsResponseSchema,
   pendingApprovalsQuerySchema,
   pendingApprovalsResponseSchema,
+  runHistoryQuerySchema,
+  runHistoryResponseSchema,
   runIdParamsSchema,
   runViewSchema,
   wsClientFrameSchema,
   wsTicketResponseSchema,
 } from '@abide/shared';
 import { z } from 'zod';
+import { chatOperations } from './chat-openapi.ts';
 
 type Method = 'get' | 'put' | 'post';
 
 /** One operation of the public API, described by the same zod schemas that validate it. */
-type Operation = {
+export type Operation = {
   method: Method;
   /** The fastify path (`:param`). */
   path: string;
@@ -71,7 +74,7 @@ export const operations: Operation[] = [
     params: agentIdParamsSchema,
     body: agentDefinitionSchema,
     bodyRequired: true,
-    responses: { '200': { description: 'the agent, with its version', schema: agentSchema }, ...errors(400, 401, 413, 415, 503) },
+    responses: { '200': { description: 'the agent, with its version', schema: agentSchema }, ...errors(400, 401, 413, 415, 422, 503) },
   },
   {
     method: 'get',
@@ -123,7 +126,7 @@ export const operations: Operation[] = [
       '200': { description: 'text/event-stream: `id:` seq, `event:` type, `data:` the event JSON', contentType: 'text/event-stream' },
       '204': { description: 'the run has ended and the client holds its last event' },
       '410': { description: 'cursor_expired, with the run attached as `run`', schema: errorBodySchema.extend({ run: runViewSchema }) },
-      ...errors(400, 401, 404, 503),
+      ...errors(400, 401, 404, 429, 503),
     },
   },
   {
@@ -180,8 +183,27 @@ export const operations: Operation[] = [
     path: '/v1/ws',
     summary: 'WebSocket (JSON text frames; see docs/api.md). Client frames are described by x-client-frames',
     authenticated: true,
-    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 503) },
+    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 429, 503) },
   },
+  {
+    method: 'get',
+    path: '/v1/runs/:runId/history',
+    summary: "The run's transitions (version, cause, status, step, awaiting, at), oldest first, paginated by version",
+    authenticated: true,
+    params: runIdParamsSchema,
+    query: runHistoryQuerySchema,
+    responses: { '200': { description: 'a page of transitions', schema: runHistoryResponseSchema }, ...errors(400, 401, 404, 503) },
+  },
+  { method: 'get', path: '/console', summary: 'The web console (HTML; no-cache)', authenticated: false, responses: { '200': { description: 'text/html', contentType: 'text/html' }, ...errors(404) } },
+  { method: 'get', path: '/console/', summary: 'Redirects to /console', authenticated: false, responses: { '301': { description: 'to /console' } } },
+  {
+    method: 'get',
+    path: '/console/assets/:name',
+    summary: "The console's content-hashed assets (cached for a year)",
+    authenticated: false,
+    responses: { '200': { description: 'JavaScript or CSS' }, ...errors(404) },
+  },
+  ...chatOperations,
 ];
 
 const jsonSchema = (schema: z.ZodType, io: 'input' | 'output') => z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });

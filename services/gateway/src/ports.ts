@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TransitionDocument, WsTicketEntry } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, McpListReply, McpListRequest, RunState, RunStatus, TenantLeases, TransitionDocument, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -14,6 +14,11 @@ export type LoadedRun = {
   lastSeq: number | null;
   /** Whether the latest transition's outbox has been published (exact from `loadRun`; may lag in `listRuns`). */
   published: boolean;
+};
+
+/** What `GET /v1/runs/:runId/history` shows of a transition. */
+export type TransitionHeader = Pick<TransitionDocument, 'runId' | 'tenantId' | 'version' | 'at' | 'cause'> & {
+  state: Pick<TransitionDocument['state'], 'status' | 'step' | 'awaiting'>;
 };
 
 /** `conversation_locks`: one active run per conversation (DESIGN §3). */
@@ -46,6 +51,8 @@ export type GatewayStore = {
   loadRun(runId: string): Promise<LoadedRun | null>;
   /** One transition by `_id` (`<runId>:<version>`). */
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
+  /** One transition's header by `_id`, without the run state's bulk (messages, tool calls): for the history. */
+  loadTransitionHeader(runId: string, version: number): Promise<TransitionHeader | null>;
   /** Runs from the read model, newest first, each rolled forward. `hasMore` says whether another page exists. */
   listRuns(query: RunListQuery): Promise<{ runs: LoadedRun[]; last: RunListPosition | null; hasMore: boolean }>;
   /**
@@ -96,6 +103,11 @@ export type GatewayBus = {
   publishOutbox(transition: TransitionDocument): Promise<void>;
   ledger: ApprovalLedger;
   tickets: WsTicketStore;
+  /**
+   * Asks a tool-worker for an MCP server's `tools/list` (core NATS request/reply, issue 13);
+   * throws a 503 `ApiError` when no worker answers. Absent: agents with MCP servers are refused (503).
+   */
+  listMcpTools?(request: McpListRequest): Promise<McpListReply>;
   /** True when the NATS server answers a round trip. */
   ping(): Promise<boolean>;
 };
@@ -124,4 +136,6 @@ export type Backend = {
   store: GatewayStore;
   bus: GatewayBus;
   events: EventSource;
+  /** Per-tenant leases on open SSE streams + WebSockets and on event subscriptions (issue 8); absent = unlimited (unit tests). */
+  capacity?: { connections: TenantLeases; subscriptions: TenantLeases } | undefined;
 };

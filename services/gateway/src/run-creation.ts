@@ -2,6 +2,7 @@ import {
   ApiError,
   hashJson,
   isTerminalStatus,
+  lockIds,
   newId,
   runIdFromIdempotencyKey,
   transitionId,
@@ -22,6 +23,8 @@ export const staleLockMs = 30_000;
 /** Runs of a conversation looked at to find its latest ended run. */
 const conversationLookback = 10;
 const maxLockAttempts = 5;
+/** `Retry-After` of a creation refused for the tenant's active-run limit: runs end when they end, so a fixed pause. */
+const activeRunsRetryAfterSeconds = 5;
 
 export type CreateRunRequest = {
   tenantId: string;
@@ -39,7 +42,7 @@ export type CreateRunResult = {
   conversationId: string;
 };
 
-export const conversationLockId = (tenantId: string, conversationId: string) => `${tenantId}:${conversationId}`;
+export const conversationLockId = lockIds.conversation;
 
 /** The run input as model messages (a string is one user message). */
 export function inputMessages(input: CreateRunBody['input']): ModelMessage[] {
@@ -56,6 +59,8 @@ export function initialRunState(fields: {
   body: CreateRunBody;
   requestHash: string;
   at: string;
+  /** The tenant's active-run slot the run took (issue 8). */
+  runSlot?: number | undefined;
 }): RunState {
   return {
     schemaVersion: 1,
@@ -79,6 +84,7 @@ export function initialRunState(fields: {
     requestHash: fields.requestHash,
     metadata: fields.body.metadata ?? null,
     nextDeadlineAt: null,
+    ...(fields.runSlot === undefined ? {} : { runSlot: fields.runSlot }),
     createdAt: fields.at,
     updatedAt: fields.at,
   };
@@ -92,10 +98,23 @@ export function initialRunState(fields: {
  *   the 30-s rule (or taken by a retry with the same Idempotency-Key, whose runId it names);
  * - after the transition: the run exists; the orchestrator's sweeper publishes its unpublished
  *   outbox (`start`) after 5 s, and a retry with the same key republishes it at once.
+ * The active-run slot (issue 8) is a lock like the conversation's, taken after it, with the same
+ * windows: a slot naming a run that never came to exist is free after 30 s; one whose run ended
+ * is freed by the orchestrator's terminal outbox, or by the next creation that finds it.
  */
-export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; logger: Logger; rateLimiter?: RateLimiter; now?: () => Date }) {
-  const { store, bus, logger } = deps;
+export function createRunCreator(deps: {
+  store: GatewayStore;
+  bus: GatewayBus;
+  logger: Logger;
+  rateLimiter?: RateLimiter;
+  /** Runs a tenant may have between creation and their end (suspended ones included); undefined = no limit. */
+  maxActiveRuns?: number | undefined;
+  now?: () => Date;
+  random?: () => number;
+}) {
+  const { store, bus, logger, maxActiveRuns } = deps;
   const now = deps.now ?? (() => new Date());
+  const random = deps.random ?? Math.random;
 
   /** The answer for a run that exists already under this Idempotency-Key. */
   async function answerExisting(run: LoadedRun, requestHash: string): Promise<CreateRunResult> {
@@ -124,21 +143,55 @@ export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; l
     }
   }
 
-  /** Takes the conversation's lock for `runId`, or throws 409 `conversation_busy`. */
-  async function acquireLock(tenantId: string, conversationId: string, runId: string): Promise<void> {
-    const lockId = conversationLockId(tenantId, conversationId);
-    for (let attempt = 0; attempt < maxLockAttempts; attempt += 1) {
-      if (await store.insertLock({ _id: lockId, runId, at: now() })) return;
+  /**
+   * Takes lock `lockId` (a conversation's or an active-run slot) for `runId` (DESIGN §3): insert;
+   * a lock whose holder run ended, or never came to exist within 30 s, is freed and inserted again.
+   * Returns the live holder's run id when the lock is held (undefined: lost every insert race).
+   */
+  async function takeLock(lockId: string, runId: string, attempts: number): Promise<{ taken: true } | { taken: false; holder: string | undefined }> {
+    for (let attempt = 0; attempt < attempts; attempt += 1) {
+      if (await store.insertLock({ _id: lockId, runId, at: now() })) return { taken: true };
       const lock = await store.findLock(lockId);
       if (!lock) continue; // released meanwhile: insert again
-      if (lock.runId === runId) return; // a retry of the same Idempotency-Key took it before dying
+      if (lock.runId === runId) return { taken: true }; // a retry of the same Idempotency-Key took it before dying
       const holder = await store.loadRun(lock.runId);
       const free = holder ? isTerminalStatus(holder.state.status) : now().getTime() - new Date(lock.at).getTime() >= staleLockMs;
-      if (!free) throw new ApiError('conversation_busy', `conversation ${conversationId} has an active run (${lock.runId})`);
+      if (!free) return { taken: false, holder: lock.runId };
       // Its holder ended (the orchestrator releases it too) or never came to exist: free it, insert again.
       await store.deleteLock(lockId, lock.runId);
     }
+    return { taken: false, holder: undefined };
+  }
+
+  /** Takes the conversation's lock for `runId`, or throws 409 `conversation_busy`. */
+  async function acquireLock(tenantId: string, conversationId: string, runId: string): Promise<void> {
+    const outcome = await takeLock(conversationLockId(tenantId, conversationId), runId, maxLockAttempts);
+    if (outcome.taken) return;
+    if (outcome.holder !== undefined) throw new ApiError('conversation_busy', `conversation ${conversationId} has an active run (${outcome.holder})`);
     throw new ApiError('conversation_busy', `conversation ${conversationId} is being taken by another request`);
+  }
+
+  /**
+   * Takes one of the tenant's `maxActiveRuns` slots for `runId`, probing from a random one (so
+   * concurrent creations rarely race for the same slot), or throws 429 `rate_limited`.
+   */
+  async function acquireRunSlot(tenantId: string, runId: string): Promise<number | undefined> {
+    if (maxActiveRuns === undefined) return undefined;
+    const first = Math.floor(random() * maxActiveRuns);
+    for (let offset = 0; offset < maxActiveRuns; offset += 1) {
+      const slot = (first + offset) % maxActiveRuns;
+      if ((await takeLock(lockIds.runSlot(tenantId, slot), runId, 2)).taken) return slot;
+    }
+    throw new ApiError('rate_limited', `the tenant has ${maxActiveRuns} active runs, its limit; retry when one ends`, {
+      headers: { 'retry-after': String(activeRunsRetryAfterSeconds) },
+    });
+  }
+
+  /** Gives a lock back when the run will not be committed (rather than hold it for 30 s). */
+  async function releaseLock(lockId: string, runId: string): Promise<void> {
+    await store.deleteLock(lockId, runId).catch((releaseError: unknown) => {
+      logger.warn({ runId, lockId, err: releaseError }, 'could not release a lock; the 30-s rule will');
+    });
   }
 
   /** The conversation so far: the messages of its latest ended run. */
@@ -164,11 +217,13 @@ export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; l
 
     await acquireLock(tenantId, conversationId, runId);
     let transition: TransitionDocument;
+    let runSlot: number | undefined;
     try {
+      runSlot = await acquireRunSlot(tenantId, runId);
       // Read after taking the lock: no other run of the conversation is active, its history is final.
       const history = body.conversationId === undefined ? [] : await conversationHistory(tenantId, conversationId);
       const at = now();
-      const state = initialRunState({ runId, tenantId, agent, conversationId, history, body, requestHash, at: at.toISOString() });
+      const state = initialRunState({ runId, tenantId, agent, conversationId, history, body, requestHash, at: at.toISOString(), runSlot });
       transition = {
         _id: transitionId(runId, 1),
         runId,
@@ -181,10 +236,9 @@ export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; l
         published: false,
       };
     } catch (error) {
-      // Nothing committed yet: give the conversation back rather than hold it for 30 s.
-      await store.deleteLock(conversationLockId(tenantId, conversationId), runId).catch((releaseError: unknown) => {
-        logger.warn({ runId, err: releaseError }, 'could not release a conversation lock; the 30-s rule will');
-      });
+      // Nothing committed yet: give the conversation (and the slot) back rather than hold them for 30 s.
+      if (runSlot !== undefined) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
+      await releaseLock(conversationLockId(tenantId, conversationId), runId);
       throw error;
     }
 
@@ -192,6 +246,8 @@ export function createRunCreator(deps: { store: GatewayStore; bus: GatewayBus; l
       // A concurrent request with the same Idempotency-Key committed first.
       const existing = await store.loadRun(runId);
       if (!existing) throw new Error(`run ${runId}: version 1 exists but cannot be read`);
+      // The run holds the slot its state names; ours (same runId) would wait for the run's end.
+      if (runSlot !== undefined && existing.state.runSlot !== runSlot) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
       return answerExisting(existing, requestHash);
     }
     await store.writeReadModel(transition).catch((error: unknown) => {

@@ -3,8 +3,11 @@
  * the `RUN_CONTROL` watch, the health server and signal handling. Everything else is built by
  * pure factories.
  */
+import { hostname } from 'node:os';
 import {
+  admitByTenant,
   buckets,
+  createTenantLeases,
   ConfigError,
   connectNats,
   consumerPolicies,
@@ -43,7 +46,7 @@ const policy = consumerPolicies['llm-worker'];
 const provisioning = {
   streams: ['LLM_REQUESTS', 'RUN_EVENTS', 'RUN_INBOX'],
   consumers: ['llm-worker'],
-  buckets: [buckets.llmResults, buckets.runControl],
+  buckets: [buckets.llmResults, buckets.runControl, buckets.tenantLeases],
   objectStores: [objectStores.payloads],
 } as const;
 
@@ -122,6 +125,15 @@ async function main(): Promise<void> {
   const egress = createEgressPolicy({ allow: config.LLM_EGRESS_ALLOW, variable: 'LLM_EGRESS_ALLOW' });
   watch = createCancelWatch({ bucket: jetStream.kv.get(buckets.runControl)!, logger });
   await watch.start();
+  // In-flight model calls per tenant, across every llm-worker (issue 8).
+  const tenantLeases = createTenantLeases({
+    bucket: jetStream.kv.get(buckets.tenantLeases)!,
+    kind: 'llm',
+    limit: config.TENANT_MAX_LLM_CALLS,
+    holder: `${service}/${hostname()}/${process.pid}`,
+    logger,
+  });
+  tenantLeases.start();
   const handler = createRunStep({
     publisher,
     results: createLlmResultStore(jetStream.kv.get(buckets.llmResults)!),
@@ -146,6 +158,7 @@ async function main(): Promise<void> {
         logger,
         handle: handler.handle,
         onExhausted: handler.onExhausted,
+        admit: admitByTenant(tenantLeases),
       });
       runner = current;
       await current.start();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { agentDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
+import { agentDefinitionSchema, toolDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
 import { transition, type RunInput, type TransitionResult } from './run-state-machine.ts';
 
 const now = new Date('2026-11-24T10:00:00.000Z');
@@ -21,7 +21,7 @@ function makeState(overrides: Partial<RunState> = {}, agent: Record<string, unkn
     runId: 'run_1',
     tenantId: 't1',
     agentId: 'a1',
-    agentSnapshot: { ...definition, tenantId: 't1', agentId: 'a1', version: 3, createdAt: now.toISOString(), updatedAt: now.toISOString() },
+    agentSnapshot: { ...definition, tools: definition.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 3, createdAt: now.toISOString(), updatedAt: now.toISOString() },
     conversationId: 'conv_1',
     status: 'queued',
     step: 0,
@@ -255,6 +255,14 @@ describe('approvals', () => {
 });
 
 describe('cancel', () => {
+  it("releases the run's active-run slot with its conversation lock when it ends (issue 8)", () => {
+    const result = changed(transition(makeState({ runSlot: 4 }), { type: 'cancel', payload: { reason: 'user' } }, context));
+    expect(work(result.outbox)).toEqual([
+      { kind: 'release_conversation_lock', conversationId: 'conv_1', runSlot: 4 },
+      { kind: 'run_control', reason: 'user' },
+    ]);
+  });
+
   it('cancels a queued run', () => {
     const result = changed(transition(makeState(), { type: 'cancel', payload: { reason: 'user' } }, context));
     expect(result.state.status).toBe('cancelled');

@@ -371,7 +371,7 @@ function finish(draft: Draft, status: 'completed' | 'failed' | 'cancelled'): voi
   run.awaiting = { kind: null, step: run.step };
   run.nextDeadlineAt = null;
   run.pendingApprovals = [];
-  draft.outbox.push({ kind: 'release_conversation_lock', conversationId: run.conversationId });
+  draft.outbox.push({ kind: 'release_conversation_lock', conversationId: run.conversationId, ...(run.runSlot === undefined ? {} : { runSlot: run.runSlot }) });
 }
 
 function toolResultEvent(call: ToolCallRecord): OutboxEntry {

@@ -184,6 +184,21 @@ describe('tool call handler', () => {
     expect(results.json(markerKey)).toMatchObject({ worker: 'worker-a' });
   });
 
+  it('drops, without a result, a duplicate copy that ran out of deliveries while another worker executes the call', async () => {
+    const { handler, results, published, log } = setup();
+    results.seed(markerKey, marker('worker-a', 5_000));
+    const last = delivery(request(), { deliveryCount: 6, isLastDelivery: true });
+    const error = await handler.handle(last).then(
+      () => new Error('handled'),
+      (caught: unknown) => caught as Error,
+    );
+    expect(error.name).toBe('CallOwnedElsewhereError');
+    await handler.onExhausted(last, error);
+    expect(results.json(resultKey)).toBeUndefined();
+    expect(published).toHaveLength(0);
+    expect(log).toEqual([]);
+  });
+
   it('runs an interrupted call (stale marker, policy retry) once, taking the marker over with a compare-and-swap', async () => {
     const { handler, results, runTool, published, log } = setup();
     results.seed(markerKey, marker('worker-a', 60_000));

@@ -185,10 +185,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     if (age < staleAfterMs) {
       // Come back when the marker would turn stale (a heartbeat from a clock ahead of ours counts as just now).
       const retryAfterMs = Math.max(1_000, Math.round(staleAfterMs - Math.max(0, age) + random() * 1_000));
-      throw new AbideError('not_ready', `the call is being executed by worker ${owner?.worker} (attempt ${owner?.attempt}); retrying in ${retryAfterMs} ms`, {
-        retryable: true,
-        retryAfterMs,
-      });
+      throw new CallOwnedElsewhereError(`the call is being executed by worker ${owner?.worker} (attempt ${owner?.attempt}); retrying in ${retryAfterMs} ms`, retryAfterMs);
     }
 
     const policy = delivery.message.payload.tool.onOutcomeUnknown ?? 'retry';
@@ -212,7 +209,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     try {
       revision = await results.update(call.markerKey, encodeJson(marker), existing.revision);
     } catch (error) {
-      throw new AbideError('not_ready', 'another worker took over the interrupted call', { retryable: true, retryAfterMs: heartbeatMs, cause: error });
+      throw new CallOwnedElsewhereError('another worker took over the interrupted call', heartbeatMs, error);
     }
     // The interrupted attempt may have stored its result just before the takeover.
     const late = await readRecord(results, call.resultKey, toolResultRecordSchema);
@@ -272,6 +269,14 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         timeoutMs: payload.timeoutMs,
         signal: AbortSignal.any([delivery.signal, tracking.signal]),
         onExternalEffect: () => (externalEffect = true),
+        onProgress: () => {
+          try {
+            delivery.working();
+          } catch (error) {
+            // As for the heartbeat's: a closed connection refuses it, and the message is redelivered.
+            call.log.warn({ err: ensureError(error) }, 'could not extend the ack deadline on progress');
+          }
+        },
       });
     } catch (error) {
       await stopHeartbeat();
@@ -343,6 +348,13 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     /** The last delivery failed: store and publish a `delivery_exhausted` outcome (or the one executed here, if storing it failed). */
     async onExhausted(delivery: Delivery<ToolRequestMessage>, error: Error): Promise<void> {
       const call = callOf(delivery);
+      if (error instanceof CallOwnedElsewhereError && !unsaved.has(call.resultKey)) {
+        // A second copy of a call another worker is executing (a deferral's crash window,
+        // consumer.ts): that worker's own message brings the result (or, if it dies, comes back
+        // and finds the marker stale). Failing the call from here would overrule it: terminate this copy only.
+        call.log.warn({ err: error }, 'duplicate copy of a call another worker executes ran out of deliveries; dropped without a result');
+        return;
+      }
       const outcome =
         unsaved.get(call.resultKey) ??
         errorOutcome('delivery_exhausted', `the tool call failed on all ${delivery.deliveryCount} deliveries; last error: ${error.message}`);
@@ -351,6 +363,14 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
   };
 }
 export type ToolCallHandler = ReturnType<typeof createToolCallHandler>;
+
+/** The call is claimed by another live worker (a fresh started marker, or a lost take-over): retry later. */
+export class CallOwnedElsewhereError extends AbideError {
+  override readonly name = 'CallOwnedElsewhereError';
+  constructor(message: string, retryAfterMs: number, cause?: unknown) {
+    super('not_ready', message, { retryable: true, retryAfterMs, cause });
+  }
+}
 
 /** A metric label for an outcome: `success`, `cancelled`, `denied`, or the error code. */
 export function outcomeLabel(outcome: ToolOutcome): string {

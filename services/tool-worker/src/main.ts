@@ -2,8 +2,10 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import {
   buckets,
+  admitByTenant,
   connectNats,
   consumerPolicies,
+  createTenantLeases,
   createConsumerRunner,
   createCrashPoints,
   createEgressPolicy,
@@ -34,13 +36,16 @@ import { createBuiltinTools } from './builtins.ts';
 import { loadToolWorkerConfig } from './config.ts';
 import { createToolCallHandler } from './execute-call.ts';
 import { createHttpTool } from './http-tool.ts';
+import { createMcpConnectionPool, type McpConnectionPool } from './mcp/mcp-connection-pool.ts';
+import { createMcpListResponder } from './mcp/mcp-list-responder.ts';
+import { createMcpTools } from './mcp/mcp-tool.ts';
 import { createToolMetrics } from './tool-metrics.ts';
 import { createToolRunner } from './tool-runner.ts';
 
 const provisioning: Provisioning = {
   streams: ['TOOL_REQUESTS', 'RUN_INBOX'],
   consumers: ['tool-worker'],
-  buckets: [buckets.toolResults, buckets.runControl],
+  buckets: [buckets.toolResults, buckets.runControl, buckets.tenantLeases],
 };
 
 async function main(): Promise<void> {
@@ -59,6 +64,8 @@ async function main(): Promise<void> {
     let connection: NatsConnection | undefined;
     let runner: ConsumerRunner | undefined;
     let cancelWatch: CancelWatch | undefined;
+    let mcpPool: McpConnectionPool | undefined;
+    let mcpListResponder: ReturnType<typeof createMcpListResponder> | undefined;
     let draining = false;
     let provisioned: Awaited<ReturnType<typeof provisionJetStream>> | undefined;
 
@@ -84,7 +91,9 @@ async function main(): Promise<void> {
         startup.abort(new Error('shutting down'));
         // Stop pulling, let in-flight calls finish within the grace period, then abort them
         // (they are handed back to the stream); only then close the connection.
+        await mcpListResponder?.stop();
         await runner?.stop(config.SHUTDOWN_GRACE);
+        await mcpPool?.close();
         await cancelWatch?.stop();
         await health.stop();
         await connection?.drain().catch((error: unknown) => log.warn({ err: ensureError(error) }, 'nats drain failed'));
@@ -109,19 +118,24 @@ async function main(): Promise<void> {
     const nats = connection!;
     const toolResults = kv.get(buckets.toolResults) as KV;
     const runControl = kv.get(buckets.runControl) as KV;
+    // In-flight tool calls per tenant, across every tool-worker (issue 8).
+    const tenantLeases = createTenantLeases({ bucket: kv.get(buckets.tenantLeases) as KV, kind: 'tool', limit: config.TENANT_MAX_TOOL_CALLS, holder: workerId, logger: log });
+    tenantLeases.start();
 
     cancelWatch = createCancelWatch({ bucket: runControl, logger: log });
     await cancelWatch.start();
 
+    const egress = createEgressPolicy({ allow: config.TOOL_EGRESS_ALLOW, variable: 'TOOL_EGRESS_ALLOW' });
+    const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });
+    mcpPool = createMcpConnectionPool({ maxConnections: config.MCP_MAX_CONNECTIONS, idleMs: config.MCP_IDLE_TIMEOUT, logger: log });
+    const mcp = createMcpTools({ egress, secrets, pool: mcpPool, stdioServers: config.MCP_STDIO_SERVERS, logger: log });
     const runTool = createToolRunner({
       builtins: createBuiltinTools(),
-      http: createHttpTool({
-        egress: createEgressPolicy({ allow: config.TOOL_EGRESS_ALLOW, variable: 'TOOL_EGRESS_ALLOW' }),
-        secrets: createTenantSecrets({ dir: config.TENANT_SECRETS_DIR }),
-        logger: log,
-        maxRetryAfterMs: policy.maxNakDelayMs,
-      }),
+      http: createHttpTool({ egress, secrets, logger: log, maxRetryAfterMs: policy.maxNakDelayMs }),
+      mcp,
     });
+    mcpListResponder = createMcpListResponder({ nats: connection!, mcp, logger: log });
+    mcpListResponder.start();
     const handler = createToolCallHandler({
       results: toolResults,
       cancellations: cancelWatch,
@@ -147,6 +161,7 @@ async function main(): Promise<void> {
         logger: log,
         handle: handler.handle,
         onExhausted: handler.onExhausted,
+        admit: admitByTenant(tenantLeases),
       });
       runner = current;
       await current.start();

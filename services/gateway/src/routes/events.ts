@@ -3,6 +3,7 @@ import { toApiError } from '../http-errors.ts';
 import type { FastifyInstance } from 'fastify';
 import type { ServerResponse } from 'node:http';
 import { parseOr400 } from '../validation.ts';
+import type { Services } from '../services.ts';
 import type { RouteContext } from './route-context.ts';
 
 /** The resume cursor of an SSE request: `Last-Event-ID` wins over `?after=` (a browser reconnects with the old URL and the newer header). */
@@ -50,9 +51,23 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
     const controller = new AbortController();
     const { signal } = controller;
     reply.raw.on('close', () => controller.abort());
-    const events = await context.services().openRunEvents({ tenantId, runId, after, signal });
+    // The stream is one of the tenant's connections and one of its subscriptions (issue 8): 429 over either cap.
+    const { capacity } = context.services();
+    const leases = [await capacity.acquireConnection(tenantId, request.id)];
+    const releaseLeases = () => Promise.all(leases.splice(0).map((lease) => lease.release()));
+    let events: Awaited<ReturnType<Services['openRunEvents']>>;
+    try {
+      leases.push(await capacity.acquireSubscription(tenantId, `${request.id}:${runId}`));
+      events = await context.services().openRunEvents({ tenantId, runId, after, signal });
+    } catch (error) {
+      await releaseLeases();
+      throw error;
+    }
     // The client holds every event of an ended run already: 204 also stops a browser's EventSource from reconnecting.
-    if (!events) return reply.code(204).send();
+    if (!events) {
+      await releaseLeases();
+      return reply.code(204).send();
+    }
 
     reply.hijack();
     const raw = reply.raw;
@@ -84,6 +99,8 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
       forget();
       subscriptionEnded();
       controller.abort();
+      // Released before the end is sent: a client that saw its stream end may open the next one at once.
+      await releaseLeases();
       raw.end();
     }
   });

@@ -1,7 +1,7 @@
 import { runIdFromIdempotencyKey, type RunState } from '@abide/shared';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { staleLockMs } from '../run-creation.ts';
-import { auth, createTestApp, scriptedAgent, type TestApp } from '../testing/test-app.ts';
+import { auth, createTestApp, scriptedAgent, testConfig, type TestApp } from '../testing/test-app.ts';
 
 let t: TestApp;
 let clock: number;
@@ -144,6 +144,55 @@ describe('POST /v1/runs', () => {
     expect(third.json().error.code).toBe('rate_limited');
     expect(Number(third.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     await limited.app.close();
+  });
+});
+
+describe('active runs per tenant (TENANT_MAX_ACTIVE_RUNS)', () => {
+  let limited: TestApp;
+  beforeEach(async () => {
+    limited = createTestApp({
+      now: () => new Date(clock),
+      config: { ...testConfig, TENANT_MAX_ACTIVE_RUNS: 2 },
+    });
+    for (const headers of [auth(), auth('t2')]) await limited.app.inject({ method: 'PUT', url: '/v1/agents/helper', headers, payload: scriptedAgent });
+  });
+  afterEach(async () => {
+    await limited.app.close();
+  });
+  const post = (headers = auth()) => limited.app.inject({ method: 'POST', url: '/v1/runs', headers, payload: { agentId: 'helper', input: 'x' } });
+
+  it('takes a slot per run, records it in the run, and refuses the next with 429 and Retry-After while another tenant creates', async () => {
+    const runs = [await post(), await post()];
+    expect(runs.map((response) => response.statusCode)).toEqual([201, 201]);
+    const slots = runs.map((response) => limited.memory.transitions.get(`${response.json().runId}:1`)!.state.runSlot);
+    expect([...slots].sort()).toEqual([0, 1]);
+    expect(limited.memory.locks.get(`t1/active-run/${slots[0]}`)!.runId).toBe(runs[0]!.json().runId);
+    const refused = await post();
+    expect([refused.statusCode, refused.json().error.code]).toEqual([429, 'rate_limited']);
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    // the refused creation gave its conversation lock back and wrote no run
+    expect([...limited.memory.locks.keys()].filter((id) => !id.includes('/active-run/'))).toHaveLength(2);
+    expect(limited.memory.transitions.size).toBe(2);
+    expect((await post(auth('t2'))).statusCode).toBe(201);
+  });
+
+  it('reuses the slot of an ended run, and of a run that never came to exist after 30 s', async () => {
+    const first = await post();
+    await post();
+    limited.memory.advance(first.json().runId, (state) => {
+      state.status = 'completed';
+    });
+    const third = await post();
+    expect(third.statusCode).toBe(201);
+    limited.memory.advance(third.json().runId, (state) => {
+      state.status = 'cancelled';
+    });
+    // a creation that died after taking its slot: the slot names a run that does not exist
+    const freed = [...limited.memory.locks.values()].find((lock) => lock._id.includes('/active-run/') && lock.runId === third.json().runId)!;
+    limited.memory.locks.set(freed._id, { _id: freed._id, runId: 'run_ghost', at: new Date(clock) });
+    expect((await post()).statusCode).toBe(429);
+    clock += staleLockMs;
+    expect((await post()).statusCode).toBe(201);
   });
 });
 

@@ -1,4 +1,4 @@
-import { ApiError, createRunBodySchema, createWsTicketBodySchema, wsClientFrameSchema, type WsClientFrame, type WsServerFrame } from '@abide/shared';
+import { ApiError, createRunBodySchema, createWsTicketBodySchema, wsClientFrameSchema, type Lease, type WsClientFrame, type WsServerFrame } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { RawData, WebSocket } from 'ws';
 import type { Caller } from '../auth.ts';
@@ -6,6 +6,7 @@ import { CursorExpiredError, toApiError } from '../http-errors.ts';
 import { createRateLimiter } from '../rate-limiter.ts';
 import { describeIssues, parseOr400 } from '../validation.ts';
 import type { Services } from '../services.ts';
+import { isSameOrigin } from '../websocket-protocol.ts';
 import type { RouteContext } from './route-context.ts';
 
 type RunEvents = NonNullable<Awaited<ReturnType<Services['openRunEvents']>>>;
@@ -33,12 +34,18 @@ export function registerWebSocketRoute(app: FastifyInstance, context: RouteConte
       websocket: true,
       config: { allowQueryToken: true, allowTicket: true },
       onRequest: async (request) => {
-        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins)) {
+        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
           throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
         }
         if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
         // Fail before the upgrade when the backend is not connected yet.
-        context.services();
+        const services = context.services();
+        // The socket is one of the tenant's connections (issue 8): 429 before the upgrade over the cap,
+        // released when the TCP connection closes (whatever ends it: the upgrade failing included).
+        const lease = await services.capacity.acquireConnection(context.caller(request).tenantId, request.id);
+        const connection = request.raw.socket as typeof request.raw.socket | undefined; // absent under app.injectWS
+        if (!connection || connection.destroyed) await lease.release();
+        else connection.once('close', () => void lease.release());
       },
     },
     (socket, request) => {
@@ -50,7 +57,7 @@ export function registerWebSocketRoute(app: FastifyInstance, context: RouteConte
 
 function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Caller, context: RouteContext): void {
   const log = request.log.child({ tenantId: caller.tenantId });
-  const subscriptions = new Map<string, { controller: AbortController; ended: () => void }>();
+  const subscriptions = new Map<string, { controller: AbortController; ended: () => void; lease: Lease }>();
   /** Frames being handled now (a subscription counts until its run is loaded and its stream requested, not while it streams). */
   let inFlight = 0;
   const churn = createRateLimiter(context.streaming.subscribeChurn, Date.now, 'subscribe and unsubscribe frames on this connection');
@@ -87,6 +94,7 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
     subscriptions.delete(runId);
     subscription.controller.abort();
     subscription.ended();
+    void subscription.lease.release(); // never rejects: a failed release is logged, the slot turns stale
   }
 
   function cleanUp(): void {
@@ -111,8 +119,15 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
       throw new ApiError('rate_limited', `at most ${context.streaming.maxSubscriptionsPerSocket} subscriptions per connection`);
     }
     unsubscribe(runId); // a new subscribe to the same run replaces the old one (e.g. with a new `after`)
+    // One of the tenant's subscriptions across every gateway (issue 8): an `error` frame over the cap.
+    const lease = await context.services().capacity.acquireSubscription(caller.tenantId, `${request.id}:${runId}`);
+    if (closed) {
+      await lease.release();
+      return;
+    }
+    unsubscribe(runId); // a concurrent subscribe to the same run got here first: the newest wins
     const controller = new AbortController();
-    const subscription = { controller, ended: context.live.subscriptionStarted() };
+    const subscription = { controller, ended: context.live.subscriptionStarted(), lease };
     subscriptions.set(runId, subscription);
     const isCurrent = () => subscriptions.get(runId) === subscription;
     let events: RunEvents | null = null;

@@ -62,6 +62,12 @@ export function createMemoryStore() {
       const transition = transitions.get(`${runId}:${version}`);
       return transition ? clone(transition) : null;
     },
+    async loadTransitionHeader(runId, version) {
+      const transition = transitions.get(`${runId}:${version}`);
+      if (!transition) return null;
+      const { state } = clone(transition);
+      return { runId: transition.runId, tenantId: transition.tenantId, version: transition.version, at: transition.at, cause: transition.cause, state: { status: state.status, step: state.step, awaiting: state.awaiting } };
+    },
     async listRuns(query: RunListQuery) {
       const sorted = readModelRuns()
         .filter((run) => run.state.tenantId === query.tenantId)

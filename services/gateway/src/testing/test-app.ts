@@ -20,6 +20,23 @@ export const scriptedAgent: AgentDefinitionInput = {
   ],
 };
 
+/** The configuration of the test app (override it whole with `config`). */
+export const testConfig: AppDeps['config'] = {
+  apiKeys: new Map([
+    [keys.t1, 't1'],
+    [keys.t2, 't2'],
+  ]),
+  MAX_BODY_BYTES: 64 * 1024,
+  WS_MAX_FRAME_BYTES: 16 * 1024,
+  WS_ALLOWED_ORIGINS: ['https://app.example'],
+  EVENTS_MAX_AGE: 7 * 86_400_000,
+  REQUEST_TIMEOUT: 30_000,
+  HEADERS_TIMEOUT: 10_000,
+  CONNECTION_TIMEOUT: 120_000,
+  KEEP_ALIVE_TIMEOUT: 72_000,
+  WS_TICKET_TTL: 30_000,
+};
+
 /** The app over in-memory fakes, with short heartbeats. */
 export function createTestApp(overrides: Partial<AppDeps> = {}) {
   const memory = createMemoryStore();
@@ -28,21 +45,7 @@ export function createTestApp(overrides: Partial<AppDeps> = {}) {
   const backend: Backend = { store: memory.store, bus: bus.bus, events: events.source };
   let draining = false;
   const { app, live } = createApp({
-    config: {
-      apiKeys: new Map([
-        [keys.t1, 't1'],
-        [keys.t2, 't2'],
-      ]),
-      MAX_BODY_BYTES: 64 * 1024,
-      WS_MAX_FRAME_BYTES: 16 * 1024,
-      WS_ALLOWED_ORIGINS: ['https://app.example'],
-      EVENTS_MAX_AGE: 7 * 86_400_000,
-      REQUEST_TIMEOUT: 30_000,
-      HEADERS_TIMEOUT: 10_000,
-      CONNECTION_TIMEOUT: 120_000,
-      KEEP_ALIVE_TIMEOUT: 72_000,
-      WS_TICKET_TTL: 30_000,
-    },
+    config: testConfig,
     logger: createLogger('gateway-test', 'silent'),
     metrics: createMetrics(),
     backend: () => backend,

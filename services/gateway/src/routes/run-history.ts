@@ -1,0 +1,63 @@
+import { ApiError, cursorSchema, runHistoryQuerySchema, runIdParamsSchema, type RunTransitionView } from '@abide/shared';
+import type { FastifyInstance } from 'fastify';
+import type { GatewayStore, TransitionHeader } from '../ports.ts';
+import { loadTenantRun } from '../run-access.ts';
+import { parseOr400 } from '../validation.ts';
+import type { RouteContext } from './route-context.ts';
+
+/** Exact-`_id` reads in flight at once for one page. */
+const parallelReads = 10;
+
+function toTransitionView(transition: TransitionHeader): RunTransitionView {
+  const { state } = transition;
+  return {
+    version: transition.version,
+    cause: transition.cause,
+    status: state.status,
+    step: state.step,
+    awaiting: state.awaiting.kind,
+    at: transition.at instanceof Date ? transition.at.toISOString() : String(transition.at),
+  };
+}
+
+/**
+ * The headers of transitions `from`..`to` of a run, each read by its exact `_id` (`<runId>:<version>`).
+ * Versions are contiguous (each commit inserts v+1), so the page is the list of ids itself: no
+ * range query over `_id` (whose unpadded versions sort as strings: `:10` before `:2`) and no
+ * scan of a non-`_id` filter, which FerretDB 1.24 cannot push down.
+ */
+export async function readTransitions(store: GatewayStore, runId: string, from: number, to: number): Promise<TransitionHeader[]> {
+  const found: TransitionHeader[] = [];
+  for (let start = from; start <= to; start += parallelReads) {
+    const versions = Array.from({ length: Math.min(parallelReads, to - start + 1) }, (_, index) => start + index);
+    const batch = await Promise.all(versions.map((version) => store.loadTransitionHeader(runId, version)));
+    for (const [index, transition] of batch.entries()) {
+      // The run's latest version was read first and transitions are never deleted: a gap is a broken store.
+      if (!transition) throw new ApiError('internal', `run ${runId}: transition ${versions[index]} is missing`);
+      found.push(transition);
+    }
+  }
+  return found;
+}
+
+/** `GET /v1/runs/:runId/history?after=&limit=`: the run's transitions (DESIGN §7), oldest first. */
+export function registerRunHistoryRoute(app: FastifyInstance, context: RouteContext): void {
+  app.get('/v1/runs/:runId/history', async (request) => {
+    const { runId } = parseOr400(runIdParamsSchema, request.params, 'params');
+    const raw = (request.query ?? {}) as Record<string, unknown>;
+    if (raw.after !== undefined) parseOr400(cursorSchema, raw.after, 'query.after', 'invalid_cursor');
+    const query = parseOr400(runHistoryQuerySchema, raw, 'query');
+    const { tenantId } = context.caller(request);
+    const { store } = context.services();
+    // Tenant check first: another tenant's run is a 404, exactly like a missing one.
+    const run = await loadTenantRun(store, tenantId, runId);
+    const from = (query.after ?? 0) + 1;
+    const to = Math.min(run.version, from + query.limit - 1);
+    const transitions = from <= to ? await readTransitions(store, runId, from, to) : [];
+    if (transitions.some((transition) => transition.tenantId !== tenantId)) throw new ApiError('run_not_found', `run ${runId} not found`);
+    return {
+      transitions: transitions.map(toTransitionView),
+      nextCursor: to < run.version ? String(to) : null,
+    };
+  });
+}
