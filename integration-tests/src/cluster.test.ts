@@ -18,6 +18,7 @@ describe('a three-node NATS cluster', () => {
     const report = await runChaos({ runs, seed, cluster: 3, ratePerSecond: 0.5, killIntervalMs: [1_500, 3_500], downMs: [500, 3_000], nodeStopMs: 12_000, minKills: 5, followers: 4, log: (line) => console.log(line) });
     console.log(`NATS node faults:\n  ${report.nodeFaults.join('\n  ')}`);
     console.log(`longest stall a run saw: ${(report.longestStall.ms / 1_000).toFixed(1)} s (${report.longestStall.runId})`);
+    console.log(`followers: ${JSON.stringify(report.followers)}`);
     console.log(summarize(report));
     if (report.violations.length > 0) console.log(JSON.stringify(report, null, 2));
     expect(report.violations).toEqual([]);
