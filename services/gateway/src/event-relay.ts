@@ -77,7 +77,9 @@ export function createEventRelay(options: {
       const onLive = () => {
         failedAt = undefined;
       };
-      for (let attempt = 0; ; attempt += 1) {
+      /** Failed attempts since the last message read (sets the wait before the next). */
+      let attempt = 0;
+      for (;;) {
         let failure: unknown;
         try {
           for await (const { seq, data } of source.read(runId, { after: position, signal, onLive })) {
@@ -109,6 +111,7 @@ export function createEventRelay(options: {
         logger.info({ runId, position, attempt, err: failure }, 'run events reader lost; resuming after the last message read');
         try {
           await sleep(Math.min(retryBaseMs * 2 ** attempt, 2_000, Math.max(0, resumeWithinMs - waited)), signal);
+          attempt += 1;
         } catch {
           // Aborted while waiting: the subscriber left, nothing to tell it.
           return;
