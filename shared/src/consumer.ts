@@ -3,7 +3,7 @@ import { headers as natsHeaders } from '@nats-io/transport-node';
 import type { z } from 'zod';
 import { ackDecisionFor, ensureError, InvalidMessageError } from './errors.ts';
 import { JetStreamApiCodes } from '@nats-io/jetstream';
-import { decodeJson, isApiError, type ConsumerPolicy } from './jetstream.ts';
+import { decodeJson, isApiError, publishRetrying, type ConsumerPolicy } from './jetstream.ts';
 import type { Logger } from './logger.ts';
 import { sleep } from './retry.ts';
 
@@ -111,7 +111,7 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
     copyHeaders.set(deferHeaders.origin, origin);
     copyHeaders.set(deferHeaders.count, String(count));
     copyHeaders.set(deferHeaders.at, String(now()));
-    await js.publish(raw.subject, raw.data, { msgID: `${origin}:defer:${count}`, headers: copyHeaders });
+    await publishRetrying(js, raw.subject, raw.data, `${origin}:defer:${count}`, { headers: copyHeaders });
     await raw.ackAck();
     log.debug({ subject: raw.subject, deferCount: count }, 'tenant at capacity; message deferred');
   }

@@ -1,4 +1,4 @@
-import { connect, credsAuthenticator, nanos, RequestError, TimeoutError, type NatsConnection, type ConnectionOptions } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, nanos, RequestError, TimeoutError, type ConnectionOptions, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -202,7 +202,6 @@ export type Provisioning = {
 };
 
 /** True for the JetStream API's answer `code` (nats.js v3 `JetStreamApiError`). */
-/** True for a `JetStreamApiError` with `code` (`JetStreamApiCodes`). */
 export function isApiError(error: unknown, code: number): boolean {
   return error instanceof JetStreamApiError && error.code === code;
 }
@@ -337,11 +336,17 @@ function isTransientPublishError(error: unknown): boolean {
  * `JS_DUPLICATE_WINDOW`, minutes). Anything else, or a publish still failing at the end of the
  * window, throws: the caller's own message is then redelivered and published again, same id.
  */
-export async function publishRetrying(js: JetStreamClient, subject: string, data: Uint8Array, msgId: string, options: { timeoutMs?: number } = {}): Promise<PubAck> {
+export async function publishRetrying(
+  js: JetStreamClient,
+  subject: string,
+  data: Uint8Array,
+  msgId: string,
+  options: { timeoutMs?: number; headers?: MsgHdrs } = {},
+): Promise<PubAck> {
   const deadline = Date.now() + publishRetryWindowMs;
   for (let attempt = 0; ; attempt += 1) {
     try {
-      return await js.publish(subject, data, { msgID: msgId, timeout: options.timeoutMs ?? 5_000 });
+      return await js.publish(subject, data, { msgID: msgId, timeout: options.timeoutMs ?? 5_000, ...(options.headers ? { headers: options.headers } : {}) });
     } catch (error) {
       const wait = Math.min(2_000, 250 * 2 ** attempt);
       if (!isTransientPublishError(error) || Date.now() + wait >= deadline) throw error;
