@@ -2,6 +2,7 @@ import { ApiError, httpStatusByCode, type PublicErrorCode } from '@abide/shared'
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toApiError } from './http-errors.ts';
+import { JetStreamApiError } from '@nats-io/jetstream';
 import { operations } from './openapi.ts';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from './testing/test-app.ts';
 
@@ -100,6 +101,15 @@ describe('the error registry', () => {
       const error = toApiError(new ApiError(code as PublicErrorCode, 'x'), { maxBodyBytes: 1 });
       expect(error.status).toBe(status);
     }
+  });
+
+  it('answers 503 unavailable, not 500, while a NATS cluster has no JetStream leader', () => {
+    const electing = new JetStreamApiError({ code: 503, err_code: 10008, description: 'JetStream system temporarily unavailable' });
+    expect(toApiError(electing, { maxBodyBytes: 1 })).toMatchObject({ code: 'unavailable', status: 503 });
+    const noResponders = Object.assign(new Error('jetstream is not enabled'), { name: 'JetStreamNotEnabled' });
+    expect(toApiError(noResponders, { maxBodyBytes: 1 })).toMatchObject({ code: 'unavailable', status: 503 });
+    const missing = new JetStreamApiError({ code: 404, err_code: 10059, description: 'stream not found' });
+    expect(toApiError(missing, { maxBodyBytes: 1 }).code).toBe('internal');
   });
 
   it('documents every code with its status in docs/api.md', () => {

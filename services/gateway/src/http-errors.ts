@@ -1,4 +1,5 @@
 import { ApiError, type RunView } from '@abide/shared';
+import { JetStreamApiError } from '@nats-io/jetstream';
 
 /** A cursor older than the events' retention (410); carries the run's current state so the client can resync. */
 export class CursorExpiredError extends ApiError {
@@ -23,6 +24,8 @@ const unavailableErrorNames = new Set([
   'TimeoutError',
   'RequestError',
   'NoResponders',
+  // nats.js's name for "no responders" on a JetStream API subject (no stream or meta leader yet).
+  'JetStreamNotEnabled',
 ]);
 
 /**
@@ -52,7 +55,10 @@ export function toApiError(error: unknown, limits: { maxBodyBytes: number }): Ap
     return new ApiError('invalid_json', 'the request body is not valid JSON');
   }
   const name = (error as { name?: unknown } | null)?.name;
-  if (typeof name === 'string' && unavailableErrorNames.has(name)) {
+  // JetStream answering 503 (e.g. "JetStream system temporarily unavailable" while a NATS
+  // cluster elects a leader) is a dependency being unreachable, not a bug.
+  const jetStreamUnavailable = error instanceof JetStreamApiError && error.status === 503;
+  if (jetStreamUnavailable || (typeof name === 'string' && unavailableErrorNames.has(name))) {
     return new ApiError('unavailable', 'a backing service is unreachable; retry shortly', { cause: error, headers: { 'retry-after': '1' } });
   }
   const statusCode = (error as { statusCode?: unknown } | null)?.statusCode;
