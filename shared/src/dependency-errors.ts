@@ -6,6 +6,9 @@ import {
   RequestError,
   TimeoutError as NatsTimeoutError,
 } from '@nats-io/transport-node';
+import { JetStreamApiError } from '@nats-io/jetstream';
+// The library's error classes; `JetStreamNotEnabled` is exported only from its internal entry point.
+import { jserrors } from '@nats-io/jetstream/internal';
 import {
   MongoNetworkError,
   MongoNotConnectedError,
@@ -29,13 +32,17 @@ const unavailableErrorClasses: readonly (abstract new (...args: never[]) => Erro
   NatsTimeoutError,
   RequestError,
   NoRespondersError,
+  // nats.js's "no responders" on a JetStream API subject: no stream or meta leader yet (an election).
+  jserrors.JetStreamNotEnabled,
 ];
 
 /**
- * True when `error` says NATS or MongoDB is unreachable (a retry later may succeed), or is the
+ * True when `error` says NATS (JetStream included) or MongoDB is unreachable (a retry later may succeed), or is the
  * platform's `AbortSignal.timeout` reason (a `DOMException` named `TimeoutError`).
  */
 export function isDependencyUnavailable(error: unknown): boolean {
   if (error instanceof DOMException) return error.name === 'TimeoutError';
+  // JetStream answering 503 ("JetStream system temporarily unavailable" while a cluster elects a leader).
+  if (error instanceof JetStreamApiError && error.status === 503) return true;
   return unavailableErrorClasses.some((errorClass) => error instanceof errorClass);
 }

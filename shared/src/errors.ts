@@ -28,6 +28,7 @@ export const httpStatusByCode = {
   too_many_in_flight: 429,
   internal: 500,
   unavailable: 503,
+  subscription_interrupted: 503,
 } as const;
 export type PublicErrorCode = keyof typeof httpStatusByCode;
 

@@ -65,3 +65,26 @@ export function createHealthServer(options: { port: number; host: string; logger
     },
   };
 }
+
+/**
+ * Readiness check `jetstream`: the stream a service works on answers `STREAM.INFO` within 2 s
+ * and, in a cluster, has a leader. A NATS connection alone is not enough: with a majority of a
+ * cluster's nodes down the connection stays up while every publish and pull fails (quorum lost),
+ * and the service then says so instead of passing its probe. False until `jsm()` is defined.
+ */
+export function jetStreamCheck(jsm: () => { streams: { info(stream: string): Promise<{ cluster?: { name?: string; leader?: string } }> } } | undefined, stream: string): ReadinessCheck {
+  return {
+    name: 'jetstream',
+    async check() {
+      const manager = jsm();
+      if (!manager) return false;
+      const timeout = AbortSignal.timeout(2_000);
+      const info = await Promise.race([
+        manager.streams.info(stream),
+        new Promise<undefined>((resolve) => timeout.addEventListener('abort', () => resolve(undefined), { once: true })),
+      ]);
+      // A standalone server reports no cluster name; a cluster's stream without a leader has lost quorum.
+      return info !== undefined && (!info.cluster?.name || Boolean(info.cluster.leader));
+    },
+  };
+}

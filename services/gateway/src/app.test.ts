@@ -2,6 +2,8 @@ import { ApiError, httpStatusByCode, type PublicErrorCode } from '@abide/shared'
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toApiError } from './http-errors.ts';
+import { JetStreamApiError } from '@nats-io/jetstream';
+import { jserrors } from '@nats-io/jetstream/internal';
 import { operations } from './openapi.ts';
 import type { RouteConfig } from './routes/route-context.ts';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from './testing/test-app.ts';
@@ -163,6 +165,15 @@ describe('the error registry', () => {
       expect(response.statusCode, code).toBe(status);
       expect(response.json(), code).toEqual({ error: { code, message: `thrown ${code}` } });
     }
+  });
+
+  it('answers 503 unavailable, not 500, while a NATS cluster has no JetStream leader', () => {
+    const electing = new JetStreamApiError({ code: 503, err_code: 10008, description: 'JetStream system temporarily unavailable' });
+    expect(toApiError(electing, { maxBodyBytes: 1 })).toMatchObject({ code: 'unavailable', status: 503 });
+    const noResponders = new jserrors.JetStreamNotEnabled('jetstream is not enabled');
+    expect(toApiError(noResponders, { maxBodyBytes: 1 })).toMatchObject({ code: 'unavailable', status: 503 });
+    const missing = new JetStreamApiError({ code: 404, err_code: 10059, description: 'stream not found' });
+    expect(toApiError(missing, { maxBodyBytes: 1 }).code).toBe('internal');
   });
 
   it('converts what is not an ApiError without trusting its fields', () => {

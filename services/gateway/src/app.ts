@@ -40,6 +40,8 @@ export type AppDeps = {
   isDraining(): boolean;
   streaming?: Partial<StreamingOptions>;
   runCreationLimit?: RateLimitOptions;
+  /** How long a live event stream may try to resume its reader before ending with `subscription_interrupted` (tests shorten it). @default 20000 */
+  eventsResumeWithinMs?: number;
   now?: () => Date;
 };
 
@@ -99,6 +101,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
           wsTicketTtlMs: config.WS_TICKET_TTL,
           maxActiveRuns: config.TENANT_MAX_ACTIVE_RUNS,
           ...(deps.now ? { now: deps.now } : {}),
+          ...(deps.eventsResumeWithinMs === undefined ? {} : { eventsResumeWithinMs: deps.eventsResumeWithinMs }),
         }),
       };
     }

@@ -35,7 +35,7 @@ export function toApiError(error: unknown, limits: { maxBodyBytes: number }): Ap
   if (error instanceof SyntaxError && (error as { statusCode?: unknown }).statusCode === 400) {
     return new ApiError('invalid_json', 'the request body is not valid JSON');
   }
-  // By class (`isDependencyUnavailable`), never by `error.name`: a name is a string anything can carry.
+  // By class (`isDependencyUnavailable`, JetStream's election-time 503 included), never by `error.name`.
   if (isDependencyUnavailable(error)) {
     return new ApiError('unavailable', 'a backing service is unreachable; retry shortly', { cause: error, headers: { 'retry-after': '1' } });
   }

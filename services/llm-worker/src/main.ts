@@ -22,6 +22,9 @@ import {
   ensureError,
   exitOnStartupError,
   installShutdown,
+  jetStreamCheck,
+  streams,
+  type JetStreamManager,
   llmRequestMessageSchema,
   objectStores,
   provisionJetStream,
@@ -78,6 +81,7 @@ async function main(): Promise<void> {
 
   let connection: NatsConnection | undefined;
   let natsConnected = false;
+  let jetStreamManager: JetStreamManager | undefined;
   let draining = false;
   let runner: ConsumerRunner | undefined;
   let watch: CancelWatch | undefined;
@@ -90,7 +94,7 @@ async function main(): Promise<void> {
     logger,
     metrics,
     isDraining: () => draining,
-    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }],
+    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }, jetStreamCheck(() => jetStreamManager, streams.llmRequests)],
   });
   try {
     await health.start();
@@ -121,6 +125,7 @@ async function main(): Promise<void> {
     void trackConnection(opened, (up) => (natsConnected = up));
   });
   if (!jetStream || draining) return;
+  jetStreamManager = jetStream.jsm;
 
   const publisher = createJetStreamPublisher(jetStream.js);
   watchConsumerBacklog({ metrics, jsm: () => jetStream.jsm, durables: ['llm-worker'], logger });

@@ -15,10 +15,12 @@ import {
   exitOnStartupError,
   getCollections,
   installShutdown,
+  jetStreamCheck,
   maxDeliveriesAdvisorySchema,
   objectStores,
   provisionJetStream,
   runInboxMessageSchema,
+  streams,
   type Logger,
   retryWithBackoff,
 } from '@abide/shared';
@@ -138,6 +140,7 @@ async function main(): Promise<void> {
       isDraining: () => draining,
       checks: [
         { name: 'nats', check: async () => !nats.isClosed() && nats.info !== undefined },
+        jetStreamCheck(() => jsm, streams.runInbox),
         { name: 'mongodb', check: async () => (await db.command({ ping: 1 })).ok === 1 },
       ],
     });

@@ -72,6 +72,27 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
     expect(after.map((event) => event.id)).toEqual([5]);
   });
 
+  it('rides through a lost reader, and ends with an error event (never silently) when it cannot resume', async () => {
+    await t.app.close();
+    t = createTestApp({ now: () => new Date(clock), eventsResumeWithinMs: 100 });
+    await t.app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: scriptedAgent });
+    runId = (await t.app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'helper', input: 'hi' } })).json().runId;
+    t.events.emit(runId, 't1', `${runId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: auth() });
+    while (t.events.readsOpened < 1) await new Promise((resolve) => setTimeout(resolve, 2));
+    t.events.breakReaders('end');
+    t.events.emit(runId, 't1', `${runId}:3:0`, 'message.completed', { step: 0, attempt: 1, text: 'hello' });
+    while (t.events.readsOpened < 2) await new Promise((resolve) => setTimeout(resolve, 2));
+    t.events.refuseReaders(true);
+    t.events.breakReaders('throw');
+    const body = (await pending).body;
+    expect(parseSse(body).map((event) => event.id)).toEqual([1, 2]);
+    const last = body.trimEnd().split('\n\n').at(-1)!;
+    expect(last.split('\n')[0]).toBe('event: error');
+    expect(JSON.parse(last.split('\n')[1]!.slice('data: '.length))).toMatchObject({ error: { code: 'subscription_interrupted', message: expect.stringContaining('after=2') } });
+    expect(t.events.openReaders).toBe(0);
+  });
+
   it('answers 204 when the run has ended and the client holds its last event', async () => {
     emitRun();
     finishRun();

@@ -292,3 +292,25 @@ describe('WebSocket /v1/ws', () => {
     expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}?ticket=${unused}` })).statusCode).toBe(401);
   });
 });
+
+describe('WebSocket subscriptions across a lost reader (a NATS node failure)', () => {
+  it('resumes without a gap or repeat, and sends subscription_interrupted with the runId when it cannot', async () => {
+    await t.app.close();
+    await setup({ eventsResumeWithinMs: 100 });
+    const client = await connect();
+    t.events.emit(runId, 't1', `${runId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    client.send({ type: 'subscribe', runId });
+    await client.next((frame) => frame.type === 'event');
+    t.events.breakReaders('end');
+    t.events.emit(runId, 't1', `${runId}:3:0`, 'message.completed', { step: 0, attempt: 1, text: 'hello' });
+    const second = await client.next((frame) => frame.type === 'event');
+    expect(second).toMatchObject({ runId, event: { seq: 2, eventId: `${runId}:3:0` } });
+    t.events.refuseReaders(true);
+    t.events.breakReaders('throw');
+    const error = await client.next((frame) => frame.type === 'error');
+    expect(error).toMatchObject({ runId, code: 'subscription_interrupted', message: expect.stringContaining('after=2') });
+    expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
+    expect(t.events.openReaders).toBe(0);
+    client.socket.close();
+  });
+});
