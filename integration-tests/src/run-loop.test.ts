@@ -141,7 +141,8 @@ describe('a durable run, end to end', () => {
     socket.send('not json');
     expect((await socket.waitFor((frame) => frame.type === 'error')).code).toBe('invalid_json');
     socket.send({ type: 'subscribe', runId: 'run_x', after: 'soon' });
-    await socket.waitFor((frame) => frame.type === 'error' && frame.code === 'invalid_request');
+    // A bad cursor is `invalid_cursor`, as over HTTP (issue 10).
+    await socket.waitFor((frame) => frame.type === 'error' && frame.code === 'invalid_cursor');
     socket.send({ type: 'ping' });
     await socket.waitFor((frame) => frame.type === 'pong');
     socket.close();

@@ -162,7 +162,7 @@ const toolPolicyFields = {
   onApprovalTimeout: z.enum(['deny', 'fail']).default('deny'),
   /**
    * What an interrupted call (outcome unknown) does. `ask` is refused on `PUT /v1/agents`
-   * (`agentDefinitionSchema`) until it is built; readers still accept it, so a definition stored
+   * (`declaredOutcomeUnknownSchema`) until it is built; readers still accept it, so a definition stored
    * before keeps parsing (the tool-worker fails such a call with `outcome_unknown`).
    * @default "retry"
    */
@@ -172,6 +172,14 @@ const toolPolicyFields = {
 /** Why `onOutcomeUnknown: "ask"` is refused (docs/decisions.md). */
 export const outcomeUnknownAskRefusal =
   '"ask" (a human decides whether to run an interrupted call again) is not supported yet; use "retry" for a tool that is safe to run twice with the same idempotency key, or "fail"';
+
+/**
+ * `onOutcomeUnknown` as a tenant may write it on `PUT /v1/agents`: without `ask` until it is
+ * built, so the OpenAPI document generated from this schema promises what the server accepts.
+ */
+const declaredOutcomeUnknownSchema = z
+  .enum(['retry', 'fail'], { error: (issue) => (issue.input === 'ask' ? outcomeUnknownAskRefusal : undefined) })
+  .default('retry');
 
 const toolDefinitionObject = z.object({
   name: toolNameSchema,
@@ -202,7 +210,7 @@ export type ToolDefinition = z.infer<typeof toolDefinitionSchema>;
 
 /** A tool a tenant declares one by one in `PUT /v1/agents/:agentId` (MCP tools come from a server entry). */
 export const declaredToolDefinitionSchema = toolDefinitionObject
-  .extend({ kind: z.enum(['builtin', 'http']) })
+  .extend({ kind: z.enum(['builtin', 'http']), onOutcomeUnknown: declaredOutcomeUnknownSchema })
   .superRefine(checkToolDefinition)
   // The refinement, for the generated JSON Schema (zod cannot derive it from a refinement).
   .meta({
@@ -236,6 +244,7 @@ export const mcpServerEntrySchema = z.object({
   /** `all`, or the names (as the server writes them) of the tools the agent may use. @default "all" */
   tools: z.union([z.literal('all'), z.array(mcpToolNameSchema).min(1).max(mcpLimits.maxNamedTools)]).default('all'),
   ...toolPolicyFields,
+  onOutcomeUnknown: declaredOutcomeUnknownSchema,
 });
 export type McpServerEntry = z.infer<typeof mcpServerEntrySchema>;
 
@@ -265,7 +274,6 @@ export const agentDefinitionSchema = z
     }
     const seen = new Set<string>();
     agent.tools.forEach((tool, index) => {
-      if (tool.onOutcomeUnknown === 'ask') context.addIssue({ code: 'custom', path: ['tools', index, 'onOutcomeUnknown'], message: outcomeUnknownAskRefusal });
       if (seen.has(tool.name)) context.addIssue({ code: 'custom', path: ['tools', index, 'name'], message: `duplicate tool name "${tool.name}"` });
       seen.add(tool.name);
     });
