@@ -21,6 +21,8 @@ function fakeMessage(fields: { seq: number; deliveryCount?: number; headers?: Re
     headers,
     info: { deliveryCount: fields.deliveryCount ?? 1 },
     working: () => undefined,
+    // The runner acks without waiting for a confirmation after handling, and with one after deferring.
+    ack: () => outcome.push('ack'),
     ackAck: async () => {
       outcome.push('ack');
       return true;
