@@ -57,6 +57,7 @@ function harness(options: { holdReadModel?: number } = {}) {
   const readModel: { version: number; publishedVersion: number }[] = [];
   const deadlines = new Map<string, string>();
   const hold = deferred();
+  let held = false;
   const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
   transitions.set(v1._id, structuredClone(v1));
   const store = {
@@ -82,7 +83,11 @@ function harness(options: { holdReadModel?: number } = {}) {
       log.push(`deadline ${dueAt === null ? 'cleared' : 'set'}`);
     },
     async writeReadModel(transition: TransitionDocument) {
-      if (transition.version === options.holdReadModel) await hold.promise;
+      // Only the first write of that version is held (another replica's write of it is not).
+      if (transition.version === options.holdReadModel && !held) {
+        held = true;
+        await hold.promise;
+      }
       readModel.push({ version: transition.version, publishedVersion: transition.published ? transition.version : transition.version - 1 });
       log.push(`read model ${transition.version}`);
     },
@@ -140,5 +145,23 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     expect(h.log.filter((line) => line.startsWith('publish ')).every((line) => line.includes(' run_1:2:'))).toBe(true);
     expect(h.log.slice(-2)).toEqual(['deadline set', 'read model 2']);
     expect(h.transitions.has('run_1:3')).toBe(false);
+  });
+
+  it('a read model write that lands behind another replica\'s newer one is caught up to the latest', async () => {
+    const h = harness({ holdReadModel: 2 });
+    const replicaA = h.make();
+    const replicaB = h.make();
+    // A commits and publishes version 2; its read-model write is slow.
+    const first = replicaA.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await expect.poll(() => h.log.includes('deadline set')).toBe(true);
+    // B takes the next input: version 2 is not known published to it, so it publishes it again, then commits version 3.
+    await replicaB.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+    // A's write of version 2 lands last, behind B's version 3 ...
+    h.hold.resolve();
+    await first;
+    // ... and A finds version 3 and writes it again: the read model ends at the latest.
+    await expect.poll(() => h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+    expect(h.readModel.map((model) => model.version)).toEqual([2, 3, 2, 3]);
   });
 });

@@ -122,6 +122,15 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       if (known && known.transition.version > published.version) return;
       await store.writeDeadline(runId, published.tenantId, published.state.nextDeadlineAt);
       await store.writeReadModel(published, lastSeq);
+      // Another replica may have committed on top of this version, and written its newer read
+      // model (and deadline item) before these writes landed: they would stay behind for good
+      // if that was the run's last transition. Unless this process already knows a newer version
+      // (its own write of it follows in this chain), look for the next version by `_id`; if it
+      // exists, bring the run to its latest (publishing it first if not known published, then
+      // writing it), so the read model ends at the latest whatever the order writes landed in.
+      const latestKnown = cache.get(runId);
+      if (latestKnown && latestKnown.transition.version > published.version) return;
+      if (await store.loadTransition(runId, published.version + 1)) void catchUp(runId);
     };
     const entry = { version: published.version, done: (queued?.done ?? Promise.resolve()).then(write, write) };
     settling.set(runId, entry);
@@ -140,6 +149,27 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       },
     );
     return entry.done;
+  }
+
+  /**
+   * Brings the run's read model to its latest transition after a write that may have landed
+   * behind another replica's (see `settle`). Not awaited by that write (it queues behind it);
+   * a crash here leaves a lagging read model, which readers roll forward past.
+   */
+  function catchUp(runId: string): Promise<void> {
+    return queue
+      .run(runId, async () => {
+        const latest = await loadLatest(runId);
+        if (!latest) return;
+        // Published by this process (its own write of it is queued after the one that called
+        // this), or recorded so by a read model read after that write: nothing to bring forward.
+        if (latest.transition.published) return;
+        await publish(latest.transition, latest.lastSeq);
+      })
+      .catch((error: unknown) => {
+        // Logged, not retried: readers roll forward past a lagging read model, and the run's next input writes it again.
+        logger.warn({ runId, err: error }, 'could not bring the read model to the latest transition');
+      });
   }
 
   /**
