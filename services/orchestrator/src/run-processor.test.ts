@@ -8,7 +8,7 @@ import type { RunInput } from './run-state-machine.ts';
 const now = new Date('2026-11-24T10:00:00.000Z');
 
 function queuedState(): RunState {
-  const definition = agentDefinitionSchema.parse({ model: { provider: 'scripted', steps: [{ text: 'hi' }] }, tools: [], maxSteps: 5 });
+  const definition = agentDefinitionSchema.parse({ model: { provider: 'scripted', steps: [{ text: 'hi' }] }, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } }], maxSteps: 5 });
   return {
     schemaVersion: 1,
     runId: 'run_1',
@@ -39,6 +39,11 @@ function queuedState(): RunState {
 const finalAnswer: RunInput = {
   type: 'llm_result',
   payload: { ok: true, step: 0, attempt: 1, text: 'done', toolCalls: [], finishReason: 'stop', usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 } },
+};
+
+const toolCall: RunInput = {
+  type: 'llm_result',
+  payload: { ok: true, step: 0, attempt: 1, text: '', toolCalls: [{ providerToolCallId: 'c1', toolName: 'echo', args: {} }], finishReason: 'tool-calls', usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 } },
 };
 
 function deferred() {
@@ -122,14 +127,28 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     const h = harness({ holdReadModel: 2 });
     const processor = h.make();
     const first = processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
-    // Version 2's read model is held; the model's answer still commits and publishes version 3.
-    const second = processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
-    await expect.poll(() => h.log.includes('commit 3')).toBe(true);
+    // Version 2's read model is held; the model's tool call still commits version 3 and publishes its tool request.
+    const second = processor.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await expect.poll(() => h.log.some((line) => line.startsWith('publish tool.request.echo run_1:3:'))).toBe(true);
     expect(h.log).not.toContain('read model 2');
     h.hold.resolve();
     await Promise.all([first, second]);
     expect(h.readModel.map((model) => model.version)).toEqual([2, 3]);
     expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+  });
+
+  it('a run that ends has its read model written before its terminal event goes out, then recorded published', async () => {
+    const h = harness();
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    h.log.length = 0;
+    await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    const terminalEvent = h.log.findIndex((line) => line.startsWith('publish run.events.run_1 run_1:3:'));
+    expect(h.log.slice(0, terminalEvent)).toEqual(['commit 3', 'deadline cleared', 'read model 3']);
+    expect(h.readModel.slice(-2)).toEqual([
+      { version: 3, publishedVersion: 2 },
+      { version: 3, publishedVersion: 3 },
+    ]);
     expect(h.deadlines.has('run_1')).toBe(false); // a finished run leaves no deadline item
   });
 
@@ -155,7 +174,7 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     const first = replicaA.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
     await expect.poll(() => h.log.includes('deadline set')).toBe(true);
     // B takes the next input: version 2 is not known published to it, so it publishes it again, then commits version 3.
-    await replicaB.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    await replicaB.apply('run_1', 't1', toolCall, 'llm:run_1:0');
     expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
     // A's write of version 2 lands last, behind B's version 3 ...
     h.hold.resolve();
@@ -163,5 +182,6 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     // ... and A finds version 3 and writes it again: the read model ends at the latest.
     await expect.poll(() => h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
     expect(h.readModel.map((model) => model.version)).toEqual([2, 3, 2, 3]);
+    expect(h.readModel.map((model) => model.publishedVersion)).toEqual([2, 3, 2, 3]);
   });
 });

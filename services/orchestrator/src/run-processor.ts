@@ -101,8 +101,10 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return latest ? { ...latest, verified: true } : null;
   }
 
-  /** Per run, the read-model write in flight (or queued) in this process: a chain, newest version last. */
-  const settling = new Map<string, { version: number; done: Promise<void> }>();
+  /** Per run, the read-model write in flight (or queued) in this process: a chain, newest last (by `rankOf`). */
+  const settling = new Map<string, { rank: number; done: Promise<void> }>();
+  /** Order of read-model writes: by version, and a version's published write after its unpublished one. */
+  const rankOf = (transition: TransitionDocument) => transition.version * 2 + (transition.published ? 1 : 0);
 
   /**
    * Writes what follows a published transition off the step's critical path: the run's deadline
@@ -116,7 +118,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   function settle(published: TransitionDocument, lastSeq: number | null): Promise<void> {
     const { runId } = published;
     const queued = settling.get(runId);
-    if (queued && queued.version >= published.version) return queued.done;
+    if (queued && queued.rank >= rankOf(published)) return queued.done;
     const write = async () => {
       const known = cache.get(runId);
       if (known && known.transition.version > published.version) return;
@@ -132,7 +134,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       if (latestKnown && latestKnown.transition.version > published.version) return;
       if (await store.loadTransition(runId, published.version + 1)) void catchUp(runId);
     };
-    const entry = { version: published.version, done: (queued?.done ?? Promise.resolve()).then(write, write) };
+    const entry = { rank: rankOf(published), done: (queued?.done ?? Promise.resolve()).then(write, write) };
     settling.set(runId, entry);
     void entry.done.then(
       () => {
@@ -261,6 +263,12 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       }
       committed?.inc();
       deps.crashPoints?.hit('orchestrator.after_commit');
+      // A transition after which the run waits for a person or has ended (no work message in its
+      // outbox) has no next step to delay: its deadline item and read model are written before
+      // its events go out (as not yet published; the write after the publish records that), so a
+      // client that sees `run.suspended` or the terminal event finds the run in that state in
+      // listings (the approvals inbox). A crash between the two is the "after the commit" window.
+      if (!next.outbox.some((entry) => entry.kind === 'llm_request' || entry.kind === 'tool_request' || entry.kind === 'inbox')) await settle(next, lastSeq);
       logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
       await publish(next, lastSeq, true);
       return { kind: 'committed', version: next.version };
