@@ -42,6 +42,7 @@ export const errorCodeGuide: Record<PublicErrorCode, { exit: ExitCode; hint: str
   payload_too_large: { exit: exitCodes.usage, hint: 'the request is larger than the gateway accepts (MAX_BODY_BYTES)' },
   unsupported_media_type: { exit: exitCodes.usage, hint: 'the gateway expects application/json' },
   idempotency_key_reused: { exit: exitCodes.conflict, hint: 'this Idempotency-Key was used with another request' },
+  mcp_list_failed: { exit: exitCodes.usage, hint: "the agent's MCP server could not be listed (its url, TOOL_EGRESS_ALLOW, or the secrets its headers name)" },
   rate_limited: { exit: exitCodes.unavailable, hint: 'too many requests; try again shortly' },
   too_many_in_flight: { exit: exitCodes.unavailable, hint: 'too many WebSocket frames in flight on one connection; wait for answers, then resend' },
   internal: { exit: exitCodes.failure, hint: 'the gateway failed; its logs have the details' },

@@ -101,32 +101,110 @@ export type HttpToolConfig = z.infer<typeof httpToolConfigSchema>;
 
 export const builtinToolNames = ['echo', 'sleep', 'current_time'] as const;
 
-export const toolDefinitionSchema = z
-  .object({
-    name: toolNameSchema,
-    description: z.string().max(10_000).default(''),
-    inputSchema: toolInputSchemaSchema,
-    kind: z.enum(['builtin', 'http']),
-    http: httpToolConfigSchema.optional(),
-    needsApproval: z.boolean().default(false),
-    /** Time a single execution may take. @default 600000 (10 min) */
-    timeoutMs: z.int().min(1).optional(),
-    /** Time a pending approval may wait. @default 1800000 (30 min) */
-    approvalTimeoutMs: z.int().min(1).optional(),
-    onApprovalTimeout: z.enum(['deny', 'fail']).default('deny'),
-    onOutcomeUnknown: z.enum(['retry', 'ask', 'fail']).default('retry'),
-  })
-  .superRefine((tool, context) => {
-    const schemaBytes = jsonByteLength(tool.inputSchema);
-    if (schemaBytes > agentLimits.maxInputSchemaBytes) {
-      context.addIssue({ code: 'custom', path: ['inputSchema'], message: `must be at most ${agentLimits.maxInputSchemaBytes} bytes as JSON (is ${schemaBytes})` });
-    }
-    if (tool.kind === 'http' && !tool.http) context.addIssue({ code: 'custom', path: ['http'], message: 'an http tool needs `http`' });
-    if (tool.kind === 'builtin' && !(builtinToolNames as readonly string[]).includes(tool.name)) {
-      context.addIssue({ code: 'custom', path: ['name'], message: `unknown built-in tool; built-ins are ${builtinToolNames.join(', ')}` });
-    }
-  });
+/** The id of an operator-configured stdio MCP server (`MCP_STDIO_SERVERS`); never a command. */
+export const mcpStdioServerIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}');
+
+/**
+ * An MCP server (issue 13). `streamable-http`: the tenant's `url`, reached through the tool-worker's
+ * egress policy (`TOOL_EGRESS_ALLOW`), with headers from the calling tenant's secrets
+ * (`headersFromSecrets`, `headersFromEnv` an alias kept for symmetry with HTTP tools). `stdio`: a
+ * server the operator configured by id in `MCP_STDIO_SERVERS`; a tenant never supplies a command.
+ */
+export const mcpServerSchema = z.discriminatedUnion('transport', [
+  z.object({
+    transport: z.literal('streamable-http'),
+    url: outboundUrlSchema,
+    headers: z.record(headerNameSchema, z.string().max(4096)).optional(),
+    headersFromSecrets: z.record(headerNameSchema, envNameSchema).optional(),
+    headersFromEnv: z.record(headerNameSchema, envNameSchema).optional(),
+  }),
+  z.object({ transport: z.literal('stdio'), serverId: mcpStdioServerIdSchema }),
+]);
+export type McpServer = z.infer<typeof mcpServerSchema>;
+
+/** A tool name as an MCP server writes it (the MCP spec allows 1–128 characters). */
+export const mcpToolNameSchema = z.string().min(1).max(128);
+
+/** What an expanded MCP tool carries: its server and its name on that server. */
+export const mcpToolConfigSchema = z.object({ server: mcpServerSchema, tool: mcpToolNameSchema });
+export type McpToolConfig = z.infer<typeof mcpToolConfigSchema>;
+
+/** Default execution timeout of an MCP tool (DESIGN §4): 30 min. */
+export const defaultMcpToolTimeoutMs = 1_800_000;
+
+/** Separator of an MCP tool's Abide name: `<server name>__<tool name on the server>`. */
+export const mcpToolNameSeparator = '__';
+
+const toolPolicyFields = {
+  needsApproval: z.boolean().default(false),
+  /** Time a single execution may take. @default 600000 (10 min; 1800000 for MCP tools) */
+  timeoutMs: z.int().min(1).optional(),
+  /** Time a pending approval may wait. @default 1800000 (30 min) */
+  approvalTimeoutMs: z.int().min(1).optional(),
+  onApprovalTimeout: z.enum(['deny', 'fail']).default('deny'),
+  onOutcomeUnknown: z.enum(['retry', 'ask', 'fail']).default('retry'),
+};
+
+const toolDefinitionObject = z.object({
+  name: toolNameSchema,
+  description: z.string().max(10_000).default(''),
+  inputSchema: toolInputSchemaSchema,
+  kind: z.enum(['builtin', 'http', 'mcp']),
+  http: httpToolConfigSchema.optional(),
+  /** Set by the gateway when it expands an MCP server entry (never written by a tenant). */
+  mcp: mcpToolConfigSchema.optional(),
+  ...toolPolicyFields,
+});
+
+function checkToolDefinition(tool: z.infer<typeof toolDefinitionObject>, context: z.RefinementCtx): void {
+  const schemaBytes = jsonByteLength(tool.inputSchema);
+  if (schemaBytes > agentLimits.maxInputSchemaBytes) {
+    context.addIssue({ code: 'custom', path: ['inputSchema'], message: `must be at most ${agentLimits.maxInputSchemaBytes} bytes as JSON (is ${schemaBytes})` });
+  }
+  if (tool.kind === 'http' && !tool.http) context.addIssue({ code: 'custom', path: ['http'], message: 'an http tool needs `http`' });
+  if (tool.kind === 'mcp' && !tool.mcp) context.addIssue({ code: 'custom', path: ['mcp'], message: 'an mcp tool needs `mcp`' });
+  if (tool.kind === 'builtin' && !(builtinToolNames as readonly string[]).includes(tool.name)) {
+    context.addIssue({ code: 'custom', path: ['name'], message: `unknown built-in tool; built-ins are ${builtinToolNames.join(', ')}` });
+  }
+}
+
+/** A tool as stored with an agent version and carried by `tool.request` (MCP tools already expanded). */
+export const toolDefinitionSchema = toolDefinitionObject.superRefine(checkToolDefinition);
 export type ToolDefinition = z.infer<typeof toolDefinitionSchema>;
+
+/** A tool a tenant declares one by one in `PUT /v1/agents/:agentId` (MCP tools come from a server entry). */
+export const declaredToolDefinitionSchema = toolDefinitionObject.extend({ kind: z.enum(['builtin', 'http']) }).superRefine(checkToolDefinition);
+
+/** Limits on what an MCP server's `tools/list` may bring into an agent. */
+export const mcpLimits = {
+  /** Longest server name (the prefix of its tools' names). */
+  maxServerNameChars: 30,
+  /** Tools named in one entry's `tools` list. */
+  maxNamedTools: agentLimits.maxTools,
+  /** Tools a `tools/list` may answer (all pages). */
+  maxListedTools: 512,
+  /** Size of one tool's `inputSchema`, as JSON. */
+  maxInputSchemaBytes: agentLimits.maxInputSchemaBytes,
+} as const;
+
+/**
+ * An MCP server entry of `PUT /v1/agents/:agentId` (issue 13): the gateway lists the server's
+ * tools and stores each one it may use as a tool named `<name>__<tool>`, with this entry's policy.
+ */
+export const mcpServerEntrySchema = z.object({
+  kind: z.literal('mcp'),
+  /** Prefix of the tools' names. */
+  name: z.string().regex(new RegExp(`^[A-Za-z0-9-]{1,${mcpLimits.maxServerNameChars}}$`), `must match [A-Za-z0-9-]{1,${mcpLimits.maxServerNameChars}}`),
+  server: mcpServerSchema,
+  /** `all`, or the names (as the server writes them) of the tools the agent may use. @default "all" */
+  tools: z.union([z.literal('all'), z.array(mcpToolNameSchema).min(1).max(mcpLimits.maxNamedTools)]).default('all'),
+  ...toolPolicyFields,
+});
+export type McpServerEntry = z.infer<typeof mcpServerEntrySchema>;
+
+/** One element of an agent definition's `tools`. */
+export const agentToolEntrySchema = z.discriminatedUnion('kind', [declaredToolDefinitionSchema, mcpServerEntrySchema]);
+export type AgentToolEntry = z.infer<typeof agentToolEntrySchema>;
 
 export const agentLimitsSchema = z.object({
   /** Model step timeout. @default 3600000 (60 min) */
@@ -138,7 +216,7 @@ export const agentDefinitionSchema = z
   .object({
     system: z.string().max(agentLimits.maxSystemChars).optional(),
     model: modelConfigSchema,
-    tools: z.array(toolDefinitionSchema).max(agentLimits.maxTools).default([]),
+    tools: z.array(agentToolEntrySchema).max(agentLimits.maxTools).default([]),
     maxSteps: z.int().min(1).max(agentLimits.maxStepsCeiling).default(agentLimits.defaultMaxSteps),
     limits: agentLimitsSchema.default({}),
   })

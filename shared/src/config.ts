@@ -39,6 +39,30 @@ const egressList = commaList.superRefine((entries, context) => {
 /** `TENANT_SECRETS_DIR`: `<dir>/<tenantId>/<NAME>` files, the secrets agents name (see `tenant-secrets.ts`). */
 const tenantSecretsDir = z.string().min(1).optional();
 
+/**
+ * `MCP_STDIO_SERVERS`: JSON `{ "<id>": { "command": "…", "args": ["…"], "env": { … } } }`, the
+ * only stdio MCP servers an agent may name (issue 13).
+ */
+const mcpStdioServerSchema = z.object({
+  command: z.string().min(1),
+  args: z.array(z.string()).default([]),
+  env: z.record(z.string(), z.string()).default({}),
+});
+export type McpStdioServerConfig = z.infer<typeof mcpStdioServerSchema>;
+const mcpStdioServers = z
+  .string()
+  .default('{}')
+  .transform((text, context) => {
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      // Converted into a configuration issue naming the variable.
+      context.addIssue({ code: 'custom', message: 'must be a JSON object of id → { command, args?, env? }' });
+      return z.NEVER;
+    }
+  })
+  .pipe(z.record(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'ids must match [A-Za-z0-9_-]{1,64}'), mcpStdioServerSchema));
+
 const natsFields = {
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
   NATS_USER: z.string().optional(),
@@ -139,6 +163,12 @@ export const toolWorkerEnvSchema = z.object({
   TENANT_SECRETS_DIR: tenantSecretsDir,
   /** Tool calls of one tenant in flight at once, across every tool-worker (issue 8). */
   TENANT_MAX_TOOL_CALLS: positiveInt(32, 1_000),
+  /** Open MCP connections (per tenant, server and credentials) a worker keeps at most. */
+  MCP_MAX_CONNECTIONS: positiveInt(64, 10_000),
+  /** An MCP connection unused this long is closed. */
+  MCP_IDLE_TIMEOUT: duration('5m'),
+  /** Operator-configured stdio MCP servers, by id (agents name the id, never a command). */
+  MCP_STDIO_SERVERS: mcpStdioServers,
 });
 
 export const serviceEnvSchemas = {

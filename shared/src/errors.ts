@@ -21,6 +21,7 @@ export const httpStatusByCode = {
   payload_too_large: 413,
   unsupported_media_type: 415,
   idempotency_key_reused: 422,
+  mcp_list_failed: 422,
   rate_limited: 429,
   too_many_in_flight: 429,
   internal: 500,
@@ -43,6 +44,7 @@ export const runErrorCodes = [
   'outcome_unknown',
   'model_output_too_large',
   'message_too_large',
+  'mcp_protocol_error',
   'internal',
 ] as const;
 export type RunErrorCode = (typeof runErrorCodes)[number];

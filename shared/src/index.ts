@@ -1,6 +1,7 @@
 export * from './agent.ts';
 export * from './api.ts';
 export * from './cancel-watch.ts';
+export * from './chat-api.ts';
 export * from './config.ts';
 export * from './consumer.ts';
 export * from './crash-points.ts';
@@ -29,3 +30,4 @@ export * from './run-store.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
+export * from './mcp.ts';

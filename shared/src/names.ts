@@ -72,6 +72,8 @@ export const subjects = {
   runEvents: (runId: string) => `run.events.${runId}`,
   runEventsAll: 'run.events.>',
   maxDeliveriesAdvisoriesAll: '$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>',
+  /** Core NATS request/reply (no stream): the gateway asks a tool-worker (queue group `tool-worker`) for an MCP server's `tools/list`. */
+  mcpToolsList: 'mcp.tools.list',
 } as const;
 
 /** The inbox kind of a `run.in.<runId>.<kind>` subject, or undefined for any other subject. */

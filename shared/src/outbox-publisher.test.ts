@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { agentDefinitionSchema } from './agent.ts';
+import { agentDefinitionSchema, toolDefinitionSchema } from './agent.ts';
 import { eventEntry, type OutboxEntry } from './outbox.ts';
 import { findUnpublishableEntry, messageHeaderRoomBytes, type OutboxPublisherDeps } from './outbox-publisher.ts';
 import { zeroUsage, type RunState } from './run-state.ts';
@@ -14,7 +14,7 @@ function transitionWith(outbox: OutboxEntry[], state: Partial<RunState> = {}): T
     runId: 'run_1',
     tenantId: 't1',
     agentId: 'a1',
-    agentSnapshot: { ...agent, tenantId: 't1', agentId: 'a1', version: 1, createdAt: at.toISOString(), updatedAt: at.toISOString() },
+    agentSnapshot: { ...agent, tools: agent.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 1, createdAt: at.toISOString(), updatedAt: at.toISOString() },
     conversationId: 'conv_1',
     status: 'running',
     step: 1,

@@ -137,6 +137,20 @@ describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => 
     expect(tool.calls.filter((call) => call.idempotencyKey === `${runId}:s0c0`)).toHaveLength(0);
   });
 
+  it('lists an MCP server through a tool-worker (gateway request, tool-worker reply on mcp.tools.list)', async () => {
+    // The worker's answer (its egress policy refusing a private address) proves the round trip;
+    // without the permissions the gateway would get no reply and answer 503.
+    const agent = await api('PUT', '/v1/agents/mcp-private', {
+      model: { provider: 'scripted', steps: [{ text: 'hi' }] },
+      tools: [{ kind: 'mcp', name: 'internal', server: { transport: 'streamable-http', url: 'http://10.255.255.1/mcp' } }],
+    });
+    expect(agent.status, JSON.stringify(agent.body)).toBe(422);
+    expect(agent.body.error).toEqual({
+      code: 'mcp_list_failed',
+      message: "body.tools.0: listing the MCP server's tools failed (egress_denied: calls to http://10.255.255.1:80 are not allowed (TOOL_EGRESS_ALLOW))",
+    });
+  });
+
   it('issues and consumes a single-use WebSocket ticket as the gateway user (KV WS_TICKETS)', async () => {
     const issued = await api('POST', '/v1/ws/tickets');
     expect(issued.status, JSON.stringify(issued.body)).toBe(201);
@@ -153,6 +167,7 @@ describe('the stack with per-service NATS users (deploy/nats/auth.conf)', () => 
       ['llm-worker', 'run.in.r_x.tool_result'],
       ['tool-worker', subjects.runEvents('r_x')],
       ['gateway', subjects.llmRequest('r_x')],
+      ['llm-worker', subjects.mcpToolsList],
       ['approvals-publisher', 'run.in.r_x.cancel'],
     ];
     for (const [user, subject] of refusals) {

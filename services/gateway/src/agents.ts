@@ -1,4 +1,5 @@
-import { agentDefinitionSchema, ApiError, type Agent, type AgentDefinition } from '@abide/shared';
+import { agentDefinitionSchema, agentLimits, ApiError, jsonByteLength, type Agent, type AgentDefinition, type ToolDefinition } from '@abide/shared';
+import { expandToolEntries, type McpToolLister } from './mcp-tool-lists.ts';
 import type { GatewayStore } from './ports.ts';
 import type { ArgsValidation } from './args-validation.ts';
 import { parseOr400 } from './validation.ts';
@@ -11,12 +12,12 @@ const maxVersionAttempts = 20;
  * Agents (DESIGN §3, §8): each PUT inserts `agent_versions` `<tenantId>:<agentId>:<version>`
  * (the insert decides the version), then rewrites `agents` by `_id`.
  */
-export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<ArgsValidation, 'checkSchema'>; eventsMaxAgeMs: number; now?: () => Date }) {
+export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<ArgsValidation, 'checkSchema'>; eventsMaxAgeMs: number; listMcpTools?: McpToolLister | undefined; now?: () => Date }) {
   const { store, toolArgs } = deps;
   const now = deps.now ?? (() => new Date());
 
   /** Rules zod cannot express: compilable tool schemas, deadlines inside the events' retention. */
-  function checkDefinition(tenantId: string, definition: AgentDefinition): void {
+  function checkDefinition(tenantId: string, definition: AgentDefinition, tools: readonly ToolDefinition[]): void {
     const maxDeadlineMs = deps.eventsMaxAgeMs - day;
     const tooLong = (value: number | undefined, field: string) => {
       if (value !== undefined && value > maxDeadlineMs) {
@@ -24,7 +25,7 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<A
       }
     };
     tooLong(definition.limits.llmStepTimeoutMs, 'limits.llmStepTimeoutMs');
-    definition.tools.forEach((tool, index) => {
+    tools.forEach((tool, index) => {
       tooLong(tool.timeoutMs, `tools.${index}.timeoutMs`);
       tooLong(tool.approvalTimeoutMs, `tools.${index}.approvalTimeoutMs`);
       const problem = toolArgs.checkSchema(tenantId, tool.inputSchema);
@@ -36,7 +37,14 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<A
     /** Creates or replaces an agent; answers the new version. */
     async putAgent(tenantId: string, agentId: string, body: unknown): Promise<Agent> {
       const definition = parseOr400(agentDefinitionSchema, body, 'body');
-      checkDefinition(tenantId, definition);
+      // MCP server entries become the tools their servers list (one tool-worker round trip per server).
+      const tools = await expandToolEntries(tenantId, definition.tools, deps.listMcpTools);
+      // The listed tools count against the definition's size like declared ones (the agent travels in every model request).
+      const expandedBytes = jsonByteLength({ ...definition, tools });
+      if (expandedBytes > agentLimits.maxDefinitionBytes) {
+        throw new ApiError('invalid_request', `body: the agent definition with its MCP servers' tools must be at most ${agentLimits.maxDefinitionBytes} bytes as JSON (is ${expandedBytes}); name fewer MCP tools`);
+      }
+      checkDefinition(tenantId, definition, tools);
       for (let attempt = 0; attempt < maxVersionAttempts; attempt += 1) {
         const current = await store.findAgent(tenantId, agentId);
         const at = now().toISOString();
@@ -46,7 +54,7 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<A
           version: (current?.version ?? 0) + 1,
           ...(definition.system === undefined ? {} : { system: definition.system }),
           model: definition.model,
-          tools: definition.tools,
+          tools,
           maxSteps: definition.maxSteps,
           limits: definition.limits,
           createdAt: current?.createdAt ?? at,

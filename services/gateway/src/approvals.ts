@@ -23,6 +23,8 @@ export type ApprovalDecision = {
   reason?: string | undefined;
   /** Approve with edited arguments; ignored on a denial. */
   args?: Record<string, unknown> | undefined;
+  /** The road the decision came by, recorded in the ledger: `user` (HTTP, WebSocket) or `chat` (a `useChat` POST). @default 'user' */
+  source?: 'user' | 'chat' | undefined;
 };
 
 /** `accepted` (202: recorded now) or `already_decided` (200: the same decision was recorded before). */
@@ -112,7 +114,7 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
         argsHash,
         ...(args === undefined ? {} : { args }),
         ...(decision.reason === undefined ? {} : { reason: decision.reason }),
-        source: 'user',
+        source: decision.source ?? 'user',
         decidedBy: caller.keyId,
         at: now().toISOString(),
       };

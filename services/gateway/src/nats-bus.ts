@@ -1,5 +1,8 @@
 import {
+  ApiError,
   approvalLedgerEntrySchema,
+  mcpListReplySchema,
+  subjects,
   wsTicketEntrySchema,
   decodeJson,
   encodeJson,
@@ -12,6 +15,8 @@ import {
 import type { Logger } from '@abide/shared';
 import type { GatewayBus } from './ports.ts';
 
+const mcpListTimeoutMs = 65_000;
+
 /** The gateway's publishes and its side of the approval ledger, over NATS JetStream. */
 export function createNatsBus(options: { connection: NatsConnection; js: JetStreamClient; approvalLedger: KV; wsTickets: KV; logger: Logger }): GatewayBus {
   const { connection, js, approvalLedger, wsTickets, logger } = options;
@@ -22,6 +27,20 @@ export function createNatsBus(options: { connection: NatsConnection; js: JetStre
 
     async publishOutbox(transition) {
       await publishOutbox({ js }, transition);
+    },
+
+    async listMcpTools(request) {
+      let reply;
+      try {
+        // Longer than the worker's own bounds (30 s to connect, 30 s to list), so its answer wins.
+        reply = await connection.request(subjects.mcpToolsList, encodeJson(request), { timeout: mcpListTimeoutMs });
+      } catch (error) {
+        logger.warn({ err: error, tenantId: request.tenantId }, 'no tool-worker answered an MCP tool listing');
+        throw new ApiError('unavailable', 'no tool-worker answered the MCP tool listing; retry', { cause: error, headers: { 'retry-after': '5' } });
+      }
+      const parsed = mcpListReplySchema.safeParse(decodeJson(reply.data));
+      if (!parsed.success) throw new Error(`the tool-worker's MCP list reply does not parse: ${parsed.error.message.slice(0, 200)}`);
+      return parsed.data;
     },
 
     ledger: {

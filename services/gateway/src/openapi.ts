@@ -27,11 +27,12 @@ import {
   wsTicketResponseSchema,
 } from '@abide/shared';
 import { z } from 'zod';
+import { chatOperations } from './chat-openapi.ts';
 
 type Method = 'get' | 'put' | 'post';
 
 /** One operation of the public API, described by the same zod schemas that validate it. */
-type Operation = {
+export type Operation = {
   method: Method;
   /** The fastify path (`:param`). */
   path: string;
@@ -73,7 +74,7 @@ export const operations: Operation[] = [
     params: agentIdParamsSchema,
     body: agentDefinitionSchema,
     bodyRequired: true,
-    responses: { '200': { description: 'the agent, with its version', schema: agentSchema }, ...errors(400, 401, 413, 415, 503) },
+    responses: { '200': { description: 'the agent, with its version', schema: agentSchema }, ...errors(400, 401, 413, 415, 422, 503) },
   },
   {
     method: 'get',
@@ -202,6 +203,7 @@ export const operations: Operation[] = [
     authenticated: false,
     responses: { '200': { description: 'JavaScript or CSS' }, ...errors(404) },
   },
+  ...chatOperations,
 ];
 
 const jsonSchema = (schema: z.ZodType, io: 'input' | 'output') => z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });

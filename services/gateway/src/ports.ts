@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, RunState, RunStatus, TenantLeases, TransitionDocument, WorkItem, WsTicketEntry } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, McpListReply, McpListRequest, RunState, RunStatus, TenantLeases, TransitionDocument, WorkItem, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -106,6 +106,11 @@ export type GatewayBus = {
   publishOutbox(transition: TransitionDocument): Promise<void>;
   ledger: ApprovalLedger;
   tickets: WsTicketStore;
+  /**
+   * Asks a tool-worker for an MCP server's `tools/list` (core NATS request/reply, issue 13);
+   * throws a 503 `ApiError` when no worker answers. Absent: agents with MCP servers are refused (503).
+   */
+  listMcpTools?(request: McpListRequest): Promise<McpListReply>;
   /** True when the NATS server answers a round trip. */
   ping(): Promise<boolean>;
 };

@@ -30,12 +30,14 @@ export function createServices(
   const relay = createEventRelay({ source: events, logger: deps.logger });
   return {
     store,
-    agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, now }),
+    agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, listMcpTools: bus.listMcpTools?.bind(bus), now }),
     createRun: createRunCreator({ store, bus, logger: deps.logger, rateLimiter: deps.rateLimiter, maxActiveRuns: deps.maxActiveRuns, now }),
     capacity: createTenantCapacity(backend.capacity),
     cancelRun: createRunCanceller({ store, bus }),
     approvals: createApprovalService({ store, bus, toolArgs: deps.toolArgs, logger: deps.logger, now }),
     wsTickets: createWsTicketService({ tickets: bus.tickets, ttlMs: deps.wsTicketTtlMs, now }),
+    /** The stream sequence of a run's last stored event (null: none yet). */
+    lastEventSeq: (runId: string) => events.lastSequenceOf(runId),
     openRunEvents: createRunEventsOpener({ store, events, relay, eventsMaxAgeMs: deps.eventsMaxAgeMs, now: () => now().getTime() }),
   };
 }

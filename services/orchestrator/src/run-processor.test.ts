@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { agentDefinitionSchema, createLogger, zeroUsage, type RunState, type RunStore, type TransitionDocument } from '@abide/shared';
+import { agentDefinitionSchema, createLogger, toolDefinitionSchema, zeroUsage, type RunState, type RunStore, type TransitionDocument } from '@abide/shared';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor } from './run-processor.ts';
 import type { RunInput } from './run-state-machine.ts';
@@ -14,7 +14,7 @@ function queuedState(): RunState {
     runId: 'run_1',
     tenantId: 't1',
     agentId: 'a1',
-    agentSnapshot: { ...definition, tenantId: 't1', agentId: 'a1', version: 1, createdAt: now.toISOString(), updatedAt: now.toISOString() },
+    agentSnapshot: { ...definition, tools: definition.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 1, createdAt: now.toISOString(), updatedAt: now.toISOString() },
     conversationId: 'conv_1',
     status: 'queued',
     step: 0,

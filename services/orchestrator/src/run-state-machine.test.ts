@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { agentDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
+import { agentDefinitionSchema, toolDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
 import { transition, type RunInput, type TransitionResult } from './run-state-machine.ts';
 
 const now = new Date('2026-11-24T10:00:00.000Z');
@@ -21,7 +21,7 @@ function makeState(overrides: Partial<RunState> = {}, agent: Record<string, unkn
     runId: 'run_1',
     tenantId: 't1',
     agentId: 'a1',
-    agentSnapshot: { ...definition, tenantId: 't1', agentId: 'a1', version: 3, createdAt: now.toISOString(), updatedAt: now.toISOString() },
+    agentSnapshot: { ...definition, tools: definition.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 3, createdAt: now.toISOString(), updatedAt: now.toISOString() },
     conversationId: 'conv_1',
     status: 'queued',
     step: 0,

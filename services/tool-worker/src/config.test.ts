@@ -18,4 +18,18 @@ describe('tool-worker config', () => {
     expect(() => loadToolWorkerConfig({ TOOL_EGRESS_ALLOW: 'https://api.example.com/' })).toThrow(ConfigError);
     expect(() => loadToolWorkerConfig({ TOOL_EGRESS_ALLOW: 'https://api.example.com/' })).toThrow(/TOOL_EGRESS_ALLOW/);
   });
+
+  it('parses the MCP settings: stdio servers by id (JSON), pool bound and idle timeout', () => {
+    const config = loadToolWorkerConfig({
+      MCP_STDIO_SERVERS: '{"files":{"command":"/usr/bin/mcp-files","args":["--root","/data"]}}',
+      MCP_MAX_CONNECTIONS: '8',
+      MCP_IDLE_TIMEOUT: '90s',
+    });
+    expect(config.MCP_STDIO_SERVERS).toEqual({ files: { command: '/usr/bin/mcp-files', args: ['--root', '/data'], env: {} } });
+    expect(config.MCP_MAX_CONNECTIONS).toBe(8);
+    expect(config.MCP_IDLE_TIMEOUT).toBe(90_000);
+    expect(loadToolWorkerConfig({}).MCP_STDIO_SERVERS).toEqual({});
+    expect(() => loadToolWorkerConfig({ MCP_STDIO_SERVERS: 'files=/bin/sh' })).toThrow(/MCP_STDIO_SERVERS/);
+    expect(() => loadToolWorkerConfig({ MCP_STDIO_SERVERS: '{"bad id":{"command":"x"}}' })).toThrow(/MCP_STDIO_SERVERS/);
+  });
 });

@@ -272,6 +272,14 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         timeoutMs: payload.timeoutMs,
         signal: AbortSignal.any([delivery.signal, tracking.signal]),
         onExternalEffect: () => (externalEffect = true),
+        onProgress: () => {
+          try {
+            delivery.working();
+          } catch (error) {
+            // As for the heartbeat's: a closed connection refuses it, and the message is redelivered.
+            call.log.warn({ err: ensureError(error) }, 'could not extend the ack deadline on progress');
+          }
+        },
       });
     } catch (error) {
       await stopHeartbeat();

@@ -34,6 +34,9 @@ import { createBuiltinTools } from './builtins.ts';
 import { loadToolWorkerConfig } from './config.ts';
 import { createToolCallHandler } from './execute-call.ts';
 import { createHttpTool } from './http-tool.ts';
+import { createMcpConnectionPool, type McpConnectionPool } from './mcp/mcp-connection-pool.ts';
+import { createMcpListResponder } from './mcp/mcp-list-responder.ts';
+import { createMcpTools } from './mcp/mcp-tool.ts';
 import { createToolMetrics } from './tool-metrics.ts';
 import { createToolRunner } from './tool-runner.ts';
 
@@ -59,6 +62,8 @@ async function main(): Promise<void> {
     let connection: NatsConnection | undefined;
     let runner: ConsumerRunner | undefined;
     let cancelWatch: CancelWatch | undefined;
+    let mcpPool: McpConnectionPool | undefined;
+    let mcpListResponder: ReturnType<typeof createMcpListResponder> | undefined;
     let draining = false;
 
     const health = createHealthServer({
@@ -82,7 +87,9 @@ async function main(): Promise<void> {
         startup.abort(new Error('shutting down'));
         // Stop pulling, let in-flight calls finish within the grace period, then abort them
         // (they are handed back to the stream); only then close the connection.
+        await mcpListResponder?.stop();
         await runner?.stop(config.SHUTDOWN_GRACE);
+        await mcpPool?.close();
         await cancelWatch?.stop();
         await health.stop();
         await connection?.drain().catch((error: unknown) => log.warn({ err: ensureError(error) }, 'nats drain failed'));
@@ -115,15 +122,17 @@ async function main(): Promise<void> {
     cancelWatch = createCancelWatch({ bucket: runControl, logger: log });
     await cancelWatch.start();
 
+    const egress = createEgressPolicy({ allow: config.TOOL_EGRESS_ALLOW, variable: 'TOOL_EGRESS_ALLOW' });
+    const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });
+    mcpPool = createMcpConnectionPool({ maxConnections: config.MCP_MAX_CONNECTIONS, idleMs: config.MCP_IDLE_TIMEOUT, logger: log });
+    const mcp = createMcpTools({ egress, secrets, pool: mcpPool, stdioServers: config.MCP_STDIO_SERVERS, logger: log });
     const runTool = createToolRunner({
       builtins: createBuiltinTools(),
-      http: createHttpTool({
-        egress: createEgressPolicy({ allow: config.TOOL_EGRESS_ALLOW, variable: 'TOOL_EGRESS_ALLOW' }),
-        secrets: createTenantSecrets({ dir: config.TENANT_SECRETS_DIR }),
-        logger: log,
-        maxRetryAfterMs: policy.maxNakDelayMs,
-      }),
+      http: createHttpTool({ egress, secrets, logger: log, maxRetryAfterMs: policy.maxNakDelayMs }),
+      mcp,
     });
+    mcpListResponder = createMcpListResponder({ nats: connection!, mcp, logger: log });
+    mcpListResponder.start();
     const handler = createToolCallHandler({
       results: toolResults,
       cancellations: cancelWatch,

@@ -17,6 +17,8 @@ export type ToolInvocation = {
    * the call can be handed back on shutdown as "not executed".
    */
   onExternalEffect(): void;
+  /** Called when the tool reports progress (MCP progress notifications): extends the message's ack deadline. */
+  onProgress?(): void;
 };
 
 /**
