@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { toolNameSchema } from './envelope.ts';
+import { definitionJsonMemberSchema, definitionJsonObjectSchema } from './stored-json.ts';
 
 export const agentIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}');
 
@@ -32,6 +33,9 @@ const envNameSchema = z.string().regex(/^[A-Z_][A-Z0-9_]{0,127}$/, 'must be a se
  * worker appends, making the whole path the tenant's).
  */
 const outboundUrlSchema = z.url({ protocol: /^https?$/ }).superRefine((text, context) => {
+  // zod runs this refinement after a failed `z.url()` check too (found by schemathesis: `""` was a
+  // 500): that check has reported the value already.
+  if (!URL.canParse(text)) return;
   const url = new URL(text);
   if (url.username || url.password) context.addIssue({ code: 'custom', message: 'must not contain a user name or password' });
   if (url.search || text.includes('?')) context.addIssue({ code: 'custom', message: 'must not contain a query' });
@@ -66,7 +70,7 @@ export const openAICompatibleModelSchema = z.object({
 
 export const scriptedToolCallSchema = z.object({
   toolName: toolNameSchema,
-  args: z.record(z.string(), z.unknown()),
+  args: definitionJsonObjectSchema,
 });
 export const scriptedStepSchema = z.object({
   text: z.string().max(1_000_000).optional(),
@@ -85,8 +89,15 @@ export const modelConfigSchema = z.discriminatedUnion('provider', [openAICompati
 export type ModelConfig = z.infer<typeof modelConfigSchema>;
 export type ScriptedModelConfig = z.infer<typeof scriptedModelSchema>;
 
-/** A JSON Schema describing a tool's input; must describe an object. */
-export const toolInputSchemaSchema = z.looseObject({ type: z.literal('object') });
+/**
+ * A JSON Schema describing a tool's input; must describe an object. Stored with its keys escaped,
+ * so any keyword may appear; its depth and arrays follow `stored-json.ts`.
+ */
+export const toolInputSchemaSchema = z
+  .record(z.string(), definitionJsonMemberSchema)
+  .refine((schema) => schema.type === 'object', { path: ['type'], message: 'must be "object"' })
+  // The refinement, for the generated JSON Schema (zod cannot derive it from a refinement).
+  .meta({ properties: { type: { const: 'object' } }, required: ['type'] });
 
 const headerNameSchema = z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'must be an HTTP header name');
 
@@ -98,6 +109,13 @@ export const httpToolConfigSchema = z.object({
   headersFromEnv: z.record(headerNameSchema, envNameSchema).optional(),
 });
 export type HttpToolConfig = z.infer<typeof httpToolConfigSchema>;
+
+/**
+ * A deadline an agent sets (tool and step timeouts), in ms. The gateway also bounds it by the
+ * events' retention (`EVENTS_MAX_AGE` minus a day), a configured value its OpenAPI document
+ * states as this schema's `maximum`.
+ */
+export const agentDeadlineSchema = z.int().min(1);
 
 export const builtinToolNames = ['echo', 'sleep', 'current_time'] as const;
 
@@ -138,9 +156,9 @@ export const mcpToolNameSeparator = '__';
 const toolPolicyFields = {
   needsApproval: z.boolean().default(false),
   /** Time a single execution may take. @default 600000 (10 min; 1800000 for MCP tools) */
-  timeoutMs: z.int().min(1).optional(),
+  timeoutMs: agentDeadlineSchema.optional(),
   /** Time a pending approval may wait. @default 1800000 (30 min) */
-  approvalTimeoutMs: z.int().min(1).optional(),
+  approvalTimeoutMs: agentDeadlineSchema.optional(),
   onApprovalTimeout: z.enum(['deny', 'fail']).default('deny'),
   onOutcomeUnknown: z.enum(['retry', 'ask', 'fail']).default('retry'),
 };
@@ -173,7 +191,16 @@ export const toolDefinitionSchema = toolDefinitionObject.superRefine(checkToolDe
 export type ToolDefinition = z.infer<typeof toolDefinitionSchema>;
 
 /** A tool a tenant declares one by one in `PUT /v1/agents/:agentId` (MCP tools come from a server entry). */
-export const declaredToolDefinitionSchema = toolDefinitionObject.extend({ kind: z.enum(['builtin', 'http']) }).superRefine(checkToolDefinition);
+export const declaredToolDefinitionSchema = toolDefinitionObject
+  .extend({ kind: z.enum(['builtin', 'http']) })
+  .superRefine(checkToolDefinition)
+  // The refinement, for the generated JSON Schema (zod cannot derive it from a refinement).
+  .meta({
+    anyOf: [
+      { properties: { kind: { const: 'builtin' }, name: { enum: [...builtinToolNames] } } },
+      { properties: { kind: { const: 'http' } }, required: ['http'] },
+    ],
+  });
 
 /** Limits on what an MCP server's `tools/list` may bring into an agent. */
 export const mcpLimits = {
@@ -208,7 +235,7 @@ export type AgentToolEntry = z.infer<typeof agentToolEntrySchema>;
 
 export const agentLimitsSchema = z.object({
   /** Model step timeout. @default 3600000 (60 min) */
-  llmStepTimeoutMs: z.int().min(1).optional(),
+  llmStepTimeoutMs: agentDeadlineSchema.optional(),
 });
 
 /** The body of `PUT /v1/agents/:agentId`. */

@@ -1,8 +1,9 @@
 import { z } from 'zod';
 import { agentIdSchema } from './agent.ts';
 import { runIdSchema, toolCallIdSchema } from './envelope.ts';
-import { modelMessageSchema } from './model-messages.ts';
+import { inputMessageSchema } from './model-messages.ts';
 import { runStatusSchema } from './run-state.ts';
+import { storedJsonMemberSchema, storedJsonObjectSchema, storedKeySchema } from './stored-json.ts';
 
 /** Public API shapes (DESIGN §7). */
 
@@ -19,8 +20,16 @@ export const conversationIdSchema = z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/,
 
 export const runInputSchema = z.union([
   z.string().min(1).max(apiLimits.maxInputChars),
-  z.array(modelMessageSchema).min(1).max(apiLimits.maxInputMessages),
+  z.array(inputMessageSchema).min(1).max(apiLimits.maxInputMessages),
 ]);
+
+/** Run metadata: up to 64 keys of at most 128 characters; values are JSON MongoDB stores as is. */
+export const runMetadataSchema = z
+  .record(storedKeySchema.max(128), storedJsonMemberSchema)
+  .refine((value) => Object.keys(value).length <= apiLimits.maxMetadataKeys, `at most ${apiLimits.maxMetadataKeys} keys`);
+
+/** Edited tool call arguments of an approval (validated against the tool's schema afterwards). */
+export const approvalArgsSchema = storedJsonObjectSchema;
 export type RunInput = z.infer<typeof runInputSchema>;
 
 export const createRunBodySchema = z
@@ -28,22 +37,27 @@ export const createRunBodySchema = z
     agentId: agentIdSchema,
     input: runInputSchema,
     conversationId: conversationIdSchema.optional(),
-    metadata: z
-      .record(z.string().max(128), z.unknown())
-      .refine((value) => Object.keys(value).length <= apiLimits.maxMetadataKeys, `at most ${apiLimits.maxMetadataKeys} keys`)
-      .optional(),
+    metadata: runMetadataSchema.optional(),
   })
   .strict();
 export type CreateRunBody = z.infer<typeof createRunBodySchema>;
 
 export const idempotencyKeySchema = z.string().min(1).max(apiLimits.maxIdempotencyKeyLength).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
 
+/**
+ * The cursor of `GET /v1/runs` (the page's last run, `<createdAt>~<runId>`; clients pass
+ * `nextCursor` back as is). Every string of this form is a position, so the schema is the whole rule.
+ */
+export const listCursorSchema = z
+  .string()
+  .regex(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z~[A-Za-z0-9_-]{1,64}$/, 'must be a nextCursor of an earlier page');
+
 export const listRunsQuerySchema = z
   .object({
     conversationId: conversationIdSchema.optional(),
     status: runStatusSchema.optional(),
     limit: z.coerce.number().int().min(1).max(apiLimits.maxListLimit).default(apiLimits.defaultListLimit),
-    cursor: z.string().max(512).optional(),
+    cursor: listCursorSchema.optional(),
   })
   .strict();
 
@@ -59,7 +73,7 @@ export const approvalDecisionBodySchema = z
   .object({
     approved: z.boolean(),
     reason: z.string().max(10_000).optional(),
-    args: z.record(z.string(), z.unknown()).optional(),
+    args: approvalArgsSchema.optional(),
   })
   .strict();
 export const batchApprovalBodySchema = z
@@ -105,7 +119,7 @@ export const pendingApprovalsQuerySchema = z
     status: z.literal('pending').default('pending'),
     /** Suspended runs looked at per page (each may hold several pending approvals). */
     limit: z.coerce.number().int().min(1).max(apiLimits.maxListLimit).default(apiLimits.defaultListLimit),
-    cursor: z.string().max(512).optional(),
+    cursor: listCursorSchema.optional(),
   })
   .strict();
 export const pendingApprovalsResponseSchema = z.object({
@@ -126,7 +140,7 @@ export const wsClientFrameSchema = z.discriminatedUnion('type', [
       agentId: agentIdSchema,
       input: runInputSchema,
       conversationId: conversationIdSchema.optional(),
-      metadata: z.record(z.string().max(128), z.unknown()).optional(),
+      metadata: runMetadataSchema.optional(),
       idempotencyKey: idempotencyKeySchema.optional(),
     })
     .strict(),
@@ -138,7 +152,7 @@ export const wsClientFrameSchema = z.discriminatedUnion('type', [
       toolCallId: toolCallIdSchema,
       approved: z.boolean(),
       reason: z.string().max(10_000).optional(),
-      args: z.record(z.string(), z.unknown()).optional(),
+      args: approvalArgsSchema.optional(),
     })
     .strict(),
   z.object({ type: z.literal('cancel'), requestId: z.string().min(1).max(128), runId: runIdSchema, reason: z.string().max(1000).optional() }).strict(),

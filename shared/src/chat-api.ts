@@ -51,7 +51,11 @@ export const chatRequestBodySchema = z.looseObject({
    */
   id: conversationIdSchema.optional(),
   messages: z.array(uiMessageSchema).min(1).max(chatLimits.maxMessages),
-  trigger: z.enum(['submit-message', 'regenerate-message']).default('submit-message'),
+  trigger: z
+    .enum(['submit-message', 'regenerate-message'])
+    .default('submit-message')
+    // The gateway refuses regenerate-message (400, with a message saying why): the document says so.
+    .meta({ enum: ['submit-message'] }),
   messageId: z.string().max(chatLimits.maxIdLength).optional(),
 });
 export type ChatRequestBody = z.infer<typeof chatRequestBodySchema>;

@@ -27,6 +27,7 @@ export * from './retry.ts';
 export * from './run-history-api.ts';
 export * from './run-state.ts';
 export * from './run-store.ts';
+export * from './stored-json.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
 export * from './tenant-leases.ts';

@@ -5,6 +5,9 @@ import type { ArgsValidation } from './args-validation.ts';
 import { parseOr400 } from './validation.ts';
 
 const day = 86_400_000;
+
+/** The longest deadline an agent may set (tool and step timeouts): inside the events' retention minus a day. */
+export const maxAgentDeadlineMs = (eventsMaxAgeMs: number) => eventsMaxAgeMs - day;
 /** Concurrent PUTs of one agent each take the next version; this bounds the retries of one request. */
 const maxVersionAttempts = 20;
 
@@ -18,7 +21,7 @@ export function createAgentService(deps: { store: GatewayStore; toolArgs: Pick<A
 
   /** Rules zod cannot express: compilable tool schemas, deadlines inside the events' retention. */
   function checkDefinition(tenantId: string, definition: AgentDefinition, tools: readonly ToolDefinition[]): void {
-    const maxDeadlineMs = deps.eventsMaxAgeMs - day;
+    const maxDeadlineMs = maxAgentDeadlineMs(deps.eventsMaxAgeMs);
     const tooLong = (value: number | undefined, field: string) => {
       if (value !== undefined && value > maxDeadlineMs) {
         throw new ApiError('invalid_request', `body.${field}: must be at most ${maxDeadlineMs} ms (EVENTS_MAX_AGE minus a day)`);

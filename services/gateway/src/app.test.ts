@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toApiError } from './http-errors.ts';
 import { operations } from './openapi.ts';
+import type { RouteConfig } from './routes/route-context.ts';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from './testing/test-app.ts';
 
 let current: TestApp | undefined;
@@ -94,6 +95,57 @@ describe('errors, auth and validation', () => {
   });
 });
 
+describe('auth is decided by the matched route (finding 13)', () => {
+  const upgrade = { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' };
+
+  it('answers 401 without a key however the path is spelled, WebSocket upgrades included', async () => {
+    const { app } = setup();
+    for (const url of ['/%761/ws', '/%76%31/ws', '/v%31/ws', '/V1/ws', '//v1/ws', '/v1//ws', '/v1/ws.', '/v1/ws/', '/%761/runs/run_x', '/v1/runs/%72un_x', '/nothing', '/%2Fv1/ws']) {
+      for (const headers of [{}, upgrade]) {
+        const response = await app.inject({ method: 'GET', url, headers });
+        expect(response.statusCode, url).toBe(401);
+        expect(response.json().error.code, url).toBe('unauthorized');
+      }
+    }
+    // the decoded path is the route: with a key, `/%761/runs/run_x` is `GET /v1/runs/:runId`
+    expect((await app.inject({ method: 'GET', url: '/%761/runs/run_x', headers: auth() })).json().error.code).toBe('run_not_found');
+    // public routes opt out explicitly, also when spelled with escapes
+    expect((await app.inject('/%68ealthz')).statusCode).toBe(200);
+  });
+
+  it('never upgrades an escaped WebSocket path without a key', async () => {
+    const { app } = setup();
+    await app.ready();
+    await expect(app.injectWS('/%761/ws')).rejects.toThrow(/401/);
+    const socket = await app.injectWS('/%761/ws', { headers: auth() });
+    const pong = new Promise((resolve) => socket.once('message', (data) => resolve(JSON.parse(String(data)))));
+    socket.send(JSON.stringify({ type: 'ping' }));
+    expect(await pong).toEqual({ type: 'pong' });
+    socket.terminate();
+  });
+});
+
+describe('405 for methods a path does not have', () => {
+  it('answers 405 method_not_allowed with Allow, after the key on /v1 paths', async () => {
+    const { app } = setup();
+    const runs = await app.inject({ method: 'DELETE', url: '/v1/runs', headers: auth() });
+    expect(runs.statusCode).toBe(405);
+    expect(runs.json().error.code).toBe('method_not_allowed');
+    expect(runs.headers.allow).toBe('GET, HEAD, POST');
+    expect((await app.inject({ method: 'PATCH', url: '/v1/runs/run_x/cancel', headers: auth() })).headers.allow).toBe('POST');
+    expect((await app.inject({ method: 'PUT', url: '/v1/ws', headers: auth() })).statusCode).toBe(405);
+    // before the body is read: a QUERY without Content-Type is 405 too
+    expect((await app.inject({ method: 'QUERY', url: '/v1/runs/run_x', headers: auth() })).statusCode).toBe(405);
+    expect((await app.inject({ method: 'TRACE', url: '/v1/approvals', headers: auth() })).statusCode).toBe(405);
+    expect((await app.inject({ method: 'DELETE', url: '/v1/runs' })).statusCode).toBe(401);
+    const probe = await app.inject({ method: 'POST', url: '/healthz' });
+    expect(probe.statusCode).toBe(405);
+    expect(probe.headers.allow).toBe('GET, HEAD');
+    // unknown paths stay 404
+    expect((await app.inject({ method: 'DELETE', url: '/v1/nothing', headers: auth() })).statusCode).toBe(404);
+  });
+});
+
 describe('the error registry', () => {
   it('maps every ApiError to its registry status through the one error handler', async () => {
     for (const [code, status] of Object.entries(httpStatusByCode)) {
@@ -115,6 +167,7 @@ describe('OpenAPI', () => {
     const { app } = setup();
     const served = new Set<string>();
     app.addHook('onRoute', (route) => {
+      if ((route.config as RouteConfig | undefined)?.methodNotAllowed) return;
       for (const method of [route.method].flat()) if (method !== 'HEAD') served.add(`${method.toLowerCase()} ${route.url}`);
     });
     await app.ready();
@@ -123,6 +176,53 @@ describe('OpenAPI', () => {
     expect(document.paths['/v1/runs/{runId}/approvals/{toolCallId}'].post.requestBody).toBeDefined();
     expect(document.paths['/v1/runs'].post.parameters).toContainEqual(expect.objectContaining({ name: 'Idempotency-Key', in: 'header' }));
     expect(document.paths['/v1/runs'].get.parameters.map((parameter: { name: string }) => parameter.name)).toEqual(['conversationId', 'status', 'limit', 'cursor']);
+  });
+});
+
+describe('the OpenAPI document promises what the server enforces', () => {
+  it('states the list cursor, Last-Event-ID, the deadline maxima and the stored-JSON key rule', async () => {
+    const { app } = setup();
+    const document = (await app.inject('/openapi.json')).json();
+    const parameter = (path: string, name: string) => document.paths[path].get.parameters.find((candidate: { name: string }) => candidate.name === name).schema;
+    // every string the schema allows is a cursor the server takes
+    const cursor = parameter('/v1/runs', 'cursor');
+    expect(cursor.pattern).toBeDefined();
+    const forged = '2031-01-01T00:00:00.000Z~run_anything';
+    expect(new RegExp(cursor.pattern).test(forged)).toBe(true);
+    expect((await app.inject({ method: 'GET', url: `/v1/runs?cursor=${forged}`, headers: auth() })).statusCode).toBe(200);
+    expect(parameter('/v1/runs/{runId}/events', 'Last-Event-ID').pattern).toBeDefined();
+
+    // every $ref points into components, and resolves
+    const text = JSON.stringify(document);
+    const refs = [...text.matchAll(/"\$ref":"([^"]+)"/g)].map((match) => match[1]!);
+    expect(refs.length).toBeGreaterThan(0);
+    for (const ref of refs) {
+      expect(ref).toMatch(/^#\/components\/schemas\//);
+      expect(document.components.schemas[ref.slice('#/components/schemas/'.length)], ref).toBeDefined();
+    }
+    // the configured deadline bound (EVENTS_MAX_AGE minus a day) is the schema's maximum
+    expect(text).toContain(`"maximum":${7 * 86_400_000 - 86_400_000}`);
+    expect(text).toContain('"propertyNames"');
+  });
+});
+
+describe('found by schemathesis', () => {
+  it('answers an empty tool URL 400 (not 500), and a JSON null body 400 where the body is optional', async () => {
+    const { app } = setup();
+    const agent = await app.inject({
+      method: 'PUT',
+      url: '/v1/agents/helper',
+      headers: auth(),
+      payload: { ...scriptedAgent, tools: [{ name: 'remote', kind: 'http', inputSchema: { type: 'object' }, http: { url: '' } }] },
+    });
+    expect(agent.statusCode).toBe(400);
+    expect(agent.json().error.message).toContain('body.tools.0.http.url');
+    const json = { ...auth(), 'content-type': 'application/json' };
+    expect((await app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: json, payload: 'null' })).statusCode).toBe(400);
+    expect((await app.inject({ method: 'POST', url: '/v1/runs/run_x/cancel', headers: json, payload: 'null' })).statusCode).toBe(400);
+    expect((await app.inject({ method: 'POST', url: '/v1/runs/run_x/cancel', headers: auth() })).json().error.code).toBe('run_not_found');
+    const poisoned = await app.inject({ method: 'POST', url: '/v1/runs', headers: json, payload: '{"agentId":"a","input":"hi","metadata":{"__proto__":{"x":1}}}' });
+    expect(poisoned.json().error).toEqual({ code: 'invalid_json', message: expect.stringContaining('__proto__') });
   });
 });
 

@@ -5,6 +5,7 @@ import { createAuthenticator, type Caller } from './auth.ts';
 import type { GatewayConfig } from './config.ts';
 import { errorBody, toApiError } from './http-errors.ts';
 import { createLiveConnections, type LiveConnections } from './live-connections.ts';
+import { maxAgentDeadlineMs } from './agents.ts';
 import { buildOpenApiDocument } from './openapi.ts';
 import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
@@ -16,7 +17,7 @@ import { registerOpenAiRoutes } from './routes/openai.ts';
 import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerOperationRoutes, type Readiness } from './routes/operations.ts';
-import type { RouteContext, StreamingOptions } from './routes/route-context.ts';
+import type { RouteConfig, RouteContext, StreamingOptions } from './routes/route-context.ts';
 import { registerRunHistoryRoute } from './routes/run-history.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
@@ -51,8 +52,17 @@ export const defaultStreamingOptions: StreamingOptions = {
 };
 
 const requestIdPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
-/** Paths that answer while draining (probes must tell the truth until the end). */
-const alwaysServed = new Set(['/healthz', '/readyz', '/metrics']);
+
+/** Whether `text` parses as JSON (used only after fastify's parser refused it). */
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    // Not JSON: fastify's own refusal (invalid_json) stands.
+    return false;
+  }
+}
 
 /**
  * The gateway's HTTP and WebSocket API (DESIGN §7) as a fastify instance: one error handler
@@ -128,7 +138,14 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       done(null, undefined);
       return;
     }
-    defaultJsonParser(request, body as string, done);
+    defaultJsonParser(request, body as string, (error, value) => {
+      if (error && isJson(body as string)) {
+        // Valid JSON that fastify's parser (secure-json-parse) refused: prototype poisoning.
+        done(new ApiError('invalid_json', 'the request body holds a __proto__ key, or a constructor key whose object has a prototype key: refused'), undefined);
+        return;
+      }
+      done(error, value);
+    });
   });
 
   app.setErrorHandler((error, request, reply) => {
@@ -143,31 +160,32 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     return reply.code(404).send(errorBody(new ApiError('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)));
   });
 
+  // Auth is decided by the route the router matched (its config), never by the raw URL: the router
+  // decodes (`/%761/ws` is `/v1/ws`), so a URL test and the route could disagree. Every route needs
+  // a caller unless it opts out with `public`; unmatched paths (the 404 handler) need one too.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    const path = request.url.split('?')[0] ?? '';
-    if (deps.isDraining() && !alwaysServed.has(path)) {
+    const routeConfig = (request.routeOptions.config ?? {}) as RouteConfig;
+    if (deps.isDraining() && routeConfig.servedWhileDraining !== true) {
       reply.header('connection', 'close');
       throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
     }
-    if (path === '/v1' || path.startsWith('/v1/')) {
-      const routeConfig = request.routeOptions.config as { allowQueryToken?: boolean; allowTicket?: boolean } | undefined;
-      const query = request.query as Record<string, unknown>;
-      const allowQueryToken = routeConfig?.allowQueryToken === true;
-      // A browser cannot set headers on a WebSocket handshake: the key may come as `?access_token=`
-      // or as the `abide.key.<base64url>` subprotocol (websocket-protocol.ts), or a ticket instead.
-      const accessToken =
-        typeof query.access_token === 'string' && allowQueryToken ? query.access_token
-        : allowQueryToken ? apiKeyFromWebSocketProtocols(request.headers['sec-websocket-protocol'])
-        : undefined;
-      const ticket = routeConfig?.allowTicket === true && request.headers.authorization === undefined ? query.ticket : undefined;
-      const caller =
-        typeof ticket === 'string'
-          ? await currentServices().wsTickets.redeem(ticket)
-          : authenticator.authenticate(request.headers.authorization, accessToken);
-      callers.set(request, caller);
-      request.log = request.log.child({ tenantId: caller.tenantId });
-    }
+    if (routeConfig.public === true) return;
+    const query = (request.query ?? {}) as Record<string, unknown>;
+    const allowQueryToken = routeConfig.allowQueryToken === true;
+    // A browser cannot set headers on a WebSocket handshake: the key may come as `?access_token=`
+    // or as the `abide.key.<base64url>` subprotocol (websocket-protocol.ts), or a ticket instead.
+    const accessToken =
+      typeof query.access_token === 'string' && allowQueryToken ? query.access_token
+      : allowQueryToken ? apiKeyFromWebSocketProtocols(request.headers['sec-websocket-protocol'])
+      : undefined;
+    const ticket = routeConfig.allowTicket === true && request.headers.authorization === undefined ? query.ticket : undefined;
+    const caller =
+      typeof ticket === 'string'
+        ? await currentServices().wsTickets.redeem(ticket)
+        : authenticator.authenticate(request.headers.authorization, accessToken);
+    callers.set(request, caller);
+    request.log = request.log.child({ tenantId: caller.tenantId });
   });
 
   app.addHook('onResponse', async (request, reply) => {
@@ -199,8 +217,15 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       socket.close(1011, 'internal error');
     },
   });
+  const methodsByPath = new Map<string, { methods: Set<string>; public: boolean }>();
   app.register(async (scope) => {
-    registerOperationRoutes(scope, context, { readiness: deps.readiness, openApiDocument: buildOpenApiDocument });
+    scope.addHook('onRoute', (route) => {
+      const entry = methodsByPath.get(route.url) ?? { methods: new Set<string>(), public: true };
+      for (const method of [route.method].flat()) entry.methods.add(method);
+      entry.public &&= (route.config as RouteConfig | undefined)?.public === true;
+      methodsByPath.set(route.url, entry);
+    });
+    registerOperationRoutes(scope, context, { readiness: deps.readiness, openApiDocument: () => buildOpenApiDocument({ maxDeadlineMs: maxAgentDeadlineMs(config.EVENTS_MAX_AGE) }) });
     registerAgentRoutes(scope, context);
     registerRunRoutes(scope, context);
     registerEventRoutes(scope, context);
@@ -211,6 +236,28 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerOpenAiRoutes(scope, context);
     registerRunHistoryRoute(scope, context);
     registerConsoleRoutes(scope);
+  });
+  // Registered after every route above: each path answers the methods it lacks 405 with `Allow`
+  // (authenticated like the path's own routes).
+  app.register(async (scope) => {
+    for (const [url, entry] of methodsByPath) {
+      // Every method fastify routes (GET, HEAD, TRACE, DELETE, OPTIONS, PATCH, PUT, POST, QUERY).
+      const missing = scope.supportedMethods.filter((method) => !entry.methods.has(method));
+      if (missing.length === 0) continue;
+      const allow = [...entry.methods].sort().join(', ');
+      scope.route({
+        method: [...missing],
+        url,
+        config: { public: entry.public, methodNotAllowed: true } satisfies RouteConfig,
+        // In onRequest (after auth), before fastify reads a body: a QUERY without Content-Type is still 405.
+        onRequest: async (request) => {
+          throw new ApiError('method_not_allowed', `${request.method} is not allowed on ${url} (allowed: ${allow})`, { headers: { allow } });
+        },
+        handler: async () => {
+          throw new Error('unreachable: the onRequest hook answers 405');
+        },
+      });
+    }
   });
 
   return { app, live };

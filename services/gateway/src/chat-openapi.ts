@@ -48,7 +48,7 @@ export const chatOperations: Operation[] = [
     summary: "AI SDK WebSocketChatTransport: many chats over one socket (send, resume with lastSequence, abort cancels the run); ?ticket= or the Authorization header",
     authenticated: true,
     params: chatAgentParamsSchema,
-    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 503) },
+    responses: { '101': { description: 'switching protocols' }, ...errors(400, 401, 403, 426, 429, 503) },
   },
   {
     method: 'post',

@@ -1,5 +1,6 @@
 import {
   acceptedResponseSchema,
+  agentDeadlineSchema,
   agentDefinitionSchema,
   agentIdParamsSchema,
   agentSchema,
@@ -11,6 +12,7 @@ import {
   createRunBodySchema,
   createRunResponseSchema,
   createWsTicketBodySchema,
+  cursorSchema,
   errorBodySchema,
   eventsQuerySchema,
   httpStatusByCode,
@@ -121,7 +123,7 @@ export const operations: Operation[] = [
     authenticated: true,
     params: runIdParamsSchema,
     query: eventsQuerySchema,
-    headers: { 'Last-Event-ID': { schema: z.string(), description: 'the seq of the last event held (wins over `after`)' } },
+    headers: { 'Last-Event-ID': { schema: cursorSchema, description: 'the seq of the last event held (wins over `after`)' } },
     responses: {
       '200': { description: 'text/event-stream: `id:` seq, `event:` type, `data:` the event JSON', contentType: 'text/event-stream' },
       '204': { description: 'the run has ended and the client holds its last event' },
@@ -183,7 +185,7 @@ export const operations: Operation[] = [
     path: '/v1/ws',
     summary: 'WebSocket (JSON text frames; see docs/api.md). Client frames are described by x-client-frames',
     authenticated: true,
-    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 429, 503) },
+    responses: { '101': { description: 'switching protocols' }, ...errors(401, 403, 426, 429, 503) },
   },
   {
     method: 'get',
@@ -201,16 +203,50 @@ export const operations: Operation[] = [
     path: '/console/assets/:name',
     summary: "The console's content-hashed assets (cached for a year)",
     authenticated: false,
+    params: z.object({ name: z.string().min(1) }),
     responses: { '200': { description: 'JavaScript or CSS' }, ...errors(404) },
   },
   ...chatOperations,
 ];
 
-const jsonSchema = (schema: z.ZodType, io: 'input' | 'output') => z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
+/**
+ * Generates the JSON Schemas of one document. Subschemas zod shares (`reused: 'ref'`) go to
+ * `components.schemas` (a `#/$defs/…` inside an operation would resolve against the document's
+ * root); agent deadlines get the configured maximum the gateway enforces beyond the zod schema.
+ */
+function createSchemaWriter(options: { maxDeadlineMs: number }) {
+  const components: Record<string, unknown> = {};
+  let generated = 0;
+  function write(schema: z.ZodType, io: 'input' | 'output'): Record<string, unknown> {
+    const prefix = `s${(generated += 1)}_`;
+    const { $schema: _dialect, $defs, ...root } = z.toJSONSchema(schema, {
+      io,
+      unrepresentable: 'any',
+      target: 'draft-2020-12',
+      reused: 'ref',
+      override: (context) => {
+        if (context.zodSchema === agentDeadlineSchema) context.jsonSchema.maximum = options.maxDeadlineMs;
+      },
+    }) as Record<string, unknown> & { $defs?: Record<string, unknown> };
+    const relocate = (value: unknown): unknown => {
+      if (Array.isArray(value)) return value.map(relocate);
+      if (value === null || typeof value !== 'object') return value;
+      return Object.fromEntries(
+        Object.entries(value).map(([key, inner]) => [
+          key,
+          key === '$ref' && typeof inner === 'string' && inner.startsWith('#/$defs/') ? `#/components/schemas/${prefix}${inner.slice('#/$defs/'.length)}` : relocate(inner),
+        ]),
+      );
+    };
+    for (const [name, definition] of Object.entries($defs ?? {})) components[`${prefix}${name}`] = relocate(definition);
+    return relocate(root) as Record<string, unknown>;
+  }
+  return { write, components };
+}
 
 const openApiPath = (path: string) => path.replace(/:([A-Za-z]+)/g, '{$1}');
 
-function parameters(operation: Operation): unknown[] {
+function parameters(operation: Operation, jsonSchema: (schema: z.ZodType, io: 'input' | 'output') => unknown): unknown[] {
   const list: unknown[] = [];
   for (const [location, schema] of [['path', operation.params], ['query', operation.query]] as const) {
     if (!schema) continue;
@@ -227,14 +263,18 @@ function parameters(operation: Operation): unknown[] {
   return list;
 }
 
-/** The OpenAPI 3.1 document of the public API, generated from the zod schemas. */
-export function buildOpenApiDocument(): Record<string, unknown> {
+/**
+ * The OpenAPI 3.1 document of the public API, generated from the zod schemas the routes validate
+ * with, plus the configured bounds (`maxDeadlineMs`).
+ */
+export function buildOpenApiDocument(options: { maxDeadlineMs: number }): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
+  const { write: jsonSchema, components } = createSchemaWriter(options);
   for (const operation of operations) {
     const entry: Record<string, unknown> = {
       summary: operation.summary,
       security: operation.authenticated ? [{ apiKey: [] }] : [],
-      parameters: parameters(operation),
+      parameters: parameters(operation, jsonSchema),
       responses: Object.fromEntries(
         Object.entries(operation.responses).map(([status, response]) => [
           status,
@@ -254,7 +294,7 @@ export function buildOpenApiDocument(): Record<string, unknown> {
   return {
     openapi: '3.1.0',
     info: { title: 'Abide', version: '1', description: 'Durable AI agent runs. See docs/api.md.' },
-    components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'Authorization: Bearer <api key>' } } },
+    components: { schemas: components, securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'Authorization: Bearer <api key>' } } },
     paths,
   };
 }

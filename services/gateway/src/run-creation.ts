@@ -207,6 +207,21 @@ export function createRunCreator(deps: {
     });
   }
 
+  /**
+   * Whether the run is known not to exist. An insert that failed may have reached the store (a
+   * lost reply); when the store cannot tell either, the answer is no, and the 30-s rule and the
+   * run's own end release its locks.
+   */
+  async function runIsAbsent(runId: string): Promise<boolean> {
+    try {
+      return !(await store.loadRun(runId));
+    } catch (error) {
+      // Logged, not thrown: the caller rethrows the error that stopped the creation.
+      logger.warn({ runId, err: error }, 'could not tell whether a failed creation committed; its locks wait for the 30-s rule');
+      return false;
+    }
+  }
+
   /** The conversation so far: the messages of its latest ended run. */
   async function conversationHistory(tenantId: string, conversationId: string): Promise<ModelMessage[]> {
     const runs = await store.conversationRuns(tenantId, conversationId, conversationLookback);
@@ -228,7 +243,10 @@ export function createRunCreator(deps: {
     if (!agent) throw new ApiError('agent_not_found', `agent ${body.agentId} not found`);
     const conversationId = body.conversationId ?? newId('conv');
 
+    // Everything the client sent was validated by the route (stored-json keys and depth included):
+    // nothing below refuses the body, so a refusal never holds the conversation.
     await acquireLock(tenantId, conversationId, runId);
+    let committed: boolean;
     let transition: TransitionDocument;
     let runSlot: number | undefined;
     try {
@@ -248,16 +266,20 @@ export function createRunCreator(deps: {
         outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }],
         published: false,
       };
+      // The work item first: once version 1 exists, something is sure to publish its `start`.
+      await store.insertWork({ _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(at.getTime() + outboxGraceMs).toISOString() });
+      committed = await store.insertTransition(transition);
     } catch (error) {
-      // Nothing committed yet: give the conversation (and the slot) back rather than hold them for 30 s.
-      if (runSlot !== undefined) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
-      await releaseLock(conversationLockId(tenantId, conversationId), runId);
+      // Nothing committed (unless the insert's reply was lost): give the conversation and the slot
+      // back rather than hold them for 30 s.
+      if (await runIsAbsent(runId)) {
+        if (runSlot !== undefined) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
+        await releaseLock(conversationLockId(tenantId, conversationId), runId);
+      }
       throw error;
     }
 
-    // The work item first: once version 1 exists, something is sure to publish its `start`.
-    await store.insertWork({ _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(transition.at.getTime() + outboxGraceMs).toISOString() });
-    if (!(await store.insertTransition(transition))) {
+    if (!committed) {
       // A concurrent request with the same Idempotency-Key committed first.
       const existing = await store.loadRun(runId);
       if (!existing) throw new Error(`run ${runId}: version 1 exists but cannot be read`);

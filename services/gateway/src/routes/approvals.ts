@@ -37,8 +37,10 @@ export function registerApprovalRoutes(app: FastifyInstance, context: RouteConte
   });
 
   app.get('/v1/approvals', async (request) => {
+    const { cursor } = request.query as { cursor?: unknown };
+    // The cursor first: a bad one is 400 `invalid_cursor`, other parameters `invalid_request`.
+    const after = cursor === undefined ? undefined : decodeListCursor(cursor);
     const query = parseOr400(pendingApprovalsQuerySchema, request.query, 'query');
-    const after = query.cursor === undefined ? undefined : decodeListCursor(query.cursor);
     const page = await context.services().approvals.listPending(context.caller(request).tenantId, { limit: query.limit, after });
     return { approvals: page.approvals, nextCursor: page.next ? encodeListCursor(page.next) : null };
   });

@@ -20,33 +20,37 @@ const closeCodes = { goingAway: 1001, policyViolation: 1008, tryAgainLater: 1013
  * or a single-use ticket (`?ticket=`, from `POST /v1/ws/tickets`): browsers cannot set headers.
  */
 export function registerChatWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
-  app.get(
-    '/v1/agents/:agentId/chat/ws',
-    {
-      websocket: true,
-      config: { allowTicket: true },
-      onRequest: async (request) => {
-        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
-          throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
-        }
-        if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
-        // One of the tenant's connections, as on /v1/ws: 429 before the upgrade over the cap,
-        // released when the TCP connection closes (whatever ends it).
-        const lease = await context.services().capacity.acquireConnection(context.caller(request).tenantId, request.id);
-        const connection = request.raw.socket as typeof request.raw.socket | undefined; // absent under app.injectWS
-        if (!connection || connection.destroyed) await lease.release();
-        else connection.once('close', () => void lease.release());
-      },
-      preValidation: async (request) => {
-        parseOr400(chatAgentParamsSchema, request.params, 'params');
-      },
+  app.route({
+    method: 'GET',
+    url: '/v1/agents/:agentId/chat/ws',
+    config: { allowTicket: true },
+    onRequest: async (request) => {
+      if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
+        throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
+      }
+      if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
+      // A plain HTTP request is answered 426 by `handler` below and holds no connection slot.
+      if (request.headers.upgrade?.toLowerCase() !== 'websocket') return;
+      // One of the tenant's connections, as on /v1/ws: 429 before the upgrade over the cap,
+      // released when the TCP connection closes (whatever ends it).
+      const lease = await context.services().capacity.acquireConnection(context.caller(request).tenantId, request.id);
+      const connection = request.raw.socket as typeof request.raw.socket | undefined; // absent under app.injectWS
+      if (!connection || connection.destroyed) await lease.release();
+      else connection.once('close', () => void lease.release());
     },
-    (socket, request) => {
+    preValidation: async (request) => {
+      parseOr400(chatAgentParamsSchema, request.params, 'params');
+    },
+    wsHandler: (socket, request) => {
       context.recordRequest('GET', '/v1/agents/:agentId/chat/ws', 101);
       const { agentId } = chatAgentParamsSchema.parse(request.params);
       handleChatConnection(socket, request, context.caller(request), agentId, context);
     },
-  );
+    // A plain HTTP request (no upgrade) to the WebSocket path.
+    handler: async () => {
+      throw new ApiError('upgrade_required', 'this is a WebSocket endpoint: send Connection: Upgrade, Upgrade: websocket', { headers: { upgrade: 'websocket', connection: 'Upgrade' } });
+    },
+  });
 }
 
 /** A request being answered: its abort, the run it follows once known, and whether the user stopped it. */

@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { RouteConfig } from './route-context.ts';
 
 /** Where `npm run build -w console` writes the console (committed: see docs/decisions.md). */
 export const defaultConsoleDirectory = fileURLToPath(new URL('../../../../console/dist/', import.meta.url));
@@ -65,14 +66,16 @@ export function registerConsoleRoutes(app: FastifyInstance, options: { directory
   const built = loadConsole(options.directory ?? defaultConsoleDirectory);
   const notBuilt = () => new ApiError('not_found', 'the console is not built (npm run build -w console)');
 
-  app.get('/console', async (_request, reply) => {
+  // Public (static files; the page calls the API with the key the user types in).
+  const open = { config: { public: true } satisfies RouteConfig };
+  app.get('/console', open, async (_request, reply) => {
     if (!built) throw notBuilt();
     return securityHeaders(reply).header('cache-control', 'no-cache').type('text/html; charset=utf-8').send(built.index);
   });
 
-  app.get('/console/', async (_request, reply) => reply.redirect('/console', 301));
+  app.get('/console/', open, async (_request, reply) => reply.redirect('/console', 301));
 
-  app.get('/console/assets/:name', async (request, reply) => {
+  app.get('/console/assets/:name', open, async (request, reply) => {
     if (!built) throw notBuilt();
     const { name } = request.params as { name: string };
     const asset = built.assets.get(name);

@@ -87,6 +87,9 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
     }
     const header = await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: { ...auth(), 'last-event-id': 'x' } });
     expect(header.json().error.code).toBe('invalid_cursor');
+    // found by schemathesis: an invalid `after` is refused even when Last-Event-ID wins
+    const both = await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=`, headers: { ...auth(), 'last-event-id': '0' } });
+    expect(both.json().error).toMatchObject({ code: 'invalid_cursor', message: expect.stringContaining('query.after') });
     expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?foo=1`, headers: auth() })).json().error.code).toBe('invalid_request');
     expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: auth('t2') })).statusCode).toBe(404);
     emitRun();

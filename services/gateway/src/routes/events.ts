@@ -9,9 +9,10 @@ import type { RouteContext } from './route-context.ts';
 export function sseCursor(query: Record<string, unknown>, lastEventId: string | string[] | undefined): number | undefined {
   const unknown = Object.keys(query).filter((name) => name !== 'after' && name !== 'access_token');
   if (unknown.length > 0) throw new ApiError('invalid_request', `query.${unknown[0]}: unknown parameter`);
+  // Both are validated when present (an invalid `after` is refused even when the header wins).
+  const after = query.after === undefined ? undefined : parseOr400(cursorSchema, query.after, 'query.after', 'invalid_cursor');
   if (lastEventId !== undefined) return parseOr400(cursorSchema, lastEventId, 'headers.last-event-id', 'invalid_cursor');
-  if (query.after !== undefined) return parseOr400(cursorSchema, query.after, 'query.after', 'invalid_cursor');
-  return undefined;
+  return after;
 }
 
 /** One SSE message: `id:` the seq, `event:` the type, `data:` the client event. */

@@ -19,6 +19,20 @@ export type StreamingOptions = {
   subscribeChurn: RateLimitOptions;
 };
 
+/** What a route declares in its fastify `config` (read by `createApp`'s hooks). */
+export type RouteConfig = {
+  /** Answered without an API key (probes, metrics, this document). Every other route needs one. */
+  public?: boolean;
+  /** Answered while draining (probes must tell the truth until the end). */
+  servedWhileDraining?: boolean;
+  /** Accepts `?access_token=` (or the WebSocket key subprotocol) where a browser cannot set headers (SSE, WebSocket). */
+  allowQueryToken?: boolean;
+  /** Accepts a single-use `?ticket=` instead of a key (`GET /v1/ws`). */
+  allowTicket?: boolean;
+  /** The route that answers 405 for the methods a path lacks (not an operation of the API). */
+  methodNotAllowed?: boolean;
+};
+
 /** What every route module gets from `createApp`. */
 export type RouteContext = {
   /** The use cases; throws 503 `unavailable` while NATS or MongoDB is not connected yet. */

@@ -29,8 +29,10 @@ export function registerRunRoutes(app: FastifyInstance, context: RouteContext): 
   });
 
   app.get('/v1/runs', async (request) => {
+    const { cursor } = request.query as { cursor?: unknown };
+    // The cursor first: a bad one is 400 `invalid_cursor`, other parameters `invalid_request`.
+    const after = cursor === undefined ? undefined : decodeListCursor(cursor);
     const query = parseOr400(listRunsQuerySchema, request.query, 'query');
-    const after = query.cursor === undefined ? undefined : decodeListCursor(query.cursor);
     const { tenantId } = context.caller(request);
     const page = await context.services().store.listRuns({ tenantId, conversationId: query.conversationId, status: query.status, limit: query.limit, after });
     return {
@@ -42,7 +44,7 @@ export function registerRunRoutes(app: FastifyInstance, context: RouteContext): 
 
   app.post('/v1/runs/:runId/cancel', async (request, reply) => {
     const { runId } = parseOr400(runIdParamsSchema, request.params, 'params');
-    const body = parseOr400(cancelRunBodySchema, request.body ?? {}, 'body');
+    const body = parseOr400(cancelRunBodySchema, request.body === undefined ? {} : request.body, 'body');
     await context.services().cancelRun(context.caller(request).tenantId, runId, body.reason);
     return reply.code(202).send({ status: 'accepted' });
   });

@@ -7,7 +7,7 @@ import { createRateLimiter } from '../rate-limiter.ts';
 import { describeIssues, parseOr400 } from '../validation.ts';
 import type { Services } from '../services.ts';
 import { isSameOrigin } from '../websocket-protocol.ts';
-import type { RouteContext } from './route-context.ts';
+import type { RouteConfig, RouteContext } from './route-context.ts';
 
 type RunEvents = NonNullable<Awaited<ReturnType<Services['openRunEvents']>>>;
 
@@ -24,35 +24,39 @@ export function isOriginAllowed(origin: string | undefined, allowed: readonly st
 export function registerWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
   // A single-use ticket for `GET /v1/ws?ticket=` (authenticated by the Authorization header only).
   app.post('/v1/ws/tickets', async (request, reply) => {
-    parseOr400(createWsTicketBodySchema, request.body ?? {}, 'body');
+    parseOr400(createWsTicketBodySchema, request.body === undefined ? {} : request.body, 'body');
     return reply.code(201).send(await context.services().wsTickets.issue(context.caller(request)));
   });
 
-  app.get(
-    '/v1/ws',
-    {
-      websocket: true,
-      config: { allowQueryToken: true, allowTicket: true },
-      onRequest: async (request) => {
-        if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
-          throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
-        }
-        if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
-        // Fail before the upgrade when the backend is not connected yet.
-        const services = context.services();
-        // The socket is one of the tenant's connections (issue 8): 429 before the upgrade over the cap,
-        // released when the TCP connection closes (whatever ends it: the upgrade failing included).
-        const lease = await services.capacity.acquireConnection(context.caller(request).tenantId, request.id);
-        const connection = request.raw.socket as typeof request.raw.socket | undefined; // absent under app.injectWS
-        if (!connection || connection.destroyed) await lease.release();
-        else connection.once('close', () => void lease.release());
-      },
+  app.route({
+    method: 'GET',
+    url: '/v1/ws',
+    config: { allowQueryToken: true, allowTicket: true } satisfies RouteConfig,
+    onRequest: async (request) => {
+      if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
+        throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
+      }
+      if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
+      // Fail before the upgrade when the backend is not connected yet.
+      const services = context.services();
+      // A plain HTTP request is answered 426 by `handler` below and holds no connection slot.
+      if (request.headers.upgrade?.toLowerCase() !== 'websocket') return;
+      // The socket is one of the tenant's connections (issue 8): 429 before the upgrade over the cap,
+      // released when the TCP connection closes (whatever ends it: the upgrade failing included).
+      const lease = await services.capacity.acquireConnection(context.caller(request).tenantId, request.id);
+      const connection = request.raw.socket as typeof request.raw.socket | undefined; // absent under app.injectWS
+      if (!connection || connection.destroyed) await lease.release();
+      else connection.once('close', () => void lease.release());
     },
-    (socket, request) => {
+    wsHandler: (socket, request) => {
       context.recordRequest('GET', '/v1/ws', 101);
       handleConnection(socket, request, context.caller(request), context);
     },
-  );
+    // A plain HTTP request (no upgrade) to the WebSocket path.
+    handler: async () => {
+      throw new ApiError('upgrade_required', 'GET /v1/ws is a WebSocket endpoint: send Connection: Upgrade, Upgrade: websocket', { headers: { upgrade: 'websocket', connection: 'Upgrade' } });
+    },
+  });
 }
 
 function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Caller, context: RouteContext): void {
