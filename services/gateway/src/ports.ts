@@ -12,7 +12,7 @@ export type LoadedRun = {
   version: number;
   /** The read model's `lastSeq` (may lag). */
   lastSeq: number | null;
-  /** Whether the latest transition's outbox has been published (exact from `loadRun`; may lag in `listRuns`). */
+  /** Whether the latest transition's outbox is known published (the read model's `publishedVersion` reaches it; false while the read model lags a moment behind the publish). */
   published: boolean;
 };
 
