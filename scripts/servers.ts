@@ -4,14 +4,15 @@
  *   node scripts/servers.ts                      # 127.0.0.1:4222 and 127.0.0.1:27017, until Ctrl-C
  *   node scripts/servers.ts --nats-port 0        # 0: any free port
  *   node scripts/servers.ts --install-only       # just make sure the binaries exist (CI)
+ *   node scripts/servers.ts --cluster 3          # three NATS nodes (4222-4224) with routes; run services with JS_REPLICAS=3
  *
  * A server whose URL is already set (`NATS_URL`, `MONGO_URL`) is not started.
- * Data and logs: `.abide/data/{nats,mongo}/` (or `--data-dir`).
+ * Data and logs: `.abide/data/{nats,mongo}/` (a cluster: `nats-1/` … `nats-N/`) (or `--data-dir`).
  */
 import { parseArgs } from 'node:util';
-import { ensureMongoServerBinary, ensureNatsServerBinary, errorMessage, startServersFromEnv, type Log } from './lib/servers.ts';
+import { ensureMongoServerBinary, ensureNatsServerBinary, errorMessage, startServersFromEnv, type Log, type ManagedServer } from './lib/servers.ts';
 
-const usage = `usage: node scripts/servers.ts [--nats-port N] [--mongo-port N] [--data-dir DIR] [--install-only]`;
+const usage = `usage: node scripts/servers.ts [--nats-port N] [--mongo-port N] [--cluster N] [--data-dir DIR] [--install-only]`;
 
 const log: Log = (message) => process.stderr.write(`[servers] ${message}\n`);
 
@@ -22,6 +23,7 @@ async function main(): Promise<void> {
       'mongo-port': { type: 'string', default: '27017' },
       'data-dir': { type: 'string' },
       'install-only': { type: 'boolean', default: false },
+      cluster: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -40,7 +42,12 @@ async function main(): Promise<void> {
     return;
   }
 
+  const clusterSize = values.cluster === undefined ? undefined : Number(values.cluster);
+  if (clusterSize !== undefined && (!Number.isInteger(clusterSize) || clusterSize < 2 || clusterSize > 7)) {
+    throw new Error(`--cluster takes a node count from 2 to 7, got "${values.cluster}"\n${usage}`);
+  }
   const servers = await startServersFromEnv(process.env, {
+    natsCluster: clusterSize,
     natsPort: parsePort(values['nats-port'], '--nats-port'),
     mongoPort: parsePort(values['mongo-port'], '--mongo-port'),
     dataRoot: values['data-dir'],
@@ -49,17 +56,23 @@ async function main(): Promise<void> {
     onUnexpectedExit: (name, info) => log(`${name} exited unexpectedly (${info.signal ?? `exit code ${info.code}`}); see its log file`),
   });
 
-  for (const [label, server, url] of [['NATS', servers.nats, servers.natsUrl], ['MongoDB', servers.mongo, servers.mongoUrl]] as const) {
+  const rows: [string, ManagedServer | undefined, string][] = servers.natsCluster
+    ? servers.natsCluster.nodes.map((node) => [`NATS ${node.name}`, node.server, `${node.server.url}  monitor ${node.monitorUrl}`])
+    : [['NATS', servers.nats, servers.natsUrl]];
+  rows.push(['MongoDB', servers.mongo, servers.mongoUrl]);
+  for (const [label, server, url] of rows) {
     const origin = server ? `${server.kind}, pid ${server.pid}, log ${server.logFile}` : 'from the environment, not started here';
     process.stdout.write(`${label.padEnd(8)} ${url}  (${origin})\n`);
   }
-  process.stdout.write(`\nexport NATS_URL=${servers.natsUrl} MONGO_URL=${servers.mongoUrl}\n\nCtrl-C stops the servers.\n`);
+  const replicas = servers.natsCluster ? ` JS_REPLICAS=${servers.natsCluster.nodes.length}` : '';
+  process.stdout.write(`\nexport NATS_URL=${servers.natsUrl} MONGO_URL=${servers.mongoUrl}${replicas}\n\nCtrl-C stops the servers.\n`);
 
   let stopping = false;
   const shutDown = (signal: NodeJS.Signals) => {
     if (stopping) {
       log(`${signal} again: killing the servers`);
       servers.nats?.kill('SIGKILL');
+      for (const node of servers.natsCluster?.nodes ?? []) node.server.kill('SIGKILL');
       servers.mongo?.kill('SIGKILL');
       process.exit(1);
     }

@@ -49,6 +49,7 @@ export const errorCodeGuide: Record<PublicErrorCode, { exit: ExitCode; hint: str
   too_many_in_flight: { exit: exitCodes.unavailable, hint: 'too many WebSocket frames in flight on one connection; wait for answers, then resend' },
   internal: { exit: exitCodes.failure, hint: 'the gateway failed; its logs have the details' },
   unavailable: { exit: exitCodes.unavailable, hint: 'the gateway is not ready or is shutting down; try again shortly' },
+  subscription_interrupted: { exit: exitCodes.unavailable, hint: "the run's event stream could not be resumed (NATS unavailable); follow it again with the last seq (--after)" },
 };
 
 /** A failure the CLI reports and exits with. */

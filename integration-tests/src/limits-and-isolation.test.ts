@@ -69,7 +69,7 @@ describe('limits and isolation', () => {
   beforeAll(async () => {
     tools = await startHttpToolServer((call) => {
       if (call.path === '/big') return { body: { data: 'x'.repeat(bigResultChars) } };
-      if (call.path === '/mongo-keys') return { body: { $set: 1, 'a.b': 2 } };
+      if (call.path === '/mongo-keys') return { body: { $set: 1, 'a.b': 2, matrix: [[1, 2], [3, [4]]] } };
       return { body: { ok: true, received: call.body } };
     });
     model = await startFakeModel((index) =>
@@ -190,13 +190,13 @@ describe('limits and isolation', () => {
     const events = await finished(testKeys.a, runId);
     expect(terminalOf(events)).toMatchObject({ type: 'run.completed', output: 'saw it' });
     expect(events.find((event) => event.type === 'tool.call')).toMatchObject({ args: { $where: 'x', 'k.e.y': 1 } });
-    expect(events.find((event) => event.type === 'tool.result')).toMatchObject({ result: { $set: 1, 'a.b': 2 } });
+    expect(events.find((event) => event.type === 'tool.result')).toMatchObject({ result: { $set: 1, 'a.b': 2, matrix: [[1, 2], [3, [4]]] } });
     // The tool received the model's arguments as they were.
     expect(tools.calls.find((call) => call.idempotencyKey === `${runId}:s0c0`)?.body).toEqual({ $where: 'x', 'k.e.y': 1 });
     // The model's next step saw exactly what the tool returned.
     const second = model.requests[requestsBefore + 1];
     const toolMessage = second.messages.find((message: { role: string }) => message.role === 'tool');
-    expect(JSON.parse(toolMessage.content)).toEqual({ $set: 1, 'a.b': 2 });
+    expect(JSON.parse(toolMessage.content)).toEqual({ $set: 1, 'a.b': 2, matrix: [[1, 2], [3, [4]]] });
     const assistant = second.messages.find((message: { role: string; tool_calls?: unknown[] }) => message.role === 'assistant' && message.tool_calls);
     expect(JSON.parse(assistant.tool_calls[0].function.arguments)).toEqual({ $where: 'x', 'k.e.y': 1 });
     // The read model answers too.

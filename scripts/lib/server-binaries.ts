@@ -88,6 +88,28 @@ export async function ensureNatsServerBinary(log: Log = defaultLog): Promise<str
   );
 }
 
+export const promtoolModule = { path: 'github.com/prometheus/prometheus', version: 'v0.316.0' } as const;
+
+/**
+ * Returns promtool (it checks and unit-tests `deploy/monitoring/alert-rules.yml`), built with Go
+ * into the cache on first use: about 12 minutes cold on a small machine (Prometheus pulls the
+ * cloud SDKs of its service discovery), seconds with a warm Go cache. Safe to call from several
+ * processes at once.
+ */
+export async function ensurePromtoolBinary(log: Log = defaultLog): Promise<string> {
+  if (!findOnPath('go')) throw new Error(`promtool is built from ${promtoolModule.path}@${promtoolModule.version}: install Go ≥ 1.25 (https://go.dev/dl/)`);
+  return installOnce('promtool', log, async (scratchDir) => {
+    log(`building promtool ${promtoolModule.version} with Go into ${abidePaths.binDir} (many minutes on first use)`);
+    const workDir = await mkdtemp(join(tmpdir(), 'abide-promtool-build-'));
+    try {
+      await runGo(['install', `${promtoolModule.path}/cmd/promtool@${promtoolModule.version}`], { cwd: workDir, env: { GOBIN: scratchDir } }, log);
+    } finally {
+      await rm(workDir, { recursive: true, force: true });
+    }
+    return join(scratchDir, 'promtool');
+  });
+}
+
 /**
  * Returns a MongoDB-compatible server: `mongod` on PATH, else FerretDB 1.24.2 from the repo
  * cache, built with Go on first use. Safe to call from several processes at once.

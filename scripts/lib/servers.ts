@@ -113,6 +113,103 @@ export async function startNatsServer(options: NatsServerOptions): Promise<Manag
   });
 }
 
+/** One node of a local NATS cluster. */
+export interface NatsClusterNode {
+  /** `server_name` (`n1`, `n2`, …): what `$JS.API` answers name as a leader. */
+  readonly name: string;
+  readonly server: ManagedServer;
+  /** `http://127.0.0.1:PORT`, the node's monitoring endpoint (`/jsz`, `/healthz`). */
+  readonly monitorUrl: string;
+}
+
+export interface NatsCluster {
+  readonly nodes: readonly NatsClusterNode[];
+  /** Every node's client URL, comma-separated (what `NATS_URL` takes). */
+  readonly url: string;
+  /** Waits until a meta leader is elected and every node sees the others (after a start or a fault). */
+  waitForMetaLeader(timeoutMs?: number): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export interface NatsClusterOptions extends Omit<NatsServerOptions, 'dataDir' | 'port' | 'onUnexpectedExit'> {
+  /** Each node keeps its data in `<dataRoot>/nats-<n>/`. */
+  dataRoot: string;
+  /** @default 3 */
+  size?: number;
+  /** Client port of the first node; the others take the next ones. 0 or undefined: free ports. */
+  basePort?: number;
+  onUnexpectedExit?: (node: string, info: ExitInfo) => void;
+}
+
+/**
+ * Starts a NATS cluster on loopback: `size` nats-server processes joined by cluster routes, each
+ * with JetStream (`sync_interval: always`), its own `server_name` and store directory, and a
+ * monitoring port. Resolves once a JetStream meta leader is elected.
+ */
+export async function startNatsCluster(options: NatsClusterOptions): Promise<NatsCluster> {
+  const size = options.size ?? 3;
+  if (!Number.isInteger(size) || size < 2) throw new Error(`a cluster needs at least 2 nodes, got ${size}`);
+  const names = Array.from({ length: size }, (_, index) => `n${index + 1}`);
+  const clientPorts = await Promise.all(names.map((_, index) => (options.basePort ? Promise.resolve(options.basePort + index) : freePort())));
+  const routePorts = await Promise.all(names.map(() => freePort()));
+  const monitorPorts = await Promise.all(names.map(() => freePort()));
+  const started = await Promise.allSettled(
+    names.map((name, index) =>
+      startNatsServer({
+        log: options.log,
+        startTimeoutMs: options.startTimeoutMs,
+        detached: options.detached,
+        dataDir: join(options.dataRoot, `nats-${index + 1}`),
+        port: clientPorts[index],
+        onUnexpectedExit: (info) => options.onUnexpectedExit?.(name, info),
+        extraConfig: [
+          `server_name: ${name}`,
+          `http: "127.0.0.1:${monitorPorts[index]}"`,
+          'cluster {',
+          '  name: abide',
+          `  listen: "127.0.0.1:${routePorts[index]}"`,
+          `  routes: [${routePorts.filter((_, other) => other !== index).map((port) => `"nats-route://127.0.0.1:${port}"`).join(', ')}]`,
+          '}',
+          options.extraConfig ?? '',
+        ].join('\n'),
+      }),
+    ),
+  );
+  const servers = started.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+  const stop = async () => {
+    await Promise.all(servers.map((server) => server.stop()));
+  };
+  const failed = started.find((result) => result.status === 'rejected');
+  if (failed) {
+    await stop();
+    throw failed.reason;
+  }
+  const nodes = names.map((name, index) => ({ name, server: servers[index]!, monitorUrl: `http://127.0.0.1:${monitorPorts[index]}` }));
+
+  async function waitForMetaLeader(timeoutMs = 60_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      for (const node of nodes) {
+        const jsz = (await fetch(`${node.monitorUrl}/jsz`, { signal: AbortSignal.timeout(1_000) })
+          .then((response) => response.json())
+          .catch(() => undefined)) as { meta_cluster?: { leader?: string; cluster_size?: number } } | undefined; // down or stopped: ask the next node
+        const leader = jsz?.meta_cluster?.leader;
+        if (leader && (jsz.meta_cluster?.cluster_size ?? 0) >= size) return leader;
+      }
+      if (Date.now() > deadline) throw new Error(`no JetStream meta leader after ${timeoutMs} ms (logs: ${nodes.map((node) => node.server.logFile).join(', ')})`);
+      await sleep(100);
+    }
+  }
+
+  try {
+    await waitForMetaLeader(options.startTimeoutMs ?? 60_000);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { nodes, url: nodes.map((node) => node.server.url).join(','), waitForMetaLeader, stop };
+}
+
 /** Starts `mongod` or FerretDB (SQLite backend) and waits until it answers a `ping` command. */
 export async function startMongoServer(options: ServerOptions): Promise<ManagedServer> {
   const log = options.log ?? defaultLog;
@@ -397,19 +494,24 @@ export interface StartServersOptions {
   /** 0 or undefined: a free port. */
   mongoPort?: number;
   natsExtraConfig?: string;
+  /** Start a NATS cluster of this many nodes instead of one server (see {@link startNatsCluster}). */
+  natsCluster?: number;
   log?: Log;
   /** @default 30000 */
   startTimeoutMs?: number;
   /** See {@link ServerOptions.detached}. @default false */
   detached?: boolean;
-  onUnexpectedExit?: (server: 'nats' | 'mongo', info: ExitInfo) => void;
+  /** `nats n2` names a cluster node. */
+  onUnexpectedExit?: (server: 'nats' | 'mongo' | `nats ${string}`, info: ExitInfo) => void;
 }
 
 export interface StartedServers {
   natsUrl: string;
   mongoUrl: string;
-  /** Undefined when `NATS_URL` was given. */
+  /** Undefined when `NATS_URL` was given or a cluster was started. */
   nats: ManagedServer | undefined;
+  /** The cluster, when `natsCluster` asked for one (and `NATS_URL` was not given). */
+  natsCluster: NatsCluster | undefined;
   /** Undefined when `MONGO_URL` was given. */
   mongo: ManagedServer | undefined;
   /** Stops the servers started here (never those named by the environment). */
@@ -425,10 +527,20 @@ export async function startServersFromEnv(env: Record<string, string | undefined
   const common = { log: options.log, startTimeoutMs: options.startTimeoutMs, detached: options.detached };
   const natsUrl = env.NATS_URL?.trim() || undefined;
   const mongoUrl = env.MONGO_URL?.trim() || undefined;
+  const clusterSize = natsUrl ? 0 : (options.natsCluster ?? 0);
   const [nats, mongo] = await Promise.allSettled([
     natsUrl
       ? undefined
-      : startNatsServer({
+      : clusterSize > 1
+        ? startNatsCluster({
+            ...common,
+            dataRoot,
+            size: clusterSize,
+            basePort: options.natsPort,
+            extraConfig: options.natsExtraConfig,
+            onUnexpectedExit: (node, info) => options.onUnexpectedExit?.(`nats ${node}`, info),
+          })
+        : startNatsServer({
           ...common,
           dataDir: join(dataRoot, 'nats'),
           port: options.natsPort,
@@ -449,10 +561,12 @@ export async function startServersFromEnv(env: Record<string, string | undefined
     const failures = [nats, mongo].flatMap((result) => (result.status === 'rejected' ? [result.reason] : []));
     throw failures.length === 1 ? failures[0] : new AggregateError(failures, failures.map(errorMessage).join('\n\n'));
   }
+  const cluster = nats.value && 'nodes' in nats.value ? nats.value : undefined;
   return {
     natsUrl: natsUrl ?? nats.value!.url,
     mongoUrl: mongoUrl ?? mongo.value!.url,
-    nats: nats.value,
+    nats: cluster ? undefined : (nats.value as ManagedServer | undefined),
+    natsCluster: cluster,
     mongo: mongo.value,
     async stop() {
       await Promise.all([nats.value?.stop(), mongo.value?.stop()]);

@@ -160,8 +160,18 @@ const toolPolicyFields = {
   /** Time a pending approval may wait. @default 1800000 (30 min) */
   approvalTimeoutMs: agentDeadlineSchema.optional(),
   onApprovalTimeout: z.enum(['deny', 'fail']).default('deny'),
+  /**
+   * What an interrupted call (outcome unknown) does. `ask` is refused on `PUT /v1/agents`
+   * (`agentDefinitionSchema`) until it is built; readers still accept it, so a definition stored
+   * before keeps parsing (the tool-worker fails such a call with `outcome_unknown`).
+   * @default "retry"
+   */
   onOutcomeUnknown: z.enum(['retry', 'ask', 'fail']).default('retry'),
 };
+
+/** Why `onOutcomeUnknown: "ask"` is refused (docs/decisions.md). */
+export const outcomeUnknownAskRefusal =
+  '"ask" (a human decides whether to run an interrupted call again) is not supported yet; use "retry" for a tool that is safe to run twice with the same idempotency key, or "fail"';
 
 const toolDefinitionObject = z.object({
   name: toolNameSchema,
@@ -255,6 +265,7 @@ export const agentDefinitionSchema = z
     }
     const seen = new Set<string>();
     agent.tools.forEach((tool, index) => {
+      if (tool.onOutcomeUnknown === 'ask') context.addIssue({ code: 'custom', path: ['tools', index, 'onOutcomeUnknown'], message: outcomeUnknownAskRefusal });
       if (seen.has(tool.name)) context.addIssue({ code: 'custom', path: ['tools', index, 'name'], message: `duplicate tool name "${tool.name}"` });
       seen.add(tool.name);
     });

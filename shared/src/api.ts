@@ -83,6 +83,8 @@ export const batchApprovalBodySchema = z
 export const cancelRunBodySchema = z.object({ reason: z.string().max(1000).optional() }).strict();
 
 export const errorBodySchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
+/** The HTTP error body; also the `data:` of an SSE `error` event. */
+export type ErrorBody = z.infer<typeof errorBodySchema>;
 
 export const runViewSchema = z.object({
   runId: z.string(),
@@ -131,7 +133,7 @@ export const pendingApprovalsResponseSchema = z.object({
 /* ---------- WebSocket frames ---------- */
 
 export const wsClientFrameSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('subscribe'), runId: runIdSchema, after: z.int().min(0).optional() }).strict(),
+  z.object({ type: z.literal('subscribe'), runId: runIdSchema, after: z.int().min(0).max(Number.MAX_SAFE_INTEGER).optional() }).strict(),
   z.object({ type: z.literal('unsubscribe'), runId: runIdSchema }).strict(),
   z
     .object({

@@ -84,6 +84,8 @@ describe('createCancelWatch', () => {
     await vi.waitFor(() => expect(first.signal.aborted).toBe(true));
     expect(second.signal.aborted).toBe(true);
     expect(first.signal.reason).toBeInstanceOf(RunCancelledError);
+    // A cancellation is its own code, not `internal` (a bug): logs and metrics tell them apart.
+    expect(first.signal.reason).toMatchObject({ code: 'cancelled', retryable: false });
     expect(other.signal.aborted).toBe(false);
     await watch.stop();
     expect(await watch.closed).toBeUndefined();

@@ -32,7 +32,7 @@ export type CancelWatch = CancellationTracker & {
 export class RunCancelledError extends AbideError {
   override readonly name = 'RunCancelledError';
   constructor(runId: string) {
-    super('internal', `run ${runId} was cancelled`, { retryable: false });
+    super('cancelled', `run ${runId} was cancelled`, { retryable: false });
   }
 }
 

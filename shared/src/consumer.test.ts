@@ -33,18 +33,30 @@ function fakeMessage(fields: { seq: number; deliveryCount?: number; headers?: Re
   return { message: message as unknown as JsMsg, outcome };
 }
 
-/** A JetStream client whose consumer yields `messages` once, and which records publishes. */
+/**
+ * A JetStream client whose consumer yields `messages` once, then waits like a live pull until
+ * stopped; `drained` resolves once the runner asked for more than `messages`. Records publishes.
+ */
 function fakeJetStream(messages: JsMsg[]) {
   const published: { subject: string; msgID: string | undefined; headers: MsgHdrs | undefined }[] = [];
+  let markDrained: () => void = () => {};
+  const drained = new Promise<void>((resolve) => (markDrained = resolve));
   const js = {
     consumers: {
       get: async () => ({
-        consume: async () => ({
-          stop: () => undefined,
-          async *[Symbol.asyncIterator]() {
-            yield* messages;
-          },
-        }),
+        consume: async () => {
+          let stop: () => void = () => {};
+          const stopped = new Promise<void>((resolve) => (stop = resolve));
+          return {
+            stop: () => stop(),
+            status: () => (async function* () {})(),
+            async *[Symbol.asyncIterator]() {
+              yield* messages;
+              markDrained();
+              await stopped;
+            },
+          };
+        },
       }),
     },
     publish: async (subject: string, _data: Uint8Array, options: { msgID?: string; headers?: MsgHdrs }) => {
@@ -52,11 +64,11 @@ function fakeJetStream(messages: JsMsg[]) {
       return { seq: 100 + published.length, duplicate: false, stream: 'TOOL_REQUESTS' };
     },
   };
-  return { js: js as unknown as JetStreamClient, published };
+  return { js: js as unknown as JetStreamClient, published, drained };
 }
 
 async function runOnce(options: { messages: JsMsg[]; admit: () => Promise<(() => Promise<void>) | undefined>; handled: string[]; now?: () => number }) {
-  const { js, published } = fakeJetStream(options.messages);
+  const { js, published, drained } = fakeJetStream(options.messages);
   const runner = createConsumerRunner({
     js,
     policy: consumerPolicies['tool-worker'],
@@ -71,7 +83,7 @@ async function runOnce(options: { messages: JsMsg[]; admit: () => Promise<(() =>
     ...(options.now ? { now: options.now } : {}),
   });
   await runner.start();
-  await runner.closed;
+  await drained;
   await runner.stop(1_000);
   return published;
 }
@@ -125,7 +137,7 @@ describe('consumer runner admission (per-tenant capacity)', () => {
   it('releases the slot when the handler fails, and naks as before', async () => {
     const message = fakeMessage({ seq: 3 });
     const steps: string[] = [];
-    const { js } = fakeJetStream([message.message]);
+    const { js, drained } = fakeJetStream([message.message]);
     const runner = createConsumerRunner({
       js,
       policy: consumerPolicies['tool-worker'],
@@ -138,9 +150,110 @@ describe('consumer runner admission (per-tenant capacity)', () => {
       admit: async () => async () => void steps.push('released'),
     });
     await runner.start();
-    await runner.closed;
+    await drained;
     await runner.stop(1_000);
     expect(steps).toEqual(['released']);
     expect(message.outcome).toEqual(['nak']);
+  });
+});
+
+/**
+ * A JetStream client whose consumer hands out one scripted pull per `consume()`: `end` stops at
+ * once without an error (a pull whose node died and whose iterator the library ended), `throw`
+ * fails, a list of values delivers them and then waits for `stop()`. `get` itself may fail.
+ */
+function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | unknown[] })[]) {
+  let gets = 0;
+  const acked: unknown[] = [];
+  const js = {
+    consumers: {
+      async get() {
+        gets += 1;
+        const step = script.shift() ?? { pull: [] };
+        if ('get' in step) throw new Error('timeout (election)');
+        const { pull } = step;
+        return {
+          async consume() {
+            let stop: () => void = () => {};
+            const stopped = new Promise<void>((resolve) => (stop = resolve));
+            async function* iterate() {
+              if (pull === 'end') return;
+              if (pull === 'throw') throw new Error('consumer deleted');
+              for (const [index, value] of pull.entries()) {
+                yield {
+                  data: encodeJson(value),
+                  subject: 'tool.req.echo',
+                  seq: index + 1,
+                  info: { deliveryCount: 1 },
+                  ack: () => void acked.push(value),
+                  ackAck: async () => void acked.push(value),
+                  working: () => {},
+                  term: () => {},
+                  nak: () => {},
+                };
+              }
+              await stopped;
+            }
+            const iterator = iterate();
+            return Object.assign(iterator, {
+              stop: () => stop(),
+              status: () => (async function* () {})(),
+            });
+          },
+        };
+      },
+    },
+  } as unknown as JetStreamClient;
+  return {
+    js,
+    acked,
+    get gets() {
+      return gets;
+    },
+  };
+}
+
+async function until(check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
+describe('consumer runner', () => {
+  it('fetches its consumer again whenever a pull ends, fails or cannot be fetched, and goes on handling messages', async () => {
+    const fake = scriptedJetStream([{ pull: [{ n: 1 }] }]);
+    const handled: unknown[] = [];
+    const runner = createConsumerRunner({
+      js: fake.js,
+      policy: consumerPolicies['tool-worker'],
+      schema: z.object({ n: z.number() }),
+      concurrency: 4,
+      logger: createLogger('test', 'silent'),
+      async handle(delivery) {
+        handled.push(delivery.message);
+      },
+    });
+    await runner.start();
+    await until(() => fake.acked.length === 1);
+    // A pull that goes on waiting is not replaced.
+    expect(fake.gets).toBe(1);
+    const closed = runner.closed.then((error) => ({ error }));
+    await runner.stop(1_000);
+    expect(await closed).toEqual({ error: undefined });
+
+    const resumed = scriptedJetStream([{ pull: 'end' }, { get: 'fail' }, { pull: 'throw' }, { pull: [{ n: 2 }, { n: 3 }] }]);
+    const again = createConsumerRunner({
+      js: resumed.js,
+      policy: consumerPolicies['tool-worker'],
+      schema: z.object({ n: z.number() }),
+      concurrency: 4,
+      logger: createLogger('test', 'silent'),
+      async handle(delivery) {
+        handled.push(delivery.message);
+      },
+    });
+    await again.start();
+    await until(() => resumed.acked.length === 2);
+    expect(resumed.gets).toBe(4);
+    expect(handled).toEqual([{ n: 1 }, { n: 2 }, { n: 3 }]);
+    await again.stop(1_000);
   });
 });

@@ -2,7 +2,8 @@ import type { ConsumerMessages, JetStreamClient, JsMsg } from '@nats-io/jetstrea
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import type { z } from 'zod';
 import { ackDecisionFor, ensureError, InvalidMessageError } from './errors.ts';
-import { decodeJson, type ConsumerPolicy } from './jetstream.ts';
+import { JetStreamApiCodes } from '@nats-io/jetstream';
+import { decodeJson, isApiError, publishRetrying, type ConsumerPolicy } from './jetstream.ts';
 import type { Logger } from './logger.ts';
 import { sleep } from './retry.ts';
 
@@ -55,6 +56,10 @@ export type ConsumerRunner = {
   readonly closed: Promise<Error | undefined>;
 };
 
+/** A durable pull's expiry and idle heartbeat (see `consumeOnce`). */
+const pullExpiresMs = 10_000;
+const pullHeartbeatMs = 5_000;
+
 /** Nak delay for delivery `n`: exponential with full jitter, capped. */
 export function nakDelayFor(policy: ConsumerPolicy, deliveryCount: number): number {
   const ceiling = Math.min(policy.maxNakDelayMs, policy.baseNakDelayMs * 2 ** Math.max(0, deliveryCount - 1));
@@ -106,7 +111,7 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
     copyHeaders.set(deferHeaders.origin, origin);
     copyHeaders.set(deferHeaders.count, String(count));
     copyHeaders.set(deferHeaders.at, String(now()));
-    await js.publish(raw.subject, raw.data, { msgID: `${origin}:defer:${count}`, headers: copyHeaders });
+    await publishRetrying(js, raw.subject, raw.data, `${origin}:defer:${count}`, { headers: copyHeaders });
     await raw.ackAck();
     log.debug({ subject: raw.subject, deferCount: count }, 'tenant at capacity; message deferred');
   }
@@ -217,10 +222,80 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
     }
   }
 
+  /**
+   * Pulls until stopped. The library rides through missed heartbeats and a consumer that is
+   * briefly not found (it re-checks the consumer and pulls again); when its iterator still ends
+   * or throws (connection closed and reopened, a stream leader lost in a cluster), the consumer
+   * is fetched again and consumed anew, with a capped backoff, instead of this process going
+   * quiet. The durable keeps the position: nothing is skipped or re-acked.
+   */
   async function pull(): Promise<void> {
+    let notFound = 0;
+    for (let attempt = 0; !stopping; attempt += 1) {
+      try {
+        await consumeOnce(() => {
+          attempt = 0;
+          notFound = 0;
+        });
+        if (stopping) return;
+        log.warn('consumer iterator ended; fetching the consumer again');
+      } catch (error) {
+        if (stopping) return;
+        // Not found for ~30 s is gone for real (a leader change answers so for seconds at most):
+        // `closed` reports it and a worker provisions again.
+        const gone = isApiError(error, JetStreamApiCodes.ConsumerNotFound) || isApiError(error, JetStreamApiCodes.StreamNotFound);
+        notFound = gone ? notFound + 1 : 0;
+        if (notFound >= 10) throw error;
+        log.warn({ err: ensureError(error), attempt }, 'consumer failed; fetching it again');
+      }
+      const delay = Math.min(5_000, 100 * 2 ** attempt);
+      await new Promise((resolve) => setTimeout(resolve, delay).unref());
+    }
+  }
+
+  async function consumeOnce(onMessage: () => void): Promise<void> {
     const consumer = await js.consumers.get(policy.stream, policy.durable);
-    messages = await consumer.consume({ max_messages: concurrency, expires: 30_000 });
-    for await (const raw of messages) {
+    if (stopping) return;
+    // Pulls expire every 10 s with heartbeats every 5 s: a pull lost with its node is noticed
+    // after two missed heartbeats (10 s).
+    const current = await consumer.consume({ max_messages: concurrency, expires: pullExpiresMs, idle_heartbeat: pullHeartbeatMs });
+    messages = current;
+    let lastSignOfLife = Date.now();
+    void (async () => {
+      for await (const status of current.status()) {
+        if (status.type === 'heartbeat') lastSignOfLife = Date.now();
+        if (status.type !== 'heartbeats_missed') continue;
+        // The library would check the consumer again only every `expires` while the check
+        // fails (a leader election); stopping here makes `pull` fetch it again within seconds.
+        // Messages being handled keep their own ack subjects.
+        log.warn({ missed: status.count }, 'consumer heartbeats missed; fetching the consumer again');
+        current.stop();
+      }
+    })();
+    // After a reconnect the library stops its heartbeat monitor until its consumer check
+    // succeeds: nothing would notice a pull that never comes back. A pull with room for messages
+    // and no heartbeat or message for 3 heartbeats is stopped and fetched again.
+    const watchdog = setInterval(() => {
+      // Full: no pull is outstanding, so no heartbeat is due; the clock starts when there is room.
+      if (running.size >= concurrency) lastSignOfLife = Date.now();
+      else if (Date.now() - lastSignOfLife > 3 * pullHeartbeatMs) {
+        log.warn('consumer silent; fetching the consumer again');
+        current.stop();
+      }
+    }, pullHeartbeatMs);
+    try {
+      await handOut(current, () => {
+        lastSignOfLife = Date.now();
+        onMessage();
+      });
+    } finally {
+      clearInterval(watchdog);
+    }
+  }
+
+  async function handOut(current: ConsumerMessages, onMessage: () => void): Promise<void> {
+    for await (const raw of current) {
+      onMessage();
       if (stopping) {
         raw.nak();
         continue;

@@ -28,10 +28,11 @@ export const httpStatusByCode = {
   too_many_in_flight: 429,
   internal: 500,
   unavailable: 503,
+  subscription_interrupted: 503,
 } as const;
 export type PublicErrorCode = keyof typeof httpStatusByCode;
 
-/** Codes a run can fail with (`run.failed` `error.code`). */
+/** Codes a run can fail with (`run.failed` `error.code`), and a tool call's error result (`tool.result` `error.code`). */
 export const runErrorCodes = [
   'max_steps_exceeded',
   'model_error',
@@ -39,6 +40,7 @@ export const runErrorCodes = [
   'tool_error',
   'tool_timeout',
   'tool_not_allowed',
+  'tool_not_found',
   'egress_denied',
   'secret_not_found',
   'delivery_exhausted',
@@ -51,7 +53,13 @@ export const runErrorCodes = [
 ] as const;
 export type RunErrorCode = (typeof runErrorCodes)[number];
 
-export type ErrorCode = PublicErrorCode | RunErrorCode | 'invalid_message' | 'not_ready' | 'config_invalid';
+/**
+ * Internal codes, never answered over HTTP nor recorded on a run: `cancelled` (the run was
+ * cancelled; in-flight work stops), `shutting_down` (the process hands its message back for
+ * another instance), `not_ready` (retry later, e.g. a call owned by another worker).
+ */
+export type InternalErrorCode = 'invalid_message' | 'not_ready' | 'config_invalid' | 'cancelled' | 'shutting_down';
+export type ErrorCode = PublicErrorCode | RunErrorCode | InternalErrorCode;
 
 /** The one base error of Abide: a stable `code`, whether a retry may help, and the cause. */
 export class AbideError extends Error {
@@ -80,6 +88,17 @@ export class InvalidMessageError extends AbideError {
   constructor(subject: string, message: string, cause?: unknown) {
     super('invalid_message', message, { retryable: false, cause });
     this.subject = subject;
+  }
+}
+
+/**
+ * The process is shutting down mid-work: the message is handed back (`nak` without delay) so
+ * another instance takes it. Both workers raise this one error for it.
+ */
+export class ShuttingDownError extends AbideError {
+  override readonly name = 'ShuttingDownError';
+  constructor(message: string, cause?: unknown) {
+    super('shutting_down', message, { retryable: true, retryAfterMs: 0, cause });
   }
 }
 

@@ -1,4 +1,4 @@
-import { connect, credsAuthenticator, nanos, type NatsConnection, type ConnectionOptions } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, nanos, RequestError, TimeoutError, type ConnectionOptions, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -12,6 +12,7 @@ import {
   type ConsumerConfig,
   type JetStreamClient,
   type JetStreamManager,
+  type PubAck,
   type StreamConfig,
   type StreamInfo,
 } from '@nats-io/jetstream';
@@ -201,8 +202,13 @@ export type Provisioning = {
 };
 
 /** True for the JetStream API's answer `code` (nats.js v3 `JetStreamApiError`). */
-function isApiError(error: unknown, code: number): boolean {
+export function isApiError(error: unknown, code: number): boolean {
   return error instanceof JetStreamApiError && error.code === code;
+}
+
+/** True when the JetStream API answered that the stream holds no message at that sequence (`NoMessageFound`). */
+export function isNoMessageFound(error: unknown): boolean {
+  return isApiError(error, JetStreamApiCodes.NoMessageFound);
 }
 
 /** The fields of `wanted` whose values differ from the existing configuration. */
@@ -315,7 +321,46 @@ export function decodeJson(data: Uint8Array): unknown {
   return JSON.parse(decoder.decode(data));
 }
 
-/** Publishes a JSON message, waits for its PubAck, and dedupes on `msgId` inside the duplicate window. */
+/** How long a publish keeps trying through timeouts and missing responders (a stream leader election takes seconds). */
+export const publishRetryWindowMs = 20_000;
+
+/** True for a publish that may succeed if sent again: no PubAck in time, or no stream leader listening yet. */
+function isTransientPublishError(error: unknown): boolean {
+  if (error instanceof TimeoutError) return true;
+  if (error instanceof RequestError && error.isNoResponders()) return true;
+  // The client reports "no responders" on a JetStream subject as JetStreamNotEnabled, with the RequestError as cause.
+  const cause = (error as { cause?: unknown } | null)?.cause;
+  return cause instanceof RequestError && cause.isNoResponders();
+}
+
+/**
+ * Publishes `data` and waits for its PubAck, trying again with the **same** `Nats-Msg-Id` while
+ * the request times out or finds no responder (a stream leader election in a cluster), for up to
+ * `publishRetryWindowMs`, waiting 0.25 s doubled up to 2 s between attempts. An attempt whose
+ * PubAck was lost but whose message was stored is dropped as a duplicate by the server (inside
+ * `JS_DUPLICATE_WINDOW`, minutes). Anything else, or a publish still failing at the end of the
+ * window, throws: the caller's own message is then redelivered and published again, same id.
+ */
+export async function publishRetrying(
+  js: JetStreamClient,
+  subject: string,
+  data: Uint8Array,
+  msgId: string,
+  options: { timeoutMs?: number; headers?: MsgHdrs } = {},
+): Promise<PubAck> {
+  const deadline = Date.now() + publishRetryWindowMs;
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      return await js.publish(subject, data, { msgID: msgId, timeout: options.timeoutMs ?? 5_000, ...(options.headers ? { headers: options.headers } : {}) });
+    } catch (error) {
+      const wait = Math.min(2_000, 250 * 2 ** attempt);
+      if (!isTransientPublishError(error) || Date.now() + wait >= deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
+
+/** Publishes a JSON message, waits for its PubAck, and dedupes on `msgId` inside the duplicate window (see `publishRetrying`). */
 export async function publishJson(js: JetStreamClient, subject: string, value: unknown, msgId: string, options: { timeoutMs?: number } = {}) {
-  return js.publish(subject, encodeJson(value), { msgID: msgId, timeout: options.timeoutMs ?? 10_000 });
+  return publishRetrying(js, subject, encodeJson(value), msgId, options);
 }

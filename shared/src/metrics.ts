@@ -1,50 +1,92 @@
-/** A minimal Prometheus registry: counters and gauges with labels, rendered as text format 0.0.4. */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/**
+ * Label values of one series. Every label set is bounded (a method, a route pattern, a tool
+ * kind, an error code, a durable name): never a value taken from tenant input.
+ */
 type Labels = Record<string, string>;
 
-function labelKey(labels: Labels): string {
-  const entries = Object.entries(labels);
-  if (entries.length === 0) return '';
-  return `{${entries.map(([name, value]) => `${name}="${value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',')}}`;
-}
+/** Buckets (seconds) of the duration histograms: 5 ms to 10 min, for HTTP requests up to tool calls. */
+export const durationBuckets = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600] as const;
 
-export function createMetrics(prefix = 'abide_') {
-  const series = new Map<string, { help: string; type: 'counter' | 'gauge'; values: Map<string, number>; collect?: () => number }>();
+/**
+ * One process's metrics: a `prom-client` `Registry` built in the service's `main.ts` and passed
+ * down (never a module singleton), behind the small interface the services use. Names get the
+ * `abide_` prefix. A counter or gauge created without `labelNames` takes the label names of its
+ * first use (call sites that predate declared labels keep working); a later use with other
+ * names throws (prom-client refuses it), which a test catches.
+ */
+export function createMetrics(options: { prefix?: string; processMetrics?: boolean } = {}) {
+  const prefix = options.prefix ?? 'abide_';
+  const registry = new Registry();
+  const collectors: (() => Promise<void>)[] = [];
+  // Process metrics (memory, CPU, event-loop lag), read at scrape time.
+  if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry });
 
-  function define(name: string, help: string, type: 'counter' | 'gauge', collect?: () => number) {
-    const full = prefix + name;
-    if (!series.has(full)) series.set(full, { help, type, values: new Map(), ...(collect ? { collect } : {}) });
-    return series.get(full)!;
+  function lazily<Metric>(build: (labelNames: string[]) => Metric, labelNames: readonly string[] | undefined) {
+    let metric = labelNames ? build([...labelNames]) : undefined;
+    return (labels: Labels): Metric => (metric ??= build(Object.keys(labels).sort()));
   }
 
   return {
-    counter(name: string, help: string) {
-      const entry = define(name, help, 'counter');
+    registry,
+    counter(name: string, help: string, labelNames?: readonly string[]) {
+      const get = lazily((names) => new Counter({ name: prefix + name, help, labelNames: names, registers: [registry] }), labelNames);
       return {
         inc(labels: Labels = {}, by = 1) {
-          const key = labelKey(labels);
-          entry.values.set(key, (entry.values.get(key) ?? 0) + by);
+          get(labels).inc(labels, by);
         },
       };
     },
-    gauge(name: string, help: string, collect?: () => number) {
-      const entry = define(name, help, 'gauge', collect);
+    gauge(name: string, help: string, collect?: () => number, labelNames?: readonly string[]) {
+      const get = lazily(
+        (names) =>
+          new Gauge({
+            name: prefix + name,
+            help,
+            labelNames: names,
+            registers: [registry],
+            ...(collect
+              ? {
+                  collect(this: Gauge) {
+                    this.set(collect());
+                  },
+                }
+              : {}),
+          }),
+        collect ? [] : labelNames,
+      );
       return {
         set(value: number, labels: Labels = {}) {
-          entry.values.set(labelKey(labels), value);
+          get(labels).set(labels, value);
+        },
+        /** Drops every series (e.g. before setting the current set of durables again). */
+        reset() {
+          get({}).reset();
         },
       };
     },
-    render(): string {
-      const lines: string[] = [];
-      for (const [name, entry] of series) {
-        lines.push(`# HELP ${name} ${entry.help}`, `# TYPE ${name} ${entry.type}`);
-        if (entry.collect) entry.values.set('', entry.collect());
-        for (const [key, value] of entry.values) lines.push(`${name}${key} ${value}`);
-      }
-      const memory = process.memoryUsage();
-      lines.push('# TYPE process_resident_memory_bytes gauge', `process_resident_memory_bytes ${memory.rss}`);
-      return `${lines.join('\n')}\n`;
+    histogram(name: string, help: string, labelNames: readonly string[] = [], buckets: readonly number[] = durationBuckets) {
+      const histogram = new Histogram({ name: prefix + name, help, labelNames: [...labelNames], buckets: [...buckets], registers: [registry] });
+      return {
+        /** Records one duration, in seconds. */
+        observe(labels: Labels, seconds: number) {
+          histogram.observe(labels, seconds);
+        },
+      };
     },
+    /** Runs `collect` before every scrape (e.g. reads consumer info); its failure is its own to log. */
+    beforeScrape(collect: () => Promise<void>) {
+      collectors.push(collect);
+    },
+    /** The Prometheus text format of every metric. */
+    async render(): Promise<string> {
+      await Promise.all(collectors.map((collect) => collect()));
+      return registry.metrics();
+    },
+    contentType: registry.contentType,
   };
 }
 export type Metrics = ReturnType<typeof createMetrics>;
+/** A histogram of `Metrics` (e.g. the orchestrator's commit latency, exported for its commit path). */
+export type MetricsHistogram = ReturnType<Metrics['histogram']>;

@@ -4,7 +4,7 @@ import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
 import { makeEnvelope } from './envelope.ts';
 import { makeBusEvent } from './events.ts';
 import { outboxEntryId } from './ids.ts';
-import { encodeJson, eventMaxMessageBytes } from './jetstream.ts';
+import { encodeJson, eventMaxMessageBytes, publishRetrying } from './jetstream.ts';
 import type { Collections } from './mongo.ts';
 import { kvKeys, lockIds, subjects } from './names.ts';
 import type { OutboxEntry } from './outbox.ts';
@@ -136,7 +136,7 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
     const id = outboxEntryId(runId, transition.version, index);
     const encoded = encodeEntry(deps, transition, entry, index, limits);
     if (encoded?.kind === 'event') {
-      pendingEvents.push(js.publish(encoded.subject, encoded.data, { msgID: id }));
+      pendingEvents.push(publishRetrying(js, encoded.subject, encoded.data, id));
       continue;
     }
     if (pendingEvents.length) {
@@ -145,7 +145,7 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
     }
     if (encoded) {
       if (encoded.kind === 'llm_request' && encoded.blob) await deps.payloads!.putBlob({ name: encoded.blob.name }, encoded.blob.data);
-      await js.publish(encoded.subject, encoded.data, { msgID: id });
+      await publishRetrying(js, encoded.subject, encoded.data, id);
       continue;
     }
     if (entry.kind === 'run_control') {

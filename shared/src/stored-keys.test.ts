@@ -27,6 +27,16 @@ describe('stored keys (finding 15)', () => {
     expect(decodeStoredKeys(encodeStoredKeys(hostile))).toEqual(hostile);
   });
 
+  it('wraps arrays inside arrays (FerretDB cannot store them) and NUL in keys, and reads them back exactly', () => {
+    const value = { matrix: [[1, 2], [3, [4, [5]]], []], mixed: [{ '%a': [1] }, [{ 'k\u0000': [[true]] }]], 'n\u0000ul': 1 };
+    const encoded = encodeStoredKeys(value) as unknown as { matrix: unknown[] };
+    const hasInnerArray = (item: unknown): boolean =>
+      Array.isArray(item) ? item.some((inner) => Array.isArray(inner) || hasInnerArray(inner)) : typeof item === 'object' && item !== null && Object.values(item).some(hasInnerArray);
+    expect(hasInnerArray(encoded)).toBe(false);
+    for (const key of storedKeys(encoded)) expect(key.includes('\u0000'), key).toBe(false);
+    expect(decodeStoredKeys(encoded)).toEqual(value);
+  });
+
   it('leaves ordinary keys alone (queries on Abide fields are unaffected)', () => {
     const plain = { _id: 'run_1:2', runId: 'run_1', state: { status: 'running', nextDeadlineAt: null } };
     expect(encodeStoredKeys(plain)).toEqual(plain);

@@ -118,7 +118,11 @@ export function createTenantLeases(options: TenantLeasesOptions) {
 
   async function tryKey(key: string, label: string): Promise<Lease | undefined> {
     let createError: unknown;
-    for (let attempt = 0; attempt < 2; attempt += 1) {
+    // In a NATS cluster the read below may be answered by a replica that has not yet applied the
+    // write our create collided with (or the delete that freed the slot): a few tries, a moment
+    // apart, let it catch up instead of failing the request.
+    for (let attempt = 0; attempt < 5; attempt += 1) {
+      if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
       try {
         return makeLease(key, await bucket.create(key, valueOf(label)), label);
       } catch (error) {

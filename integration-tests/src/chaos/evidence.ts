@@ -13,7 +13,7 @@ export type RawEvent = { seq: number; id: string; type: string; runId: string };
 
 /** Every message of `RUN_EVENTS`, grouped by run (one ordered consumer over the whole stream). */
 export async function readAllRawEvents(natsUrl: string): Promise<Map<string, RawEvent[]>> {
-  const connection = await connect({ servers: natsUrl });
+  const connection = await connect({ servers: natsUrl.split(',') });
   const byRun = new Map<string, RawEvent[]>();
   try {
     const jsm = await jetstreamManager(connection);

@@ -9,6 +9,10 @@ type Followed = {
   terminal: boolean;
   /** When the last event arrived (or the subscription was made). */
   lastProgressAt: number;
+  /** When the last event arrived (or the run was first followed): resubscribing does not reset it. */
+  lastEventAt: number;
+  /** The longest wait for the run's next event, until its terminal event (the run's longest stall as its client saw it). */
+  longestGapMs: number;
 };
 
 export type FollowerStats = {
@@ -51,7 +55,7 @@ export class Follower {
   /** Starts following `runId` from its first event. */
   follow(runId: string): void {
     if (this.runs.has(runId)) return;
-    this.runs.set(runId, { runId, events: [], terminal: false, lastProgressAt: Date.now() });
+    this.runs.set(runId, { runId, events: [], terminal: false, lastProgressAt: Date.now(), lastEventAt: Date.now(), longestGapMs: 0 });
     this.#subscribe(runId);
   }
 
@@ -157,6 +161,8 @@ export class Follower {
     if (last && !(event.seq > last.seq)) this.stats.problems.push(`${run.runId}: seq ${event.seq} after ${last.seq}`);
     run.events.push(event);
     run.lastProgressAt = Date.now();
+    if (!run.terminal) run.longestGapMs = Math.max(run.longestGapMs, run.lastProgressAt - run.lastEventAt);
+    run.lastEventAt = run.lastProgressAt;
     if (terminalTypes.includes(event.type)) run.terminal = true;
     this.#onEvent(run.runId, event);
   }

@@ -5,6 +5,7 @@ import { fullReplays, interruptedCallRetries, readAllRawEvents, readTransitions,
 import { Follower } from './followers.ts';
 import { GatewayPool } from './gateways.ts';
 import { startKiller, type Kill, type Killer } from './killer.ts';
+import { describeFaults, startNodeFaults, type NodeFaults } from './node-faults.ts';
 import { createRandom } from './random.ts';
 import { startCountingToolServer, type ToolCall } from './tool-server.ts';
 import { chaosAgents, httpToolNames, planRuns, type RunPlan } from './workload.ts';
@@ -22,6 +23,16 @@ export type ChaosOptions = {
   followers?: number;
   /** How long the runs may take to end once the killer stopped. @default 180000 */
   settleTimeoutMs?: number;
+  /**
+   * Run on a NATS cluster of this many nodes (issue 14): one replica per service, `JS_REPLICAS`
+   * = the node count, and the faults hit NATS nodes instead of services (see node-faults.ts);
+   * followers never reconnect on their own, so every subscription must survive the faults.
+   */
+  cluster?: number;
+  /** Cluster: how long the one SIGSTOPped node stays frozen, ms. @default 12000 */
+  nodeStopMs?: number;
+  /** Keep the killer going after the last run was created until it has made this many kills (at most 5 more minutes). @default 0 */
+  minKills?: number;
   /** Ends the chaos early (the stack is still stopped and cleaned up). */
   signal?: AbortSignal;
   log?(line: string): void;
@@ -51,6 +62,10 @@ export type ChaosReport = {
   followers: { reconnects: number; resubscribesAfterError: number; resubscribesAfterSilence: number; errorCodes: Record<string, number> };
   /** HTTP requests sent again to another gateway after theirs died. */
   gatewayRetries: number;
+  /** Cluster: each NATS node fault, when (since the start) and for how long. */
+  nodeFaults: string[];
+  /** The longest a follower waited for a run's next event, and which run. */
+  longestStall: { ms: number; runId: string | undefined };
   /** Every broken promise found; empty when the run passed. */
   violations: string[];
 };
@@ -73,11 +88,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const violations: string[] = [];
   const toolServer = await startCountingToolServer(random.fork('tool-server'));
   let stack: Stack | undefined;
-  let killer: Killer | undefined;
+  let killer: Killer | NodeFaults | undefined;
   let approver: Approver | undefined;
   const followers: Follower[] = [];
   try {
-    stack = await Stack.start({ replicas: { gateway: 2, orchestrator: 2, 'llm-worker': 2, 'tool-worker': 2 } });
+    const perService = options.cluster ? 1 : 2;
+    stack = await Stack.start({
+      replicas: { gateway: perService, orchestrator: perService, 'llm-worker': perService, 'tool-worker': perService },
+      ...(options.cluster ? { natsCluster: options.cluster } : {}),
+    });
     log(`chaos: stack up in ${stack.dir} (seed ${options.seed}, ${options.runs} runs)`);
     const pool = new GatewayPool(stack, random.fork('gateways'), apiKey);
     const agents = chaosAgents(random.fork('agents'), toolServer.url);
@@ -102,16 +121,26 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       followers.push(follower);
     }
 
-    killer = startKiller({
-      stack,
-      random: random.fork('killer'),
-      intervalMs: options.killIntervalMs ?? [1_000, 3_000],
-      downMs: options.downMs ?? [100, 1_500],
-      onKill() {
-        for (const follower of followers) void follower.reconnect();
-      },
-      log,
-    });
+    killer = stack.servers.natsCluster
+      ? startNodeFaults({
+          cluster: stack.servers.natsCluster,
+          random: random.fork('node-faults'),
+          intervalMs: options.killIntervalMs ?? [1_000, 3_000],
+          downMs: options.downMs ?? [500, 3_000],
+          stopMs: options.nodeStopMs ?? 12_000,
+          log,
+        })
+      : startKiller({
+          stack,
+          random: random.fork('killer'),
+          intervalMs: options.killIntervalMs ?? [1_000, 3_000],
+          downMs: options.downMs ?? [100, 1_500],
+          onKill() {
+            for (const follower of followers) void follower.reconnect();
+          },
+          log,
+        });
+    const faultCount = () => ('kills' in killer! ? killer.kills.length : killer!.faults.length);
 
     // Create the runs at the planned pace; a creation whose gateway died is retried with its key.
     const runIds: string[] = [];
@@ -139,12 +168,17 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
           violations.push(error.message);
         }),
       );
-      if (plan.index % 25 === 24) log(`chaos: ${plan.index + 1}/${plans.length} runs created, ${killer.kills.length} kills so far`);
+      if (plan.index % 25 === 24) log(`chaos: ${plan.index + 1}/${plans.length} runs created, ${faultCount()} kills so far`);
     }
     await Promise.all(creations);
     await new Promise((resolve) => setTimeout(resolve, 3_000));
+    // Faults keep coming (while the runs go on) until the minimum asked for has happened.
+    for (const deadline = Date.now() + 300_000; faultCount() < (options.minKills ?? 0) && Date.now() < deadline; ) {
+      options.signal?.throwIfAborted();
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
     await killer.stop();
-    log(`chaos: all runs created; killer stopped after ${killer.kills.length} kills; waiting for the runs to end`);
+    log(`chaos: all runs created; killer stopped after ${faultCount()} kills; waiting for the runs to end`);
 
     // Every run ends, and every follower receives its terminal event. The followers are the
     // main road; the API is asked only about runs whose follower has been quiet for a while.
@@ -182,8 +216,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     const unpublished = await waitForPublished(stack.db, 30_000);
     if (unpublished > 0) violations.push(`${unpublished} transitions still unpublished`);
 
-    const report = await verify({ stack, pool, plansByRunId, runIds: ids, followers, approver, toolCalls: toolServer.callsByKey(), kills: killer.kills, violations });
-    return { ...report, seed: options.seed, runs: options.runs, wallTimeMs: Date.now() - started, stackDir: stack.dir };
+    const kills: Kill[] = 'kills' in killer ? killer.kills : killer.faults.map((fault) => ({ service: `nats ${fault.node}`, replica: 0, pid: undefined, at: fault.at }));
+    const report = await verify({ stack, pool, plansByRunId, runIds: ids, followers, approver, toolCalls: toolServer.callsByKey(), kills, violations });
+    const nodeFaults = 'faults' in killer ? describeFaults(killer.faults, started) : [];
+    let longestStall: ChaosReport['longestStall'] = { ms: 0, runId: undefined };
+    for (const follower of followers) for (const run of follower.runs.values()) if (run.longestGapMs > longestStall.ms) longestStall = { ms: run.longestGapMs, runId: run.runId };
+    return { ...report, nodeFaults, longestStall, seed: options.seed, runs: options.runs, wallTimeMs: Date.now() - started, stackDir: stack.dir };
   } finally {
     // Stopped first: a killer still running would start processes again behind stack.stop().
     await killer?.stop().catch((error: Error) => log(`chaos: the killer failed: ${error.message}`));
@@ -204,7 +242,7 @@ async function verify(input: {
   toolCalls: Map<string, ToolCall[]>;
   kills: Kill[];
   violations: string[];
-}): Promise<Omit<ChaosReport, 'seed' | 'runs' | 'wallTimeMs' | 'stackDir'>> {
+}): Promise<Omit<ChaosReport, 'seed' | 'runs' | 'wallTimeMs' | 'stackDir' | 'nodeFaults' | 'longestStall'>> {
   const { stack, pool, plansByRunId, runIds, followers, approver, toolCalls, kills, violations } = input;
   const statuses: Record<string, number> = {};
   const followedEvents = new Map<string, ClientEvent[]>();
@@ -351,6 +389,7 @@ export function summarize(report: ChaosReport): string {
     `chaos seed ${report.seed}: ${report.runs} runs (${statuses}) in ${(report.wallTimeMs / 1_000).toFixed(1)} s; ` +
     `${report.kills.total} kills (${kills}); ${report.httpCalls.calls} HTTP calls for ${report.httpCalls.keys} keys, repeated: ${repeats}; ` +
     `${report.approvals.approved} approved, ${report.approvals.denied} denied; ${report.modelStepsRetried} model steps retried; ` +
-    `${report.followers.reconnects} follower reconnects; ${report.violations.length === 0 ? 'no violations' : `${report.violations.length} VIOLATIONS`}`
+    `${report.followers.reconnects} follower reconnects, ${report.followers.resubscribesAfterSilence} silent ends, ${report.followers.resubscribesAfterError} error frames; ` +
+    `longest stall ${(report.longestStall.ms / 1_000).toFixed(1)} s; ${report.violations.length === 0 ? 'no violations' : `${report.violations.length} VIOLATIONS`}`
   );
 }

@@ -196,8 +196,9 @@ export async function runFrameFuzz(options: FrameFuzzOptions): Promise<FrameFuzz
         }
       })();
       if (bad) {
-        // Refused by the frame contract: answered at once with invalid_json or invalid_request.
-        const refusal = (candidate: Reply) => candidate.type === 'error' && (candidate.code === 'invalid_json' || candidate.code === 'invalid_request');
+        // Refused by the frame contract: answered at once with invalid_json or invalid_request
+        // (invalid_cursor for a subscribe whose only fault is its `after`, as over HTTP).
+        const refusal = (candidate: Reply) => candidate.type === 'error' && ['invalid_json', 'invalid_request', 'invalid_cursor'].includes(String(candidate.code));
         const reply = await socket.take((candidate) => refusal(candidate) && (requestId === undefined || candidate.requestId === requestId), timeoutMs);
         if (!reply) report.unanswered.push(frame);
         else increment(report.badFrameErrors, String(reply.code));

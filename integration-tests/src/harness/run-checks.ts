@@ -104,7 +104,7 @@ export async function latestTransition(db: Db, runId: string): Promise<Record<st
  * a message published twice beyond the `Nats-Msg-Id` dedupe would show here as a repeated eventId.
  */
 export async function rawRunEvents(natsUrl: string, runId: string): Promise<{ seq: number; id: string; type: string; payload: any }[]> {
-  const connection = await connect({ servers: natsUrl });
+  const connection = await connect({ servers: natsUrl.split(',') });
   try {
     const js = jetstream(connection);
     const jsm = await jetstreamManager(connection);
@@ -144,7 +144,7 @@ export async function waitForStatus(stack: Stack, key: string, runId: string, st
  * their `ack_wait`).
  */
 export async function waitForQuietConsumers(natsUrl: string, timeoutMs = 90_000): Promise<void> {
-  const connection = await connect({ servers: natsUrl });
+  const connection = await connect({ servers: natsUrl.split(',') });
   const watched: [string, string][] = [
     [streams.runInbox, consumers.orchestrator],
     [streams.llmRequests, consumers.llmWorker],

@@ -19,6 +19,11 @@ export type StackOptions = {
   env?: Record<string, string>;
   /** Environment for one service only, given as is (e.g. a canary variable a test expects never to leak). */
   serviceEnv?: Partial<Record<ServiceName, Record<string, string>>>;
+  /**
+   * A NATS cluster of this many nodes instead of one server (issue 14): the services get every
+   * node's URL and `JS_REPLICAS` = the node count. Ignored when `NATS_URL` names servers.
+   */
+  natsCluster?: number;
 };
 
 export type ApiResponse<Body = any> = { status: number; body: Body; headers: Headers };
@@ -49,7 +54,7 @@ export class Stack {
 
   static async start(options: StackOptions = {}): Promise<Stack> {
     const dir = mkdtempSync(join(tmpdir(), 'abide-it-'));
-    const servers = await startServersFromEnv(process.env, { dataRoot: dir, log: () => {} });
+    const servers = await startServersFromEnv(process.env, { dataRoot: dir, log: () => {}, natsCluster: options.natsCluster });
     const services: ServiceProcess[] = [];
     try {
       const database = `abide_${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
@@ -61,6 +66,7 @@ export class Stack {
         LOG_LEVEL: 'info',
         SHUTDOWN_GRACE: '5s',
         TOOL_EGRESS_ALLOW: '127.0.0.1:*,localhost:*',
+        ...(servers.natsCluster ? { JS_REPLICAS: String(servers.natsCluster.nodes.length) } : {}),
         ...options.env,
       };
       const order: ServiceName[] = ['orchestrator', 'tool-worker', 'llm-worker', 'gateway'];

@@ -2,6 +2,8 @@ import { ApiError, httpStatusByCode, type PublicErrorCode } from '@abide/shared'
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toApiError } from './http-errors.ts';
+import { JetStreamApiError } from '@nats-io/jetstream';
+import { jserrors } from '@nats-io/jetstream/internal';
 import { operations } from './openapi.ts';
 import type { RouteConfig } from './routes/route-context.ts';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from './testing/test-app.ts';
@@ -84,8 +86,12 @@ describe('errors, auth and validation', () => {
     const response = await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() });
     expect(response.statusCode).toBe(500);
     expect(response.json()).toEqual({ error: { code: 'internal', message: 'internal error' } });
-    memory.failNext('loadRun', Object.assign(new Error('no server'), { name: 'MongoServerSelectionError' }));
+    // An unreachable dependency is recognised by its class (shared/src/dependency-errors.test.ts
+    // covers the NATS and MongoDB ones): 503. A plain Error that only carries such a name is a bug: 500.
+    memory.failNext('loadRun', new DOMException('the operation timed out', 'TimeoutError'));
     expect((await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() })).statusCode).toBe(503);
+    memory.failNext('loadRun', Object.assign(new Error('no server'), { name: 'MongoServerSelectionError' }));
+    expect((await app.inject({ method: 'GET', url: '/v1/runs/run_x', headers: auth() })).statusCode).toBe(500);
   });
 
   it('echoes a valid X-Request-Id and makes one otherwise', async () => {
@@ -147,11 +153,32 @@ describe('405 for methods a path does not have', () => {
 });
 
 describe('the error registry', () => {
-  it('maps every ApiError to its registry status through the one error handler', async () => {
+  it('answers every code with its registry status and body through the one error handler', async () => {
+    const { app } = setup();
+    // A route that throws the code it is asked for: the answer comes from the app's error handler,
+    // not from the error object, so a handler that remaps or drops a status fails here.
+    app.get('/test-errors/:code', { config: { public: true } }, async (request) => {
+      throw new ApiError((request.params as { code: PublicErrorCode }).code, `thrown ${(request.params as { code: string }).code}`);
+    });
     for (const [code, status] of Object.entries(httpStatusByCode)) {
-      const error = toApiError(new ApiError(code as PublicErrorCode, 'x'), { maxBodyBytes: 1 });
-      expect(error.status).toBe(status);
+      const response = await app.inject({ url: `/test-errors/${code}` });
+      expect(response.statusCode, code).toBe(status);
+      expect(response.json(), code).toEqual({ error: { code, message: `thrown ${code}` } });
     }
+  });
+
+  it('answers 503 unavailable, not 500, while a NATS cluster has no JetStream leader', () => {
+    const electing = new JetStreamApiError({ code: 503, err_code: 10008, description: 'JetStream system temporarily unavailable' });
+    expect(toApiError(electing, { maxBodyBytes: 1 })).toMatchObject({ code: 'unavailable', status: 503 });
+    const noResponders = new jserrors.JetStreamNotEnabled('jetstream is not enabled');
+    expect(toApiError(noResponders, { maxBodyBytes: 1 })).toMatchObject({ code: 'unavailable', status: 503 });
+    const missing = new JetStreamApiError({ code: 404, err_code: 10059, description: 'stream not found' });
+    expect(toApiError(missing, { maxBodyBytes: 1 }).code).toBe('internal');
+  });
+
+  it('converts what is not an ApiError without trusting its fields', () => {
+    expect(toApiError(Object.assign(new Error('x'), { name: 'MongoNetworkError', statusCode: 503 }), { maxBodyBytes: 1 }).code).toBe('internal');
+    expect(toApiError(Object.assign(new Error('bad'), { code: 'FST_ERR_CTP_BODY_TOO_LARGE' }), { maxBodyBytes: 10 })).toMatchObject({ code: 'payload_too_large', status: 413 });
   });
 
   it('documents every code with its status in docs/api.md', () => {

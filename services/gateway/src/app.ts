@@ -40,6 +40,8 @@ export type AppDeps = {
   isDraining(): boolean;
   streaming?: Partial<StreamingOptions>;
   runCreationLimit?: RateLimitOptions;
+  /** How long a live event stream may try to resume its reader before ending with `subscription_interrupted` (tests shorten it). @default 20000 */
+  eventsResumeWithinMs?: number;
   now?: () => Date;
 };
 
@@ -79,6 +81,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   const toolArgs = createArgsValidation();
   const rateLimiter = createRateLimiter(deps.runCreationLimit ?? defaultRunCreationLimit);
   const requests = metrics.counter('http_requests_total', 'HTTP requests by method, route and status');
+  const latency = metrics.histogram('http_request_duration_seconds', 'HTTP request latency by method and route pattern (streams count until they end)', ['method', 'route']);
   metrics.gauge('websocket_connections', 'Open WebSocket connections', () => live.counts().websockets);
   metrics.gauge('sse_streams', 'Open SSE streams', () => live.counts().sseStreams);
   metrics.gauge('event_subscriptions', 'Active run event subscriptions (SSE and WebSocket)', () => live.counts().subscriptions);
@@ -98,6 +101,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
           wsTicketTtlMs: config.WS_TICKET_TTL,
           maxActiveRuns: config.TENANT_MAX_ACTIVE_RUNS,
           ...(deps.now ? { now: deps.now } : {}),
+          ...(deps.eventsResumeWithinMs === undefined ? {} : { eventsResumeWithinMs: deps.eventsResumeWithinMs }),
         }),
       };
     }
@@ -191,6 +195,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
     requests.inc({ method: request.method, route, status: String(reply.statusCode) });
+    latency.observe({ method: request.method, route }, reply.elapsedTime / 1_000);
     request.log.info({ method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'request');
   });
 

@@ -9,6 +9,7 @@ import {
   getCollections,
   provisionJetStream,
   streams,
+  type JetStreamManager,
   type Logger,
   type NatsConnection,
   retryWithBackoff,
@@ -20,7 +21,7 @@ import { createNatsBus } from './nats-bus.ts';
 import { createNatsEventSource } from './nats-event-source.ts';
 import type { Backend } from './ports.ts';
 
-export type ConnectedBackend = { backend: Backend; nats: NatsConnection; mongo: MongoClient };
+export type ConnectedBackend = { backend: Backend; nats: NatsConnection; jsm: JetStreamManager; mongo: MongoClient };
 
 /** Logs every `intervalMs` while `promise` is pending (NATS's first connect retries silently). */
 async function logWhilePending<T>(promise: Promise<T>, log: () => void, intervalMs: number): Promise<T> {
@@ -84,5 +85,5 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
     bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, wsTickets: nats.wsTickets, logger }),
     events: createNatsEventSource({ js: nats.js, jsm: nats.jsm, logger }),
   };
-  return { backend, nats: nats.connection, mongo: mongo.client };
+  return { backend, nats: nats.connection, jsm: nats.jsm, mongo: mongo.client };
 }

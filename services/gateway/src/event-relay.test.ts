@@ -1,4 +1,4 @@
-import { createLogger, encodeJson, type ClientEvent } from '@abide/shared';
+import { ApiError, createLogger, encodeJson, type ClientEvent } from '@abide/shared';
 import { describe, expect, it } from 'vitest';
 import { createEventRelay } from './event-relay.ts';
 import { createMemoryEventSource } from './testing/fakes.ts';
@@ -79,5 +79,108 @@ describe('event relay', () => {
     controller.abort();
     expect(await pending).toEqual([]);
     expect(events.openReaders).toBe(0);
+  });
+
+  describe('when its reader fails (a NATS node dies under it)', () => {
+    /** Waits until `check` holds, polling the fake (a condition, not a fixed sleep). */
+    async function until(check: () => boolean): Promise<void> {
+      while (!check()) await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+    const started = { agentId: 'ag', agentVersion: 1, conversationId: 'c' };
+
+    for (const mode of ['throw', 'end'] as const) {
+      it(`resumes after the last message read when the reader ${mode === 'throw' ? 'throws' : 'ends silently'}: every event once, in order`, async () => {
+        const events = createMemoryEventSource();
+        const relay = createEventRelay({ source: events.source, logger, retryBaseMs: 1 });
+        events.emit('run_a', 't1', 'e1', 'run.started', started);
+        events.emit('run_a', 't1', 'e2', 'message.completed', { step: 0, attempt: 1, text: 'hi' });
+        const out: ClientEvent[] = [];
+        const done = (async () => {
+          for await (const event of relay.follow('run_a', { after: undefined, signal: new AbortController().signal })) out.push(event);
+        })();
+        await until(() => out.length === 2);
+        events.breakReaders(mode);
+        // Written while no reader works: the next reader must pick them up, and the filter state
+        // survives (the late delta of step 0 and the repeated e1 stay suppressed).
+        events.emit('run_a', 't1', 'late', 'message.delta', { step: 0, attempt: 1, text: 'h' });
+        events.emit('run_a', 't1', 'e1', 'run.started', started);
+        events.emit('run_a', 't1', 'e3', 'llm.step.started', { step: 1, attempt: 1 });
+        await until(() => events.readsOpened >= 2 && out.length === 3);
+        events.breakReaders(mode);
+        events.emit('run_a', 't1', 'e4', 'run.completed', { output: 'hi', usage: { inputTokens: 0, outputTokens: 0, totalTokens: 0 } });
+        await done;
+        expect(out.map((event) => [event.seq, event.eventId])).toEqual([
+          [1, 'e1'],
+          [2, 'e2'],
+          [5, 'e3'],
+          [6, 'e4'],
+        ]);
+        expect(events.readsOpened).toBe(3);
+        expect(events.openReaders).toBe(0);
+      });
+    }
+
+    it('keeps trying while no node answers and resumes when one does', async () => {
+      const events = createMemoryEventSource();
+      const relay = createEventRelay({ source: events.source, logger, retryBaseMs: 1, resumeWithinMs: 5_000 });
+      events.emit('run_a', 't1', 'e1', 'run.started', started);
+      const out: ClientEvent[] = [];
+      const done = (async () => {
+        for await (const event of relay.follow('run_a', { after: undefined, signal: new AbortController().signal })) out.push(event);
+      })();
+      await until(() => out.length === 1);
+      events.refuseReaders(true);
+      events.breakReaders('end');
+      await until(() => events.readsOpened >= 4);
+      events.emit('run_a', 't1', 'e2', 'run.cancelled', {});
+      events.refuseReaders(false);
+      await done;
+      expect(out.map((event) => event.eventId)).toEqual(['e1', 'e2']);
+    });
+
+    it('throws subscription_interrupted naming the cursor to resubscribe with once the bound passes, never ending silently', async () => {
+      const events = createMemoryEventSource();
+      const relay = createEventRelay({ source: events.source, logger, retryBaseMs: 1, resumeWithinMs: 100 });
+      events.emit('run_a', 't1', 'e1', 'run.started', started);
+      events.emit('run_a', 't1', 'e2', 'llm.step.started', { step: 0, attempt: 1 });
+      const out: ClientEvent[] = [];
+      const failure = (async () => {
+        for await (const event of relay.follow('run_a', { after: 1, signal: new AbortController().signal })) out.push(event);
+      })().then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      await until(() => out.length === 1);
+      events.refuseReaders(true);
+      events.breakReaders('end');
+      const startedAt = Date.now();
+      const error = await failure;
+      expect(Date.now() - startedAt).toBeGreaterThanOrEqual(90);
+      expect(error).toBeInstanceOf(ApiError);
+      expect(error).toMatchObject({ code: 'subscription_interrupted', status: 503 });
+      expect((error as ApiError).message).toContain('after=2');
+      expect(events.readsOpened).toBeGreaterThan(2);
+      expect(events.openReaders).toBe(0);
+    });
+
+    it('stops trying when the subscriber leaves', async () => {
+      const events = createMemoryEventSource();
+      const relay = createEventRelay({ source: events.source, logger, retryBaseMs: 1, resumeWithinMs: 60_000 });
+      events.emit('run_a', 't1', 'e1', 'run.started', started);
+      const controller = new AbortController();
+      const out: ClientEvent[] = [];
+      const done = (async () => {
+        for await (const event of relay.follow('run_a', { after: undefined, signal: controller.signal })) out.push(event);
+      })();
+      await until(() => out.length === 1);
+      events.refuseReaders(true);
+      events.breakReaders('throw');
+      await until(() => events.readsOpened >= 3);
+      controller.abort();
+      await done;
+      const opened = events.readsOpened;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(events.readsOpened).toBe(opened);
+    });
   });
 });

@@ -1,4 +1,4 @@
-import { ApiError, type RunView } from '@abide/shared';
+import { ApiError, isDependencyUnavailable, type RunView } from '@abide/shared';
 
 /** A cursor older than the events' retention (410); carries the run's current state so the client can resync. */
 export class CursorExpiredError extends ApiError {
@@ -8,22 +8,6 @@ export class CursorExpiredError extends ApiError {
     this.run = run;
   }
 }
-
-/** Errors of an unreachable dependency: answered 503 `unavailable` (the client may retry). */
-const unavailableErrorNames = new Set([
-  'MongoServerSelectionError',
-  'MongoNetworkError',
-  'MongoNetworkTimeoutError',
-  'MongoNotConnectedError',
-  'MongoTopologyClosedError',
-  'MongoPoolClearedError',
-  'ClosedConnectionError',
-  'DrainingConnectionError',
-  'ConnectionError',
-  'TimeoutError',
-  'RequestError',
-  'NoResponders',
-]);
 
 /**
  * Every error the gateway can meet, as the `ApiError` it is answered with (DESIGN §7): fastify's
@@ -51,8 +35,8 @@ export function toApiError(error: unknown, limits: { maxBodyBytes: number }): Ap
   if (error instanceof SyntaxError && (error as { statusCode?: unknown }).statusCode === 400) {
     return new ApiError('invalid_json', 'the request body is not valid JSON');
   }
-  const name = (error as { name?: unknown } | null)?.name;
-  if (typeof name === 'string' && unavailableErrorNames.has(name)) {
+  // By class (`isDependencyUnavailable`, JetStream's election-time 503 included), never by `error.name`.
+  if (isDependencyUnavailable(error)) {
     return new ApiError('unavailable', 'a backing service is unreachable; retry shortly', { cause: error, headers: { 'retry-after': '1' } });
   }
   const statusCode = (error as { statusCode?: unknown } | null)?.statusCode;

@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, exitOnStartupError, installShutdown, type Logger } from '@abide/shared';
+import { createLogger, createMetrics, exitOnStartupError, installShutdown, jetStreamCheck, pingDependency, streams, type Logger } from '@abide/shared';
 import { createApp } from './app.ts';
 import { connectBackend, type ConnectedBackend } from './backend.ts';
 import { loadGatewayConfig } from './config.ts';
@@ -14,6 +14,7 @@ async function main(): Promise<void> {
     const metrics = createMetrics();
     let connected: ConnectedBackend | undefined;
     let draining = false;
+    const jetStreamRunInbox = jetStreamCheck(() => connected?.jsm, streams.runInbox);
 
     const { app, live } = createApp({
       config,
@@ -22,10 +23,15 @@ async function main(): Promise<void> {
       backend: () => connected?.backend,
       isDraining: () => draining,
       async readiness() {
-        const [nats, mongo] = connected
-          ? await Promise.all([connected.backend.bus.ping().catch(() => false), connected.backend.store.ping().catch(() => false)])
-          : [false, false];
-        return { ready: !draining && nats && mongo, checks: { nats, mongo }, draining };
+        const [nats, mongo, jetstream] = connected
+          ? await Promise.all([
+              pingDependency('nats', () => connected!.backend.bus.ping(), log),
+              pingDependency('mongo', () => connected!.backend.store.ping(), log),
+              // Not answering (quorum lost) is what the check reports.
+              pingDependency('jetstream', () => jetStreamRunInbox.check(), log),
+            ])
+          : [false, false, false];
+        return { ready: !draining && nats && mongo && jetstream, checks: { nats, mongo, jetstream }, draining };
       },
     });
 

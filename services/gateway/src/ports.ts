@@ -127,8 +127,11 @@ export type EventSource = {
   /**
    * The run's messages from `after + 1` (or from its first with no `after`), in order, then live,
    * until `signal` aborts or the caller stops iterating; the reader is removed afterwards.
+   * A reader that loses its server-side state (a node failure, a stall) throws or ends; the
+   * relay then opens a new one after the last message it read. `onLive` is called whenever the
+   * reader shows it is working (open, a message, a heartbeat).
    */
-  read(runId: string, options: { after: number | undefined; signal: AbortSignal }): AsyncIterable<StoredEvent>;
+  read(runId: string, options: { after: number | undefined; signal: AbortSignal; onLive?: () => void }): AsyncIterable<StoredEvent>;
 };
 
 /** Everything the routes reach outside the process. */

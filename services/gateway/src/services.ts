@@ -22,12 +22,14 @@ export function createServices(
     wsTicketTtlMs: number;
     /** `TENANT_MAX_ACTIVE_RUNS`; undefined = no limit. */
     maxActiveRuns?: number | undefined;
+    /** How long a live event stream tries to resume its reader (`event-relay.ts`). @default 20000 */
+    eventsResumeWithinMs?: number;
     now?: () => Date;
   },
 ) {
   const { store, bus, events } = backend;
   const now = deps.now ?? (() => new Date());
-  const relay = createEventRelay({ source: events, logger: deps.logger });
+  const relay = createEventRelay({ source: events, logger: deps.logger, ...(deps.eventsResumeWithinMs === undefined ? {} : { resumeWithinMs: deps.eventsResumeWithinMs }) });
   return {
     store,
     agents: createAgentService({ store, toolArgs: deps.toolArgs, eventsMaxAgeMs: deps.eventsMaxAgeMs, listMcpTools: bus.listMcpTools?.bind(bus), now }),

@@ -18,9 +18,13 @@ import {
   createTenantSecrets,
   createLogger,
   createMetrics,
+  watchConsumerBacklog,
   ensureError,
   exitOnStartupError,
   installShutdown,
+  jetStreamCheck,
+  streams,
+  type JetStreamManager,
   llmRequestMessageSchema,
   objectStores,
   provisionJetStream,
@@ -58,19 +62,26 @@ async function main(): Promise<void> {
   const metrics = createMetrics();
   const started = metrics.counter('llm_steps_started_total', 'Model steps started (model calls).');
   const completed = metrics.counter('llm_steps_completed_total', 'Model steps finished and published.');
-  const failed = metrics.counter('llm_steps_failed_total', 'Model calls that failed, by code (transient ones are retried).');
+  const failed = metrics.counter('llm_steps_failed_total', 'Model calls that failed, by code (transient ones are retried).', ['code']);
   const replayed = metrics.counter('llm_steps_replayed_total', 'Redelivered steps answered from LLM_RESULTS without calling the model.');
   const cancelled = metrics.counter('llm_steps_cancelled_total', 'Model requests dropped or aborted because their run was cancelled.');
+  const modelCalls = metrics.histogram(
+    'model_call_duration_seconds',
+    'Model calls (the stream from request to its last chunk) by provider and outcome (finished, failed, aborted, too_large)',
+    ['provider', 'outcome'],
+  );
   const stepMetrics: StepMetrics = {
     started: () => started.inc(),
     completed: () => completed.inc(),
     failed: (code) => failed.inc({ code }),
     replayed: () => replayed.inc(),
     cancelled: () => cancelled.inc(),
+    modelCall: (provider, outcome, seconds) => modelCalls.observe({ provider, outcome }, seconds),
   };
 
   let connection: NatsConnection | undefined;
   let natsConnected = false;
+  let jetStreamManager: JetStreamManager | undefined;
   let draining = false;
   let runner: ConsumerRunner | undefined;
   let watch: CancelWatch | undefined;
@@ -83,7 +94,7 @@ async function main(): Promise<void> {
     logger,
     metrics,
     isDraining: () => draining,
-    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }],
+    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }, jetStreamCheck(() => jetStreamManager, streams.llmRequests)],
   });
   try {
     await health.start();
@@ -114,8 +125,10 @@ async function main(): Promise<void> {
     void trackConnection(opened, (up) => (natsConnected = up));
   });
   if (!jetStream || draining) return;
+  jetStreamManager = jetStream.jsm;
 
   const publisher = createJetStreamPublisher(jetStream.js);
+  watchConsumerBacklog({ metrics, jsm: () => jetStream.jsm, durables: ['llm-worker'], logger });
   const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });
   const egress = createEgressPolicy({ allow: config.LLM_EGRESS_ALLOW, variable: 'LLM_EGRESS_ALLOW' });
   watch = createCancelWatch({ bucket: jetStream.kv.get(buckets.runControl)!, logger });

@@ -36,6 +36,8 @@ export type StepMetrics = {
   failed(code: string): void;
   replayed(): void;
   cancelled(): void;
+  /** One model call ended: `provider` is the model config's (a fixed set), `outcome` its `StreamStepOutcome` kind. */
+  modelCall(provider: string, outcome: string, seconds: number): void;
 };
 
 export const noStepMetrics: StepMetrics = {
@@ -44,4 +46,5 @@ export const noStepMetrics: StepMetrics = {
   failed() {},
   replayed() {},
   cancelled() {},
+  modelCall() {},
 };

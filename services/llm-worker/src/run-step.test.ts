@@ -4,6 +4,7 @@ import { describe, expect, it, vi } from 'vitest';
 import {
   ackDecisionFor,
   AbideError,
+  ShuttingDownError,
   busEventSchema,
   createEgressPolicy,
   llmResultMessageSchema,
@@ -12,6 +13,7 @@ import {
   type ScriptedModelConfig,
 } from '@abide/shared';
 import { createLanguageModel } from './model-factory.ts';
+import { noStepMetrics } from './ports.ts';
 import { createRunStep, type RunStepDeps } from './run-step.ts';
 import {
   createFakeBodyReader,
@@ -28,7 +30,13 @@ const scripted = (config: Omit<ScriptedModelConfig, 'provider'>): ScriptedModelC
 const echoTool = { name: 'echo', description: 'Returns its input', inputSchema: { type: 'object' as const, properties: { text: { type: 'string' } } } };
 
 function setup(
-  options: { model?: (config: ModelConfig, step: number) => LanguageModel; publisherFailsOn?: (subject: string) => boolean; bodies?: RunStepDeps['bodies']; crashPoints?: RunStepDeps['crashPoints'] } = {},
+  options: {
+    model?: (config: ModelConfig, step: number) => LanguageModel;
+    publisherFailsOn?: (subject: string) => boolean;
+    bodies?: RunStepDeps['bodies'];
+    crashPoints?: RunStepDeps['crashPoints'];
+    metrics?: RunStepDeps['metrics'];
+  } = {},
 ) {
   const { publisher, published } = createFakePublisher(options.publisherFailsOn ? { failOn: options.publisherFailsOn } : {});
   const { results, entries } = createFakeResultStore();
@@ -45,6 +53,7 @@ function setup(
     logger: silentLogger,
     maxRetryAfterMs: 60_000,
     ...(options.crashPoints ? { crashPoints: options.crashPoints } : {}),
+    ...(options.metrics ? { metrics: options.metrics } : {}),
   });
   const events = () => published.filter((message) => message.subject === 'run.events.run_1');
   const llmResults = () => published.filter((message) => message.subject === 'run.in.run_1.llm_result');
@@ -200,6 +209,22 @@ describe('createRunStep', () => {
     expect(llmResults()[0]!.value.payload).toMatchObject({ ok: false, error: { code: 'model_error', message: expect.stringContaining('nope') } });
   });
 
+  it('times every model call by provider and outcome kind', async () => {
+    const calls: [string, string, number][] = [];
+    const metrics = { ...noStepMetrics, modelCall: (provider: string, outcome: string, seconds: number) => void calls.push([provider, outcome, seconds]) };
+    await setup({ metrics }).handler.handle(deliveryOf(llmRequest({ model: scripted({ chunkSize: 1, delayMs: 5, steps: [{ text: 'hello' }] }) })));
+    // A fresh result store: the same step again would be answered from LLM_RESULTS without a call.
+    await setup({ metrics }).handler.handle(deliveryOf(llmRequest({ model: scripted({ chunkSize: 1, delayMs: 20, steps: [{ text: 'slow slow slow' }] }), timeoutMs: 50 })));
+    expect(calls.map(([provider, outcome]) => [provider, outcome])).toEqual([
+      ['scripted', 'finished'],
+      ['scripted', 'aborted'],
+    ]);
+    // Durations in seconds: the first streamed 5 chunks 5 ms apart, the second ran to its 50 ms timeout.
+    expect(calls[0]![2]).toBeGreaterThanOrEqual(0.02);
+    expect(calls[1]![2]).toBeGreaterThanOrEqual(0.045);
+    expect(calls[1]![2]).toBeLessThan(5);
+  });
+
   it('publishes ok:false model_timeout when the step passes its timeout', async () => {
     const { handler, llmResults } = setup();
     await handler.handle(deliveryOf(llmRequest({ model: scripted({ chunkSize: 1, delayMs: 20, steps: [{ text: 'slow slow slow' }] }), timeoutMs: 50 })));
@@ -215,6 +240,9 @@ describe('createRunStep', () => {
     setTimeout(() => shutdown.abort(new Error('shutting down')), 30);
     const error = await handled;
     expect(AbideError.isInstance(error) && error.retryable).toBe(true);
+    // The same error as the tool-worker's hand-back (one code for one situation).
+    expect(error).toBeInstanceOf(ShuttingDownError);
+    expect(error).toMatchObject({ code: 'shutting_down' });
     expect(ackDecisionFor(error)).toEqual({ action: 'nak', delayMs: 0 });
     expect(llmResults()).toEqual([]);
     expect(entries.size).toBe(0);

@@ -1,6 +1,7 @@
 import type { LanguageModel } from 'ai';
 import {
   AbideError,
+  ShuttingDownError,
   llmResultPayloadSchema,
   makeBusEvent,
   makeEnvelope,
@@ -161,6 +162,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
         } catch (error) {
           outcome = { kind: 'failed', error };
         }
+        metrics.modelCall(payload.model.provider, outcome.kind, (Date.now() - startedAt) / 1_000);
 
         if (outcome.kind === 'too_large') {
           // Final: the same model would produce the same output again. Deltas already sent stay;
@@ -180,7 +182,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
           }
           if (timeout.aborted) return await fail({ code: 'model_timeout' satisfies RunErrorCode, message: `the model step did not finish within ${payload.timeoutMs} ms` });
           metrics.failed('aborted');
-          throw new AbideError('unavailable', 'the worker is shutting down; the model step is handed back', { retryable: true, retryAfterMs: 0 });
+          throw new ShuttingDownError('the worker is shutting down; the model step is handed back');
         }
 
         coalescer.flush();

@@ -8,6 +8,9 @@ export function createKeyedQueue() {
     run<T>(key: string, task: () => Promise<T>): Promise<T> {
       const previous = tails.get(key) ?? Promise.resolve();
       const next = previous.then(task, task);
+      // The tail only orders the next task of this key: the task's rejection reaches its caller
+      // through `next` (returned below), so swallowing it here loses nothing, and a failed task
+      // does not stop the ones queued after it.
       const tail = next.catch(() => undefined);
       tails.set(key, tail);
       void tail.then(() => {

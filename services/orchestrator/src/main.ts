@@ -8,20 +8,24 @@ import {
   createHealthServer,
   createLogger,
   createMetrics,
+  watchConsumerBacklog,
   createMongoClient,
   createRunStore,
   ensureIndexes,
   exitOnStartupError,
   getCollections,
   installShutdown,
+  jetStreamCheck,
   maxDeliveriesAdvisorySchema,
   objectStores,
   provisionJetStream,
   runInboxMessageSchema,
+  streams,
   type Logger,
   retryWithBackoff,
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
+import { createOrchestratorMetrics } from './orchestrator-metrics.ts';
 import { createApprovalLedger } from './approval-ledger.ts';
 import { createApprovalsHandler } from './approvals-handler.ts';
 import { loadOrchestratorConfig } from './config.ts';
@@ -77,6 +81,10 @@ async function main(): Promise<void> {
     process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
     const store = createRunStore(collections);
+    // `orchestratorMetrics.commitLatency` is for the commit path (run-processor.ts) to observe; it
+    // is registered (served, at zero) until that path takes it. The backlog gauges are read at scrape time.
+    const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
+    watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'], logger: log });
 
     const processor = createRunProcessor({
       store,
@@ -119,7 +127,7 @@ async function main(): Promise<void> {
       schema: maxDeliveriesAdvisorySchema,
       concurrency: 8,
       logger: log,
-      handle: createAdvisoryHandler({ jsm, processor, logger: log }),
+      handle: createAdvisoryHandler({ jsm, processor, logger: log, metrics }),
     });
     const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
     const deadlineSweeper = createDeadlineSweeper({ store, js, logger: log, metrics });
@@ -132,6 +140,7 @@ async function main(): Promise<void> {
       isDraining: () => draining,
       checks: [
         { name: 'nats', check: async () => !nats.isClosed() && nats.info !== undefined },
+        jetStreamCheck(() => jsm, streams.runInbox),
         { name: 'mongodb', check: async () => (await db.command({ ping: 1 })).ok === 1 },
       ],
     });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { agentDefinitionSchema, toolDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
+import { agentDefinitionSchema, runErrorCodes, toolDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
 import { transition, type RunInput, type TransitionResult } from './run-state-machine.ts';
 
 const now = new Date('2026-11-24T10:00:00.000Z');
@@ -148,6 +148,8 @@ describe('model results', () => {
     expect(result.state.awaiting).toEqual({ kind: 'llm', step: 1 });
     expect(result.state.toolCalls[0]!.outcome).toEqual({ kind: 'error', error: { code: 'tool_not_found', message: 'the agent has no tool named "nope"' } });
     expect(work(result.outbox)).toEqual([{ kind: 'llm_request', step: 1 }]);
+    // The code is in the registry (and so documented in docs/api.md), not a string of its own.
+    expect(runErrorCodes).toContain('tool_not_found');
   });
 
   it('fails with max_steps_exceeded when the next step would pass maxSteps, closing the history', () => {

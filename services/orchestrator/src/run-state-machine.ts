@@ -9,6 +9,7 @@ import {
   type ErrorInfo,
   type LlmResultPayload,
   type OutboxEntry,
+  type RunErrorCode,
   type RunState,
   type ToolCallRecord,
   type ToolDefinition,
@@ -170,7 +171,7 @@ function onLlmResult(state: RunState, result: LlmResultPayload, context: Transit
     if (!tool) {
       // The model asked for a tool the agent does not have: it gets an error result, the run goes on.
       record.state = 'completed';
-      record.outcome = { kind: 'error', error: { code: 'tool_not_found', message: `the agent has no tool named "${call.toolName}"` } };
+      record.outcome = { kind: 'error', error: { code: 'tool_not_found' satisfies RunErrorCode, message: `the agent has no tool named "${call.toolName}"` } };
       draft.outbox.push(toolResultEvent(record));
     } else if (tool.needsApproval) {
       const timeout = tool.approvalTimeoutMs ?? defaultTimeouts.approvalMs;

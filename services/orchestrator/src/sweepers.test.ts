@@ -91,7 +91,7 @@ describe('outbox sweeper: one failing transition never blocks the others', () =>
     expect(attempts.size).toBe(453);
     const failures = lines.filter((line) => line.msg === 'could not publish an unpublished outbox; will retry');
     expect(failures.map((line) => line.runId)).toEqual(['run_0000', 'run_0001', 'run_0002']);
-    expect(metrics.render()).toContain('abide_outbox_republish_failures_total 3');
+    expect(await metrics.render()).toContain('abide_outbox_republish_failures_total 3');
 
     // Within the backoff the failing ones are not tried again; after it, they are.
     await sweep();
@@ -99,7 +99,7 @@ describe('outbox sweeper: one failing transition never blocks the others', () =>
     clock += itemRetryDelayMs(1) + 1;
     await sweep();
     expect(attempts.get('outbox:run_0000')).toBe(2);
-    expect(metrics.render()).toContain('abide_outbox_republish_failures_total 6');
+    expect(await metrics.render()).toContain('abide_outbox_republish_failures_total 6');
   });
 
   it('pages past a full page of failing transitions', async () => {

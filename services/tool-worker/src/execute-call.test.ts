@@ -1,6 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import {
   AbideError,
+  ShuttingDownError,
   createLogger,
   createMetrics,
   decodeJson,
@@ -235,7 +236,7 @@ describe('tool call handler', () => {
     expect(results.json(resultKey)).toMatchObject({ outcome: { kind: 'error', error: { code: 'outcome_unknown' } } });
   });
 
-  it('treats policy ask like fail for now, saying a human must decide', async () => {
+  it('fails the call like fail when a stored tool still carries policy ask (refused on PUT since), saying a human must decide', async () => {
     const { handler, results, runTool, published } = setup();
     results.seed(markerKey, marker('worker-a', 60_000));
     await handler.handle(delivery(request({ onOutcomeUnknown: 'ask' }), { deliveryCount: 2 }));
@@ -312,7 +313,10 @@ describe('tool call handler', () => {
             setTimeout(() => shutdown.abort(new Error('shutting down')), 5);
           }),
       });
-      await expect(handler.handle(delivery(request(), { signal: shutdown.signal }))).rejects.toMatchObject({ retryable: true, retryAfterMs: 0 });
+      const handedBack = await handler.handle(delivery(request(), { signal: shutdown.signal })).catch((caught: unknown) => caught);
+      // The same error as the llm-worker's hand-back (one code for one situation).
+      expect(handedBack).toBeInstanceOf(ShuttingDownError);
+      expect(handedBack).toMatchObject({ code: 'shutting_down', retryable: true, retryAfterMs: 0 });
       expect(published).toHaveLength(0);
       expect(results.json(resultKey)).toBeUndefined();
       if (sent) expect(results.json(markerKey)).toMatchObject({ worker: 'worker-b' });
@@ -371,11 +375,29 @@ describe('tool call handler', () => {
     const second = request({ onOutcomeUnknown: 'fail' });
     second.payload.toolCallId = 's0c1';
     await handler.handle(delivery(second));
-    const text = metrics.render();
+    const text = await metrics.render();
     expect(text).toContain('abide_tool_calls_total{tool="builtin:echo",outcome="success"} 1');
     expect(text).toContain('abide_tool_calls_total{tool="builtin:echo",outcome="outcome_unknown"} 1');
     expect(text).toContain('abide_tool_result_cache_hits_total{tool="builtin:echo"} 1');
     expect(text).toContain('abide_tool_outcome_unknown_total{tool="builtin:echo",policy="fail"} 1');
+    expect(text).toContain('abide_tool_calls_in_flight 0');
+    // Only the one execution is timed (the cache hit and the outcome-unknown call ran nothing).
+    expect(text).toContain('abide_tool_call_duration_seconds_count{tool="builtin:echo",outcome="success"} 1');
+    expect(text).not.toContain('abide_tool_call_duration_seconds_count{tool="builtin:echo",outcome="outcome_unknown"}');
+  });
+
+  it('times a call handed back on shutdown as handed_back', async () => {
+    const shutdown = new AbortController();
+    const { handler, metrics } = setup({
+      runTool: (invocation: ToolInvocation) =>
+        new Promise<ToolOutcome>((_resolve, reject) => {
+          invocation.signal.addEventListener('abort', () => reject(invocation.signal.reason));
+          shutdown.abort(new Error('shutting down'));
+        }),
+    });
+    await expect(handler.handle(delivery(request(), { signal: shutdown.signal }))).rejects.toBeInstanceOf(ShuttingDownError);
+    const text = await metrics.render();
+    expect(text).toContain('abide_tool_call_duration_seconds_count{tool="builtin:echo",outcome="handed_back"} 1');
     expect(text).toContain('abide_tool_calls_in_flight 0');
   });
 
@@ -386,8 +408,9 @@ describe('tool call handler', () => {
       message.payload.toolCallId = `s0c${index}`;
       await handler.handle(delivery(message));
     }
-    const text = metrics.render();
+    const text = await metrics.render();
     expect(text).toContain('abide_tool_calls_total{tool="http",outcome="error"} 3');
+    expect(text).toContain('abide_tool_call_duration_seconds_count{tool="http",outcome="error"} 3');
     expect(text).not.toContain('crm_lookup');
     expect(text).not.toContain('tenant-chosen-code');
   });

@@ -1,5 +1,6 @@
 import {
   AbideError,
+  ShuttingDownError,
   encodeJson,
   ensureError,
   kvKeys,
@@ -201,8 +202,9 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       return { kind: 'decided', outcome: errorOutcome('outcome_unknown', `${interrupted}; the tool's onOutcomeUnknown policy is "fail", so it is not run again`) };
     }
     if (policy === 'ask') {
-      // TODO(issue 4, approvals): `ask` must raise an approval asking a human whether to run the
-      // call again (DESIGN §4). Approvals do not exist yet, so it fails the call like `fail`.
+      // `ask` (an approval asking a human whether to run the call again, DESIGN §4) is not built:
+      // `PUT /v1/agents` refuses it (shared/src/agent.ts, docs/decisions.md). Only an agent stored
+      // before that refusal can still carry it; its call fails like `fail`, saying why.
       return {
         kind: 'decided',
         outcome: errorOutcome('outcome_unknown', `${interrupted}; the tool's onOutcomeUnknown policy is "ask": a human must decide whether to run it again, so it is not run again automatically`),
@@ -260,8 +262,8 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     const { payload } = delivery.message;
     const stopHeartbeat = startHeartbeat(call, delivery, marker, revision);
     let externalEffect = false;
-    let outcome: ToolOutcome;
-    metrics.executionStarted();
+    let outcome: ToolOutcome | undefined;
+    const executionEnded = metrics.executionStarted();
     try {
       outcome = await runTool({
         runId: call.runId,
@@ -287,10 +289,9 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         outcome = { kind: 'cancelled' };
       } else if (delivery.signal.aborted) {
         if (!externalEffect) await deleteMarker(call, 'shutting down before the call had any effect');
-        throw new AbideError(
-          'not_ready',
+        throw new ShuttingDownError(
           externalEffect ? 'worker shutting down mid-call; handed back (its outcome is unknown)' : 'worker shutting down; handed back before executing',
-          { retryable: true, retryAfterMs: 0, cause: error },
+          error,
         );
       } else if (AbideError.isInstance(error) && error.retryable) {
         metrics.retryableFailure(call.toolLabel);
@@ -302,7 +303,7 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         outcome = errorOutcome(AbideError.isInstance(error) ? error.code : 'tool_error', failure.message);
       }
     } finally {
-      metrics.executionEnded();
+      executionEnded(call.toolLabel, outcome === undefined ? 'handed_back' : outcomeLabel(outcome));
       await stopHeartbeat();
     }
     deps.crashPoints?.hit('tool-worker.after_execute');

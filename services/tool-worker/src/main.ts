@@ -13,9 +13,12 @@ import {
   createHealthServer,
   createLogger,
   createMetrics,
+  watchConsumerBacklog,
   ensureError,
   exitOnStartupError,
   installShutdown,
+  jetStreamCheck,
+  streams,
   provisionJetStream,
   publishJson,
   subjects,
@@ -65,6 +68,7 @@ async function main(): Promise<void> {
     let mcpPool: McpConnectionPool | undefined;
     let mcpListResponder: ReturnType<typeof createMcpListResponder> | undefined;
     let draining = false;
+    let provisioned: Awaited<ReturnType<typeof provisionJetStream>> | undefined;
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,
@@ -75,6 +79,7 @@ async function main(): Promise<void> {
       checks: [
         { name: 'nats', check: async () => connection !== undefined && !connection.isClosed() && (await withTimeout(connection.rtt(), 2_000)) },
         { name: 'consumer', check: async () => runner !== undefined },
+        jetStreamCheck(() => provisioned?.jsm, streams.toolRequests),
       ],
     });
     await health.start();
@@ -97,7 +102,6 @@ async function main(): Promise<void> {
     });
 
     // Start-up keeps trying until NATS and JetStream answer (a worker started before NATS waits for it).
-    let provisioned: Awaited<ReturnType<typeof provisionJetStream>>;
     try {
       provisioned = await retryWithBackoff(
         'connecting to NATS and provisioning',
@@ -111,7 +115,8 @@ async function main(): Promise<void> {
       if (startup.signal.aborted) return;
       throw error;
     }
-    const { js, kv } = provisioned;
+    const { js, jsm, kv } = provisioned!;
+    watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['tool-worker'], logger: log });
     const nats = connection!;
     const toolResults = kv.get(buckets.toolResults) as KV;
     const runControl = kv.get(buckets.runControl) as KV;

@@ -11,19 +11,24 @@ export function toolMetricLabel(tool: Pick<ToolDefinition, 'kind' | 'name'>): st
 
 /** An outcome label from a fixed set: the outcome kind, or a run error code (anything else is `error`). */
 export function outcomeMetricLabel(outcome: string): string {
-  if (['success', 'denied', 'cancelled'].includes(outcome) || (runErrorCodes as readonly string[]).includes(outcome)) return outcome;
+  if (['success', 'denied', 'cancelled', 'handed_back'].includes(outcome) || (runErrorCodes as readonly string[]).includes(outcome)) return outcome;
   return 'error';
 }
 
 /** The tool-worker's Prometheus series. */
 export function createToolMetrics(metrics: Metrics) {
   let inFlight = 0;
-  const calls = metrics.counter('tool_calls_total', 'Tool calls finished by this worker, by tool kind (builtin:<name>, http) and outcome (success, error code, cancelled)');
-  const cacheHits = metrics.counter('tool_result_cache_hits_total', 'Tool requests answered from TOOL_RESULTS without executing, by tool kind');
-  const outcomeUnknown = metrics.counter('tool_outcome_unknown_total', 'Interrupted tool calls found (stale started marker), by tool kind and policy');
-  const retries = metrics.counter('tool_retryable_failures_total', 'Tool calls handed back for a retry, by tool kind');
+  const calls = metrics.counter('tool_calls_total', 'Tool calls finished by this worker, by tool kind (builtin:<name>, http) and outcome (success, error code, cancelled)', ['tool', 'outcome']);
+  const cacheHits = metrics.counter('tool_result_cache_hits_total', 'Tool requests answered from TOOL_RESULTS without executing, by tool kind', ['tool']);
+  const outcomeUnknown = metrics.counter('tool_outcome_unknown_total', 'Interrupted tool calls found (stale started marker), by tool kind and policy', ['tool', 'policy']);
+  const retries = metrics.counter('tool_retryable_failures_total', 'Tool calls handed back for a retry, by tool kind', ['tool']);
   const skipped = metrics.counter('tool_calls_skipped_total', 'Tool requests of cancelled runs acked without executing');
   metrics.gauge('tool_calls_in_flight', 'Tool calls executing now', () => inFlight);
+  const durations = metrics.histogram(
+    'tool_call_duration_seconds',
+    'Tool executions (the tool running, not the queueing) by tool kind and outcome; handed_back: the worker shut down or the failure is retried',
+    ['tool', 'outcome'],
+  );
   return {
     /** `tool` is a `toolMetricLabel`. */
     callFinished(tool: string, outcome: string) {
@@ -41,11 +46,14 @@ export function createToolMetrics(metrics: Metrics) {
     skippedCancelled() {
       skipped.inc();
     },
+    /** Counts the execution in flight; call the returned `ended` once with its outcome label (or `handed_back`). */
     executionStarted() {
       inFlight += 1;
-    },
-    executionEnded() {
-      inFlight -= 1;
+      const startedAt = performance.now();
+      return function ended(tool: string, outcome: string): void {
+        inFlight -= 1;
+        durations.observe({ tool, outcome: outcomeMetricLabel(outcome) }, (performance.now() - startedAt) / 1_000);
+      };
     },
   };
 }

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from '../testing/test-app.ts';
 
 let t: TestApp;
@@ -57,13 +57,40 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
   });
 
   it('follows live events and resumes after a cursor; Last-Event-ID wins over after', async () => {
+    let answered = false;
     const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=0`, headers: { ...auth(), 'last-event-id': '2' } });
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    void pending.then(() => (answered = true));
+    // Synchronised on the reader being open, not on time: no event is stored yet, so every event
+    // the stream then carries arrived live (after the reader started), none replayed.
+    await vi.waitFor(() => expect(t.events.openReaders).toBe(1));
+    expect(await t.events.source.lastSequenceOf(runId)).toBeNull();
+    expect(answered).toBe(false);
     emitRun();
     const events = parseSse((await pending).body);
     expect(events.map((event) => event.id)).toEqual([3, 5]);
     const after = parseSse((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=3`, headers: auth() })).body);
     expect(after.map((event) => event.id)).toEqual([5]);
+  });
+
+  it('rides through a lost reader, and ends with an error event (never silently) when it cannot resume', async () => {
+    await t.app.close();
+    t = createTestApp({ now: () => new Date(clock), eventsResumeWithinMs: 100 });
+    await t.app.inject({ method: 'PUT', url: '/v1/agents/helper', headers: auth(), payload: scriptedAgent });
+    runId = (await t.app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'helper', input: 'hi' } })).json().runId;
+    t.events.emit(runId, 't1', `${runId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: auth() });
+    while (t.events.readsOpened < 1) await new Promise((resolve) => setTimeout(resolve, 2));
+    t.events.breakReaders('end');
+    t.events.emit(runId, 't1', `${runId}:3:0`, 'message.completed', { step: 0, attempt: 1, text: 'hello' });
+    while (t.events.readsOpened < 2) await new Promise((resolve) => setTimeout(resolve, 2));
+    t.events.refuseReaders(true);
+    t.events.breakReaders('throw');
+    const body = (await pending).body;
+    expect(parseSse(body).map((event) => event.id)).toEqual([1, 2]);
+    const last = body.trimEnd().split('\n\n').at(-1)!;
+    expect(last.split('\n')[0]).toBe('event: error');
+    expect(JSON.parse(last.split('\n')[1]!.slice('data: '.length))).toMatchObject({ error: { code: 'subscription_interrupted', message: expect.stringContaining('after=2') } });
+    expect(t.events.openReaders).toBe(0);
   });
 
   it('answers 204 when the run has ended and the client holds its last event', async () => {

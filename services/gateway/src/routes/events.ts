@@ -1,4 +1,5 @@
-import { ApiError, cursorSchema, runIdParamsSchema, type ClientEvent } from '@abide/shared';
+import { ApiError, cursorSchema, runIdParamsSchema, type ClientEvent, type ErrorBody } from '@abide/shared';
+import { toApiError } from '../http-errors.ts';
 import type { FastifyInstance } from 'fastify';
 import type { ServerResponse } from 'node:http';
 import { parseOr400 } from '../validation.ts';
@@ -18,6 +19,12 @@ export function sseCursor(query: Record<string, unknown>, lastEventId: string | 
 /** One SSE message: `id:` the seq, `event:` the type, `data:` the client event. */
 export function formatSseEvent(event: ClientEvent): string {
   return `id: ${event.seq}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`;
+}
+
+/** The `error` event that ends a stream which failed after its 200 (`data:` is the HTTP error body; no `id:`, so the cursor stays). */
+export function formatSseError(error: ApiError): string {
+  const body: ErrorBody = { error: { code: error.code, message: error.message } };
+  return `event: error\ndata: ${JSON.stringify(body)}\n\n`;
 }
 
 /** Writes to the response, waiting for `drain` when the socket's buffer is full (a slow client slows its own relay). */
@@ -82,8 +89,12 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
         if (signal.aborted) break;
       }
     } catch (error) {
-      // The relay failed (NATS gone): end the stream; the client resumes with Last-Event-ID.
-      if (!signal.aborted) request.log.warn({ runId, err: error }, 'event stream failed');
+      // The relay could not resume its reader (NATS unreachable past its bound): say so in an
+      // `error` event before ending, never a silent end; the client resumes with Last-Event-ID.
+      if (!signal.aborted) {
+        request.log.warn({ runId, err: error }, 'event stream failed');
+        raw.write(formatSseError(toApiError(error, { maxBodyBytes: context.maxBodyBytes })));
+      }
     } finally {
       clearInterval(heartbeat);
       forget();

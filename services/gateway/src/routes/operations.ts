@@ -17,7 +17,7 @@ export function registerOperationRoutes(app: FastifyInstance, context: RouteCont
   });
 
   app.get('/metrics', probe, async (_request, reply) => {
-    return reply.type('text/plain; version=0.0.4').send(context.metrics.render());
+    return reply.type(context.metrics.contentType).send(await context.metrics.render());
   });
 
   app.get('/openapi.json', { config: { public: true } satisfies RouteConfig }, async () => options.openApiDocument());

@@ -81,6 +81,20 @@ describe('WebSocket /v1/ws', () => {
     client.socket.terminate();
   });
 
+  it('answers a bad subscribe cursor with invalid_cursor, the code HTTP answers for the same cursor', async () => {
+    const client = await connect();
+    for (const after of [-1, 1.5, '3', Number.MAX_SAFE_INTEGER * 4]) {
+      client.send({ type: 'subscribe', runId, after });
+      expect(await client.next((frame) => frame.type === 'error'), String(after)).toMatchObject({ code: 'invalid_cursor', runId, message: expect.stringContaining('frame.after') });
+    }
+    const http = await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=-1`, headers: auth() });
+    expect(http.json().error.code).toBe('invalid_cursor');
+    // A frame with other faults besides its cursor is invalid_request.
+    client.send({ type: 'subscribe', runId: 'bad id', after: -1 });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_request' });
+    client.socket.terminate();
+  });
+
   it('refuses a missing key (401) and a browser origin not allowed (403) before the upgrade; accepts ?access_token=', async () => {
     await expect(t.app.injectWS('/v1/ws', { headers: {} })).rejects.toThrow(/401/);
     await expect(t.app.injectWS('/v1/ws', { headers: { ...auth(), origin: 'https://evil.example' } })).rejects.toThrow(/403/);
@@ -276,5 +290,27 @@ describe('WebSocket /v1/ws', () => {
     expect((await t.app.inject({ method: 'POST', url: `/v1/ws/tickets?access_token=${keys.t1}` })).statusCode).toBe(401);
     const unused = (await t.app.inject({ method: 'POST', url: '/v1/ws/tickets', headers: auth() })).json().ticket as string;
     expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}?ticket=${unused}` })).statusCode).toBe(401);
+  });
+});
+
+describe('WebSocket subscriptions across a lost reader (a NATS node failure)', () => {
+  it('resumes without a gap or repeat, and sends subscription_interrupted with the runId when it cannot', async () => {
+    await t.app.close();
+    await setup({ eventsResumeWithinMs: 100 });
+    const client = await connect();
+    t.events.emit(runId, 't1', `${runId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    client.send({ type: 'subscribe', runId });
+    await client.next((frame) => frame.type === 'event');
+    t.events.breakReaders('end');
+    t.events.emit(runId, 't1', `${runId}:3:0`, 'message.completed', { step: 0, attempt: 1, text: 'hello' });
+    const second = await client.next((frame) => frame.type === 'event');
+    expect(second).toMatchObject({ runId, event: { seq: 2, eventId: `${runId}:3:0` } });
+    t.events.refuseReaders(true);
+    t.events.breakReaders('throw');
+    const error = await client.next((frame) => frame.type === 'error');
+    expect(error).toMatchObject({ runId, code: 'subscription_interrupted', message: expect.stringContaining('after=2') });
+    expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
+    expect(t.events.openReaders).toBe(0);
+    client.socket.close();
   });
 });

@@ -207,7 +207,17 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
     const requestId = typeof (value as { requestId?: unknown } | null)?.requestId === 'string' ? (value as { requestId: string }).requestId : undefined;
     const parsed = wsClientFrameSchema.safeParse(value);
     if (!parsed.success) {
-      send({ type: 'error', ...(requestId === undefined ? {} : { requestId }), code: 'invalid_request', message: describeIssues('frame', parsed.error.issues) });
+      // A subscribe whose only fault is its `after` is a bad cursor: the code HTTP answers for it.
+      const frameType = (value as { type?: unknown } | null)?.type;
+      const cursorOnly = frameType === 'subscribe' && parsed.error.issues.every((issue) => issue.path[0] === 'after');
+      const runIdField = cursorOnly && typeof (value as { runId?: unknown }).runId === 'string' ? { runId: (value as { runId: string }).runId } : {};
+      send({
+        type: 'error',
+        ...(requestId === undefined ? {} : { requestId }),
+        ...runIdField,
+        code: cursorOnly ? 'invalid_cursor' : 'invalid_request',
+        message: describeIssues('frame', parsed.error.issues),
+      });
       return;
     }
     const frame = parsed.data;

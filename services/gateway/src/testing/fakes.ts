@@ -228,6 +228,12 @@ export function createMemoryEventSource() {
   let firstSeq = 1;
   const waiters = new Set<() => void>();
   let openReaders = 0;
+  let readsOpened = 0;
+  /** Bumped by `breakReaders`: a reader opened before the bump fails (or ends) at its next step. */
+  let generation = 0;
+  let breakMode: 'throw' | 'end' = 'throw';
+  /** While true, a new reader fails as it opens (no node answers). */
+  let refusing = false;
 
   function wake(): void {
     for (const waiter of [...waiters]) waiter();
@@ -240,11 +246,19 @@ export function createMemoryEventSource() {
     async lastSequenceOf(runId) {
       return messages.filter((message) => message.runId === runId).at(-1)?.seq ?? null;
     },
-    async *read(runId, { after, signal }) {
+    async *read(runId, { after, signal, onLive }) {
+      readsOpened += 1;
+      if (refusing) throw new Error('no responders (fake)');
       openReaders += 1;
+      const born = generation;
       try {
+        onLive?.();
         let position = after ?? 0;
         while (!signal.aborted) {
+          if (generation !== born) {
+            if (breakMode === 'end') return;
+            throw new Error('consumer lost (fake)');
+          }
           const next = messages.find((message) => message.runId === runId && message.seq > position);
           if (next) {
             position = next.seq;
@@ -271,6 +285,20 @@ export function createMemoryEventSource() {
     source,
     get openReaders() {
       return openReaders;
+    },
+    /** Readers opened so far (resumes included). */
+    get readsOpened() {
+      return readsOpened;
+    },
+    /** Every open reader fails (`throw`) or ends without error (`end`), as when its node dies. */
+    breakReaders(mode: 'throw' | 'end'): void {
+      breakMode = mode;
+      generation += 1;
+      wake();
+    },
+    /** New readers fail as they open while `on` (every node down). */
+    refuseReaders(on: boolean): void {
+      refusing = on;
     },
     /** Appends raw data on `run.events.<runId>`; returns its seq. */
     appendRaw(runId: string, data: Uint8Array): number {

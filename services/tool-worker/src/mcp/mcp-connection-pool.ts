@@ -1,4 +1,4 @@
-import { AbideError, ensureError, type Logger } from '@abide/shared';
+import { AbideError, ensureError, ShuttingDownError, type Logger } from '@abide/shared';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 
 /** An open MCP session: the SDK client (only what the worker uses) and how to end it. */
@@ -80,7 +80,7 @@ export function createMcpConnectionPool(options: McpConnectionPoolOptions) {
      * call opens a new one); the error is rethrown either way.
      */
     async use<T>(key: string, open: () => Promise<McpConnection>, work: (connection: McpConnection) => Promise<T>, isBroken: (error: unknown) => boolean): Promise<T> {
-      if (closed) throw new AbideError('not_ready', 'the MCP connection pool is closed (shutting down)', { retryable: true, retryAfterMs: 0 });
+      if (closed) throw new ShuttingDownError('the MCP connection pool is closed (shutting down)');
       let entry = entries.get(key);
       if (!entry) {
         makeRoom();

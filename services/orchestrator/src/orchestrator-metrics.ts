@@ -1,0 +1,45 @@
+import { ensureError, type Logger, type Metrics, type RunStore } from '@abide/shared';
+
+/**
+ * The orchestrator's own series, built once in `main.ts` from the process's `Metrics`:
+ * - `commitLatency` (`abide_commit_duration_seconds`, label `result`: `committed`, `conflict`,
+ *   `ignored`): the time from an input's arrival to its transition committed. It is a hook for
+ *   the commit path (`run-processor.ts`) to observe; the registry is the process's.
+ * - `abide_oldest_overdue_deadline_seconds`: how long past its deadline the oldest run still
+ *   waiting for its timer is (0 when none is more than `overdueAfterMs` late). A run whose
+ *   deadline passed gets a timer within a sweep (1–2 s on MongoDB); one still due minutes later
+ *   is stuck. Read with the sweeper's own query over `run_work` (`findDueWork`, one row), at most once per
+ *   `refreshMs` however often Prometheus scrapes.
+ */
+export function createOrchestratorMetrics(deps: {
+  metrics: Metrics;
+  store: Pick<RunStore, 'findDueWork'>;
+  logger: Logger;
+  now?: () => number;
+  /** @default 60000 */
+  overdueAfterMs?: number;
+  /** @default 30000 */
+  refreshMs?: number;
+}) {
+  const { metrics, store, logger } = deps;
+  const now = deps.now ?? Date.now;
+  const overdueAfterMs = deps.overdueAfterMs ?? 60_000;
+  const refreshMs = deps.refreshMs ?? 30_000;
+  const commitLatency = metrics.histogram('commit_duration_seconds', 'Time from an input to its transition committed in MongoDB, by result (committed, conflict, ignored)', ['result']);
+  const overdue = metrics.gauge('oldest_overdue_deadline_seconds', 'How long past its deadline the oldest run still waiting for its timer is (0: none late by more than a minute)');
+  let readAt: number | undefined;
+  metrics.beforeScrape(async () => {
+    const started = now();
+    if (readAt !== undefined && started - readAt < refreshMs) return;
+    readAt = started;
+    try {
+      const [oldest] = await store.findDueWork('deadline', new Date(started - overdueAfterMs).toISOString(), 1);
+      overdue.set(oldest ? Math.max(0, (started - Date.parse(oldest.dueAt)) / 1_000) : 0);
+    } catch (error) {
+      // The last value stays (the alert keeps its state); the next refresh tries again.
+      logger.warn({ err: ensureError(error) }, 'could not read the oldest overdue deadline for the metrics');
+    }
+  });
+  return { commitLatency };
+}
+export type OrchestratorMetrics = ReturnType<typeof createOrchestratorMetrics>;
