@@ -20,7 +20,7 @@ import {
 } from '@abide/shared';
 import { startAuthNats, type AuthNats } from './deploy/auth-nats.ts';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
-import { fullReplay, waitForStatus, type ClientEvent } from './harness/run-checks.ts';
+import { fullReplay, latestTransition, waitForPublishedLatest, waitForStatus, type ClientEvent } from './harness/run-checks.ts';
 import { Stack, testKeys } from './harness/stack.ts';
 
 /**
@@ -121,9 +121,9 @@ describe('limits and isolation', () => {
     expect(stepsStarted).toEqual([0, 1, 2]);
     // The transition recording the third result (whose next model request is over the cap) was replaced by the failure.
     expect(hoarderEvents.filter((event) => event.type === 'tool.result')).toHaveLength(2);
-    // Nothing was committed that can never publish: every transition of the run is published.
-    const unpublished = await stack.db.collection('run_transitions').countDocuments({ runId: hoarder, published: false });
-    expect(unpublished).toBe(0);
+    // Nothing was committed that can never publish: the latest transition's outbox is published
+    // (and each earlier one's, as nothing is committed on an unpublished transition).
+    expect(await waitForPublishedLatest(stack.db, hoarder)).toBe((await latestTransition(stack.db, hoarder)).version);
   });
 
   it('~1 MiB of edited approval args fails that run with message_too_large instead of committing a tool request that can never publish', { timeout: 120_000 }, async () => {
@@ -151,7 +151,7 @@ describe('limits and isolation', () => {
     expect(terminalOf(events).error.message).toContain('tool request of s0c0');
     expect(tools.calls.filter((call) => call.idempotencyKey === `${bulky}:s0c0`)).toHaveLength(0);
     expect(terminalOf(await finished(testKeys.b, other))).toMatchObject({ type: 'run.completed' });
-    expect(await stack.db.collection('run_transitions').countDocuments({ runId: bulky, published: false })).toBe(0);
+    expect(await waitForPublishedLatest(stack.db, bulky)).toBe((await latestTransition(stack.db, bulky)).version);
   });
 
   it('refuses an agent definition over its size limits (a schema of many 1e20s, a huge definition) with 400', { timeout: 30_000 }, async () => {
@@ -263,37 +263,41 @@ describe('limits and isolation', () => {
     const store = createRunStore(getCollections(db));
     const deadline = '2026-01-01T00:00:00.000Z';
     // 520 runs share one tiny deadline (a page of 500 is full of them), 10 more are due later.
-    await db.collection('runs').insertMany([
-      ...Array.from({ length: 520 }, (_, index) => ({ _id: `run_d${String(index).padStart(4, '0')}`, tenantId: 'tenant-a', nextDeadlineAt: deadline })),
-      ...Array.from({ length: 10 }, (_, index) => ({ _id: `run_e${index}`, tenantId: 'tenant-b', nextDeadlineAt: `2026-01-01T00:00:0${index}.500Z` })),
-      { _id: 'run_future', tenantId: 'tenant-b', nextDeadlineAt: '2999-01-01T00:00:00.000Z' },
-      { _id: 'run_none', tenantId: 'tenant-b', nextDeadlineAt: null },
-    ] as never[]);
+    for (let index = 0; index < 520; index += 1) await store.writeDeadline(`run_d${String(index).padStart(4, '0')}`, 'tenant-a', deadline);
+    for (let index = 0; index < 10; index += 1) await store.writeDeadline(`run_e${index}`, 'tenant-b', `2026-01-01T00:00:0${index}.500Z`);
+    await store.writeDeadline('run_future', 'tenant-b', '2999-01-01T00:00:00.000Z');
+    // A deadline moved (upserted by _id, not added) and one cleared (deleted).
+    await store.writeDeadline('run_moved', 'tenant-b', '2026-01-01T00:00:00.000Z');
+    await store.writeDeadline('run_moved', 'tenant-b', '2999-01-01T00:00:00.000Z');
+    await store.writeDeadline('run_cleared', 'tenant-b', '2026-01-01T00:00:00.000Z');
+    await store.writeDeadline('run_cleared', 'tenant-b', null);
+    // Outbox items of new runs are another kind: never returned as deadlines.
+    await store.insertWork({ _id: 'outbox:run_new', kind: 'outbox', runId: 'run_new', tenantId: 'tenant-b', dueAt: deadline });
     const seen: string[] = [];
     let after: { key: string; id: string } | undefined;
     for (;;) {
-      const page = await store.findDueDeadlines('2026-06-01T00:00:00.000Z', 500, after);
-      seen.push(...page.map((run) => run.runId));
+      const page = await store.findDueWork('deadline', '2026-06-01T00:00:00.000Z', 500, after);
+      seen.push(...page.map((item) => item.runId));
       if (page.length < 500) break;
-      after = { key: page.at(-1)!.nextDeadlineAt, id: page.at(-1)!.runId };
+      after = { key: page.at(-1)!.dueAt, id: page.at(-1)!._id };
     }
     expect(seen).toHaveLength(530);
     expect(new Set(seen).size).toBe(530);
     expect(seen.slice(-10)).toEqual(Array.from({ length: 10 }, (_, index) => `run_e${index}`));
+    expect(await db.collection('run_work').countDocuments({ runId: 'run_moved' })).toBe(1);
 
-    const at = new Date('2026-01-01T00:00:00.000Z');
-    await db.collection('run_transitions').insertMany(
-      Array.from({ length: 210 }, (_, index) => ({ _id: `run_u${String(index).padStart(4, '0')}:2`, runId: `run_u${index}`, tenantId: 'tenant-a', version: 2, at, published: false })) as never[],
+    await db.collection('run_work').insertMany(
+      Array.from({ length: 210 }, (_, index) => ({ _id: `outbox:run_u${String(index).padStart(4, '0')}`, kind: 'outbox', runId: `run_u${index}`, tenantId: 'tenant-a', dueAt: deadline })) as never[],
     );
     const unpublished: string[] = [];
     let cursor: { key: string; id: string } | undefined;
     for (;;) {
-      const page: TransitionDocument[] = await store.findUnpublished(new Date('2026-06-01T00:00:00.000Z'), 200, cursor);
-      unpublished.push(...page.map((transition) => transition._id));
+      const page = await store.findDueWork('outbox', '2026-06-01T00:00:00.000Z', 200, cursor);
+      unpublished.push(...page.map((item) => item._id));
       if (page.length < 200) break;
-      cursor = { key: page.at(-1)!.at.toISOString(), id: page.at(-1)!._id };
+      cursor = { key: page.at(-1)!.dueAt, id: page.at(-1)!._id };
     }
-    expect(new Set(unpublished).size).toBe(210);
+    expect(new Set(unpublished).size).toBe(211);
     await db.dropDatabase();
   });
 });

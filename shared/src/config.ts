@@ -85,7 +85,15 @@ const commonFields = {
   ABIDE_CRASH_POINTS: z.string().optional(),
 };
 
-const mongoFields = { MONGO_URL: z.string().regex(/^mongodb(\+srv)?:\/\//, 'must be a mongodb:// URL').default('mongodb://127.0.0.1:27017/abide') };
+const mongoFields = {
+  MONGO_URL: z.string().regex(/^mongodb(\+srv)?:\/\//, 'must be a mongodb:// URL').default('mongodb://127.0.0.1:27017/abide'),
+  /**
+   * The write concern of every MongoDB write: `majority` = `{ w: 'majority', j: true }` (a step is
+   * acknowledged once it is in a majority's journal), `journaled` = `{ w: 1, j: true }`,
+   * `acknowledged` = `{ w: 1 }` (in memory only: a crash of mongod may lose acknowledged steps).
+   */
+  MONGO_WRITE_CONCERN: z.enum(['majority', 'journaled', 'acknowledged']).default('majority'),
+};
 
 export const gatewayEnvSchema = z.object({
   ...commonFields,

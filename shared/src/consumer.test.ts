@@ -21,6 +21,8 @@ function fakeMessage(fields: { seq: number; deliveryCount?: number; headers?: Re
     headers,
     info: { deliveryCount: fields.deliveryCount ?? 1 },
     working: () => undefined,
+    // The runner acks without waiting for a confirmation after handling, and with one after deferring.
+    ack: () => outcome.push('ack'),
     ackAck: async () => {
       outcome.push('ack');
       return true;
@@ -183,6 +185,7 @@ function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | 
                   subject: 'tool.req.echo',
                   seq: index + 1,
                   info: { deliveryCount: 1 },
+                  ack: () => void acked.push(value),
                   ackAck: async () => void acked.push(value),
                   working: () => {},
                   term: () => {},

@@ -180,11 +180,16 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
         await release();
       }
       clearInterval(heartbeat);
-      await raw.ackAck().catch((error: unknown) => {
-        // The ack may be lost (connection drop); the message is then redelivered and the
-        // handler's idempotency absorbs it.
-        log.warn({ subject: raw.subject, err: ensureError(error) }, 'ack not confirmed');
-      });
+      // `ack`, not `ackAck` (issue 9): no round trip per message. The message's effects are
+      // durable before this line, so a lost ack (connection drop, crash) only redelivers it after
+      // ack_wait, and every handler's idempotency absorbs that (the orchestrator finds the input
+      // applied, the workers answer from LLM_RESULTS / TOOL_RESULTS).
+      try {
+        raw.ack();
+      } catch (error) {
+        // The connection is closed: the same redelivery applies.
+        log.warn({ subject: raw.subject, err: ensureError(error) }, 'ack not sent');
+      }
     } catch (caught) {
       clearInterval(heartbeat);
       const error = ensureError(caught);

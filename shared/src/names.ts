@@ -124,4 +124,16 @@ export const collections = {
   runTransitions: 'run_transitions',
   conversationLocks: 'conversation_locks',
   runMessages: 'run_messages',
+  runWork: 'run_work',
+} as const;
+
+/**
+ * `_id`s of `run_work` (docs/decisions.md, "one write per step"): the small list of pending work
+ * the sweepers read instead of scanning the growing collections. One item per run and kind.
+ */
+export const workIds = {
+  /** A new run's `start` not yet known to be published (inserted by the gateway before version 1). */
+  outbox: (runId: string) => `outbox:${runId}`,
+  /** The run's `nextDeadlineAt` (written when a published transition sets it, deleted when it clears). */
+  deadline: (runId: string) => `deadline:${runId}`,
 } as const;

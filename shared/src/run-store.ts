@@ -1,4 +1,5 @@
 import type { Collections } from './mongo.ts';
+import { workIds } from './names.ts';
 import { isDuplicateKeyError } from './errors.ts';
 import type { OutboxEntry } from './outbox.ts';
 import type { RunState } from './run-state.ts';
@@ -15,8 +16,13 @@ export type TransitionDocument = {
   cause: string;
   state: RunState;
   outbox: OutboxEntry[];
+  /**
+   * Whether its outbox is known to be published. Stored `false` at the commit and never updated
+   * (no mark on the critical path, docs/decisions.md "one write per step"): a loaded transition's
+   * flag is derived from the read model (`publishedVersion`), or set by the process that published it.
+   */
   published: boolean;
-  /** The stream sequence of the last event published up to this transition (set with `published`). */
+  /** The stream sequence of the last event published up to this transition (older data only; the read model holds it now). */
   lastSeq?: number | null;
 };
 
@@ -33,8 +39,12 @@ export class TransitionConflictError extends Error {
 /** A page position in a sweep: the sort key and `_id` of the last item seen. */
 export type SweepCursor = { key: string; id: string };
 
-/** A run whose deadline has passed (the deadline sweeper's work list). */
-export type DueRun = { runId: string; tenantId: string; nextDeadlineAt: string };
+/**
+ * An item of `run_work` (`_id` from `workIds`): pending work a sweeper acts on once `dueAt`
+ * (ISO time) has passed. The collection holds one item per run with pending work, so its size
+ * follows the runs in flight, never the history.
+ */
+export type WorkItem = { _id: string; kind: 'outbox' | 'deadline'; runId: string; tenantId: string; dueAt: string };
 
 /**
  * The run's commit protocol (DESIGN §3): a transition commits by inserting version v+1; a
@@ -43,7 +53,7 @@ export type DueRun = { runId: string; tenantId: string; nextDeadlineAt: string }
  * are free JSON and may hold keys FerretDB refuses.
  */
 export function createRunStore(collections: Collections) {
-  const { runs, runTransitions } = collections;
+  const { runs, runTransitions, runWork } = collections;
 
   async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
@@ -56,15 +66,13 @@ export function createRunStore(collections: Collections) {
     /**
      * The exact latest transition of a run, rolled forward past the read model by `_id`
      * (`<runId>:<v+1>`, `+2`, …), with the read model's `lastSeq`; null if the run does not exist.
+     * Its `published` says whether the read model records its outbox as published (a later
+     * version's existence proves it too: nothing is committed on an unpublished transition).
      */
-    async loadLatest(runId: string, hint?: { version: number; lastSeq: number | null }): Promise<{ transition: TransitionDocument; lastSeq: number | null } | null> {
-      let version = hint?.version;
-      let lastSeq = hint?.lastSeq ?? null;
-      if (version === undefined) {
-        const run = (await runs.findOne({ _id: runId }, { projection: { version: 1, lastSeq: 1 } })) as { version?: number; lastSeq?: number | null } | null;
-        version = run?.version ?? 0;
-        lastSeq = run?.lastSeq ?? null;
-      }
+    async loadLatest(runId: string): Promise<{ transition: TransitionDocument; lastSeq: number | null } | null> {
+      const run = (await runs.findOne({ _id: runId }, { projection: { version: 1, lastSeq: 1, publishedVersion: 1 } })) as { version?: number; lastSeq?: number | null; publishedVersion?: number } | null;
+      const version = run?.version ?? 0;
+      const lastSeq = run?.lastSeq ?? null;
       let latest = version > 0 ? await loadTransition(runId, version) : null;
       // The read model may lag (or not exist yet, right after creation): roll forward.
       for (let probe = version + 1; ; probe += 1) {
@@ -72,7 +80,9 @@ export function createRunStore(collections: Collections) {
         if (!next) break;
         latest = next;
       }
-      return latest ? { transition: latest, lastSeq: latest.lastSeq ?? lastSeq } : null;
+      if (!latest) return null;
+      const published = latest.published || (run?.publishedVersion ?? 0) >= latest.version;
+      return { transition: { ...latest, published }, lastSeq: latest.lastSeq ?? lastSeq };
     },
 
     /** Inserts the transition; throws `TransitionConflictError` if the version exists. */
@@ -85,13 +95,9 @@ export function createRunStore(collections: Collections) {
       }
     },
 
-    /** Marks the outbox published, with the sequence of the last event published so far. */
-    async markPublished(runId: string, version: number, lastSeq: number | null = null): Promise<void> {
-      await runTransitions.updateOne({ _id: transitionId(runId, version) }, { $set: { published: true, lastSeq } });
-    },
-
     /**
-     * Rewrites the read model by `_id` (it may lag; readers roll forward).
+     * Rewrites the read model by `_id` (it may lag; readers roll forward). Callers keep it from
+     * moving backwards (the orchestrator writes a run's read model serialized, newest only).
      */
     async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<void> {
       const document: RunDocument = encodeStoredKeys({
@@ -102,12 +108,15 @@ export function createRunStore(collections: Collections) {
         publishedVersion: transition.published ? transition.version : transition.version - 1,
       });
       if (transition.version === 1) {
+        // Version 1's read model is only ever inserted: the gateway writes it in parallel with
+        // publishing `start`, so the orchestrator's version 2 may be there already (a duplicate
+        // means the same or a newer version, never to be replaced by version 1).
         try {
           await runs.insertOne(document);
-          return;
         } catch (error) {
           if (!isDuplicateKeyError(error)) throw error;
         }
+        return;
       }
       // By `_id` alone: FerretDB pushes down only an exact `_id` filter and scans for anything
       // more. A slower writer may move the read model back a version for a moment; readers roll
@@ -122,37 +131,46 @@ export function createRunStore(collections: Collections) {
       }
     },
 
-    /**
-     * Transitions whose outbox is still unpublished, older than `before` (for the sweeper), oldest
-     * first, one page after `after`: a sweep pages through all of them, so items that keep failing
-     * never hide the ones behind them.
-     */
-    async findUnpublished(before: Date, limit: number, after?: SweepCursor): Promise<TransitionDocument[]> {
-      const page = after
-        ? { $or: [{ at: { $gt: new Date(after.key) } }, { at: new Date(after.key), _id: { $gt: after.id } }] }
-        : {};
-      const found = await runTransitions
-        .find({ published: false, at: { $lt: before }, ...page })
-        .sort({ at: 1, _id: 1 })
-        .limit(limit)
-        .toArray();
-      return found.map((document) => decodeStoredKeys(document as unknown as TransitionDocument));
+    /** Inserts a work item unless one with its `_id` exists (then the existing one stands). */
+    async insertWork(item: WorkItem): Promise<void> {
+      try {
+        await runWork.insertOne(item);
+      } catch (error) {
+        if (!isDuplicateKeyError(error)) throw error;
+      }
+    },
+
+    /** Deletes a work item by `_id` (idempotent). */
+    async deleteWork(id: string): Promise<void> {
+      await runWork.deleteOne({ _id: id });
+    },
+
+    /** Sets the run's deadline item to `dueAt` (by `_id`, upserted), or deletes it when null. */
+    async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
+      const _id = workIds.deadline(runId);
+      if (dueAt === null) {
+        await runWork.deleteOne({ _id });
+        return;
+      }
+      const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
+      await runWork.replaceOne({ _id }, item, { upsert: true });
     },
 
     /**
-     * Runs whose deadline has passed by `nowIso`, earliest first, one page after `after`
-     * (small projections; the deadline sweeper pages through all of them).
+     * Work items of `kind` due by `nowIso`, earliest first, one page after `after`: a sweep pages
+     * through all of them, so items that keep failing never hide the ones behind them. Reads only
+     * `run_work`, whose size follows the runs with pending work, not every run ever stored.
      */
-    async findDueDeadlines(nowIso: string, limit: number, after?: SweepCursor): Promise<DueRun[]> {
+    async findDueWork(kind: WorkItem['kind'], nowIso: string, limit: number, after?: SweepCursor): Promise<WorkItem[]> {
       const page = after
-        ? { $or: [{ nextDeadlineAt: { $gt: after.key, $lte: nowIso } }, { nextDeadlineAt: after.key, _id: { $gt: after.id } }] }
-        : { nextDeadlineAt: { $ne: null, $lte: nowIso } };
-      const found = await runs
-        .find(page, { projection: { _id: 1, tenantId: 1, nextDeadlineAt: 1 } })
-        .sort({ nextDeadlineAt: 1, _id: 1 })
+        ? { $or: [{ dueAt: { $gt: after.key, $lte: nowIso } }, { dueAt: after.key, _id: { $gt: after.id } }] }
+        : { dueAt: { $lte: nowIso } };
+      const found = await runWork
+        .find({ kind, ...page })
+        .sort({ dueAt: 1, _id: 1 })
         .limit(limit)
         .toArray();
-      return found.map((run) => ({ runId: String(run._id), tenantId: String(run.tenantId), nextDeadlineAt: String(run.nextDeadlineAt) }));
+      return found as unknown as WorkItem[];
     },
   };
 }

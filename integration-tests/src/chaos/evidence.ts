@@ -40,14 +40,17 @@ export async function readAllRawEvents(natsUrl: string): Promise<Map<string, Raw
 /** The latest transition of each run and the versions of all its transitions. */
 export async function readTransitions(db: Db, runIds: readonly string[]): Promise<Map<string, { versions: number[]; unpublished: number[]; latest: Record<string, any> | null }>> {
   const wanted = new Set(runIds);
-  const all = await db.collection('run_transitions').find({}, { projection: { runId: 1, version: 1, published: 1 } }).toArray();
+  const all = await db.collection('run_transitions').find({}, { projection: { runId: 1, version: 1 } }).toArray();
+  // Transitions are never marked (docs/decisions.md, "one write per step"): a run's outbox is
+  // known published up to the read model's `publishedVersion`, and every version below a later one.
+  const readModels = await db.collection('runs').find({}, { projection: { publishedVersion: 1 } }).toArray();
+  const publishedUpTo = new Map(readModels.map((run) => [String(run._id), Number(run.publishedVersion ?? 0)]));
   const byRun = new Map<string, { versions: number[]; unpublished: number[] }>();
   for (const document of all) {
     const runId = String(document.runId);
     if (!wanted.has(runId)) continue;
     const entry = byRun.get(runId) ?? { versions: [], unpublished: [] };
     entry.versions.push(Number(document.version));
-    if (document.published !== true) entry.unpublished.push(Number(document.version));
     byRun.set(runId, entry);
   }
   const result = new Map<string, { versions: number[]; unpublished: number[]; latest: Record<string, any> | null }>();
@@ -55,18 +58,28 @@ export async function readTransitions(db: Db, runIds: readonly string[]): Promis
     const entry = byRun.get(runId) ?? { versions: [], unpublished: [] };
     entry.versions.sort((a, b) => a - b);
     const top = entry.versions.at(-1);
+    if (top !== undefined && top > (publishedUpTo.get(runId) ?? 0)) entry.unpublished.push(top);
     const latest = top === undefined ? null : await db.collection('run_transitions').findOne({ _id: `${runId}:${top}` as never });
     result.set(runId, { ...entry, latest });
   }
   return result;
 }
 
-/** Waits until no transition of the runs is left unpublished (a crash after a commit is swept within seconds). */
+/**
+ * Waits until no run's latest outbox is left unpublished: every read model records its latest
+ * transition as published, and no new run's outbox work item is left (a crash after a commit is
+ * finished by the input's redelivery, or by the outbox sweeper for a new run). Returns how many are left.
+ */
 export async function waitForPublished(db: Db, timeoutMs: number): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let count = 0;
   while (Date.now() < deadline) {
-    count = await db.collection('run_transitions').countDocuments({ published: false });
+    count = await db.collection('run_work').countDocuments({ kind: 'outbox' });
+    const runs = await db.collection('runs').find({}, { projection: { version: 1, publishedVersion: 1 } }).toArray();
+    for (const run of runs) {
+      const ahead = await db.collection('run_transitions').findOne({ _id: `${String(run._id)}:${Number(run.version) + 1}` as never }, { projection: { _id: 1 } });
+      if (ahead || run.publishedVersion !== run.version) count += 1;
+    }
     if (count === 0) return 0;
     await new Promise((resolve) => setTimeout(resolve, 500));
   }

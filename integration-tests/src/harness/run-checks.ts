@@ -76,6 +76,22 @@ export async function transitionVersions(db: Db, runId: string): Promise<number[
   return documents.map((document) => document.version as number);
 }
 
+/**
+ * Waits until the run's read model records its latest transition as published
+ * (`publishedVersion`; transitions themselves are never marked, docs/decisions.md "one write per
+ * step"); the write follows the publish by a moment. Returns that version.
+ */
+export async function waitForPublishedLatest(db: Db, runId: string, timeoutMs = 30_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const latest = await latestTransition(db, runId);
+    const run = await db.collection('runs').findOne({ _id: runId as never }, { projection: { publishedVersion: 1 } });
+    if (run?.publishedVersion === latest.version) return latest.version as number;
+    if (Date.now() > deadline) throw new Error(`run ${runId}: the read model records version ${run?.publishedVersion} as published, the latest is ${latest.version}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 /** The latest transition of the run from MongoDB (the truth, DESIGN §3). */
 export async function latestTransition(db: Db, runId: string): Promise<Record<string, any>> {
   const [latest] = await db.collection('run_transitions').find({ runId }).sort({ version: -1 }).limit(1).toArray();

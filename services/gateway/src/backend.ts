@@ -63,7 +63,7 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
   };
 
   const connectToMongo = async () => {
-    const client = createMongoClient(config.MONGO_URL);
+    const client = createMongoClient(config.MONGO_URL, config.MONGO_WRITE_CONCERN);
     await retryWithBackoff('connecting to MongoDB', () => client.connect(), { logger, signal });
     const db = client.db();
     await retryWithBackoff('creating MongoDB indexes', () => ensureIndexes(db), { logger, signal });

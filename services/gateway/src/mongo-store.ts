@@ -26,6 +26,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     for (let probe = version + 1; ; probe += 1) {
       const next = await runStore.loadTransition(document._id, probe);
       if (!next) break;
+      // Past the read model, a transition is not known published (transitions are never marked).
       loaded = { state: next.state, version: next.version, lastSeq: next.lastSeq ?? loaded.lastSeq, published: next.published };
     }
     return loaded;
@@ -140,7 +141,8 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     },
 
     writeReadModel: (transition) => runStore.writeReadModel(transition, null),
-    markPublished: (runId, version) => runStore.markPublished(runId, version),
+    insertWork: (item) => runStore.insertWork(item),
+    deleteWork: (id) => runStore.deleteWork(id),
 
     async insertLock(lock: ConversationLock) {
       try {

@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, McpListReply, McpListRequest, RunState, RunStatus, TenantLeases, TransitionDocument, WsTicketEntry } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, McpListReply, McpListRequest, RunState, RunStatus, TenantLeases, TransitionDocument, WorkItem, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -12,7 +12,7 @@ export type LoadedRun = {
   version: number;
   /** The read model's `lastSeq` (may lag). */
   lastSeq: number | null;
-  /** Whether the latest transition's outbox has been published (exact from `loadRun`; may lag in `listRuns`). */
+  /** Whether the latest transition's outbox is known published (the read model's `publishedVersion` reaches it; false while the read model lags a moment behind the publish). */
   published: boolean;
 };
 
@@ -70,7 +70,10 @@ export type GatewayStore = {
   /** Inserts a transition; false if that version exists. */
   insertTransition(transition: TransitionDocument): Promise<boolean>;
   writeReadModel(transition: TransitionDocument): Promise<void>;
-  markPublished(runId: string, version: number): Promise<void>;
+  /** Inserts a `run_work` item unless its `_id` exists. */
+  insertWork(item: WorkItem): Promise<void>;
+  /** Deletes a `run_work` item by `_id`. */
+  deleteWork(id: string): Promise<void>;
 
   insertLock(lock: ConversationLock): Promise<boolean>;
   findLock(lockId: string): Promise<ConversationLock | null>;

@@ -1,5 +1,6 @@
 import {
   ApiError,
+  workIds,
   hashJson,
   isTerminalStatus,
   lockIds,
@@ -17,6 +18,9 @@ import {
 } from '@abide/shared';
 import type { GatewayBus, GatewayStore, LoadedRun } from './ports.ts';
 import type { RateLimiter } from './rate-limiter.ts';
+
+/** The outbox sweeper leaves a new run's `start` to its creator for this long. */
+const outboxGraceMs = 5_000;
 
 /** A lock whose holder run does not exist is freed after this long (DESIGN §3). */
 export const staleLockMs = 30_000;
@@ -96,8 +100,13 @@ export function initialRunState(fields: {
  * - before the lock: nothing was written;
  * - after the lock, before the transition: a lock naming a run that does not exist, freed by
  *   the 30-s rule (or taken by a retry with the same Idempotency-Key, whose runId it names);
- * - after the transition: the run exists; the orchestrator's sweeper publishes its unpublished
- *   outbox (`start`) after 5 s, and a retry with the same key republishes it at once.
+ * - after the outbox work item (`run_work` `outbox:<runId>`, inserted before the transition),
+ *   before the transition: the orchestrator's outbox sweeper finds no run and deletes the item
+ *   a minute after it was due;
+ * - after the transition: the run exists; the orchestrator's outbox sweeper publishes its
+ *   `start` from the work item after 5 s, and a retry with the same key republishes it at once;
+ * - after publishing `start`, before deleting the work item: the sweeper finds the run's outbox
+ *   published (or republishes it: `Nats-Msg-Id` drops the repeat) and deletes the item.
  * The active-run slot (issue 8) is a lock like the conversation's, taken after it, with the same
  * windows: a slot naming a run that never came to exist is free after 30 s; one whose run ended
  * is freed by the orchestrator's terminal outbox, or by the next creation that finds it.
@@ -136,11 +145,15 @@ export function createRunCreator(deps: {
   async function publishStart(transition: TransitionDocument): Promise<void> {
     try {
       await deps.bus.publishOutbox(transition);
-      await store.markPublished(transition.runId, transition.version);
     } catch (error) {
-      // The run is committed; the orchestrator's sweeper publishes the outbox after 5 s.
+      // The run is committed; the orchestrator's sweeper publishes the outbox from its work item after 5 s.
       logger.warn({ runId: transition.runId, err: error }, 'could not publish the start of a new run; the sweeper will');
+      return;
     }
+    // Off the answer's path: a crash (or failure) before it leaves the item to the sweeper, which finds the run started.
+    void store.deleteWork(workIds.outbox(transition.runId)).catch((error: unknown) => {
+      logger.warn({ runId: transition.runId, err: error }, 'could not delete the outbox work item of a new run; the sweeper will');
+    });
   }
 
   /**
@@ -253,6 +266,8 @@ export function createRunCreator(deps: {
         outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }],
         published: false,
       };
+      // The work item first: once version 1 exists, something is sure to publish its `start`.
+      await store.insertWork({ _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(at.getTime() + outboxGraceMs).toISOString() });
       committed = await store.insertTransition(transition);
     } catch (error) {
       // Nothing committed (unless the insert's reply was lost): give the conversation and the slot
@@ -272,11 +287,12 @@ export function createRunCreator(deps: {
       if (runSlot !== undefined && existing.state.runSlot !== runSlot) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
       return answerExisting(existing, requestHash);
     }
-    await store.writeReadModel(transition).catch((error: unknown) => {
+    // Independent: the read model (for listings) and the start, in parallel.
+    const readModel = store.writeReadModel(transition).catch((error: unknown) => {
       // Readers roll forward from the transitions; the orchestrator rewrites the read model on its next commit.
       logger.warn({ runId, err: error }, 'could not write the read model of a new run');
     });
-    await publishStart(transition);
+    await Promise.all([readModel, publishStart(transition)]);
     logger.info({ runId, tenantId, conversationId, agentId: agent.agentId, agentVersion: agent.version }, 'run created');
     return { created: true, runId, status: 'queued', conversationId };
   };

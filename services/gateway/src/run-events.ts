@@ -1,4 +1,4 @@
-import type { ClientEvent } from '@abide/shared';
+import { decodeJson, outboxEntryId, type ClientEvent } from '@abide/shared';
 import type { EventRelay } from './event-relay.ts';
 import { CursorExpiredError } from './http-errors.ts';
 import type { EventSource, GatewayStore } from './ports.ts';
@@ -29,12 +29,26 @@ export function createRunEventsOpener(deps: { store: GatewayStore; events: Event
 
   /**
    * True when the run's first event is no longer stored although the run is young: `RUN_EVENTS`
-   * discards its oldest events when it reaches `EVENTS_MAX_BYTES`. Transition 2 (the run's first
-   * with events) records the stream sequence of its last event once published.
+   * discards its oldest events when it reaches `EVENTS_MAX_BYTES`. The run's first event is the
+   * first of transition 2's outbox (`<runId>:2:0`); the first message stored on the run's subject
+   * is read (asked only when the stream has discarded messages past the client's cursor).
+   * Transitions no longer carry the sequence of their events (docs/decisions.md, "one write per step").
    */
-  async function firstEventEvicted(runId: string, firstSequence: number): Promise<boolean> {
-    const first = await deps.store.loadTransition(runId, 2);
-    return typeof first?.lastSeq === 'number' && first.lastSeq < firstSequence;
+  async function firstEventEvicted(runId: string, run: { version: number; published: boolean }): Promise<boolean> {
+    if (run.version < 2) return false;
+    // Nothing stored for a run whose events are known published: all of them were discarded.
+    if ((await deps.events.lastSequenceOf(runId)) === null) return run.published;
+    const reading = new AbortController();
+    try {
+      for await (const stored of deps.events.read(runId, { after: undefined, signal: reading.signal })) {
+        // A bus event carries its eventId as `id` (shared/src/events.ts).
+        const event = decodeJson(stored.data) as { id?: unknown };
+        return event.id !== outboxEntryId(runId, 2, 0);
+      }
+      return false;
+    } finally {
+      reading.abort();
+    }
   }
 
   return async function openRunEvents(request: OpenRunEventsRequest): Promise<AsyncGenerator<ClientEvent, void, undefined> | null> {
@@ -43,7 +57,7 @@ export function createRunEventsOpener(deps: { store: GatewayStore; events: Event
     const firstSequence = await deps.events.firstSequence();
     if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence) {
       const aged = Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs;
-      if (aged || (await firstEventEvicted(runId, firstSequence))) throw new CursorExpiredError(toRunView(run));
+      if (aged || (await firstEventEvicted(runId, run))) throw new CursorExpiredError(toRunView(run));
     }
     if (!(isEnded(run) && run.published)) return deps.relay.follow(runId, { after, signal });
     // Ended, and its last events are stored: read ahead to the first event to send, so that a

@@ -103,12 +103,13 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
       // Track before checking: a cancel landing between the check and the call is seen by the watch.
       const cancellation = deps.cancellations.track(runId);
       try {
-        if (await deps.cancellations.isCancelled(runId)) {
+        // Two independent KV reads, pipelined (one round trip).
+        const [cancelled, stored] = await Promise.all([deps.cancellations.isCancelled(runId), deps.results.get(runId, step)]);
+        if (cancelled) {
           log.info('run cancelled; model request dropped');
           metrics.cancelled();
           return;
         }
-        const stored = await deps.results.get(runId, step);
         if (stored) {
           log.info({ ok: stored.ok, storedAttempt: stored.attempt }, 'step already finished; its stored result is published again');
           metrics.replayed();

@@ -67,7 +67,7 @@ async function main(): Promise<void> {
         ),
       { logger: log, signal: startup.signal },
     );
-    const mongo = createMongoClient(config.MONGO_URL);
+    const mongo = createMongoClient(config.MONGO_URL, config.MONGO_WRITE_CONCERN);
     const db = mongo.db();
     await retryWithBackoff(
       'connecting to MongoDB',

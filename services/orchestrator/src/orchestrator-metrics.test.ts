@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, type DueRun } from '@abide/shared';
+import { createLogger, createMetrics, type WorkItem } from '@abide/shared';
 import { describe, expect, it } from 'vitest';
 import { createOrchestratorMetrics } from './orchestrator-metrics.ts';
 
@@ -10,9 +10,9 @@ describe('orchestrator metrics', () => {
     const metrics = createMetrics({ processMetrics: false });
     let clock = t0;
     const queries: string[] = [];
-    let due: DueRun[] = [{ runId: 'run_1', tenantId: 't1', nextDeadlineAt: new Date(t0 - 300_000).toISOString() }];
+    let due: WorkItem[] = [{ _id: 'deadline:run_1', kind: 'deadline', runId: 'run_1', tenantId: 't1', dueAt: new Date(t0 - 300_000).toISOString() }];
     const store = {
-      async findDueDeadlines(nowIso: string, limit: number) {
+      async findDueWork(_kind: WorkItem['kind'], nowIso: string, limit: number) {
         queries.push(`${nowIso} ${limit}`);
         return due.slice(0, limit);
       },
@@ -32,7 +32,7 @@ describe('orchestrator metrics', () => {
 
   it('exports the commit-latency histogram for the commit path', async () => {
     const metrics = createMetrics({ processMetrics: false });
-    const { commitLatency } = createOrchestratorMetrics({ metrics, store: { findDueDeadlines: async () => [] }, logger: silentLogger });
+    const { commitLatency } = createOrchestratorMetrics({ metrics, store: { findDueWork: async () => [] }, logger: silentLogger });
     commitLatency.observe({ result: 'committed' }, 0.012);
     expect(await metrics.render()).toMatch(/^abide_commit_duration_seconds_count\{result="committed"\} 1$/m);
   });

@@ -8,12 +8,12 @@ import { ensureError, type Logger, type Metrics, type RunStore } from '@abide/sh
  * - `abide_oldest_overdue_deadline_seconds`: how long past its deadline the oldest run still
  *   waiting for its timer is (0 when none is more than `overdueAfterMs` late). A run whose
  *   deadline passed gets a timer within a sweep (1–2 s on MongoDB); one still due minutes later
- *   is stuck. Read with the sweeper's own query (`findDueDeadlines`, one row), at most once per
+ *   is stuck. Read with the sweeper's own query over `run_work` (`findDueWork`, one row), at most once per
  *   `refreshMs` however often Prometheus scrapes.
  */
 export function createOrchestratorMetrics(deps: {
   metrics: Metrics;
-  store: Pick<RunStore, 'findDueDeadlines'>;
+  store: Pick<RunStore, 'findDueWork'>;
   logger: Logger;
   now?: () => number;
   /** @default 60000 */
@@ -33,8 +33,8 @@ export function createOrchestratorMetrics(deps: {
     if (readAt !== undefined && started - readAt < refreshMs) return;
     readAt = started;
     try {
-      const [oldest] = await store.findDueDeadlines(new Date(started - overdueAfterMs).toISOString(), 1);
-      overdue.set(oldest ? Math.max(0, (started - Date.parse(oldest.nextDeadlineAt)) / 1_000) : 0);
+      const [oldest] = await store.findDueWork('deadline', new Date(started - overdueAfterMs).toISOString(), 1);
+      overdue.set(oldest ? Math.max(0, (started - Date.parse(oldest.dueAt)) / 1_000) : 0);
     } catch (error) {
       // The last value stays (the alert keeps its state); the next refresh tries again.
       logger.warn({ err: ensureError(error) }, 'could not read the oldest overdue deadline for the metrics');

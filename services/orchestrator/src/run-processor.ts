@@ -1,5 +1,7 @@
 import {
   AbideError,
+  outboxEntryId,
+  type WorkItem,
   type CrashPoints,
   findUnpublishableEntry,
   publishOutbox,
@@ -24,8 +26,8 @@ export type RunProcessorDeps = {
   /**
    * Test-only crash points: `orchestrator.after_commit` (inserted, outbox not published),
    * `orchestrator.after_publish` (the outbox of a transition this call committed is published,
-   * not marked published, read model not written, message not acked) and
-   * `orchestrator.after_republish` (the same for an outbox left unpublished by someone else).
+   * read model and deadline item not written, message not acked) and
+   * `orchestrator.after_republish` (the same for an outbox this process found unpublished).
    */
   crashPoints?: CrashPoints;
   /** Latest transitions kept in memory, so a hot run is read with one probe instead of two reads. */
@@ -38,12 +40,22 @@ export type ApplyOutcome = { kind: 'committed'; version: number } | { kind: 'ign
 const maxConflictRetries = 8;
 
 /**
- * Applies inputs to runs (DESIGN §3): load the exact latest transition, publish its outbox if a
- * crash left it unpublished, compute the next state with the pure transition function, commit it
- * by inserting version v+1 (a duplicate key means another replica won: reload, re-apply), then
- * publish the outbox (events first, then work), mark it published and rewrite the read model.
- * A crash anywhere leaves either nothing (the message is redelivered) or a committed but
- * unpublished transition, which the next message of the run or the sweeper publishes.
+ * Applies inputs to runs (DESIGN §3 as revised in docs/decisions.md, "one write per step"): load
+ * the exact latest transition, publish its outbox if it is not known to be published, compute
+ * the next state with the pure transition function, commit it by inserting version v+1 (a
+ * duplicate key means another replica won: reload, re-apply), then publish the outbox (events
+ * first, then work). The commit insert is the only write the run's next step waits for; the read
+ * model and the deadline item are written after the publish, outside the run's queue, and the
+ * input is acked only once they are written (`apply` returns then). Crash windows:
+ * - after the commit, before the publish: the input is not acked and comes back after
+ *   `ack_wait`; its cause equals the latest transition's, which is not known published (the read
+ *   model lags it), so its outbox is published (again, `Nats-Msg-Id` drops repeats) first. Any
+ *   other input of the run that comes first does the same before applying anything on top: a
+ *   transition is never committed on one whose outbox is not known published;
+ * - after the publish, before the read model / deadline item / ack: the same redelivery
+ *   publishes again (dropped as duplicates inside the window) and writes them;
+ * - after the read model, before the ack: the redelivery finds the transition published and
+ *   applied, and is acked (`ack`, not `ackAck`: a lost ack only costs this redelivery).
  */
 export function createRunProcessor(deps: RunProcessorDeps) {
   const { store, publisher, queue, logger } = deps;
@@ -89,22 +101,100 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return latest ? { ...latest, verified: true } : null;
   }
 
+  /** Per run, the read-model write in flight (or queued) in this process: a chain, newest last (by `rankOf`). */
+  const settling = new Map<string, { rank: number; done: Promise<void> }>();
+  /** Order of read-model writes: by version, and a version's published write after its unpublished one. */
+  const rankOf = (transition: TransitionDocument) => transition.version * 2 + (transition.published ? 1 : 0);
+
   /**
-   * Publishes a committed transition's outbox, marks it published and rewrites the read model.
-   * `committedHere`: the transition was just committed by this call (not left unpublished by a crash or a slower replica).
+   * Writes what follows a published transition off the step's critical path: the run's deadline
+   * item (`run_work`), then the read model with `publishedVersion` = its version. In that order:
+   * a read model that records version v as published implies v's deadline item is written, so a
+   * redelivered input that finds v published has nothing left to redo. Serialized per run in
+   * this process and never backwards: a write is skipped when this process knows a newer version
+   * (the newer one's own write covers it). A sweeper's republish writes only the latest state it
+   * loaded, never an older one (the bug issue 9 names).
+   */
+  function settle(published: TransitionDocument, lastSeq: number | null): Promise<void> {
+    const { runId } = published;
+    const queued = settling.get(runId);
+    if (queued && queued.rank >= rankOf(published)) return queued.done;
+    const write = async () => {
+      const known = cache.get(runId);
+      if (known && known.transition.version > published.version) return;
+      await store.writeDeadline(runId, published.tenantId, published.state.nextDeadlineAt);
+      await store.writeReadModel(published, lastSeq);
+      // Another replica may have committed on top of this version, and written its newer read
+      // model (and deadline item) before these writes landed: they would stay behind for good
+      // if that was the run's last transition. Unless this process already knows a newer version
+      // (its own write of it follows in this chain), look for the next version by `_id`; if it
+      // exists, bring the run to its latest (publishing it first if not known published, then
+      // writing it), so the read model ends at the latest whatever the order writes landed in.
+      const latestKnown = cache.get(runId);
+      if (latestKnown && latestKnown.transition.version > published.version) return;
+      if (await store.loadTransition(runId, published.version + 1)) void catchUp(runId);
+    };
+    const entry = { rank: rankOf(published), done: (queued?.done ?? Promise.resolve()).then(write, write) };
+    settling.set(runId, entry);
+    void entry.done.then(
+      () => {
+        if (settling.get(runId) === entry) settling.delete(runId);
+      },
+      (error: unknown) => {
+        // The waiting input is nakked with this error and redelivered; until then the run's
+        // cached transition is no longer known published, so the redelivery (or the run's next
+        // input) publishes and writes again.
+        if (settling.get(runId) === entry) settling.delete(runId);
+        const cached = cache.get(runId);
+        if (cached && cached.transition.version === published.version) remember(runId, { ...cached, transition: { ...cached.transition, published: false } });
+        logger.warn({ runId, version: published.version, err: error }, 'could not write the read model; the input will be redelivered');
+      },
+    );
+    return entry.done;
+  }
+
+  /**
+   * Brings the run's read model to its latest transition after a write that may have landed
+   * behind another replica's (see `settle`). Not awaited by that write (it queues behind it);
+   * a crash here leaves a lagging read model, which readers roll forward past.
+   */
+  function catchUp(runId: string): Promise<void> {
+    return queue
+      .run(runId, async () => {
+        const latest = await loadLatest(runId);
+        if (!latest) return;
+        // Published by this process (its own write of it is queued after the one that called
+        // this), or recorded so by a read model read after that write: nothing to bring forward.
+        if (latest.transition.published) return;
+        await publish(latest.transition, latest.lastSeq);
+      })
+      .catch((error: unknown) => {
+        // Logged, not retried: readers roll forward past a lagging read model, and the run's next input writes it again.
+        logger.warn({ runId, err: error }, 'could not bring the read model to the latest transition');
+      });
+  }
+
+  /**
+   * Publishes a committed transition's outbox; the read model follows off the critical path
+   * (`settle`). `committedHere`: the transition was just committed by this call (not left
+   * unpublished by a crash or a slower replica).
    */
   async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null, committedHere = false): Promise<number | null> {
-    // The read model first: the outbox's work causes the next transition, so read-model writes
-    // follow the runs' causal order and a slower writer cannot overwrite a newer state with an
-    // older one (the write goes by `_id` alone, which FerretDB can push down).
-    await store.writeReadModel(committedTransition, previousLastSeq);
     const lastEventSeq = await publishOutbox(publisher, committedTransition);
     deps.crashPoints?.hit(committedHere ? 'orchestrator.after_publish' : 'orchestrator.after_republish');
     const lastSeq = lastEventSeq ?? previousLastSeq;
-    const published = { ...committedTransition, published: true, lastSeq };
-    await store.markPublished(committedTransition.runId, committedTransition.version, lastSeq);
+    const published = { ...committedTransition, published: true };
     remember(committedTransition.runId, { transition: published, lastSeq });
+    void settle(published, lastSeq);
     return lastSeq;
+  }
+
+  /**
+   * True when `cause` is the message the transition's outbox sent last (a `start` published by
+   * the gateway): the message arriving proves the whole outbox went out, in order.
+   */
+  function deliveredBy(current: TransitionDocument, cause: string): boolean {
+    return current.outbox.length > 0 && cause === outboxEntryId(current.runId, current.version, current.outbox.length - 1);
   }
 
   async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
@@ -114,7 +204,10 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       if (!latest) return { kind: 'unknown_run' };
       let { transition: current, lastSeq } = latest;
       if (tenantId !== undefined && current.tenantId !== tenantId) return { kind: 'unknown_run' };
-      if (!current.published) lastSeq = await publish(current, lastSeq);
+      if (!current.published && !deliveredBy(current, cause)) {
+        logger.info({ runId, version: current.version }, 'publishing an outbox not known to be published');
+        lastSeq = await publish(current, lastSeq);
+      }
       if (current.cause === cause && current.version > 1) {
         ignoredInputs?.inc({ reason: 'duplicate' });
         return { kind: 'ignored', reason: 'input already applied' };
@@ -128,6 +221,9 @@ export function createRunProcessor(deps: RunProcessorDeps) {
           continue;
         }
         ignoredInputs?.inc({ reason: 'stale' });
+        // A timer from a deadline item that no longer matches the run (a write that lost a race
+        // with another replica's): set the item to the run's deadline, so it stops firing.
+        if (input.type === 'deadline') await store.writeDeadline(runId, current.tenantId, current.state.nextDeadlineAt);
         return result;
       }
       const next: TransitionDocument = {
@@ -167,6 +263,12 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       }
       committed?.inc();
       deps.crashPoints?.hit('orchestrator.after_commit');
+      // A transition after which the run waits for a person or has ended (no work message in its
+      // outbox) has no next step to delay: its deadline item and read model are written before
+      // its events go out (as not yet published; the write after the publish records that), so a
+      // client that sees `run.suspended` or the terminal event finds the run in that state in
+      // listings (the approvals inbox). A crash between the two is the "after the commit" window.
+      if (!next.outbox.some((entry) => entry.kind === 'llm_request' || entry.kind === 'tool_request' || entry.kind === 'inbox')) await settle(next, lastSeq);
       logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
       await publish(next, lastSeq, true);
       return { kind: 'committed', version: next.version };
@@ -174,22 +276,43 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     throw new AbideError('internal', `run ${runId}: lost ${maxConflictRetries + 1} commit races in a row`, { retryable: true, retryAfterMs: 200 });
   }
 
+  /** Waits for this process's read-model write of the run, if one is in flight (before an input's ack). */
+  async function settled(runId: string): Promise<void> {
+    await settling.get(runId)?.done;
+  }
+
   return {
-    /** Applies `input` to the run, serialized with every other input of the run in this process. */
-    apply(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
-      return queue.run(runId, () => applyNow(runId, tenantId, input, cause));
-    },
-    /** Publishes a transition left unpublished (the sweeper's job), unless it was published meanwhile. */
-    republish(stale: TransitionDocument): Promise<void> {
-      return queue.run(stale.runId, async () => {
-        const fresh = await store.loadTransition(stale.runId, stale.version);
-        if (!fresh || fresh.published) return;
-        logger.warn({ runId: stale.runId, version: stale.version }, 'publishing an outbox left unpublished');
-        // Not cached here (e.g. a fresh process after a crash): the read model knows the last event's seq,
-        // which an outbox without events must not reset.
-        const lastSeq = cache.has(stale.runId) ? cache.get(stale.runId)!.lastSeq : ((await store.loadLatest(stale.runId))?.lastSeq ?? null);
-        await publish(fresh, lastSeq);
+    /**
+     * Applies `input` to the run, serialized with every other input of the run in this process;
+     * resolves once the transition's read model is written too (the caller acks then), though
+     * the run's next input does not wait for that write.
+     */
+    async apply(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
+      const { outcome, pending } = await queue.run(runId, async () => {
+        const applied = await applyNow(runId, tenantId, input, cause);
+        return { outcome: applied, pending: settled(runId) };
       });
+      await pending;
+      return outcome;
+    },
+    /**
+     * Finishes an outbox work item (a new run whose creator may have died before publishing its
+     * `start`): publishes the run's latest outbox unless it is known published, then deletes the item.
+     */
+    async republish(item: WorkItem): Promise<void> {
+      const pending = await queue.run(item.runId, async () => {
+        const latest = await loadLatest(item.runId);
+        if (!latest) return { found: false, done: Promise.resolve() };
+        if (!latest.transition.published) {
+          logger.warn({ runId: item.runId, version: latest.transition.version }, 'publishing an outbox left unpublished');
+          await publish(latest.transition, latest.lastSeq);
+        }
+        return { found: true, done: settled(item.runId) };
+      });
+      await pending.done;
+      // No version 1 a minute after the item was due: its creator died between the two inserts.
+      if (!pending.found && Date.parse(item.dueAt) + 60_000 > now().getTime()) return;
+      await store.deleteWork(item._id);
     },
     /** The latest state as this process knows it (rolled forward). */
     loadLatest,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { createLogger, createMetrics, type DueRun, type SweepCursor, type TransitionDocument } from '@abide/shared';
+import { createLogger, createMetrics, type SweepCursor, type WorkItem } from '@abide/shared';
 import {
   createDeadlineSweep,
   createOutboxSweep,
@@ -42,23 +42,23 @@ function capturingLogger() {
   return { lines, logger: createLogger('orchestrator', 'info', destination) };
 }
 
-function unpublished(count: number): TransitionDocument[] {
+function unpublished(count: number): WorkItem[] {
   return Array.from({ length: count }, (_, index) => {
     const runId = `run_${String(index).padStart(4, '0')}`;
-    return { _id: `${runId}:2`, runId, tenantId: index < 3 ? 'tenant-evil' : 'tenant-ok', version: 2, at: new Date(1_000 + index), cause: 'c', state: {} as never, outbox: [], published: false };
+    return { _id: `outbox:${runId}`, kind: 'outbox', runId, tenantId: index < 3 ? 'tenant-evil' : 'tenant-ok', dueAt: new Date(1_000 + index).toISOString() };
   });
 }
 
-/** An in-memory `findUnpublished` with the store's order and cursor semantics; published ones leave. */
-function fakeOutboxStore(transitions: TransitionDocument[]) {
-  const pending = new Map(transitions.map((transition) => [transition._id, transition]));
+/** An in-memory `findDueWork` with the store's order and cursor semantics; finished items leave. */
+function fakeWorkStore(items: WorkItem[]) {
+  const pending = new Map(items.map((item) => [item._id, item]));
   return {
     pending,
-    async findUnpublished(before: Date, limit: number, after?: SweepCursor) {
+    async findDueWork(kind: WorkItem['kind'], nowIso: string, limit: number, after?: SweepCursor) {
       return [...pending.values()]
-        .filter((transition) => transition.at < before)
-        .sort((a, b) => a.at.getTime() - b.at.getTime() || a._id.localeCompare(b._id))
-        .filter((transition) => !after || transition.at.toISOString() > after.key || (transition.at.toISOString() === after.key && transition._id > after.id))
+        .filter((item) => item.kind === kind && item.dueAt <= nowIso)
+        .sort((a, b) => a.dueAt.localeCompare(b.dueAt) || a._id.localeCompare(b._id))
+        .filter((item) => !after || item.dueAt > after.key || (item.dueAt === after.key && item._id > after.id))
         .slice(0, limit);
     },
   };
@@ -68,7 +68,7 @@ describe('outbox sweeper: one failing transition never blocks the others', () =>
   it('publishes every other transition, logs and counts the failures with their runId, and retries them after a backoff', async () => {
     // The three oldest can never publish (e.g. committed before the size check existed); 450 others wait behind them (3 pages).
     const transitions = unpublished(453);
-    const store = fakeOutboxStore(transitions);
+    const store = fakeWorkStore(transitions);
     const attempts = new Map<string, number>();
     let clock = 1_000_000;
     const { lines, logger } = capturingLogger();
@@ -87,7 +87,7 @@ describe('outbox sweeper: one failing transition never blocks the others', () =>
       },
     });
     await sweep();
-    expect([...store.pending.keys()]).toEqual(['run_0000:2', 'run_0001:2', 'run_0002:2']);
+    expect([...store.pending.keys()]).toEqual(['outbox:run_0000', 'outbox:run_0001', 'outbox:run_0002']);
     expect(attempts.size).toBe(453);
     const failures = lines.filter((line) => line.msg === 'could not publish an unpublished outbox; will retry');
     expect(failures.map((line) => line.runId)).toEqual(['run_0000', 'run_0001', 'run_0002']);
@@ -95,17 +95,17 @@ describe('outbox sweeper: one failing transition never blocks the others', () =>
 
     // Within the backoff the failing ones are not tried again; after it, they are.
     await sweep();
-    expect(attempts.get('run_0000:2')).toBe(1);
+    expect(attempts.get('outbox:run_0000')).toBe(1);
     clock += itemRetryDelayMs(1) + 1;
     await sweep();
-    expect(attempts.get('run_0000:2')).toBe(2);
+    expect(attempts.get('outbox:run_0000')).toBe(2);
     expect(await metrics.render()).toContain('abide_outbox_republish_failures_total 6');
   });
 
   it('pages past a full page of failing transitions', async () => {
     const transitions = unpublished(outboxSweepPageSize + 10).map((transition) => ({ ...transition, tenantId: 'tenant-evil' }));
     transitions.at(-1)!.tenantId = 'tenant-ok';
-    const store = fakeOutboxStore(transitions);
+    const store = fakeWorkStore(transitions);
     const { logger } = capturingLogger();
     const sweep = createOutboxSweep({
       store,
@@ -127,19 +127,14 @@ describe('deadline sweeper: a full page of due runs does not starve the rest', (
   it('sends a timer to every due run, past 500 runs whose deadlines stay due', async () => {
     const nowMs = Date.parse('2026-11-29T12:00:00.000Z');
     // 500 runs of one tenant with tiny deadlines that stay due (their runs are slow or stuck), then 20 others.
-    const due: DueRun[] = [
-      ...Array.from({ length: deadlineSweepPageSize }, (_, index) => ({ runId: `run_a${String(index).padStart(4, '0')}`, tenantId: 'tenant-evil', nextDeadlineAt: new Date(nowMs - 60_000).toISOString() })),
-      ...Array.from({ length: 20 }, (_, index) => ({ runId: `run_b${String(index).padStart(4, '0')}`, tenantId: 'tenant-ok', nextDeadlineAt: new Date(nowMs - 1_000 + index).toISOString() })),
-    ];
-    const store = {
-      async findDueDeadlines(nowIso: string, limit: number, after?: SweepCursor) {
-        return due
-          .filter((run) => run.nextDeadlineAt <= nowIso)
-          .sort((a, b) => a.nextDeadlineAt.localeCompare(b.nextDeadlineAt) || a.runId.localeCompare(b.runId))
-          .filter((run) => !after || run.nextDeadlineAt > after.key || (run.nextDeadlineAt === after.key && run.runId > after.id))
-          .slice(0, limit);
-      },
-    };
+    const item = (runId: string, tenantId: string, dueAt: string): WorkItem => ({ _id: `deadline:${runId}`, kind: 'deadline', runId, tenantId, dueAt });
+    const store = fakeWorkStore([
+      ...Array.from({ length: deadlineSweepPageSize }, (_, index) => item(`run_a${String(index).padStart(4, '0')}`, 'tenant-evil', new Date(nowMs - 60_000).toISOString())),
+      ...Array.from({ length: 20 }, (_, index) => item(`run_b${String(index).padStart(4, '0')}`, 'tenant-ok', new Date(nowMs - 1_000 + index).toISOString())),
+      // Not due yet, and another kind of work: never timed.
+      item('run_future', 'tenant-ok', new Date(nowMs + 60_000).toISOString()),
+      { ...item('run_outbox', 'tenant-ok', new Date(nowMs - 60_000).toISOString()), _id: 'outbox:run_outbox', kind: 'outbox' },
+    ]);
     const published: string[] = [];
     const { logger } = capturingLogger();
     const sweep = createDeadlineSweep({
@@ -156,6 +151,7 @@ describe('deadline sweeper: a full page of due runs does not starve the rest', (
     });
     await sweep();
     expect(published).toHaveLength(deadlineSweepPageSize + 20 - 1);
+    expect(published.filter((subject) => subject.includes('run_future') || subject.includes('run_outbox'))).toEqual([]);
     for (let index = 0; index < 20; index += 1) expect(published).toContain(`run.in.run_b${String(index).padStart(4, '0')}.timer`);
   });
 });

@@ -1,6 +1,7 @@
 import {
   collections as collectionNames,
   ensureError,
+  type WorkItem,
   makeEnvelope,
   publishJson,
   subjects,
@@ -25,11 +26,11 @@ export function nextSweepDelay(intervalMs: number, lastDurationMs: number): numb
 }
 
 /**
- * Runs `tick` every `intervalMs`, never two at once, until stopped. A sweep's query is not on
- * `_id`, and FerretDB answers it by scanning the whole collection (its cost grows with every run
- * ever stored); so a slow sweep stretches the pause after it (`nextSweepDelay`), keeping each
- * replica's sweeping to about 1/`sweepDutyFactor` of the database's time instead of saturating it.
- * On MongoDB, with its indexes, sweeps take milliseconds and run every `intervalMs`.
+ * Runs `tick` every `intervalMs`, never two at once, until stopped. A sweep reads only
+ * `run_work`, whose size follows the runs with pending work (FerretDB scans it: it has no
+ * index on `dueAt`), never the growing collections; a slow sweep still stretches the pause after
+ * it (`nextSweepDelay`), keeping each replica's sweeping to about 1/`sweepDutyFactor` of the
+ * database's time instead of saturating it.
  */
 function every(intervalMs: number, name: string, logger: Logger, tick: () => Promise<void>): Sweeper {
   let timer: NodeJS.Timeout | undefined;
@@ -105,19 +106,19 @@ function createItemBackoff(now: () => number) {
 export const outboxSweepPageSize = 200;
 
 /**
- * Publishes outboxes left unpublished for longer than `ageMs` (a crash between commit and
- * publish, DESIGN §3). Every replica runs it; `Nats-Msg-Id` dedupes what two replicas both send.
- * Each sweep pages through every such transition, oldest first; one that fails to publish is
- * logged with its runId, counted (`outbox_republish_failures_total`) and retried with backoff,
- * and never stops the others.
+ * Finishes outbox work items (`run_work`, kind `outbox`) due for longer than their 5 s grace:
+ * a new run whose creator died between committing version 1 and publishing its `start`
+ * (DESIGN §3). Every replica runs it; `Nats-Msg-Id` dedupes what two replicas both send. Each
+ * sweep pages through every due item, oldest first; one that fails is logged with its runId,
+ * counted (`outbox_republish_failures_total`) and retried with backoff, and never stops the others.
+ * (A step's own outbox needs no item: its input is acked only after the publish, see run-processor.ts.)
  */
 export function createOutboxSweeper(deps: {
-  store: Pick<RunStore, 'findUnpublished'>;
+  store: Pick<RunStore, 'findDueWork'>;
   processor: Pick<RunProcessor, 'republish'>;
   logger: Logger;
   metrics?: Metrics;
   intervalMs?: number;
-  ageMs?: number;
   now?: () => number;
 }): Sweeper {
   return every(deps.intervalMs ?? 2_000, 'outbox', deps.logger, createOutboxSweep(deps));
@@ -125,39 +126,37 @@ export function createOutboxSweeper(deps: {
 
 /** One outbox sweep (exported for tests). */
 export function createOutboxSweep(deps: {
-  store: Pick<RunStore, 'findUnpublished'>;
+  store: Pick<RunStore, 'findDueWork'>;
   processor: Pick<RunProcessor, 'republish'>;
   logger: Logger;
   metrics?: Metrics;
-  ageMs?: number;
   now?: () => number;
 }): () => Promise<void> {
-  const ageMs = deps.ageMs ?? 5_000;
   const now = deps.now ?? Date.now;
   const backoff = createItemBackoff(now);
   const failures = deps.metrics?.counter('outbox_republish_failures_total', 'Unpublished outboxes the sweeper failed to publish (each retried later with backoff)');
   return async () => {
     backoff.beginSweep();
-    const before = new Date(now() - ageMs);
+    const nowIso = new Date(now()).toISOString();
     let after: SweepCursor | undefined;
     for (;;) {
-      const page = await deps.store.findUnpublished(before, outboxSweepPageSize, after);
-      for (const transition of page) {
-        const key = transition._id;
+      const page = await deps.store.findDueWork('outbox', nowIso, outboxSweepPageSize, after);
+      for (const item of page) {
+        const key = item._id;
         if (backoff.waiting(key)) continue;
         try {
-          await deps.processor.republish(transition);
+          await deps.processor.republish(item);
           backoff.succeeded(key);
         } catch (error) {
-          // Isolated: this transition waits for its backoff; the sweep goes on with the others.
+          // Isolated: this item waits for its backoff; the sweep goes on with the others.
           const count = backoff.failed(key);
           failures?.inc();
-          deps.logger.warn({ sweeper: 'outbox', runId: transition.runId, tenantId: transition.tenantId, version: transition.version, failures: count, err: ensureError(error) }, 'could not publish an unpublished outbox; will retry');
+          deps.logger.warn({ sweeper: 'outbox', runId: item.runId, tenantId: item.tenantId, failures: count, err: ensureError(error) }, 'could not publish an unpublished outbox; will retry');
         }
       }
       if (page.length < outboxSweepPageSize) break;
       const last = page.at(-1)!;
-      after = { key: last.at.toISOString(), id: last._id };
+      after = { key: last.dueAt, id: last._id };
     }
     backoff.endSweep();
   };
@@ -167,20 +166,20 @@ export function createOutboxSweep(deps: {
 export const deadlineSweepPageSize = 500;
 
 /**
- * Finds runs whose `nextDeadlineAt` has passed and sends each a `timer` message; the run's
- * transition decides what the deadline means. Nothing waits in memory: deadlines live in
- * MongoDB and any replica enforces them. The msg id dedupes the timers of several replicas.
- * Each sweep pages through every due run (earliest first), so runs whose deadlines stay due
- * (stuck, or not processed yet) cannot fill a page and starve the rest; a failed publish is
- * isolated like the outbox sweeper's.
+ * Finds deadline items (`run_work`, kind `deadline`) that have passed and sends each run a
+ * `timer` message; the run's transition decides what the deadline means. Nothing waits in
+ * memory: deadlines live in MongoDB and any replica enforces them. The msg id dedupes the timers
+ * of several replicas. Each sweep pages through every due item (earliest first), so runs whose
+ * deadlines stay due (stuck, or not processed yet) cannot fill a page and starve the rest; a
+ * failed publish is isolated like the outbox sweeper's.
  */
-export function createDeadlineSweeper(deps: { store: Pick<RunStore, 'findDueDeadlines'>; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
+export function createDeadlineSweeper(deps: { store: Pick<RunStore, 'findDueWork'>; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
   return every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, createDeadlineSweep(deps));
 }
 
 /** One deadline sweep (exported for tests). */
 export function createDeadlineSweep(deps: {
-  store: Pick<RunStore, 'findDueDeadlines'>;
+  store: Pick<RunStore, 'findDueWork'>;
   js: Pick<JetStreamClient, 'publish'>;
   logger: Logger;
   metrics?: Metrics;
@@ -195,26 +194,26 @@ export function createDeadlineSweep(deps: {
     let after: SweepCursor | undefined;
     let sent = 0;
     for (;;) {
-      const page = await deps.store.findDueDeadlines(nowIso, deadlineSweepPageSize, after);
-      for (const run of page) {
-        const id = `${run.runId}:timer:${run.nextDeadlineAt}`;
+      const page: WorkItem[] = await deps.store.findDueWork('deadline', nowIso, deadlineSweepPageSize, after);
+      for (const item of page) {
+        const id = `${item.runId}:timer:${item.dueAt}`;
         if (backoff.waiting(id)) continue;
         try {
-          const message = makeEnvelope('timer', { id, runId: run.runId, tenantId: run.tenantId }, { deadlineAt: run.nextDeadlineAt });
-          await publishJson(deps.js as JetStreamClient, subjects.runInbox(run.runId, 'timer'), message, id);
+          const message = makeEnvelope('timer', { id, runId: item.runId, tenantId: item.tenantId }, { deadlineAt: item.dueAt });
+          await publishJson(deps.js as JetStreamClient, subjects.runInbox(item.runId, 'timer'), message, id);
           backoff.succeeded(id);
           sent += 1;
         } catch (error) {
           const count = backoff.failed(id);
           failures?.inc();
-          deps.logger.warn({ sweeper: 'deadline', runId: run.runId, tenantId: run.tenantId, failures: count, err: ensureError(error) }, 'could not send a deadline timer; will retry');
+          deps.logger.warn({ sweeper: 'deadline', runId: item.runId, tenantId: item.tenantId, failures: count, err: ensureError(error) }, 'could not send a deadline timer; will retry');
         }
       }
       if (page.length < deadlineSweepPageSize) break;
       const last = page.at(-1)!;
-      after = { key: last.nextDeadlineAt, id: last.runId };
+      after = { key: last.dueAt, id: last._id };
     }
     backoff.endSweep();
-    if (sent) deps.logger.info({ count: sent, collection: collectionNames.runs }, 'deadline timers sent');
+    if (sent) deps.logger.info({ count: sent, collection: collectionNames.runWork }, 'deadline timers sent');
   };
 }

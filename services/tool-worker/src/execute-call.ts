@@ -172,7 +172,10 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     metrics.callFinished(call.toolLabel, outcomeLabel(result.outcome));
     const level = result.outcome.kind === 'success' ? 'info' : 'warn';
     call.log[level]({ outcome: outcomeLabel(result.outcome) }, 'tool result stored and published');
-    await deleteMarker(call, 'the result is stored');
+    // Off the critical path (the ack does not wait for it): once the result is stored, a
+    // redelivery answers from it whatever the marker says, so a crash before this delete only
+    // leaves a marker that nothing reads.
+    void deleteMarker(call, 'the result is stored');
   }
 
   async function claim(call: Call, delivery: Delivery<ToolRequestMessage>): Promise<Claim> {
@@ -314,12 +317,13 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       // Tracked before the check: a cancellation landing after it still aborts the call.
       const tracking = cancellations.track(call.runId);
       try {
-        if (await cancellations.isCancelled(call.runId)) {
+        // Two independent KV reads, pipelined (one round trip).
+        const [cancelled, cached] = await Promise.all([cancellations.isCancelled(call.runId), readRecord(results, call.resultKey, toolResultRecordSchema)]);
+        if (cancelled) {
           metrics.skippedCancelled();
           call.log.info('run is cancelled; request acked without executing');
           return;
         }
-        const cached = await readRecord(results, call.resultKey, toolResultRecordSchema);
         if (cached && !('invalid' in cached)) {
           metrics.cacheHit(call.toolLabel);
           await publishResult(call, cached.value);

@@ -148,6 +148,16 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
     expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=2`, headers: auth() })).statusCode).toBe(200);
   });
 
+  it('keeps serving a young run whose own first event is still stored, when older runs\' events were discarded', async () => {
+    t.events.emit('run_older', 't1', 'run_older:2:0', 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'o' });
+    t.events.emit('run_older', 't1', 'run_older:3:0', 'run.completed', { output: 'x', usage });
+    emitRun(); // seq 3 onwards
+    t.memory.advance(runId, (state) => void (state.status = 'running'));
+    t.events.expireBefore(3);
+    // The cursor (0) is older than the stream's first sequence (3), but nothing of this run is gone.
+    expect((await t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events?after=0`, headers: auth() })).statusCode).toBe(200);
+  });
+
   it('ends open streams on shutdown', async () => {
     const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: auth() });
     await new Promise((resolve) => setTimeout(resolve, 10));

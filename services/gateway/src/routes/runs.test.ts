@@ -33,7 +33,9 @@ describe('POST /v1/runs', () => {
     expect(status).toBe('queued');
     expect(conversationId).toMatch(/^conv_/);
     const transition = t.memory.transitions.get(`${runId}:1`)!;
-    expect(transition).toMatchObject({ version: 1, published: true, outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }] });
+    expect(transition).toMatchObject({ version: 1, outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }] });
+    // The start is out: its outbox work item (the sweeper's fallback) is gone.
+    expect(t.memory.work.has(`outbox:${runId}`)).toBe(false);
     expect(transition.state).toMatchObject({
       schemaVersion: 1,
       status: 'queued',
@@ -85,10 +87,11 @@ describe('POST /v1/runs', () => {
     const first = await createRun({ input: 'hello' }, headers);
     expect(first.statusCode).toBe(201); // committed: the sweeper would publish it
     const runId = first.json().runId;
-    expect(t.memory.transitions.get(`${runId}:1`)!.published).toBe(false);
+    // Its outbox work item is left for the orchestrator's sweeper.
+    expect(t.memory.work.get(`outbox:${runId}`)).toMatchObject({ kind: 'outbox', runId, tenantId: 't1' });
     const again = await createRun({ input: 'hello' }, headers);
     expect(again.statusCode).toBe(200);
-    expect(t.memory.transitions.get(`${runId}:1`)!.published).toBe(true);
+    expect(t.memory.work.has(`outbox:${runId}`)).toBe(false);
     expect(t.bus.outboxes).toHaveLength(1);
   });
 

@@ -1,4 +1,4 @@
-import { encodeJson, makeBusEvent, type Agent, type ApprovalLedgerEntry, type BusEvent, type WsTicketEntry, type RunEventFields, type RunEventType, type TransitionDocument } from '@abide/shared';
+import { encodeJson, makeBusEvent, type Agent, type ApprovalLedgerEntry, type BusEvent, type WsTicketEntry, type RunEventFields, type RunEventType, type TransitionDocument, type WorkItem } from '@abide/shared';
 import type { ConversationLock, EventSource, GatewayBus, GatewayStore, LoadedRun, RunListQuery } from '../ports.ts';
 
 /**
@@ -14,6 +14,7 @@ export function createMemoryStore() {
   const agentVersions = new Map<string, Agent>();
   const transitions = new Map<string, TransitionDocument>();
   const readModels = new Map<string, { version: number; lastSeq: number | null }>();
+  const work = new Map<string, WorkItem>();
   const locks = new Map<string, ConversationLock>();
   let failNext: { method: string; error: Error } | undefined;
 
@@ -101,9 +102,11 @@ export function createMemoryStore() {
       const current = readModels.get(transition.runId);
       if (!current || current.version < transition.version) readModels.set(transition.runId, { version: transition.version, lastSeq: current?.lastSeq ?? null });
     },
-    async markPublished(runId, version) {
-      const transition = transitions.get(`${runId}:${version}`);
-      if (transition) transition.published = true;
+    async insertWork(item) {
+      if (!work.has(item._id)) work.set(item._id, clone(item));
+    },
+    async deleteWork(id) {
+      work.delete(id);
     },
     async insertLock(lock) {
       if (locks.has(lock._id)) return false;
@@ -129,6 +132,8 @@ export function createMemoryStore() {
     transitions,
     readModels,
     locks,
+    /** `run_work` items by `_id`. */
+    work,
     /** Makes the next call of `method` throw `error`. */
     failNext(method: string, error: Error) {
       failNext = { method, error };

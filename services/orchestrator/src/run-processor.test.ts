@@ -1,0 +1,187 @@
+import { describe, expect, it } from 'vitest';
+import { Writable } from 'node:stream';
+import { agentDefinitionSchema, createLogger, toolDefinitionSchema, zeroUsage, type RunState, type RunStore, type TransitionDocument } from '@abide/shared';
+import { createKeyedQueue } from './keyed-queue.ts';
+import { createRunProcessor } from './run-processor.ts';
+import type { RunInput } from './run-state-machine.ts';
+
+const now = new Date('2026-11-24T10:00:00.000Z');
+
+function queuedState(): RunState {
+  const definition = agentDefinitionSchema.parse({ model: { provider: 'scripted', steps: [{ text: 'hi' }] }, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } }], maxSteps: 5 });
+  return {
+    schemaVersion: 1,
+    runId: 'run_1',
+    tenantId: 't1',
+    agentId: 'a1',
+    agentSnapshot: { ...definition, tools: definition.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 1, createdAt: now.toISOString(), updatedAt: now.toISOString() },
+    conversationId: 'conv_1',
+    status: 'queued',
+    step: 0,
+    awaiting: { kind: null, step: 0 },
+    messages: [{ role: 'user', content: 'hello' }],
+    historyLength: 0,
+    toolCalls: [],
+    pendingApprovals: [],
+    llmAttempts: [],
+    usage: zeroUsage,
+    output: null,
+    error: null,
+    cancelReason: null,
+    requestHash: 'h',
+    metadata: null,
+    nextDeadlineAt: null,
+    createdAt: now.toISOString(),
+    updatedAt: now.toISOString(),
+  };
+}
+
+const finalAnswer: RunInput = {
+  type: 'llm_result',
+  payload: { ok: true, step: 0, attempt: 1, text: 'done', toolCalls: [], finishReason: 'stop', usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 } },
+};
+
+const toolCall: RunInput = {
+  type: 'llm_result',
+  payload: { ok: true, step: 0, attempt: 1, text: '', toolCalls: [{ providerToolCallId: 'c1', toolName: 'echo', args: {} }], finishReason: 'tool-calls', usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 } },
+};
+
+function deferred() {
+  let resolve!: () => void;
+  const promise = new Promise<void>((done) => (resolve = done));
+  return { promise, resolve };
+}
+
+/**
+ * An in-memory run store with the semantics the processor relies on (insert decides, read model
+ * by `_id`), recording every write and publish in one ordered log.
+ */
+function harness(options: { holdReadModel?: number } = {}) {
+  const log: string[] = [];
+  const transitions = new Map<string, TransitionDocument>();
+  const readModel: { version: number; publishedVersion: number }[] = [];
+  const deadlines = new Map<string, string>();
+  const hold = deferred();
+  let held = false;
+  const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
+  transitions.set(v1._id, structuredClone(v1));
+  const store = {
+    async loadTransition(runId: string, version: number) {
+      const found = transitions.get(`${runId}:${version}`);
+      return found ? structuredClone(found) : null;
+    },
+    async loadLatest(runId: string) {
+      const model = readModel.at(-1);
+      let latest: TransitionDocument | null = null;
+      for (let version = 1; transitions.has(`${runId}:${version}`); version += 1) latest = structuredClone(transitions.get(`${runId}:${version}`)!);
+      if (!latest) return null;
+      return { transition: { ...latest, published: (model?.publishedVersion ?? 0) >= latest.version }, lastSeq: null };
+    },
+    async commit(transition: TransitionDocument) {
+      if (transitions.has(transition._id)) throw new Error('duplicate');
+      transitions.set(transition._id, structuredClone(transition));
+      log.push(`commit ${transition.version}`);
+    },
+    async writeDeadline(runId: string, _tenantId: string, dueAt: string | null) {
+      if (dueAt === null) deadlines.delete(runId);
+      else deadlines.set(runId, dueAt);
+      log.push(`deadline ${dueAt === null ? 'cleared' : 'set'}`);
+    },
+    async writeReadModel(transition: TransitionDocument) {
+      // Only the first write of that version is held (another replica's write of it is not).
+      if (transition.version === options.holdReadModel && !held) {
+        held = true;
+        await hold.promise;
+      }
+      readModel.push({ version: transition.version, publishedVersion: transition.published ? transition.version : transition.version - 1 });
+      log.push(`read model ${transition.version}`);
+    },
+    async deleteWork() {},
+  } as unknown as RunStore;
+  const js = {
+    async publish(subject: string, _data: Uint8Array, publishOptions: { msgID: string }) {
+      log.push(`publish ${subject} ${publishOptions.msgID}`);
+      return { stream: 'S', seq: log.length, duplicate: false, domain: '' };
+    },
+  };
+  const collections = { conversationLocks: { deleteOne: async () => ({ deletedCount: 1 }) } };
+  const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
+  const make = () => createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now });
+  return { log, transitions, readModel, deadlines, hold, make };
+}
+
+describe('run processor: one write on a step critical path (issue 9)', () => {
+  it('publishes right after the commit; the deadline item and the read model follow, before the input is acked', async () => {
+    const h = harness();
+    const processor = h.make();
+    // `run_1:1:0` is the start version 1's outbox sent: its arrival proves version 1 published.
+    expect(await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0')).toEqual({ kind: 'committed', version: 2 });
+    const commit = h.log.indexOf('commit 2');
+    expect(h.log.slice(0, commit)).toEqual([]); // nothing republished, nothing written before the commit
+    expect(h.log.slice(commit + 1, -2).every((line) => line.startsWith('publish '))).toBe(true);
+    expect(h.log.slice(-2)).toEqual(['deadline set', 'read model 2']);
+    expect(h.readModel.at(-1)).toEqual({ version: 2, publishedVersion: 2 });
+  });
+
+  it('the next input does not wait for the read model; writes stay in version order', async () => {
+    const h = harness({ holdReadModel: 2 });
+    const processor = h.make();
+    const first = processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    // Version 2's read model is held; the model's tool call still commits version 3 and publishes its tool request.
+    const second = processor.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await expect.poll(() => h.log.some((line) => line.startsWith('publish tool.request.echo run_1:3:'))).toBe(true);
+    expect(h.log).not.toContain('read model 2');
+    h.hold.resolve();
+    await Promise.all([first, second]);
+    expect(h.readModel.map((model) => model.version)).toEqual([2, 3]);
+    expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+  });
+
+  it('a run that ends has its read model written before its terminal event goes out, then recorded published', async () => {
+    const h = harness();
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    h.log.length = 0;
+    await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    const terminalEvent = h.log.findIndex((line) => line.startsWith('publish run.events.run_1 run_1:3:'));
+    expect(h.log.slice(0, terminalEvent)).toEqual(['commit 3', 'deadline cleared', 'read model 3']);
+    expect(h.readModel.slice(-2)).toEqual([
+      { version: 3, publishedVersion: 2 },
+      { version: 3, publishedVersion: 3 },
+    ]);
+    expect(h.deadlines.has('run_1')).toBe(false); // a finished run leaves no deadline item
+  });
+
+  it('a redelivered input whose transition was committed but not published publishes it, writes the read model, and is acked', async () => {
+    const h = harness();
+    // A process committed version 2 for this input and died before publishing it.
+    await h.make().apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    h.readModel.length = 0;
+    h.log.length = 0;
+    const fresh = h.make();
+    expect(await fresh.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0')).toEqual({ kind: 'ignored', reason: 'input already applied' });
+    expect(h.log.filter((line) => line.startsWith('publish ')).length).toBeGreaterThan(0);
+    expect(h.log.filter((line) => line.startsWith('publish ')).every((line) => line.includes(' run_1:2:'))).toBe(true);
+    expect(h.log.slice(-2)).toEqual(['deadline set', 'read model 2']);
+    expect(h.transitions.has('run_1:3')).toBe(false);
+  });
+
+  it('a read model write that lands behind another replica\'s newer one is caught up to the latest', async () => {
+    const h = harness({ holdReadModel: 2 });
+    const replicaA = h.make();
+    const replicaB = h.make();
+    // A commits and publishes version 2; its read-model write is slow.
+    const first = replicaA.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await expect.poll(() => h.log.includes('deadline set')).toBe(true);
+    // B takes the next input: version 2 is not known published to it, so it publishes it again, then commits version 3.
+    await replicaB.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+    // A's write of version 2 lands last, behind B's version 3 ...
+    h.hold.resolve();
+    await first;
+    // ... and A finds version 3 and writes it again: the read model ends at the latest.
+    await expect.poll(() => h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+    expect(h.readModel.map((model) => model.version)).toEqual([2, 3, 2, 3]);
+    expect(h.readModel.map((model) => model.publishedVersion)).toEqual([2, 3, 2, 3]);
+  });
+});
