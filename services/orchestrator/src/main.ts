@@ -81,8 +81,7 @@ async function main(): Promise<void> {
     process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
     const store = createRunStore(collections);
-    // `orchestratorMetrics.commitLatency` is for the commit path (run-processor.ts) to observe; it
-    // is registered (served, at zero) until that path takes it. The backlog gauges are read at scrape time.
+    // The backlog gauges are read at scrape time.
     const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
     watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'], logger: log });
 
@@ -102,6 +101,7 @@ async function main(): Promise<void> {
       queue: createKeyedQueue(),
       logger: log,
       metrics,
+      commitLatency: orchestratorMetrics.commitLatency,
       crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
     });
     const ledger = createApprovalLedger({ kv: kv.get(buckets.approvalLedger)!, processor, logger: log });

@@ -2,9 +2,8 @@ import { ensureError, type Logger, type Metrics, type RunStore } from '@abide/sh
 
 /**
  * The orchestrator's own series, built once in `main.ts` from the process's `Metrics`:
- * - `commitLatency` (`abide_commit_duration_seconds`, label `result`: `committed`, `conflict`,
- *   `ignored`): the time from an input's arrival to its transition committed. It is a hook for
- *   the commit path (`run-processor.ts`) to observe; the registry is the process's.
+ * - `commitLatency` (`abide_commit_duration_seconds`, label `result`: `committed`, `conflict`):
+ *   the time of a transition's commit insert, observed by the commit path (`run-processor.ts`).
  * - `abide_oldest_overdue_deadline_seconds`: how long past its deadline the oldest run still
  *   waiting for its timer is (0 when none is more than `overdueAfterMs` late). A run whose
  *   deadline passed gets a timer within a sweep (1–2 s on MongoDB); one still due minutes later
@@ -25,7 +24,7 @@ export function createOrchestratorMetrics(deps: {
   const now = deps.now ?? Date.now;
   const overdueAfterMs = deps.overdueAfterMs ?? 60_000;
   const refreshMs = deps.refreshMs ?? 30_000;
-  const commitLatency = metrics.histogram('commit_duration_seconds', 'Time from an input to its transition committed in MongoDB, by result (committed, conflict, ignored)', ['result']);
+  const commitLatency = metrics.histogram('commit_duration_seconds', 'Time of the commit insert of a transition in MongoDB, by result (committed, conflict)', ['result']);
   const overdue = metrics.gauge('oldest_overdue_deadline_seconds', 'How long past its deadline the oldest run still waiting for its timer is (0: none late by more than a minute)');
   let readAt: number | undefined;
   metrics.beforeScrape(async () => {

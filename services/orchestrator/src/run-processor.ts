@@ -9,6 +9,7 @@ import {
   TransitionConflictError,
   type Logger,
   type Metrics,
+  type MetricsHistogram,
   type OutboxPublisherDeps,
   type RunStore,
   type TransitionDocument,
@@ -22,6 +23,8 @@ export type RunProcessorDeps = {
   queue: KeyedQueue;
   logger: Logger;
   metrics?: Metrics;
+  /** `abide_commit_duration_seconds{result}` (orchestrator-metrics.ts): the commit insert's latency, by outcome. */
+  commitLatency?: MetricsHistogram;
   now?: () => Date;
   /**
    * Test-only crash points: `orchestrator.after_commit` (inserted, outbox not published),
@@ -250,10 +253,13 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         oversize?.inc();
         logger.warn({ runId, tenantId: next.tenantId, step: current.state.step, cause, reason: unpublishable.message }, 'a transition would publish a message too large for the bus; failing the run instead');
       }
+      const commitStarted = performance.now();
       try {
         await store.commit(next);
+        deps.commitLatency?.observe({ result: 'committed' }, (performance.now() - commitStarted) / 1_000);
       } catch (error) {
         if (error instanceof TransitionConflictError) {
+          deps.commitLatency?.observe({ result: 'conflict' }, (performance.now() - commitStarted) / 1_000);
           conflicts?.inc();
           cache.delete(runId);
           logger.debug({ runId, version: next.version }, 'lost a commit race; reloading');
