@@ -1,7 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { agentDefinitionSchema, toolDefinitionSchema } from './agent.ts';
 import { eventEntry, type OutboxEntry } from './outbox.ts';
-import { findUnpublishableEntry, messageHeaderRoomBytes, type OutboxPublisherDeps } from './outbox-publisher.ts';
+import { findUnpublishableEntry, messageHeaderRoomBytes, publishOutbox, type OutboxPublisherDeps } from './outbox-publisher.ts';
 import { zeroUsage, type RunState } from './run-state.ts';
 import type { TransitionDocument } from './run-store.ts';
 
@@ -75,5 +75,33 @@ describe('findUnpublishableEntry (finding 5)', () => {
       code: 'message_too_large',
       message: expect.stringContaining('the tool.result event'),
     });
+  });
+});
+
+describe('publishOutbox event order', () => {
+  it('publishes the terminal event only after every earlier event is acknowledged', async () => {
+    const sent: string[] = [];
+    const acks: Array<() => void> = [];
+    let seq = 0;
+    const js = {
+      publish(subject: string, data: Uint8Array) {
+        sent.push((JSON.parse(new TextDecoder().decode(data)) as { type: string }).type);
+        const ack = { stream: 'RUN_EVENTS', seq: ++seq, duplicate: false };
+        return new Promise((resolve) => acks.push(() => resolve(ack)));
+      },
+    };
+    const transition = transitionWith([
+      eventEntry('message.completed', { step: 1, attempt: 1, text: 'done' }),
+      eventEntry('run.completed', { output: 'done', usage: zeroUsage }),
+    ]);
+    const published = publishOutbox(deps({ js: js as never }), transition);
+    await vi.waitFor(() => expect(sent).toEqual(['message.completed']));
+    // The terminal event is held back while the first event's PubAck is outstanding.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(sent).toEqual(['message.completed']);
+    acks.shift()!();
+    await vi.waitFor(() => expect(sent).toEqual(['message.completed', 'run.completed']));
+    acks.shift()!();
+    expect(await published).toBe(2);
   });
 });

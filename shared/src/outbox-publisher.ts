@@ -2,7 +2,7 @@ import type { KV } from '@nats-io/kv';
 import type { ObjectStore } from '@nats-io/obj';
 import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
 import { makeEnvelope } from './envelope.ts';
-import { makeBusEvent } from './events.ts';
+import { isTerminalEventType, makeBusEvent } from './events.ts';
 import { outboxEntryId } from './ids.ts';
 import { encodeJson, eventMaxMessageBytes, publishRetrying } from './jetstream.ts';
 import type { Collections } from './mongo.ts';
@@ -122,7 +122,8 @@ export function findUnpublishableEntry(deps: OutboxPublisherDeps, transition: Tr
  * Publishes a committed transition's outbox in order, each publish awaited for its PubAck with
  * the deterministic id `<runId>:<version>:<index>` (a repeat inside the duplicate window is
  * dropped by the server). Events are published first and pipelined: all are sent, then all
- * PubAcks awaited, which keeps their order (one connection) and costs one round trip.
+ * PubAcks awaited, which keeps their order (one connection) and costs one round trip; a terminal
+ * event waits for the PubAcks of the events before it (a retried one could land after it).
  * Returns the stream sequence of the last event, if any.
  */
 export async function publishOutbox(deps: OutboxPublisherDeps, transition: TransitionDocument): Promise<number | null> {
@@ -136,6 +137,12 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
     const id = outboxEntryId(runId, transition.version, index);
     const encoded = encodeEntry(deps, transition, entry, index, limits);
     if (encoded?.kind === 'event') {
+      if (entry.kind === 'event' && isTerminalEventType(entry.type) && pendingEvents.length) {
+        // The terminal event goes out only once every earlier event is stored: a pipelined event
+        // retried through an election may otherwise land after it, and readers stop at the
+        // terminal event (DESIGN §6), so that event would never reach a client.
+        await Promise.all(pendingEvents);
+      }
       pendingEvents.push(publishRetrying(js, encoded.subject, encoded.data, id));
       continue;
     }
