@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
  * Builds the console into `outDirectory` (default `console/dist`): one JavaScript and one CSS
  * bundle with content hashes in their names, and an `index.html` naming them, with no inline
  * script or style (the gateway's Content-Security-Policy forbids both). The output is
- * deterministic, so the committed `dist/` can be checked against a fresh build.
+ * deterministic (paths relative to `console/`, whatever the caller's cwd).
  */
 export async function buildConsole(outDirectory = fileURLToPath(new URL('./dist/', import.meta.url))): Promise<string[]> {
   rmSync(outDirectory, { recursive: true, force: true });

@@ -16,6 +16,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, styleText } from 'node:util';
 import { serviceEnvironment, type ServiceName } from '@abide/shared';
+import { buildConsole } from '../console/build.ts';
 import { abidePaths, errorMessage, startServersFromEnv, type StartedServers } from './lib/servers.ts';
 
 type Color = 'cyan' | 'magenta' | 'yellow' | 'green' | 'blue' | 'red' | 'gray';
@@ -335,6 +336,9 @@ async function main(stack: Stack): Promise<void> {
   const missing = names.filter((name) => !existsSync(join(abidePaths.repoRoot, 'services', name, 'src', 'main.ts')));
   if (missing.length > 0) throw new Error(`missing ${missing.map((name) => `services/${name}/src/main.ts`).join(', ')}`);
 
+  // The console is built from its sources (not committed): esbuild takes well under a second.
+  await buildConsole();
+  say('console built into console/dist/');
   say('starting NATS and MongoDB (the first run builds them with Go, which takes a few minutes)');
   const servers = await startServersFromEnv(process.env, {
     natsPort: 4222,

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from './harness/service-process.ts';
+import { buildConsole } from '../../console/build.ts';
 import { Stack } from './harness/stack.ts';
 
 /** Issue 12: the web console, driven in headless Chromium against the real stack. */
@@ -18,6 +19,8 @@ describe('web console', () => {
 
   beforeAll(async () => {
     mkdirSync(outputDirectory, { recursive: true });
+    // The gateway serves console/dist, built from the sources (it is not committed).
+    await buildConsole();
     stack = await Stack.start({ apiKeys: `${keyA}:tenant-a,${keyB}:tenant-b` });
     const put = await stack.api(keyA, 'PUT', '/v1/agents/approver', {
       system: 'Echo after approval.',
@@ -138,8 +141,10 @@ describe('web console', () => {
       expect(await page.getByTestId('model-text').allTextContents()).toEqual(['Let me echo that.', 'All done: the echo came back.']);
       expect(await page.getByTestId('tool-result').count()).toBe(1);
       // While the gateway restarts the browser logs its failed reconnects (and a refresh of the run
-      // that raced the restart: refused, or 503 while draining or connecting); nothing else may appear.
-      const restartNoise = [/WebSocket connection to 'ws:\/\/[^']+\/v1\/ws' failed/, /^Failed to load resource: (net::ERR_CONNECTION_REFUSED|the server responded with a status of 503 .*) @ http:\/\/[^/]+\/v1\/runs\//];
+      // that raced the restart: refused; reset, when it went out on a keep-alive connection the
+      // stopping gateway closed as idle at that moment; or 503 while draining or connecting);
+      // nothing else may appear.
+      const restartNoise = [/WebSocket connection to 'ws:\/\/[^']+\/v1\/ws' failed/, /^Failed to load resource: (net::ERR_CONNECTION_REFUSED|net::ERR_CONNECTION_RESET|the server responded with a status of 503 .*) @ http:\/\/[^/]+\/v1\/runs\//];
       expect(errors.filter((error) => !restartNoise.some((pattern) => pattern.test(error)))).toEqual([]);
     } finally {
       await context.close();

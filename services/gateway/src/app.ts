@@ -40,6 +40,8 @@ export type AppDeps = {
   isDraining(): boolean;
   streaming?: Partial<StreamingOptions>;
   runCreationLimit?: RateLimitOptions;
+  /** Where the built console is (`console/dist` by default; `npm run build -w console`). */
+  consoleDirectory?: string;
   /** How long a live event stream may try to resume its reader before ending with `subscription_interrupted` (tests shorten it). @default 20000 */
   eventsResumeWithinMs?: number;
   now?: () => Date;
@@ -240,7 +242,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     registerChatWebSocketRoute(scope, context);
     registerOpenAiRoutes(scope, context);
     registerRunHistoryRoute(scope, context);
-    registerConsoleRoutes(scope);
+    registerConsoleRoutes(scope, deps.consoleDirectory ? { directory: deps.consoleDirectory } : {});
   });
   // Registered after every route above: each path answers the methods it lacks 405 with `Allow`
   // (authenticated like the path's own routes).

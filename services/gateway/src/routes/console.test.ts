@@ -1,17 +1,22 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildConsole } from '../../../../console/build.ts';
 import { createTestApp, type TestApp } from '../testing/test-app.ts';
-import { defaultConsoleDirectory } from './console.ts';
 
 let t: TestApp;
-beforeAll(() => {
-  t = createTestApp();
+let directory: string;
+let built: string[];
+beforeAll(async () => {
+  // The console is built from its sources (console/dist is not committed), here into a temp dir.
+  directory = mkdtempSync(join(tmpdir(), 'abide-console-'));
+  built = await buildConsole(directory);
+  t = createTestApp({ consoleDirectory: directory });
 });
 afterAll(async () => {
   await t.app.close();
+  rmSync(directory, { recursive: true, force: true });
 });
 
 describe('GET /console', () => {
@@ -46,15 +51,18 @@ describe('GET /console', () => {
     expect((await t.app.inject('/console/assets/..%2Fpackage.json')).statusCode).toBe(404);
   });
 
-  it('committed console/dist is what the sources build to (rebuild with npm run build -w console)', async () => {
-    const directory = mkdtempSync(join(tmpdir(), 'abide-console-'));
+  it('serves exactly the files the build produced, and 404 when the console was never built', async () => {
+    const assets = built.filter((file) => file.startsWith('assets/')).map((file) => file.slice('assets/'.length));
+    expect(assets.some((name) => name.endsWith('.js')) && assets.some((name) => name.endsWith('.css'))).toBe(true);
+    const index = (await t.app.inject('/console')).body;
+    for (const name of assets) expect(index).toContain(`/console/assets/${name}`);
+    const empty = mkdtempSync(join(tmpdir(), 'abide-console-none-'));
+    const bare = createTestApp({ consoleDirectory: empty });
     try {
-      const files = await buildConsole(directory);
-      const committed = ['index.html', ...readdirSync(join(defaultConsoleDirectory, 'assets')).map((name) => `assets/${name}`)].sort();
-      expect(committed).toEqual(files);
-      for (const file of files) expect(readFileSync(join(defaultConsoleDirectory, file), 'utf8'), file).toBe(readFileSync(join(directory, file), 'utf8'));
+      expect((await bare.app.inject('/console')).statusCode).toBe(404);
     } finally {
-      rmSync(directory, { recursive: true, force: true });
+      await bare.app.close();
+      rmSync(empty, { recursive: true, force: true });
     }
   });
 });

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { RouteConfig } from './route-context.ts';
 
-/** Where `npm run build -w console` writes the console (committed: see docs/decisions.md). */
+/** Where `npm run build -w console` writes the console (built, not committed: see docs/decisions.md). */
 export const defaultConsoleDirectory = fileURLToPath(new URL('../../../../console/dist/', import.meta.url));
 
 /**
