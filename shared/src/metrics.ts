@@ -90,3 +90,5 @@ export function createMetrics(options: { prefix?: string; processMetrics?: boole
 export type Metrics = ReturnType<typeof createMetrics>;
 /** A histogram of `Metrics` (e.g. the orchestrator's commit latency, exported for its commit path). */
 export type MetricsHistogram = ReturnType<Metrics['histogram']>;
+/** A counter of `Metrics`. */
+export type MetricsCounter = ReturnType<Metrics['counter']>;

@@ -8,6 +8,7 @@ import {
   type JetStreamClient,
   type Logger,
   type Metrics,
+  type MetricsCounter,
   type RunStore,
   type SweepCursor,
 } from '@abide/shared';
@@ -124,6 +125,56 @@ export function createOutboxSweeper(deps: {
   return every(deps.intervalMs ?? 2_000, 'outbox', deps.logger, createOutboxSweep(deps));
 }
 
+/**
+ * One sweep over the due `run_work` items of `kind` (both sweepers): pages through every due item
+ * (earliest first), hands each to `handle`, and isolates failures per item: one that fails is
+ * logged with its runId, counted in `failures` and skipped until its backoff passes, and never
+ * stops the others. Resolves to the number of items handled.
+ */
+function createWorkSweep(deps: {
+  kind: WorkItem['kind'];
+  pageSize: number;
+  store: Pick<RunStore, 'findDueWork'>;
+  logger: Logger;
+  failures: MetricsCounter | undefined;
+  /** The item's backoff key (what a retry is identified by). */
+  keyOf(item: WorkItem): string;
+  handle(item: WorkItem, key: string): Promise<void>;
+  /** The log message of a failed item. */
+  failedMessage: string;
+  now: () => number;
+}): () => Promise<number> {
+  const backoff = createItemBackoff(deps.now);
+  return async () => {
+    backoff.beginSweep();
+    const nowIso = new Date(deps.now()).toISOString();
+    let after: SweepCursor | undefined;
+    let handled = 0;
+    for (;;) {
+      const page = await deps.store.findDueWork(deps.kind, nowIso, deps.pageSize, after);
+      for (const item of page) {
+        const key = deps.keyOf(item);
+        if (backoff.waiting(key)) continue;
+        try {
+          await deps.handle(item, key);
+          backoff.succeeded(key);
+          handled += 1;
+        } catch (error) {
+          // Isolated: this item waits for its backoff; the sweep goes on with the others.
+          const count = backoff.failed(key);
+          deps.failures?.inc();
+          deps.logger.warn({ sweeper: deps.kind, runId: item.runId, tenantId: item.tenantId, failures: count, err: ensureError(error) }, deps.failedMessage);
+        }
+      }
+      if (page.length < deps.pageSize) break;
+      const last = page.at(-1)!;
+      after = { key: last.dueAt, id: last._id };
+    }
+    backoff.endSweep();
+    return handled;
+  };
+}
+
 /** One outbox sweep (exported for tests). */
 export function createOutboxSweep(deps: {
   store: Pick<RunStore, 'findDueWork'>;
@@ -132,33 +183,19 @@ export function createOutboxSweep(deps: {
   metrics?: Metrics;
   now?: () => number;
 }): () => Promise<void> {
-  const now = deps.now ?? Date.now;
-  const backoff = createItemBackoff(now);
-  const failures = deps.metrics?.counter('outbox_republish_failures_total', 'Unpublished outboxes the sweeper failed to publish (each retried later with backoff)');
+  const sweep = createWorkSweep({
+    kind: 'outbox',
+    pageSize: outboxSweepPageSize,
+    store: deps.store,
+    logger: deps.logger,
+    failures: deps.metrics?.counter('outbox_republish_failures_total', 'Unpublished outboxes the sweeper failed to publish (each retried later with backoff)'),
+    keyOf: (item) => item._id,
+    handle: (item) => deps.processor.republish(item),
+    failedMessage: 'could not publish an unpublished outbox; will retry',
+    now: deps.now ?? Date.now,
+  });
   return async () => {
-    backoff.beginSweep();
-    const nowIso = new Date(now()).toISOString();
-    let after: SweepCursor | undefined;
-    for (;;) {
-      const page = await deps.store.findDueWork('outbox', nowIso, outboxSweepPageSize, after);
-      for (const item of page) {
-        const key = item._id;
-        if (backoff.waiting(key)) continue;
-        try {
-          await deps.processor.republish(item);
-          backoff.succeeded(key);
-        } catch (error) {
-          // Isolated: this item waits for its backoff; the sweep goes on with the others.
-          const count = backoff.failed(key);
-          failures?.inc();
-          deps.logger.warn({ sweeper: 'outbox', runId: item.runId, tenantId: item.tenantId, failures: count, err: ensureError(error) }, 'could not publish an unpublished outbox; will retry');
-        }
-      }
-      if (page.length < outboxSweepPageSize) break;
-      const last = page.at(-1)!;
-      after = { key: last.dueAt, id: last._id };
-    }
-    backoff.endSweep();
+    await sweep();
   };
 }
 
@@ -185,35 +222,23 @@ export function createDeadlineSweep(deps: {
   metrics?: Metrics;
   now?: () => number;
 }): () => Promise<void> {
-  const now = deps.now ?? Date.now;
-  const backoff = createItemBackoff(now);
-  const failures = deps.metrics?.counter('deadline_timer_failures_total', 'Deadline timers the sweeper failed to publish (each retried later with backoff)');
+  const sweep = createWorkSweep({
+    kind: 'deadline',
+    pageSize: deadlineSweepPageSize,
+    store: deps.store,
+    logger: deps.logger,
+    failures: deps.metrics?.counter('deadline_timer_failures_total', 'Deadline timers the sweeper failed to publish (each retried later with backoff)'),
+    // The timer's msg id: one timer per deadline, however many replicas send it.
+    keyOf: (item) => `${item.runId}:timer:${item.dueAt}`,
+    async handle(item, id) {
+      const message = makeEnvelope('timer', { id, runId: item.runId, tenantId: item.tenantId }, { deadlineAt: item.dueAt });
+      await publishJson(deps.js as JetStreamClient, subjects.runInbox(item.runId, 'timer'), message, id);
+    },
+    failedMessage: 'could not send a deadline timer; will retry',
+    now: deps.now ?? Date.now,
+  });
   return async () => {
-    backoff.beginSweep();
-    const nowIso = new Date(now()).toISOString();
-    let after: SweepCursor | undefined;
-    let sent = 0;
-    for (;;) {
-      const page: WorkItem[] = await deps.store.findDueWork('deadline', nowIso, deadlineSweepPageSize, after);
-      for (const item of page) {
-        const id = `${item.runId}:timer:${item.dueAt}`;
-        if (backoff.waiting(id)) continue;
-        try {
-          const message = makeEnvelope('timer', { id, runId: item.runId, tenantId: item.tenantId }, { deadlineAt: item.dueAt });
-          await publishJson(deps.js as JetStreamClient, subjects.runInbox(item.runId, 'timer'), message, id);
-          backoff.succeeded(id);
-          sent += 1;
-        } catch (error) {
-          const count = backoff.failed(id);
-          failures?.inc();
-          deps.logger.warn({ sweeper: 'deadline', runId: item.runId, tenantId: item.tenantId, failures: count, err: ensureError(error) }, 'could not send a deadline timer; will retry');
-        }
-      }
-      if (page.length < deadlineSweepPageSize) break;
-      const last = page.at(-1)!;
-      after = { key: last.dueAt, id: last._id };
-    }
-    backoff.endSweep();
+    const sent = await sweep();
     if (sent) deps.logger.info({ count: sent, collection: collectionNames.runWork }, 'deadline timers sent');
   };
 }
