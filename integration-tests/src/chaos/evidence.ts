@@ -68,22 +68,25 @@ export async function readTransitions(db: Db, runIds: readonly string[]): Promis
 /**
  * Waits until no run's latest outbox is left unpublished: every read model records its latest
  * transition as published, and no new run's outbox work item is left (a crash after a commit is
- * finished by the input's redelivery, or by the outbox sweeper for a new run). Returns how many are left.
+ * finished by the input's redelivery, or by the outbox sweeper for a new run). Returns what is
+ * left, one line per run and reason, so a failure names the run and the window.
  */
-export async function waitForPublished(db: Db, timeoutMs: number): Promise<number> {
+export async function waitForPublished(db: Db, timeoutMs: number): Promise<string[]> {
   const deadline = Date.now() + timeoutMs;
-  let count = 0;
+  let left: string[] = [];
   while (Date.now() < deadline) {
-    count = await db.collection('run_work').countDocuments({ kind: 'outbox' });
+    left = [];
+    for (const item of await db.collection('run_work').find({ kind: 'outbox' }).toArray()) left.push(`${String(item.runId)}: outbox work item due ${String(item.dueAt)} still there`);
     const runs = await db.collection('runs').find({}, { projection: { version: 1, publishedVersion: 1 } }).toArray();
     for (const run of runs) {
       const ahead = await db.collection('run_transitions').findOne({ _id: `${String(run._id)}:${Number(run.version) + 1}` as never }, { projection: { _id: 1 } });
-      if (ahead || run.publishedVersion !== run.version) count += 1;
+      if (ahead) left.push(`${String(run._id)}: read model at version ${run.version}, version ${Number(run.version) + 1} committed`);
+      else if (run.publishedVersion !== run.version) left.push(`${String(run._id)}: read model at version ${run.version} records version ${run.publishedVersion} as published`);
     }
-    if (count === 0) return 0;
+    if (left.length === 0) return left;
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
-  return count;
+  return left;
 }
 
 /** Full replays of `runIds` through the public WebSocket API, a few at a time. */

@@ -213,8 +213,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
 
     // Let the redeliveries caused by the last kills play out before counting anything.
     await waitForQuietConsumers(stack.servers.natsUrl, 90_000).catch((error: Error) => violations.push(`consumers: ${error.message}`));
-    const unpublished = await waitForPublished(stack.db, 30_000);
-    if (unpublished > 0) violations.push(`${unpublished} transitions still unpublished`);
+    for (const left of await waitForPublished(stack.db, 30_000)) violations.push(`unpublished: ${left}`);
 
     const kills: Kill[] = 'kills' in killer ? killer.kills : killer.faults.map((fault) => ({ service: `nats ${fault.node}`, replica: 0, pid: undefined, at: fault.at }));
     const report = await verify({ stack, pool, plansByRunId, runIds: ids, followers, approver, toolCalls: toolServer.callsByKey(), kills, violations });
