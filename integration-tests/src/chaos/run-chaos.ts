@@ -213,7 +213,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
 
     // Let the redeliveries caused by the last kills play out before counting anything.
     await waitForQuietConsumers(stack.servers.natsUrl, 90_000).catch((error: Error) => violations.push(`consumers: ${error.message}`));
-    for (const left of await waitForPublished(stack.db, 30_000)) violations.push(`unpublished: ${left}`);
+    // An outbox item that failed during the faults is retried within 30 s (the sweeper's item
+    // backoff cap) plus one sweep interval; a transition's own outbox by its input's redelivery.
+    for (const left of await waitForPublished(stack.db, 45_000)) violations.push(`unpublished: ${left}`);
 
     const kills: Kill[] = 'kills' in killer ? killer.kills : killer.faults.map((fault) => ({ service: `nats ${fault.node}`, replica: 0, pid: undefined, at: fault.at }));
     const report = await verify({ stack, pool, plansByRunId, runIds: ids, followers, approver, toolCalls: toolServer.callsByKey(), kills, violations });

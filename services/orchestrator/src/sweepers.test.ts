@@ -26,6 +26,37 @@ describe('sweep pacing', () => {
   it('never sweeps less often than a configured interval longer than the cap', () => {
     expect(nextSweepDelay(120_000, 10_000)).toBe(120_000);
   });
+
+  it('paces by the time the queries took, not by a slow publish (a NATS election must not hold the next sweep back)', async () => {
+    let clock = 1_000_000;
+    const store = fakeWorkStore(unpublished(3));
+    const sweep = createOutboxSweep({
+      store: {
+        async findDueWork(...args: Parameters<typeof store.findDueWork>) {
+          clock += 40; // the query
+          return store.findDueWork(...args);
+        },
+      },
+      processor: {
+        async republish(item) {
+          clock += 8_000; // a publish waiting out an election
+          store.pending.delete(item._id);
+        },
+      },
+      logger: capturingLogger().logger,
+      now: () => clock,
+    });
+    const queryMs = await sweep();
+    expect(store.pending.size).toBe(0);
+    expect(queryMs).toBe(40);
+    expect(nextSweepDelay(2_000, queryMs)).toBe(2_000);
+  });
+
+  it('retries a failed item within 30 s at most, however often it failed', () => {
+    expect(itemRetryDelayMs(1)).toBe(2_000);
+    expect(itemRetryDelayMs(3)).toBe(8_000);
+    expect(itemRetryDelayMs(20)).toBe(30_000);
+  });
 });
 
 /* ---------- failure isolation and paging (issue 8, finding 5) ---------- */

@@ -21,7 +21,7 @@ export const sweepDutyFactor = 20;
 /** The longest pause between two sweeps, however slow they are. */
 export const maxSweepIntervalMs = 60_000;
 
-/** The pause before the next sweep: `intervalMs`, stretched to `sweepDutyFactor` × the last sweep's duration (capped). */
+/** The pause before the next sweep: `intervalMs`, stretched to `sweepDutyFactor` × the last sweep's database time (capped). */
 export function nextSweepDelay(intervalMs: number, lastDurationMs: number): number {
   return Math.min(Math.max(intervalMs, maxSweepIntervalMs), Math.max(intervalMs, sweepDutyFactor * lastDurationMs));
 }
@@ -29,26 +29,35 @@ export function nextSweepDelay(intervalMs: number, lastDurationMs: number): numb
 /**
  * Runs `tick` every `intervalMs`, never two at once, until stopped. A sweep reads only
  * `run_work`, whose size follows the runs with pending work (FerretDB scans it: it has no
- * index on `dueAt`), never the growing collections; a slow sweep still stretches the pause after
+ * index on `dueAt`), never the growing collections; a slow query still stretches the pause after
  * it (`nextSweepDelay`), keeping each replica's sweeping to about 1/`sweepDutyFactor` of the
- * database's time instead of saturating it.
+ * database's time instead of saturating it. `tick` resolves to the time its queries took: time
+ * spent handling items (a publish waiting through a NATS election) is not the database's and
+ * must not stretch the pause, or one slow publish would hold every pending outbox and deadline
+ * back for `maxSweepIntervalMs` once NATS is back.
  */
-function every(intervalMs: number, name: string, logger: Logger, tick: () => Promise<void>): Sweeper {
+function every(intervalMs: number, name: string, logger: Logger, tick: () => Promise<number>): Sweeper {
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
   let stopped = false;
-  let lastDurationMs = 0;
+  let lastQueryMs = 0;
   const schedule = () => {
     if (stopped) return;
     timer = setTimeout(() => {
       const startedAt = Date.now();
       running = tick()
-        .catch((error: unknown) => logger.warn({ sweeper: name, err: ensureError(error) }, 'sweep failed; will retry'))
-        .finally(() => {
-          lastDurationMs = Date.now() - startedAt;
-          schedule();
-        });
-    }, nextSweepDelay(intervalMs, lastDurationMs));
+        .then(
+          (queryMs) => {
+            lastQueryMs = queryMs;
+          },
+          (error: unknown) => {
+            // The query itself failed (or hung until the driver gave up): pace by how long that took.
+            lastQueryMs = Date.now() - startedAt;
+            logger.warn({ sweeper: name, err: ensureError(error) }, 'sweep failed; will retry');
+          },
+        )
+        .finally(schedule);
+    }, nextSweepDelay(intervalMs, lastQueryMs));
     timer.unref();
   };
   return {
@@ -61,9 +70,13 @@ function every(intervalMs: number, name: string, logger: Logger, tick: () => Pro
   };
 }
 
-/** How long an item that failed waits before the sweeper tries it again: doubling from 2 s to 5 min. */
+/**
+ * How long an item that failed waits before the sweeper tries it again: doubling from 2 s to
+ * 30 s. Capped low: most failures are the bus being briefly unavailable (an election), after
+ * which every item must go out soon, and a failing item costs one attempt per 30 s at most.
+ */
 export function itemRetryDelayMs(failures: number): number {
-  return Math.min(5 * 60_000, 2_000 * 2 ** Math.max(0, failures - 1));
+  return Math.min(30_000, 2_000 * 2 ** Math.max(0, failures - 1));
 }
 
 /**
@@ -129,7 +142,7 @@ export function createOutboxSweeper(deps: {
  * One sweep over the due `run_work` items of `kind` (both sweepers): pages through every due item
  * (earliest first), hands each to `handle`, and isolates failures per item: one that fails is
  * logged with its runId, counted in `failures` and skipped until its backoff passes, and never
- * stops the others. Resolves to the number of items handled.
+ * stops the others. Resolves to the number of items handled and the time its queries took.
  */
 function createWorkSweep(deps: {
   kind: WorkItem['kind'];
@@ -143,15 +156,18 @@ function createWorkSweep(deps: {
   /** The log message of a failed item. */
   failedMessage: string;
   now: () => number;
-}): () => Promise<number> {
+}): () => Promise<{ handled: number; queryMs: number }> {
   const backoff = createItemBackoff(deps.now);
   return async () => {
     backoff.beginSweep();
     const nowIso = new Date(deps.now()).toISOString();
     let after: SweepCursor | undefined;
     let handled = 0;
+    let queryMs = 0;
     for (;;) {
+      const queryStarted = deps.now();
       const page = await deps.store.findDueWork(deps.kind, nowIso, deps.pageSize, after);
+      queryMs += deps.now() - queryStarted;
       for (const item of page) {
         const key = deps.keyOf(item);
         if (backoff.waiting(key)) continue;
@@ -171,7 +187,7 @@ function createWorkSweep(deps: {
       after = { key: last.dueAt, id: last._id };
     }
     backoff.endSweep();
-    return handled;
+    return { handled, queryMs };
   };
 }
 
@@ -182,7 +198,7 @@ export function createOutboxSweep(deps: {
   logger: Logger;
   metrics?: Metrics;
   now?: () => number;
-}): () => Promise<void> {
+}): () => Promise<number> {
   const sweep = createWorkSweep({
     kind: 'outbox',
     pageSize: outboxSweepPageSize,
@@ -194,9 +210,7 @@ export function createOutboxSweep(deps: {
     failedMessage: 'could not publish an unpublished outbox; will retry',
     now: deps.now ?? Date.now,
   });
-  return async () => {
-    await sweep();
-  };
+  return async () => (await sweep()).queryMs;
 }
 
 /** The deadline sweeper's page size. */
@@ -221,7 +235,7 @@ export function createDeadlineSweep(deps: {
   logger: Logger;
   metrics?: Metrics;
   now?: () => number;
-}): () => Promise<void> {
+}): () => Promise<number> {
   const sweep = createWorkSweep({
     kind: 'deadline',
     pageSize: deadlineSweepPageSize,
@@ -238,7 +252,8 @@ export function createDeadlineSweep(deps: {
     now: deps.now ?? Date.now,
   });
   return async () => {
-    const sent = await sweep();
-    if (sent) deps.logger.info({ count: sent, collection: collectionNames.runWork }, 'deadline timers sent');
+    const { handled, queryMs } = await sweep();
+    if (handled) deps.logger.info({ count: handled, collection: collectionNames.runWork }, 'deadline timers sent');
+    return queryMs;
   };
 }
