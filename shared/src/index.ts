@@ -34,4 +34,5 @@ export * from './stored-json.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
+export * from './write-batcher.ts';
 export * from './mcp.ts';

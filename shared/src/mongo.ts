@@ -1,5 +1,6 @@
 import { MongoClient, type Collection, type Db, type Document, type WriteConcernSettings } from 'mongodb';
 import { collections } from './names.ts';
+import { createWriteBatcher, type WriteBatcher } from './write-batcher.ts';
 
 /** `MONGO_WRITE_CONCERN` (shared/src/config.ts). */
 export type MongoWriteConcern = 'majority' | 'journaled' | 'acknowledged';
@@ -45,22 +46,40 @@ export async function ensureIndexes(db: Db): Promise<void> {
   }
 }
 
+type Stored = Document & { _id: string };
+
 export type Collections = {
-  agents: Collection<Document & { _id: string }>;
-  agentVersions: Collection<Document & { _id: string }>;
-  runs: Collection<Document & { _id: string }>;
-  runTransitions: Collection<Document & { _id: string }>;
-  conversationLocks: Collection<Document & { _id: string }>;
-  runWork: Collection<Document & { _id: string }>;
+  agents: Collection<Stored>;
+  agentVersions: Collection<Stored>;
+  runs: Collection<Stored>;
+  runTransitions: Collection<Stored>;
+  conversationLocks: Collection<Stored>;
+  runWork: Collection<Stored>;
+  /**
+   * Group-committed writes (`write-batcher.ts`) to the collections every step writes: one
+   * batcher per collection per process, so concurrent runs share each sync. Reads, and writes
+   * whose result needs a matched count, use the collections directly.
+   */
+  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
 };
 
+/** The collections (call once per process, in its composition root: the batchers live here). */
 export function getCollections(db: Db): Collections {
+  const found = {
+    agents: db.collection<Stored>(collections.agents),
+    agentVersions: db.collection<Stored>(collections.agentVersions),
+    runs: db.collection<Stored>(collections.runs),
+    runTransitions: db.collection<Stored>(collections.runTransitions),
+    conversationLocks: db.collection<Stored>(collections.conversationLocks),
+    runWork: db.collection<Stored>(collections.runWork),
+  };
   return {
-    agents: db.collection(collections.agents),
-    agentVersions: db.collection(collections.agentVersions),
-    runs: db.collection(collections.runs),
-    runTransitions: db.collection(collections.runTransitions),
-    conversationLocks: db.collection(collections.conversationLocks),
-    runWork: db.collection(collections.runWork),
+    ...found,
+    writes: {
+      runs: createWriteBatcher(found.runs),
+      runTransitions: createWriteBatcher(found.runTransitions),
+      runWork: createWriteBatcher(found.runWork),
+      conversationLocks: createWriteBatcher(found.conversationLocks),
+    },
   };
 }

@@ -162,8 +162,8 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
       if (!deps.collections) throw new Error('outbox entry release_conversation_lock needs MongoDB');
       // Only this run's locks: a newer run may hold the conversation (or the slot) by now.
       // A crash between the two deletes republishes the whole outbox: both are idempotent.
-      await deps.collections.conversationLocks.deleteOne({ _id: lockIds.conversation(tenantId, entry.conversationId), runId });
-      if (entry.runSlot !== undefined) await deps.collections.conversationLocks.deleteOne({ _id: lockIds.runSlot(tenantId, entry.runSlot), runId });
+      await deps.collections.writes.conversationLocks.delete(lockIds.conversation(tenantId, entry.conversationId), { runId });
+      if (entry.runSlot !== undefined) await deps.collections.writes.conversationLocks.delete(lockIds.runSlot(tenantId, entry.runSlot), { runId });
     }
   }
   if (pendingEvents.length) {

@@ -1,6 +1,5 @@
 import type { Collections } from './mongo.ts';
 import { workIds } from './names.ts';
-import { isDuplicateKeyError } from './errors.ts';
 import type { OutboxEntry } from './outbox.ts';
 import type { RunState } from './run-state.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
@@ -53,7 +52,7 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline'; runId: string
  * are free JSON and may hold keys FerretDB refuses.
  */
 export function createRunStore(collections: Collections) {
-  const { runs, runTransitions, runWork } = collections;
+  const { runs, runTransitions, runWork, writes } = collections;
 
   async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
@@ -85,14 +84,17 @@ export function createRunStore(collections: Collections) {
       return { transition: { ...latest, published }, lastSeq: latest.lastSeq ?? lastSeq };
     },
 
+    /**
+     * Inserts the transition (group-committed with the other runs' commits of this process);
+     * false when the version exists: another writer committed it first.
+     */
+    async insertTransition(transition: TransitionDocument): Promise<boolean> {
+      return (await writes.runTransitions.insert(encodeStoredKeys(transition))) === 'ok';
+    },
+
     /** Inserts the transition; throws `TransitionConflictError` if the version exists. */
     async commit(transition: TransitionDocument): Promise<void> {
-      try {
-        await runTransitions.insertOne(encodeStoredKeys(transition));
-      } catch (error) {
-        if (isDuplicateKeyError(error)) throw new TransitionConflictError(`transition ${transition._id} exists`, { cause: error });
-        throw error;
-      }
+      if ((await writes.runTransitions.insert(encodeStoredKeys(transition))) === 'duplicate') throw new TransitionConflictError(`transition ${transition._id} exists`);
     },
 
     /**
@@ -111,49 +113,36 @@ export function createRunStore(collections: Collections) {
         // Version 1's read model is only ever inserted: the gateway writes it in parallel with
         // publishing `start`, so the orchestrator's version 2 may be there already (a duplicate
         // means the same or a newer version, never to be replaced by version 1).
-        try {
-          await runs.insertOne(document);
-        } catch (error) {
-          if (!isDuplicateKeyError(error)) throw error;
-        }
+        await writes.runs.insert(document);
         return;
       }
       // By `_id` alone: FerretDB pushes down only an exact `_id` filter and scans for anything
       // more. A slower writer may move the read model back a version for a moment; readers roll
-      // forward from it by `_id`, and the next commit rewrites it.
-      const replaced = await runs.replaceOne({ _id: transition.runId }, document);
-      if (replaced.matchedCount > 0) return;
-      // No read model yet (its creator crashed before writing it), or a newer one: insert decides.
-      try {
-        await runs.insertOne(document);
-      } catch (error) {
-        if (!isDuplicateKeyError(error)) throw error;
-      }
+      // forward from it by `_id`, and the next commit rewrites it. Upserted: no read model yet
+      // (its creator crashed before writing it) is inserted; a concurrent insert of the same
+      // `_id` winning makes this one a duplicate, ignored like the version-1 insert.
+      await writes.runs.replace(document, { upsert: true });
     },
 
     /** Inserts a work item unless one with its `_id` exists (then the existing one stands). */
     async insertWork(item: WorkItem): Promise<void> {
-      try {
-        await runWork.insertOne(item);
-      } catch (error) {
-        if (!isDuplicateKeyError(error)) throw error;
-      }
+      await writes.runWork.insert(item);
     },
 
     /** Deletes a work item by `_id` (idempotent). */
     async deleteWork(id: string): Promise<void> {
-      await runWork.deleteOne({ _id: id });
+      await writes.runWork.delete(id);
     },
 
     /** Sets the run's deadline item to `dueAt` (by `_id`, upserted), or deletes it when null. */
     async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
       const _id = workIds.deadline(runId);
       if (dueAt === null) {
-        await runWork.deleteOne({ _id });
+        await writes.runWork.delete(_id);
         return;
       }
       const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
-      await runWork.replaceOne({ _id }, item, { upsert: true });
+      await writes.runWork.replace(item, { upsert: true });
     },
 
     /**

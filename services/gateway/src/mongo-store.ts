@@ -130,28 +130,14 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       return Promise.all(documents.map(rollForward));
     },
 
-    async insertTransition(transition: TransitionDocument) {
-      try {
-        await collections.runTransitions.insertOne(encodeStoredKeys(transition));
-        return true;
-      } catch (error) {
-        if (isDuplicateKeyError(error)) return false;
-        throw error;
-      }
-    },
+    insertTransition: (transition) => runStore.insertTransition(transition),
 
     writeReadModel: (transition) => runStore.writeReadModel(transition, null),
     insertWork: (item) => runStore.insertWork(item),
     deleteWork: (id) => runStore.deleteWork(id),
 
     async insertLock(lock: ConversationLock) {
-      try {
-        await collections.conversationLocks.insertOne(lock);
-        return true;
-      } catch (error) {
-        if (isDuplicateKeyError(error)) return false;
-        throw error;
-      }
+      return (await collections.writes.conversationLocks.insert(lock)) === 'ok';
     },
 
     async findLock(lockId) {
@@ -159,7 +145,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     },
 
     async deleteLock(lockId, runId) {
-      await collections.conversationLocks.deleteOne({ _id: lockId, runId });
+      await collections.writes.conversationLocks.delete(lockId, { runId });
     },
 
     async ping() {

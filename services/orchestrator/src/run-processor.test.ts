@@ -104,7 +104,7 @@ function harness(options: { holdReadModel?: number } = {}) {
       return { stream: 'S', seq: log.length, duplicate: false, domain: '' };
     },
   };
-  const collections = { conversationLocks: { deleteOne: async () => ({ deletedCount: 1 }) } };
+  const collections = { writes: { conversationLocks: { delete: async () => 'ok' } } };
   const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
   const make = () => createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now });
   return { log, transitions, readModel, deadlines, hold, make };
