@@ -284,7 +284,20 @@ describe('limits and isolation', () => {
     expect(seen).toHaveLength(530);
     expect(new Set(seen).size).toBe(530);
     expect(seen.slice(-10)).toEqual(Array.from({ length: 10 }, (_, index) => `run_e${index}`));
-    expect(await db.collection('run_work').countDocuments({ runId: 'run_moved' })).toBe(1);
+    expect(await db.collection('run_deadlines').countDocuments({ runId: 'run_moved' })).toBe(1);
+    // The deadline watermark's query: the earliest deadline after a time.
+    expect(await store.earliestDueAfter('deadline', '2026-06-01T00:00:00.000Z')).toBe('2999-01-01T00:00:00.000Z');
+    expect(await store.earliestDueAfter('deadline', '2999-01-01T00:00:00.000Z')).toBeNull();
+    // Deadline items an older version wrote into run_work move to run_deadlines, never over a newer one.
+    await db.collection('run_work').insertMany([
+      { _id: 'deadline:run_legacy', kind: 'deadline', runId: 'run_legacy', tenantId: 'tenant-b', dueAt: deadline },
+      { _id: 'deadline:run_moved', kind: 'deadline', runId: 'run_moved', tenantId: 'tenant-b', dueAt: deadline },
+    ] as never[]);
+    expect(await store.moveLegacyDeadlines()).toBe(2);
+    expect(await db.collection('run_work').countDocuments({ kind: 'deadline' })).toBe(0);
+    expect((await db.collection('run_deadlines').findOne({ _id: 'deadline:run_legacy' as never }))?.dueAt).toBe(deadline);
+    expect((await db.collection('run_deadlines').findOne({ _id: 'deadline:run_moved' as never }))?.dueAt).toBe('2999-01-01T00:00:00.000Z');
+    await store.writeDeadline('run_legacy', 'tenant-b', null);
 
     await db.collection('run_work').insertMany(
       Array.from({ length: 210 }, (_, index) => ({ _id: `outbox:run_u${String(index).padStart(4, '0')}`, kind: 'outbox', runId: `run_u${index}`, tenantId: 'tenant-a', dueAt: deadline })) as never[],

@@ -55,12 +55,13 @@ export type Collections = {
   runTransitions: Collection<Stored>;
   conversationLocks: Collection<Stored>;
   runWork: Collection<Stored>;
+  runDeadlines: Collection<Stored>;
   /**
    * Group-committed writes (`write-batcher.ts`) to the collections every step writes: one
    * batcher per collection per process, so concurrent runs share each sync. Reads, and writes
    * whose result needs a matched count, use the collections directly.
    */
-  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
+  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
 };
 
 /** The collections (call once per process, in its composition root: the batchers live here). */
@@ -72,6 +73,7 @@ export function getCollections(db: Db): Collections {
     runTransitions: db.collection<Stored>(collections.runTransitions),
     conversationLocks: db.collection<Stored>(collections.conversationLocks),
     runWork: db.collection<Stored>(collections.runWork),
+    runDeadlines: db.collection<Stored>(collections.runDeadlines),
   };
   return {
     ...found,
@@ -79,6 +81,7 @@ export function getCollections(db: Db): Collections {
       runs: createWriteBatcher(found.runs),
       runTransitions: createWriteBatcher(found.runTransitions),
       runWork: createWriteBatcher(found.runWork),
+      runDeadlines: createWriteBatcher(found.runDeadlines),
       conversationLocks: createWriteBatcher(found.conversationLocks),
     },
   };

@@ -125,15 +125,18 @@ export const collections = {
   conversationLocks: 'conversation_locks',
   runMessages: 'run_messages',
   runWork: 'run_work',
+  runDeadlines: 'run_deadlines',
 } as const;
 
 /**
- * `_id`s of `run_work` (docs/decisions.md, "one write per step"): the small list of pending work
- * the sweepers read instead of scanning the growing collections. One item per run and kind.
+ * `_id`s of work items (docs/decisions.md, "one write per step"): the small lists of pending work
+ * the sweepers read instead of scanning the growing collections, one collection per kind
+ * (`run_work` for outboxes, `run_deadlines` for deadlines) so that each sweep reads only its
+ * own. One item per run and kind.
  */
 export const workIds = {
   /** A new run's `start` not yet known to be published (inserted by the gateway before version 1). */
   outbox: (runId: string) => `outbox:${runId}`,
-  /** The run's `nextDeadlineAt` (written when a published transition sets it, deleted when it clears). */
+  /** The run's `nextDeadlineAt` (in `run_deadlines`; written when a published transition sets it, deleted when it clears). */
   deadline: (runId: string) => `deadline:${runId}`,
 } as const;

@@ -39,9 +39,10 @@ export class TransitionConflictError extends Error {
 export type SweepCursor = { key: string; id: string };
 
 /**
- * An item of `run_work` (`_id` from `workIds`): pending work a sweeper acts on once `dueAt`
- * (ISO time) has passed. The collection holds one item per run with pending work, so its size
- * follows the runs in flight, never the history.
+ * A work item (`_id` from `workIds`): pending work a sweeper acts on once `dueAt` (ISO time) has
+ * passed. Each kind has its own collection (`run_work` for outboxes, `run_deadlines` for
+ * deadlines), holding one item per run with pending work of that kind, so its size follows the
+ * runs in flight, never the history, and a sweep of one kind never reads the other's items.
  */
 export type WorkItem = { _id: string; kind: 'outbox' | 'deadline'; runId: string; tenantId: string; dueAt: string };
 
@@ -51,8 +52,9 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline'; runId: string
  * Documents are stored with their keys escaped (`stored-keys.ts`): tool arguments and results
  * are free JSON and may hold keys FerretDB refuses.
  */
-export function createRunStore(collections: Collections) {
-  const { runs, runTransitions, runWork, writes } = collections;
+export function createRunStore(collections: Collections, options: { onDeadlineWritten?: (dueAt: string) => void } = {}) {
+  const { runs, runTransitions, runWork, runDeadlines, writes } = collections;
+  const workCollection = (kind: WorkItem['kind']) => (kind === 'deadline' ? runDeadlines : runWork);
 
   async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
@@ -134,27 +136,58 @@ export function createRunStore(collections: Collections) {
       await writes.runWork.delete(id);
     },
 
-    /** Sets the run's deadline item to `dueAt` (by `_id`, upserted), or deletes it when null. */
+    /**
+     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), or deletes it when null;
+     * tells `onDeadlineWritten` (the deadline sweeper's watermark) once the item is written.
+     */
     async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
       const _id = workIds.deadline(runId);
       if (dueAt === null) {
-        await writes.runWork.delete(_id);
+        await writes.runDeadlines.delete(_id);
         return;
       }
       const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
-      await writes.runWork.replace(item, { upsert: true });
+      await writes.runDeadlines.replace(item, { upsert: true });
+      options.onDeadlineWritten?.(dueAt);
+    },
+
+    /** The earliest `dueAt` of `kind` after `afterIso` (a scan on FerretDB: the sweeper asks only after a sweep), or null. */
+    async earliestDueAfter(kind: WorkItem['kind'], afterIso: string): Promise<string | null> {
+      const [first] = await workCollection(kind)
+        .find({ kind, dueAt: { $gt: afterIso } }, { projection: { dueAt: 1 } })
+        .sort({ dueAt: 1, _id: 1 })
+        .limit(1)
+        .toArray();
+      return first ? String(first.dueAt) : null;
+    },
+
+    /**
+     * Moves deadline items an older version wrote into `run_work` to `run_deadlines` (the
+     * deadline sweeper does it at each full sweep, so items an old replica writes during a
+     * rolling upgrade are picked up too). Inserted, never replacing: an item already in
+     * `run_deadlines` was written by newer code and is the run's latest. A crash between the
+     * insert and the delete leaves the legacy item for the next move.
+     */
+    async moveLegacyDeadlines(): Promise<number> {
+      const legacy = (await runWork.find({ kind: 'deadline' }).toArray()) as unknown as WorkItem[];
+      for (const item of legacy) {
+        await writes.runDeadlines.insert(item);
+        await writes.runWork.delete(item._id);
+      }
+      return legacy.length;
     },
 
     /**
      * Work items of `kind` due by `nowIso`, earliest first, one page after `after`: a sweep pages
      * through all of them, so items that keep failing never hide the ones behind them. Reads only
-     * `run_work`, whose size follows the runs with pending work, not every run ever stored.
+     * the kind's work collection, whose size follows the runs with pending work, not every run
+     * ever stored.
      */
     async findDueWork(kind: WorkItem['kind'], nowIso: string, limit: number, after?: SweepCursor): Promise<WorkItem[]> {
       const page = after
         ? { $or: [{ dueAt: { $gt: after.key, $lte: nowIso } }, { dueAt: after.key, _id: { $gt: after.id } }] }
         : { dueAt: { $lte: nowIso } };
-      const found = await runWork
+      const found = await workCollection(kind)
         .find({ kind, ...page })
         .sort({ dueAt: 1, _id: 1 })
         .limit(limit)

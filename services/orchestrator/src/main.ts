@@ -32,7 +32,7 @@ import { loadOrchestratorConfig } from './config.ts';
 import { createInboxHandler } from './inbox-handler.ts';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor } from './run-processor.ts';
-import { createDeadlineSweeper, createOutboxSweeper } from './sweepers.ts';
+import { createDeadlineSweeper, createDeadlineWatermark, createOutboxSweeper } from './sweepers.ts';
 
 /** The orchestrator's composition root. */
 async function main(): Promise<void> {
@@ -80,7 +80,8 @@ async function main(): Promise<void> {
     process.off('SIGTERM', abortStartup);
     process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
-    const store = createRunStore(collections);
+    const deadlineWatermark = createDeadlineWatermark();
+    const store = createRunStore(collections, { onDeadlineWritten: deadlineWatermark.written });
     // The backlog gauges are read at scrape time.
     const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
     watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'], logger: log });
@@ -130,7 +131,7 @@ async function main(): Promise<void> {
       handle: createAdvisoryHandler({ jsm, processor, logger: log, metrics }),
     });
     const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
-    const deadlineSweeper = createDeadlineSweeper({ store, js, logger: log, metrics });
+    const deadlineSweeper = createDeadlineSweeper({ store, watermark: deadlineWatermark, js, logger: log, metrics });
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,

@@ -3,6 +3,8 @@ import { Writable } from 'node:stream';
 import { createLogger, createMetrics, type SweepCursor, type WorkItem } from '@abide/shared';
 import {
   createDeadlineSweep,
+  createDeadlineWatermark,
+  fullDeadlineSweepMs,
   createOutboxSweep,
   deadlineSweepPageSize,
   itemRetryDelayMs,
@@ -83,9 +85,21 @@ function unpublished(count: number): WorkItem[] {
 /** An in-memory `findDueWork` with the store's order and cursor semantics; finished items leave. */
 function fakeWorkStore(items: WorkItem[]) {
   const pending = new Map(items.map((item) => [item._id, item]));
+  const reads = { due: 0, earliest: 0, legacy: 0 };
   return {
     pending,
+    reads,
+    async earliestDueAfter(kind: WorkItem['kind'], afterIso: string) {
+      reads.earliest += 1;
+      const later = [...pending.values()].filter((item) => item.kind === kind && item.dueAt > afterIso).map((item) => item.dueAt);
+      return later.length > 0 ? later.sort()[0]! : null;
+    },
+    async moveLegacyDeadlines() {
+      reads.legacy += 1;
+      return 0;
+    },
     async findDueWork(kind: WorkItem['kind'], nowIso: string, limit: number, after?: SweepCursor) {
+      reads.due += 1;
       return [...pending.values()]
         .filter((item) => item.kind === kind && item.dueAt <= nowIso)
         .sort((a, b) => a.dueAt.localeCompare(b.dueAt) || a._id.localeCompare(b._id))
@@ -170,6 +184,7 @@ describe('deadline sweeper: a full page of due runs does not starve the rest', (
     const { logger } = capturingLogger();
     const sweep = createDeadlineSweep({
       store,
+      watermark: createDeadlineWatermark({ now: () => nowMs }),
       logger,
       now: () => nowMs,
       js: {
@@ -184,5 +199,104 @@ describe('deadline sweeper: a full page of due runs does not starve the rest', (
     expect(published).toHaveLength(deadlineSweepPageSize + 20 - 1);
     expect(published.filter((subject) => subject.includes('run_future') || subject.includes('run_outbox'))).toEqual([]);
     for (let index = 0; index < 20; index += 1) expect(published).toContain(`run.in.run_b${String(index).padStart(4, '0')}.timer`);
+  });
+});
+
+describe('deadline sweeper: idle with many suspended runs, it does not read the database (issue 9, item 5)', () => {
+  const t0 = Date.parse('2026-11-29T12:00:00.000Z');
+  const item = (runId: string, dueAt: number): WorkItem => ({ _id: `deadline:${runId}`, kind: 'deadline', runId, tenantId: 't1', dueAt: new Date(dueAt).toISOString() });
+
+  function setup(items: WorkItem[]) {
+    let clock = t0;
+    const store = fakeWorkStore(items);
+    const watermark = createDeadlineWatermark({ now: () => clock });
+    const timers: string[] = [];
+    const sweep = createDeadlineSweep({
+      store,
+      watermark,
+      logger: capturingLogger().logger,
+      now: () => clock,
+      js: {
+        async publish(subject: string) {
+          timers.push(subject);
+          return { stream: 'RUN_INBOX', seq: timers.length, duplicate: false, domain: '' };
+        },
+      } as never,
+    });
+    return { store, watermark, timers, sweep, advance: (ms: number) => (clock += ms), now: () => clock };
+  }
+
+  it('skips every tick until the earliest deadline, then fires it on time', async () => {
+    // 1,000 suspended runs whose approvals expire in an hour, one step deadline in 5 s.
+    const { store, timers, sweep, advance } = setup([...Array.from({ length: 1_000 }, (_, index) => item(`run_${index}`, t0 + 3_600_000)), item('run_soon', t0 + 5_000)]);
+    await sweep();
+    expect(store.reads.due).toBe(1);
+    for (let second = 1; second < 5; second += 1) {
+      advance(1_000);
+      await sweep();
+    }
+    expect(store.reads.due).toBe(1);
+    expect(timers).toEqual([]);
+    advance(1_000);
+    await sweep();
+    expect(timers).toEqual(['run.in.run_soon.timer']);
+    expect(store.reads.due).toBe(2);
+  });
+
+  it('sweeps at once for a deadline this process writes earlier than the watermark, even one written during a sweep', async () => {
+    const { store, watermark, timers, sweep, advance, now } = setup([item('run_late', t0 + 3_600_000)]);
+    await sweep();
+    advance(1_000);
+    await sweep();
+    expect(store.reads.due).toBe(1);
+    // Written while a sweep is in flight (after its read): the sweep's end must keep it.
+    const begun = watermark.begin();
+    store.pending.set('deadline:run_new', item('run_new', now() + 2_000));
+    watermark.written(new Date(now() + 2_000).toISOString());
+    watermark.end(begun, false, new Date(t0 + 3_600_000).toISOString(), false);
+    advance(2_000);
+    await sweep();
+    expect(timers).toEqual(['run.in.run_new.timer']);
+  });
+
+  it('still reads the whole list every minute, for deadlines other replicas wrote (and moves legacy items)', async () => {
+    const { store, timers, sweep, advance, now } = setup([]);
+    await sweep();
+    expect(store.reads.legacy).toBe(1);
+    // Another replica writes a deadline due in 10 s: this one does not know.
+    store.pending.set('deadline:run_other', item('run_other', now() + 10_000));
+    for (let elapsed = 1_000; elapsed < fullDeadlineSweepMs; elapsed += 1_000) {
+      advance(1_000);
+      await sweep();
+    }
+    expect(timers).toEqual([]);
+    advance(1_000);
+    await sweep();
+    expect(timers).toEqual(['run.in.run_other.timer']);
+    expect(store.reads.legacy).toBe(2);
+  });
+
+  it('sweeps again at the next tick while a timer waits for its retry', async () => {
+    let failing = true;
+    let clock = t0;
+    const store = fakeWorkStore([item('run_a', t0 - 1)]);
+    const sweep = createDeadlineSweep({
+      store,
+      watermark: createDeadlineWatermark({ now: () => clock }),
+      logger: capturingLogger().logger,
+      now: () => clock,
+      js: {
+        async publish() {
+          if (failing) throw new Error('nats: timeout');
+          return { stream: 'RUN_INBOX', seq: 1, duplicate: false, domain: '' };
+        },
+      } as never,
+    });
+    await sweep();
+    failing = false;
+    clock += itemRetryDelayMs(1) + 1;
+    const before = store.reads.due;
+    await sweep();
+    expect(store.reads.due).toBe(before + 1);
   });
 });

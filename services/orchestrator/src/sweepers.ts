@@ -156,7 +156,7 @@ function createWorkSweep(deps: {
   /** The log message of a failed item. */
   failedMessage: string;
   now: () => number;
-}): () => Promise<{ handled: number; queryMs: number }> {
+}): () => Promise<{ handled: number; queryMs: number; retriesPending: boolean }> {
   const backoff = createItemBackoff(deps.now);
   return async () => {
     backoff.beginSweep();
@@ -187,7 +187,7 @@ function createWorkSweep(deps: {
       after = { key: last.dueAt, id: last._id };
     }
     backoff.endSweep();
-    return { handled, queryMs };
+    return { handled, queryMs, retriesPending: backoff.size > 0 };
   };
 }
 
@@ -216,21 +216,74 @@ export function createOutboxSweep(deps: {
 /** The deadline sweeper's page size. */
 export const deadlineSweepPageSize = 500;
 
+/** How often the deadline sweeper reads `run_deadlines` even when its watermark says nothing is due. */
+export const fullDeadlineSweepMs = 60_000;
+
 /**
- * Finds deadline items (`run_work`, kind `deadline`) that have passed and sends each run a
- * `timer` message; the run's transition decides what the deadline means. Nothing waits in
- * memory: deadlines live in MongoDB and any replica enforces them. The msg id dedupes the timers
- * of several replicas. Each sweep pages through every due item (earliest first), so runs whose
- * deadlines stay due (stuck, or not processed yet) cannot fill a page and starve the rest; a
- * failed publish is isolated like the outbox sweeper's.
+ * When the deadline sweeper has work (issue 9, item 5: idle CPU with many suspended runs; a
+ * sweep is a scan of `run_deadlines` on FerretDB): the earliest deadline not yet due, learnt
+ * from the last sweep and lowered by every deadline this process writes. Until then a tick is
+ * skipped without touching the database. Deadlines other replicas write are theirs to sweep;
+ * a full sweep every `fullSweepMs` still finds them (and those of a replica that died), so such
+ * a deadline fires at most `fullSweepMs` late.
  */
-export function createDeadlineSweeper(deps: { store: Pick<RunStore, 'findDueWork'>; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
+export function createDeadlineWatermark(options: { now?: () => number; fullSweepMs?: number } = {}) {
+  const now = options.now ?? Date.now;
+  const fullSweepMs = options.fullSweepMs ?? fullDeadlineSweepMs;
+  let nextDueAt = Number.NEGATIVE_INFINITY; // unknown until the first sweep
+  let lastFullSweepAt = Number.NEGATIVE_INFINITY;
+  let sweeping = false;
+  let writtenDuringSweep = Number.POSITIVE_INFINITY;
+  return {
+    /** A deadline this process wrote (called after the write landed). */
+    written(dueAtIso: string): void {
+      const at = Date.parse(dueAtIso);
+      nextDueAt = Math.min(nextDueAt, at);
+      // A sweep in flight may have read `run_deadlines` before this write: `end` keeps it.
+      if (sweeping) writtenDuringSweep = Math.min(writtenDuringSweep, at);
+    },
+    /** Whether a sweep is needed now, and whether it is the periodic full one. */
+    due(): { sweep: boolean; full: boolean } {
+      const at = now();
+      const full = at - lastFullSweepAt >= fullSweepMs;
+      return { sweep: full || at >= nextDueAt, full };
+    },
+    begin(): number {
+      sweeping = true;
+      writtenDuringSweep = Number.POSITIVE_INFINITY;
+      return now();
+    },
+    /**
+     * The sweep begun at `startedAt` ended: `earliest` is the earliest deadline after what it
+     * handled (null: none); `retriesPending` when items wait for a retry (sweep again next tick).
+     */
+    end(startedAt: number, full: boolean, earliest: string | null, retriesPending: boolean): void {
+      sweeping = false;
+      if (full) lastFullSweepAt = startedAt;
+      nextDueAt = Math.min(earliest === null ? Number.POSITIVE_INFINITY : Date.parse(earliest), writtenDuringSweep, retriesPending ? now() : Number.POSITIVE_INFINITY);
+    },
+  };
+}
+export type DeadlineWatermark = ReturnType<typeof createDeadlineWatermark>;
+
+type DeadlineStore = Pick<RunStore, 'findDueWork' | 'earliestDueAfter' | 'moveLegacyDeadlines'>;
+
+/**
+ * Finds deadline items (`run_deadlines`) that have passed and sends each run a `timer` message;
+ * the run's transition decides what the deadline means. Nothing waits in memory: deadlines live
+ * in MongoDB and any replica enforces them (the watermark only skips sweeps that would find
+ * nothing). The msg id dedupes the timers of several replicas. Each sweep pages through every
+ * due item (earliest first), so runs whose deadlines stay due (stuck, or not processed yet)
+ * cannot fill a page and starve the rest; a failed publish is isolated like the outbox sweeper's.
+ */
+export function createDeadlineSweeper(deps: { store: DeadlineStore; watermark: DeadlineWatermark; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
   return every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, createDeadlineSweep(deps));
 }
 
-/** One deadline sweep (exported for tests). */
+/** One deadline sweep tick (exported for tests): skipped while the watermark says nothing is due. */
 export function createDeadlineSweep(deps: {
-  store: Pick<RunStore, 'findDueWork'>;
+  store: DeadlineStore;
+  watermark: DeadlineWatermark;
   js: Pick<JetStreamClient, 'publish'>;
   logger: Logger;
   metrics?: Metrics;
@@ -251,9 +304,30 @@ export function createDeadlineSweep(deps: {
     failedMessage: 'could not send a deadline timer; will retry',
     now: deps.now ?? Date.now,
   });
+  const now = deps.now ?? Date.now;
   return async () => {
-    const { handled, queryMs } = await sweep();
-    if (handled) deps.logger.info({ count: handled, collection: collectionNames.runWork }, 'deadline timers sent');
-    return queryMs;
+    const { sweep: needed, full } = deps.watermark.due();
+    if (!needed) return 0;
+    const startedAt = deps.watermark.begin();
+    let ended = false;
+    try {
+      let legacyMs = 0;
+      if (full) {
+        const moveStarted = now();
+        const moved = await deps.store.moveLegacyDeadlines();
+        legacyMs = now() - moveStarted;
+        if (moved) deps.logger.info({ count: moved, from: collectionNames.runWork, to: collectionNames.runDeadlines }, 'moved deadline items an older version wrote');
+      }
+      const { handled, queryMs, retriesPending } = await sweep();
+      if (handled) deps.logger.info({ count: handled, collection: collectionNames.runDeadlines }, 'deadline timers sent');
+      const earliestStarted = now();
+      const earliest = await deps.store.earliestDueAfter('deadline', new Date(startedAt).toISOString());
+      deps.watermark.end(startedAt, full, earliest, retriesPending);
+      ended = true;
+      return legacyMs + queryMs + (now() - earliestStarted);
+    } finally {
+      // A sweep that failed learnt nothing: sweep again at the next tick.
+      if (!ended) deps.watermark.end(startedAt, false, null, true);
+    }
   };
 }
