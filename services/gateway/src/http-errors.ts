@@ -43,16 +43,16 @@ function schemaValidationError(error: { validation: Array<{ instancePath: string
 
 /**
  * Every error the gateway can meet, as the `ApiError` it is answered with (DESIGN §7): fastify's
- * body errors, validation errors, unreachable dependencies; anything else is 500 `internal`
+ * body errors, a route schema's refusal, unreachable dependencies; anything else is 500 `internal`
  * with no internals in the message.
  */
-export function toApiError(error: unknown, limits: ErrorContext): ApiError {
+export function toApiError(error: unknown, context: ErrorContext): ApiError {
   if (error instanceof ApiError) return error;
-  if (hasZodFastifySchemaValidationErrors(error)) return schemaValidationError(error as unknown as Parameters<typeof schemaValidationError>[0], limits.cursorFields ?? []);
+  if (hasZodFastifySchemaValidationErrors(error)) return schemaValidationError(error as unknown as Parameters<typeof schemaValidationError>[0], context.cursorFields ?? []);
   const fastifyCode = (error as { code?: unknown } | null)?.code;
   switch (fastifyCode) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return new ApiError('payload_too_large', `the request body is larger than ${limits.maxBodyBytes} bytes`);
+      return new ApiError('payload_too_large', `the request body is larger than ${context.maxBodyBytes} bytes`);
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
       return new ApiError('invalid_json', 'the request body is not valid JSON');

@@ -45,18 +45,20 @@ const openApiPath = (path: string) => path.replace(/:([A-Za-z]+)/g, '{$1}');
  * `app.swagger()` then answers the OpenAPI 3.1 document of every route registered after it.
  *
  * Beyond the route schemas: agent deadlines get the configured maximum the gateway enforces
- * (`maxDeadlineMs`, through zod's `override`); vendor extensions given as zod schemas are converted; `security` follows each route's `public` config
- * (the one the auth hook reads); the 405 routes are left out; a route with `bodyOptional` has
- * `requestBody.required: false` (swagger marks every declared body required).
+ * (`maxDeadlineMs`, through zod's `override`); vendor extensions given as zod schemas are
+ * converted; `security` follows each route's `public` config (the one the auth hook reads); the
+ * 405 routes are left out; a route with `bodyOptional` has `requestBody.required: false`
+ * (swagger marks every declared body required).
  */
 export function registerOpenApi(app: FastifyInstance, options: { maxDeadlineMs: number }): void {
   const zodToJsonConfig = {
     target: 'draft-2020-12',
     unrepresentable: 'any',
-    // Replaces the library's default override, so its two rules that matter here are restated:
-    // a body-less answer (`z.undefined()`) is `type: null` (swagger then writes no content),
-    // and empty `anyOf` branches (unrepresentable members) are dropped.
-    override: (context: { zodSchema: unknown; jsonSchema: Record<string, unknown>; io?: 'input' | 'output' }) => {
+    // Replaces the library's default override, so its rules that matter here are restated: a
+    // body-less answer (`z.undefined()`) is `type: null` (swagger then writes no content), and
+    // empty `anyOf` branches (unrepresentable members) are dropped. (Its `z.date()` rule is not
+    // needed: no contract holds a Date; its OpenAPI 3.0 rules do not apply to a 3.1 document.)
+    override: (context: { zodSchema: unknown; jsonSchema: Record<string, unknown> }) => {
       const type = (context.zodSchema as { _zod?: { def?: { type?: string } } })._zod?.def?.type;
       if (type === 'undefined') context.jsonSchema.type = 'null';
       if (type === 'union' && Array.isArray(context.jsonSchema.anyOf)) {
