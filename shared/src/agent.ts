@@ -293,5 +293,5 @@ export const agentSchema = z.looseObject({
   limits: agentLimitsSchema,
   createdAt: z.string(),
   updatedAt: z.string(),
-});
+}).meta({ id: 'Agent' });
 export type Agent = z.infer<typeof agentSchema>;

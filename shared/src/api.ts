@@ -43,6 +43,10 @@ export const createRunBodySchema = z
 export type CreateRunBody = z.infer<typeof createRunBodySchema>;
 
 export const idempotencyKeySchema = z.string().min(1).max(apiLimits.maxIdempotencyKeyLength).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
+/** The request headers of `POST /v1/runs` (lower case: as Node hands them over). */
+export const createRunHeadersSchema = z.looseObject({
+  'idempotency-key': idempotencyKeySchema.optional().meta({ description: 'a repeat with the same key and body answers the same run' }),
+});
 
 /**
  * The cursor of `GET /v1/runs` (the page's last run, `<createdAt>~<runId>`; clients pass
@@ -63,7 +67,13 @@ export const listRunsQuerySchema = z
 
 /** A resume cursor: the `seq` of the last event the client holds (a non-negative integer). */
 export const cursorSchema = z.string().regex(/^(0|[1-9]\d{0,15})$/, 'must be a non-negative integer').transform(Number);
-export const eventsQuerySchema = z.object({ after: cursorSchema.optional() }).strict();
+/** A query parameter of the routes a browser opens without headers (SSE, WebSocket): the API key. */
+export const accessTokenQueryField = z.string().optional().meta({ description: 'the API key, for clients that cannot set headers' });
+export const eventsQuerySchema = z.object({ after: cursorSchema.optional(), access_token: accessTokenQueryField }).strict();
+/** The request headers of `GET /v1/runs/:runId/events` (lower case: as Node hands them over). */
+export const eventsHeadersSchema = z.looseObject({
+  'last-event-id': cursorSchema.optional().meta({ description: 'the seq of the last event held (wins over `after`)' }),
+});
 
 export const runIdParamsSchema = z.object({ runId: runIdSchema }).strict();
 export const agentIdParamsSchema = z.object({ agentId: agentIdSchema }).strict();
@@ -82,7 +92,8 @@ export const batchApprovalBodySchema = z
 
 export const cancelRunBodySchema = z.object({ reason: z.string().max(1000).optional() }).strict();
 
-export const errorBodySchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
+/** The HTTP error body (`id`: its name among the OpenAPI document's components). */
+export const errorBodySchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) }).meta({ id: 'ErrorBody' });
 /** The HTTP error body; also the `data:` of an SSE `error` event. */
 export type ErrorBody = z.infer<typeof errorBodySchema>;
 
@@ -102,8 +113,10 @@ export const runViewSchema = z.object({
   version: z.int(),
   createdAt: z.string(),
   updatedAt: z.string(),
-});
+}).meta({ id: 'RunView' });
 export type RunView = z.infer<typeof runViewSchema>;
+/** 410 `cursor_expired`: the error, with the run's current state attached so the client can resync. */
+export const cursorExpiredBodySchema = errorBodySchema.extend({ run: runViewSchema });
 
 /* ---------- responses (added for the gateway's OpenAPI document and clients) ---------- */
 
@@ -161,6 +174,12 @@ export const wsClientFrameSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('ping') }).strict(),
 ]);
 export type WsClientFrame = z.infer<typeof wsClientFrameSchema>;
+
+/** The query of `GET /v1/ws`: the API key (browsers cannot set headers) or a single-use ticket instead. */
+export const webSocketQuerySchema = z.object({
+  access_token: accessTokenQueryField,
+  ticket: z.string().optional().meta({ description: 'a single-use ticket from POST /v1/ws/tickets, instead of the API key' }),
+});
 
 /** `POST /v1/ws/tickets` takes no body (or an empty object). */
 export const createWsTicketBodySchema = z.object({}).strict();

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { agentIdSchema } from './agent.ts';
-import { conversationIdSchema } from './api.ts';
+import { conversationIdSchema, idempotencyKeySchema } from './api.ts';
 import { runIdSchema, toolCallIdSchema } from './envelope.ts';
 
 /**
@@ -62,6 +62,10 @@ export type ChatRequestBody = z.infer<typeof chatRequestBodySchema>;
 
 export const chatAgentParamsSchema = z.object({ agentId: agentIdSchema }).strict();
 export const chatParamsSchema = z.object({ agentId: agentIdSchema, chatId: conversationIdSchema }).strict();
+/** The query of `GET /v1/agents/:agentId/chat/ws`: a single-use ticket (browsers cannot set headers). */
+export const chatWebSocketQuerySchema = z.object({
+  ticket: z.string().optional().meta({ description: 'a single-use ticket from POST /v1/ws/tickets, instead of the Authorization header' }),
+});
 
 /** `?startIndex=N` of `WorkflowChatTransport`'s reconnect (negative: from the end). */
 export const chatStreamQuerySchema = z
@@ -154,6 +158,11 @@ export const openAiCompletionRequestSchema = z.looseObject({
   tool_choice: z.unknown().optional(),
 });
 export type OpenAiCompletionRequest = z.infer<typeof openAiCompletionRequestSchema>;
+/** The request headers of `POST /v1/chat/completions` (lower case: as Node hands them over). */
+export const openAiCompletionHeadersSchema = z.looseObject({
+  [conversationIdHeader]: conversationIdSchema.optional().meta({ description: "continue this conversation: only the last (user) message is new, the history is Abide's" }),
+  'idempotency-key': idempotencyKeySchema.optional().meta({ description: 'a retry with the same key and body answers the same run' }),
+});
 
 export const openAiUsageSchema = z.object({ prompt_tokens: z.number(), completion_tokens: z.number(), total_tokens: z.number() });
 export type OpenAiUsage = z.infer<typeof openAiUsageSchema>;

@@ -23,6 +23,7 @@ export * from './metrics.ts';
 export * from './model-messages.ts';
 export * from './mongo.ts';
 export * from './names.ts';
+export * from './operations-api.ts';
 export * from './outbox.ts';
 export * from './outbox-publisher.ts';
 export * from './requests.ts';

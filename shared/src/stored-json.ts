@@ -30,23 +30,24 @@ const scalarSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
  * `levels[n]`: a JSON value whose keys pass `key`, at most n levels of arrays and objects deep,
  * and no array directly inside an array (FerretDB refuses nested arrays). One schema per level
  * (not a recursive one), so that the bound holds and the generated JSON Schema states it too
- * (`z.toJSONSchema` shares the levels as `$defs`). Level 0 is scalars only: an array or object
+ * (each level has an `id`: the OpenAPI document holds it once, among its components). Level 0 is scalars only: an array or object
  * there is too deep.
  */
-function buildLevels(key: z.ZodType<string>): z.ZodType<unknown>[] {
+function buildLevels(key: z.ZodType<string>, name: string): z.ZodType<unknown>[] {
   const tooDeep = `nested more than ${storedJsonLimits.maxDepth} levels deep`;
-  const levels: z.ZodType<unknown>[] = [z.union([z.string(), z.number(), z.boolean(), z.null()], { error: tooDeep })];
+  // Each level is named (`id`): the OpenAPI document holds it once among its components.
+  const levels: z.ZodType<unknown>[] = [z.union([z.string(), z.number(), z.boolean(), z.null()], { error: tooDeep }).meta({ id: `${name}0` })];
   /** `elements[n]`: what an array at level n+1 holds: scalars and objects, never arrays. */
   const elements: z.ZodType<unknown>[] = [levels[0]!];
   for (let depth = 1; depth <= storedJsonLimits.maxDepth; depth += 1) {
     const object = z.record(key, levels[depth - 1]!);
-    elements.push(z.union([scalarSchema, object], { error: `an array inside an array cannot be stored, or ${tooDeep}` }));
-    levels.push(z.union([scalarSchema, z.array(elements[depth - 1]!), object]));
+    elements.push(z.union([scalarSchema, object], { error: `an array inside an array cannot be stored, or ${tooDeep}` }).meta({ id: `${name}Element${depth}` }));
+    levels.push(z.union([scalarSchema, z.array(elements[depth - 1]!), object]).meta({ id: `${name}${depth}` }));
   }
   return levels;
 }
 
-const checkedKeys = buildLevels(storedKeySchema);
+const checkedKeys = buildLevels(storedKeySchema, 'StoredJsonLevel');
 
 /** Any JSON value MongoDB stores as is (see `storedJsonLimits`). */
 export const storedJsonValueSchema: z.ZodType<unknown> = checkedKeys[storedJsonLimits.maxDepth]!;
@@ -64,6 +65,6 @@ export const storedJsonObjectSchema = z.record(storedKeySchema, storedJsonMember
  */
 // NUL is the one character BSON cannot carry in a key (found by schemathesis: a 500).
 const anyKey = z.string().max(storedJsonLimits.maxKeyLength).regex(/^[^\u0000]*$/, 'a key must not contain NUL');
-const escapedKeys = buildLevels(anyKey);
+const escapedKeys = buildLevels(anyKey, 'DefinitionJsonLevel');
 export const definitionJsonMemberSchema: z.ZodType<unknown> = escapedKeys[storedJsonLimits.maxDepth - 1]!;
 export const definitionJsonObjectSchema = z.record(anyKey, definitionJsonMemberSchema);

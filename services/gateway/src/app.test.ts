@@ -4,7 +4,6 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { toApiError } from './http-errors.ts';
 import { JetStreamApiError } from '@nats-io/jetstream';
 import { jserrors } from '@nats-io/jetstream/internal';
-import { operations } from './openapi.ts';
 import type { RouteConfig } from './routes/route-context.ts';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from './testing/test-app.ts';
 
@@ -190,19 +189,51 @@ describe('the error registry', () => {
 });
 
 describe('OpenAPI', () => {
-  it('lists every route the app serves, and nothing else', async () => {
+  it('is generated from the routes: every route the app serves, with its schemas, and nothing else', async () => {
     const { app } = setup();
-    const served = new Set<string>();
+    const served = new Map<string, RouteConfig>();
     app.addHook('onRoute', (route) => {
       if ((route.config as RouteConfig | undefined)?.methodNotAllowed) return;
-      for (const method of [route.method].flat()) if (method !== 'HEAD') served.add(`${method.toLowerCase()} ${route.url}`);
+      for (const method of [route.method].flat()) if (method !== 'HEAD') served.set(`${method.toLowerCase()} ${route.url.replace(/:([A-Za-z]+)/g, '{$1}')}`, (route.config ?? {}) as RouteConfig);
     });
     await app.ready();
-    expect([...served].sort()).toEqual(operations.map((operation) => `${operation.method} ${operation.path}`).sort());
     const document = (await app.inject('/openapi.json')).json();
+    const documented = Object.entries(document.paths as Record<string, Record<string, unknown>>).flatMap(([path, methods]) => Object.keys(methods).map((method) => `${method} ${path}`));
+    expect(documented.sort()).toEqual([...served.keys()].sort());
+    for (const [key, config] of served) {
+      const [method, path] = key.split(' ') as [string, string];
+      const operation = document.paths[path][method];
+      // every route declares what it is and what it answers (a route added without a schema fails here)
+      expect(operation.summary, key).toEqual(expect.any(String));
+      const statuses = Object.keys(operation.responses);
+      expect(statuses.some((status) => /^[123]/.test(status)), key).toBe(true);
+      if (config.public) {
+        expect(operation.security, key).toEqual([]);
+      } else {
+        expect(operation.security, key).toEqual([{ apiKey: [] }]);
+        expect(statuses, key).toContain('401');
+        expect(operation.responses['401'].content['application/json'].schema, key).toBeDefined();
+      }
+      if (path.includes('{')) expect(operation.parameters.filter((parameter: { in: string }) => parameter.in === 'path').length, key).toBe(path.split('{').length - 1);
+    }
     expect(document.paths['/v1/runs/{runId}/approvals/{toolCallId}'].post.requestBody).toBeDefined();
-    expect(document.paths['/v1/runs'].post.parameters).toContainEqual(expect.objectContaining({ name: 'Idempotency-Key', in: 'header' }));
+    expect(document.paths['/v1/runs'].post.parameters).toContainEqual(expect.objectContaining({ name: 'idempotency-key', in: 'header' }));
     expect(document.paths['/v1/runs'].get.parameters.map((parameter: { name: string }) => parameter.name)).toEqual(['conversationId', 'status', 'limit', 'cursor']);
+    // the streaming routes state their content types; optional bodies are not required
+    expect(Object.keys(document.paths['/v1/runs/{runId}/events'].get.responses['200'].content)).toEqual(['text/event-stream']);
+    expect(Object.keys(document.paths['/v1/chat/completions'].post.responses['200'].content).sort()).toEqual(['application/json', 'text/event-stream']);
+    expect(document.paths['/v1/runs/{runId}/cancel'].post.requestBody.required).toBe(false);
+    expect(document.paths['/v1/runs'].post.requestBody.required).toBe(true);
+    expect(document.paths['/v1/ws'].get['x-client-frames'].oneOf ?? document.paths['/v1/ws'].get['x-client-frames'].anyOf).toHaveLength(6);
+  });
+});
+
+describe('answers are serialized through their route schemas', () => {
+  it('answers 500 internal, not a body that breaks its contract', async () => {
+    const { app } = setup({ readiness: async () => ({ ready: true, checks: { nats: 'yes' as unknown as boolean }, draining: false }) });
+    const response = await app.inject('/readyz');
+    expect(response.statusCode).toBe(500);
+    expect(response.json()).toEqual({ error: { code: 'internal', message: 'internal error' } });
   });
 });
 
@@ -217,7 +248,7 @@ describe('the OpenAPI document promises what the server enforces', () => {
     const forged = '2031-01-01T00:00:00.000Z~run_anything';
     expect(new RegExp(cursor.pattern).test(forged)).toBe(true);
     expect((await app.inject({ method: 'GET', url: `/v1/runs?cursor=${forged}`, headers: auth() })).statusCode).toBe(200);
-    expect(parameter('/v1/runs/{runId}/events', 'Last-Event-ID').pattern).toBeDefined();
+    expect(parameter('/v1/runs/{runId}/events', 'last-event-id').pattern).toBeDefined();
 
     // every $ref points into components, and resolves
     const text = JSON.stringify(document);

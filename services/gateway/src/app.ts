@@ -1,12 +1,13 @@
 import { ApiError, newId, type Logger, type Metrics } from '@abide/shared';
 import fastifyWebsocket from '@fastify/websocket';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { createAuthenticator, type Caller } from './auth.ts';
 import type { GatewayConfig } from './config.ts';
 import { errorBody, toApiError } from './http-errors.ts';
 import { createLiveConnections, type LiveConnections } from './live-connections.ts';
 import { maxAgentDeadlineMs } from './agents.ts';
-import { buildOpenApiDocument } from './openapi.ts';
+import { registerOpenApi } from './openapi.ts';
 import type { Backend } from './ports.ts';
 import { createRateLimiter, defaultRunCreationLimit, type RateLimitOptions } from './rate-limiter.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
@@ -136,6 +137,13 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
     await toolArgs.close();
   });
 
+  // Routes declare their schemas with the zod contracts: fastify validates requests with them
+  // (a refusal becomes 400 in the error handler below) and serializes answers through them.
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  // Before any route: the OpenAPI document is collected from the routes as they are added.
+  registerOpenApi(app, { maxDeadlineMs: maxAgentDeadlineMs(config.EVENTS_MAX_AGE) });
+
   // JSON bodies: an empty body is "no body" (an optional body such as cancel's), not an error.
   const defaultJsonParser = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser(['application/json', 'text/plain']);
@@ -155,7 +163,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   });
 
   app.setErrorHandler((error, request, reply) => {
-    const apiError = toApiError(error, limits);
+    const apiError = toApiError(error, { ...limits, cursorFields: (request.routeOptions.config as RouteConfig | undefined)?.cursorFields });
     if (apiError.code === 'internal') request.log.error({ err: error }, 'request failed');
     else if (apiError.code === 'unavailable') request.log.warn({ message: apiError.message, cause: (apiError.cause as Error | undefined)?.message }, 'request refused: unavailable');
     else request.log.debug({ code: apiError.code, message: apiError.message }, 'request refused');
@@ -192,6 +200,11 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
         : authenticator.authenticate(request.headers.authorization, accessToken);
     callers.set(request, caller);
     request.log = request.log.child({ tenantId: caller.tenantId });
+  });
+
+  // A route whose body is optional validates a missing one as `{}` (a JSON `null` still fails its schema).
+  app.addHook('preValidation', async (request) => {
+    if ((request.routeOptions.config as RouteConfig | undefined)?.bodyOptional === true && request.body === undefined) request.body = {};
   });
 
   app.addHook('onResponse', async (request, reply) => {
@@ -232,7 +245,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
       entry.public &&= (route.config as RouteConfig | undefined)?.public === true;
       methodsByPath.set(route.url, entry);
     });
-    registerOperationRoutes(scope, context, { readiness: deps.readiness, openApiDocument: () => buildOpenApiDocument({ maxDeadlineMs: maxAgentDeadlineMs(config.EVENTS_MAX_AGE) }) });
+    registerOperationRoutes(scope, context, { readiness: deps.readiness, openApiDocument: () => app.swagger() });
     registerAgentRoutes(scope, context);
     registerRunRoutes(scope, context);
     registerEventRoutes(scope, context);

@@ -1,11 +1,13 @@
-import { ApiError, chatAgentParamsSchema, chatRequestBodySchema, decodeJson, wsChatClientFrameSchema, type WsChatClientFrame, type WsChatServerFrame } from '@abide/shared';
+import { ApiError, chatAgentParamsSchema, chatRequestBodySchema, chatWebSocketQuerySchema, decodeJson, wsChatClientFrameSchema, type WsChatClientFrame, type WsChatServerFrame } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { RawData, WebSocket } from 'ws';
 import type { Caller } from '../auth.ts';
 import { planChatRequest, refusalChunks, responseChunks, type ResponseChunk } from '../chat-requests.ts';
 import { findChatRun } from '../chat-runs.ts';
 import { toApiError } from '../http-errors.ts';
-import { describeIssues, parseOr400 } from '../validation.ts';
+import { emptyResponse, errorResponses } from '../openapi.ts';
+import { describeIssues } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
 import { holdStreamLeases } from './streaming-response.ts';
 import { isSameOrigin } from '../websocket-protocol.ts';
@@ -20,10 +22,16 @@ const closeCodes = { goingAway: 1001, policyViolation: 1008, tryAgainLater: 1013
  * or a single-use ticket (`?ticket=`, from `POST /v1/ws/tickets`): browsers cannot set headers.
  */
 export function registerChatWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
-  app.route({
+  app.withTypeProvider<ZodTypeProvider>().route({
     method: 'GET',
     url: '/v1/agents/:agentId/chat/ws',
     config: { allowTicket: true },
+    schema: {
+      summary: 'AI SDK WebSocketChatTransport: many chats over one socket (send, resume with lastSequence, abort cancels the run); ?ticket= or the Authorization header',
+      params: chatAgentParamsSchema,
+      querystring: chatWebSocketQuerySchema,
+      response: { 101: emptyResponse('switching protocols'), ...errorResponses(400, 401, 403, 426, 429, 503) },
+    },
     onRequest: async (request) => {
       if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
         throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
@@ -38,13 +46,9 @@ export function registerChatWebSocketRoute(app: FastifyInstance, context: RouteC
       if (!connection || connection.destroyed) await lease.release();
       else connection.once('close', () => void lease.release());
     },
-    preValidation: async (request) => {
-      parseOr400(chatAgentParamsSchema, request.params, 'params');
-    },
     wsHandler: (socket, request) => {
       context.recordRequest('GET', '/v1/agents/:agentId/chat/ws', 101);
-      const { agentId } = chatAgentParamsSchema.parse(request.params);
-      handleChatConnection(socket, request, context.caller(request), agentId, context);
+      handleChatConnection(socket, request, context.caller(request), request.params.agentId, context);
     },
     // A plain HTTP request (no upgrade) to the WebSocket path.
     handler: async () => {

@@ -11,13 +11,14 @@ import {
   uiMessageStreamHeaders,
 } from '@abide/shared';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { emptyResponse, errorResponses, textResponse } from '../openapi.ts';
 import type { Caller } from '../auth.ts';
 import { planChatRequest, refusalChunks, responseChunks, type ChatPlan, type ChunkSelection, type ResponseChunk } from '../chat-requests.ts';
 import { findChatRun, runUiStream } from '../chat-runs.ts';
 import { findTenantRun } from '../run-access.ts';
 import { formatUiChunk, uiStreamDone } from '../ui-message-stream.ts';
-import { parseOr400 } from '../validation.ts';
-import type { RouteContext } from './route-context.ts';
+import type { RouteConfig, RouteContext } from './route-context.ts';
 import { holdStreamLeases, openStreamingResponse } from './streaming-response.ts';
 
 /**
@@ -49,9 +50,16 @@ function writeRunStream(context: RouteContext, request: FastifyRequest, reply: F
  * `POST /v1/agents/:agentId/chat` and `GET /v1/agents/:agentId/chat/:chatId/stream`.
  */
 export function registerChatRoutes(app: FastifyInstance, context: RouteContext): void {
-  app.post('/v1/agents/:agentId/chat', async (request, reply) => {
-    const { agentId } = parseOr400(chatAgentParamsSchema, request.params, 'params');
-    const body = parseOr400(chatRequestBodySchema, request.body, 'body');
+  const routes = app.withTypeProvider<ZodTypeProvider>();
+  const chatSchema = {
+    summary: 'AI SDK useChat (DefaultChatTransport): start a durable run of the chat (the chat id is the conversation) or decide its approvals; answers the UI message stream',
+    params: chatAgentParamsSchema,
+    body: chatRequestBodySchema,
+    response: { 200: textResponse('UI message stream (x-vercel-ai-ui-message-stream: v1)', 'text/event-stream'), ...errorResponses(400, 401, 404, 409, 413, 429, 503) },
+  };
+  routes.post('/v1/agents/:agentId/chat', { schema: chatSchema }, async (request, reply) => {
+    const { agentId } = request.params;
+    const body = request.body;
     const caller = context.caller(request);
     // The stream's leases first: a tenant over its cap gets 429 and no run is created.
     const release = await holdStreamLeases(context, caller.tenantId, request.id, { connection: true });
@@ -71,9 +79,16 @@ export function registerChatRoutes(app: FastifyInstance, context: RouteContext):
     });
   });
 
-  app.get('/v1/agents/:agentId/chat/:chatId/stream', async (request, reply) => {
-    const { agentId, chatId } = parseOr400(chatParamsSchema, request.params, 'params');
-    const { startIndex } = parseOr400(chatStreamQuerySchema, request.query, 'query', 'invalid_cursor');
+  const streamSchema = {
+    summary: "Resume the chat's active run's UI message stream from its start (204: none); ?startIndex=N for WorkflowChatTransport",
+    params: chatParamsSchema,
+    querystring: chatStreamQuerySchema,
+    response: { 200: textResponse('UI message stream', 'text/event-stream'), 204: emptyResponse('no active run'), ...errorResponses(400, 401, 404, 503) },
+  };
+  // The whole query string is the resume position: any fault in it is 400 `invalid_cursor`.
+  routes.get('/v1/agents/:agentId/chat/:chatId/stream', { config: { cursorFields: ['query'] } satisfies RouteConfig, schema: streamSchema }, async (request, reply) => {
+    const { agentId, chatId } = request.params;
+    const { startIndex } = request.query;
     const caller = context.caller(request);
     const services = context.services();
     if (startIndex === undefined) {

@@ -1,8 +1,11 @@
-import { ApiError } from '@abide/shared';
+import { ApiError, consoleAssetParamsSchema } from '@abide/shared';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { emptyResponse, errorResponses, textResponse } from '../openapi.ts';
 import type { RouteConfig } from './route-context.ts';
 
 /** Where `npm run build -w console` writes the console (built, not committed: see docs/decisions.md). */
@@ -67,17 +70,30 @@ export function registerConsoleRoutes(app: FastifyInstance, options: { directory
   const notBuilt = () => new ApiError('not_found', 'the console is not built (npm run build -w console)');
 
   // Public (static files; the page calls the API with the key the user types in).
-  const open = { config: { public: true } satisfies RouteConfig };
-  app.get('/console', open, async (_request, reply) => {
-    if (!built) throw notBuilt();
-    return securityHeaders(reply).header('cache-control', 'no-cache').type('text/html; charset=utf-8').send(built.index);
-  });
+  const config = { public: true } satisfies RouteConfig;
+  const routes = app.withTypeProvider<ZodTypeProvider>();
+  routes.get(
+    '/console',
+    { config, schema: { summary: 'The web console (HTML; no-cache)', response: { 200: textResponse('the console page', 'text/html'), ...errorResponses(404) } } },
+    async (_request, reply) => {
+      if (!built) throw notBuilt();
+      return securityHeaders(reply).header('cache-control', 'no-cache').type('text/html; charset=utf-8').send(built.index);
+    },
+  );
 
-  app.get('/console/', open, async (_request, reply) => reply.redirect('/console', 301));
+  routes.get('/console/', { config, schema: { summary: 'Redirects to /console', response: { 301: emptyResponse('to /console') } } }, async (_request, reply) => reply.redirect('/console', 301));
 
-  app.get('/console/assets/:name', open, async (request, reply) => {
+  const assetSchema = {
+    summary: "The console's content-hashed assets (cached for a year)",
+    params: consoleAssetParamsSchema,
+    response: {
+      200: { description: 'a built asset (JavaScript, CSS, images)', content: Object.fromEntries(Object.values(contentTypes).map((type) => [type.split(';')[0]!, { schema: z.string() }])) },
+      ...errorResponses(404),
+    },
+  };
+  routes.get('/console/assets/:name', { config, schema: assetSchema }, async (request, reply) => {
     if (!built) throw notBuilt();
-    const { name } = request.params as { name: string };
+    const { name } = request.params;
     const asset = built.assets.get(name);
     if (!asset) throw new ApiError('not_found', `no console asset ${name.slice(0, 128)}`);
     return securityHeaders(reply).header('cache-control', 'public, max-age=31536000, immutable').type(asset.contentType).send(asset.body);

@@ -1,20 +1,11 @@
-import { ApiError, cursorSchema, runIdParamsSchema, type ClientEvent, type ErrorBody } from '@abide/shared';
-import { toApiError } from '../http-errors.ts';
+import { ApiError, cursorExpiredBodySchema, eventsHeadersSchema, eventsQuerySchema, runIdParamsSchema, type ClientEvent, type ErrorBody } from '@abide/shared';
 import type { FastifyInstance } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { ServerResponse } from 'node:http';
-import { parseOr400 } from '../validation.ts';
+import { toApiError } from '../http-errors.ts';
+import { emptyResponse, errorResponses, jsonResponse, textResponse } from '../openapi.ts';
 import type { Services } from '../services.ts';
-import type { RouteContext } from './route-context.ts';
-
-/** The resume cursor of an SSE request: `Last-Event-ID` wins over `?after=` (a browser reconnects with the old URL and the newer header). */
-export function sseCursor(query: Record<string, unknown>, lastEventId: string | string[] | undefined): number | undefined {
-  const unknown = Object.keys(query).filter((name) => name !== 'after' && name !== 'access_token');
-  if (unknown.length > 0) throw new ApiError('invalid_request', `query.${unknown[0]}: unknown parameter`);
-  // Both are validated when present (an invalid `after` is refused even when the header wins).
-  const after = query.after === undefined ? undefined : parseOr400(cursorSchema, query.after, 'query.after', 'invalid_cursor');
-  if (lastEventId !== undefined) return parseOr400(cursorSchema, lastEventId, 'headers.last-event-id', 'invalid_cursor');
-  return after;
-}
+import type { RouteConfig, RouteContext } from './route-context.ts';
 
 /** One SSE message: `id:` the seq, `event:` the type, `data:` the client event. */
 export function formatSseEvent(event: ClientEvent): string {
@@ -43,9 +34,28 @@ function write(raw: ServerResponse, chunk: string, signal: AbortSignal): Promise
 
 /** `GET /v1/runs/:runId/events`: the run's events as `text/event-stream`, ending after the terminal event. */
 export function registerEventRoutes(app: FastifyInstance, context: RouteContext): void {
-  app.get('/v1/runs/:runId/events', { config: { allowQueryToken: true } }, async (request, reply) => {
-    const { runId } = parseOr400(runIdParamsSchema, request.params, 'params');
-    const after = sseCursor(request.query as Record<string, unknown>, request.headers['last-event-id']);
+  const routes = app.withTypeProvider<ZodTypeProvider>();
+  const config = {
+    allowQueryToken: true,
+    // Both cursors are validated when present (an invalid `after` is refused even when the header wins).
+    cursorFields: ['query.after', 'headers.last-event-id'],
+  } satisfies RouteConfig;
+  const schema = {
+    summary: "The run's events as Server-Sent Events (Last-Event-ID wins over after); ends after the terminal event",
+    params: runIdParamsSchema,
+    querystring: eventsQuerySchema,
+    headers: eventsHeadersSchema,
+    response: {
+      200: textResponse('`id:` seq, `event:` type, `data:` the event JSON; an `error` event (data: the error body) if the stream fails after its start', 'text/event-stream'),
+      204: emptyResponse('the run has ended and the client holds its last event'),
+      410: jsonResponse('cursor_expired, with the run attached as `run`', cursorExpiredBodySchema),
+      ...errorResponses(400, 401, 404, 429, 503),
+    },
+  };
+  routes.get('/v1/runs/:runId/events', { config, schema }, async (request, reply) => {
+    const { runId } = request.params;
+    // The resume cursor: `Last-Event-ID` wins over `?after=` (a browser reconnects with the old URL and the newer header).
+    const after = request.headers['last-event-id'] ?? request.query.after;
     const { tenantId } = context.caller(request);
     if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
 

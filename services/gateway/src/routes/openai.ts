@@ -3,9 +3,10 @@ import {
   agentIdSchema,
   createRunBodySchema,
   conversationIdHeader,
-  conversationIdSchema,
-  idempotencyKeySchema,
+  openAiCompletionHeadersSchema,
   openAiCompletionRequestSchema,
+  openAiCompletionSchema,
+  openAiErrorBodySchema,
   runIdHeader,
   zeroUsage,
   type OpenAiChunk,
@@ -13,11 +14,14 @@ import {
   type Usage,
 } from '@abide/shared';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
 import { toApiError } from '../http-errors.ts';
 import { completionInput, createOpenAiTranslator, openAiChunk, runEndError, toOpenAiError, toOpenAiUsage, type CompletionEnd } from '../openai-chunks.ts';
 import { findTenantRun } from '../run-access.ts';
 import { pendingApprovalsOf } from '../run-views.ts';
 import type { Services } from '../services.ts';
+import { jsonResponse } from '../openapi.ts';
 import { parseOr400 } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
 import { holdStreamLeases, openStreamingResponse } from './streaming-response.ts';
@@ -68,13 +72,34 @@ function openAiErrorHandler(context: RouteContext) {
 
 /** `POST /v1/chat/completions`: OpenAI chat completions over a durable run (`CLIENTS.md` §4); `model` is an agent id. */
 export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext): void {
-  app.post('/v1/chat/completions', { errorHandler: openAiErrorHandler(context) }, async (request, reply) => {
-    const body = parseOr400(openAiCompletionRequestSchema, request.body, 'body');
+  const routes = app.withTypeProvider<ZodTypeProvider>();
+  const openAiError = (description: string) => jsonResponse(description, openAiErrorBodySchema);
+  const schema = {
+    summary: 'OpenAI chat completions over a durable run; model is an agent id; errors in OpenAI shape',
+    headers: openAiCompletionHeadersSchema,
+    body: openAiCompletionRequestSchema,
+    response: {
+      200: {
+        description: 'chat.completion, or with stream: true chat.completion.chunk events then data: [DONE]',
+        content: { 'application/json': { schema: openAiCompletionSchema }, 'text/event-stream': { schema: z.string() } },
+      },
+      400: openAiError('invalid_request_error'),
+      401: openAiError('authentication_error'),
+      404: openAiError('model_not_found'),
+      409: openAiError('conversation_busy; a cancelled run (run_cancelled)'),
+      413: openAiError('invalid_request_error: the body is larger than MAX_BODY_BYTES'),
+      415: openAiError('invalid_request_error: send application/json'),
+      422: openAiError('invalid_request_error: idempotency_key_reused'),
+      429: openAiError('rate_limit_error'),
+      500: openAiError('server_error: the run failed (code = the run error code)'),
+      503: openAiError('server_error: unavailable'),
+    },
+  };
+  routes.post('/v1/chat/completions', { errorHandler: openAiErrorHandler(context), schema }, async (request, reply) => {
+    const body = request.body;
     const caller = context.caller(request);
-    const conversationHeader = request.headers[conversationIdHeader];
-    const conversationId = conversationHeader === undefined ? undefined : parseOr400(conversationIdSchema, conversationHeader, `headers.${conversationIdHeader}`);
-    const keyHeader = request.headers['idempotency-key'];
-    const idempotencyKey = keyHeader === undefined ? undefined : parseOr400(idempotencyKeySchema, keyHeader, 'headers.idempotency-key');
+    const conversationId = request.headers[conversationIdHeader];
+    const idempotencyKey = request.headers['idempotency-key'];
     if (!agentIdSchema.safeParse(body.model).success) throw new ApiError('agent_not_found', `model ${body.model} is not an agent of this tenant`);
     const input = completionInput(body.messages, conversationId !== undefined);
     const services = context.services();

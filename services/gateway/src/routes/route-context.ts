@@ -31,6 +31,13 @@ export type RouteConfig = {
   allowTicket?: boolean;
   /** The route that answers 405 for the methods a path lacks (not an operation of the API). */
   methodNotAllowed?: boolean;
+  /** The body may be left out (no body, or an empty one, is `{}`); the document says `required: false`. A JSON `null` is still refused. */
+  bodyOptional?: boolean;
+  /**
+   * Request fields whose refusal by the route's schema is 400 `invalid_cursor`, not `invalid_request`
+   * (`query.after`, `headers.last-event-id`; `query` for the whole query string). A cursor's fault wins over the others'.
+   */
+  cursorFields?: readonly string[];
 };
 
 /** What every route module gets from `createApp`. */

@@ -1,9 +1,10 @@
-import { ApiError, cursorSchema, runHistoryQuerySchema, runIdParamsSchema, type RunTransitionView } from '@abide/shared';
+import { ApiError, runHistoryQuerySchema, runHistoryResponseSchema, runIdParamsSchema, type RunTransitionView } from '@abide/shared';
 import type { FastifyInstance } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { errorResponses, jsonResponse } from '../openapi.ts';
 import type { GatewayStore, TransitionHeader } from '../ports.ts';
 import { loadTenantRun } from '../run-access.ts';
-import { parseOr400 } from '../validation.ts';
-import type { RouteContext } from './route-context.ts';
+import type { RouteConfig, RouteContext } from './route-context.ts';
 
 /** Exact-`_id` reads in flight at once for one page. */
 const parallelReads = 10;
@@ -42,11 +43,17 @@ export async function readTransitions(store: GatewayStore, runId: string, from: 
 
 /** `GET /v1/runs/:runId/history?after=&limit=`: the run's transitions (DESIGN §7), oldest first. */
 export function registerRunHistoryRoute(app: FastifyInstance, context: RouteContext): void {
-  app.get('/v1/runs/:runId/history', async (request) => {
-    const { runId } = parseOr400(runIdParamsSchema, request.params, 'params');
-    const raw = (request.query ?? {}) as Record<string, unknown>;
-    if (raw.after !== undefined) parseOr400(cursorSchema, raw.after, 'query.after', 'invalid_cursor');
-    const query = parseOr400(runHistoryQuerySchema, raw, 'query');
+  const routes = app.withTypeProvider<ZodTypeProvider>();
+  const schema = {
+    summary: "The run's transitions (version, cause, status, step, awaiting, at), oldest first, paginated by version",
+    params: runIdParamsSchema,
+    querystring: runHistoryQuerySchema,
+    response: { 200: jsonResponse('a page of transitions', runHistoryResponseSchema), ...errorResponses(400, 401, 404, 503) },
+  };
+  // A bad `after` is 400 `invalid_cursor` (whatever else is wrong), other parameters `invalid_request`.
+  routes.get('/v1/runs/:runId/history', { config: { cursorFields: ['query.after'] } satisfies RouteConfig, schema }, async (request) => {
+    const { runId } = request.params;
+    const query = request.query;
     const { tenantId } = context.caller(request);
     const { store } = context.services();
     // Tenant check first: another tenant's run is a 404, exactly like a missing one.

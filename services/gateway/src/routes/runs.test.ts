@@ -248,6 +248,9 @@ describe('reading runs', () => {
     expect((await t.app.inject({ method: 'GET', url: '/v1/runs?limit=1000', headers: auth() })).json().error.code).toBe('invalid_request');
     expect((await t.app.inject({ method: 'GET', url: '/v1/runs?status=odd', headers: auth() })).json().error.code).toBe('invalid_request');
     expect((await t.app.inject({ method: 'GET', url: '/v1/runs?color=red', headers: auth() })).json().error.code).toBe('invalid_request');
+    // the cursor's fault wins over the others' (the route's schema reports them all at once)
+    const both = await t.app.inject({ method: 'GET', url: '/v1/runs?cursor=abc&limit=1000&color=red', headers: auth() });
+    expect(both.json().error).toEqual({ code: 'invalid_cursor', message: expect.stringMatching(/^query\.cursor: /) });
   });
 });
 

@@ -1,8 +1,10 @@
-import { ApiError, createRunBodySchema, createWsTicketBodySchema, wsClientFrameSchema, type Lease, type WsClientFrame, type WsServerFrame } from '@abide/shared';
+import { ApiError, createRunBodySchema, createWsTicketBodySchema, webSocketQuerySchema, wsClientFrameSchema, wsTicketResponseSchema, type Lease, type WsClientFrame, type WsServerFrame } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { RawData, WebSocket } from 'ws';
 import type { Caller } from '../auth.ts';
 import { CursorExpiredError, toApiError } from '../http-errors.ts';
+import { emptyResponse, errorResponses, jsonResponse } from '../openapi.ts';
 import { createRateLimiter } from '../rate-limiter.ts';
 import { describeIssues, parseOr400 } from '../validation.ts';
 import type { Services } from '../services.ts';
@@ -22,16 +24,27 @@ export function isOriginAllowed(origin: string | undefined, allowed: readonly st
 
 /** `GET /v1/ws` (DESIGN §7): subscriptions to run events, run creation, cancels and approvals over one socket. */
 export function registerWebSocketRoute(app: FastifyInstance, context: RouteContext): void {
+  const routes = app.withTypeProvider<ZodTypeProvider>();
   // A single-use ticket for `GET /v1/ws?ticket=` (authenticated by the Authorization header only).
-  app.post('/v1/ws/tickets', async (request, reply) => {
-    parseOr400(createWsTicketBodySchema, request.body === undefined ? {} : request.body, 'body');
+  const ticketSchema = {
+    summary: 'A single-use, short-lived ticket for GET /v1/ws?ticket= (keeps the API key out of URLs)',
+    body: createWsTicketBodySchema,
+    response: { 201: jsonResponse('the ticket and when it stops being accepted', wsTicketResponseSchema), ...errorResponses(400, 401, 503) },
+  };
+  routes.post('/v1/ws/tickets', { config: { bodyOptional: true } satisfies RouteConfig, schema: ticketSchema }, async (request, reply) => {
     return reply.code(201).send(await context.services().wsTickets.issue(context.caller(request)));
   });
 
-  app.route({
+  routes.route({
     method: 'GET',
     url: '/v1/ws',
     config: { allowQueryToken: true, allowTicket: true } satisfies RouteConfig,
+    schema: {
+      summary: 'WebSocket (JSON text frames; see docs/api.md). Client frames are described by x-client-frames',
+      querystring: webSocketQuerySchema,
+      response: { 101: emptyResponse('switching protocols'), ...errorResponses(400, 401, 403, 426, 429, 503) },
+      'x-client-frames': wsClientFrameSchema,
+    },
     onRequest: async (request) => {
       if (!isOriginAllowed(request.headers.origin, context.wsAllowedOrigins) && !isSameOrigin(request.headers.origin, request.headers.host)) {
         throw new ApiError('forbidden', `origin ${request.headers.origin} is not allowed (WS_ALLOWED_ORIGINS)`);
