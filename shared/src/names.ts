@@ -136,4 +136,6 @@ export const workIds = {
   outbox: (runId: string) => `outbox:${runId}`,
   /** The run's `nextDeadlineAt` (written when a published transition sets it, deleted when it clears). */
   deadline: (runId: string) => `deadline:${runId}`,
+  /** A finished run's history to prune once `RUN_RETENTION` has passed (written with its terminal transition's deadline item). */
+  retention: (runId: string) => `retention:${runId}`,
 } as const;

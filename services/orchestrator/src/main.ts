@@ -32,7 +32,7 @@ import { loadOrchestratorConfig } from './config.ts';
 import { createInboxHandler } from './inbox-handler.ts';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor } from './run-processor.ts';
-import { createDeadlineSweeper, createOutboxSweeper } from './sweepers.ts';
+import { createDeadlineSweeper, createOutboxSweeper, createRetentionSweeper } from './sweepers.ts';
 
 /** The orchestrator's composition root. */
 async function main(): Promise<void> {
@@ -103,6 +103,7 @@ async function main(): Promise<void> {
       metrics,
       commitLatency: orchestratorMetrics.commitLatency,
       crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
+      retentionMs: config.RUN_RETENTION,
     });
     const ledger = createApprovalLedger({ kv: kv.get(buckets.approvalLedger)!, processor, logger: log });
     const inbox = createConsumerRunner({
@@ -131,6 +132,9 @@ async function main(): Promise<void> {
     });
     const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
     const deadlineSweeper = createDeadlineSweeper({ store, js, logger: log, metrics });
+    // Only with RUN_RETENTION set: `forever` writes no retention items and prunes none (items left
+    // by an earlier setting wait until a retention is configured again).
+    const retentionSweeper = config.RUN_RETENTION === null ? undefined : createRetentionSweeper({ store, logger: log, metrics });
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,
@@ -150,6 +154,7 @@ async function main(): Promise<void> {
     await advisories.start();
     outboxSweeper.start();
     deadlineSweeper.start();
+    retentionSweeper?.start();
     log.info('orchestrator started');
 
     installShutdown({
@@ -157,7 +162,7 @@ async function main(): Promise<void> {
       hardLimitMs: config.SHUTDOWN_GRACE + 10_000,
       async stop() {
         draining = true;
-        await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop()]);
+        await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop(), retentionSweeper?.stop()]);
         await Promise.all([inbox.stop(config.SHUTDOWN_GRACE), approvals.stop(config.SHUTDOWN_GRACE), advisories.stop(config.SHUTDOWN_GRACE)]);
         await nats.drain();
         await mongo.close();

@@ -242,3 +242,60 @@ export function createDeadlineSweep(deps: {
     if (sent) deps.logger.info({ count: sent, collection: collectionNames.runWork }, 'deadline timers sent');
   };
 }
+
+/** The retention sweeper's page size. */
+export const retentionSweepPageSize = 200;
+
+/**
+ * Prunes ended runs' history once `RUN_RETENTION` has passed (issue 9): FerretDB has no TTL
+ * indexes, so each run that ends leaves a `retention:<runId>` item in `run_work` (due at its end
+ * plus the retention, see run-processor.ts `settle`), and this sweep hands every due one to
+ * `pruneRunHistory` (read model marked `prunedAt`, then every per-run history collection deleted
+ * by exact `_id`), then deletes the item. Crash windows: dying between the deletes, or after them
+ * and before the item's delete, leaves the item due, and the next sweep (any replica's) does
+ * the rest: every step is idempotent. A run whose read model does not record its end yet is
+ * retried with the item backoff; failures are isolated per item like the other sweeps'.
+ */
+export function createRetentionSweeper(deps: {
+  store: Pick<RunStore, 'findDueWork' | 'pruneRunHistory' | 'deleteWork'>;
+  logger: Logger;
+  metrics?: Metrics;
+  intervalMs?: number;
+  now?: () => number;
+}): Sweeper {
+  return every(deps.intervalMs ?? 5_000, 'retention', deps.logger, createRetentionSweep(deps));
+}
+
+/** One retention sweep (exported for tests). */
+export function createRetentionSweep(deps: {
+  store: Pick<RunStore, 'findDueWork' | 'pruneRunHistory' | 'deleteWork'>;
+  logger: Logger;
+  metrics?: Metrics;
+  now?: () => number;
+}): () => Promise<void> {
+  const now = deps.now ?? Date.now;
+  const pruned = deps.metrics?.counter('runs_pruned_total', 'Ended runs whose history the retention sweeper deleted (RUN_RETENTION)');
+  const sweep = createWorkSweep({
+    kind: 'retention',
+    pageSize: retentionSweepPageSize,
+    store: deps.store,
+    logger: deps.logger,
+    failures: deps.metrics?.counter('run_prune_failures_total', 'Ended runs the retention sweeper failed to prune (each retried later with backoff)'),
+    keyOf: (item) => item._id,
+    async handle(item) {
+      const outcome = await deps.store.pruneRunHistory(item.runId, new Date(now()));
+      // Not an error of the store: the terminal transition's read model has not landed yet (its
+      // writer is between the item and the read model, or died there and its input comes back).
+      if (outcome === 'not_settled') throw new Error(`run ${item.runId} has not ended in its read model yet`);
+      // Pruned (or nothing was ever stored): the item is done. A crash before this delete repeats the prune, harmlessly.
+      await deps.store.deleteWork(item._id);
+      if (outcome === 'pruned') pruned?.inc();
+    },
+    failedMessage: 'could not prune an ended run; will retry',
+    now,
+  });
+  return async () => {
+    const count = await sweep();
+    if (count) deps.logger.info({ count, collection: collectionNames.runWork }, 'ended runs pruned');
+  };
+}
