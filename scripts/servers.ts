@@ -11,7 +11,7 @@
  * Data and logs: `.abide/data/{nats,mongo}/` (a cluster: `nats-1/` … `nats-N/`) (or `--data-dir`).
  */
 import { parseArgs } from 'node:util';
-import { ensureMongoServerBinary, ensureNatsServerBinary, errorMessage, startServersFromEnv, type Log, type ManagedServer } from './lib/servers.ts';
+import { ensureMongoServerBinary, ensureNatsServerBinary, ensurePostgresBinaries, errorMessage, startServersFromEnv, type Log, type ManagedServer } from './lib/servers.ts';
 
 const usage = `usage: node scripts/servers.ts [--nats-port N] [--mongo-port N] [--cluster N] [--data-dir DIR] [--install-only]`;
 
@@ -39,6 +39,9 @@ async function main(): Promise<void> {
     const [natsServer, mongo] = await Promise.all([ensureNatsServerBinary(log), ensureMongoServerBinary(log)]);
     log(`nats-server: ${natsServer}`);
     log(`${mongo.kind}: ${mongo.path}`);
+    // Optional (only ABIDE_LOCAL_STORE=postgres needs it): reported, not required.
+    const postgres = await ensurePostgresBinaries().catch((error: unknown) => errorMessage(error)); // absent on this platform: say so below
+    log(typeof postgres === 'string' ? `postgres: not available (${postgres})` : `postgres ${postgres.version}: ${postgres.postgres}`);
     log(`binaries ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     return;
   }
