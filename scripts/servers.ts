@@ -7,10 +7,11 @@
  *   node scripts/servers.ts --cluster 3          # three NATS nodes (4222-4224) with routes; run services with JS_REPLICAS=3
  *
  * A server whose URL is already set (`NATS_URL`, `MONGO_URL`) is not started.
+ * `ABIDE_LOCAL_STORE=postgres`: FerretDB on PostgreSQL (data in `postgres/`) instead of SQLite.
  * Data and logs: `.abide/data/{nats,mongo}/` (a cluster: `nats-1/` … `nats-N/`) (or `--data-dir`).
  */
 import { parseArgs } from 'node:util';
-import { ensureMongoServerBinary, ensureNatsServerBinary, errorMessage, startServersFromEnv, type Log, type ManagedServer } from './lib/servers.ts';
+import { ensureMongoServerBinary, ensureNatsServerBinary, ensurePostgresBinaries, errorMessage, startServersFromEnv, type Log, type ManagedServer } from './lib/servers.ts';
 
 const usage = `usage: node scripts/servers.ts [--nats-port N] [--mongo-port N] [--cluster N] [--data-dir DIR] [--install-only]`;
 
@@ -38,6 +39,9 @@ async function main(): Promise<void> {
     const [natsServer, mongo] = await Promise.all([ensureNatsServerBinary(log), ensureMongoServerBinary(log)]);
     log(`nats-server: ${natsServer}`);
     log(`${mongo.kind}: ${mongo.path}`);
+    // Optional (only ABIDE_LOCAL_STORE=postgres needs it): reported, not required.
+    const postgres = await ensurePostgresBinaries().catch((error: unknown) => errorMessage(error)); // absent on this platform: say so below
+    log(typeof postgres === 'string' ? `postgres: not available (${postgres})` : `postgres ${postgres.version}: ${postgres.postgres}`);
     log(`binaries ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     return;
   }
@@ -59,7 +63,8 @@ async function main(): Promise<void> {
   const rows: [string, ManagedServer | undefined, string][] = servers.natsCluster
     ? servers.natsCluster.nodes.map((node) => [`NATS ${node.name}`, node.server, `${node.server.url}  monitor ${node.monitorUrl}`])
     : [['NATS', servers.nats, servers.natsUrl]];
-  rows.push(['MongoDB', servers.mongo, servers.mongoUrl]);
+  rows.push(['MongoDB', servers.mongo, `${servers.mongoUrl}  (store: ${servers.store})`]);
+  if (servers.postgres) rows.push(['Postgres', servers.postgres, servers.postgres.url]);
   for (const [label, server, url] of rows) {
     const origin = server ? `${server.kind}, pid ${server.pid}, log ${server.logFile}` : 'from the environment, not started here';
     process.stdout.write(`${label.padEnd(8)} ${url}  (${origin})\n`);
@@ -74,6 +79,7 @@ async function main(): Promise<void> {
       servers.nats?.kill('SIGKILL');
       for (const node of servers.natsCluster?.nodes ?? []) node.server.kill('SIGKILL');
       servers.mongo?.kill('SIGKILL');
+      servers.postgres?.kill('SIGKILL');
       process.exit(1);
     }
     stopping = true;

@@ -305,6 +305,7 @@ async function shutDown(stack: Stack, signal: NodeJS.Signals): Promise<void> {
     for (const service of stack.services) service.kill();
     stack.servers?.nats?.kill('SIGKILL');
     stack.servers?.mongo?.kill('SIGKILL');
+    stack.servers?.postgres?.kill('SIGKILL');
     process.exit(1);
   }
   stack.shuttingDown = true;
@@ -348,7 +349,7 @@ async function main(stack: Stack): Promise<void> {
     onUnexpectedExit: (name, info) => say(styleText('red', `${name} server exited unexpectedly (${info.signal ?? `exit code ${info.code}`}); see its log in .abide/data/${name}/`)),
   });
   stack.servers = servers;
-  say(`NATS ${servers.natsUrl}, MongoDB ${servers.mongoUrl}`);
+  say(`NATS ${servers.natsUrl}, MongoDB ${servers.mongoUrl} (store: ${servers.store})`);
 
   const demoEntry = demoApiKeyEntry();
   if (demoEntry) writeDemoSecrets(demoEntry.tenantId);

@@ -40,6 +40,7 @@ export const errorCodeGuide: Record<PublicErrorCode, { exit: ExitCode; hint: str
   run_not_suspended: { exit: exitCodes.conflict, hint: 'the run is not waiting for an approval' },
   run_finished: { exit: exitCodes.conflict, hint: 'the run has already ended' },
   cursor_expired: { exit: exitCodes.conflict, hint: "the run's events are older than the retention; abide runs get shows its state" },
+  run_history_pruned: { exit: exitCodes.conflict, hint: "the run's history was deleted after the retention (RUN_RETENTION); abide runs get shows its state" },
   payload_too_large: { exit: exitCodes.usage, hint: 'the request is larger than the gateway accepts (MAX_BODY_BYTES)' },
   unsupported_media_type: { exit: exitCodes.usage, hint: 'the gateway expects application/json' },
   idempotency_key_reused: { exit: exitCodes.conflict, hint: 'this Idempotency-Key was used with another request' },

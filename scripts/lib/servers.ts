@@ -6,17 +6,20 @@
  * from `server-binaries.ts` (cache, PATH, or built with Go on first use).
  * Only Node built-ins are used here: this runs before anything else is trusted.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { chmod, chown, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, createServer } from 'node:net';
-import { basename, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import {
   abidePaths,
   compareVersions,
   defaultLog,
+  ensureFerretdbBinary,
   ensureMongoServerBinary,
   ensureNatsServerBinary,
+  ensurePostgresBinaries,
   errorMessage,
   minimumNatsVersion,
   natsServerVersion,
@@ -24,14 +27,32 @@ import {
 } from './server-binaries.ts';
 import type { Log } from './server-binaries.ts';
 
-export { abidePaths, ensureMongoServerBinary, ensureNatsServerBinary, errorMessage } from './server-binaries.ts';
+export { abidePaths, ensureMongoServerBinary, ensureNatsServerBinary, ensurePostgresBinaries, errorMessage } from './server-binaries.ts';
 export type { Log } from './server-binaries.ts';
 
 const stopGraceMs = 5_000;
+const execFileAsync = promisify(execFile);
+
+/**
+ * The local MongoDB-compatible store `startServersFromEnv` starts when `MONGO_URL` is unset
+ * (`ABIDE_LOCAL_STORE`): FerretDB 1.24 on SQLite (the default) or on PostgreSQL. `mongod` on PATH
+ * replaces the SQLite one, as before.
+ */
+export const localStores = ['sqlite', 'postgres'] as const;
+export type LocalStore = (typeof localStores)[number];
+
+/** `ABIDE_LOCAL_STORE` (unset or empty: `sqlite`); anything else is refused. */
+export function localStoreFromEnv(env: Record<string, string | undefined>): LocalStore {
+  const value = env.ABIDE_LOCAL_STORE?.trim() || 'sqlite';
+  if (!(localStores as readonly string[]).includes(value)) {
+    throw new Error(`ABIDE_LOCAL_STORE must be one of ${localStores.join(', ')}, got "${value}"`);
+  }
+  return value as LocalStore;
+}
 
 export interface ManagedServer {
-  readonly kind: 'nats-server' | 'mongod' | 'ferretdb';
-  /** `nats://127.0.0.1:PORT` or `mongodb://127.0.0.1:PORT/abide`. */
+  readonly kind: 'nats-server' | 'mongod' | 'ferretdb' | 'postgres';
+  /** `nats://127.0.0.1:PORT`, `mongodb://127.0.0.1:PORT/abide` or `postgres://postgres@127.0.0.1:PORT/postgres`. */
   readonly url: string;
   readonly port: number;
   /** Pid of the current process (changes on `restart()`). */
@@ -210,11 +231,23 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Nat
   return { nodes, url: nodes.map((node) => node.server.url).join(','), waitForMetaLeader, stop };
 }
 
-/** Starts `mongod` or FerretDB (SQLite backend) and waits until it answers a `ping` command. */
-export async function startMongoServer(options: ServerOptions): Promise<ManagedServer> {
+export interface MongoServerOptions extends ServerOptions {
+  /**
+   * FerretDB on this PostgreSQL server (`postgres://…`, see {@link startPostgresServer}) instead
+   * of `mongod` or FerretDB on SQLite.
+   */
+  postgresUrl?: string;
+}
+
+/**
+ * Starts `mongod` or FerretDB (SQLite backend, or PostgreSQL when `postgresUrl` is given) and
+ * waits until it answers a `ping` command.
+ */
+export async function startMongoServer(options: MongoServerOptions): Promise<ManagedServer> {
   const log = options.log ?? defaultLog;
-  const binary = await ensureMongoServerBinary(log);
+  const binary = options.postgresUrl ? { kind: 'ferretdb' as const, path: await ensureFerretdbBinary(log) } : await ensureMongoServerBinary(log);
   const dataDir = resolve(options.dataDir);
+  const postgresUrl = options.postgresUrl;
   if (binary.kind === 'mongod') {
     return startManagedServer({ ...options, dataDir }, {
       kind: 'mongod',
@@ -236,11 +269,12 @@ export async function startMongoServer(options: ServerOptions): Promise<ManagedS
     async prepare(port) {
       const sqliteDir = join(dataDir, 'sqlite');
       const stateDir = join(dataDir, 'state');
-      await mkdir(sqliteDir, { recursive: true });
+      if (!postgresUrl) await mkdir(sqliteDir, { recursive: true });
       await mkdir(stateDir, { recursive: true });
       return [
-        '--handler=sqlite',
-        `--sqlite-url=file:${sqliteDir}/`,
+        // SQLite syncs each commit by FerretDB's defaults (journal_mode=WAL, synchronous=FULL);
+        // the PostgreSQL server is started with fsync=on, synchronous_commit=on.
+        ...(postgresUrl ? ['--handler=postgresql', `--postgresql-url=${postgresUrl}`] : ['--handler=sqlite', `--sqlite-url=file:${sqliteDir}/`]),
         `--listen-addr=127.0.0.1:${port ?? 0}`,
         `--state-dir=${stateDir}`,
         '--telemetry=disable',
@@ -255,6 +289,75 @@ export async function startMongoServer(options: ServerOptions): Promise<ManagedS
   });
 }
 
+/**
+ * Starts PostgreSQL (binaries from `ensurePostgresBinaries`) for FerretDB's `postgresql`
+ * handler: the cluster in `<dataDir>/data` (created by `initdb` on first use), loopback TCP only
+ * (no Unix socket), trust authentication for the `postgres` user (the port is bound to
+ * 127.0.0.1, like every other local server here), and per-commit durability (`fsync=on`,
+ * `synchronous_commit=on`, `full_page_writes=on`). Stopped with SIGINT (PostgreSQL's fast
+ * shutdown: SIGTERM would wait for clients to disconnect). PostgreSQL refuses to run as root, so
+ * under root (containers, CI images) it runs as the `postgres` user if one exists, else `nobody`,
+ * and owns its data directory.
+ */
+export async function startPostgresServer(options: ServerOptions): Promise<ManagedServer> {
+  const binaries = await ensurePostgresBinaries();
+  const dataDir = resolve(options.dataDir);
+  const clusterDir = join(dataDir, 'data');
+  const runAs = process.getuid?.() === 0 ? await unprivilegedUser() : undefined;
+  return startManagedServer({ ...options, dataDir }, {
+    kind: 'postgres',
+    binaryPath: binaries.postgres,
+    spawnAs: runAs,
+    stopSignal: 'SIGINT',
+    async prepare(port) {
+      if (runAs) {
+        await chown(dataDir, runAs.uid, runAs.gid);
+        await letOthersTraverse(dataDir);
+      }
+      const initialized = await stat(join(clusterDir, 'PG_VERSION')).then(() => true, () => false); // absent: a new cluster
+      if (!initialized) {
+        await execFileAsync(binaries.initdb, ['-D', clusterDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--no-locale'], {
+          cwd: dataDir,
+          timeout: 120_000,
+          ...(runAs ?? {}),
+        }).catch((error: unknown) => {
+          const output = error && typeof error === 'object' && 'stderr' in error ? String(error.stderr) : '';
+          throw new Error(`initdb ${clusterDir} failed: ${errorMessage(error)}\n${lastLines(output, 20)}`);
+        });
+      }
+      return [
+        '-D', clusterDir,
+        '-p', String(port),
+        '-c', 'listen_addresses=127.0.0.1',
+        '-c', 'unix_socket_directories=',
+        '-c', 'fsync=on',
+        '-c', 'synchronous_commit=on',
+        '-c', 'full_page_writes=on',
+      ];
+    },
+    needsPort: true,
+    probe: async (port, output) => output.includes('database system is ready to accept connections') && (await somethingListens(port)),
+    url: (port) => `postgres://postgres@127.0.0.1:${port}/postgres`,
+  });
+}
+
+/** The user PostgreSQL runs as when this process is root: `postgres` if it exists, else `nobody`. */
+async function unprivilegedUser(): Promise<{ uid: number; gid: number }> {
+  const passwd = await readFile('/etc/passwd', 'utf8').catch(() => ''); // no passwd file: nobody's usual ids
+  const entries = passwd.split('\n').map((line) => line.split(':'));
+  const entry = entries.find((fields) => fields[0] === 'postgres') ?? entries.find((fields) => fields[0] === 'nobody');
+  return entry ? { uid: Number(entry[2]), gid: Number(entry[3]) } : { uid: 65_534, gid: 65_534 };
+}
+
+/** Adds search (x) permission for others on `directory` and its ancestors, so the unprivileged server reaches its data (mkdtemp makes 0700 directories). */
+async function letOthersTraverse(directory: string): Promise<void> {
+  for (let current = directory; ; current = dirname(current)) {
+    const { mode } = await stat(current);
+    if ((mode & 0o001) === 0) await chmod(current, (mode & 0o7777) | 0o001);
+    if (dirname(current) === current) return;
+  }
+}
+
 interface ServerSpec {
   kind: ManagedServer['kind'];
   binaryPath: string;
@@ -267,6 +370,10 @@ interface ServerSpec {
   /** True once the server serves clients; `output` is this start's output so far. */
   probe(port: number, output: string): Promise<boolean>;
   url(port: number): string;
+  /** Run the server as this user (PostgreSQL under root). */
+  spawnAs?: { uid: number; gid: number };
+  /** What `stop()` sends first. @default 'SIGTERM' */
+  stopSignal?: NodeJS.Signals;
 }
 
 /*
@@ -308,7 +415,7 @@ async function startManagedServer(options: ServerOptions, spec: ServerSpec): Pro
     const startOffset = (await stat(logFile).catch(() => undefined))?.size ?? 0; // no log yet
     const logHandle = await open(logFile, 'a');
     await logHandle.write(`\n--- ${new Date().toISOString()} starting ${spec.binaryPath} ${args.join(' ')}\n`);
-    const spawned = spawn(spec.binaryPath, args, { cwd: dataDir, stdio: ['ignore', logHandle.fd, logHandle.fd], detached: options.detached ?? false });
+    const spawned = spawn(spec.binaryPath, args, { cwd: dataDir, stdio: ['ignore', logHandle.fd, logHandle.fd], detached: options.detached ?? false, ...(spec.spawnAs ?? {}) });
     await logHandle.close();
     expectingExit = false;
     child = spawned;
@@ -354,7 +461,7 @@ async function startManagedServer(options: ServerOptions, spec: ServerSpec): Pro
     const current = child;
     if (!current || current.exitCode !== null || current.signalCode !== null) return;
     expectingExit = true;
-    current.kill('SIGTERM');
+    current.kill(spec.stopSignal ?? 'SIGTERM');
     const finished = await Promise.race([exited.then(() => true), sleep(stopGraceMs).then(() => false)]);
     if (!finished) {
       current.kill('SIGKILL');
@@ -487,8 +594,10 @@ export function freePort(): Promise<number> {
 // Both servers, honouring NATS_URL / MONGO_URL
 
 export interface StartServersOptions {
-  /** Parent of the `nats/` and `mongo/` data directories. @default `<repo>/.abide/data` */
+  /** Parent of the `nats/`, `mongo/` (and `postgres/`) data directories. @default `<repo>/.abide/data` */
   dataRoot?: string;
+  /** The local store when `MONGO_URL` is unset. @default `ABIDE_LOCAL_STORE` from `env`, else `sqlite` */
+  localStore?: LocalStore;
   /** 0 or undefined: a free port. */
   natsPort?: number;
   /** 0 or undefined: a free port. */
@@ -502,7 +611,7 @@ export interface StartServersOptions {
   /** See {@link ServerOptions.detached}. @default false */
   detached?: boolean;
   /** `nats n2` names a cluster node. */
-  onUnexpectedExit?: (server: 'nats' | 'mongo' | `nats ${string}`, info: ExitInfo) => void;
+  onUnexpectedExit?: (server: 'nats' | 'mongo' | 'postgres' | `nats ${string}`, info: ExitInfo) => void;
 }
 
 export interface StartedServers {
@@ -514,19 +623,51 @@ export interface StartedServers {
   natsCluster: NatsCluster | undefined;
   /** Undefined when `MONGO_URL` was given. */
   mongo: ManagedServer | undefined;
+  /** FerretDB's PostgreSQL server (the `postgres` local store); undefined otherwise. */
+  postgres: ManagedServer | undefined;
+  /**
+   * What `mongoUrl` is: `external` (`MONGO_URL` given), `mongod`, or FerretDB on `sqlite` /
+   * `postgres`.
+   */
+  store: 'external' | 'mongod' | LocalStore;
   /** Stops the servers started here (never those named by the environment). */
   stop(): Promise<void>;
 }
 
 /**
  * Starts NATS and MongoDB(-compatible) servers, except those whose URL is set in `env`
- * (`NATS_URL`, `MONGO_URL`). If one fails to start, the other is stopped before the error is thrown.
+ * (`NATS_URL`, `MONGO_URL`); the MongoDB one is the local store `ABIDE_LOCAL_STORE` names
+ * (FerretDB on PostgreSQL starts PostgreSQL first). If one fails to start, the others are stopped
+ * before the error is thrown.
  */
 export async function startServersFromEnv(env: Record<string, string | undefined>, options: StartServersOptions = {}): Promise<StartedServers> {
   const dataRoot = options.dataRoot ?? abidePaths.dataRoot;
   const common = { log: options.log, startTimeoutMs: options.startTimeoutMs, detached: options.detached };
   const natsUrl = env.NATS_URL?.trim() || undefined;
   const mongoUrl = env.MONGO_URL?.trim() || undefined;
+  const localStore = options.localStore ?? localStoreFromEnv(env);
+  let postgres: ManagedServer | undefined;
+  const startMongo = async (): Promise<ManagedServer> => {
+    if (localStore === 'postgres') {
+      postgres = await startPostgresServer({
+        ...common,
+        dataDir: join(dataRoot, 'postgres'),
+        onUnexpectedExit: (info) => options.onUnexpectedExit?.('postgres', info),
+      });
+    }
+    try {
+      return await startMongoServer({
+        ...common,
+        dataDir: join(dataRoot, 'mongo'),
+        port: options.mongoPort,
+        postgresUrl: postgres?.url,
+        onUnexpectedExit: (info) => options.onUnexpectedExit?.('mongo', info),
+      });
+    } catch (error) {
+      await postgres?.stop();
+      throw error;
+    }
+  };
   const clusterSize = natsUrl ? 0 : (options.natsCluster ?? 0);
   const [nats, mongo] = await Promise.allSettled([
     natsUrl
@@ -547,17 +688,11 @@ export async function startServersFromEnv(env: Record<string, string | undefined
           extraConfig: options.natsExtraConfig,
           onUnexpectedExit: (info) => options.onUnexpectedExit?.('nats', info),
         }),
-    mongoUrl
-      ? undefined
-      : startMongoServer({
-          ...common,
-          dataDir: join(dataRoot, 'mongo'),
-          port: options.mongoPort,
-          onUnexpectedExit: (info) => options.onUnexpectedExit?.('mongo', info),
-        }),
+    mongoUrl ? undefined : startMongo(),
   ]);
   if (nats.status === 'rejected' || mongo.status === 'rejected') {
     await Promise.all([nats, mongo].map((result) => (result.status === 'fulfilled' ? result.value?.stop() : undefined)));
+    await postgres?.stop();
     const failures = [nats, mongo].flatMap((result) => (result.status === 'rejected' ? [result.reason] : []));
     throw failures.length === 1 ? failures[0] : new AggregateError(failures, failures.map(errorMessage).join('\n\n'));
   }
@@ -568,8 +703,12 @@ export async function startServersFromEnv(env: Record<string, string | undefined
     nats: cluster ? undefined : (nats.value as ManagedServer | undefined),
     natsCluster: cluster,
     mongo: mongo.value,
+    postgres,
+    store: mongoUrl ? 'external' : mongo.value?.kind === 'mongod' ? 'mongod' : localStore,
     async stop() {
       await Promise.all([nats.value?.stop(), mongo.value?.stop()]);
+      // After FerretDB, its only client, has gone.
+      await postgres?.stop();
     },
   };
 }

@@ -23,6 +23,25 @@ const byteSize = (fallback: number, min: number) =>
     })
     .pipe(z.number().int().min(min, `must be at least ${min} bytes`).max(Number.MAX_SAFE_INTEGER))
     .default(fallback);
+/**
+ * `RUN_RETENTION`: how long a finished run's history (its transitions) is kept after it ended,
+ * as a duration (`30d`, `12h`; at least 1 s), or `forever` (the default): milliseconds, or null
+ * for forever.
+ */
+const retention = z
+  .string()
+  .default('forever')
+  .transform((text, context) => {
+    if (text.trim() === 'forever') return null;
+    try {
+      const ms = parseDuration(text);
+      if (ms >= 1_000) return ms;
+      context.addIssue({ code: 'custom', message: 'must be at least 1s, or forever' });
+    } catch (error) {
+      context.addIssue({ code: 'custom', message: `${(error as Error).message}, or forever` });
+    }
+    return z.NEVER;
+  });
 const commaList = z
   .string()
   .default('')
@@ -141,6 +160,8 @@ export const orchestratorEnvSchema = z.object({
    * `message_too_large`.
    */
   LLM_REQUEST_MAX_BYTES: byteSize(16 * 1024 ** 2, 1024 ** 2),
+  /** How long a finished run's transitions are kept (`30d`), or `forever`; the `runs` summary stays (docs/decisions.md, issue 9). */
+  RUN_RETENTION: retention,
 });
 
 export const llmWorkerEnvSchema = z.object({

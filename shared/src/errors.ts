@@ -19,6 +19,7 @@ export const httpStatusByCode = {
   run_not_suspended: 409,
   run_finished: 409,
   cursor_expired: 410,
+  run_history_pruned: 410,
   payload_too_large: 413,
   unsupported_media_type: 415,
   idempotency_key_reused: 422,

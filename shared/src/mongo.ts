@@ -56,12 +56,13 @@ export type Collections = {
   conversationLocks: Collection<Stored>;
   runWork: Collection<Stored>;
   runDeadlines: Collection<Stored>;
+  runRetention: Collection<Stored>;
   /**
    * Group-committed writes (`write-batcher.ts`) to the collections every step writes: one
    * batcher per collection per process, so concurrent runs share each sync. Reads, and writes
    * whose result needs a matched count, use the collections directly.
    */
-  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
+  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; runRetention: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
 };
 
 /** The collections (call once per process, in its composition root: the batchers live here). */
@@ -74,6 +75,7 @@ export function getCollections(db: Db): Collections {
     conversationLocks: db.collection<Stored>(collections.conversationLocks),
     runWork: db.collection<Stored>(collections.runWork),
     runDeadlines: db.collection<Stored>(collections.runDeadlines),
+    runRetention: db.collection<Stored>(collections.runRetention),
   };
   return {
     ...found,
@@ -82,6 +84,7 @@ export function getCollections(db: Db): Collections {
       runTransitions: createWriteBatcher(found.runTransitions),
       runWork: createWriteBatcher(found.runWork),
       runDeadlines: createWriteBatcher(found.runDeadlines),
+      runRetention: createWriteBatcher(found.runRetention),
       conversationLocks: createWriteBatcher(found.conversationLocks),
     },
   };

@@ -126,17 +126,20 @@ export const collections = {
   runMessages: 'run_messages',
   runWork: 'run_work',
   runDeadlines: 'run_deadlines',
+  runRetention: 'run_retention',
 } as const;
 
 /**
  * `_id`s of work items (docs/decisions.md, "one write per step"): the small lists of pending work
  * the sweepers read instead of scanning the growing collections, one collection per kind
- * (`run_work` for outboxes, `run_deadlines` for deadlines) so that each sweep reads only its
- * own. One item per run and kind.
+ * (`run_work` for outboxes, `run_deadlines` for deadlines, `run_retention` for retention) so that
+ * each sweep reads only its own. One item per run and kind.
  */
 export const workIds = {
   /** A new run's `start` not yet known to be published (inserted by the gateway before version 1). */
   outbox: (runId: string) => `outbox:${runId}`,
   /** The run's `nextDeadlineAt` (in `run_deadlines`; written when a published transition sets it, deleted when it clears). */
   deadline: (runId: string) => `deadline:${runId}`,
+  /** A finished run's history to prune once `RUN_RETENTION` has passed (written with its terminal transition's deadline item). */
+  retention: (runId: string) => `retention:${runId}`,
 } as const;

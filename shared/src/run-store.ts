@@ -1,7 +1,7 @@
 import type { Collections } from './mongo.ts';
 import { workIds } from './names.ts';
 import type { OutboxEntry } from './outbox.ts';
-import type { RunState } from './run-state.ts';
+import { isTerminalStatus, type RunState } from './run-state.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
 
 /** A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`). */
@@ -25,10 +25,36 @@ export type TransitionDocument = {
   lastSeq?: number | null;
 };
 
-/** The read model (`runs`, `_id: runId`): the latest state, which may lag by a transition. */
-export type RunDocument = RunState & { _id: string; version: number; lastSeq: number | null; publishedVersion: number };
+/**
+ * The read model (`runs`, `_id: runId`): the latest state, which may lag by a transition.
+ * `prunedAt` (ISO time): the run's history was pruned after `RUN_RETENTION`; the read model is
+ * then all that is kept of the run, and readers take it as the run's exact final state.
+ */
+export type RunDocument = RunState & { _id: string; version: number; lastSeq: number | null; publishedVersion: number; prunedAt?: string };
 
 export const transitionId = (runId: string, version: number) => `${runId}:${version}`;
+
+/**
+ * The collections that hold a run's history, each with the `_id`s of one run's documents given
+ * its latest version. Retention deletes exactly these, one exact `_id` at a time (FerretDB 1.24
+ * scans for any other filter, so no range or `$in` deletes): a new per-run collection joins
+ * this list and is pruned with the rest.
+ */
+export const runHistoryCollections: readonly { collection: Exclude<keyof Collections, 'writes'>; ids(runId: string, latestVersion: number): string[] }[] = [
+  { collection: 'runTransitions', ids: (runId, latestVersion) => Array.from({ length: latestVersion }, (_, index) => transitionId(runId, index + 1)) },
+];
+
+/** Deletes by `_id` sent per `delete` command when pruning. */
+const pruneBatchSize = 500;
+
+/** What pruning a run's history found (`pruneRunHistory`). */
+export type PruneOutcome =
+  /** Its history is gone (now, or by an earlier sweep); the read model is marked `prunedAt`. */
+  | 'pruned'
+  /** The read model does not record the run as ended and published yet: try again later. */
+  | 'not_settled'
+  /** Neither a read model nor a first transition: nothing to prune. */
+  | 'missing';
 
 /** Another replica committed this version first: reload and re-apply. */
 export class TransitionConflictError extends Error {
@@ -41,10 +67,11 @@ export type SweepCursor = { key: string; id: string };
 /**
  * A work item (`_id` from `workIds`): pending work a sweeper acts on once `dueAt` (ISO time) has
  * passed. Each kind has its own collection (`run_work` for outboxes, `run_deadlines` for
- * deadlines), holding one item per run with pending work of that kind, so its size follows the
- * runs in flight, never the history, and a sweep of one kind never reads the other's items.
+ * deadlines, `run_retention` for ended runs to prune), holding one item per run with pending work
+ * of that kind, so a sweep of one kind never reads another's items (the outbox sweep, every 2 s,
+ * reads a list that is empty when nothing is being created).
  */
-export type WorkItem = { _id: string; kind: 'outbox' | 'deadline'; runId: string; tenantId: string; dueAt: string };
+export type WorkItem = { _id: string; kind: 'outbox' | 'deadline' | 'retention'; runId: string; tenantId: string; dueAt: string };
 
 /**
  * The run's commit protocol (DESIGN §3): a transition commits by inserting version v+1; a
@@ -52,9 +79,23 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline'; runId: string
  * Documents are stored with their keys escaped (`stored-keys.ts`): tool arguments and results
  * are free JSON and may hold keys FerretDB refuses.
  */
-export function createRunStore(collections: Collections, options: { onDeadlineWritten?: (dueAt: string) => void } = {}) {
-  const { runs, runTransitions, runWork, runDeadlines, writes } = collections;
-  const workCollection = (kind: WorkItem['kind']) => (kind === 'deadline' ? runDeadlines : runWork);
+export function createRunStore(collections: Collections, options: { onWorkWritten?: (kind: WorkItem['kind'], dueAt: string) => void } = {}) {
+  const { runs, runTransitions, runWork, writes } = collections;
+  const workCollections = { outbox: 'runWork', deadline: 'runDeadlines', retention: 'runRetention' } as const;
+  const workCollection = (kind: WorkItem['kind']) => collections[workCollections[kind]];
+  const workWriter = (kind: WorkItem['kind']) => writes[workCollections[kind]];
+  /** A work item's kind from its `_id` (`workIds`: `<kind>:<runId>`). */
+  const kindOfWork = (id: string): WorkItem['kind'] => {
+    const kind = id.slice(0, id.indexOf(':'));
+    if (kind !== 'outbox' && kind !== 'deadline' && kind !== 'retention') throw new Error(`not a work item id: ${id}`);
+    return kind;
+  };
+
+  /** A pruned run's read model as its latest transition: all that is left of it (no outbox, published). */
+  function fromPrunedReadModel(stored: RunDocument): TransitionDocument {
+    const { _id: runId, version, lastSeq: _lastSeq, publishedVersion: _published, prunedAt, ...state } = decodeStoredKeys(stored);
+    return { _id: transitionId(runId, version), runId, tenantId: state.tenantId, version, at: new Date(prunedAt ?? 0), cause: '', state, outbox: [], published: true };
+  }
 
   async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
@@ -70,10 +111,15 @@ export function createRunStore(collections: Collections, options: { onDeadlineWr
      * Its `published` says whether the read model records its outbox as published (a later
      * version's existence proves it too: nothing is committed on an unpublished transition).
      */
-    async loadLatest(runId: string): Promise<{ transition: TransitionDocument; lastSeq: number | null } | null> {
-      const run = (await runs.findOne({ _id: runId }, { projection: { version: 1, lastSeq: 1, publishedVersion: 1 } })) as { version?: number; lastSeq?: number | null; publishedVersion?: number } | null;
+    async loadLatest(runId: string): Promise<{ transition: TransitionDocument; lastSeq: number | null; pruned?: true } | null> {
+      const run = (await runs.findOne({ _id: runId }, { projection: { version: 1, lastSeq: 1, publishedVersion: 1, prunedAt: 1 } })) as { version?: number; lastSeq?: number | null; publishedVersion?: number; prunedAt?: string } | null;
       const version = run?.version ?? 0;
       const lastSeq = run?.lastSeq ?? null;
+      if (run?.prunedAt !== undefined) {
+        // Ended and pruned (`pruneRunHistory`): the read model is its final state; nothing follows it.
+        const stored = (await runs.findOne({ _id: runId })) as RunDocument | null;
+        if (stored) return { transition: fromPrunedReadModel(stored), lastSeq, pruned: true };
+      }
       let latest = version > 0 ? await loadTransition(runId, version) : null;
       // The read model may lag (or not exist yet, right after creation): roll forward.
       for (let probe = version + 1; ; probe += 1) {
@@ -126,19 +172,47 @@ export function createRunStore(collections: Collections, options: { onDeadlineWr
       await writes.runs.replace(document, { upsert: true });
     },
 
+    /**
+     * Prunes an ended run's history (retention, issue 9): marks the read model `prunedAt`, then
+     * deletes the run's documents from every `runHistoryCollections` entry by exact `_id`. Only
+     * once the read model records the run as ended with its last transition published (the
+     * terminal transition's retention item is written just before that read model: until it
+     * lands, nothing is touched). Marked first, so a reader never takes a partly pruned history
+     * for a whole one. Idempotent: a crash between any two writes leaves the run marked and
+     * partly pruned, its retention item still there, and the next sweep deletes the rest (a
+     * delete of a missing `_id` is a no-op).
+     */
+    async pruneRunHistory(runId: string, now: Date): Promise<PruneOutcome> {
+      const run = (await runs.findOne({ _id: runId }, { projection: { status: 1, version: 1, publishedVersion: 1, prunedAt: 1 } })) as Pick<RunDocument, 'status' | 'version' | 'publishedVersion' | 'prunedAt'> | null;
+      if (!run) return (await loadTransition(runId, 1)) ? 'not_settled' : 'missing';
+      if (!isTerminalStatus(run.status) || (run.publishedVersion ?? 0) < run.version) return 'not_settled';
+      if (run.prunedAt === undefined) await runs.updateOne({ _id: runId }, { $set: { prunedAt: now.toISOString() } });
+      for (const { collection, ids } of runHistoryCollections) {
+        const all = ids(runId, run.version);
+        for (let start = 0; start < all.length; start += pruneBatchSize) {
+          const batch = all.slice(start, start + pruneBatchSize);
+          // One `delete` command, one exact-`_id` statement per document.
+          await collections[collection].bulkWrite(batch.map((_id) => ({ deleteOne: { filter: { _id } } })), { ordered: false });
+        }
+      }
+      return 'pruned';
+    },
+
     /** Inserts a work item unless one with its `_id` exists (then the existing one stands). */
     async insertWork(item: WorkItem): Promise<void> {
-      await writes.runWork.insert(item);
+      await workWriter(item.kind).insert(item);
+      // A duplicate keeps the first item, due no later than this one: the watermark only moves earlier, so either is safe.
+      options.onWorkWritten?.(item.kind, item.dueAt);
     },
 
     /** Deletes a work item by `_id` (idempotent). */
     async deleteWork(id: string): Promise<void> {
-      await writes.runWork.delete(id);
+      await workWriter(kindOfWork(id)).delete(id);
     },
 
     /**
      * Sets the run's deadline item to `dueAt` (by `_id`, upserted), or deletes it when null;
-     * tells `onDeadlineWritten` (the deadline sweeper's watermark) once the item is written.
+     * tells `onWorkWritten` (the deadline sweeper's watermark) once the item is written.
      */
     async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
       const _id = workIds.deadline(runId);
@@ -148,7 +222,7 @@ export function createRunStore(collections: Collections, options: { onDeadlineWr
       }
       const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
       await writes.runDeadlines.replace(item, { upsert: true });
-      options.onDeadlineWritten?.(dueAt);
+      options.onWorkWritten?.('deadline', dueAt);
     },
 
     /** The earliest `dueAt` of `kind` after `afterIso` (a scan on FerretDB: the sweeper asks only after a sweep), or null. */

@@ -14,7 +14,8 @@
  * throughput_c50, fsync_probe, approvals), BENCH_LOG_LEVEL (info), BENCH_KEEP_DATA=1 (keep server
  * data and logs), and for diagnosis only: BENCH_MONGO_PROFILE=1 (per-command MongoDB times through
  * a proxy), BENCH_FERRETDB_ID_INDEX=1 (an experiment: see ferretdb-id-index.ts).
- * NATS_URL / MONGO_URL point it at servers of your own (then their processes are not sampled).
+ * NATS_URL / MONGO_URL point it at servers of your own (then their processes are not sampled);
+ * ABIDE_LOCAL_STORE=postgres runs FerretDB on PostgreSQL instead of SQLite (every line says `store`).
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -197,9 +198,13 @@ type ScenarioLine = {
 /** WORKLOAD.md's fields, in its order; a scenario's extra fields follow, `notes` last. */
 const lineFields = ['peer', 'scenario', 'runs', 'errors', 'concurrency', 'p50_ms', 'p95_ms', 'p99_ms', 'mean_ms', 'runs_per_s', 'steps_per_s', 'per_step_overhead_ms', 'wall_s', 'peak_rss_mb', 'llm_ms', 'tool_ms'] as const;
 
+/** Which MongoDB-compatible store the current scenario's stack runs on (`StartedServers.store`), printed with every result. */
+let currentStore = 'unknown';
+
 function emit(line: ScenarioLine): void {
   const ordered: Record<string, unknown> = {};
   for (const field of lineFields) ordered[field] = line[field];
+  ordered.store = currentStore;
   for (const [field, value] of Object.entries(line)) if (!(field in ordered) && field !== 'notes') ordered[field] = value;
   ordered.notes = line.notes;
   process.stdout.write(`${JSON.stringify(ordered)}\n`);
@@ -700,6 +705,7 @@ async function withStack(label: string, tenantCount: number, toolServer: BenchTo
     // their processes are known, and the services may reach MongoDB through the profiling proxy.
     log(`${label}: starting fresh servers and services (${tenantCount} tenants)`);
     const servers = await startServersFromEnv(process.env, { dataRoot: dir, log: () => {} });
+    currentStore = servers.store === 'sqlite' || servers.store === 'postgres' ? `ferretdb-${servers.store}` : servers.store;
     const stopServers = onCleanup('servers', () => servers.stop());
     let proxy: MongoProfileProxy | undefined;
     let closeProxy = async () => {};
@@ -737,9 +743,10 @@ async function withStack(label: string, tenantCount: number, toolServer: BenchTo
       const processes: StackProcess[] = [
         ...(servers.nats ? [{ name: 'nats-server', pid: servers.nats.pid }] : []),
         ...(servers.mongo ? [{ name: servers.mongo.kind, pid: servers.mongo.pid }] : []),
+        ...(servers.postgres ? [{ name: 'postgres', pid: servers.postgres.pid, tree: true }] : []),
         ...stack.services.map((service) => ({ name: service.name, pid: service.pid! })),
       ];
-      log(`${label}: up in ${((performance.now() - started) / 1000).toFixed(1)} s: ${processes.map((entry) => `${entry.name}=${entry.pid}`).join(' ')} (data in ${dir}, logs in ${stack.dir})`);
+      log(`${label}: up in ${((performance.now() - started) / 1000).toFixed(1)} s on store ${currentStore}: ${processes.map((entry) => `${entry.name}=${entry.pid}`).join(' ')} (data in ${dir}, logs in ${stack.dir})`);
 
       const indexTables = () => {
         if (!config.ferretDbIdIndex || servers.mongo?.kind !== 'ferretdb') return;
@@ -877,7 +884,9 @@ function describeDurability(servers: StartedServers, workload: WorkloadOptions, 
     const sync = /^\s*sync_interval:\s*(\S+)/m.exec(conf)?.[1];
     nats = `nats-server JetStream file storage, R1, sync_interval: ${sync ?? 'default (2 min!)'}${sync === 'always' ? ' (fsync on every write)' : ''}`;
   }
-  const mongo = servers.mongo?.kind === 'ferretdb'
+  const mongo = servers.store === 'postgres'
+    ? `FerretDB 1.24 on PostgreSQL ${servers.postgres ? `(${servers.postgres.url.replace(/\/\/[^@]*@/, '//')})` : ''} with fsync=on, synchronous_commit=on (the WAL is flushed at each commit); its memory is the Pss of the postmaster and its backends`
+    : servers.mongo?.kind === 'ferretdb'
     ? 'FerretDB 1.24 on SQLite with its defaults (journal_mode=WAL, synchronous=FULL: the WAL is fsynced at each commit)'
     : servers.mongo?.kind === 'mongod'
       ? 'mongod with its defaults (journaled, w:1)'

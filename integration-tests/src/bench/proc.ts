@@ -1,8 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
-/** A process of the stack, by name, as seen in /proc. */
-export type StackProcess = { name: string; pid: number };
+/**
+ * A process of the stack, by name, as seen in /proc. `tree`: a server that forks a process per
+ * connection (PostgreSQL); its memory is the proportional set size (Pss) of it and every
+ * descendant, so the shared buffers they all map are counted once.
+ */
+export type StackProcess = { name: string; pid: number; tree?: boolean };
 
 const clockTicksPerSecond = (() => {
   try {
@@ -20,6 +24,28 @@ export function rssMb(pid: number): number {
   } catch {
     return 0; // exited
   }
+}
+
+/** Pss of `pid` and all its descendants in MiB (0 when gone). */
+export function treePssMb(pid: number): number {
+  let totalKb = 0;
+  const pending = [pid];
+  while (pending.length > 0) {
+    const current = pending.pop()!;
+    try {
+      const match = /^Pss:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${current}/smaps_rollup`, 'utf8'));
+      totalKb += match ? Number(match[1]) : 0;
+      pending.push(...readFileSync(`/proc/${current}/task/${current}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+    } catch {
+      // Exited between the listing and the read: nothing to count.
+    }
+  }
+  return totalKb / 1024;
+}
+
+/** The memory the bench counts for a stack process (see {@link StackProcess}). */
+export function processMb(process: StackProcess): number {
+  return process.tree ? treePssMb(process.pid) : rssMb(process.pid);
 }
 
 /** CPU time (user + system) `pid` has used, in seconds (all its threads), or 0 when it is gone. */
@@ -46,7 +72,7 @@ export class RssSampler {
   }
 
   sampleNow(): number {
-    const total = this.processes.reduce((sum, process) => sum + rssMb(process.pid), 0);
+    const total = this.processes.reduce((sum, process) => sum + processMb(process), 0);
     if (total > this.peakMb) this.peakMb = total;
     return total;
   }

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MongoClient, type Db } from 'mongodb';
 import { serviceEnvironment } from '@abide/shared';
-import { freePort, startServersFromEnv, type StartedServers } from '../../../scripts/lib/servers.ts';
+import { freePort, startServersFromEnv, type LocalStore, type StartedServers } from '../../../scripts/lib/servers.ts';
 import { ServiceProcess, type ServiceName } from './service-process.ts';
 import { TestSocket } from './test-socket.ts';
 
@@ -24,6 +24,8 @@ export type StackOptions = {
    * node's URL and `JS_REPLICAS` = the node count. Ignored when `NATS_URL` names servers.
    */
   natsCluster?: number;
+  /** The local store to start (ignored when `MONGO_URL` names a server). @default `ABIDE_LOCAL_STORE`, else `sqlite` */
+  localStore?: LocalStore;
 };
 
 export type ApiResponse<Body = any> = { status: number; body: Body; headers: Headers };
@@ -54,7 +56,7 @@ export class Stack {
 
   static async start(options: StackOptions = {}): Promise<Stack> {
     const dir = mkdtempSync(join(tmpdir(), 'abide-it-'));
-    const servers = await startServersFromEnv(process.env, { dataRoot: dir, log: () => {}, natsCluster: options.natsCluster });
+    const servers = await startServersFromEnv(process.env, { dataRoot: dir, log: () => {}, natsCluster: options.natsCluster, localStore: options.localStore });
     const services: ServiceProcess[] = [];
     try {
       const database = `abide_${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;

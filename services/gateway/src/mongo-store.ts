@@ -21,7 +21,9 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
   /** Rolls a read-model document forward through `run_transitions` by `_id`. */
   async function rollForward(document: RunDocument): Promise<LoadedRun> {
     // Stored with escaped keys (shared stored-keys.ts); the run store decodes transitions itself.
-    const { _id: _ignored, version, lastSeq, publishedVersion, ...state } = decodeStoredKeys(document);
+    const { _id: _ignored, version, lastSeq, publishedVersion, prunedAt, ...state } = decodeStoredKeys(document);
+    // Pruned: ended, and its transitions are gone; nothing to roll forward through.
+    if (prunedAt !== undefined) return { state, version, lastSeq: lastSeq ?? null, published: true, pruned: true };
     let loaded: LoadedRun = { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
     for (let probe = version + 1; ; probe += 1) {
       const next = await runStore.loadTransition(document._id, probe);
@@ -70,7 +72,13 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     async loadRun(runId) {
       const latest = await runStore.loadLatest(runId);
       if (!latest) return null;
-      return { state: latest.transition.state, version: latest.transition.version, lastSeq: latest.lastSeq, published: latest.transition.published };
+      return {
+        state: latest.transition.state,
+        version: latest.transition.version,
+        lastSeq: latest.lastSeq,
+        published: latest.transition.published,
+        ...(latest.pruned ? { pruned: true as const } : {}),
+      };
     },
 
     loadTransition: (runId, version) => runStore.loadTransition(runId, version),

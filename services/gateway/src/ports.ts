@@ -14,6 +14,8 @@ export type LoadedRun = {
   lastSeq: number | null;
   /** Whether the latest transition's outbox is known published (the read model's `publishedVersion` reaches it; false while the read model lags a moment behind the publish). */
   published: boolean;
+  /** The run ended and its history was pruned after `RUN_RETENTION` (the read model is all that is left). */
+  pruned?: true;
 };
 
 /** What `GET /v1/runs/:runId/history` shows of a transition. */

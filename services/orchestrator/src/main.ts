@@ -32,7 +32,7 @@ import { loadOrchestratorConfig } from './config.ts';
 import { createInboxHandler } from './inbox-handler.ts';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor } from './run-processor.ts';
-import { createDeadlineSweeper, createDeadlineWatermark, createOutboxSweeper } from './sweepers.ts';
+import { createDeadlineSweeper, createOutboxSweeper, createRetentionSweeper, createWorkWatermark } from './sweepers.ts';
 
 /** The orchestrator's composition root. */
 async function main(): Promise<void> {
@@ -80,8 +80,13 @@ async function main(): Promise<void> {
     process.off('SIGTERM', abortStartup);
     process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
-    const deadlineWatermark = createDeadlineWatermark();
-    const store = createRunStore(collections, { onDeadlineWritten: deadlineWatermark.written });
+    // What the deadline and retention sweepers skip until (sweepers.ts): lowered by every item this process writes.
+    const watermarks = { deadline: createWorkWatermark(), retention: createWorkWatermark() };
+    const store = createRunStore(collections, {
+      onWorkWritten: (kind, dueAt) => {
+        if (kind !== 'outbox') watermarks[kind].written(dueAt);
+      },
+    });
     // The backlog gauges are read at scrape time.
     const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
     watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'], logger: log });
@@ -104,6 +109,7 @@ async function main(): Promise<void> {
       metrics,
       commitLatency: orchestratorMetrics.commitLatency,
       crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
+      retentionMs: config.RUN_RETENTION,
     });
     const ledger = createApprovalLedger({ kv: kv.get(buckets.approvalLedger)!, processor, logger: log });
     const inbox = createConsumerRunner({
@@ -131,7 +137,10 @@ async function main(): Promise<void> {
       handle: createAdvisoryHandler({ jsm, processor, logger: log, metrics }),
     });
     const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
-    const deadlineSweeper = createDeadlineSweeper({ store, watermark: deadlineWatermark, js, logger: log, metrics });
+    const deadlineSweeper = createDeadlineSweeper({ store, watermark: watermarks.deadline, js, logger: log, metrics });
+    // Only with RUN_RETENTION set: `forever` writes no retention items and prunes none (items left
+    // by an earlier setting wait until a retention is configured again).
+    const retentionSweeper = config.RUN_RETENTION === null ? undefined : createRetentionSweeper({ store, watermark: watermarks.retention, logger: log, metrics });
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,
@@ -151,6 +160,7 @@ async function main(): Promise<void> {
     await advisories.start();
     outboxSweeper.start();
     deadlineSweeper.start();
+    retentionSweeper?.start();
     log.info('orchestrator started');
 
     installShutdown({
@@ -158,7 +168,7 @@ async function main(): Promise<void> {
       hardLimitMs: config.SHUTDOWN_GRACE + 10_000,
       async stop() {
         draining = true;
-        await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop()]);
+        await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop(), retentionSweeper?.stop()]);
         await Promise.all([inbox.stop(config.SHUTDOWN_GRACE), approvals.stop(config.SHUTDOWN_GRACE), advisories.stop(config.SHUTDOWN_GRACE)]);
         await nats.drain();
         await mongo.close();

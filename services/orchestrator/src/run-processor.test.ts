@@ -56,7 +56,7 @@ function deferred() {
  * An in-memory run store with the semantics the processor relies on (insert decides, read model
  * by `_id`), recording every write and publish in one ordered log.
  */
-function harness(options: { holdReadModel?: number } = {}) {
+function harness(options: { holdReadModel?: number; retentionMs?: number } = {}) {
   const log: string[] = [];
   const transitions = new Map<string, TransitionDocument>();
   const readModel: { version: number; publishedVersion: number }[] = [];
@@ -97,6 +97,9 @@ function harness(options: { holdReadModel?: number } = {}) {
       log.push(`read model ${transition.version}`);
     },
     async deleteWork() {},
+    async insertWork(item: { _id: string; kind: string; dueAt: string }) {
+      log.push(`work ${item._id} ${item.kind} due ${item.dueAt}`);
+    },
   } as unknown as RunStore;
   const js = {
     async publish(subject: string, _data: Uint8Array, publishOptions: { msgID: string }) {
@@ -106,7 +109,7 @@ function harness(options: { holdReadModel?: number } = {}) {
   };
   const collections = { writes: { conversationLocks: { delete: async () => 'ok' } } };
   const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
-  const make = () => createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now });
+  const make = () => createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now, retentionMs: options.retentionMs });
   return { log, transitions, readModel, deadlines, hold, make };
 }
 
@@ -183,5 +186,22 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     await expect.poll(() => h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
     expect(h.readModel.map((model) => model.version)).toEqual([2, 3, 2, 3]);
     expect(h.readModel.map((model) => model.publishedVersion)).toEqual([2, 3, 2, 3]);
+  });
+
+  it('with RUN_RETENTION, a run that ends gets its retention item after its deadline item and before its read model; without, none', async () => {
+    const h = harness({ retentionMs: 3_600_000 });
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    expect(h.log.some((line) => line.startsWith('work '))).toBe(false); // not ended: no item
+    h.log.length = 0;
+    await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    const terminalEvent = h.log.findIndex((line) => line.startsWith('publish run.events.run_1 run_1:3:'));
+    expect(h.log.slice(0, terminalEvent)).toEqual(['commit 3', 'deadline cleared', 'work retention:run_1 retention due 2026-11-24T11:00:00.000Z', 'read model 3']);
+
+    const forever = harness();
+    const kept = forever.make();
+    await kept.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await kept.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    expect(forever.log.some((line) => line.startsWith('work '))).toBe(false);
   });
 });

@@ -1,5 +1,6 @@
 import {
   AbideError,
+  isTerminalStatus,
   outboxEntryId,
   type WorkItem,
   type CrashPoints,
@@ -7,6 +8,7 @@ import {
   publishOutbox,
   transitionId,
   TransitionConflictError,
+  workIds,
   type Logger,
   type Metrics,
   type MetricsHistogram,
@@ -35,6 +37,8 @@ export type RunProcessorDeps = {
   crashPoints?: CrashPoints;
   /** Latest transitions kept in memory, so a hot run is read with one probe instead of two reads. */
   cacheSize?: number;
+  /** `RUN_RETENTION` in ms: an ended run's history is pruned this long after it ended (`retention` work item). Null or absent: kept forever. */
+  retentionMs?: number | null;
 };
 
 export type ApplyOutcome = { kind: 'committed'; version: number } | { kind: 'ignored'; reason: string } | { kind: 'unknown_run' };
@@ -62,6 +66,7 @@ const maxConflictRetries = 8;
  */
 export function createRunProcessor(deps: RunProcessorDeps) {
   const { store, publisher, queue, logger } = deps;
+  const retentionMs = deps.retentionMs ?? null;
   const now = deps.now ?? (() => new Date());
   const cache = new Map<string, { transition: TransitionDocument; lastSeq: number | null }>();
   const cacheSize = deps.cacheSize ?? 10_000;
@@ -111,9 +116,11 @@ export function createRunProcessor(deps: RunProcessorDeps) {
 
   /**
    * Writes what follows a published transition off the step's critical path: the run's deadline
-   * item (`run_work`), then the read model with `publishedVersion` = its version. In that order:
-   * a read model that records version v as published implies v's deadline item is written, so a
-   * redelivered input that finds v published has nothing left to redo. Serialized per run in
+   * item (`run_deadlines`), for a run that has ended its retention item (with `RUN_RETENTION` set),
+   * then the read model with `publishedVersion` = its version. In that order: a read model that
+   * records version v as published implies v's work items are written, so a redelivered input
+   * that finds v published has nothing left to redo (and the retention sweep waits for that
+   * read model before it prunes anything). Serialized per run in
    * this process and never backwards: a write is skipped when this process knows a newer version
    * (the newer one's own write covers it). A sweeper's republish writes only the latest state it
    * loaded, never an older one (the bug issue 9 names).
@@ -126,6 +133,11 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       const known = cache.get(runId);
       if (known && known.transition.version > published.version) return;
       await store.writeDeadline(runId, published.tenantId, published.state.nextDeadlineAt);
+      if (retentionMs != null && isTerminalStatus(published.state.status)) {
+        // Insert-unless-exists: a repeat (redelivery, another replica) keeps the first due time.
+        const dueAt = new Date(now().getTime() + retentionMs).toISOString();
+        await store.insertWork({ _id: workIds.retention(runId), kind: 'retention', runId, tenantId: published.tenantId, dueAt });
+      }
       await store.writeReadModel(published, lastSeq);
       // Another replica may have committed on top of this version, and written its newer read
       // model (and deadline item) before these writes landed: they would stay behind for good

@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { createLogger, createMetrics, type SweepCursor, type WorkItem } from '@abide/shared';
+import { createLogger, createMetrics, createRunStore, type SweepCursor, type WorkItem } from '@abide/shared';
 import {
   createDeadlineSweep,
-  createDeadlineWatermark,
+  createWorkWatermark,
   fullDeadlineSweepMs,
   createOutboxSweep,
+  createRetentionSweep,
   deadlineSweepPageSize,
   itemRetryDelayMs,
   maxSweepIntervalMs,
@@ -184,7 +185,7 @@ describe('deadline sweeper: a full page of due runs does not starve the rest', (
     const { logger } = capturingLogger();
     const sweep = createDeadlineSweep({
       store,
-      watermark: createDeadlineWatermark({ now: () => nowMs }),
+      watermark: createWorkWatermark({ now: () => nowMs }),
       logger,
       now: () => nowMs,
       js: {
@@ -209,7 +210,7 @@ describe('deadline sweeper: idle with many suspended runs, it does not read the 
   function setup(items: WorkItem[]) {
     let clock = t0;
     const store = fakeWorkStore(items);
-    const watermark = createDeadlineWatermark({ now: () => clock });
+    const watermark = createWorkWatermark({ now: () => clock });
     const timers: string[] = [];
     const sweep = createDeadlineSweep({
       store,
@@ -282,7 +283,7 @@ describe('deadline sweeper: idle with many suspended runs, it does not read the 
     const store = fakeWorkStore([item('run_a', t0 - 1)]);
     const sweep = createDeadlineSweep({
       store,
-      watermark: createDeadlineWatermark({ now: () => clock }),
+      watermark: createWorkWatermark({ now: () => clock }),
       logger: capturingLogger().logger,
       now: () => clock,
       js: {
@@ -298,5 +299,122 @@ describe('deadline sweeper: idle with many suspended runs, it does not read the 
     const before = store.reads.due;
     await sweep();
     expect(store.reads.due).toBe(before + 1);
+  });
+});
+
+/* ---------- retention (issue 9, item 8) ---------- */
+
+/** An in-memory collection with just what the run store's retention path uses (exact-`_id` reads and writes). */
+function memoryCollection(documents: Record<string, unknown>[] = []) {
+  const byId = new Map(documents.map((document) => [document._id as string, structuredClone(document)]));
+  const deletesById: string[] = [];
+  return {
+    byId,
+    deletesById,
+    async findOne(filter: { _id: string }) {
+      const found = byId.get(filter._id);
+      return found ? structuredClone(found) : null;
+    },
+    async updateOne(filter: { _id: string }, update: { $set: Record<string, unknown> }) {
+      const found = byId.get(filter._id);
+      if (found) Object.assign(found, update.$set);
+      return { matchedCount: found ? 1 : 0 };
+    },
+    async bulkWrite(operations: { deleteOne: { filter: Record<string, unknown> } }[]) {
+      for (const { deleteOne } of operations) {
+        // The store must delete by exact `_id` only: FerretDB scans for anything else.
+        expect(Object.keys(deleteOne.filter)).toEqual(['_id']);
+        expect(typeof deleteOne.filter._id).toBe('string');
+        deletesById.push(deleteOne.filter._id as string);
+        byId.delete(deleteOne.filter._id as string);
+      }
+      return {};
+    },
+  };
+}
+
+function endedRun(runId: string, versions: number, readModel: Partial<Record<string, unknown>> = {}) {
+  const state = { runId, tenantId: 'tenant-a', status: 'completed', output: `output of ${runId}`, step: versions };
+  const transitions = Array.from({ length: versions }, (_, index) => ({ _id: `${runId}:${index + 1}`, runId, tenantId: 'tenant-a', version: index + 1, state: { ...state, status: index + 1 === versions ? 'completed' : 'running' } }));
+  return { readModel: { _id: runId, ...state, version: versions, lastSeq: 40, publishedVersion: versions, ...readModel }, transitions };
+}
+
+function retentionFixture(runs: ReturnType<typeof endedRun>[], items: WorkItem[]) {
+  const runsCollection = memoryCollection(runs.map((run) => run.readModel));
+  const transitions = memoryCollection(runs.flatMap((run) => run.transitions));
+  const runStore = createRunStore({ runs: runsCollection, runTransitions: transitions } as never);
+  const work = fakeWorkStore(items);
+  const store = {
+    findDueWork: work.findDueWork,
+    earliestDueAfter: work.earliestDueAfter,
+    pruneRunHistory: runStore.pruneRunHistory,
+    async deleteWork(id: string) {
+      work.pending.delete(id);
+    },
+  };
+  return { runsCollection, transitions, runStore, work, store };
+}
+
+const retentionItem = (runId: string, dueAt: string): WorkItem => ({ _id: `retention:${runId}`, kind: 'retention', runId, tenantId: 'tenant-a', dueAt });
+
+describe('retention sweeper: an ended run keeps its summary, loses its history', () => {
+  const nowMs = Date.parse('2026-11-30T12:00:00.000Z');
+  const past = new Date(nowMs - 1_000).toISOString();
+
+  it('deletes every transition of a due run by exact _id, marks the read model pruned and keeps its state, and deletes the item', async () => {
+    const fixture = retentionFixture([endedRun('run_old', 7), endedRun('run_recent', 3)], [retentionItem('run_old', past), retentionItem('run_recent', new Date(nowMs + 60_000).toISOString())]);
+    const metrics = createMetrics();
+    const { logger } = capturingLogger();
+    await createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => nowMs }), logger, metrics, now: () => nowMs })();
+
+    expect(fixture.transitions.deletesById).toEqual(Array.from({ length: 7 }, (_, index) => `run_old:${index + 1}`));
+    expect([...fixture.transitions.byId.keys()]).toEqual(['run_recent:1', 'run_recent:2', 'run_recent:3']);
+    expect(fixture.runsCollection.byId.get('run_old')).toMatchObject({ status: 'completed', output: 'output of run_old', version: 7, prunedAt: new Date(nowMs).toISOString() });
+    expect(fixture.runsCollection.byId.get('run_recent')!.prunedAt).toBeUndefined();
+    expect([...fixture.work.pending.keys()]).toEqual(['retention:run_recent']);
+    expect(await metrics.render()).toContain('abide_runs_pruned_total 1');
+
+    // Readers take the summary as the run's final state: no transition left to roll through.
+    const latest = await fixture.runStore.loadLatest('run_old');
+    expect(latest).toMatchObject({ pruned: true, lastSeq: 40, transition: { version: 7, published: true, outbox: [], state: { status: 'completed', output: 'output of run_old' } } });
+  });
+
+  it('finishes a run a crashed sweep left partly pruned (marked, some transitions gone, item still there)', async () => {
+    const run = endedRun('run_half', 5, { prunedAt: new Date(nowMs - 60_000).toISOString() });
+    run.transitions.splice(0, 2);
+    const fixture = retentionFixture([run], [retentionItem('run_half', past)]);
+    const { logger } = capturingLogger();
+    await createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => nowMs }), logger, now: () => nowMs })();
+    expect(fixture.transitions.byId.size).toBe(0);
+    // The first mark stands; nothing else about the summary changes.
+    expect(fixture.runsCollection.byId.get('run_half')!.prunedAt).toBe(new Date(nowMs - 60_000).toISOString());
+    expect(fixture.work.pending.size).toBe(0);
+  });
+
+  it('touches nothing while the read model does not record the end as published, and prunes on a later sweep once it does', async () => {
+    const lagging = endedRun('run_lagging', 4, { status: 'running', version: 3, publishedVersion: 3 });
+    const fixture = retentionFixture([lagging], [retentionItem('run_lagging', past)]);
+    let clock = nowMs;
+    const { lines, logger } = capturingLogger();
+    const sweep = createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => clock }), logger, now: () => clock });
+    await sweep();
+    expect(fixture.transitions.byId.size).toBe(4);
+    expect(fixture.runsCollection.byId.get('run_lagging')!.prunedAt).toBeUndefined();
+    expect(fixture.work.pending.has('retention:run_lagging')).toBe(true);
+    expect(lines.some((line) => line.runId === 'run_lagging' && line.msg === 'could not prune an ended run; will retry')).toBe(true);
+
+    // The terminal transition's read model lands (its settle wrote the item just before it).
+    Object.assign(fixture.runsCollection.byId.get('run_lagging')!, { status: 'completed', version: 4, publishedVersion: 4 });
+    clock += itemRetryDelayMs(1);
+    await sweep();
+    expect(fixture.transitions.byId.size).toBe(0);
+    expect(fixture.work.pending.size).toBe(0);
+  });
+
+  it('drops the item of a run that left nothing behind', async () => {
+    const fixture = retentionFixture([], [retentionItem('run_gone', past)]);
+    const { logger } = capturingLogger();
+    await createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => nowMs }), logger, now: () => nowMs })();
+    expect(fixture.work.pending.size).toBe(0);
   });
 });

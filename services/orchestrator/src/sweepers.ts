@@ -216,18 +216,18 @@ export function createOutboxSweep(deps: {
 /** The deadline sweeper's page size. */
 export const deadlineSweepPageSize = 500;
 
-/** How often the deadline sweeper reads `run_deadlines` even when its watermark says nothing is due. */
+/** How often a watermarked sweeper reads its list even when its watermark says nothing is due. */
 export const fullDeadlineSweepMs = 60_000;
 
 /**
- * When the deadline sweeper has work (issue 9, item 5: idle CPU with many suspended runs; a
- * sweep is a scan of `run_deadlines` on FerretDB): the earliest deadline not yet due, learnt
- * from the last sweep and lowered by every deadline this process writes. Until then a tick is
- * skipped without touching the database. Deadlines other replicas write are theirs to sweep;
- * a full sweep every `fullSweepMs` still finds them (and those of a replica that died), so such
- * a deadline fires at most `fullSweepMs` late.
+ * When a sweeper of far-future work has something to do (issue 9, item 5: idle CPU with many
+ * suspended runs; a sweep is a scan of its list on FerretDB): the earliest item not yet due,
+ * learnt from the last sweep and lowered by every item this process writes. Until then a tick is
+ * skipped without touching the database. Items other replicas write are theirs to sweep; a full
+ * sweep every `fullSweepMs` still finds them (and those of a replica that died), so such an item
+ * is acted on at most `fullSweepMs` late. Used by the deadline and retention sweepers.
  */
-export function createDeadlineWatermark(options: { now?: () => number; fullSweepMs?: number } = {}) {
+export function createWorkWatermark(options: { now?: () => number; fullSweepMs?: number } = {}) {
   const now = options.now ?? Date.now;
   const fullSweepMs = options.fullSweepMs ?? fullDeadlineSweepMs;
   let nextDueAt = Number.NEGATIVE_INFINITY; // unknown until the first sweep
@@ -235,11 +235,11 @@ export function createDeadlineWatermark(options: { now?: () => number; fullSweep
   let sweeping = false;
   let writtenDuringSweep = Number.POSITIVE_INFINITY;
   return {
-    /** A deadline this process wrote (called after the write landed). */
+    /** An item this process wrote, due at `dueAtIso` (called after the write landed). */
     written(dueAtIso: string): void {
       const at = Date.parse(dueAtIso);
       nextDueAt = Math.min(nextDueAt, at);
-      // A sweep in flight may have read `run_deadlines` before this write: `end` keeps it.
+      // A sweep in flight may have read the list before this write: `end` keeps it.
       if (sweeping) writtenDuringSweep = Math.min(writtenDuringSweep, at);
     },
     /** Whether a sweep is needed now, and whether it is the periodic full one. */
@@ -254,7 +254,7 @@ export function createDeadlineWatermark(options: { now?: () => number; fullSweep
       return now();
     },
     /**
-     * The sweep begun at `startedAt` ended: `earliest` is the earliest deadline after what it
+     * The sweep begun at `startedAt` ended: `earliest` is the earliest item due after what it
      * handled (null: none); `retriesPending` when items wait for a retry (sweep again next tick).
      */
     end(startedAt: number, full: boolean, earliest: string | null, retriesPending: boolean): void {
@@ -264,7 +264,48 @@ export function createDeadlineWatermark(options: { now?: () => number; fullSweep
     },
   };
 }
-export type DeadlineWatermark = ReturnType<typeof createDeadlineWatermark>;
+export type WorkWatermark = ReturnType<typeof createWorkWatermark>;
+
+/**
+ * A sweep behind a watermark: skipped while nothing is due; otherwise runs `sweep` (after
+ * `onFullSweep` on a full one), then reads the earliest item left to set the watermark. Resolves
+ * to the time its queries took (the sweep's pacing).
+ */
+function watermarked(deps: {
+  kind: WorkItem['kind'];
+  watermark: WorkWatermark;
+  store: Pick<RunStore, 'earliestDueAfter'>;
+  sweep: () => Promise<{ handled: number; queryMs: number; retriesPending: boolean }>;
+  onFullSweep?: () => Promise<void>;
+  onHandled(count: number): void;
+  now: () => number;
+}): () => Promise<number> {
+  const { watermark, now } = deps;
+  return async () => {
+    const { sweep: needed, full } = watermark.due();
+    if (!needed) return 0;
+    const startedAt = watermark.begin();
+    let ended = false;
+    try {
+      let fullMs = 0;
+      if (full && deps.onFullSweep) {
+        const fullStarted = now();
+        await deps.onFullSweep();
+        fullMs = now() - fullStarted;
+      }
+      const { handled, queryMs, retriesPending } = await deps.sweep();
+      if (handled) deps.onHandled(handled);
+      const earliestStarted = now();
+      const earliest = await deps.store.earliestDueAfter(deps.kind, new Date(startedAt).toISOString());
+      watermark.end(startedAt, full, earliest, retriesPending);
+      ended = true;
+      return fullMs + queryMs + (now() - earliestStarted);
+    } finally {
+      // A sweep that failed learnt nothing: sweep again at the next tick.
+      if (!ended) watermark.end(startedAt, false, null, true);
+    }
+  };
+}
 
 type DeadlineStore = Pick<RunStore, 'findDueWork' | 'earliestDueAfter' | 'moveLegacyDeadlines'>;
 
@@ -276,14 +317,14 @@ type DeadlineStore = Pick<RunStore, 'findDueWork' | 'earliestDueAfter' | 'moveLe
  * due item (earliest first), so runs whose deadlines stay due (stuck, or not processed yet)
  * cannot fill a page and starve the rest; a failed publish is isolated like the outbox sweeper's.
  */
-export function createDeadlineSweeper(deps: { store: DeadlineStore; watermark: DeadlineWatermark; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
+export function createDeadlineSweeper(deps: { store: DeadlineStore; watermark: WorkWatermark; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
   return every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, createDeadlineSweep(deps));
 }
 
 /** One deadline sweep tick (exported for tests): skipped while the watermark says nothing is due. */
 export function createDeadlineSweep(deps: {
   store: DeadlineStore;
-  watermark: DeadlineWatermark;
+  watermark: WorkWatermark;
   js: Pick<JetStreamClient, 'publish'>;
   logger: Logger;
   metrics?: Metrics;
@@ -305,29 +346,79 @@ export function createDeadlineSweep(deps: {
     now: deps.now ?? Date.now,
   });
   const now = deps.now ?? Date.now;
-  return async () => {
-    const { sweep: needed, full } = deps.watermark.due();
-    if (!needed) return 0;
-    const startedAt = deps.watermark.begin();
-    let ended = false;
-    try {
-      let legacyMs = 0;
-      if (full) {
-        const moveStarted = now();
-        const moved = await deps.store.moveLegacyDeadlines();
-        legacyMs = now() - moveStarted;
-        if (moved) deps.logger.info({ count: moved, from: collectionNames.runWork, to: collectionNames.runDeadlines }, 'moved deadline items an older version wrote');
-      }
-      const { handled, queryMs, retriesPending } = await sweep();
-      if (handled) deps.logger.info({ count: handled, collection: collectionNames.runDeadlines }, 'deadline timers sent');
-      const earliestStarted = now();
-      const earliest = await deps.store.earliestDueAfter('deadline', new Date(startedAt).toISOString());
-      deps.watermark.end(startedAt, full, earliest, retriesPending);
-      ended = true;
-      return legacyMs + queryMs + (now() - earliestStarted);
-    } finally {
-      // A sweep that failed learnt nothing: sweep again at the next tick.
-      if (!ended) deps.watermark.end(startedAt, false, null, true);
-    }
-  };
+  return watermarked({
+    kind: 'deadline',
+    watermark: deps.watermark,
+    store: deps.store,
+    sweep,
+    now,
+    async onFullSweep() {
+      const moved = await deps.store.moveLegacyDeadlines();
+      if (moved) deps.logger.info({ count: moved, from: collectionNames.runWork, to: collectionNames.runDeadlines }, 'moved deadline items an older version wrote');
+    },
+    onHandled: (count) => deps.logger.info({ count, collection: collectionNames.runDeadlines }, 'deadline timers sent'),
+  });
+}
+
+/** The retention sweeper's page size. */
+export const retentionSweepPageSize = 200;
+
+/**
+ * Prunes ended runs' history once `RUN_RETENTION` has passed (issue 9): FerretDB has no TTL
+ * indexes, so each run that ends leaves a `retention:<runId>` item in `run_retention` (due at its end
+ * plus the retention, see run-processor.ts `settle`), and this sweep hands every due one to
+ * `pruneRunHistory` (read model marked `prunedAt`, then every per-run history collection deleted
+ * by exact `_id`), then deletes the item. Crash windows: dying between the deletes, or after them
+ * and before the item's delete, leaves the item due, and the next sweep (any replica's) does
+ * the rest: every step is idempotent. A run whose read model does not record its end yet is
+ * retried with the item backoff; failures are isolated per item like the other sweeps'.
+ */
+export function createRetentionSweeper(deps: {
+  store: Pick<RunStore, 'findDueWork' | 'pruneRunHistory' | 'deleteWork' | 'earliestDueAfter'>;
+  watermark: WorkWatermark;
+  logger: Logger;
+  metrics?: Metrics;
+  intervalMs?: number;
+  now?: () => number;
+}): Sweeper {
+  return every(deps.intervalMs ?? 5_000, 'retention', deps.logger, createRetentionSweep(deps));
+}
+
+/** One retention sweep (exported for tests). */
+export function createRetentionSweep(deps: {
+  store: Pick<RunStore, 'findDueWork' | 'pruneRunHistory' | 'deleteWork' | 'earliestDueAfter'>;
+  watermark: WorkWatermark;
+  logger: Logger;
+  metrics?: Metrics;
+  now?: () => number;
+}): () => Promise<number> {
+  const now = deps.now ?? Date.now;
+  const pruned = deps.metrics?.counter('runs_pruned_total', 'Ended runs whose history the retention sweeper deleted (RUN_RETENTION)');
+  const sweep = createWorkSweep({
+    kind: 'retention',
+    pageSize: retentionSweepPageSize,
+    store: deps.store,
+    logger: deps.logger,
+    failures: deps.metrics?.counter('run_prune_failures_total', 'Ended runs the retention sweeper failed to prune (each retried later with backoff)'),
+    keyOf: (item) => item._id,
+    async handle(item) {
+      const outcome = await deps.store.pruneRunHistory(item.runId, new Date(now()));
+      // Not an error of the store: the terminal transition's read model has not landed yet (its
+      // writer is between the item and the read model, or died there and its input comes back).
+      if (outcome === 'not_settled') throw new Error(`run ${item.runId} has not ended in its read model yet`);
+      // Pruned (or nothing was ever stored): the item is done. A crash before this delete repeats the prune, harmlessly.
+      await deps.store.deleteWork(item._id);
+      if (outcome === 'pruned') pruned?.inc();
+    },
+    failedMessage: 'could not prune an ended run; will retry',
+    now,
+  });
+  return watermarked({
+    kind: 'retention',
+    watermark: deps.watermark,
+    store: deps.store,
+    sweep,
+    now,
+    onHandled: (count) => deps.logger.info({ count, collection: collectionNames.runRetention }, 'ended runs pruned'),
+  });
 }

@@ -52,4 +52,34 @@ describe('GET /v1/runs/:runId/history', () => {
     expect((await history('?limit=1000')).json().error.code).toBe('invalid_request');
     expect((await history('', {})).statusCode).toBe(401);
   });
+
+  it('answers 410 run_history_pruned for a run whose history retention deleted, also when it goes during a page', async () => {
+    const { store } = t.memory;
+    const loadRun = store.loadRun.bind(store);
+    let pruned = false;
+    store.loadRun = async (id) => {
+      const run = await loadRun(id);
+      return run && pruned ? { ...run, pruned: true } : run;
+    };
+    pruned = true;
+    for (const query of ['', '?after=3&limit=2']) {
+      const answer = await history(query);
+      expect(answer.statusCode).toBe(410);
+      expect(answer.json().error.code).toBe('run_history_pruned');
+    }
+    // Another tenant still learns nothing about the run.
+    expect((await history('', auth('t2'))).statusCode).toBe(404);
+
+    // Pruned between reading the run and reading its transitions: the same answer, not a 500.
+    pruned = false;
+    const loadTransitionHeader = store.loadTransitionHeader.bind(store);
+    store.loadTransitionHeader = async (id, version) => {
+      if (version < 3) return loadTransitionHeader(id, version);
+      pruned = true;
+      return null;
+    };
+    const during = await history();
+    expect(during.statusCode).toBe(410);
+    expect(during.json().error.code).toBe('run_history_pruned');
+  });
 });

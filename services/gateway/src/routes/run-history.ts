@@ -33,15 +33,24 @@ export async function readTransitions(store: GatewayStore, runId: string, from: 
     const versions = Array.from({ length: Math.min(parallelReads, to - start + 1) }, (_, index) => start + index);
     const batch = await Promise.all(versions.map((version) => store.loadTransitionHeader(runId, version)));
     for (const [index, transition] of batch.entries()) {
-      // The run's latest version was read first and transitions are never deleted: a gap is a broken store.
-      if (!transition) throw new ApiError('internal', `run ${runId}: transition ${versions[index]} is missing`);
+      if (!transition) {
+        // The run's latest version was read first, and transitions are deleted only by retention,
+        // which marks the run pruned before deleting any: pruned since, or a broken store.
+        if ((await store.loadRun(runId))?.pruned) throw historyPruned(runId);
+        throw new ApiError('internal', `run ${runId}: transition ${versions[index]} is missing`);
+      }
       found.push(transition);
     }
   }
   return found;
 }
 
-/** `GET /v1/runs/:runId/history?after=&limit=`: the run's transitions (DESIGN §7), oldest first. */
+const historyPruned = (runId: string) => new ApiError('run_history_pruned', `run ${runId} has ended and its history was deleted after the retention period (RUN_RETENTION); GET /v1/runs/${runId} still answers`);
+
+/**
+ * `GET /v1/runs/:runId/history?after=&limit=`: the run's transitions (DESIGN §7), oldest first;
+ * `410 run_history_pruned` once retention has deleted them (the run itself stays).
+ */
 export function registerRunHistoryRoute(app: FastifyInstance, context: RouteContext): void {
   const routes = app.withTypeProvider<ZodTypeProvider>();
   const schema = {
@@ -58,6 +67,7 @@ export function registerRunHistoryRoute(app: FastifyInstance, context: RouteCont
     const { store } = context.services();
     // Tenant check first: another tenant's run is a 404, exactly like a missing one.
     const run = await loadTenantRun(store, tenantId, runId);
+    if (run.pruned) throw historyPruned(runId);
     const from = (query.after ?? 0) + 1;
     const to = Math.min(run.version, from + query.limit - 1);
     const transitions = from <= to ? await readTransitions(store, runId, from, to) : [];
