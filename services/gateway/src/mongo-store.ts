@@ -161,10 +161,5 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     async deleteLock(lockId, runId) {
       await collections.conversationLocks.deleteOne({ _id: lockId, runId });
     },
-
-    async ping() {
-      await db.command({ ping: 1 });
-      return true;
-    },
   };
 }
