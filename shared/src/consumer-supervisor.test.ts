@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { createConsumerSupervision } from './consumer-supervisor.ts';
 import { createLogger } from './logger.ts';
@@ -6,7 +7,7 @@ import { createMetrics } from './metrics.ts';
 const logger = createLogger('supervisor-test', 'silent');
 
 async function until(check: () => boolean): Promise<void> {
-  while (!check()) await new Promise((resolve) => setTimeout(resolve, 5));
+  while (!check()) await sleep(5);
 }
 
 /** A loop whose runs the test ends one by one: `end()` resolves the current run, `fail()` rejects it. */

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 import type { JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import { describe, expect, it } from 'vitest';
@@ -228,7 +229,7 @@ function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | 
 }
 
 async function until(check: () => boolean): Promise<void> {
-  while (!check()) await new Promise((resolve) => setTimeout(resolve, 5));
+  while (!check()) await sleep(5);
 }
 
 describe('consumer runner', () => {
