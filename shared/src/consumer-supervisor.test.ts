@@ -109,4 +109,22 @@ describe('consumer supervision', () => {
     await stopped;
     expect(await check.check()).toBe(false);
   });
+
+  it('is not ready while a loop that never consumed restarts, even within the grace', async () => {
+    const supervision = createConsumerSupervision({ metrics: createMetrics({ processMetrics: false }), logger, restartGraceMs: 60_000 });
+    let runs = 0;
+    const supervisor = supervision.supervise({
+      name: 'orchestrator-approvals',
+      async run() {
+        runs += 1;
+        throw new Error('consumer not found');
+      },
+    });
+    supervisor.start();
+    await until(() => runs === 2);
+    expect(supervisor.health().state).toBe('restarting');
+    expect(supervisor.health().consumingSince).toBeUndefined();
+    expect(await supervision.check(['orchestrator-approvals']).check()).toBe(false);
+    await supervisor.stop();
+  });
 });

@@ -23,6 +23,8 @@ export type SupervisedHealth = {
   downSince?: number;
   /** Restarts since the process started. */
   restarts: number;
+  /** When a run last began consuming; undefined while none has. */
+  consumingSince?: number;
   /** Why the last run ended, when it failed. */
   lastError?: string;
 };
@@ -85,7 +87,8 @@ export function createConsumerSupervision(deps: {
   function isUp(health: SupervisedHealth): boolean {
     const withinGrace = health.downSince === undefined || now() - health.downSince < restartGraceMs;
     if (health.state === 'running') return withinGrace || now() - health.since >= stableRunMs;
-    return health.state === 'restarting' && withinGrace;
+    // A loop that never consumed (its consumer missing at start-up) is not ready, grace or not.
+    return health.state === 'restarting' && health.consumingSince !== undefined && withinGrace;
   }
 
   return {
@@ -138,6 +141,7 @@ export function createSupervisor(loop: SupervisedLoop, deps: { logger: Logger; n
       try {
         await loop.run(() => {
           startedAt = now();
+          health.consumingSince = startedAt;
           enter('running');
         });
         if (stopping.signal.aborted) break;

@@ -57,7 +57,8 @@ export function mongoCheck(db: () => { command(command: { ping: 1 }): Promise<{ 
  * - `jetstream`: the service's stream answers with a leader (`jetStreamCheck`);
  * - `mongodb` (gateway, orchestrator): MongoDB answers `ping` (`mongoCheck`);
  * - `consumers` (orchestrator, workers): every durable it consumes is supervised and consuming,
- *   or restarting for less than the supervision's grace (`ConsumerSupervision.check`);
+ *   or, having consumed before, restarting for less than the supervision's grace
+ *   (`ConsumerSupervision.check`);
  * - and the process is not draining.
  * A check that throws counts as not ready, and why is logged.
  */
