@@ -7,6 +7,11 @@
  * Ctrl-C or SIGTERM stops the services (SIGTERM, 15 s grace, then SIGKILL), then the servers.
  * A second Ctrl-C kills everything at once.
  *
+ * Service logs (pino JSON lines) are shown through pino-pretty on a terminal (or with
+ * `LOG_FORMAT=pretty`); with `--raw-logs`, `LOG_FORMAT=json`, or when stdout is not a terminal
+ * (piped to a file or a log collector) they are passed on as JSON, one line each. Every line is
+ * prefixed with the service name.
+ *
  *   node scripts/start-stack.ts [--raw-logs]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -15,6 +20,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, styleText } from 'node:util';
+import { prettyFactory } from 'pino-pretty';
 import { serviceEnvironment, type ServiceName } from '@abide/shared';
 import { buildConsole } from '../console/build.ts';
 import { abidePaths, errorMessage, startServersFromEnv, type StartedServers } from './lib/servers.ts';
@@ -33,6 +39,9 @@ const gatewayReadyTimeoutMs = 180_000;
 const nameWidth = 12;
 
 const { values: flags } = parseArgs({ options: { 'raw-logs': { type: 'boolean', default: false } }, strict: true });
+/** JSON as the services write it, for a machine or a `grep`; pretty lines for a person at a terminal. */
+if (process.env.LOG_FORMAT && !['json', 'pretty'].includes(process.env.LOG_FORMAT)) throw new Error(`LOG_FORMAT must be json or pretty, got "${process.env.LOG_FORMAT}"`);
+const rawLogs = flags['raw-logs'] || (process.env.LOG_FORMAT ? process.env.LOG_FORMAT === 'json' : !process.stdout.isTTY);
 
 const gatewayPort = Number(process.env.GATEWAY_PORT || 8080);
 if (!Number.isInteger(gatewayPort) || gatewayPort <= 0 || gatewayPort > 65_535) throw new Error(`GATEWAY_PORT must be a port number, got "${process.env.GATEWAY_PORT}"`);
@@ -84,7 +93,8 @@ function superviseService(spec: ServiceSpec, stack: Stack): SupervisedService {
     child = spawned;
     for (const stream of [spawned.stdout, spawned.stderr]) {
       createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
-        process.stdout.write(`${prefix(spec.name, spec.color)} ${flags['raw-logs'] ? line : formatLogLine(line)}\n`);
+        const shown = rawLogs ? line : formatLogLine(line);
+        process.stdout.write(`${shown.split('\n').map((part) => `${prefix(spec.name, spec.color)} ${part}`).join('\n')}\n`);
       });
     }
     exited = new Promise((resolvePromise) => {
@@ -160,44 +170,13 @@ function demoLlmEgress(): string | undefined {
   return [`${url.hostname}:${port}`, ...loopback].join(',');
 }
 
-const levelColors: Record<string, Color> = { trace: 'gray', debug: 'gray', info: 'green', warn: 'yellow', error: 'red', fatal: 'red' };
-const pinoLevelNames: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' };
-const contextFields = ['runId', 'tenantId', 'step'];
-const hiddenFields = new Set(['time', 'level', 'msg', 'pid', 'hostname', 'v', 'name', 'service', 'err', 'error']);
-
-/** A pino JSON line as `12:00:00.123 INFO  message runId=… key=value`; anything else as-is. */
+/**
+ * A pino JSON line through pino-pretty (`12:00:00.123 INFO: message` and the line's fields, an
+ * error with its stack); a line that is not JSON comes back as it is.
+ */
+const prettyLine = prettyFactory({ colorize: Boolean(process.stdout.isTTY), translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service', singleLine: true });
 function formatLogLine(line: string): string {
-  if (!line.startsWith('{')) return line;
-  let entry: Record<string, unknown>;
-  try {
-    entry = JSON.parse(line) as Record<string, unknown>;
-  } catch {
-    // Not JSON after all: show it untouched.
-    return line;
-  }
-  const level = typeof entry.level === 'number' ? (pinoLevelNames[entry.level] ?? String(entry.level)) : entry.level;
-  if (typeof level !== 'string' || !('msg' in entry)) return line;
-  const time = typeof entry.time === 'number' || typeof entry.time === 'string' ? new Date(entry.time) : undefined;
-  const clock = time && !Number.isNaN(time.getTime()) ? time.toISOString().slice(11, 23) : '';
-  const keys = [...contextFields, ...Object.keys(entry).filter((key) => !contextFields.includes(key))];
-  const fields = keys.filter((key) => key in entry && !hiddenFields.has(key)).map((key) => `${key}=${formatValue(entry[key])}`);
-  const failure = entry.err ?? entry.error;
-  const severe = level === 'error' || level === 'fatal';
-  const failureText = failure && typeof failure === 'object' ? formatError(failure as Record<string, unknown>, severe) : '';
-  const label = styleText(levelColors[level] ?? 'gray', level.toUpperCase().padEnd(5));
-  return [styleText('gray', clock), label, String(entry.msg), ...fields].filter(Boolean).join(' ') + failureText;
-}
-
-function formatValue(value: unknown): string {
-  const text = typeof value === 'string' && /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value);
-  return text.length > 200 ? `${text.slice(0, 199)}…` : text;
-}
-
-function formatError(error: Record<string, unknown>, withStack: boolean): string {
-  const code = typeof error.code === 'string' ? ` [${error.code}]` : '';
-  const summary = ` ${styleText('red', `${String(error.type ?? 'Error')}${code}: ${String(error.message ?? '')}`)}`;
-  if (!withStack || typeof error.stack !== 'string') return summary;
-  return `${summary}\n${error.stack.split('\n').slice(1, 8).map((frame) => `${' '.repeat(nameWidth + 3)}${frame}`).join('\n')}`;
+  return prettyLine(line).trimEnd();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
 import {
   AbstractChat,
@@ -68,7 +69,7 @@ async function until<T>(read: () => T | undefined | false, what: string, timeout
     const value = read();
     if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await sleep(20);
   }
 }
 
@@ -76,7 +77,7 @@ async function untilAsync(read: () => Promise<boolean>, what: string, timeoutMs 
   const deadline = Date.now() + timeoutMs;
   while (!(await read())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await sleep(50);
   }
 }
 

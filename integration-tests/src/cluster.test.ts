@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { runChaos, summarize } from './chaos/run-chaos.ts';
 import { Stack } from './harness/stack.ts';
@@ -55,7 +56,7 @@ describe('a three-node NATS cluster', () => {
           const now = await readiness();
           if (Object.values(now).every((probe) => probe.status === wanted)) return now;
           if (Date.now() > deadline) throw new Error(`readiness never became ${wanted}: ${JSON.stringify(now)}`);
-          await new Promise((resolve) => setTimeout(resolve, 250));
+          await sleep(250);
         }
       };
       expect(Object.values(await until(200, 30_000)).map((probe) => probe.jetstream)).toEqual([true, true, true]);

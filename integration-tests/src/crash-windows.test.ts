@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer, type RecordedCall } from './harness/http-tool-server.ts';
@@ -340,7 +341,7 @@ describe('crash windows, one replica of each service', () => {
     // A cursor at the terminal event: nothing more, ever.
     const done = await stack.socket(testKeys.a);
     done.send({ type: 'subscribe', runId, after: replay.at(-1)!.seq });
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await sleep(500);
     expect(done.events(runId)).toEqual([]);
 
     // Invalid cursors: an error frame (the socket stays open), or 400 invalid_cursor over HTTP.
@@ -379,7 +380,7 @@ describe('crash windows, one replica of each service', () => {
    */
   async function expectFollowedToTheEnd(follower: Follower, runIds: readonly string[]): Promise<void> {
     const deadline = Date.now() + 15_000;
-    while (follower.unfinished().length > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+    while (follower.unfinished().length > 0 && Date.now() < deadline) await sleep(200);
     expect(follower.unfinished().map((run) => run.runId), 'runs whose terminal event never reached the WebSocket client').toEqual([]);
     expect(follower.stats.problems).toEqual([]);
     for (const runId of runIds) {
@@ -394,7 +395,7 @@ describe('crash windows, one replica of each service', () => {
     try {
       const runIds = await Promise.all([1, 2, 3, 4].map(() => createRun(stack, 'sleeper')));
       for (const runId of runIds) follower.follow(runId);
-      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      await sleep(1_500);
       await stack.servers[server]!.restart();
       await expectAllComplete(runIds);
       await expectAllReady();
@@ -425,7 +426,7 @@ describe('crash windows, one replica of each service', () => {
         createRun(stack, 'overstayer'),
         createRun(stack, 'streamer'),
       ]);
-      await new Promise((resolve) => setTimeout(resolve, 1_200));
+      await sleep(1_200);
       const service = stack.service(name);
       expect(await service.stop('SIGTERM')).toBe(0);
       service.start();

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Stack, testKeys } from './harness/stack.ts';
 import { TestSocket } from './harness/test-socket.ts';
@@ -156,7 +157,7 @@ describe('hostile input at the gateway', () => {
     it('refuses an expired ticket and one that was never issued with 401', async () => {
       const { expiresAt, ticket } = await issue(testKeys.a);
       // Expiry is the condition under test: wait for the clock to pass it (WS_TICKET_TTL is 10 s here).
-      await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(expiresAt) - Date.now()) + 250));
+      await sleep(Math.max(0, Date.parse(expiresAt) - Date.now()) + 250);
       await expect(TestSocket.open(wsUrl(stack.gatewayUrl, ticket))).rejects.toThrow(/401/);
       await expect(TestSocket.open(wsUrl(stack.gatewayUrl, `wst_${'A'.repeat(43)}`))).rejects.toThrow(/401/);
       // A ticket is not a key: it opens nothing but the WebSocket.

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createServer, type Server } from 'node:http';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
@@ -238,7 +239,7 @@ describe('limits and isolation', () => {
         const info = await jsm.consumers.info(streams.approvals, consumers.orchestratorApprovals);
         if (info.ack_floor.stream_seq >= lastSeq) break;
         if (Date.now() > deadline) throw new Error(`approvals consumer did not get past seq ${lastSeq}: ${JSON.stringify(info.ack_floor)}\n${stack.logs(20)}`);
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        await sleep(100);
       }
       const ledger = await new Kvm(js).open(buckets.approvalLedger);
       for (const [key, runId] of [

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { waitForStatus } from './harness/run-checks.ts';
 import { Stack, testKeys } from './harness/stack.ts';
 import type { ServiceName } from './harness/service-process.ts';
 
@@ -40,6 +41,15 @@ describe('metrics of the running services', () => {
     });
     socket.close();
     expect((await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`)).body).toMatchObject({ status: 'completed' });
+    // One run waiting for an approval when the orchestrator first counts runs (its first scrape below).
+    const approver = {
+      model: { provider: 'scripted', steps: [{ toolCalls: [{ toolName: 'echo', args: { message: 'may I?' } }] }, { text: 'Done.' }] },
+      tools: [{ name: 'echo', kind: 'builtin', needsApproval: true, inputSchema: { type: 'object' } }],
+    };
+    expect((await stack.api(testKeys.a, 'PUT', '/v1/agents/metrics-approver', approver)).status).toBe(200);
+    const suspended = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'metrics-approver', input: 'wait' });
+    expect(suspended.status, JSON.stringify(suspended.body)).toBe(201);
+    await waitForStatus(stack, testKeys.a, suspended.body.runId, ['suspended'], 60_000);
 
     const texts = {
       gateway: await scrape('gateway'),
@@ -47,8 +57,9 @@ describe('metrics of the running services', () => {
       'llm-worker': await scrape('llm-worker'),
       'tool-worker': await scrape('tool-worker'),
     };
-    expect(texts.gateway).toMatch(/^abide_http_request_duration_seconds_count\{method="PUT",route="\/v1\/agents\/:agentId"\} 1$/m);
-    expect(texts['llm-worker']).toMatch(/^abide_model_call_duration_seconds_count\{provider="scripted",outcome="finished"\} 2$/m);
+    // Two agents stored; three model steps (two of the completed run, one of the suspended one).
+    expect(texts.gateway).toMatch(/^abide_http_request_duration_seconds_count\{method="PUT",route="\/v1\/agents\/:agentId"\} 2$/m);
+    expect(texts['llm-worker']).toMatch(/^abide_model_call_duration_seconds_count\{provider="scripted",outcome="finished"\} 3$/m);
     expect(texts['tool-worker']).toMatch(/^abide_tool_call_duration_seconds_count\{tool="builtin:echo",outcome="success"\} 1$/m);
     // The backlog per durable, read from JetStream by each service for its own consumers: all acked.
     for (const [service, durable] of [
@@ -62,6 +73,21 @@ describe('metrics of the running services', () => {
       expect(texts[service], durable).toMatch(new RegExp(`^abide_consumer_ack_pending_messages\\{durable="${durable}"\\} \\d+$`, 'm'));
     }
     expect(texts.orchestrator).toMatch(/^abide_oldest_overdue_deadline_seconds 0$/m);
+    // Runs by live status, counted on the read model (the first scrape counts): one suspended, the other completed.
+    expect(texts.orchestrator).toMatch(/^abide_runs\{status="suspended"\} 1$/m);
+    for (const status of ['queued', 'running']) expect(texts.orchestrator, status).toMatch(new RegExp(`^abide_runs\\{status="${status}"\\} 0$`, 'm'));
+    expect(texts.orchestrator).not.toMatch(/^abide_runs\{status="completed"\}/m);
+    // Every supervised consume loop is declared; none restarted during the run.
+    for (const [service, durable] of [
+      ['orchestrator', 'orchestrator'],
+      ['llm-worker', 'llm-worker'],
+      ['tool-worker', 'tool-worker'],
+    ] as const) {
+      expect(texts[service], durable).toMatch(/^# TYPE abide_consumer_restarts_total counter$/m);
+      expect(texts[service], durable).not.toMatch(new RegExp(`^abide_consumer_restarts_total\\{durable="${durable}"\\} [1-9]`, 'm'));
+    }
+    // Open sockets: the WebSocket above is closed again.
+    expect(texts.gateway).toMatch(/^abide_websocket_connections \d+$/m);
     for (const [service, text] of Object.entries(texts)) {
       expect(text, service).not.toContain(runId);
       expect(text, service).not.toContain('tenant-a');

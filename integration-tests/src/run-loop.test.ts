@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
 import { bookerMilestones } from './harness/run-checks.ts';
@@ -103,7 +104,7 @@ describe('a durable run, end to end', () => {
     const later = await resumed.untilTerminal(runId, 30_000);
     expect(later.map((event) => event.eventId)).toEqual(events.filter((event) => event.seq > middle.seq).map((event) => event.eventId));
     // Nothing more arrives after the terminal event.
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await sleep(500);
     expect(resumed.events(runId)).toHaveLength(later.length);
 
     // SSE replays the same events from the same cursor (Last-Event-ID wins over after).

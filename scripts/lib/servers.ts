@@ -4,7 +4,7 @@
  * Servers listen on 127.0.0.1 only, keep their data and a log file in a data directory, are ready
  * when they serve clients, and are stopped with SIGTERM, then SIGKILL after 5 s. Binaries come
  * from `server-binaries.ts` (cache, PATH, or built with Go on first use).
- * Only Node built-ins are used here: this runs before anything else is trusted.
+ * Node built-ins, and the `mongodb` driver the services use for the MongoDB readiness `ping`.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chmod, chown, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -12,6 +12,7 @@ import { createConnection, createServer } from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import { MongoClient } from 'mongodb';
 import {
   abidePaths,
   compareVersions,
@@ -506,41 +507,26 @@ async function refuseIfDataDirInUse(pidFile: string, spec: ServerSpec): Promise<
 }
 
 async function natsSendsInfo(port: number): Promise<boolean> {
-  const banner = await readBanner(port, Buffer.alloc(0), 5);
+  const banner = await readBanner(port, 5);
   return banner?.toString('latin1').startsWith('INFO ') ?? false;
 }
 
-/*
- * A MongoDB `ping` over the wire protocol (OP_MSG, opcode 2013), so readiness means "answers
- * commands", not just "accepts TCP". Built by hand to stay free of npm dependencies.
+/**
+ * Readiness of a MongoDB(-compatible) server: it answers `ping` with `ok: 1` (not just "accepts
+ * TCP"), through the driver with a short server selection so a probe never hangs.
  */
 async function mongoAnswersPing(port: number): Promise<boolean> {
-  const reply = await readBanner(port, encodePingMessage(1), 16);
-  if (!reply || reply.length < 16) return false;
-  const opCode = reply.readInt32LE(12);
-  if (opCode !== 2013 || reply.readInt32LE(8) !== 1) return false;
-  // `{ ok: <double> }`: element type 0x01, name "ok\0", then the value.
-  const okAt = reply.indexOf(Buffer.from([0x01, 0x6f, 0x6b, 0x00]), 21);
-  return okAt < 0 || (okAt + 12 <= reply.length && reply.readDoubleLE(okAt + 4) === 1);
+  const client = new MongoClient(`mongodb://127.0.0.1:${port}/?directConnection=true`, { serverSelectionTimeoutMS: 1_000, connectTimeoutMS: 1_000 });
+  try {
+    const answer = await client.db().admin().command({ ping: 1 });
+    return answer.ok === 1;
+  } finally {
+    await client.close();
+  }
 }
 
-function encodePingMessage(requestId: number): Buffer {
-  const int32 = (value: number) => {
-    const buffer = Buffer.alloc(4);
-    buffer.writeInt32LE(value);
-    return buffer;
-  };
-  const elements = Buffer.concat([
-    Buffer.from([0x10]), Buffer.from('ping\0', 'latin1'), int32(1),
-    Buffer.from([0x02]), Buffer.from('$db\0', 'latin1'), int32(6), Buffer.from('admin\0', 'latin1'),
-  ]);
-  const document = Buffer.concat([int32(4 + elements.length + 1), elements, Buffer.from([0])]);
-  const body = Buffer.concat([int32(0) /* flagBits */, Buffer.from([0]) /* section kind: body */, document]);
-  return Buffer.concat([int32(16 + body.length), int32(requestId), int32(0), int32(2013), body]);
-}
-
-/** Connects, writes `request`, reads until the server sent a complete message (or `minimumBytes` for a text banner). */
-function readBanner(port: number, request: Buffer, minimumBytes: number): Promise<Buffer | undefined> {
+/** Connects and reads until the server sent `minimumBytes` of its text banner (or closed). */
+function readBanner(port: number, minimumBytes: number): Promise<Buffer | undefined> {
   return new Promise((resolvePromise) => {
     const socket = createConnection({ host: '127.0.0.1', port });
     let received = Buffer.alloc(0);
@@ -550,13 +536,9 @@ function readBanner(port: number, request: Buffer, minimumBytes: number): Promis
     };
     socket.setTimeout(1_000, () => finish(undefined));
     socket.once('error', () => finish(undefined));
-    socket.once('connect', () => {
-      if (request.length > 0) socket.write(request);
-    });
     socket.on('data', (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
-      const expected = request.length > 0 && received.length >= 4 ? received.readInt32LE(0) : minimumBytes;
-      if (received.length >= expected) finish(received);
+      if (received.length >= minimumBytes) finish(received);
     });
     socket.once('end', () => finish(received.length > 0 ? received : undefined));
   });

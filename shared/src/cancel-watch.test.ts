@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it, vi } from 'vitest';
 import { createCancelWatch, RunCancelledError, type RunControlBucket, type RunControlKvEntry } from './cancel-watch.ts';
 import { encodeJson } from './jetstream.ts';
@@ -99,7 +100,7 @@ describe('createCancelWatch', () => {
     done.release();
     await vi.waitFor(() => expect(fake.watchCalls).toHaveLength(1));
     fake.put('run_1', cancelledEntry);
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    await sleep(10);
     expect(done.signal.aborted).toBe(false);
     await watch.stop();
   });
@@ -111,7 +112,7 @@ describe('createCancelWatch', () => {
     const work = watch.track('run_3');
     await vi.waitFor(() => expect(fake.watchCalls).toHaveLength(1));
     fake.put('run_1', cancelledEntry);
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    await sleep(5);
     fake.endWatches();
     // Written while no watch is open:
     fake.put('run_3', cancelledEntry, { silently: true });

@@ -1,12 +1,16 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 import type { JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { createConsumerRunner, deferHeaders } from './consumer.ts';
+import { createConsumerSupervision } from './consumer-supervisor.ts';
+import { createMetrics } from './metrics.ts';
 import { encodeJson, consumerPolicies } from './jetstream.ts';
 import { createLogger } from './logger.ts';
 
 const silentLogger = createLogger('consumer-test', 'silent');
+const supervision = () => createConsumerSupervision({ metrics: createMetrics({ processMetrics: false }), logger: silentLogger });
 const schema = z.object({ tenantId: z.string(), runId: z.string() });
 
 /** A pulled message: records what the runner did with it. */
@@ -70,6 +74,7 @@ function fakeJetStream(messages: JsMsg[]) {
 async function runOnce(options: { messages: JsMsg[]; admit: () => Promise<(() => Promise<void>) | undefined>; handled: string[]; now?: () => number }) {
   const { js, published, drained } = fakeJetStream(options.messages);
   const runner = createConsumerRunner({
+    supervision: supervision(),
     js,
     policy: consumerPolicies['tool-worker'],
     schema,
@@ -139,6 +144,7 @@ describe('consumer runner admission (per-tenant capacity)', () => {
     const steps: string[] = [];
     const { js, drained } = fakeJetStream([message.message]);
     const runner = createConsumerRunner({
+      supervision: supervision(),
       js,
       policy: consumerPolicies['tool-worker'],
       schema,
@@ -162,7 +168,7 @@ describe('consumer runner admission (per-tenant capacity)', () => {
  * once without an error (a pull whose node died and whose iterator the library ended), `throw`
  * fails, a list of values delivers them and then waits for `stop()`. `get` itself may fail.
  */
-function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | unknown[] })[]) {
+function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | 'deleted' | unknown[] })[]) {
   let gets = 0;
   const acked: unknown[] = [];
   const js = {
@@ -174,11 +180,17 @@ function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | 
         const { pull } = step;
         return {
           async consume() {
-            let stop: () => void = () => {};
-            const stopped = new Promise<void>((resolve) => (stop = resolve));
+            let stop: (error?: Error) => void = () => {};
+            const stopped = new Promise<Error | undefined>((resolve) => (stop = resolve));
             async function* iterate() {
               if (pull === 'end') return;
               if (pull === 'throw') throw new Error('consumer deleted');
+              if (pull === 'deleted') {
+                // The library's `stop(error)` ends the iteration with that error.
+                const error = await stopped;
+                if (error) throw error;
+                return;
+              }
               for (const [index, value] of pull.entries()) {
                 yield {
                   data: encodeJson(value),
@@ -196,8 +208,11 @@ function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | 
             }
             const iterator = iterate();
             return Object.assign(iterator, {
-              stop: () => stop(),
-              status: () => (async function* () {})(),
+              stop: (error?: Error) => stop(error),
+              // A deleted consumer: the server's 409 reaches the pull as a status.
+              status: () => (async function* () {
+                if (pull === 'deleted') yield { type: 'consumer_deleted', code: 409, description: 'Consumer Deleted' };
+              })(),
             });
           },
         };
@@ -214,7 +229,7 @@ function scriptedJetStream(script: ({ get: 'fail' } | { pull: 'end' | 'throw' | 
 }
 
 async function until(check: () => boolean): Promise<void> {
-  while (!check()) await new Promise((resolve) => setTimeout(resolve, 5));
+  while (!check()) await sleep(5);
 }
 
 describe('consumer runner', () => {
@@ -222,6 +237,7 @@ describe('consumer runner', () => {
     const fake = scriptedJetStream([{ pull: [{ n: 1 }] }]);
     const handled: unknown[] = [];
     const runner = createConsumerRunner({
+      supervision: supervision(),
       js: fake.js,
       policy: consumerPolicies['tool-worker'],
       schema: z.object({ n: z.number() }),
@@ -241,6 +257,7 @@ describe('consumer runner', () => {
 
     const resumed = scriptedJetStream([{ pull: 'end' }, { get: 'fail' }, { pull: 'throw' }, { pull: [{ n: 2 }, { n: 3 }] }]);
     const again = createConsumerRunner({
+      supervision: supervision(),
       js: resumed.js,
       policy: consumerPolicies['tool-worker'],
       schema: z.object({ n: z.number() }),
@@ -255,5 +272,33 @@ describe('consumer runner', () => {
     expect(resumed.gets).toBe(4);
     expect(handled).toEqual([{ n: 1 }, { n: 2 }, { n: 3 }]);
     await again.stop(1_000);
+  });
+
+  it('provisions a consumer deleted on the server before consuming it again, and reports the restart in its health', async () => {
+    const fake = scriptedJetStream([{ pull: 'deleted' }, { pull: [{ n: 7 }] }]);
+    const handled: unknown[] = [];
+    let provisioned = 0;
+    const runner = createConsumerRunner({
+      supervision: supervision(),
+      js: fake.js,
+      policy: consumerPolicies['tool-worker'],
+      schema: z.object({ n: z.number() }),
+      concurrency: 4,
+      logger: createLogger('test', 'silent'),
+      async provision() {
+        provisioned += 1;
+      },
+      async handle(delivery) {
+        handled.push(delivery.message);
+      },
+    });
+    await runner.start();
+    await until(() => fake.acked.length === 1);
+    expect(provisioned).toBe(1);
+    expect(fake.gets).toBe(2);
+    expect(handled).toEqual([{ n: 7 }]);
+    expect(runner.health()).toMatchObject({ name: 'tool-worker', state: 'running', restarts: 1, lastError: 'tool-worker: Consumer Deleted' });
+    await runner.stop(1_000);
+    expect(runner.health().state).toBe('stopped');
   });
 });

@@ -3,6 +3,7 @@ import { headers as natsHeaders } from '@nats-io/transport-node';
 import type { z } from 'zod';
 import { ackDecisionFor, ensureError, InvalidMessageError } from './errors.ts';
 import { JetStreamApiCodes } from '@nats-io/jetstream';
+import type { ConsumerSupervision, SupervisedHealth, Supervisor } from './consumer-supervisor.ts';
 import { decodeJson, isApiError, publishRetrying, type ConsumerPolicy } from './jetstream.ts';
 import type { Logger } from './logger.ts';
 import { sleep } from './retry.ts';
@@ -45,6 +46,13 @@ export type ConsumerRunnerOptions<Schema extends z.ZodType> = {
   admit?(delivery: Delivery<z.infer<Schema>>): Promise<(() => Promise<void>) | undefined>;
   /** A message deferred less than this long ago waits out the rest (then asks `admit` once more) before it is deferred again. @default 1000 */
   deferPauseMs?: number;
+  /** The process's supervision: the consume loop runs under it (restarted, counted, reported to `/readyz`). */
+  supervision: ConsumerSupervision;
+  /**
+   * Creates the durable again (provisioning is idempotent). Called before a restart when the
+   * consumer or its stream was found missing: deleted by an operator, or lost with its stream.
+   */
+  provision?(): Promise<unknown>;
   now?: () => number;
 };
 
@@ -53,8 +61,28 @@ export type ConsumerRunner = {
   /** Stops pulling, waits up to `graceMs` for in-flight handlers, then aborts them. */
   stop(graceMs: number): Promise<void>;
   readonly inFlight: number;
+  /** Resolves (with undefined) once stopped: the supervisor restarts a loop that ends on its own. */
   readonly closed: Promise<Error | undefined>;
+  /** The consume loop's supervision state. */
+  health(): SupervisedHealth;
 };
+
+/** A pull's consumer was deleted on the server (the library would go on pulling from nothing). */
+export class ConsumerDeletedError extends Error {
+  override readonly name = 'ConsumerDeletedError';
+}
+
+/** True when fetching the consumer answered that it or its stream does not exist. */
+function isNotFound(error: Error | undefined): boolean {
+  return isApiError(error, JetStreamApiCodes.ConsumerNotFound) || isApiError(error, JetStreamApiCodes.StreamNotFound);
+}
+
+/**
+ * How long fetching the consumer must keep answering not-found before it is provisioned again: a
+ * leader election answers so for a moment, and provisioning then is harmless (idempotent) but
+ * pointless. A deletion seen on the pull itself (`consumer_deleted`) is provisioned at once.
+ */
+const notFoundBeforeProvisioningMs = 3_000;
 
 /** A durable pull's expiry and idle heartbeat (see `consumeOnce`). */
 const pullExpiresMs = 10_000;
@@ -73,7 +101,7 @@ export function nakDelayFor(policy: ConsumerPolicy, deliveryCount: number): numb
  * decides between `term` and `nak` (`ackDecisionFor`).
  */
 export function createConsumerRunner<Schema extends z.ZodType>(options: ConsumerRunnerOptions<Schema>): ConsumerRunner {
-  const { js, policy, schema, concurrency, logger, handle, onExhausted, admit } = options;
+  const { js, policy, schema, concurrency, logger, handle, onExhausted, admit, supervision } = options;
   const deferPauseMs = options.deferPauseMs ?? 1_000;
   const now = options.now ?? Date.now;
   const log = logger.child({ consumer: policy.durable });
@@ -83,7 +111,6 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
   let stopping = false;
   let resolveClosed: (error: Error | undefined) => void = () => {};
   const closed = new Promise<Error | undefined>((resolve) => (resolveClosed = resolve));
-  let loop: Promise<void> | undefined;
 
   /**
    * Puts a message its tenant has no capacity for behind the queue without spending a delivery:
@@ -223,50 +250,51 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
   }
 
   /**
-   * Pulls until stopped. The library rides through missed heartbeats and a consumer that is
-   * briefly not found (it re-checks the consumer and pulls again); when its iterator still ends
-   * or throws (connection closed and reopened, a stream leader lost in a cluster), the consumer
-   * is fetched again and consumed anew, with a capped backoff, instead of this process going
-   * quiet. The durable keeps the position: nothing is skipped or re-acked.
+   * The supervised loop: one run fetches the consumer and consumes until the iterator ends or
+   * throws. The library rides through missed heartbeats and a consumer that is briefly not found
+   * (it re-checks the consumer and pulls again); when its iterator still ends or throws
+   * (connection closed and reopened, a stream leader lost in a cluster, the consumer deleted),
+   * the supervisor runs it again after a backoff, provisioning the consumer first when it is
+   * gone. The durable keeps the position: nothing is skipped or re-acked.
    */
-  async function pull(): Promise<void> {
-    let notFound = 0;
-    for (let attempt = 0; !stopping; attempt += 1) {
-      try {
-        await consumeOnce(() => {
-          attempt = 0;
-          notFound = 0;
-        });
-        if (stopping) return;
-        log.warn('consumer iterator ended; fetching the consumer again');
-      } catch (error) {
-        if (stopping) return;
-        // Not found for ~30 s is gone for real (a leader change answers so for seconds at most):
-        // `closed` reports it and a worker provisions again.
-        const gone = isApiError(error, JetStreamApiCodes.ConsumerNotFound) || isApiError(error, JetStreamApiCodes.StreamNotFound);
-        notFound = gone ? notFound + 1 : 0;
-        if (notFound >= 10) throw error;
-        log.warn({ err: ensureError(error), attempt }, 'consumer failed; fetching it again');
-      }
-      const delay = Math.min(5_000, 100 * 2 ** attempt);
-      await new Promise((resolve) => setTimeout(resolve, delay).unref());
-    }
-  }
+  let notFoundSince: number | undefined;
+  const supervisor: Supervisor = supervision.supervise({
+    name: policy.durable,
+    run: (consuming) => consumeOnce(consuming),
+    async beforeRestart(cause) {
+      notFoundSince = isNotFound(cause) ? (notFoundSince ?? now()) : undefined;
+      const gone = cause instanceof ConsumerDeletedError || (notFoundSince !== undefined && now() - notFoundSince >= notFoundBeforeProvisioningMs);
+      if (stopping || !options.provision || !gone) return;
+      log.warn({ err: cause }, 'consumer is gone; provisioning it again');
+      await options.provision();
+      notFoundSince = undefined;
+    },
+  });
 
-  async function consumeOnce(onMessage: () => void): Promise<void> {
+  async function consumeOnce(consuming: () => void): Promise<void> {
+    if (stopping) return;
     const consumer = await js.consumers.get(policy.stream, policy.durable);
     if (stopping) return;
     // Pulls expire every 10 s with heartbeats every 5 s: a pull lost with its node is noticed
     // after two missed heartbeats (10 s).
     const current = await consumer.consume({ max_messages: concurrency, expires: pullExpiresMs, idle_heartbeat: pullHeartbeatMs });
     messages = current;
+    if (stopping) current.stop();
+    consuming();
     let lastSignOfLife = Date.now();
     void (async () => {
       for await (const status of current.status()) {
         if (status.type === 'heartbeat') lastSignOfLife = Date.now();
+        if (status.type === 'consumer_deleted') {
+          // The library would keep pulling from a durable that no longer exists; ending the run
+          // lets the supervisor provision it again (and report not-ready while it cannot).
+          log.warn({ description: status.description }, 'consumer deleted on the server; ending the consume loop');
+          current.stop(new ConsumerDeletedError(`${policy.durable}: ${status.description}`));
+          continue;
+        }
         if (status.type !== 'heartbeats_missed') continue;
         // The library would check the consumer again only every `expires` while the check
-        // fails (a leader election); stopping here makes `pull` fetch it again within seconds.
+        // fails (a leader election); stopping here makes the supervisor fetch it again within seconds.
         // Messages being handled keep their own ack subjects.
         log.warn({ missed: status.count }, 'consumer heartbeats missed; fetching the consumer again');
         current.stop();
@@ -286,7 +314,6 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
     try {
       await handOut(current, () => {
         lastSignOfLife = Date.now();
-        onMessage();
       });
     } finally {
       clearInterval(watchdog);
@@ -312,14 +339,9 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
       return running.size;
     },
     closed,
+    health: () => supervisor.health(),
     async start() {
-      loop = pull().then(
-        () => resolveClosed(undefined),
-        (error: unknown) => {
-          log.error({ err: ensureError(error) }, 'consumer loop failed');
-          resolveClosed(ensureError(error));
-        },
-      );
+      supervisor.start();
     },
     async stop(graceMs: number) {
       stopping = true;
@@ -331,7 +353,8 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
         abort.abort(new Error('shutting down'));
         await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
       }
-      await loop;
+      await supervisor.stop();
+      resolveClosed(undefined);
     },
   };
 }

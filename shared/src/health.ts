@@ -6,15 +6,74 @@ import type { Metrics } from './metrics.ts';
 /** A readiness check: resolves true when the dependency answers. */
 export type ReadinessCheck = { name: string; check(): Promise<boolean> };
 
+/** What `/readyz` answers, in every service. */
+export type ReadinessReport = { ready: boolean; checks: Record<string, boolean>; draining: boolean };
+
+/** How long a dependency may take to answer a readiness check. */
+const checkTimeoutMs = 2_000;
+
+/** Resolves `promise`, or `undefined` when it has not settled within `checkTimeoutMs`. */
+async function withinCheckTimeout<T>(promise: Promise<T>): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), checkTimeoutMs)));
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
- * The small HTTP server of the orchestrator and the workers: `/healthz` (the process is alive),
- * `/readyz` (its dependencies answer and it is not draining), `/metrics`.
+ * Readiness check `nats`: the connection is open, not draining, and answers a round trip within
+ * 2 s (while disconnected the round trip waits for the reconnect, so it does not answer).
  */
-export function createHealthServer(options: { port: number; host: string; logger: Logger; checks: ReadinessCheck[]; metrics?: Metrics; isDraining(): boolean }) {
-  let server: Server | undefined;
-  async function readiness(): Promise<{ ready: boolean; checks: Record<string, boolean> }> {
+export function natsCheck(connection: () => { isClosed(): boolean; isDraining(): boolean; rtt(): Promise<number> } | undefined): ReadinessCheck {
+  return {
+    name: 'nats',
+    async check() {
+      const current = connection();
+      if (!current || current.isClosed() || current.isDraining()) return false;
+      return (await withinCheckTimeout(current.rtt().then(() => true))) === true;
+    },
+  };
+}
+
+/** Readiness check `mongodb`: the database answers `ping` with `ok: 1` within 2 s. */
+export function mongoCheck(db: () => { command(command: { ping: 1 }): Promise<{ ok?: unknown }> } | undefined): ReadinessCheck {
+  return {
+    name: 'mongodb',
+    async check() {
+      const current = db();
+      if (!current) return false;
+      const answer = await withinCheckTimeout(current.command({ ping: 1 }));
+      return answer?.ok === 1;
+    },
+  };
+}
+
+/**
+ * The one readiness rule of every service (issue 10, finding 2). Ready when:
+ * - `nats`: the connection answers a round trip (`natsCheck`);
+ * - `jetstream`: the service's stream answers with a leader (`jetStreamCheck`);
+ * - `mongodb` (gateway, orchestrator): MongoDB answers `ping` (`mongoCheck`);
+ * - `consumers` (orchestrator, workers): every durable it consumes is supervised and consuming,
+ *   or, having consumed before, restarting for less than the supervision's grace
+ *   (`ConsumerSupervision.check`);
+ * - and the process is not draining.
+ * A check that throws counts as not ready, and why is logged.
+ */
+export function createReadiness(options: {
+  logger: Logger;
+  isDraining(): boolean;
+  nats: ReadinessCheck;
+  jetstream: ReadinessCheck;
+  mongodb?: ReadinessCheck;
+  consumers?: ReadinessCheck;
+}): () => Promise<ReadinessReport> {
+  const checks = [options.nats, options.jetstream, options.mongodb, options.consumers].filter((check): check is ReadinessCheck => check !== undefined);
+  return async () => {
     const results = await Promise.all(
-      options.checks.map(async ({ name, check }) => [
+      checks.map(async ({ name, check }) => [
         name,
         await check().catch((error: unknown) => {
           // A check that throws answers not-ready; logged so an operator sees why /readyz says 503.
@@ -23,9 +82,18 @@ export function createHealthServer(options: { port: number; host: string; logger
         }),
       ] as const),
     );
-    const checks = Object.fromEntries(results);
-    return { ready: !options.isDraining() && results.every(([, ok]) => ok), checks };
-  }
+    const draining = options.isDraining();
+    return { ready: !draining && results.every(([, ok]) => ok), checks: Object.fromEntries(results), draining };
+  };
+}
+
+/**
+ * The small HTTP server of the orchestrator and the workers: `/healthz` (the process is alive),
+ * `/readyz` (`createReadiness`), `/metrics`.
+ */
+export function createHealthServer(options: { port: number; host: string; logger: Logger; readiness: () => Promise<ReadinessReport>; metrics?: Metrics }) {
+  let server: Server | undefined;
+  const { readiness } = options;
   return {
     readiness,
     async start(): Promise<number> {
@@ -34,8 +102,8 @@ export function createHealthServer(options: { port: number; host: string; logger
         if (path === '/healthz') {
           response.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
         } else if (path === '/readyz') {
-          void readiness().then(({ ready, checks }) => {
-            response.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ready ? 'ready' : 'unavailable', checks, draining: options.isDraining() }));
+          void readiness().then(({ ready, checks, draining }) => {
+            response.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ready ? 'ready' : 'unavailable', checks, draining }));
           });
         } else if (path === '/metrics' && options.metrics) {
           const metrics = options.metrics;

@@ -1,7 +1,7 @@
 import type { Collections } from './mongo.ts';
 import { workIds } from './names.ts';
 import type { OutboxEntry } from './outbox.ts';
-import { isTerminalStatus, type RunState } from './run-state.ts';
+import { isTerminalStatus, type RunState, type RunStatus } from './run-state.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
 
 /** A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`). */
@@ -249,6 +249,18 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
         await writes.runWork.delete(item._id);
       }
       return legacy.length;
+    },
+
+    /**
+     * How many runs of the read model are in each of `statuses` (absent: none), in one
+     * `$group` pass. Not indexed by status (FerretDB would scan anyway): the metrics call it at
+     * most every 30 s.
+     */
+    async countRunsByStatus(statuses: readonly RunStatus[]): Promise<Partial<Record<RunStatus, number>>> {
+      const groups = await runs
+        .aggregate<{ _id: RunStatus; count: number }>([{ $match: { status: { $in: [...statuses] } } }, { $group: { _id: '$status', count: { $sum: 1 } } }])
+        .toArray();
+      return Object.fromEntries(groups.map((group) => [group._id, group.count]));
     },
 
     /**

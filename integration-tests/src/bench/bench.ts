@@ -17,6 +17,7 @@
  * NATS_URL / MONGO_URL point it at servers of your own (then their processes are not sampled);
  * ABIDE_LOCAL_STORE=postgres runs FerretDB on PostgreSQL instead of SQLite (every line says `store`).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -466,7 +467,7 @@ async function scenarioFsyncProbe(context: Context): Promise<void> {
     probe = await FsyncProbe.attach(context.processes, context.servers.mongo?.dataDir ?? context.stack.dir);
     const killIdleTracers = onCleanup('strace (idle)', () => probe.kill());
     const idleStarted = performance.now();
-    await new Promise((resolve) => setTimeout(resolve, idleSeconds * 1000));
+    await sleep(idleSeconds * 1000);
     idle = await probe.stop();
     await killIdleTracers();
     const idleElapsedS = (performance.now() - idleStarted) / 1000;
@@ -569,7 +570,7 @@ async function scenarioApprovals(context: Context): Promise<void> {
   log(`${name}: ${suspended.length} runs suspended in ${suspendS.toFixed(1)} s (${suspendErrors} errors)`);
 
   // 2. Everything waits: the orchestrator's memory and CPU (and everyone else's CPU) while idle.
-  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  await sleep(2_000);
   let orchestratorRssPeak = 0;
   context.proxy?.reset();
   const idleCpu = await cpuPercentOver(context.processes, config.approvalIdleS * 1000, () => {

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -47,10 +48,10 @@ export class FsyncProbe {
           await probe.stop();
           throw new Error(`strace could not attach to ${tracer.process.name} (pid ${tracer.process.pid}): ${tracer.stderr.join('').trim() || 'no output'}`);
         }
-        await new Promise((resolve) => setTimeout(resolve, 20));
+        await sleep(20);
       }
     }
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await sleep(200);
     return probe;
   }
 

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
@@ -97,7 +98,7 @@ export async function cpuPercentOver(processes: StackProcess[], windowMs: number
   const before = new Map(processes.map((process) => [process.name, cpuSeconds(process.pid)]));
   const started = performance.now();
   while (performance.now() - started < windowMs) {
-    await new Promise((resolve) => setTimeout(resolve, Math.min(sampleMs, windowMs - (performance.now() - started))));
+    await sleep(Math.min(sampleMs, windowMs - (performance.now() - started)));
     onSample?.();
   }
   const elapsedS = (performance.now() - started) / 1000;

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { GatewayPool } from './gateways.ts';
 import type { RunPlan } from './workload.ts';
 
@@ -53,7 +54,7 @@ export class Approver {
         return;
       }
       // A 5xx from a gateway that lost its backend for a moment: the decision is idempotent, send it again.
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      await sleep(500);
     }
     throw new Error('still failing after 20 attempts');
   }
@@ -79,6 +80,6 @@ export class Approver {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#timer);
-    while (this.#inFlight.size > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+    while (this.#inFlight.size > 0) await sleep(100);
   }
 }

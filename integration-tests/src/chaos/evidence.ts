@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readFile } from 'node:fs/promises';
 import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
@@ -84,7 +85,7 @@ export async function waitForPublished(db: Db, timeoutMs: number): Promise<strin
       else if (run.publishedVersion !== run.version) left.push(`${String(run._id)}: read model at version ${run.version} records version ${run.publishedVersion} as published`);
     }
     if (left.length === 0) return left;
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await sleep(500);
   }
   return left;
 }

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { terminalTypes, type ClientEvent } from '../harness/run-checks.ts';
 import type { GatewayPool } from './gateways.ts';
@@ -124,7 +125,7 @@ export class Follower {
         return;
       } catch {
         // No gateway accepted the connection (it is restarting): try again shortly.
-        await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 100 * 2 ** attempt)));
+        await sleep(Math.min(1_000, 100 * 2 ** attempt));
       }
     }
   }

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Stack } from '../harness/stack.ts';
 import type { Random } from './random.ts';
 
@@ -39,7 +40,7 @@ export class GatewayPool {
     for (let attempt = 0; Date.now() < deadline; attempt += 1) {
       if (attempt > 0) {
         this.retries += 1;
-        await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 50 * 2 ** attempt)));
+        await sleep(Math.min(1_000, 50 * 2 ** attempt));
       }
       const url = this.pickUrl();
       let response: Response;

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ServiceProcess } from '../harness/service-process.ts';
 import type { Stack } from '../harness/stack.ts';
 import type { Random } from './random.ts';
@@ -62,7 +63,7 @@ export function startKiller(options: KillerOptions): Killer {
       kills.push(kill);
       options.log?.(`chaos: killed ${service.name}#${service.replica} (pid ${kill.pid})`);
       options.onKill(kill);
-      await new Promise((resolve) => setTimeout(resolve, random.int(...options.downMs)));
+      await sleep(random.int(...options.downMs));
       await bringBack(service, kill);
     }
   })();

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { streams } from '@abide/shared';
@@ -50,7 +51,7 @@ async function waitHealthy(node: NatsClusterNode, timeoutMs: number): Promise<vo
       .then((response) => response.status)
       .catch(() => 0); // not listening yet
     if (status === 200) return;
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await sleep(200);
   }
   throw new Error(`NATS ${node.name} was not healthy ${timeoutMs} ms after its fault`);
 }
@@ -100,10 +101,10 @@ export function startNodeFaults(options: NodeFaultOptions): NodeFaults {
       node.server.kill(signal);
       options.log?.(`chaos: ${signal} NATS ${node.name} (${target}, pid ${node.server.pid})`);
       if (signal === 'SIGSTOP') {
-        await new Promise((resolve) => setTimeout(resolve, options.stopMs));
+        await sleep(options.stopMs);
         node.server.kill('SIGCONT');
       } else {
-        await new Promise((resolve) => setTimeout(resolve, random.int(...options.downMs)));
+        await sleep(random.int(...options.downMs));
         await node.server.restart();
       }
       await waitHealthy(node, 120_000);

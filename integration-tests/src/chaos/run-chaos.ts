@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { eventStreamProblems, waitForQuietConsumers, type ClientEvent } from '../harness/run-checks.ts';
 import { Stack, testKeys } from '../harness/stack.ts';
 import { Approver } from './approver.ts';
@@ -146,7 +147,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     const runIds: string[] = [];
     const creations: Promise<void>[] = [];
     for (const plan of plans) {
-      await new Promise((resolve) => setTimeout(resolve, plan.gapMs));
+      await sleep(plan.gapMs);
       options.signal?.throwIfAborted();
       creations.push(
         (async () => {
@@ -160,7 +161,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
               return;
             }
             if (response.status < 500) throw new Error(`creating run ${plan.index}: ${response.status} ${JSON.stringify(response.body)}`);
-            await new Promise((resolve) => setTimeout(resolve, 500));
+            await sleep(500);
           }
           throw new Error(`creating run ${plan.index}: still failing after 20 attempts`);
         })().catch((error: Error) => {
@@ -171,11 +172,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       if (plan.index % 25 === 24) log(`chaos: ${plan.index + 1}/${plans.length} runs created, ${faultCount()} kills so far`);
     }
     await Promise.all(creations);
-    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    await sleep(3_000);
     // Faults keep coming (while the runs go on) until the minimum asked for has happened.
     for (const deadline = Date.now() + 300_000; faultCount() < (options.minKills ?? 0) && Date.now() < deadline; ) {
       options.signal?.throwIfAborted();
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      await sleep(500);
     }
     await killer.stop();
     log(`chaos: all runs created; killer stopped after ${faultCount()} kills; waiting for the runs to end`);
@@ -204,7 +205,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         // Ended, but the follower has not seen the end after a while: its subscription went quiet.
         if (Date.now() - since > 5_000) follower.resubscribe(run.runId);
       }
-      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      await sleep(2_000);
     }
     await approver.stop();
     const stuck = followers.flatMap((follower) => follower.unfinished().map((run) => run.runId));

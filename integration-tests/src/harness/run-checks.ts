@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager, jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { consumers, streams, subjects } from '@abide/shared';
@@ -88,7 +89,7 @@ export async function waitForPublishedLatest(db: Db, runId: string, timeoutMs = 
     const run = await db.collection('runs').findOne({ _id: runId as never }, { projection: { publishedVersion: 1 } });
     if (run?.publishedVersion === latest.version) return latest.version as number;
     if (Date.now() > deadline) throw new Error(`run ${runId}: the read model records version ${run?.publishedVersion} as published, the latest is ${latest.version}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await sleep(100);
   }
 }
 
@@ -133,7 +134,7 @@ export async function waitForStatus(stack: Stack, key: string, runId: string, st
     const response = await stack.api(key, 'GET', `/v1/runs/${runId}`).catch((error: Error) => ({ status: 0, body: error.message }));
     last = response.body;
     if (response.status === 200 && statuses.includes(response.body.status)) return response.body;
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await sleep(200);
   }
   throw new Error(`run ${runId} not ${statuses.join('|')} within ${timeoutMs} ms; last answer ${JSON.stringify(last)}\n${stack.logs(30)}`);
 }
@@ -161,7 +162,7 @@ export async function waitForQuietConsumers(natsUrl: string, timeoutMs = 90_000)
         if (info.num_ack_pending > 0 || info.num_pending > 0) busy.push(`${durable}: ${info.num_pending} pending, ${info.num_ack_pending} unacked`);
       }
       if (busy.length === 0) return;
-      await new Promise((resolve) => setTimeout(resolve, 250));
+      await sleep(250);
     }
     throw new Error(`consumers still busy after ${timeoutMs} ms: ${busy.join('; ')}`);
   } finally {

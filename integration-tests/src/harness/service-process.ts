@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
@@ -74,7 +75,7 @@ export class ServiceProcess {
       } catch {
         // Not listening yet: keep polling until the deadline.
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(100);
     }
     throw new Error(`${this.name}#${this.replica} not ready after ${timeoutMs} ms; see ${this.logFile}`);
   }

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ApiError, createLogger, encodeJson, type ClientEvent } from '@abide/shared';
 import { describe, expect, it } from 'vitest';
 import { createEventRelay } from './event-relay.ts';
@@ -41,7 +42,7 @@ describe('event relay', () => {
     events.emit('run_a', 't1', 'e1', 'run.started', { agentId: 'ag', agentVersion: 1, conversationId: 'c' });
     events.emit('run_a', 't1', 'e2', 'llm.step.started', { step: 0, attempt: 1 });
     const pending = collect(relay.follow('run_a', { after: 1, signal: new AbortController().signal }));
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    await sleep(5);
     events.emit('run_a', 't1', 'e3', 'run.cancelled', {});
     expect((await pending).map((event) => event.eventId)).toEqual(['e2', 'e3']);
   });
@@ -74,7 +75,7 @@ describe('event relay', () => {
 
     const controller = new AbortController();
     const pending = collect(relay.follow('run_a', { after: 2, signal: controller.signal }));
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    await sleep(5);
     expect(events.openReaders).toBe(1);
     controller.abort();
     expect(await pending).toEqual([]);
@@ -84,7 +85,7 @@ describe('event relay', () => {
   describe('when its reader fails (a NATS node dies under it)', () => {
     /** Waits until `check` holds, polling the fake (a condition, not a fixed sleep). */
     async function until(check: () => boolean): Promise<void> {
-      while (!check()) await new Promise((resolve) => setTimeout(resolve, 2));
+      while (!check()) await sleep(2);
     }
     const started = { agentId: 'ag', agentVersion: 1, conversationId: 'c' };
 
@@ -179,7 +180,7 @@ describe('event relay', () => {
       controller.abort();
       await done;
       const opened = events.readsOpened;
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sleep(20);
       expect(events.readsOpened).toBe(opened);
     });
   });

@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, exitOnStartupError, installShutdown, jetStreamCheck, pingDependency, streams, type Logger } from '@abide/shared';
+import { createLogger, createMetrics, createReadiness, exitOnStartupError, installShutdown, jetStreamCheck, mongoCheck, natsCheck, streams, type Logger } from '@abide/shared';
 import { createApp } from './app.ts';
 import { connectBackend, type ConnectedBackend } from './backend.ts';
 import { loadGatewayConfig } from './config.ts';
@@ -14,7 +14,6 @@ async function main(): Promise<void> {
     const metrics = createMetrics();
     let connected: ConnectedBackend | undefined;
     let draining = false;
-    const jetStreamRunInbox = jetStreamCheck(() => connected?.jsm, streams.runInbox);
 
     const { app, live } = createApp({
       config,
@@ -22,17 +21,15 @@ async function main(): Promise<void> {
       metrics,
       backend: () => connected?.backend,
       isDraining: () => draining,
-      async readiness() {
-        const [nats, mongo, jetstream] = connected
-          ? await Promise.all([
-              pingDependency('nats', () => connected!.backend.bus.ping(), log),
-              pingDependency('mongo', () => connected!.backend.store.ping(), log),
-              // Not answering (quorum lost) is what the check reports.
-              pingDependency('jetstream', () => jetStreamRunInbox.check(), log),
-            ])
-          : [false, false, false];
-        return { ready: !draining && nats && mongo && jetstream, checks: { nats, mongo, jetstream }, draining };
-      },
+      // The gateway consumes no durable: its event readers are per-request ordered consumers the
+      // relay resumes itself (event-relay.ts), so it has no `consumers` check.
+      readiness: createReadiness({
+        logger: log,
+        isDraining: () => draining,
+        nats: natsCheck(() => connected?.nats),
+        jetstream: jetStreamCheck(() => connected?.jsm, streams.runInbox),
+        mongodb: mongoCheck(() => connected?.mongo.db()),
+      }),
     });
 
     installShutdown({

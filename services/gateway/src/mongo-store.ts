@@ -155,10 +155,5 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     async deleteLock(lockId, runId) {
       await collections.writes.conversationLocks.delete(lockId, { runId });
     },
-
-    async ping() {
-      await db.command({ ping: 1 });
-      return true;
-    },
   };
 }

@@ -88,15 +88,5 @@ export function createNatsBus(options: { connection: NatsConnection; js: JetStre
         return parsed.data;
       },
     },
-
-    async ping() {
-      if (connection.isClosed() || connection.isDraining()) return false;
-      // A round trip to the server; while disconnected it would wait for the reconnect, so bound it.
-      const timeout = AbortSignal.timeout(2_000);
-      return Promise.race([
-        connection.rtt().then(() => true),
-        new Promise<boolean>((resolve) => timeout.addEventListener('abort', () => resolve(false), { once: true })),
-      ]);
-    },
   };
 }

@@ -81,9 +81,6 @@ export type GatewayStore = {
   findLock(lockId: string): Promise<ConversationLock | null>;
   /** Deletes the lock only if `runId` still holds it. */
   deleteLock(lockId: string, runId: string): Promise<void>;
-
-  /** True when the database answers. */
-  ping(): Promise<boolean>;
 };
 
 /** KV `APPROVAL_LEDGER`: first decision wins (DESIGN §7). */
@@ -113,8 +110,6 @@ export type GatewayBus = {
    * throws a 503 `ApiError` when no worker answers. Absent: agents with MCP servers are refused (503).
    */
   listMcpTools?(request: McpListRequest): Promise<McpListReply>;
-  /** True when the NATS server answers a round trip. */
-  ping(): Promise<boolean>;
 };
 
 /** A raw message of `RUN_EVENTS`. */

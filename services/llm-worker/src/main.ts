@@ -12,9 +12,11 @@ import {
   connectNats,
   consumerPolicies,
   createConsumerRunner,
+  createConsumerSupervision,
   createCrashPoints,
   createEgressPolicy,
   createHealthServer,
+  createReadiness,
   createTenantSecrets,
   createLogger,
   createMetrics,
@@ -23,6 +25,7 @@ import {
   exitOnStartupError,
   installShutdown,
   jetStreamCheck,
+  natsCheck,
   streams,
   type JetStreamManager,
   llmRequestMessageSchema,
@@ -34,7 +37,6 @@ import {
   createCancelWatch,
   type CancelWatch,
   retryWithBackoff,
-  sleep,
 } from '@abide/shared';
 import { loadLlmWorkerConfig, type LlmWorkerConfig } from './config.ts';
 import { createLanguageModel } from './model-factory.ts';
@@ -80,21 +82,26 @@ async function main(): Promise<void> {
   };
 
   let connection: NatsConnection | undefined;
-  let natsConnected = false;
   let jetStreamManager: JetStreamManager | undefined;
   let draining = false;
   let runner: ConsumerRunner | undefined;
   let watch: CancelWatch | undefined;
   const startup = new AbortController();
   metrics.gauge('llm_steps_in_flight', 'Model requests being handled by this process.', () => runner?.inFlight ?? 0);
+  const supervision = createConsumerSupervision({ metrics, logger });
 
   const health = createHealthServer({
     port: config.HEALTH_PORT,
     host: config.LISTEN_HOST,
     logger,
     metrics,
-    isDraining: () => draining,
-    checks: [{ name: 'nats', check: async () => natsConnected && connection !== undefined && !connection.isClosed() }, jetStreamCheck(() => jetStreamManager, streams.llmRequests)],
+    readiness: createReadiness({
+      logger,
+      isDraining: () => draining,
+      nats: natsCheck(() => connection),
+      jetstream: jetStreamCheck(() => jetStreamManager, streams.llmRequests),
+      consumers: supervision.check([policy.durable]),
+    }),
   });
   try {
     await health.start();
@@ -121,8 +128,6 @@ async function main(): Promise<void> {
 
   const jetStream = await connectWithRetry(config, logger, startup.signal, (opened) => {
     connection = opened;
-    natsConnected = true;
-    void trackConnection(opened, (up) => (natsConnected = up));
   });
   if (!jetStream || draining) return;
   jetStreamManager = jetStream.jsm;
@@ -154,33 +159,23 @@ async function main(): Promise<void> {
     crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
   });
 
-  // The consumer loop should only end on shutdown; if it ends otherwise (e.g. the consumer was
-  // deleted), provision again and restart it rather than exit.
-  async function runConsumer(): Promise<void> {
-    while (!draining) {
-      const current = createConsumerRunner({
-        js: jetStream!.js,
-        policy,
-        schema: llmRequestMessageSchema,
-        concurrency: config.LLM_CONCURRENCY,
-        logger,
-        handle: handler.handle,
-        onExhausted: handler.onExhausted,
-        admit: admitByTenant(tenantLeases),
-      });
-      runner = current;
-      await current.start();
-      logger.info({ concurrency: config.LLM_CONCURRENCY }, 'consuming llm requests');
-      const error = await current.closed;
-      if (draining) return;
-      logger.error({ err: error }, 'llm request consumer stopped unexpectedly; restarting');
-      await sleep(1_000, startup.signal).catch(() => undefined);
-      await provisionJetStream(connection!, config, provisioning, logger).catch((provisionError: unknown) => {
-        logger.warn({ err: ensureError(provisionError) }, 'provisioning failed; retrying');
-      });
-    }
-  }
-  void runConsumer();
+  // The consume loop runs under the process's supervision: restarted when it ends, the consumer
+  // provisioned again when it was deleted.
+  const nats = connection!;
+  runner = createConsumerRunner({
+    js: jetStream.js,
+    policy,
+    supervision,
+    provision: () => provisionJetStream(nats, config, { streams: [policy.stream], consumers: [policy.durable], buckets: [] }, logger),
+    schema: llmRequestMessageSchema,
+    concurrency: config.LLM_CONCURRENCY,
+    logger,
+    handle: handler.handle,
+    onExhausted: handler.onExhausted,
+    admit: admitByTenant(tenantLeases),
+  });
+  await runner.start();
+  logger.info({ concurrency: config.LLM_CONCURRENCY }, 'consuming llm requests');
 }
 
 /**
@@ -213,15 +208,6 @@ async function connectWithRetry(
     // Aborted: the worker is shutting down before it ever started.
     return undefined;
   }
-}
-
-/** Follows the connection's status: down on disconnect, up on reconnect. */
-async function trackConnection(connection: NatsConnection, setUp: (up: boolean) => void): Promise<void> {
-  for await (const status of connection.status()) {
-    if (status.type === 'disconnect') setUp(false);
-    else if (status.type === 'reconnect') setUp(true);
-  }
-  setUp(false);
 }
 
 main().catch((error: unknown) => exitOnStartupError(undefined, error));

@@ -4,8 +4,10 @@ import {
   connectNats,
   consumerPolicies,
   createConsumerRunner,
+  createConsumerSupervision,
   createCrashPoints,
   createHealthServer,
+  createReadiness,
   createLogger,
   createMetrics,
   watchConsumerBacklog,
@@ -17,12 +19,15 @@ import {
   installShutdown,
   jetStreamCheck,
   maxDeliveriesAdvisorySchema,
+  mongoCheck,
+  natsCheck,
   objectStores,
   provisionJetStream,
   runInboxMessageSchema,
   streams,
   type Logger,
   retryWithBackoff,
+  type ConsumerName,
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
 import { createOrchestratorMetrics } from './orchestrator-metrics.ts';
@@ -87,9 +92,14 @@ async function main(): Promise<void> {
         if (kind !== 'outbox') watermarks[kind].written(dueAt);
       },
     });
-    // The backlog gauges are read at scrape time.
     const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
-    watchConsumerBacklog({ metrics, jsm: () => jsm, durables: ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'], logger: log });
+
+    const supervision = createConsumerSupervision({ metrics, logger: log });
+    const durables: ConsumerName[] = ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'];
+    // The backlog gauges are read at scrape time.
+    watchConsumerBacklog({ metrics, jsm: () => jsm, durables, logger: log });
+    /** Creates a durable found deleted again (and its stream, if that is gone too). */
+    const provision = (durable: ConsumerName) => () => provisionJetStream(nats, config, { streams: [consumerPolicies[durable].stream], consumers: [durable], buckets: [] }, log);
 
     const processor = createRunProcessor({
       store,
@@ -115,6 +125,8 @@ async function main(): Promise<void> {
     const inbox = createConsumerRunner({
       js,
       policy: consumerPolicies.orchestrator,
+      supervision,
+      provision: provision('orchestrator'),
       schema: runInboxMessageSchema,
       concurrency: config.ORCHESTRATOR_CONCURRENCY,
       logger: log,
@@ -123,6 +135,8 @@ async function main(): Promise<void> {
     const approvals = createConsumerRunner({
       js,
       policy: consumerPolicies['orchestrator-approvals'],
+      supervision,
+      provision: provision('orchestrator-approvals'),
       schema: approvalMessageSchema,
       concurrency: config.ORCHESTRATOR_CONCURRENCY,
       logger: log,
@@ -131,6 +145,8 @@ async function main(): Promise<void> {
     const advisories = createConsumerRunner({
       js,
       policy: consumerPolicies['orchestrator-advisories'],
+      supervision,
+      provision: provision('orchestrator-advisories'),
       schema: maxDeliveriesAdvisorySchema,
       concurrency: 8,
       logger: log,
@@ -147,12 +163,14 @@ async function main(): Promise<void> {
       host: config.LISTEN_HOST,
       logger: log,
       metrics,
-      isDraining: () => draining,
-      checks: [
-        { name: 'nats', check: async () => !nats.isClosed() && nats.info !== undefined },
-        jetStreamCheck(() => jsm, streams.runInbox),
-        { name: 'mongodb', check: async () => (await db.command({ ping: 1 })).ok === 1 },
-      ],
+      readiness: createReadiness({
+        logger: log,
+        isDraining: () => draining,
+        nats: natsCheck(() => nats),
+        jetstream: jetStreamCheck(() => jsm, streams.runInbox),
+        mongodb: mongoCheck(() => db),
+        consumers: supervision.check(durables),
+      }),
     });
     await health.start();
     await inbox.start();

@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, type WorkItem } from '@abide/shared';
+import { createLogger, createMetrics, type RunStatus, type WorkItem } from '@abide/shared';
 import { describe, expect, it } from 'vitest';
 import { createOrchestratorMetrics } from './orchestrator-metrics.ts';
 
@@ -16,6 +16,7 @@ describe('orchestrator metrics', () => {
         queries.push(`${nowIso} ${limit}`);
         return due.slice(0, limit);
       },
+      countRunsByStatus: async () => ({}),
     };
     createOrchestratorMetrics({ metrics, store, logger: silentLogger, now: () => clock });
     expect(await metrics.render()).toMatch(/^abide_oldest_overdue_deadline_seconds 300$/m);
@@ -32,8 +33,41 @@ describe('orchestrator metrics', () => {
 
   it('exports the commit-latency histogram for the commit path', async () => {
     const metrics = createMetrics({ processMetrics: false });
-    const { commitLatency } = createOrchestratorMetrics({ metrics, store: { findDueWork: async () => [] }, logger: silentLogger });
+    const { commitLatency } = createOrchestratorMetrics({ metrics, store: { findDueWork: async () => [], countRunsByStatus: async () => ({}) }, logger: silentLogger });
     commitLatency.observe({ result: 'committed' }, 0.012);
     expect(await metrics.render()).toMatch(/^abide_commit_duration_seconds_count\{result="committed"\} 1$/m);
+  });
+
+  it('counts runs by live status at most once per refresh, 0 for a status without runs, and keeps the last counts when the count fails', async () => {
+    const metrics = createMetrics({ processMetrics: false });
+    let clock = t0;
+    const asked: (readonly RunStatus[])[] = [];
+    let answer: () => Promise<Partial<Record<RunStatus, number>>> = async () => ({ running: 3, suspended: 2 });
+    const store = {
+      findDueWork: async () => [],
+      async countRunsByStatus(statuses: readonly RunStatus[]) {
+        asked.push(statuses);
+        return answer();
+      },
+    };
+    createOrchestratorMetrics({ metrics, store, logger: silentLogger, now: () => clock });
+    const first = await metrics.render();
+    expect(first).toMatch(/^abide_runs\{status="queued"\} 0$/m);
+    expect(first).toMatch(/^abide_runs\{status="running"\} 3$/m);
+    expect(first).toMatch(/^abide_runs\{status="suspended"\} 2$/m);
+    expect(first).not.toMatch(/status="completed"/);
+    // Terminal statuses are never counted: finished runs only accumulate.
+    expect(asked).toEqual([['queued', 'running', 'suspended']]);
+    answer = async () => ({ running: 1 });
+    clock += 10_000;
+    expect(await metrics.render()).toMatch(/^abide_runs\{status="running"\} 3$/m);
+    expect(asked).toHaveLength(1);
+    clock += 30_000;
+    const refreshed = await metrics.render();
+    expect(refreshed).toMatch(/^abide_runs\{status="running"\} 1$/m);
+    expect(refreshed).toMatch(/^abide_runs\{status="suspended"\} 0$/m);
+    answer = () => Promise.reject(new Error('connection reset'));
+    clock += 30_000;
+    expect(await metrics.render()).toMatch(/^abide_runs\{status="running"\} 1$/m);
   });
 });

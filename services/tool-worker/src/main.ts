@@ -7,10 +7,12 @@ import {
   consumerPolicies,
   createTenantLeases,
   createConsumerRunner,
+  createConsumerSupervision,
   createCrashPoints,
   createEgressPolicy,
   createTenantSecrets,
   createHealthServer,
+  createReadiness,
   createLogger,
   createMetrics,
   watchConsumerBacklog,
@@ -18,6 +20,7 @@ import {
   exitOnStartupError,
   installShutdown,
   jetStreamCheck,
+  natsCheck,
   streams,
   provisionJetStream,
   publishJson,
@@ -31,7 +34,6 @@ import {
   createCancelWatch,
   type CancelWatch,
   retryWithBackoff,
-  sleep,
 } from '@abide/shared';
 import { createBuiltinTools } from './builtins.ts';
 import { loadToolWorkerConfig } from './config.ts';
@@ -70,17 +72,19 @@ async function main(): Promise<void> {
     let draining = false;
     let provisioned: Awaited<ReturnType<typeof provisionJetStream>> | undefined;
 
+    const supervision = createConsumerSupervision({ metrics, logger: log });
     const health = createHealthServer({
       port: config.HEALTH_PORT,
       host: config.LISTEN_HOST,
       logger: log,
       metrics,
-      isDraining: () => draining,
-      checks: [
-        { name: 'nats', check: async () => connection !== undefined && !connection.isClosed() && (await withTimeout(connection.rtt(), 2_000)) },
-        { name: 'consumer', check: async () => runner !== undefined },
-        jetStreamCheck(() => provisioned?.jsm, streams.toolRequests),
-      ],
+      readiness: createReadiness({
+        logger: log,
+        isDraining: () => draining,
+        nats: natsCheck(() => connection),
+        jetstream: jetStreamCheck(() => provisioned?.jsm, streams.toolRequests),
+        consumers: supervision.check([policy.durable]),
+      }),
     });
     await health.start();
 
@@ -152,43 +156,24 @@ async function main(): Promise<void> {
       },
     });
 
-    // A consumer loop that ends on its own (the consumer was deleted, a server-side failure) is
-    // rebuilt, re-provisioning the consumer first; the process does not exit for it.
-    while (!startup.signal.aborted) {
-      const current = createConsumerRunner({
-        js,
-        policy,
-        schema: toolRequestMessageSchema,
-        concurrency: config.TOOL_CONCURRENCY,
-        logger: log,
-        handle: handler.handle,
-        onExhausted: handler.onExhausted,
-        admit: admitByTenant(tenantLeases),
-      });
-      runner = current;
-      await current.start();
-      log.info({ workerId, concurrency: config.TOOL_CONCURRENCY, egressAllow: config.TOOL_EGRESS_ALLOW }, 'tool-worker consuming');
-      const error = await current.closed;
-      if (startup.signal.aborted) break;
-      log.error({ err: error }, 'consumer loop ended; restarting it');
-      await sleep(1_000, startup.signal).catch(() => undefined);
-      if (startup.signal.aborted) break;
-      await provisionJetStream(nats, config, { ...provisioning, buckets: [] }, log).catch((provisionError: unknown) =>
-        log.warn({ err: ensureError(provisionError) }, 'could not re-provision the consumer; retrying with the existing one'),
-      );
-    }
+    // The consume loop runs under the process's supervision: restarted when it ends, the consumer
+    // provisioned again when it was deleted.
+    runner = createConsumerRunner({
+      js,
+      policy,
+      supervision,
+      provision: () => provisionJetStream(nats, config, { streams: [policy.stream], consumers: [policy.durable], buckets: [] }, log),
+      schema: toolRequestMessageSchema,
+      concurrency: config.TOOL_CONCURRENCY,
+      logger: log,
+      handle: handler.handle,
+      onExhausted: handler.onExhausted,
+      admit: admitByTenant(tenantLeases),
+    });
+    await runner.start();
+    log.info({ workerId, concurrency: config.TOOL_CONCURRENCY, egressAllow: config.TOOL_EGRESS_ALLOW }, 'tool-worker consuming');
   } catch (error) {
     exitOnStartupError(logger, error);
-  }
-}
-
-async function withTimeout(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([promise.then(() => true), timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

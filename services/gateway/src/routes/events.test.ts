@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from '../testing/test-app.ts';
 
@@ -79,10 +80,10 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
     runId = (await t.app.inject({ method: 'POST', url: '/v1/runs', headers: auth(), payload: { agentId: 'helper', input: 'hi' } })).json().runId;
     t.events.emit(runId, 't1', `${runId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
     const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: auth() });
-    while (t.events.readsOpened < 1) await new Promise((resolve) => setTimeout(resolve, 2));
+    while (t.events.readsOpened < 1) await sleep(2);
     t.events.breakReaders('end');
     t.events.emit(runId, 't1', `${runId}:3:0`, 'message.completed', { step: 0, attempt: 1, text: 'hello' });
-    while (t.events.readsOpened < 2) await new Promise((resolve) => setTimeout(resolve, 2));
+    while (t.events.readsOpened < 2) await sleep(2);
     t.events.refuseReaders(true);
     t.events.breakReaders('throw');
     const body = (await pending).body;
@@ -160,7 +161,7 @@ describe('GET /v1/runs/:runId/events (SSE)', () => {
 
   it('ends open streams on shutdown', async () => {
     const pending = t.app.inject({ method: 'GET', url: `/v1/runs/${runId}/events`, headers: auth() });
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    await sleep(10);
     expect(t.live.counts()).toMatchObject({ sseStreams: 1, subscriptions: 1 });
     t.live.closeAll();
     expect((await pending).statusCode).toBe(200);

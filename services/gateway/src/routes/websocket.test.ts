@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { WebSocket } from 'ws';
 import { auth, createTestApp, keys, scriptedAgent, type TestApp } from '../testing/test-app.ts';
@@ -65,7 +66,7 @@ async function connect(headers: Record<string, string> = auth(), path = '/v1/ws'
   };
 }
 
-const tick = (ms = 10) => new Promise((resolve) => setTimeout(resolve, ms));
+const tick = (ms = 10) => sleep(ms);
 
 describe('WebSocket /v1/ws', () => {
   it('answers a bad frame with an error frame and keeps the socket open', async () => {

@@ -120,9 +120,6 @@ export function createMemoryStore() {
     async deleteLock(lockId, runId) {
       if (locks.get(lockId)?.runId === runId) locks.delete(lockId);
     },
-    async ping() {
-      return true;
-    },
   };
 
   return {
@@ -200,9 +197,6 @@ export function createFakeBus() {
         tickets.delete(key);
         return entry ?? null;
       },
-    },
-    async ping() {
-      return true;
     },
   };
   return {

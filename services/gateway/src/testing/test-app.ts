@@ -49,7 +49,7 @@ export function createTestApp(overrides: Partial<AppDeps> = {}) {
     logger: createLogger('gateway-test', 'silent'),
     metrics: createMetrics(),
     backend: () => backend,
-    readiness: async () => ({ ready: !draining, checks: { nats: true, mongo: true }, draining }),
+    readiness: async () => ({ ready: !draining, checks: { nats: true, jetstream: true, mongodb: true }, draining }),
     isDraining: () => draining,
     streaming: { heartbeatMs: 60_000 },
     ...overrides,
