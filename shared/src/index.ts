@@ -35,3 +35,4 @@ export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
 export * from './mcp.ts';
+export * from './tracing.ts';

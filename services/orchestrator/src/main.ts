@@ -23,6 +23,7 @@ import {
   streams,
   type Logger,
   retryWithBackoff,
+  startTracing,
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
 import { createOrchestratorMetrics } from './orchestrator-metrics.ts';
@@ -41,6 +42,7 @@ async function main(): Promise<void> {
     const config = loadOrchestratorConfig(process.env);
     logger = createLogger('orchestrator', config.LOG_LEVEL);
     const log = logger;
+    const tracing = await startTracing(config, 'orchestrator', log);
     const metrics = createMetrics();
     let draining = false;
 
@@ -162,6 +164,7 @@ async function main(): Promise<void> {
         await nats.drain();
         await mongo.close();
         await health.stop();
+        await tracing.shutdown();
       },
     });
   } catch (error) {

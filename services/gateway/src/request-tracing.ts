@@ -1,0 +1,57 @@
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from '@opentelemetry/api';
+import { abideTracer } from '@abide/shared';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+
+/** Routes probed every few seconds: no span (they would drown the traces that matter). */
+const untracedRoutes = new Set(['/healthz', '/readyz', '/metrics']);
+
+/**
+ * A server span per HTTP request (issue 10), by two small hooks rather than an instrumentation
+ * that patches `http` (unreliable under ESM; docs/decisions.md "Operations"). Named by method and
+ * route template (bounded); a caller's `traceparent` header makes it a child of the caller's
+ * trace. The span is made active for the handler in `preHandler` (after the body is read: the
+ * body parser's stream events would lose an earlier context), so what the handler publishes
+ * continues its trace. 5xx answers mark it failed. With tracing off the spans are no-ops.
+ */
+export function registerRequestTracing(app: FastifyInstance): void {
+  const spans = new WeakMap<FastifyRequest, { span: Span; context: Context }>();
+
+  app.addHook('onRequest', (request, _reply, done) => {
+    const route = request.routeOptions.url;
+    // WebSocket handshakes too: a socket lives for hours; its frames get their own spans (websocket.ts).
+    if ((route !== undefined && untracedRoutes.has(route)) || request.headers.upgrade !== undefined) return done();
+    const parent = propagation.extract(ROOT_CONTEXT, request.headers);
+    const span = abideTracer().startSpan(
+      `${request.method} ${route ?? 'unmatched'}`,
+      { kind: SpanKind.SERVER, attributes: { 'http.request.method': request.method, 'http.route': route ?? 'unmatched', 'abide.request.id': request.id } },
+      parent,
+    );
+    spans.set(request, { span, context: trace.setSpan(parent, span) });
+    done();
+  });
+
+  app.addHook('preHandler', (request, _reply, done) => {
+    const traced = spans.get(request);
+    if (!traced) return done();
+    context.with(traced.context, done);
+  });
+
+  app.addHook('onError', async (request, _reply, error) => {
+    spans.get(request)?.span.recordException(error);
+  });
+
+  app.addHook('onRequestAbort', async (request) => {
+    const traced = spans.get(request);
+    if (!traced) return;
+    traced.span.setAttribute('abide.request.aborted', true);
+    traced.span.end();
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const traced = spans.get(request);
+    if (!traced) return;
+    traced.span.setAttribute('http.response.status_code', reply.statusCode);
+    if (reply.statusCode >= 500) traced.span.setStatus({ code: SpanStatusCode.ERROR });
+    traced.span.end();
+  });
+}
