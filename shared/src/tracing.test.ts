@@ -15,7 +15,8 @@ const settings = (env: Record<string, string>) => loadConfig(orchestratorEnvSche
 describe('tracing off by default (issue 10)', () => {
   it('creates no exporter and registers nothing without an endpoint, or when OTEL_SDK_DISABLED', async () => {
     const createExporter = vi.fn(() => new InMemorySpanExporter());
-    for (const env of [{}, { OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' }]) {
+    const environments: Record<string, string>[] = [{}, { OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' }];
+    for (const env of environments) {
       const tracing = await startTracing(settings(env), 'orchestrator', silent, { createExporter });
       expect(tracing.enabled).toBe(false);
       // The API stays a no-op: a span carries no context to propagate, nothing is stored with a transition.
