@@ -9,7 +9,8 @@ import { Stack, testKeys } from './harness/stack.ts';
  * receiver in this test; one run is one trace, from the gateway's `POST /v1/runs` through every
  * orchestrator transition and publish to each model step and tool call, with every parent
  * present; a run suspended for an approval resumes in the same trace, linked to the decision's
- * request (docs/decisions.md "Operations").
+ * request (docs/decisions.md "Operations"); and a transition whose orchestrator was killed before
+ * its publish is published by the next process in the trace stored with it.
  */
 
 type AttributeValue = { stringValue?: string; intValue?: string | number; boolValue?: boolean; doubleValue?: number; arrayValue?: { values: AttributeValue[] } };
@@ -243,5 +244,40 @@ describe('traces across the four services', () => {
     // The tool call approved runs in the run's trace, after the resumption.
     const call = spans.find((span) => span.name === 'tool.call')!;
     expect(ancestors(call)).toContainEqual(expect.objectContaining({ spanId: resumed!.spanId }));
+  });
+
+  it('a transition committed by an orchestrator killed before its publish is published by the next one, still in the run trace', { timeout: 150_000 }, async () => {
+    const orchestrator = stack.service('orchestrator');
+    // Its 2nd commit from now is the run's model result of step 0, whose outbox holds the tool request.
+    await orchestrator.restart({ ABIDE_CRASH_POINTS: 'orchestrator.after_commit@2' });
+    const created = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'tracer', input: 'survive a crash' });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const runId: string = created.body.runId;
+    expect(await orchestrator.exited()).toBeNull(); // SIGKILLed by the crash point
+    const committed = (await stack.db.collection('run_transitions').findOne({ _id: `${runId}:3` as never })) as { traceparent?: string; outbox: { kind: string }[] } | null;
+    expect(committed?.outbox.map((entry) => entry.kind)).toContain('tool_request');
+    const [, runTraceId, crashedSpanId] = committed!.traceparent!.split('-');
+    orchestrator.start();
+    await orchestrator.waitReady();
+    // The model result comes back after ack_wait; the new process publishes version 3's outbox first.
+    await waitForStatus(stack, testKeys.a, runId, ['completed'], 120_000);
+
+    const call = await pollFor('the tool call of the crashed transition', () => receiver.spans.find((span) => span.name === 'tool.call' && span.attrs['abide.run.id'] === runId), summary);
+    expect(call.traceId).toBe(runTraceId);
+    const publish = await pollFor('its publish', () => byId(call.parentSpanId!), summary);
+    expect([publish.service, publish.name, publish.kind]).toEqual(['orchestrator', 'publish tool.request', spanKind.producer]);
+    // The parent the successor gave it is the killed process's span, read from the stored transition.
+    expect(publish.parentSpanId).toBe(crashedSpanId);
+    // Every transition exported (the killed one's span never was) is in the run's trace.
+    const transitions = await pollFor(
+      'the completed transition',
+      () => {
+        const found = receiver.spans.filter((span) => span.name === 'run.transition' && span.attrs['abide.run.id'] === runId);
+        return found.some((span) => span.attrs['abide.run.status'] === 'completed') ? found : undefined;
+      },
+      summary,
+    );
+    expect(transitions.map((span) => span.spanId)).not.toContain(crashedSpanId);
+    expect(new Set(transitions.map((span) => span.traceId))).toEqual(new Set([runTraceId]));
   });
 });
