@@ -153,7 +153,9 @@ describe('traces across the four services', () => {
   }
 
   it('one run with a tool call is one trace: gateway → orchestrator → llm-worker / tool-worker, every parent present', { timeout: 120_000 }, async () => {
-    const created = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'tracer', input: secretInput });
+    // A caller's own trace context is linked, never continued: a tenant does not choose the trace its run is in.
+    const callerTraceId = 'abcdef0123456789abcdef0123456789';
+    const created = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'tracer', input: secretInput }, { traceparent: `00-${callerTraceId}-0123456789abcdef-01` });
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     const runId: string = created.body.runId;
     await waitForStatus(stack, testKeys.a, runId, ['completed']);
@@ -172,6 +174,8 @@ describe('traces across the four services', () => {
     const roots = spans.filter(isRoot);
     expect(roots.map((span) => [span.service, span.name, span.kind])).toEqual([['gateway', 'POST /v1/runs', spanKind.server]]);
     expect(roots[0]!.attrs).toMatchObject({ 'http.route': '/v1/runs', 'http.response.status_code': 201 });
+    expect(traceId).not.toBe(callerTraceId);
+    expect(roots[0]!.links?.map((link) => [link.traceId, link.spanId])).toEqual([[callerTraceId, '0123456789abcdef']]);
 
     // Every other span's parent is a received span of the same trace.
     for (const span of spans.filter((candidate) => !isRoot(candidate))) {

@@ -1,5 +1,5 @@
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from '@opentelemetry/api';
-import { abideTracer } from '@abide/shared';
+import { abideTracer, linkTo } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 
 /** Routes probed every few seconds: no span (they would drown the traces that matter). */
@@ -8,8 +8,9 @@ const untracedRoutes = new Set(['/healthz', '/readyz', '/metrics']);
 /**
  * A server span per HTTP request (issue 10), by two small hooks rather than an instrumentation
  * that patches `http` (unreliable under ESM; docs/decisions.md "Operations"). Named by method and
- * route template (bounded); a caller's `traceparent` header makes it a child of the caller's
- * trace. The span is made active for the handler in `preHandler` (after the body is read: the
+ * route template (bounded). Callers are tenants, so a request always starts a new trace: a
+ * caller's `traceparent` becomes a link, never the parent (a tenant cannot choose the trace id its
+ * run is recorded under, nor force sampling, nor pass its `tracestate` down the bus). The span is made active for the handler in `preHandler` (after the body is read: the
  * body parser's stream events would lose an earlier context), so what the handler publishes
  * continues its trace. 5xx answers mark it failed. With tracing off the spans are no-ops.
  */
@@ -20,13 +21,17 @@ export function registerRequestTracing(app: FastifyInstance): void {
     const route = request.routeOptions.url;
     // WebSocket handshakes too: a socket lives for hours; its frames get their own spans (websocket.ts).
     if ((route !== undefined && untracedRoutes.has(route)) || request.headers.upgrade !== undefined) return done();
-    const parent = propagation.extract(ROOT_CONTEXT, request.headers);
+    const caller = propagation.extract(ROOT_CONTEXT, request.headers);
     const span = abideTracer().startSpan(
       `${request.method} ${route ?? 'unmatched'}`,
-      { kind: SpanKind.SERVER, attributes: { 'http.request.method': request.method, 'http.route': route ?? 'unmatched', 'abide.request.id': request.id } },
-      parent,
+      {
+        kind: SpanKind.SERVER,
+        attributes: { 'http.request.method': request.method, 'http.route': route ?? 'unmatched', 'abide.request.id': request.id },
+        links: linkTo(caller, { 'abide.link': 'caller' }),
+      },
+      ROOT_CONTEXT,
     );
-    spans.set(request, { span, context: trace.setSpan(parent, span) });
+    spans.set(request, { span, context: trace.setSpan(ROOT_CONTEXT, span) });
     done();
   });
 
