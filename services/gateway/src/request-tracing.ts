@@ -12,10 +12,10 @@ const untracedRoutes = new Set(['/healthz', '/readyz', '/metrics']);
  * caller's `traceparent` becomes a link, never the parent (a tenant cannot choose the trace id its
  * run is recorded under, nor force sampling, nor pass its `tracestate` down the bus). The span is made active for the handler in `preHandler` (after the body is read: the
  * body parser's stream events would lose an earlier context), so what the handler publishes
- * continues its trace. 5xx answers mark it failed. With tracing off the spans are no-ops.
+ * continues its trace. 5xx answers mark it failed, with the error recorded. With tracing off the spans are no-ops.
  */
 export function registerRequestTracing(app: FastifyInstance): void {
-  const spans = new WeakMap<FastifyRequest, { span: Span; context: Context }>();
+  const spans = new WeakMap<FastifyRequest, { span: Span; context: Context; error?: Error }>();
 
   app.addHook('onRequest', (request, _reply, done) => {
     const route = request.routeOptions.url;
@@ -42,7 +42,8 @@ export function registerRequestTracing(app: FastifyInstance): void {
   });
 
   app.addHook('onError', async (request, _reply, error) => {
-    spans.get(request)?.span.recordException(error);
+    const traced = spans.get(request);
+    if (traced) traced.error = error;
   });
 
   app.addHook('onRequestAbort', async (request) => {
@@ -56,7 +57,11 @@ export function registerRequestTracing(app: FastifyInstance): void {
     const traced = spans.get(request);
     if (!traced) return;
     traced.span.setAttribute('http.response.status_code', reply.statusCode);
-    if (reply.statusCode >= 500) traced.span.setStatus({ code: SpanStatusCode.ERROR });
+    // Only a 5xx is the server's failure; a 4xx error's message may quote what the caller sent.
+    if (reply.statusCode >= 500) {
+      if (traced.error) traced.span.recordException(traced.error);
+      traced.span.setStatus({ code: SpanStatusCode.ERROR });
+    }
     traced.span.end();
   });
 }
