@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { durationSchema, parseDuration } from './durations.ts';
 import { invalidEgressEntries } from './egress.ts';
+import { tracesSamplers } from './tracing.ts';
 
 /**
  * Environment variables (DESIGN §9), per service. Each service's `config.ts` loads its schema
@@ -89,8 +90,25 @@ const natsFields = {
   NATS_CREDS: z.string().optional(),
 };
 
+/**
+ * The standard OpenTelemetry variables Abide honours (issue 10, `tracing.ts`). Tracing is off
+ * unless an OTLP endpoint is set. `OTEL_BSP_SCHEDULE_DELAY` is in milliseconds, as the
+ * specification has it.
+ */
+const tracingFields = {
+  OTEL_SDK_DISABLED: z.enum(['true', 'false']).default('false').transform((value) => value === 'true'),
+  OTEL_SERVICE_NAME: z.string().min(1).optional(),
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.url({ protocol: /^https?$/ }).optional(),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: z.url({ protocol: /^https?$/ }).optional(),
+  OTEL_EXPORTER_OTLP_PROTOCOL: z.enum(['http/protobuf', 'http/json']).default('http/protobuf'),
+  OTEL_TRACES_SAMPLER: z.enum(tracesSamplers).default('parentbased_always_on'),
+  OTEL_TRACES_SAMPLER_ARG: z.coerce.number().min(0).max(1).optional(),
+  OTEL_BSP_SCHEDULE_DELAY: z.coerce.number().int().min(1).max(3_600_000).default(5_000),
+};
+
 const commonFields = {
   ...natsFields,
+  ...tracingFields,
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   JS_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   JS_DUPLICATE_WINDOW: duration('10m'),

@@ -7,6 +7,8 @@ import type { ConsumerSupervision, SupervisedHealth, Supervisor } from './consum
 import { decodeJson, isApiError, publishRetrying, type ConsumerPolicy } from './jetstream.ts';
 import type { Logger } from './logger.ts';
 import { sleep } from './retry.ts';
+import { context } from '@opentelemetry/api';
+import { extractTraceContext } from './tracing.ts';
 
 /** Headers of a deferred copy (issue 8): the msg id of the message first deferred, how many times, and when last. */
 export const deferHeaders = { origin: 'Abide-Deferred-From', count: 'Abide-Defer-Count', at: 'Abide-Deferred-At' } as const;
@@ -327,7 +329,9 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
         raw.nak();
         continue;
       }
-      const task = process(raw).catch((error: unknown) => log.error({ err: ensureError(error) }, 'unexpected error in message handling'));
+      // The handler runs in the trace context its message carries (issue 10): the spans it starts
+      // and the messages it publishes continue the producer's trace.
+      const task = context.with(extractTraceContext(raw.headers), () => process(raw)).catch((error: unknown) => log.error({ err: ensureError(error) }, 'unexpected error in message handling'));
       running.add(task);
       void task.finally(() => running.delete(task));
       while (running.size >= concurrency) await Promise.race(running);

@@ -37,3 +37,4 @@ export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
 export * from './write-batcher.ts';
 export * from './mcp.ts';
+export * from './tracing.ts';

@@ -22,6 +22,8 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from './logger.ts';
 import { buckets, consumers, inboxPrefixes, objectStores, streams, subjects, type ConsumerName, type NatsServiceUser, type StreamName } from './names.ts';
 import { assertFitsDuplicateWindow } from './config.ts';
+import { context, trace } from '@opentelemetry/api';
+import { abideTracer, injectTraceHeaders, publishSpanName, recordSpanError, SpanKind, type TraceContext } from './tracing.ts';
 
 export type { NatsConnection, JetStreamClient, JetStreamManager, KV, ObjectStore };
 
@@ -340,27 +342,52 @@ function isTransientPublishError(error: unknown): boolean {
  * PubAck was lost but whose message was stored is dropped as a duplicate by the server (inside
  * `JS_DUPLICATE_WINDOW`, minutes). Anything else, or a publish still failing at the end of the
  * window, throws: the caller's own message is then redelivered and published again, same id.
+ *
+ * Traced (issue 10): a producer span, child of `options.trace` (default: the active context),
+ * whose W3C trace context goes in the message's headers; the consumer side continues from it
+ * (`createConsumerRunner`). With tracing off the span is the API's no-op and no header is added.
  */
 export async function publishRetrying(
   js: JetStreamClient,
   subject: string,
   data: Uint8Array,
   msgId: string,
-  options: { timeoutMs?: number; headers?: MsgHdrs } = {},
+  options: { timeoutMs?: number; headers?: MsgHdrs; trace?: TraceContext } = {},
 ): Promise<PubAck> {
+  const parent = options.trace ?? context.active();
+  // Events (`run.events.*`, a step's deltas among them) carry the context but get no span of
+  // their own: nothing continues a trace from them, and a span per delta would drown the trace.
+  const span = subject.startsWith(eventSubjectPrefix)
+    ? undefined
+    : abideTracer().startSpan(
+        publishSpanName(subject),
+        { kind: SpanKind.PRODUCER, attributes: { 'messaging.system': 'nats', 'messaging.destination.name': subject, 'messaging.message.id': msgId } },
+        parent,
+      );
+  const headers = injectTraceHeaders(span ? trace.setSpan(parent, span) : parent, options.headers);
   const deadline = Date.now() + publishRetryWindowMs;
-  for (let attempt = 0; ; attempt += 1) {
-    try {
-      return await js.publish(subject, data, { msgID: msgId, timeout: options.timeoutMs ?? 5_000, ...(options.headers ? { headers: options.headers } : {}) });
-    } catch (error) {
-      const wait = Math.min(2_000, 250 * 2 ** attempt);
-      if (!isTransientPublishError(error) || Date.now() + wait >= deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, wait));
+  try {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await js.publish(subject, data, { msgID: msgId, timeout: options.timeoutMs ?? 5_000, ...(headers ? { headers } : {}) });
+      } catch (error) {
+        const wait = Math.min(2_000, 250 * 2 ** attempt);
+        if (!isTransientPublishError(error) || Date.now() + wait >= deadline) throw error;
+        span?.addEvent('publish retried', { attempt });
+        await new Promise((resolve) => setTimeout(resolve, wait));
+      }
     }
+  } catch (error) {
+    if (span) recordSpanError(span, error);
+    throw error;
+  } finally {
+    span?.end();
   }
 }
 
+const eventSubjectPrefix = subjects.runEvents('');
+
 /** Publishes a JSON message, waits for its PubAck, and dedupes on `msgId` inside the duplicate window (see `publishRetrying`). */
-export async function publishJson(js: JetStreamClient, subject: string, value: unknown, msgId: string, options: { timeoutMs?: number } = {}) {
+export async function publishJson(js: JetStreamClient, subject: string, value: unknown, msgId: string, options: { timeoutMs?: number; trace?: TraceContext } = {}) {
   return publishRetrying(js, subject, encodeJson(value), msgId, options);
 }

@@ -1,4 +1,5 @@
 import { pino, type Logger } from 'pino';
+import { activeTraceId } from './tracing.ts';
 
 export type { Logger };
 
@@ -17,7 +18,10 @@ export const redactedPaths = [
   '*.authorization',
 ];
 
-/** The pino logger of a service: JSON lines with `service` bound; bind `runId`, `tenantId`, `step` with `child`. */
+/**
+ * The pino logger of a service: JSON lines with `service` bound; bind `runId`, `tenantId`, `step`
+ * with `child`. A line written while a span is active (tracing on) carries its `traceId`.
+ */
 export function createLogger(service: string, level: string, destination?: pino.DestinationStream): Logger {
   return pino(
     {
@@ -26,6 +30,10 @@ export function createLogger(service: string, level: string, destination?: pino.
       redact: { paths: redactedPaths, censor: '[redacted]' },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      mixin: () => {
+        const traceId = activeTraceId();
+        return traceId ? { traceId } : {};
+      },
     },
     destination,
   );

@@ -11,6 +11,7 @@ import type { OutboxEntry } from './outbox.ts';
 import { buildLlmRequest, buildToolRequest } from './requests.ts';
 import type { ErrorInfo } from './run-state.ts';
 import type { TransitionDocument } from './run-store.ts';
+import { contextFromTraceparent } from './tracing.ts';
 
 /** Room left under the server's `max_payload` for NATS headers (`Nats-Msg-Id`, trace context). */
 export const messageHeaderRoomBytes = 4_096;
@@ -131,6 +132,9 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
   const { runId, tenantId } = transition;
   const ts = transition.at.toISOString();
   const limits = limitsOf(deps);
+  // The run's trace (issue 10): stored with the transition, so an outbox published again after a
+  // crash, by another replica or a sweeper, still continues the trace of the step that made it.
+  const trace = transition.traceparent ? contextFromTraceparent(transition.traceparent) : undefined;
   let lastEventSeq: number | null = null;
   const pendingEvents: Promise<PubAck>[] = [];
   for (const [index, entry] of transition.outbox.entries()) {
@@ -143,7 +147,7 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
         // terminal event (DESIGN §6), so that event would never reach a client.
         await Promise.all(pendingEvents);
       }
-      pendingEvents.push(publishRetrying(js, encoded.subject, encoded.data, id));
+      pendingEvents.push(publishRetrying(js, encoded.subject, encoded.data, id, { trace }));
       continue;
     }
     if (pendingEvents.length) {
@@ -152,7 +156,7 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
     }
     if (encoded) {
       if (encoded.kind === 'llm_request' && encoded.blob) await deps.payloads!.putBlob({ name: encoded.blob.name }, encoded.blob.data);
-      await publishRetrying(js, encoded.subject, encoded.data, id);
+      await publishRetrying(js, encoded.subject, encoded.data, id, { trace });
       continue;
     }
     if (entry.kind === 'run_control') {

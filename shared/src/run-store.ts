@@ -21,6 +21,12 @@ export type TransitionDocument = {
    * flag is derived from the read model (`publishedVersion`), or set by the process that published it.
    */
   published: boolean;
+  /**
+   * The W3C `traceparent` of the span that made this transition (issue 10): its outbox's messages
+   * continue that trace whenever they are published, and the run's next transition continues it
+   * even when its cause came from another trace (an approval, a cancel). Absent when tracing is off.
+   */
+  traceparent?: string;
   /** The stream sequence of the last event published up to this transition (older data only; the read model holds it now). */
   lastSeq?: number | null;
 };

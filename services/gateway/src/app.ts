@@ -23,6 +23,7 @@ import { registerRunHistoryRoute } from './routes/run-history.ts';
 import { registerRunRoutes } from './routes/runs.ts';
 import { registerWebSocketRoute } from './routes/websocket.ts';
 import { createServices, type Services } from './services.ts';
+import { registerRequestTracing } from './request-tracing.ts';
 import { createArgsValidation } from './args-validation.ts';
 import { apiKeyFromWebSocketProtocols, selectWebSocketProtocol } from './websocket-protocol.ts';
 
@@ -173,6 +174,8 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
   app.setNotFoundHandler((request, reply) => {
     return reply.code(404).send(errorBody(new ApiError('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)));
   });
+
+  registerRequestTracing(app);
 
   // Auth is decided by the route the router matched (its config), never by the raw URL: the router
   // decodes (`/%761/ws` is `/v1/ws`), so a URL test and the route could disagree. Every route needs

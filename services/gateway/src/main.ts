@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, createReadiness, exitOnStartupError, installShutdown, jetStreamCheck, mongoCheck, natsCheck, streams, type Logger } from '@abide/shared';
+import { createLogger, createMetrics, createReadiness, exitOnStartupError, installShutdown, jetStreamCheck, mongoCheck, natsCheck, startTracing, streams, type Logger } from '@abide/shared';
 import { createApp } from './app.ts';
 import { connectBackend, type ConnectedBackend } from './backend.ts';
 import { loadGatewayConfig } from './config.ts';
@@ -11,6 +11,7 @@ async function main(): Promise<void> {
     const config = loadGatewayConfig(process.env);
     logger = createLogger('gateway', config.LOG_LEVEL);
     const log = logger;
+    const tracing = await startTracing(config, 'gateway', log);
     const metrics = createMetrics();
     let connected: ConnectedBackend | undefined;
     let draining = false;
@@ -53,6 +54,7 @@ async function main(): Promise<void> {
           await connected.nats.drain().catch((error: unknown) => log.warn({ err: error }, 'NATS drain failed'));
           await connected.mongo.close().catch((error: unknown) => log.warn({ err: error }, 'MongoDB close failed'));
         }
+        await tracing.shutdown();
       },
     });
 

@@ -15,6 +15,7 @@ import {
   type RunState,
   type RunStatus,
   type TransitionDocument,
+  traceparentField,
 } from '@abide/shared';
 import type { GatewayBus, GatewayStore, LoadedRun } from './ports.ts';
 import type { RateLimiter } from './rate-limiter.ts';
@@ -265,6 +266,8 @@ export function createRunCreator(deps: {
         state,
         outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }],
         published: false,
+        // The request's span (HTTP or WebSocket frame) starts the run's trace (issue 10).
+        ...traceparentField(),
       };
       // The work item first: once version 1 exists, something is sure to publish its `start`.
       await store.insertWork({ _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(at.getTime() + outboxGraceMs).toISOString() });

@@ -24,6 +24,7 @@ import {
   ensureError,
   exitOnStartupError,
   installShutdown,
+  startTracing,
   jetStreamCheck,
   natsCheck,
   streams,
@@ -61,6 +62,7 @@ async function main(): Promise<void> {
     exitOnStartupError(undefined, error);
   }
   const logger = createLogger(service, config.LOG_LEVEL);
+  const tracing = await startTracing(config, service, logger);
   const metrics = createMetrics();
   const started = metrics.counter('llm_steps_started_total', 'Model steps started (model calls).');
   const completed = metrics.counter('llm_steps_completed_total', 'Model steps finished and published.');
@@ -123,6 +125,7 @@ async function main(): Promise<void> {
         logger.warn({ err: ensureError(error) }, 'nats drain failed');
       });
       await health.stop();
+      await tracing.shutdown();
     },
   });
 

@@ -5,6 +5,8 @@ import {
   llmResultPayloadSchema,
   makeBusEvent,
   makeEnvelope,
+  inSpan,
+  SpanStatusCode,
   originOf,
   subjects,
   type Delivery,
@@ -16,6 +18,7 @@ import {
   type Logger,
   type ModelConfig,
   type RunErrorCode,
+  type Span,
 } from '@abide/shared';
 import { createDeltaCoalescer, type DeltaCoalescerOptions } from './delta-coalescer.ts';
 import { classifyModelError } from './model-errors.ts';
@@ -93,126 +96,155 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
     return stored ?? { code: 'internal', message: `the model request body ${bodyRef.name} is missing from ${bodyRef.store}` };
   }
 
-  return {
-    async handle(delivery) {
-      const { message } = delivery;
-      const { runId, tenantId, payload } = message;
-      const { step } = payload;
-      const attempt = delivery.deliveryCount;
-      const log = deps.logger.child({ runId, tenantId, step, attempt });
-      // Track before checking: a cancel landing between the check and the call is seen by the watch.
-      const cancellation = deps.cancellations.track(runId);
-      try {
-        // Two independent KV reads, pipelined (one round trip).
-        const [cancelled, stored] = await Promise.all([deps.cancellations.isCancelled(runId), deps.results.get(runId, step)]);
-        if (cancelled) {
-          log.info('run cancelled; model request dropped');
-          metrics.cancelled();
-          return;
-        }
-        if (stored) {
-          log.info({ ok: stored.ok, storedAttempt: stored.attempt }, 'step already finished; its stored result is published again');
-          metrics.replayed();
-          await publishResult(message, stored);
-          return;
-        }
+  /** One delivery of a model step (see `handle`), in `span`. */
+  async function handleStep(delivery: Delivery<LlmRequestMessage>, span: Span): Promise<void> {
+    const { message } = delivery;
+    const { runId, tenantId, payload } = message;
+    const { step } = payload;
+    const attempt = delivery.deliveryCount;
+    const log = deps.logger.child({ runId, tenantId, step, attempt });
+    // Track before checking: a cancel landing between the check and the call is seen by the watch.
+    const cancellation = deps.cancellations.track(runId);
+    try {
+      // Two independent KV reads, pipelined (one round trip).
+      const [cancelled, stored] = await Promise.all([deps.cancellations.isCancelled(runId), deps.results.get(runId, step)]);
+      if (cancelled) {
+        log.info('run cancelled; model request dropped');
+        span.setAttribute('abide.outcome', 'cancelled');
+        metrics.cancelled();
+        return;
+      }
+      if (stored) {
+        log.info({ ok: stored.ok, storedAttempt: stored.attempt }, 'step already finished; its stored result is published again');
+        metrics.replayed();
+        span.setAttribute('abide.outcome', 'replayed');
+        await publishResult(message, stored);
+        return;
+      }
 
-        metrics.started();
-        const startedAt = Date.now();
-        const timeout = AbortSignal.timeout(payload.timeoutMs);
-        const signal = AbortSignal.any([delivery.signal, cancellation.signal, timeout]);
-        const events = createPublishPipeline(deps.publisher);
-        const eventsSubject = subjects.runEvents(runId);
-        const startedId = stepEventId(runId, step, attempt, 'started');
-        events.send(eventsSubject, makeBusEvent('llm.step.started', { eventId: startedId, runId, tenantId }, { step, attempt }), startedId);
-        let deltas = 0;
-        const coalescer = createDeltaCoalescer({
-          ...deps.coalescing,
-          emit(text) {
-            const eventId = stepEventId(runId, step, attempt, `d${deltas}`);
-            const first = deltas === 0;
-            deltas += 1;
-            const published = events.send(eventsSubject, makeBusEvent('message.delta', { eventId, runId, tenantId }, { step, attempt, text }), eventId);
-            if (first && deps.crashPoints) void published.then(() => deps.crashPoints?.hit('llm-worker.mid_stream'));
+      metrics.started();
+      const startedAt = Date.now();
+      const timeout = AbortSignal.timeout(payload.timeoutMs);
+      const signal = AbortSignal.any([delivery.signal, cancellation.signal, timeout]);
+      const events = createPublishPipeline(deps.publisher);
+      const eventsSubject = subjects.runEvents(runId);
+      const startedId = stepEventId(runId, step, attempt, 'started');
+      events.send(eventsSubject, makeBusEvent('llm.step.started', { eventId: startedId, runId, tenantId }, { step, attempt }), startedId);
+      let deltas = 0;
+      const coalescer = createDeltaCoalescer({
+        ...deps.coalescing,
+        emit(text) {
+          const eventId = stepEventId(runId, step, attempt, `d${deltas}`);
+          const first = deltas === 0;
+          deltas += 1;
+          const published = events.send(eventsSubject, makeBusEvent('message.delta', { eventId, runId, tenantId }, { step, attempt, text }), eventId);
+          if (first && deps.crashPoints) void published.then(() => deps.crashPoints?.hit('llm-worker.mid_stream'));
+        },
+      });
+
+      async function fail(error: ErrorInfo): Promise<void> {
+        await events.settle();
+        await finish(message, { ok: false, step, attempt, error });
+        span.setAttributes({ 'abide.outcome': 'failed', 'error.type': error.code });
+        span.setStatus({ code: SpanStatusCode.ERROR, message: error.code });
+        metrics.failed(error.code);
+        log.warn({ code: error.code, reason: error.message }, 'model step failed for good; failure published');
+      }
+
+      const body = await resolveBody(message);
+      if (!('messages' in body)) return await fail(body);
+      let outcome: StreamStepOutcome;
+      try {
+        const model = await deps.createModel(payload.model, { step, tenantId });
+        outcome = await streamStep({
+          model,
+          body,
+          tools: payload.tools,
+          signal,
+          async onText(text) {
+            coalescer.push(text);
+            await events.belowWindow();
           },
         });
-
-        async function fail(error: ErrorInfo): Promise<void> {
-          await events.settle();
-          await finish(message, { ok: false, step, attempt, error });
-          metrics.failed(error.code);
-          log.warn({ code: error.code, reason: error.message }, 'model step failed for good; failure published');
-        }
-
-        const body = await resolveBody(message);
-        if (!('messages' in body)) return await fail(body);
-        let outcome: StreamStepOutcome;
-        try {
-          const model = await deps.createModel(payload.model, { step, tenantId });
-          outcome = await streamStep({
-            model,
-            body,
-            tools: payload.tools,
-            signal,
-            async onText(text) {
-              coalescer.push(text);
-              await events.belowWindow();
-            },
-          });
-        } catch (error) {
-          outcome = { kind: 'failed', error };
-        }
-        metrics.modelCall(payload.model.provider, outcome.kind, (Date.now() - startedAt) / 1_000);
-
-        if (outcome.kind === 'too_large') {
-          // Final: the same model would produce the same output again. Deltas already sent stay;
-          // the run records the failure, not a partial text.
-          coalescer.discard();
-          return await fail({ code: 'model_output_too_large' satisfies RunErrorCode, message: outcome.message });
-        }
-        if (outcome.kind === 'aborted' || signal.aborted) {
-          coalescer.discard();
-          if (cancellation.signal.aborted) {
-            log.info('run cancelled during the model call; nothing published');
-            metrics.cancelled();
-            await events.settle().catch(() => {
-              // The run is cancelled: its partial events no longer matter.
-            });
-            return;
-          }
-          if (timeout.aborted) return await fail({ code: 'model_timeout' satisfies RunErrorCode, message: `the model step did not finish within ${payload.timeoutMs} ms` });
-          metrics.failed('aborted');
-          throw new ShuttingDownError('the worker is shutting down; the model step is handed back');
-        }
-
-        coalescer.flush();
-        if (outcome.kind === 'failed') {
-          const origin = payload.model.provider === 'openai-compatible' ? originOf(payload.model.baseURL) : undefined;
-          const failure = classifyModelError(outcome.error, { maxRetryAfterMs: deps.maxRetryAfterMs, ...(origin ? { origin } : {}) });
-          // Operators get the detail (a truncated response body, the network error); the run gets the sanitized message.
-          if (failure.detail) log.warn({ code: failure.code, detail: failure.detail, retryable: failure.retryable }, 'model call failed');
-          if (!failure.retryable) return await fail({ code: failure.code, message: failure.message });
-          metrics.failed('transient');
-          await events.settle();
-          throw new AbideError('model_error', `transient model failure: ${failure.message}`, {
-            retryable: true,
-            cause: outcome.error,
-            ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs }),
-          });
-        }
-
-        // Every delta's PubAck before the result: the run's events stay in order.
-        await events.settle();
-        const { text, toolCalls, finishReason, usage } = outcome;
-        const published = await finish(message, { ok: true, step, attempt, text, toolCalls, finishReason, usage });
-        metrics.completed();
-        log.info(
-          { finishReason, toolCalls: toolCalls.length, usage, deltas, durationMs: Date.now() - startedAt, publishedAttempt: published.attempt },
-          'model step finished; result published',
-        );
-      } finally {
-        cancellation.release();
+      } catch (error) {
+        outcome = { kind: 'failed', error };
       }
+      metrics.modelCall(payload.model.provider, outcome.kind, (Date.now() - startedAt) / 1_000);
+
+      if (outcome.kind === 'too_large') {
+        // Final: the same model would produce the same output again. Deltas already sent stay;
+        // the run records the failure, not a partial text.
+        coalescer.discard();
+        return await fail({ code: 'model_output_too_large' satisfies RunErrorCode, message: outcome.message });
+      }
+      if (outcome.kind === 'aborted' || signal.aborted) {
+        coalescer.discard();
+        if (cancellation.signal.aborted) {
+          log.info('run cancelled during the model call; nothing published');
+          metrics.cancelled();
+          await events.settle().catch(() => {
+            // The run is cancelled: its partial events no longer matter.
+          });
+          return;
+        }
+        if (timeout.aborted) return await fail({ code: 'model_timeout' satisfies RunErrorCode, message: `the model step did not finish within ${payload.timeoutMs} ms` });
+        metrics.failed('aborted');
+        throw new ShuttingDownError('the worker is shutting down; the model step is handed back');
+      }
+
+      coalescer.flush();
+      if (outcome.kind === 'failed') {
+        const origin = payload.model.provider === 'openai-compatible' ? originOf(payload.model.baseURL) : undefined;
+        const failure = classifyModelError(outcome.error, { maxRetryAfterMs: deps.maxRetryAfterMs, ...(origin ? { origin } : {}) });
+        // Operators get the detail (a truncated response body, the network error); the run gets the sanitized message.
+        if (failure.detail) log.warn({ code: failure.code, detail: failure.detail, retryable: failure.retryable }, 'model call failed');
+        if (!failure.retryable) return await fail({ code: failure.code, message: failure.message });
+        metrics.failed('transient');
+        await events.settle();
+        throw new AbideError('model_error', `transient model failure: ${failure.message}`, {
+          retryable: true,
+          cause: outcome.error,
+          ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs }),
+        });
+      }
+
+      // Every delta's PubAck before the result: the run's events stay in order.
+      await events.settle();
+      const { text, toolCalls, finishReason, usage } = outcome;
+      const published = await finish(message, { ok: true, step, attempt, text, toolCalls, finishReason, usage });
+      span.setAttributes({
+        'abide.outcome': 'finished',
+        'gen_ai.response.finish_reasons': [finishReason],
+        'gen_ai.usage.input_tokens': usage.inputTokens,
+        'gen_ai.usage.output_tokens': usage.outputTokens,
+        'abide.tool_calls': toolCalls.length,
+      });
+      metrics.completed();
+      log.info(
+        { finishReason, toolCalls: toolCalls.length, usage, deltas, durationMs: Date.now() - startedAt, publishedAttempt: published.attempt },
+        'model step finished; result published',
+      );
+    } finally {
+      cancellation.release();
+    }
+  }
+
+  return {
+    /**
+     * One delivery of a model step, in its `llm.step` span (issue 10): a child of the
+     * orchestrator's publish of the request. Bounded attributes: model, step, attempt, outcome, usage.
+     */
+    handle(delivery) {
+      const { runId, tenantId, payload } = delivery.message;
+      const attributes = {
+        'abide.run.id': runId,
+        'abide.tenant.id': tenantId,
+        'abide.run.step': payload.step,
+        'abide.attempt': delivery.deliveryCount,
+        'gen_ai.provider.name': payload.model.provider,
+        'gen_ai.request.model': payload.model.provider === 'openai-compatible' ? payload.model.model : 'scripted',
+      };
+      return inSpan('llm.step', { attributes }, (span) => handleStep(delivery, span));
     },
 
     async onExhausted(delivery, error) {

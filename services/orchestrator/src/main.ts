@@ -27,6 +27,7 @@ import {
   streams,
   type Logger,
   retryWithBackoff,
+  startTracing,
   type ConsumerName,
 } from '@abide/shared';
 import { createAdvisoryHandler } from './advisory-handler.ts';
@@ -46,6 +47,7 @@ async function main(): Promise<void> {
     const config = loadOrchestratorConfig(process.env);
     logger = createLogger('orchestrator', config.LOG_LEVEL);
     const log = logger;
+    const tracing = await startTracing(config, 'orchestrator', log);
     const metrics = createMetrics();
     let draining = false;
 
@@ -191,6 +193,7 @@ async function main(): Promise<void> {
         await nats.drain();
         await mongo.close();
         await health.stop();
+        await tracing.shutdown();
       },
     });
   } catch (error) {

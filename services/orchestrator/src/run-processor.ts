@@ -18,6 +18,7 @@ import {
 } from '@abide/shared';
 import type { KeyedQueue } from './keyed-queue.ts';
 import { transition, type RunInput } from './run-state-machine.ts';
+import { createTransitionSpans, type TransitionSpans } from './transition-tracing.ts';
 
 export type RunProcessorDeps = {
   store: RunStore;
@@ -212,7 +213,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return current.outbox.length > 0 && cause === outboxEntryId(current.runId, current.version, current.outbox.length - 1);
   }
 
-  async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
+  async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string, spans: TransitionSpans): Promise<ApplyOutcome> {
     let verified = false;
     for (let attempt = 0; attempt <= maxConflictRetries; attempt += 1) {
       const latest = await loadForApply(runId, verified);
@@ -265,6 +266,8 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         oversize?.inc();
         logger.warn({ runId, tenantId: next.tenantId, step: current.state.step, cause, reason: unpublishable.message }, 'a transition would publish a message too large for the bus; failing the run instead');
       }
+      // Its `run.transition` span; the traceparent stored with it carries the run's trace (issue 10).
+      Object.assign(next, spans.start(current, next, input.type));
       const commitStarted = performance.now();
       try {
         await store.commit(next);
@@ -307,7 +310,12 @@ export function createRunProcessor(deps: RunProcessorDeps) {
      */
     async apply(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
       const { outcome, pending } = await queue.run(runId, async () => {
-        const applied = await applyNow(runId, tenantId, input, cause);
+        const spans = createTransitionSpans();
+        const applied = await applyNow(runId, tenantId, input, cause, spans).catch((error: unknown) => {
+          spans.finish(error);
+          throw error;
+        });
+        spans.finish();
         return { outcome: applied, pending: settled(runId) };
       });
       await pending;

@@ -1,6 +1,9 @@
 import {
   AbideError,
   ShuttingDownError,
+  SpanStatusCode,
+  activeSpan,
+  inSpan,
   encodeJson,
   ensureError,
   kvKeys,
@@ -119,6 +122,10 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
 
   async function publishResult(call: Call, result: ToolResultPayload): Promise<void> {
     const id = toolResultMessageId(call.runId, call.toolCallId);
+    // The outcome on the call's `tool.call` span (see `handle`): a label, never the result itself.
+    const span = activeSpan();
+    span?.setAttribute('abide.tool.outcome', outcomeLabel(result.outcome));
+    if (result.outcome.kind === 'error') span?.setStatus({ code: SpanStatusCode.ERROR, message: result.outcome.error.code });
     await deps.publish(makeEnvelope('tool_result', { id, runId: call.runId, tenantId: call.tenantId, ts: new Date(now()).toISOString() }, result));
   }
 
@@ -310,44 +317,62 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     await finish(call, outcome);
   }
 
-  return {
-    /** Handles one delivery: resolves to ack, throws (retryable) to nak. */
-    async handle(delivery: Delivery<ToolRequestMessage>): Promise<void> {
-      const call = callOf(delivery);
-      // Tracked before the check: a cancellation landing after it still aborts the call.
-      const tracking = cancellations.track(call.runId);
-      try {
-        // Two independent KV reads, pipelined (one round trip).
-        const [cancelled, cached] = await Promise.all([cancellations.isCancelled(call.runId), readRecord(results, call.resultKey, toolResultRecordSchema)]);
-        if (cancelled) {
-          metrics.skippedCancelled();
-          call.log.info('run is cancelled; request acked without executing');
-          return;
-        }
-        if (cached && !('invalid' in cached)) {
-          metrics.cacheHit(call.toolLabel);
-          await publishResult(call, cached.value);
-          call.log.info({ outcome: outcomeLabel(cached.value.outcome) }, 'call already finished; result re-published from TOOL_RESULTS');
-          return;
-        }
-        if (cached) call.log.error({ err: cached.error }, 'stored tool result does not parse; handling the call as unfinished');
-        const remembered = unsaved.get(call.resultKey);
-        if (remembered) {
-          await finish(call, remembered);
-          return;
-        }
-        const claimed = await claim(call, delivery);
-        if (claimed.kind === 'stored') {
-          metrics.cacheHit(call.toolLabel);
-          await publishResult(call, claimed.result);
-        } else if (claimed.kind === 'decided') {
-          await finish(call, claimed.outcome);
-        } else {
-          await execute(call, delivery, tracking, claimed.marker, claimed.revision);
-        }
-      } finally {
-        tracking.release();
+  /** One delivery of a tool call (see `handle`). */
+  async function handleCall(delivery: Delivery<ToolRequestMessage>): Promise<void> {
+    const call = callOf(delivery);
+    // Tracked before the check: a cancellation landing after it still aborts the call.
+    const tracking = cancellations.track(call.runId);
+    try {
+      // Two independent KV reads, pipelined (one round trip).
+      const [cancelled, cached] = await Promise.all([cancellations.isCancelled(call.runId), readRecord(results, call.resultKey, toolResultRecordSchema)]);
+      if (cancelled) {
+        metrics.skippedCancelled();
+        call.log.info('run is cancelled; request acked without executing');
+        return;
       }
+      if (cached && !('invalid' in cached)) {
+        metrics.cacheHit(call.toolLabel);
+        await publishResult(call, cached.value);
+        call.log.info({ outcome: outcomeLabel(cached.value.outcome) }, 'call already finished; result re-published from TOOL_RESULTS');
+        return;
+      }
+      if (cached) call.log.error({ err: cached.error }, 'stored tool result does not parse; handling the call as unfinished');
+      const remembered = unsaved.get(call.resultKey);
+      if (remembered) {
+        await finish(call, remembered);
+        return;
+      }
+      const claimed = await claim(call, delivery);
+      if (claimed.kind === 'stored') {
+        metrics.cacheHit(call.toolLabel);
+        await publishResult(call, claimed.result);
+      } else if (claimed.kind === 'decided') {
+        await finish(call, claimed.outcome);
+      } else {
+        await execute(call, delivery, tracking, claimed.marker, claimed.revision);
+      }
+    } finally {
+      tracking.release();
+    }
+  }
+
+  return {
+    /**
+     * Handles one delivery: resolves to ack, throws (retryable) to nak. In its `tool.call` span
+     * (issue 10), a child of the orchestrator's publish of the request; bounded attributes (tool
+     * name, call id, outcome label), never the arguments or the result.
+     */
+    handle(delivery: Delivery<ToolRequestMessage>): Promise<void> {
+      const { runId, tenantId, payload } = delivery.message;
+      const attributes = {
+        'abide.run.id': runId,
+        'abide.tenant.id': tenantId,
+        'abide.run.step': payload.step,
+        'abide.attempt': delivery.deliveryCount,
+        'gen_ai.tool.name': payload.tool.name,
+        'gen_ai.tool.call.id': payload.toolCallId,
+      };
+      return inSpan('tool.call', { attributes }, () => handleCall(delivery));
     },
 
     /** The last delivery failed: store and publish a `delivery_exhausted` outcome (or the one executed here, if storing it failed). */

@@ -19,6 +19,7 @@ import {
   ensureError,
   exitOnStartupError,
   installShutdown,
+  startTracing,
   jetStreamCheck,
   natsCheck,
   streams,
@@ -58,6 +59,7 @@ async function main(): Promise<void> {
     const config = loadToolWorkerConfig({ ...process.env });
     const log = createLogger('tool-worker', config.LOG_LEVEL);
     logger = log;
+    const tracing = await startTracing(config, 'tool-worker', log);
     const workerId = `tool-worker-${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     const policy = consumerPolicies['tool-worker'];
     const metrics = createMetrics();
@@ -102,6 +104,7 @@ async function main(): Promise<void> {
         await cancelWatch?.stop();
         await health.stop();
         await connection?.drain().catch((error: unknown) => log.warn({ err: ensureError(error) }, 'nats drain failed'));
+        await tracing.shutdown();
       },
     });
 

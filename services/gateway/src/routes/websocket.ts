@@ -1,4 +1,4 @@
-import { ApiError, createRunBodySchema, createWsTicketBodySchema, webSocketQuerySchema, wsClientFrameSchema, wsTicketResponseSchema, type Lease, type WsClientFrame, type WsServerFrame } from '@abide/shared';
+import { ApiError, createRunBodySchema, createWsTicketBodySchema, inSpan, SpanKind, webSocketQuerySchema, wsClientFrameSchema, wsTicketResponseSchema, type Lease, type WsClientFrame, type WsServerFrame } from '@abide/shared';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { RawData, WebSocket } from 'ws';
@@ -172,7 +172,13 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
     }
   }
 
+  /** A frame that changes a run (create, cancel, approval) gets a server span, as an HTTP request does (issue 10). */
   async function handle(frame: WsClientFrame): Promise<void> {
+    if (frame.type === 'ping' || frame.type === 'subscribe' || frame.type === 'unsubscribe') return handleFrame(frame);
+    return inSpan(`ws ${frame.type}`, { kind: SpanKind.SERVER, attributes: { 'abide.frame.type': frame.type } }, () => handleFrame(frame));
+  }
+
+  async function handleFrame(frame: WsClientFrame): Promise<void> {
     const services = () => context.services();
     switch (frame.type) {
       case 'ping':
