@@ -16,6 +16,7 @@ export * from './events.ts';
 export * from './health.ts';
 export * from './ids.ts';
 export * from './jetstream.ts';
+export * from './kv-records.ts';
 export * from './lifecycle.ts';
 export * from './logger.ts';
 export * from './messages.ts';

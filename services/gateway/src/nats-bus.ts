@@ -1,6 +1,7 @@
 import {
   ApiError,
   approvalLedgerEntrySchema,
+  createOrRead,
   mcpListReplySchema,
   subjects,
   wsTicketEntrySchema,
@@ -56,15 +57,8 @@ export function createNatsBus(options: { connection: NatsConnection; js: JetStre
         return parsed.data;
       },
       async create(key, entry) {
-        try {
-          await approvalLedger.create(key, encodeJson(entry));
-          return true;
-        } catch (error) {
-          // `create` fails when the key exists; anything else (timeout, no connection) is rethrown.
-          const existing = await approvalLedger.get(key);
-          if (existing && existing.operation === 'PUT') return false;
-          throw error;
-        }
+        // First decision wins: false when the key holds one already (whatever it holds).
+        return (await createOrRead(approvalLedger, key, entry, approvalLedgerEntrySchema)).created;
       },
     },
 

@@ -1,4 +1,5 @@
 import {
+  createOrRead,
   decodeJson,
   encodeJson,
   kvKeys,
@@ -21,9 +22,6 @@ export function createJetStreamPublisher(js: JetStreamClient): BusPublisher {
   };
 }
 
-/** JetStream API codes for "wrong last sequence": the key exists, `create` lost the race. */
-const wrongLastSequenceCodes: readonly unknown[] = [10071, 10164];
-
 /** `LLM_RESULTS` over a KV bucket; values are `llmResultRecordSchema` JSON. */
 export function createLlmResultStore(kv: KV): LlmResultStore {
   async function get(runId: string, step: number): Promise<LlmResultPayload | undefined> {
@@ -35,16 +33,11 @@ export function createLlmResultStore(kv: KV): LlmResultStore {
   return {
     get,
     async saveFirst(runId, step, result) {
-      try {
-        await kv.create(kvKeys.llmResult(runId, step), encodeJson(result));
-        return result;
-      } catch (error) {
-        const exists = wrongLastSequenceCodes.includes((error as { code?: unknown }).code) || /wrong last sequence/i.test(String((error as Error).message));
-        if (!exists) throw error;
-        const stored = await get(runId, step);
-        if (!stored) throw error;
-        return stored;
-      }
+      const stored = await createOrRead(kv, kvKeys.llmResult(runId, step), result, llmResultRecordSchema);
+      if (stored.created) return result;
+      // A record that does not parse is not silently replaced: the error retries the message.
+      if ('invalid' in stored.existing) throw stored.existing.error;
+      return stored.existing.value;
     },
   };
 }

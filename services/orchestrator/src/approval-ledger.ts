@@ -1,5 +1,6 @@
 import {
   approvalLedgerEntrySchema,
+  createOrRead,
   decodeJson,
   encodeJson,
   hashJson,
@@ -27,17 +28,12 @@ export function createApprovalLedger(deps: { kv: KV; processor: RunProcessor; lo
   }
 
   /** Creates the entry unless one exists; returns whichever entry the ledger holds afterwards. */
-  async function createOrRead(runId: string, toolCallId: string, proposed: ApprovalLedgerEntry): Promise<ApprovalLedgerEntry> {
-    const existing = await read(runId, toolCallId);
-    if (existing) return existing;
-    try {
-      await kv.create(kvKeys.approval(runId, toolCallId), encodeJson(proposed));
-      return proposed;
-    } catch (error) {
-      const winner = await read(runId, toolCallId);
-      if (winner) return winner;
-      throw error;
-    }
+  async function createOrReadEntry(runId: string, toolCallId: string, proposed: ApprovalLedgerEntry): Promise<ApprovalLedgerEntry> {
+    const stored = await createOrRead(kv, kvKeys.approval(runId, toolCallId), proposed, approvalLedgerEntrySchema);
+    if (stored.created) return proposed;
+    // A foreign value under a ledger key: refuse to decide on it rather than guess.
+    if ('invalid' in stored.existing) throw stored.existing.error;
+    return stored.existing.value;
   }
 
   return {
@@ -67,7 +63,7 @@ export function createApprovalLedger(deps: { kv: KV; processor: RunProcessor; lo
         ...(payload.decidedBy === undefined ? {} : { decidedBy: payload.decidedBy }),
         at: message.ts,
       };
-      const decision = await createOrRead(runId, payload.toolCallId, proposed);
+      const decision = await createOrReadEntry(runId, payload.toolCallId, proposed);
       if (decision.decisionId !== message.id) log.info({ decisionId: message.id, winner: decision.decisionId }, 'an earlier decision holds the ledger; applying it');
       const outcome = await processor.apply(runId, tenantId, { type: 'approval_decision', toolCallId: payload.toolCallId, decision }, `approval:${decision.decisionId}`);
       if (outcome.kind === 'ignored') log.debug({ reason: outcome.reason }, 'approval input ignored');
@@ -80,7 +76,7 @@ export function createApprovalLedger(deps: { kv: KV; processor: RunProcessor; lo
       const state = latest.transition.state;
       for (const call of state.toolCalls) {
         if (call.state !== 'awaiting_approval' || !call.approvalExpiresAt || Date.parse(call.approvalExpiresAt) > now.getTime()) continue;
-        const decision = await createOrRead(runId, call.toolCallId, {
+        const decision = await createOrReadEntry(runId, call.toolCallId, {
           decisionId: newId('dec'),
           approved: false,
           argsHash: hashJson(call.args),

@@ -1,7 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { createLogger, createMetrics, makeEnvelope, toolDefinitionSchema, type Delivery, type ToolRequestMessage } from '@abide/shared';
 import { createToolCallHandler } from './execute-call.ts';
-import type { KeyValueBucket, KvEntryLike } from './kv-records.ts';
+import type { KeyValueBucket, KvEntryLike } from '@abide/shared';
 import { createToolMetrics } from './tool-metrics.ts';
 
 /** A minimal in-memory KV (create refuses an existing key); the handler's bookkeeping is not what is tested here. */

@@ -15,7 +15,7 @@ import {
   type ToolStartedMarker,
 } from '@abide/shared';
 import { createToolCallHandler, toolResultMessageId, type ToolCallHandlerDeps } from './execute-call.ts';
-import type { KeyValueBucket, KvEntryLike } from './kv-records.ts';
+import type { KeyValueBucket, KvEntryLike } from '@abide/shared';
 import type { RunTool, ToolInvocation } from './tool-invocation.ts';
 import { createToolMetrics } from './tool-metrics.ts';
 

@@ -3,15 +3,18 @@ import {
   ShuttingDownError,
   SpanStatusCode,
   activeSpan,
+  createOrRead,
   inSpan,
   encodeJson,
   ensureError,
   kvKeys,
   makeEnvelope,
+  readRecord,
   toolResultRecordSchema,
   toolStartedMarkerSchema,
   type CrashPoints,
   type Delivery,
+  type KeyValueBucket,
   type Logger,
   type ToolOutcome,
   type ToolRequestMessage,
@@ -22,7 +25,6 @@ import {
 import type { CancellationTracker } from '@abide/shared';
 
 type CancelTracking = ReturnType<CancellationTracker['track']>;
-import { createOrRead, readRecord, type KeyValueBucket } from './kv-records.ts';
 import { errorOutcome, type RunTool } from './tool-invocation.ts';
 import { toolMetricLabel, type ToolMetrics } from './tool-metrics.ts';
 

@@ -1,10 +1,18 @@
-import { decodeJson, encodeJson, ensureError } from '@abide/shared';
 import type { z } from 'zod';
+import { ensureError } from './errors.ts';
+import { decodeJson, encodeJson } from './jetstream.ts';
 
-/** What the tool-worker needs of a JetStream KV entry (a `KvEntry` of nats.js fits). */
+/**
+ * JSON records in JetStream KV, and the one first-writer-wins helper every service uses for
+ * them (DESIGN §3: a KV `create` fails when the key holds a value, so of two writers the first
+ * one's value stands and the second reads it): the tool-worker's result cache and started
+ * markers, the llm-worker's step results, the approval ledger (gateway and orchestrator).
+ */
+
+/** What is needed of a JetStream KV entry (a `KvEntry` of nats.js fits). */
 export type KvEntryLike = { value: Uint8Array; revision: number; operation: 'PUT' | 'DEL' | 'PURGE' };
 
-/** What the tool-worker needs of a JetStream KV bucket (a nats.js `KV` fits); tests pass an in-memory fake. */
+/** What is needed of a JetStream KV bucket (a nats.js `KV` fits); tests pass an in-memory fake. */
 export type KeyValueBucket = {
   get(key: string): Promise<KvEntryLike | null>;
   /** Fails if the key holds a value. */
@@ -22,7 +30,7 @@ export type StoredRecord<Value> = { value: Value; revision: number };
  * as `invalid` (with its revision), never passed on as if it were valid.
  */
 export async function readRecord<Schema extends z.ZodType>(
-  bucket: KeyValueBucket,
+  bucket: Pick<KeyValueBucket, 'get'>,
   key: string,
   schema: Schema,
 ): Promise<StoredRecord<z.infer<Schema>> | { invalid: true; revision: number; error: Error } | undefined> {
@@ -41,7 +49,7 @@ export async function readRecord<Schema extends z.ZodType>(
  * empty (a network error, or the key deleted in between) is retried a few times, then thrown.
  */
 export async function createOrRead<Schema extends z.ZodType>(
-  bucket: KeyValueBucket,
+  bucket: Pick<KeyValueBucket, 'get' | 'create'>,
   key: string,
   value: z.infer<Schema>,
   schema: Schema,
