@@ -29,6 +29,7 @@ export * from './requests.ts';
 export * from './retry.ts';
 export * from './run-history-api.ts';
 export * from './run-state.ts';
+export * from './run-delta.ts';
 export * from './run-store.ts';
 export * from './stored-json.ts';
 export * from './tenant-secrets.ts';
