@@ -2,6 +2,7 @@ import type { Collections } from './mongo.ts';
 import { workIds } from './names.ts';
 import { isDuplicateKeyError } from './errors.ts';
 import type { OutboxEntry } from './outbox.ts';
+import { applyDelta, encodeDelta, type RunDelta } from './run-delta.ts';
 import type { RunState } from './run-state.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
 
@@ -25,6 +26,55 @@ export type TransitionDocument = {
   /** The stream sequence of the last event published up to this transition (older data only; the read model holds it now). */
   lastSeq?: number | null;
 };
+
+/**
+ * A transition as `run_transitions` stores it (issue 9, item 2): the whole state (`state`) on a
+ * base version (1, every `snapshotEvery`-th after it, and every transition written before deltas
+ * existed), otherwise only what it changed (`delta`, `run-delta.ts`) against the version before.
+ * A transition with `state` is a full base whatever its version, so older data still loads.
+ */
+export type StoredTransition = Omit<TransitionDocument, 'state'> & { state?: RunState; delta?: RunDelta };
+
+/**
+ * Every how many versions a transition stores the whole state again, so a cold load reads at
+ * most this many transitions. Versions 1, 1 + N, 1 + 2N, … are bases; a 5-step run (~12
+ * versions) never writes a second one.
+ */
+export const snapshotEvery = 128;
+
+/** The base a cold load of `version` starts from: the last version at or before it that stores the whole state. */
+export const baseVersionOf = (version: number) => version - ((version - 1) % snapshotEvery);
+
+/** The stored form of a transition committed on `previous` (the state of the version before). */
+export function toStoredTransition(transition: TransitionDocument, previous: RunState | null): StoredTransition {
+  const { state, ...header } = transition;
+  if (previous === null || baseVersionOf(transition.version) === transition.version) return transition;
+  return { ...header, delta: encodeDelta(previous, state) };
+}
+
+/** A stored transition folded onto the state of the version before it (ignored for a base). */
+export function fromStoredTransition(stored: StoredTransition, previous: RunState | null): TransitionDocument {
+  const { state, delta, ...header } = stored;
+  if (state) return { ...header, state };
+  if (!delta) throw new Error(`transition ${stored._id} has neither a state nor a delta`);
+  if (!previous) throw new Error(`transition ${stored._id} is a delta and no earlier state was loaded`);
+  return { ...header, state: applyDelta(previous, delta) };
+}
+
+/**
+ * Folds a run's stored transitions (decoded, in version order, from a base) into full
+ * transitions: what the stores do on a cold load, exported so tests that read `run_transitions`
+ * directly check the same states.
+ */
+export function foldStoredTransitions(stored: readonly StoredTransition[]): TransitionDocument[] {
+  const folded: TransitionDocument[] = [];
+  for (const document of stored) {
+    const previous = folded.at(-1);
+    if (previous && previous.version + 1 !== document.version) throw new Error(`transition ${document._id} follows version ${previous.version}`);
+    folded.push(fromStoredTransition(document, previous?.state ?? null));
+  }
+  return folded;
+}
 
 /** The read model (`runs`, `_id: runId`): the latest state, which may lag by a transition. */
 export type RunDocument = RunState & { _id: string; version: number; lastSeq: number | null; publishedVersion: number };
@@ -52,16 +102,61 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline'; runId: string
  * Documents are stored with their keys escaped (`stored-keys.ts`): tool arguments and results
  * are free JSON and may hold keys FerretDB refuses.
  */
+/** How many transitions a cold load reads at once (each by exact `_id`). */
+const coldLoadBatch = 32;
+
 export function createRunStore(collections: Collections) {
   const { runs, runTransitions, runWork } = collections;
 
-  async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
+  async function loadStored(runId: string, version: number): Promise<StoredTransition | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
-    return stored ? decodeStoredKeys(stored as unknown as TransitionDocument) : null;
+    return stored ? decodeStoredKeys(stored as unknown as StoredTransition) : null;
+  }
+
+  /** The transition after `previous`, folded onto its state; null if none is committed. */
+  async function loadNext(previous: Pick<TransitionDocument, 'runId' | 'version' | 'state'>): Promise<TransitionDocument | null> {
+    const stored = await loadStored(previous.runId, previous.version + 1);
+    return stored ? fromStoredTransition(stored, previous.state) : null;
+  }
+
+  /**
+   * Version `version` of a run, whole (a cold load): reads it and every version back to its base
+   * by exact `_id` (FerretDB pushes down nothing else), in parallel batches, and folds them.
+   */
+  async function loadVersion(runId: string, version: number): Promise<TransitionDocument | null> {
+    const stored: StoredTransition[] = [];
+    for (let from = baseVersionOf(version); from <= version; from += coldLoadBatch) {
+      const versions = Array.from({ length: Math.min(coldLoadBatch, version - from + 1) }, (_, index) => from + index);
+      const batch = await Promise.all(versions.map((each) => loadStored(runId, each)));
+      for (const document of batch) {
+        if (!document) return null;
+        stored.push(document);
+      }
+    }
+    // Start at the last base read (a transition stored whole by older code is one too).
+    const lastBase = stored.findLastIndex((document) => document.state !== undefined);
+    return foldStoredTransitions(stored.slice(Math.max(lastBase, 0))).at(-1) ?? null;
+  }
+
+  /** Rolls `from` forward by `_id` (`<runId>:<v+1>`, `+2`, …) to the run's latest transition. */
+  async function rollForward(from: TransitionDocument): Promise<TransitionDocument> {
+    let latest = from;
+    for (;;) {
+      const next = await loadNext(latest);
+      if (!next) return latest;
+      latest = next;
+    }
   }
 
   return {
-    loadTransition,
+    loadNext,
+    loadVersion,
+    rollForward,
+
+    /** Whether version `version` of the run is committed (by `_id`, nothing else read). */
+    async exists(runId: string, version: number): Promise<boolean> {
+      return (await runTransitions.findOne({ _id: transitionId(runId, version) }, { projection: { _id: 1 } })) !== null;
+    },
 
     /**
      * The exact latest transition of a run, rolled forward past the read model by `_id`
@@ -73,22 +168,23 @@ export function createRunStore(collections: Collections) {
       const run = (await runs.findOne({ _id: runId }, { projection: { version: 1, lastSeq: 1, publishedVersion: 1 } })) as { version?: number; lastSeq?: number | null; publishedVersion?: number } | null;
       const version = run?.version ?? 0;
       const lastSeq = run?.lastSeq ?? null;
-      let latest = version > 0 ? await loadTransition(runId, version) : null;
       // The read model may lag (or not exist yet, right after creation): roll forward.
-      for (let probe = version + 1; ; probe += 1) {
-        const next = await loadTransition(runId, probe);
-        if (!next) break;
-        latest = next;
-      }
-      if (!latest) return null;
+      const known = await loadVersion(runId, Math.max(version, 1));
+      if (!known) return null;
+      const latest = await rollForward(known);
       const published = latest.published || (run?.publishedVersion ?? 0) >= latest.version;
       return { transition: { ...latest, published }, lastSeq: latest.lastSeq ?? lastSeq };
     },
 
-    /** Inserts the transition; throws `TransitionConflictError` if the version exists. */
-    async commit(transition: TransitionDocument): Promise<void> {
+    /**
+     * Inserts the transition, stored as its delta against `previous` (the state of the version it
+     * follows; null only for version 1). The delta is inside the one document, so the insert stays
+     * the whole commit: a replica that loses the race (duplicate key) leaves nothing behind.
+     * Throws `TransitionConflictError` if the version exists.
+     */
+    async commit(transition: TransitionDocument, previous: RunState | null): Promise<void> {
       try {
-        await runTransitions.insertOne(encodeStoredKeys(transition));
+        await runTransitions.insertOne(encodeStoredKeys(toStoredTransition(transition, previous)));
       } catch (error) {
         if (isDuplicateKeyError(error)) throw new TransitionConflictError(`transition ${transition._id} exists`, { cause: error });
         throw error;

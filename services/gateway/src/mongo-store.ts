@@ -23,8 +23,9 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     // Stored with escaped keys (shared stored-keys.ts); the run store decodes transitions itself.
     const { _id: _ignored, version, lastSeq, publishedVersion, ...state } = decodeStoredKeys(document);
     let loaded: LoadedRun = { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
-    for (let probe = version + 1; ; probe += 1) {
-      const next = await runStore.loadTransition(document._id, probe);
+    for (;;) {
+      // Each later transition is a delta on the state before it (run-store.ts).
+      const next = await runStore.loadNext({ runId: document._id, version: loaded.version, state: loaded.state });
       if (!next) break;
       // Past the read model, a transition is not known published (transitions are never marked).
       loaded = { state: next.state, version: next.version, lastSeq: next.lastSeq ?? loaded.lastSeq, published: next.published };
@@ -73,12 +74,18 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       return { state: latest.transition.state, version: latest.transition.version, lastSeq: latest.lastSeq, published: latest.transition.published };
     },
 
-    loadTransition: (runId, version) => runStore.loadTransition(runId, version),
+    loadTransition: (runId, version) => runStore.loadVersion(runId, version),
 
     async loadTransitionHeader(runId, version) {
-      // By exact `_id`, projected: a transition holds the run's whole state (its messages too).
-      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1 };
-      return (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as TransitionHeader | null;
+      // By exact `_id`, projected: a base transition holds the run's whole state (its messages
+      // too); a delta carries the header fields whole in `delta.set` (run-delta.ts).
+      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1, 'delta.set.status': 1, 'delta.set.step': 1, 'delta.set.awaiting': 1 };
+      const found = (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as (Omit<TransitionHeader, 'state'> & { state?: TransitionHeader['state']; delta?: { set: TransitionHeader['state'] } }) | null;
+      if (!found) return null;
+      const { state, delta, ...header } = found;
+      const fields = state ?? delta?.set;
+      if (!fields) throw new Error(`transition ${transitionId(runId, version)} has neither a state nor a delta`);
+      return { ...header, state: { status: fields.status, step: fields.step, awaiting: fields.awaiting } };
     },
 
     async listRuns(query: RunListQuery) {
