@@ -94,9 +94,9 @@ describe('tool approvals', () => {
     expect(events.find((event) => event.type === 'approval.resolved')).toMatchObject({ toolCallId: 's0c0', approved: true, source: 'user' });
     expect(callsFor(runId)).toHaveLength(1);
     expect(callsFor(runId)[0]!.idempotencyKey).toBe(`${runId}:s0c0`);
-    const stored = await stack.db.collection('runs').findOne({ _id: runId as never });
-    expect(stored!.toolCalls[0].approval).toMatchObject({ approved: true, source: 'user' });
-    expect(stored!.toolCalls[0].approval.argsHash).toMatch(/^[0-9a-f]{64}$/);
+    const stored = (await latestTransition(stack.db, runId)).state;
+    expect(stored.toolCalls[0].approval).toMatchObject({ approved: true, source: 'user' });
+    expect(stored.toolCalls[0].approval.argsHash).toMatch(/^[0-9a-f]{64}$/);
     socket.close();
   });
 

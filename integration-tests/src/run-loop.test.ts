@@ -84,7 +84,12 @@ describe('a durable run, end to end', () => {
     expect(view.status).toBe(200);
     expect(view.body).toMatchObject({ runId, agentId: 'booker', status: 'completed', output: 'All done: the blue room is booked for 2 nights.', pendingApprovals: [] });
     const stored = await stack.db.collection('runs').findOne({ _id: runId as never });
-    expect(stored).toMatchObject({ status: 'completed', output: 'All done: the blue room is booked for 2 nights.', tenantId: 'tenant-a' });
+    expect(stored).toMatchObject({ status: 'completed', output: 'All done: the blue room is booked for 2 nights.', tenantId: 'tenant-a', agentVersion: 1 });
+    // A summary whose size does not grow with the run: no messages, tool calls of the past or agent.
+    expect(stored!.messages).toBeUndefined();
+    expect(stored!.toolCalls).toEqual([]);
+    expect(stored!.agentSnapshot).toBeUndefined();
+    expect(stored!.llmAttempts).toBeUndefined();
     // Folded from the stored deltas (each fits the state before it, versions without a gap).
     const transitions = await readRunTransitions(stack.db, runId);
     expect(transitions.map((doc) => doc.version)).toEqual(transitions.map((_doc, index) => index + 1));

@@ -31,6 +31,7 @@ export * from './run-history-api.ts';
 export * from './run-state.ts';
 export * from './run-delta.ts';
 export * from './run-store.ts';
+export * from './run-summary.ts';
 export * from './stored-json.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';

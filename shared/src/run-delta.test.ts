@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { applyDelta, encodeDelta, RunDeltaMismatchError } from './run-delta.ts';
 import { zeroUsage, type RunState, type ToolCallRecord } from './run-state.ts';
+import { applyDeltaToSummary, summarizeRunState } from './run-summary.ts';
 
 const at = '2026-11-30T00:00:00.000Z';
 
@@ -102,5 +103,26 @@ describe('run deltas', () => {
     const changedCall = encodeDelta(withCalls, state({ toolCalls: [call('c1', { state: 'completed' })] }));
     expect(() => applyDelta(state({ toolCalls: [call('other')] }), changedCall)).toThrow(RunDeltaMismatchError);
     expect(() => applyDelta(state(), changedCall)).toThrow(RunDeltaMismatchError);
+  });
+});
+
+describe('run summaries (the read model)', () => {
+  it('keep no messages, finished calls, attempts or agent, only the pending calls, and roll forward by deltas', () => {
+    const pending = call('c2', { needsApproval: true, state: 'awaiting_approval', approvalExpiresAt: at });
+    const previous = state({ messages: [{ role: 'user', content: 'hello' }], toolCalls: [call('c1', { state: 'completed' })], llmAttempts: [1] });
+    const next = state({ status: 'suspended', messages: [...previous.messages, { role: 'assistant', content: 'b' }], toolCalls: [previous.toolCalls[0]!, pending], pendingApprovals: ['c2'], llmAttempts: [1, 1] });
+    const summary = summarizeRunState(next);
+    expect(Object.keys(summary)).not.toContain('messages');
+    expect(Object.keys(summary)).not.toContain('agentSnapshot');
+    expect(Object.keys(summary)).not.toContain('llmAttempts');
+    expect(summary).toMatchObject({ agentVersion: 1, status: 'suspended', toolCalls: [pending], pendingApprovals: ['c2'] });
+    expect(applyDeltaToSummary(summarizeRunState(previous), encodeDelta(previous, next))).toEqual(summary);
+  });
+
+  it('cannot roll forward when a pending call is in neither the delta nor the summary', () => {
+    const pending = call('c1', { needsApproval: true, state: 'awaiting_approval' });
+    const previous = state({ toolCalls: [pending] }); // recorded, not yet pending (no such transition exists; a broken summary looks alike)
+    const next = state({ toolCalls: [pending], pendingApprovals: ['c1'], status: 'suspended' });
+    expect(applyDeltaToSummary(summarizeRunState(previous), encodeDelta(previous, next))).toBeNull();
   });
 });

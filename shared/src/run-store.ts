@@ -4,6 +4,7 @@ import { isDuplicateKeyError } from './errors.ts';
 import type { OutboxEntry } from './outbox.ts';
 import { applyDelta, encodeDelta, type RunDelta } from './run-delta.ts';
 import type { RunState } from './run-state.ts';
+import { applyDeltaToSummary, summarizeRunState, type RunSummary } from './run-summary.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
 
 /** A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`). */
@@ -76,8 +77,33 @@ export function foldStoredTransitions(stored: readonly StoredTransition[]): Tran
   return folded;
 }
 
-/** The read model (`runs`, `_id: runId`): the latest state, which may lag by a transition. */
-export type RunDocument = RunState & { _id: string; version: number; lastSeq: number | null; publishedVersion: number };
+/**
+ * The read model (`runs`, `_id: runId`): the latest state's summary (`run-summary.ts`: no
+ * messages, finished tool calls or agent snapshot), which may lag by a transition. Documents
+ * written before summaries existed hold the whole state (`readModelSummary` reads both).
+ */
+export type RunDocument = RunSummary & { _id: string; version: number; lastSeq: number | null; publishedVersion: number };
+
+/** A run's summary at a version, with what the read model says of it (rolled forward past it by readers). */
+export type LoadedSummary = { state: RunSummary; version: number; lastSeq: number | null; published: boolean };
+
+/** A read-model document as stored (keys escaped; a whole state if written by older code), as a loaded summary. */
+export function readModelSummary(document: RunDocument): LoadedSummary {
+  const { _id: _ignored, version, lastSeq, publishedVersion, ...fields } = decodeStoredKeys(document);
+  const state = 'agentSnapshot' in fields ? summarizeRunState(fields as unknown as RunState) : (fields as RunSummary);
+  return { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
+}
+
+/** The read-model document a transition is recorded as (before its keys are escaped for storage). */
+export function readModelDocument(transition: TransitionDocument, lastSeq: number | null): RunDocument {
+  return {
+    ...summarizeRunState(transition.state),
+    _id: transition.runId,
+    version: transition.version,
+    lastSeq,
+    publishedVersion: transition.published ? transition.version : transition.version - 1,
+  };
+}
 
 export const transitionId = (runId: string, version: number) => `${runId}:${version}`;
 
@@ -148,10 +174,32 @@ export function createRunStore(collections: Collections) {
     }
   }
 
+  /**
+   * A summary rolled forward by `_id` past the read model it came from, transition by transition
+   * (a delta applies to the summary alone; one that does not, because a pending call's record is
+   * older than the summary knows, folds the whole state at that version instead).
+   */
+  async function rollSummaryForward(runId: string, from: LoadedSummary): Promise<LoadedSummary> {
+    let loaded = from;
+    for (;;) {
+      const stored = await loadStored(runId, loaded.version + 1);
+      if (!stored) return loaded;
+      let state = stored.state ? summarizeRunState(stored.state) : stored.delta ? applyDeltaToSummary(loaded.state, stored.delta) : null;
+      if (!state) {
+        const whole = await loadVersion(runId, stored.version);
+        if (!whole) throw new Error(`transition ${stored._id} cannot be folded`);
+        state = summarizeRunState(whole.state);
+      }
+      // Past the read model, a transition is not known published (transitions are never marked).
+      loaded = { state, version: stored.version, lastSeq: stored.lastSeq ?? loaded.lastSeq, published: stored.published };
+    }
+  }
+
   return {
     loadNext,
     loadVersion,
     rollForward,
+    rollSummaryForward,
 
     /** Whether version `version` of the run is committed (by `_id`, nothing else read). */
     async exists(runId: string, version: number): Promise<boolean> {
@@ -196,13 +244,7 @@ export function createRunStore(collections: Collections) {
      * moving backwards (the orchestrator writes a run's read model serialized, newest only).
      */
     async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<void> {
-      const document: RunDocument = encodeStoredKeys({
-        ...transition.state,
-        _id: transition.runId,
-        version: transition.version,
-        lastSeq,
-        publishedVersion: transition.published ? transition.version : transition.version - 1,
-      });
+      const document = encodeStoredKeys(readModelDocument(transition, lastSeq));
       if (transition.version === 1) {
         // Version 1's read model is only ever inserted: the gateway writes it in parallel with
         // publishing `start`, so the orchestrator's version 2 may be there already (a duplicate

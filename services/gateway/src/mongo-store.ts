@@ -1,6 +1,6 @@
-import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, transitionId, type Agent, type Collections, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, readModelSummary, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
-import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
+import type { ConversationLock, GatewayStore, RunListQuery, TransitionHeader } from './ports.ts';
 
 export const agentDocumentId = (tenantId: string, agentId: string) => `${tenantId}:${agentId}`;
 export const agentVersionId = (tenantId: string, agentId: string, version: number) => `${tenantId}:${agentId}:${version}`;
@@ -18,20 +18,11 @@ function toAgent(document: Record<string, unknown>): Agent {
 export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore }): GatewayStore {
   const { db, collections, runStore } = options;
 
-  /** Rolls a read-model document forward through `run_transitions` by `_id`. */
-  async function rollForward(document: RunDocument): Promise<LoadedRun> {
-    // Stored with escaped keys (shared stored-keys.ts); the run store decodes transitions itself.
-    const { _id: _ignored, version, lastSeq, publishedVersion, ...state } = decodeStoredKeys(document);
-    let loaded: LoadedRun = { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
-    for (;;) {
-      // Each later transition is a delta on the state before it (run-store.ts).
-      const next = await runStore.loadNext({ runId: document._id, version: loaded.version, state: loaded.state });
-      if (!next) break;
-      // Past the read model, a transition is not known published (transitions are never marked).
-      loaded = { state: next.state, version: next.version, lastSeq: next.lastSeq ?? loaded.lastSeq, published: next.published };
-    }
-    return loaded;
-  }
+  /**
+   * A read-model document's summary rolled forward through `run_transitions` by `_id` (stored
+   * with escaped keys, shared stored-keys.ts; `readModelSummary` decodes them).
+   */
+  const rollForward = (document: RunDocument): Promise<LoadedSummary> => runStore.rollSummaryForward(document._id, readModelSummary(document));
 
   return {
     async findAgent(tenantId, agentId) {
