@@ -7,7 +7,10 @@ import type { RunState } from './run-state.ts';
 import { applyDeltaToSummary, summarizeRunState, type RunSummary } from './run-summary.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
 
-/** A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`). */
+/**
+ * A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`) with the
+ * run's whole state, as loaded; stored as a `StoredTransition` (its state a delta, mostly).
+ */
 export type TransitionDocument = {
   _id: string;
   runId: string;
@@ -38,8 +41,8 @@ export type StoredTransition = Omit<TransitionDocument, 'state'> & { state?: Run
 
 /**
  * Every how many versions a transition stores the whole state again, so a cold load reads at
- * most this many transitions. Versions 1, 1 + N, 1 + 2N, … are bases; a 5-step run (~12
- * versions) never writes a second one.
+ * most this many transitions. Versions 1, 1 + N, 1 + 2N, … are bases; the workload's 5-step run
+ * (7 versions) never writes a second one.
  */
 export const snapshotEvery = 128;
 

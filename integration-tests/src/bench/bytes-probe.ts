@@ -14,8 +14,8 @@ export type RunBytes = {
   /** The same transitions and read-model writes with each holding the whole state (before issue 9, item 2). */
   wholeTransitionBytes: number;
   wholeReadModelBytes: number;
-  /** The largest single transition document, as stored. */
-  largestTransitionBytes: number;
+  /** Version 1 as stored (the base: the whole initial state, with the agent). */
+  firstTransitionBytes: number;
 };
 
 const size = (document: object) => BSON.calculateObjectSize(document as BSON.Document);
@@ -35,13 +35,13 @@ const writesOf = (transition: TransitionDocument) =>
 export async function measureRunBytes(db: Db, runId: string, steps: number): Promise<RunBytes> {
   const stored = await db.collection('run_transitions').find({ runId }).sort({ version: 1 }).toArray();
   const folded = foldStoredTransitions(stored.map((document) => decodeStoredKeys(document as unknown as StoredTransition)));
-  const bytes: RunBytes = { runId, steps, versions: stored.length, transitionBytes: 0, readModelBytes: 0, readModelWrites: 0, wholeTransitionBytes: 0, wholeReadModelBytes: 0, largestTransitionBytes: 0 };
+  const bytes: RunBytes = { runId, steps, versions: stored.length, transitionBytes: 0, readModelBytes: 0, readModelWrites: 0, wholeTransitionBytes: 0, wholeReadModelBytes: 0, firstTransitionBytes: 0 };
   for (const [index, document] of stored.entries()) {
     const transition = folded[index]!;
     const writes = writesOf(transition);
     const storedBytes = size(document);
     bytes.transitionBytes += storedBytes;
-    bytes.largestTransitionBytes = Math.max(bytes.largestTransitionBytes, storedBytes);
+    if (transition.version === 1) bytes.firstTransitionBytes = storedBytes;
     bytes.wholeTransitionBytes += size(encodeStoredKeys(transition));
     bytes.readModelWrites += writes;
     bytes.readModelBytes += writes * size(encodeStoredKeys(readModelDocument(transition, 1)));
@@ -57,7 +57,7 @@ export function describeRunBytes(runs: readonly RunBytes[]): string {
     .map(
       (run) =>
         `${run.steps}-step run (${run.versions} transitions, ${run.readModelWrites} read-model writes): per step, transitions ${perStep(run.transitionBytes, run.steps)} ` +
-        `(largest ${run.largestTransitionBytes} B), read model ${perStep(run.readModelBytes, run.steps)}; ` +
+        `(version 1 ${run.firstTransitionBytes} B, the others ${Math.round((run.transitionBytes - run.firstTransitionBytes) / Math.max(1, run.versions - 1))} B on average), read model ${perStep(run.readModelBytes, run.steps)}; ` +
         `as whole-state documents (before): transitions ${perStep(run.wholeTransitionBytes, run.steps)}, read model ${perStep(run.wholeReadModelBytes, run.steps)}`,
     )
     .join('; ');

@@ -49,7 +49,7 @@ export type GatewayStore = {
 
   /** The run's latest transition, or null if it does not exist. */
   loadRun(runId: string): Promise<LoadedRun | null>;
-  /** One transition by `_id` (`<runId>:<version>`). */
+  /** One transition with its whole state, folded from its base (`<runId>:<base>` … `<runId>:<version>` by `_id`). */
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
   /** One transition's header by `_id`, without the run state's bulk (messages, tool calls): for the history. */
   loadTransitionHeader(runId: string, version: number): Promise<TransitionHeader | null>;
