@@ -1,6 +1,6 @@
-import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, readModelSummary, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
-import type { ConversationLock, GatewayStore, RunListQuery, TransitionHeader } from './ports.ts';
+import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
 export const agentDocumentId = (tenantId: string, agentId: string) => `${tenantId}:${agentId}`;
 export const agentVersionId = (tenantId: string, agentId: string, version: number) => `${tenantId}:${agentId}:${version}`;
@@ -23,6 +23,13 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
    * with escaped keys, shared stored-keys.ts; `readModelSummary` decodes them).
    */
   const rollForward = (document: RunDocument): Promise<LoadedSummary> => runStore.rollSummaryForward(document._id, readModelSummary(document));
+
+  /** The run's exact latest state, folded from its transitions (a cold load). */
+  async function loadRun(runId: string): Promise<LoadedRun | null> {
+    const latest = await runStore.loadLatest(runId);
+    if (!latest) return null;
+    return { state: latest.transition.state, version: latest.transition.version, lastSeq: latest.lastSeq, published: latest.transition.published };
+  }
 
   return {
     async findAgent(tenantId, agentId) {
@@ -59,10 +66,14 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       }
     },
 
-    async loadRun(runId) {
-      const latest = await runStore.loadLatest(runId);
-      if (!latest) return null;
-      return { state: latest.transition.state, version: latest.transition.version, lastSeq: latest.lastSeq, published: latest.transition.published };
+    loadRun,
+
+    async loadRunSummary(runId) {
+      const document = (await collections.runs.findOne({ _id: runId })) as RunDocument | null;
+      if (document) return rollForward(document);
+      // No read model yet (a new run's first write may still be in flight): fold from the transitions.
+      const run = await loadRun(runId);
+      return run ? { ...run, state: summarizeRunState(run.state) } : null;
     },
 
     loadTransition: (runId, version) => runStore.loadVersion(runId, version),

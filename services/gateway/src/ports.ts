@@ -49,6 +49,12 @@ export type GatewayStore = {
 
   /** The run's latest transition, or null if it does not exist. */
   loadRun(runId: string): Promise<LoadedRun | null>;
+  /**
+   * The run's summary exactly as of now: the read model rolled forward by applying later deltas
+   * to it (constant reads, however long the run); for reads that need no messages or finished
+   * tool calls (`GET /v1/runs/:runId`).
+   */
+  loadRunSummary(runId: string): Promise<LoadedSummary | null>;
   /** One transition with its whole state, folded from its base (`<runId>:<base>` … `<runId>:<version>` by `_id`). */
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
   /** One transition's header by `_id`, without the run state's bulk (messages, tool calls): for the history. */

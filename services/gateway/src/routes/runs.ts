@@ -7,8 +7,8 @@ import {
 } from '@abide/shared';
 import type { FastifyInstance } from 'fastify';
 import { decodeListCursor, encodeListCursor } from '../list-cursor.ts';
-import { loadTenantRun } from '../run-access.ts';
-import { summaryOf, toRunView } from '../run-views.ts';
+import { loadTenantRunSummary } from '../run-access.ts';
+import { toRunView } from '../run-views.ts';
 import { parseOr400 } from '../validation.ts';
 import type { RouteContext } from './route-context.ts';
 
@@ -25,7 +25,7 @@ export function registerRunRoutes(app: FastifyInstance, context: RouteContext): 
 
   app.get('/v1/runs/:runId', async (request) => {
     const { runId } = parseOr400(runIdParamsSchema, request.params, 'params');
-    return toRunView(summaryOf(await loadTenantRun(context.services().store, context.caller(request).tenantId, runId)));
+    return toRunView(await loadTenantRunSummary(context.services().store, context.caller(request).tenantId, runId));
   });
 
   app.get('/v1/runs', async (request) => {

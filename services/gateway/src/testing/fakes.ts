@@ -63,6 +63,10 @@ export function createMemoryStore() {
       const model = readModels.get(runId);
       return loaded(runId, model?.version ?? 0, model?.lastSeq ?? null);
     },
+    async loadRunSummary(runId) {
+      const run = await store.loadRun(runId);
+      return run ? { ...run, state: summarizeRunState(run.state) } : null;
+    },
     async loadTransition(runId, version) {
       const transition = transitions.get(`${runId}:${version}`);
       return transition ? clone(transition) : null;
