@@ -3,6 +3,7 @@ import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
 import { Stack, testKeys } from './harness/stack.ts';
+import { latestTransition } from './harness/run-checks.ts';
 
 /** Issue 3: a run suspends on a tool call that needs approval and resumes on a decision from any road. */
 describe('tool approvals', () => {
@@ -93,9 +94,9 @@ describe('tool approvals', () => {
     expect(events.find((event) => event.type === 'approval.resolved')).toMatchObject({ toolCallId: 's0c0', approved: true, source: 'user' });
     expect(callsFor(runId)).toHaveLength(1);
     expect(callsFor(runId)[0]!.idempotencyKey).toBe(`${runId}:s0c0`);
-    const stored = await stack.db.collection('runs').findOne({ _id: runId as never });
-    expect(stored!.toolCalls[0].approval).toMatchObject({ approved: true, source: 'user' });
-    expect(stored!.toolCalls[0].approval.argsHash).toMatch(/^[0-9a-f]{64}$/);
+    const stored = (await latestTransition(stack.db, runId)).state;
+    expect(stored.toolCalls[0].approval).toMatchObject({ approved: true, source: 'user' });
+    expect(stored.toolCalls[0].approval.argsHash).toMatch(/^[0-9a-f]{64}$/);
     socket.close();
   });
 
@@ -108,8 +109,8 @@ describe('tool approvals', () => {
     expect(events.at(-1)!.type).toBe('run.completed');
     expect(events.find((event) => event.type === 'tool.result')).toMatchObject({ toolCallId: 's0c0', result: { denied: true, reason: 'not today' } });
     expect(callsFor(runId)).toHaveLength(0);
-    const transitions = await stack.db.collection('run_transitions').find({ runId }).sort({ version: -1 }).limit(1).toArray();
-    const toolMessage = transitions[0]!.state.messages.find((message: { role: string }) => message.role === 'tool');
+    const latest = await latestTransition(stack.db, runId);
+    const toolMessage = latest.state.messages.find((message: { role: string }) => message.role === 'tool');
     expect(toolMessage.content[0].output).toEqual({ type: 'execution-denied', reason: 'not today' });
     socket.close();
   });

@@ -21,6 +21,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
 import { Stack, testKeys } from './harness/stack.ts';
+import { latestTransition } from './harness/run-checks.ts';
 
 /** `useChat` without React: the AI SDK's own chat class over a plain state, as `@ai-sdk/react` does it. */
 class NodeChat extends AbstractChat<UIMessage> {
@@ -224,8 +225,8 @@ describe('chat protocols', () => {
       await chat.sendMessage({ text: 'first' });
       await chat.sendMessage({ text: 'second' });
       const runId = runIdOf(chat.messages.at(-1))!;
-      const run = await stack.db.collection('runs').findOne({ _id: runId as never });
-      const messages = (run as unknown as { state?: { messages?: unknown[] }; messages?: unknown[] }).state?.messages ?? (run as { messages?: unknown[] }).messages;
+      // The run's messages, folded from run_transitions (the read model keeps only a summary).
+      const { messages } = (await latestTransition(stack.db, runId)).state;
       expect(JSON.stringify(messages)).toContain('first');
       expect(chat.messages.map((message) => message.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
     });
@@ -269,8 +270,8 @@ describe('chat protocols', () => {
       await until(() => chat.status === 'ready' && textOf(chat.messages.at(-1)).includes('Finished.'), 'the continuation');
       expect(toolParts(chat.messages.at(-1))).toEqual([expect.objectContaining({ toolCallId: 's0c0', state: 'output-denied' })]);
       expect(callsFor(runId)).toHaveLength(0);
-      const run = await stack.db.collection('runs').findOne({ _id: runId as never });
-      expect(JSON.stringify(run)).toContain('"type":"execution-denied","reason":"too expensive"');
+      const run = await latestTransition(stack.db, runId);
+      expect(JSON.stringify(run.state.messages)).toContain('"type":"execution-denied","reason":"too expensive"');
     });
 
     it('answers a stale or foreign approval id with an error chunk, never a 500', async () => {
@@ -570,7 +571,7 @@ describe('chat protocols', () => {
         .withResponse();
       const runId = response.headers.get('x-abide-run-id');
       expect(response.headers.get('x-abide-conversation-id')).toBe(conversationId);
-      const run = JSON.stringify(await stack.db.collection('runs').findOne({ _id: runId as never }));
+      const run = JSON.stringify((await latestTransition(stack.db, runId!)).state);
       expect(run).toContain('pelican');
       expect(run).toContain('what word?');
       expect(run).not.toContain('forged history');

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
-import { bookerMilestones } from './harness/run-checks.ts';
+import { bookerMilestones, readRunTransitions } from './harness/run-checks.ts';
 import { Stack, testKeys } from './harness/stack.ts';
 
 /**
@@ -85,8 +85,14 @@ describe('a durable run, end to end', () => {
     expect(view.status).toBe(200);
     expect(view.body).toMatchObject({ runId, agentId: 'booker', status: 'completed', output: 'All done: the blue room is booked for 2 nights.', pendingApprovals: [] });
     const stored = await stack.db.collection('runs').findOne({ _id: runId as never });
-    expect(stored).toMatchObject({ status: 'completed', output: 'All done: the blue room is booked for 2 nights.', tenantId: 'tenant-a' });
-    const transitions = await stack.db.collection('run_transitions').find({ runId }).sort({ version: 1 }).toArray();
+    expect(stored).toMatchObject({ status: 'completed', output: 'All done: the blue room is booked for 2 nights.', tenantId: 'tenant-a', agentVersion: 1 });
+    // A summary whose size does not grow with the run: no messages, tool calls of the past or agent.
+    expect(stored!.messages).toBeUndefined();
+    expect(stored!.toolCalls).toEqual([]);
+    expect(stored!.agentSnapshot).toBeUndefined();
+    expect(stored!.llmAttempts).toBeUndefined();
+    // Folded from the stored deltas (each fits the state before it, versions without a gap).
+    const transitions = await readRunTransitions(stack.db, runId);
     expect(transitions.map((doc) => doc.version)).toEqual(transitions.map((_doc, index) => index + 1));
     expect(transitions.at(-1)!.state.status).toBe('completed');
 

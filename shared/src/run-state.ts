@@ -66,8 +66,9 @@ export const awaitingSchema = z.object({
 export type Awaiting = z.infer<typeof awaitingSchema>;
 
 /**
- * The state of a run after a transition (DESIGN §3). Stored whole in each `run_transitions`
- * document and in the `runs` read model.
+ * The state of a run after a transition (DESIGN §3). Stored whole only in a base transition
+ * (version 1, every `snapshotEvery`-th); other transitions store what changed (`run-delta.ts`),
+ * and the `runs` read model a summary (`run-summary.ts`).
  */
 export const runStateSchema = z.looseObject({
   schemaVersion: z.literal(1),

@@ -1,10 +1,15 @@
 import type { Collections } from './mongo.ts';
 import { workIds } from './names.ts';
 import type { OutboxEntry } from './outbox.ts';
+import { applyDelta, encodeDelta, type RunDelta } from './run-delta.ts';
 import { isTerminalStatus, type RunState, type RunStatus } from './run-state.ts';
+import { applyDeltaToSummary, summarizeRunState, type RunSummary } from './run-summary.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
 
-/** A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`). */
+/**
+ * A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`) with the
+ * run's whole state, as loaded; stored as a `StoredTransition` (its state a delta, mostly).
+ */
 export type TransitionDocument = {
   _id: string;
   runId: string;
@@ -32,11 +37,84 @@ export type TransitionDocument = {
 };
 
 /**
- * The read model (`runs`, `_id: runId`): the latest state, which may lag by a transition.
- * `prunedAt` (ISO time): the run's history was pruned after `RUN_RETENTION`; the read model is
- * then all that is kept of the run, and readers take it as the run's exact final state.
+ * A transition as `run_transitions` stores it (issue 9, item 2): the whole state (`state`) on a
+ * base version (1, every `snapshotEvery`-th after it, and every transition written before deltas
+ * existed), otherwise only what it changed (`delta`, `run-delta.ts`) against the version before.
+ * A transition with `state` is a full base whatever its version, so older data still loads.
  */
-export type RunDocument = RunState & { _id: string; version: number; lastSeq: number | null; publishedVersion: number; prunedAt?: string };
+export type StoredTransition = Omit<TransitionDocument, 'state'> & { state?: RunState; delta?: RunDelta };
+
+/**
+ * Every how many versions a transition stores the whole state again, so a cold load reads at
+ * most this many transitions. Versions 1, 1 + N, 1 + 2N, … are bases; the workload's 5-step run
+ * (7 versions) never writes a second one.
+ */
+export const snapshotEvery = 128;
+
+/** The base a cold load of `version` starts from: the last version at or before it that stores the whole state. */
+export const baseVersionOf = (version: number) => version - ((version - 1) % snapshotEvery);
+
+/** The stored form of a transition committed on `previous` (the state of the version before). */
+export function toStoredTransition(transition: TransitionDocument, previous: RunState | null): StoredTransition {
+  const { state, ...header } = transition;
+  if (previous === null || baseVersionOf(transition.version) === transition.version) return transition;
+  return { ...header, delta: encodeDelta(previous, state) };
+}
+
+/** A stored transition folded onto the state of the version before it (ignored for a base). */
+export function fromStoredTransition(stored: StoredTransition, previous: RunState | null): TransitionDocument {
+  const { state, delta, ...header } = stored;
+  if (state) return { ...header, state };
+  if (!delta) throw new Error(`transition ${stored._id} has neither a state nor a delta`);
+  if (!previous) throw new Error(`transition ${stored._id} is a delta and no earlier state was loaded`);
+  return { ...header, state: applyDelta(previous, delta) };
+}
+
+/**
+ * Folds a run's stored transitions (decoded, in version order, from a base) into full
+ * transitions: what the stores do on a cold load, exported so tests that read `run_transitions`
+ * directly check the same states.
+ */
+export function foldStoredTransitions(stored: readonly StoredTransition[]): TransitionDocument[] {
+  const folded: TransitionDocument[] = [];
+  for (const document of stored) {
+    const previous = folded.at(-1);
+    if (previous && previous.version + 1 !== document.version) throw new Error(`transition ${document._id} follows version ${previous.version}`);
+    folded.push(fromStoredTransition(document, previous?.state ?? null));
+  }
+  return folded;
+}
+
+/**
+ * The read model (`runs`, `_id: runId`): the latest state's summary (`run-summary.ts`: no
+ * messages, finished tool calls or agent snapshot), which may lag by a transition. Documents
+ * written before summaries existed hold the whole state (`readModelSummary` reads both).
+ * `prunedAt` (ISO time): the run's history was pruned after `RUN_RETENTION`; the read model then
+ * holds the run's whole final state (`pruneRunHistory` writes it before deleting anything), all
+ * that is kept of the run, and readers take it as the run's exact final state.
+ */
+export type RunDocument = (RunSummary | RunState) & { _id: string; version: number; lastSeq: number | null; publishedVersion: number; prunedAt?: string };
+
+/** A run's summary at a version, with what the read model says of it (rolled forward past it by readers). */
+export type LoadedSummary = { state: RunSummary; version: number; lastSeq: number | null; published: boolean };
+
+/** A read-model document as stored (keys escaped; a whole state if written by older code), as a loaded summary. */
+export function readModelSummary(document: RunDocument): LoadedSummary {
+  const { _id: _ignored, version, lastSeq, publishedVersion, prunedAt: _pruned, ...fields } = decodeStoredKeys(document);
+  const state = 'agentSnapshot' in fields ? summarizeRunState(fields as unknown as RunState) : (fields as RunSummary);
+  return { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
+}
+
+/** The read-model document a transition is recorded as (before its keys are escaped for storage). */
+export function readModelDocument(transition: TransitionDocument, lastSeq: number | null): RunDocument {
+  return {
+    ...summarizeRunState(transition.state),
+    _id: transition.runId,
+    version: transition.version,
+    lastSeq,
+    publishedVersion: transition.published ? transition.version : transition.version - 1,
+  };
+}
 
 export const transitionId = (runId: string, version: number) => `${runId}:${version}`;
 
@@ -87,6 +165,8 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline' | 'retention';
  */
 export function createRunStore(collections: Collections, options: { onWorkWritten?: (kind: WorkItem['kind'], dueAt: string) => void } = {}) {
   const { runs, runTransitions, runWork, writes } = collections;
+  /** How many transitions a cold load reads at once (each by exact `_id`). */
+  const coldLoadBatch = 32;
   const workCollections = { outbox: 'runWork', deadline: 'runDeadlines', retention: 'runRetention' } as const;
   const workCollection = (kind: WorkItem['kind']) => collections[workCollections[kind]];
   const workWriter = (kind: WorkItem['kind']) => writes[workCollections[kind]];
@@ -97,19 +177,83 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     return kind;
   };
 
-  /** A pruned run's read model as its latest transition: all that is left of it (no outbox, published). */
+  /** A pruned run's read model (its whole final state) as its latest transition: all that is left of it (no outbox, published). */
   function fromPrunedReadModel(stored: RunDocument): TransitionDocument {
     const { _id: runId, version, lastSeq: _lastSeq, publishedVersion: _published, prunedAt, ...state } = decodeStoredKeys(stored);
-    return { _id: transitionId(runId, version), runId, tenantId: state.tenantId, version, at: new Date(prunedAt ?? 0), cause: '', state, outbox: [], published: true };
+    return { _id: transitionId(runId, version), runId, tenantId: state.tenantId, version, at: new Date(prunedAt ?? 0), cause: '', state: state as RunState, outbox: [], published: true };
   }
 
-  async function loadTransition(runId: string, version: number): Promise<TransitionDocument | null> {
+  async function loadStored(runId: string, version: number): Promise<StoredTransition | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
-    return stored ? decodeStoredKeys(stored as unknown as TransitionDocument) : null;
+    return stored ? decodeStoredKeys(stored as unknown as StoredTransition) : null;
+  }
+
+  /** The transition after `previous`, folded onto its state; null if none is committed. */
+  async function loadNext(previous: Pick<TransitionDocument, 'runId' | 'version' | 'state'>): Promise<TransitionDocument | null> {
+    const stored = await loadStored(previous.runId, previous.version + 1);
+    return stored ? fromStoredTransition(stored, previous.state) : null;
+  }
+
+  /**
+   * Version `version` of a run, whole (a cold load): reads it and every version back to its base
+   * by exact `_id` (FerretDB pushes down nothing else), in parallel batches, and folds them.
+   */
+  async function loadVersion(runId: string, version: number): Promise<TransitionDocument | null> {
+    const stored: StoredTransition[] = [];
+    for (let from = baseVersionOf(version); from <= version; from += coldLoadBatch) {
+      const versions = Array.from({ length: Math.min(coldLoadBatch, version - from + 1) }, (_, index) => from + index);
+      const batch = await Promise.all(versions.map((each) => loadStored(runId, each)));
+      for (const document of batch) {
+        if (!document) return null;
+        stored.push(document);
+      }
+    }
+    // Start at the last base read (a transition stored whole by older code is one too).
+    const lastBase = stored.findLastIndex((document) => document.state !== undefined);
+    return foldStoredTransitions(stored.slice(Math.max(lastBase, 0))).at(-1) ?? null;
+  }
+
+  /** Rolls `from` forward by `_id` (`<runId>:<v+1>`, `+2`, …) to the run's latest transition. */
+  async function rollForward(from: TransitionDocument): Promise<TransitionDocument> {
+    let latest = from;
+    for (;;) {
+      const next = await loadNext(latest);
+      if (!next) return latest;
+      latest = next;
+    }
+  }
+
+  /**
+   * A summary rolled forward by `_id` past the read model it came from, transition by transition
+   * (a delta applies to the summary alone; one that does not, because a pending call's record is
+   * older than the summary knows, folds the whole state at that version instead).
+   */
+  async function rollSummaryForward(runId: string, from: LoadedSummary): Promise<LoadedSummary> {
+    let loaded = from;
+    for (;;) {
+      const stored = await loadStored(runId, loaded.version + 1);
+      if (!stored) return loaded;
+      let state = stored.state ? summarizeRunState(stored.state) : stored.delta ? applyDeltaToSummary(loaded.state, stored.delta) : null;
+      if (!state) {
+        const whole = await loadVersion(runId, stored.version);
+        if (!whole) throw new Error(`transition ${stored._id} cannot be folded`);
+        state = summarizeRunState(whole.state);
+      }
+      // Past the read model, a transition is not known published (transitions are never marked).
+      loaded = { state, version: stored.version, lastSeq: stored.lastSeq ?? loaded.lastSeq, published: stored.published };
+    }
   }
 
   return {
-    loadTransition,
+    loadNext,
+    loadVersion,
+    rollForward,
+    rollSummaryForward,
+
+    /** Whether version `version` of the run is committed (by `_id`, nothing else read). */
+    async exists(runId: string, version: number): Promise<boolean> {
+      return (await runTransitions.findOne({ _id: transitionId(runId, version) }, { projection: { _id: 1 } })) !== null;
+    },
 
     /**
      * The exact latest transition of a run, rolled forward past the read model by `_id`
@@ -122,33 +266,35 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
       const version = run?.version ?? 0;
       const lastSeq = run?.lastSeq ?? null;
       if (run?.prunedAt !== undefined) {
-        // Ended and pruned (`pruneRunHistory`): the read model is its final state; nothing follows it.
+        // Ended and pruned (`pruneRunHistory`): the read model is its whole final state; nothing follows it.
         const stored = (await runs.findOne({ _id: runId })) as RunDocument | null;
         if (stored) return { transition: fromPrunedReadModel(stored), lastSeq, pruned: true };
       }
-      let latest = version > 0 ? await loadTransition(runId, version) : null;
       // The read model may lag (or not exist yet, right after creation): roll forward.
-      for (let probe = version + 1; ; probe += 1) {
-        const next = await loadTransition(runId, probe);
-        if (!next) break;
-        latest = next;
-      }
-      if (!latest) return null;
+      const known = await loadVersion(runId, Math.max(version, 1));
+      if (!known) return null;
+      const latest = await rollForward(known);
       const published = latest.published || (run?.publishedVersion ?? 0) >= latest.version;
       return { transition: { ...latest, published }, lastSeq: latest.lastSeq ?? lastSeq };
     },
 
     /**
-     * Inserts the transition (group-committed with the other runs' commits of this process);
-     * false when the version exists: another writer committed it first.
+     * Inserts version 1 of a run, whole (group-committed with the other writes of this process);
+     * false when it exists: another writer (a retry with the same Idempotency-Key) committed it first.
      */
     async insertTransition(transition: TransitionDocument): Promise<boolean> {
-      return (await writes.runTransitions.insert(encodeStoredKeys(transition))) === 'ok';
+      return (await writes.runTransitions.insert(encodeStoredKeys(toStoredTransition(transition, null)))) === 'ok';
     },
 
-    /** Inserts the transition; throws `TransitionConflictError` if the version exists. */
-    async commit(transition: TransitionDocument): Promise<void> {
-      if ((await writes.runTransitions.insert(encodeStoredKeys(transition))) === 'duplicate') throw new TransitionConflictError(`transition ${transition._id} exists`);
+    /**
+     * Inserts the transition, stored as its delta against `previous` (the state of the version it
+     * follows; null only for version 1), group-committed with the other runs' commits of this
+     * process. The delta is inside the one document, so the insert stays the whole commit: a
+     * replica that loses the race (duplicate key) leaves nothing behind.
+     * Throws `TransitionConflictError` if the version exists.
+     */
+    async commit(transition: TransitionDocument, previous: RunState | null): Promise<void> {
+      if ((await writes.runTransitions.insert(encodeStoredKeys(toStoredTransition(transition, previous)))) === 'duplicate') throw new TransitionConflictError(`transition ${transition._id} exists`);
     },
 
     /**
@@ -156,13 +302,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
      * moving backwards (the orchestrator writes a run's read model serialized, newest only).
      */
     async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<void> {
-      const document: RunDocument = encodeStoredKeys({
-        ...transition.state,
-        _id: transition.runId,
-        version: transition.version,
-        lastSeq,
-        publishedVersion: transition.published ? transition.version : transition.version - 1,
-      });
+      const document = encodeStoredKeys(readModelDocument(transition, lastSeq));
       if (transition.version === 1) {
         // Version 1's read model is only ever inserted: the gateway writes it in parallel with
         // publishing `start`, so the orchestrator's version 2 may be there already (a duplicate
@@ -179,20 +319,27 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
-     * Prunes an ended run's history (retention, issue 9): marks the read model `prunedAt`, then
-     * deletes the run's documents from every `runHistoryCollections` entry by exact `_id`. Only
-     * once the read model records the run as ended with its last transition published (the
-     * terminal transition's retention item is written just before that read model: until it
-     * lands, nothing is touched). Marked first, so a reader never takes a partly pruned history
-     * for a whole one. Idempotent: a crash between any two writes leaves the run marked and
-     * partly pruned, its retention item still there, and the next sweep deletes the rest (a
+     * Prunes an ended run's history (retention, issue 9): replaces the read model (a summary)
+     * with the run's whole final state marked `prunedAt`, folded from its transitions (the
+     * conversation's next run starts from its messages), then deletes the run's documents from
+     * every `runHistoryCollections` entry by exact `_id`. Only once the read model records the run
+     * as ended with its last transition published (the terminal transition's retention item is
+     * written just before that read model: until it lands, nothing is touched). Marked first, so a
+     * reader never takes a partly pruned history for a whole one, and nothing is deleted before
+     * the final state is kept. Idempotent: a crash between any two writes leaves the run marked
+     * and partly pruned, its retention item still there, and the next sweep deletes the rest (a
      * delete of a missing `_id` is a no-op).
      */
     async pruneRunHistory(runId: string, now: Date): Promise<PruneOutcome> {
-      const run = (await runs.findOne({ _id: runId }, { projection: { status: 1, version: 1, publishedVersion: 1, prunedAt: 1 } })) as Pick<RunDocument, 'status' | 'version' | 'publishedVersion' | 'prunedAt'> | null;
-      if (!run) return (await loadTransition(runId, 1)) ? 'not_settled' : 'missing';
+      const run = (await runs.findOne({ _id: runId }, { projection: { status: 1, version: 1, lastSeq: 1, publishedVersion: 1, prunedAt: 1 } })) as Pick<RunDocument, 'status' | 'version' | 'lastSeq' | 'publishedVersion' | 'prunedAt'> | null;
+      if (!run) return (await loadStored(runId, 1)) ? 'not_settled' : 'missing';
       if (!isTerminalStatus(run.status) || (run.publishedVersion ?? 0) < run.version) return 'not_settled';
-      if (run.prunedAt === undefined) await runs.updateOne({ _id: runId }, { $set: { prunedAt: now.toISOString() } });
+      if (run.prunedAt === undefined) {
+        const final = await loadVersion(runId, run.version);
+        if (!final) throw new Error(`run ${runId}: version ${run.version} cannot be loaded to keep as its final state`);
+        const kept: RunDocument = { ...final.state, _id: runId, version: run.version, lastSeq: run.lastSeq ?? null, publishedVersion: run.version, prunedAt: now.toISOString() };
+        await writes.runs.replace(encodeStoredKeys(kept), { upsert: false });
+      }
       for (const { collection, ids } of runHistoryCollections) {
         const all = ids(runId, run.version);
         for (let start = 0; start < all.length; start += pruneBatchSize) {

@@ -26,6 +26,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { startServersFromEnv, type StartedServers } from '../../../scripts/lib/servers.ts';
 import { Stack } from '../harness/stack.ts';
 import { BenchSocket, type RunOutcome } from './bench-socket.ts';
+import { describeRunBytes, measureRunBytes } from './bytes-probe.ts';
 import { measureDocumentOps, measureFloor, type DocumentOps, type FloorProbes } from './floor-probes.ts';
 import { addFerretDbIdIndexes } from './ferretdb-id-index.ts';
 import { ensureStrace, FsyncProbe, fsyncCalls, type FsyncCounts } from './fsync-probe.ts';
@@ -33,7 +34,7 @@ import { startMongoProfileProxy, type MongoProfileProxy } from './mongo-profile-
 import { cpuPercentOver, rssMb, RssSampler, type StackProcess } from './proc.ts';
 import { round, summarize, type LatencySummary } from './stats.ts';
 import { startBenchToolServer, type BenchToolServer } from './tool-server.ts';
-import { approvalAgent, finalText, toolArgs, toolStepText, workloadAgent, workloadToolName, type WorkloadOptions } from './workload.ts';
+import { approvalAgent, finalText, toolArgs, toolRoundsAgent, toolStepText, workloadAgent, workloadToolName, type WorkloadOptions } from './workload.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -335,6 +336,8 @@ type Context = {
   firstRunId: string | undefined;
   floor?: FloorProbes;
   documentOps?: DocumentOps | undefined;
+  /** Bytes written to MongoDB per step, for runs of 5 and 51 steps (`bytes-probe.ts`). */
+  bytesPerStep?: string;
 };
 
 async function scenarioSequential(context: Context): Promise<void> {
@@ -380,6 +383,7 @@ async function scenarioSequential(context: Context): Promise<void> {
               `MongoDB-server insertOne of 1 KiB ${floor.mongoInsert.p50!.toFixed(3)} ms, findOne by _id ${floor.mongoFindById.p50!.toFixed(3)} ms`,
           ]
         : []),
+      ...(context.bytesPerStep ? [`bytes written to MongoDB (BSON): ${context.bytesPerStep}`] : []),
       ...(context.documentOps
         ? [
             `the same server with a finished run's real documents (transition ${context.documentOps.transitionBytes} B, run ${context.documentOps.runBytes} B as JSON), p50 ms: ` +
@@ -838,6 +842,8 @@ async function main(): Promise<void> {
         const { ops, ...sizes } = context.documentOps;
         log(`hot-path operations with a finished run's documents (${JSON.stringify(sizes)}), p50 ms:\n${Object.entries(ops).map(([name, value]) => `  ${value?.toFixed(2).padStart(8)}  ${name}`).join('\n')}`);
       }
+      context.bytesPerStep = await probeBytesPerStep(context);
+      log(`bytes written to MongoDB per step (BSON): ${context.bytesPerStep}`);
       await scenarioSequential(context);
     });
   }
@@ -845,6 +851,23 @@ async function main(): Promise<void> {
   if (config.scenarios.has('fsync_probe')) await withStack('fsync_probe', tenantsFor.fsync, toolServer, scenarioFsyncProbe);
   if (config.scenarios.has('approvals')) await withStack(`approvals_${config.approvalRuns}`, tenantsFor.approvals, toolServer, scenarioApprovals);
   log(`done in ${((performance.now() - started) / 1000).toFixed(1)} s; load average now ${loadavg().map((value) => value.toFixed(2)).join(' ')}`);
+}
+
+/**
+ * Bytes written to MongoDB per step for one run of the workload's shape with 2 tool rounds
+ * (5 steps) and one with 25 (51 steps): whether a step's bytes grow with the run.
+ */
+async function probeBytesPerStep(context: Context): Promise<string> {
+  const measured = [];
+  for (const rounds of [2, 25]) {
+    const id = `bench-bytes-${rounds}`;
+    const response = await context.stack.api(context.keys[0]!, 'PUT', `/v1/agents/${id}`, toolRoundsAgent(context.workload, rounds));
+    if (response.status !== 200) throw new Error(`PUT /v1/agents/${id} answered ${response.status}: ${JSON.stringify(response.body)}`);
+    const outcome = await context.sockets[0]!.runToCompletion(id, runInput, finalText, runTimeoutMs);
+    if (!outcome.ok) throw new Error(`bytes probe run ${outcome.runId} failed: ${outcome.error}`);
+    measured.push(await measureRunBytes(context.stack.db, outcome.runId, 2 * rounds + 1));
+  }
+  return describeRunBytes(measured);
 }
 
 function fmt(summary: LatencySummary): string {

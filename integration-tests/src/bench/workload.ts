@@ -104,3 +104,23 @@ export function approvalAgent(options: WorkloadOptions) {
     maxSteps: 5,
   };
 }
+
+/**
+ * `PUT /v1/agents/<id>` body for the bytes probe: the workload's shape with `rounds` tool rounds
+ * (each a model step calling the tool with about 1 KiB of arguments, then the tool step), then
+ * the final model step: `2 × rounds + 1` steps (2 rounds are the workload's 5 steps).
+ */
+export function toolRoundsAgent(options: WorkloadOptions, rounds: number) {
+  const tool = workloadToolName(options);
+  return {
+    system: 'You are the Abide benchmark agent.',
+    model: {
+      provider: 'scripted',
+      chunkSize: 4096,
+      delayMs: options.llmMs,
+      steps: [...Array.from({ length: rounds }, (_, step) => ({ toolCalls: [{ toolName: tool, args: argsOfAbout(1024, step) }] })), { text: finalText }],
+    },
+    tools: [workloadTool(options)],
+    maxSteps: rounds + 1,
+  };
+}

@@ -5,7 +5,7 @@ import { connect } from '@nats-io/transport-node';
 import { streams, subjects } from '@abide/shared';
 import type { Db } from 'mongodb';
 import type { Stack } from '../harness/stack.ts';
-import type { ClientEvent } from '../harness/run-checks.ts';
+import { latestTransition, type ClientEvent } from '../harness/run-checks.ts';
 import { TestSocket } from '../harness/test-socket.ts';
 
 /** Everything stored about the chaos runs, gathered once they all ended. */
@@ -60,7 +60,7 @@ export async function readTransitions(db: Db, runIds: readonly string[]): Promis
     entry.versions.sort((a, b) => a - b);
     const top = entry.versions.at(-1);
     if (top !== undefined && top > (publishedUpTo.get(runId) ?? 0)) entry.unpublished.push(top);
-    const latest = top === undefined ? null : await db.collection('run_transitions').findOne({ _id: `${runId}:${top}` as never });
+    const latest = top === undefined ? null : await latestTransition(db, runId);
     result.set(runId, { ...entry, latest });
   }
   return result;

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager, jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { consumers, streams, subjects } from '@abide/shared';
+import { consumers, decodeStoredKeys, foldStoredTransitions, streams, subjects, type StoredTransition, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
 import type { Stack } from './stack.ts';
 
@@ -93,9 +93,19 @@ export async function waitForPublishedLatest(db: Db, runId: string, timeoutMs = 
   }
 }
 
-/** The latest transition of the run from MongoDB (the truth, DESIGN §3). */
+/**
+ * Every transition of the run from MongoDB (the truth, DESIGN §3), each with its whole state:
+ * stored transitions after a base hold only a delta (issue 9), folded here by the stores' own
+ * decoder, which also refuses a gap in the versions or a delta that does not fit its base.
+ */
+export async function readRunTransitions(db: Db, runId: string): Promise<TransitionDocument[]> {
+  const stored = await db.collection('run_transitions').find({ runId }).sort({ version: 1 }).toArray();
+  return foldStoredTransitions(stored.map((document) => decodeStoredKeys(document as unknown as StoredTransition)));
+}
+
+/** The latest transition of the run from MongoDB, with its whole state. */
 export async function latestTransition(db: Db, runId: string): Promise<Record<string, any>> {
-  const [latest] = await db.collection('run_transitions').find({ runId }).sort({ version: -1 }).limit(1).toArray();
+  const latest = (await readRunTransitions(db, runId)).at(-1);
   if (!latest) throw new Error(`run ${runId} has no transitions`);
   return latest;
 }

@@ -26,8 +26,11 @@ export async function findChatRun(services: Services, request: { tenantId: strin
     if (belongs(run) && !isEnded(run)) return run;
   }
   if (!request.latest) return null;
+  // The newest run's summary says whether it is this agent's; its whole state is loaded only then.
   const [newest] = await store.conversationRuns(tenantId, chatId, 1);
-  return belongs(newest ?? null) ? newest! : null;
+  if (!newest || newest.state.agentId !== agentId || newest.state.conversationId !== chatId) return null;
+  const run = await findTenantRun(store, tenantId, newest.state.runId);
+  return belongs(run) ? run : null;
 }
 
 /**

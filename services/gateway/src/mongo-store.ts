@@ -1,4 +1,4 @@
-import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, transitionId, type Agent, type Collections, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
 import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
@@ -18,20 +18,24 @@ function toAgent(document: Record<string, unknown>): Agent {
 export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore }): GatewayStore {
   const { db, collections, runStore } = options;
 
-  /** Rolls a read-model document forward through `run_transitions` by `_id`. */
-  async function rollForward(document: RunDocument): Promise<LoadedRun> {
-    // Stored with escaped keys (shared stored-keys.ts); the run store decodes transitions itself.
-    const { _id: _ignored, version, lastSeq, publishedVersion, prunedAt, ...state } = decodeStoredKeys(document);
-    // Pruned: ended, and its transitions are gone; nothing to roll forward through.
-    if (prunedAt !== undefined) return { state, version, lastSeq: lastSeq ?? null, published: true, pruned: true };
-    let loaded: LoadedRun = { state, version, lastSeq: lastSeq ?? null, published: (publishedVersion ?? 0) >= version };
-    for (let probe = version + 1; ; probe += 1) {
-      const next = await runStore.loadTransition(document._id, probe);
-      if (!next) break;
-      // Past the read model, a transition is not known published (transitions are never marked).
-      loaded = { state: next.state, version: next.version, lastSeq: next.lastSeq ?? loaded.lastSeq, published: next.published };
-    }
-    return loaded;
+  /**
+   * A read-model document's summary rolled forward through `run_transitions` by `_id` (stored
+   * with escaped keys, shared stored-keys.ts; `readModelSummary` decodes them). A pruned run's
+   * read model is its whole final state and nothing follows it.
+   */
+  const rollForward = (document: RunDocument): Promise<LoadedSummary> => runStore.rollSummaryForward(document._id, readModelSummary(document));
+
+  /** The run's exact latest state, folded from its transitions (a cold load), or a pruned run's final state. */
+  async function loadRun(runId: string): Promise<LoadedRun | null> {
+    const latest = await runStore.loadLatest(runId);
+    if (!latest) return null;
+    return {
+      state: latest.transition.state,
+      version: latest.transition.version,
+      lastSeq: latest.lastSeq,
+      published: latest.transition.published,
+      ...(latest.pruned ? { pruned: true as const } : {}),
+    };
   }
 
   return {
@@ -69,24 +73,28 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       }
     },
 
-    async loadRun(runId) {
-      const latest = await runStore.loadLatest(runId);
-      if (!latest) return null;
-      return {
-        state: latest.transition.state,
-        version: latest.transition.version,
-        lastSeq: latest.lastSeq,
-        published: latest.transition.published,
-        ...(latest.pruned ? { pruned: true as const } : {}),
-      };
+    loadRun,
+
+    async loadRunSummary(runId) {
+      const document = (await collections.runs.findOne({ _id: runId })) as RunDocument | null;
+      if (document) return rollForward(document);
+      // No read model yet (a new run's first write may still be in flight): fold from the transitions.
+      const run = await loadRun(runId);
+      return run ? { ...run, state: summarizeRunState(run.state) } : null;
     },
 
-    loadTransition: (runId, version) => runStore.loadTransition(runId, version),
+    loadTransition: (runId, version) => runStore.loadVersion(runId, version),
 
     async loadTransitionHeader(runId, version) {
-      // By exact `_id`, projected: a transition holds the run's whole state (its messages too).
-      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1 };
-      return (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as TransitionHeader | null;
+      // By exact `_id`, projected: a base transition holds the run's whole state (its messages
+      // too); a delta carries the header fields whole in `delta.set` (run-delta.ts).
+      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1, 'delta.set.status': 1, 'delta.set.step': 1, 'delta.set.awaiting': 1 };
+      const found = (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as (Omit<TransitionHeader, 'state'> & { state?: TransitionHeader['state']; delta?: { set: TransitionHeader['state'] } }) | null;
+      if (!found) return null;
+      const { state, delta, ...header } = found;
+      const fields = state ?? delta?.set;
+      if (!fields) throw new Error(`transition ${transitionId(runId, version)} has neither a state nor a delta`);
+      return { ...header, state: { status: fields.status, step: fields.step, awaiting: fields.awaiting } };
     },
 
     async listRuns(query: RunListQuery) {

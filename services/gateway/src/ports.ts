@@ -1,4 +1,4 @@
-import type { Agent, ApprovalLedgerEntry, McpListReply, McpListRequest, RunState, RunStatus, TenantLeases, TransitionDocument, WorkItem, WsTicketEntry } from '@abide/shared';
+import type { Agent, ApprovalLedgerEntry, LoadedSummary, McpListReply, McpListRequest, RunState, RunStatus, TenantLeases, TransitionDocument, WorkItem, WsTicketEntry } from '@abide/shared';
 
 /**
  * What the gateway needs from MongoDB and NATS, as small interfaces: `main.ts` wires the real
@@ -51,12 +51,21 @@ export type GatewayStore = {
 
   /** The run's latest transition, or null if it does not exist. */
   loadRun(runId: string): Promise<LoadedRun | null>;
-  /** One transition by `_id` (`<runId>:<version>`). */
+  /**
+   * The run's summary exactly as of now: the read model rolled forward by applying later deltas
+   * to it (constant reads, however long the run); for reads that need no messages or finished
+   * tool calls (`GET /v1/runs/:runId`).
+   */
+  loadRunSummary(runId: string): Promise<LoadedSummary | null>;
+  /** One transition with its whole state, folded from its base (`<runId>:<base>` … `<runId>:<version>` by `_id`). */
   loadTransition(runId: string, version: number): Promise<TransitionDocument | null>;
   /** One transition's header by `_id`, without the run state's bulk (messages, tool calls): for the history. */
   loadTransitionHeader(runId: string, version: number): Promise<TransitionHeader | null>;
-  /** Runs from the read model, newest first, each rolled forward. `hasMore` says whether another page exists. */
-  listRuns(query: RunListQuery): Promise<{ runs: LoadedRun[]; last: RunListPosition | null; hasMore: boolean }>;
+  /**
+   * Runs from the read model, newest first, each rolled forward, as summaries (no messages or
+   * finished tool calls: `loadRun` has those). `hasMore` says whether another page exists.
+   */
+  listRuns(query: RunListQuery): Promise<{ runs: LoadedSummary[]; last: RunListPosition | null; hasMore: boolean }>;
   /**
    * The tenant's suspended runs from the read model (newest first, not rolled forward: an inbox
    * may lag by a moment, decisions are checked against the exact state), only the fields the
@@ -67,8 +76,8 @@ export type GatewayStore = {
     last: RunListPosition | null;
     hasMore: boolean;
   }>;
-  /** The newest runs of a conversation (read model order), rolled forward. */
-  conversationRuns(tenantId: string, conversationId: string, limit: number): Promise<LoadedRun[]>;
+  /** The newest runs of a conversation (read model order), rolled forward, as summaries. */
+  conversationRuns(tenantId: string, conversationId: string, limit: number): Promise<LoadedSummary[]>;
   /** Inserts a transition; false if that version exists. */
   insertTransition(transition: TransitionDocument): Promise<boolean>;
   writeReadModel(transition: TransitionDocument): Promise<void>;

@@ -1,4 +1,4 @@
-import { ApiError, makeEnvelope, subjects } from '@abide/shared';
+import { ApiError, makeEnvelope, subjects, type LoadedSummary } from '@abide/shared';
 import type { GatewayBus, GatewayStore, LoadedRun } from './ports.ts';
 import { isEnded } from './run-views.ts';
 
@@ -9,6 +9,13 @@ import { isEnded } from './run-views.ts';
 export async function findTenantRun(store: GatewayStore, tenantId: string, runId: string): Promise<LoadedRun | null> {
   const run = await store.loadRun(runId);
   return run && run.state.tenantId === tenantId ? run : null;
+}
+
+/** The caller's run as its summary, exactly as of now (no messages or finished tool calls); a missing or foreign run is 404. */
+export async function loadTenantRunSummary(store: GatewayStore, tenantId: string, runId: string): Promise<LoadedSummary> {
+  const run = await store.loadRunSummary(runId);
+  if (!run || run.state.tenantId !== tenantId) throw new ApiError('run_not_found', `run ${runId} not found`);
+  return run;
 }
 
 /** Like `findTenantRun`, but a missing run is 404 `run_not_found`. */

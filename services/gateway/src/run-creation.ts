@@ -227,7 +227,11 @@ export function createRunCreator(deps: {
   async function conversationHistory(tenantId: string, conversationId: string): Promise<ModelMessage[]> {
     const runs = await store.conversationRuns(tenantId, conversationId, conversationLookback);
     const latestEnded = runs.find((run) => isTerminalStatus(run.state.status));
-    return latestEnded ? latestEnded.state.messages : [];
+    if (!latestEnded) return [];
+    // Summaries carry no messages: the ended run's whole state is folded from its transitions.
+    const ended = await store.loadRun(latestEnded.state.runId);
+    if (!ended) throw new Error(`run ${latestEnded.state.runId} is listed but cannot be loaded`);
+    return ended.state.messages;
   }
 
   return async function createRun(request: CreateRunRequest): Promise<CreateRunResult> {

@@ -3,7 +3,7 @@ import type { EventRelay } from './event-relay.ts';
 import { CursorExpiredError } from './http-errors.ts';
 import type { EventSource, GatewayStore } from './ports.ts';
 import { loadTenantRun } from './run-access.ts';
-import { isEnded, toRunView } from './run-views.ts';
+import { isEnded, summaryOf, toRunView } from './run-views.ts';
 
 export type OpenRunEventsRequest = {
   tenantId: string;
@@ -57,7 +57,7 @@ export function createRunEventsOpener(deps: { store: GatewayStore; events: Event
     const firstSequence = await deps.events.firstSequence();
     if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence) {
       const aged = Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs;
-      if (aged || (await firstEventEvicted(runId, run))) throw new CursorExpiredError(toRunView(run));
+      if (aged || (await firstEventEvicted(runId, run))) throw new CursorExpiredError(toRunView(summaryOf(run)));
     }
     if (!(isEnded(run) && run.published)) return deps.relay.follow(runId, { after, signal });
     // Ended, and its last events are stored: read ahead to the first event to send, so that a

@@ -1,4 +1,4 @@
-import { isTerminalStatus, type RunState, type RunView } from '@abide/shared';
+import { isTerminalStatus, summarizeRunState, type LoadedSummary, type RunState, type RunStatus, type RunView } from '@abide/shared';
 import type { LoadedRun } from './ports.ts';
 
 export type PendingApprovalView = RunView['pendingApprovals'][number];
@@ -14,13 +14,16 @@ export function pendingApprovalsOf(state: Pick<RunState, 'pendingApprovals' | 't
   return views;
 }
 
-/** What `GET /v1/runs/:runId` answers (DESIGN §7). */
-export function toRunView(run: LoadedRun): RunView {
+/** A loaded run as its summary (what the read model keeps). */
+export const summaryOf = (run: LoadedRun): LoadedSummary => ({ ...run, state: summarizeRunState(run.state) });
+
+/** What `GET /v1/runs/:runId` answers (DESIGN §7): all of it is in the summary. */
+export function toRunView(run: LoadedSummary): RunView {
   const { state } = run;
   return {
     runId: state.runId,
     agentId: state.agentId,
-    agentVersion: state.agentSnapshot.version,
+    agentVersion: state.agentVersion,
     conversationId: state.conversationId,
     status: state.status,
     step: state.step,
@@ -36,4 +39,4 @@ export function toRunView(run: LoadedRun): RunView {
   };
 }
 
-export const isEnded = (run: LoadedRun) => isTerminalStatus(run.state.status);
+export const isEnded = (run: { state: { status: RunStatus } }) => isTerminalStatus(run.state.status);

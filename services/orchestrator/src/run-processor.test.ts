@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { agentDefinitionSchema, createLogger, toolDefinitionSchema, zeroUsage, type RunState, type RunStore, type TransitionDocument } from '@abide/shared';
+import { agentDefinitionSchema, createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, toolDefinitionSchema, zeroUsage, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor } from './run-processor.ts';
 import type { RunInput } from './run-state-machine.ts';
@@ -58,28 +58,41 @@ function deferred() {
  */
 function harness(options: { holdReadModel?: number; retentionMs?: number } = {}) {
   const log: string[] = [];
-  const transitions = new Map<string, TransitionDocument>();
+  // Stored as `run_transitions` stores them (a delta after version 1), folded on every load.
+  const transitions = new Map<string, StoredTransition>();
   const readModel: { version: number; publishedVersion: number }[] = [];
   const deadlines = new Map<string, string>();
   const hold = deferred();
   let held = false;
   const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
   transitions.set(v1._id, structuredClone(v1));
-  const store = {
-    async loadTransition(runId: string, version: number) {
-      const found = transitions.get(`${runId}:${version}`);
-      return found ? structuredClone(found) : null;
+  const loadAll = (runId: string) => {
+    const stored: StoredTransition[] = [];
+    for (let version = 1; transitions.has(`${runId}:${version}`); version += 1) stored.push(structuredClone(transitions.get(`${runId}:${version}`)!));
+    return foldStoredTransitions(stored);
+  };
+  const store: RunStore = {
+    async loadNext(previous: TransitionDocument) {
+      const found = transitions.get(`${previous.runId}:${previous.version + 1}`);
+      return found ? fromStoredTransition(structuredClone(found), previous.state) : null;
+    },
+    async rollForward(from: TransitionDocument) {
+      let latest = from;
+      for (let next = await store.loadNext(latest); next; next = await store.loadNext(latest)) latest = next;
+      return latest;
+    },
+    async exists(runId: string, version: number) {
+      return transitions.has(`${runId}:${version}`);
     },
     async loadLatest(runId: string) {
       const model = readModel.at(-1);
-      let latest: TransitionDocument | null = null;
-      for (let version = 1; transitions.has(`${runId}:${version}`); version += 1) latest = structuredClone(transitions.get(`${runId}:${version}`)!);
+      const latest = loadAll(runId).at(-1);
       if (!latest) return null;
       return { transition: { ...latest, published: (model?.publishedVersion ?? 0) >= latest.version }, lastSeq: null };
     },
-    async commit(transition: TransitionDocument) {
+    async commit(transition: TransitionDocument, previous: RunState | null) {
       if (transitions.has(transition._id)) throw new Error('duplicate');
-      transitions.set(transition._id, structuredClone(transition));
+      transitions.set(transition._id, structuredClone(toStoredTransition(transition, previous)));
       log.push(`commit ${transition.version}`);
     },
     async writeDeadline(runId: string, _tenantId: string, dueAt: string | null) {

@@ -85,15 +85,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   /** The exact latest transition: rolled forward from what this process last saw (another replica may have committed since). */
   async function loadLatest(runId: string) {
     const cached = cache.get(runId);
-    if (cached) {
-      let latest = cached.transition;
-      for (;;) {
-        const next = await store.loadTransition(runId, latest.version + 1);
-        if (!next) break;
-        latest = next;
-      }
-      return { transition: latest, lastSeq: cached.lastSeq };
-    }
+    if (cached) return { transition: await store.rollForward(cached.transition), lastSeq: cached.lastSeq };
     return store.loadLatest(runId);
   }
 
@@ -148,7 +140,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       // writing it), so the read model ends at the latest whatever the order writes landed in.
       const latestKnown = cache.get(runId);
       if (latestKnown && latestKnown.transition.version > published.version) return;
-      if (await store.loadTransition(runId, published.version + 1)) void catchUp(runId);
+      if (await store.exists(runId, published.version + 1)) void catchUp(runId);
     };
     const entry = { rank: rankOf(published), done: (queued?.done ?? Promise.resolve()).then(write, write) };
     settling.set(runId, entry);
@@ -270,7 +262,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       Object.assign(next, spans.start(current, next, input.type));
       const commitStarted = performance.now();
       try {
-        await store.commit(next);
+        await store.commit(next, current.state);
         deps.commitLatency?.observe({ result: 'committed' }, (performance.now() - commitStarted) / 1_000);
       } catch (error) {
         if (error instanceof TransitionConflictError) {

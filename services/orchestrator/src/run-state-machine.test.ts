@@ -1,6 +1,26 @@
 import { describe, expect, it } from 'vitest';
-import { agentDefinitionSchema, runErrorCodes, toolDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
-import { transition, type RunInput, type TransitionResult } from './run-state-machine.ts';
+import { agentDefinitionSchema, applyDelta, applyDeltaToSummary, summarizeRunState, decodeStoredKeys, encodeDelta, encodeStoredKeys, runErrorCodes, toolDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
+import { transition as machineTransition, type RunInput, type TransitionResult } from './run-state-machine.ts';
+
+/** A value as storing it and reading it back gives it (stored-key escaping, JSON). */
+const stored = <Value>(value: Value): Value => decodeStoredKeys(JSON.parse(JSON.stringify(encodeStoredKeys(value))) as Value);
+
+/**
+ * The state machine, with every state it produces checked against the storage encoding of
+ * transitions (issue 9: a transition stores a delta against the previous state): the stored
+ * delta, folded onto the stored previous state, gives exactly the new state as storing it
+ * whole would, and the read model's summary (`run-summary.ts`) rolls forward by it too.
+ */
+function transition(...args: Parameters<typeof machineTransition>): TransitionResult {
+  const result = machineTransition(...args);
+  if (result.kind === 'changed') {
+    const delta = stored(encodeDelta(args[0], result.state));
+    expect(applyDelta(stored(args[0]), delta)).toEqual(stored(result.state));
+    // The read model's summary rolls forward by the delta alone to the new state's summary.
+    expect(applyDeltaToSummary(stored(summarizeRunState(args[0])), delta)).toEqual(stored(summarizeRunState(result.state)));
+  }
+  return result;
+}
 
 const now = new Date('2026-11-24T10:00:00.000Z');
 const context = { now };

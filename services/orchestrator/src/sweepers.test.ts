@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { createLogger, createMetrics, createRunStore, type SweepCursor, type WorkItem } from '@abide/shared';
+import { createLogger, createMetrics, createWriteBatcher, createRunStore, type SweepCursor, type WorkItem } from '@abide/shared';
 import {
   createDeadlineSweep,
   createWorkWatermark,
@@ -315,14 +315,16 @@ function memoryCollection(documents: Record<string, unknown>[] = []) {
       const found = byId.get(filter._id);
       return found ? structuredClone(found) : null;
     },
-    async updateOne(filter: { _id: string }, update: { $set: Record<string, unknown> }) {
-      const found = byId.get(filter._id);
-      if (found) Object.assign(found, update.$set);
-      return { matchedCount: found ? 1 : 0 };
-    },
-    async bulkWrite(operations: { deleteOne: { filter: Record<string, unknown> } }[]) {
-      for (const { deleteOne } of operations) {
-        // The store must delete by exact `_id` only: FerretDB scans for anything else.
+    async bulkWrite(operations: ({ deleteOne: { filter: Record<string, unknown> } } | { replaceOne: { filter: Record<string, unknown>; replacement: Record<string, unknown>; upsert: boolean } })[]) {
+      for (const operation of operations) {
+        // The store must write by exact `_id` only: FerretDB scans for anything else.
+        if ('replaceOne' in operation) {
+          expect(Object.keys(operation.replaceOne.filter)).toEqual(['_id']);
+          const id = operation.replaceOne.filter._id as string;
+          if (byId.has(id) || operation.replaceOne.upsert) byId.set(id, { ...structuredClone(operation.replaceOne.replacement), _id: id });
+          continue;
+        }
+        const { deleteOne } = operation;
         expect(Object.keys(deleteOne.filter)).toEqual(['_id']);
         expect(typeof deleteOne.filter._id).toBe('string');
         deletesById.push(deleteOne.filter._id as string);
@@ -342,7 +344,7 @@ function endedRun(runId: string, versions: number, readModel: Partial<Record<str
 function retentionFixture(runs: ReturnType<typeof endedRun>[], items: WorkItem[]) {
   const runsCollection = memoryCollection(runs.map((run) => run.readModel));
   const transitions = memoryCollection(runs.flatMap((run) => run.transitions));
-  const runStore = createRunStore({ runs: runsCollection, runTransitions: transitions } as never);
+  const runStore = createRunStore({ runs: runsCollection, runTransitions: transitions, writes: { runs: createWriteBatcher(runsCollection as never), runTransitions: createWriteBatcher(transitions as never) } } as never);
   const work = fakeWorkStore(items);
   const store = {
     findDueWork: work.findDueWork,

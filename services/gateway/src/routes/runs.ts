@@ -13,7 +13,7 @@ import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { decodeListCursor, encodeListCursor } from '../list-cursor.ts';
 import { errorResponses, jsonResponse } from '../openapi.ts';
-import { loadTenantRun } from '../run-access.ts';
+import { loadTenantRunSummary } from '../run-access.ts';
 import { toRunView } from '../run-views.ts';
 import type { RouteConfig, RouteContext } from './route-context.ts';
 
@@ -44,7 +44,7 @@ export function registerRunRoutes(app: FastifyInstance, context: RouteContext): 
   routes.get(
     '/v1/runs/:runId',
     { schema: { summary: 'A run, as of now', params: runIdParamsSchema, response: { 200: jsonResponse('the run', runViewSchema), ...errorResponses(400, 401, 404, 503) } } },
-    async (request) => toRunView(await loadTenantRun(context.services().store, context.caller(request).tenantId, request.params.runId)),
+    async (request) => toRunView(await loadTenantRunSummary(context.services().store, context.caller(request).tenantId, request.params.runId)),
   );
 
   routes.get(

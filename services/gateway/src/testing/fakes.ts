@@ -1,4 +1,4 @@
-import { encodeJson, makeBusEvent, type Agent, type ApprovalLedgerEntry, type BusEvent, type WsTicketEntry, type RunEventFields, type RunEventType, type TransitionDocument, type WorkItem } from '@abide/shared';
+import { encodeJson, makeBusEvent, summarizeRunState, type Agent, type LoadedSummary, type ApprovalLedgerEntry, type BusEvent, type WsTicketEntry, type RunEventFields, type RunEventType, type TransitionDocument, type WorkItem } from '@abide/shared';
 import type { ConversationLock, EventSource, GatewayBus, GatewayStore, LoadedRun, RunListQuery } from '../ports.ts';
 
 /**
@@ -32,8 +32,12 @@ export function createMemoryStore() {
     return latest ? clone({ state: latest.state, version: latest.version, lastSeq, published: latest.published }) : null;
   }
 
-  function readModelRuns(): LoadedRun[] {
-    return [...readModels].map(([runId, model]) => loaded(runId, model.version, model.lastSeq)!).filter(Boolean);
+  /** The read model's runs rolled forward, as summaries (what `runs` keeps). */
+  function readModelRuns(): LoadedSummary[] {
+    return [...readModels]
+      .map(([runId, model]) => loaded(runId, model.version, model.lastSeq))
+      .filter((run): run is LoadedRun => run !== null)
+      .map((run) => ({ ...run, state: summarizeRunState(run.state) }));
   }
 
   const store: GatewayStore = {
@@ -58,6 +62,10 @@ export function createMemoryStore() {
       maybeFail('loadRun');
       const model = readModels.get(runId);
       return loaded(runId, model?.version ?? 0, model?.lastSeq ?? null);
+    },
+    async loadRunSummary(runId) {
+      const run = await store.loadRun(runId);
+      return run ? { ...run, state: summarizeRunState(run.state) } : null;
     },
     async loadTransition(runId, version) {
       const transition = transitions.get(`${runId}:${version}`);

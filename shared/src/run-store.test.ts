@@ -1,0 +1,161 @@
+import { describe, expect, it } from 'vitest';
+import { MongoBulkWriteError, type AnyBulkWriteOperation, type Collection } from 'mongodb';
+import type { Collections } from './mongo.ts';
+import { createWriteBatcher } from './write-batcher.ts';
+import { zeroUsage, type RunState } from './run-state.ts';
+import { createRunStore, readModelSummary, TransitionConflictError, transitionId, type RunDocument, type TransitionDocument } from './run-store.ts';
+
+const at = '2026-11-30T00:00:00.000Z';
+
+/** An in-memory collection with what the run store uses: by-`_id` reads (projections ignored), inserts that refuse a duplicate `_id`. */
+function memoryCollection() {
+  const documents = new Map<string, Record<string, unknown>>();
+  const reads: string[] = [];
+  return {
+    documents,
+    reads,
+    async findOne(filter: { _id: string }) {
+      reads.push(filter._id);
+      const found = documents.get(filter._id);
+      return found ? structuredClone(found) : null;
+    },
+    async insertOne(document: { _id: string }) {
+      if (documents.has(document._id)) throw Object.assign(new Error('E11000 duplicate key'), { code: 11000 });
+      documents.set(document._id, structuredClone(document));
+      return { acknowledged: true };
+    },
+    async replaceOne(filter: { _id: string }, document: Record<string, unknown>) {
+      if (!documents.has(filter._id)) return { matchedCount: 0 };
+      documents.set(filter._id, structuredClone(document));
+      return { matchedCount: 1 };
+    },
+    /** What the write batcher sends: per-write duplicate errors by index, the other writes applied. */
+    async bulkWrite(operations: AnyBulkWriteOperation<{ _id: string }>[]) {
+      const writeErrors: { index: number; code: number; errmsg: string }[] = [];
+      operations.forEach((operation, index) => {
+        if ('insertOne' in operation) {
+          const document = operation.insertOne.document as { _id: string };
+          if (documents.has(document._id)) writeErrors.push({ index, code: 11000, errmsg: 'E11000 duplicate key' });
+          else documents.set(document._id, structuredClone(document));
+        } else if ('replaceOne' in operation) {
+          const id = String(operation.replaceOne.filter._id);
+          if (documents.has(id) || operation.replaceOne.upsert) documents.set(id, { ...structuredClone(operation.replaceOne.replacement), _id: id });
+        } else if ('deleteOne' in operation) {
+          documents.delete(String(operation.deleteOne.filter._id));
+        }
+      });
+      if (writeErrors.length > 0) throw Object.assign(Object.create(MongoBulkWriteError.prototype) as MongoBulkWriteError, { writeErrors });
+      return {};
+    },
+  };
+}
+
+/** The run store's collections over memory, with the write batchers `getCollections` would build. */
+function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; runTransitions: ReturnType<typeof memoryCollection>; runWork: ReturnType<typeof memoryCollection> }): Collections {
+  const batcher = (collection: ReturnType<typeof memoryCollection>) => createWriteBatcher(collection as unknown as Collection<{ _id: string }>);
+  return { ...parts, writes: { runs: batcher(parts.runs), runTransitions: batcher(parts.runTransitions), runWork: batcher(parts.runWork) } } as unknown as Collections;
+}
+
+function initialState(): RunState {
+  return {
+    schemaVersion: 1,
+    runId: 'run_1',
+    tenantId: 't1',
+    agentId: 'a1',
+    agentSnapshot: { tenantId: 't1', agentId: 'a1', version: 2, model: { provider: 'scripted', steps: [{ text: 'x' }] }, tools: [], maxSteps: 5, limits: {}, createdAt: at, updatedAt: at } as unknown as RunState['agentSnapshot'],
+    conversationId: 'conv_1',
+    status: 'running',
+    step: 0,
+    awaiting: { kind: 'llm', step: 0 },
+    messages: [{ role: 'user', content: 'hello' }],
+    historyLength: 0,
+    toolCalls: [],
+    pendingApprovals: [],
+    llmAttempts: [],
+    usage: zeroUsage,
+    output: null,
+    error: null,
+    cancelReason: null,
+    requestHash: 'h',
+    metadata: { 'a.b': 1 },
+    nextDeadlineAt: null,
+    createdAt: at,
+    updatedAt: at,
+  };
+}
+
+const transitionOf = (state: RunState, version: number): TransitionDocument => ({
+  _id: transitionId(state.runId, version),
+  runId: state.runId,
+  tenantId: state.tenantId,
+  version,
+  at: new Date(at),
+  cause: `m${version}`,
+  state,
+  outbox: [],
+  published: false,
+});
+
+/** The state after `version`: one message appended per version, a tool call every tenth. */
+function stateAt(version: number): RunState {
+  const state = initialState();
+  for (let index = 2; index <= version; index += 1) {
+    state.step = index;
+    state.messages = [...state.messages, { role: 'assistant', content: `message ${index}` }];
+    if (index % 10 === 0) state.toolCalls = [...state.toolCalls, { toolCallId: `c${index}`, providerToolCallId: `p${index}`, step: index, toolName: 'echo', args: { '$x': index }, needsApproval: false, state: 'requested' }];
+  }
+  return state;
+}
+
+function harness() {
+  const runs = memoryCollection();
+  const runTransitions = memoryCollection();
+  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection() }));
+  return { runs, runTransitions, store };
+}
+
+describe('run store: transitions as deltas', () => {
+  it('stores bases every 128 versions and deltas between, and a cold load reads only from the last base', async () => {
+    const { runTransitions, store } = harness();
+    await store.commit(transitionOf(stateAt(1), 1), null);
+    for (let version = 2; version <= 300; version += 1) await store.commit(transitionOf(stateAt(version), version), stateAt(version - 1));
+    const bases = [...runTransitions.documents.values()].filter((document) => document.state !== undefined).map((document) => document.version);
+    expect(bases).toEqual([1, 129, 257]);
+    expect(runTransitions.documents.get('run_1:200')!.delta).toBeDefined();
+
+    runTransitions.reads.length = 0;
+    const loaded = await store.loadVersion('run_1', 300);
+    expect(loaded!.state).toEqual(stateAt(300));
+    expect(runTransitions.reads).toHaveLength(300 - 257 + 1);
+    expect(Math.min(...runTransitions.reads.map((id) => Number(id.split(':')[1])))).toBe(257);
+
+    // Rolled forward from the read model (which lags) to the latest, folding each delta.
+    const latest = await store.loadLatest('run_1');
+    expect(latest!.transition.version).toBe(300);
+    expect(latest!.transition.state).toEqual(stateAt(300));
+  });
+
+  it('loses a commit race without leaving anything, and loads transitions older code stored whole', async () => {
+    const { runTransitions, store } = harness();
+    // Versions 1..3 as older code wrote them: the whole state in each.
+    for (let version = 1; version <= 3; version += 1) await runTransitions.insertOne({ ...transitionOf(stateAt(version), version) });
+    await store.commit(transitionOf(stateAt(4), 4), stateAt(3));
+    const before = structuredClone(runTransitions.documents.get('run_1:4'));
+    await expect(store.commit(transitionOf(stateAt(5), 4), stateAt(3))).rejects.toBeInstanceOf(TransitionConflictError);
+    expect(runTransitions.documents.get('run_1:4')).toEqual(before);
+    expect((await store.loadLatest('run_1'))!.transition.state).toEqual(stateAt(4));
+  });
+
+  it('rolls the read model summary forward by deltas', async () => {
+    const { runs, store } = harness();
+    await store.commit(transitionOf(stateAt(1), 1), null);
+    await store.writeReadModel({ ...transitionOf(stateAt(1), 1), published: true }, null);
+    for (let version = 2; version <= 12; version += 1) await store.commit(transitionOf(stateAt(version), version), stateAt(version - 1));
+    const readModel = runs.documents.get('run_1') as unknown as RunDocument;
+    expect(readModel).not.toHaveProperty('messages');
+    expect(readModel).not.toHaveProperty('agentSnapshot');
+    const summary = await store.rollSummaryForward('run_1', readModelSummary(readModel));
+    expect(summary).toMatchObject({ version: 12, published: false, state: { step: 12, agentVersion: 2, toolCalls: [], metadata: { 'a.b': 1 } } });
+    expect(summary.state).not.toHaveProperty('messages');
+  });
+});
