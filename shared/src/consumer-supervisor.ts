@@ -76,6 +76,11 @@ export function createConsumerSupervision(deps: {
   const now = deps.now ?? Date.now;
   const restartGraceMs = deps.restartGraceMs ?? 10_000;
   const restartsTotal = metrics.counter('consumer_restarts_total', 'Consume loops restarted after they ended or failed, by durable', ['durable']);
+  const latency = metrics.histogram(
+    'message_latency_seconds',
+    "From a message's envelope time (when its sender built it) to its ack, by durable: queueing plus handling. A model step's latency on llm-worker, a tool call's on tool-worker, an input's on orchestrator",
+    ['durable'],
+  );
   const supervisors = new Map<string, Supervisor>();
 
   /**
@@ -100,6 +105,10 @@ export function createConsumerSupervision(deps: {
     },
     health(): SupervisedHealth[] {
       return [...supervisors.values()].map((supervisor) => supervisor.health());
+    },
+    /** A message of `durable` acked `seconds` after its envelope was built (clocks of two hosts: a skew shows here). */
+    observeLatency(durable: string, seconds: number): void {
+      if (Number.isFinite(seconds)) latency.observe({ durable }, Math.max(0, seconds));
     },
     /**
      * Readiness check `consumers`: every durable in `expected` is supervised and up. A durable

@@ -93,6 +93,33 @@ async function runOnce(options: { messages: JsMsg[]; admit: () => Promise<(() =>
   return published;
 }
 
+describe('consumer runner latency', () => {
+  it("observes each acked message's latency from its envelope time, by durable", async () => {
+    const clock = Date.parse('2026-11-30T10:00:00.000Z');
+    const metrics = createMetrics({ processMetrics: false });
+    const message = fakeMessage({ seq: 1 });
+    (message.message as { data: Uint8Array }).data = encodeJson({ tenantId: 'acme', runId: 'run_1', ts: new Date(clock - 2_500).toISOString() });
+    const { js, drained } = fakeJetStream([message.message]);
+    const runner = createConsumerRunner({
+      supervision: createConsumerSupervision({ metrics, logger: silentLogger }),
+      js,
+      policy: consumerPolicies['tool-worker'],
+      schema: schema.extend({ ts: z.string() }),
+      concurrency: 1,
+      logger: silentLogger,
+      handle: async () => {},
+      now: () => clock,
+    });
+    await runner.start();
+    await drained;
+    await runner.stop(1_000);
+    expect(message.outcome).toEqual(['ack']);
+    const text = await metrics.render();
+    expect(text).toContain('abide_message_latency_seconds_count{durable="tool-worker"} 1');
+    expect(text).toContain('abide_message_latency_seconds_sum{durable="tool-worker"} 2.5');
+  });
+});
+
 describe('consumer runner admission (per-tenant capacity)', () => {
   it('defers a message its tenant has no slot for: republished with a deterministic id, the original acked, never nakked', async () => {
     const original = fakeMessage({ seq: 7, headers: { 'Nats-Msg-Id': 'run_1:3:0', traceparent: 't-1' } });

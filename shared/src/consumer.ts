@@ -219,6 +219,9 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
         // The connection is closed: the same redelivery applies.
         log.warn({ subject: raw.subject, err: ensureError(error) }, 'ack not sent');
       }
+      // Envelopes carry when they were built (`ts`); advisories do not.
+      const sentAt = (delivery.message as { ts?: unknown }).ts;
+      if (typeof sentAt === 'string') supervision.observeLatency(policy.durable, (now() - Date.parse(sentAt)) / 1_000);
     } catch (caught) {
       clearInterval(heartbeat);
       const error = ensureError(caught);
