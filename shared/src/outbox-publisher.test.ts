@@ -1,40 +1,14 @@
 import { describe, expect, it, vi } from 'vitest';
-import { agentDefinitionSchema, toolDefinitionSchema } from './agent.ts';
 import { eventEntry, type OutboxEntry } from './outbox.ts';
 import { findUnpublishableEntry, messageHeaderRoomBytes, publishOutbox, type OutboxPublisherDeps } from './outbox-publisher.ts';
 import { zeroUsage, type RunState } from './run-state.ts';
 import type { TransitionDocument } from './run-store.ts';
+import { testRunState } from './testing/run-state.ts';
 
 const at = new Date('2026-11-29T00:00:00.000Z');
 
 function transitionWith(outbox: OutboxEntry[], state: Partial<RunState> = {}): TransitionDocument {
-  const agent = agentDefinitionSchema.parse({ model: { provider: 'scripted', steps: [{ text: 'hi' }] }, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } }] });
-  const base: RunState = {
-    schemaVersion: 1,
-    runId: 'run_1',
-    tenantId: 't1',
-    agentId: 'a1',
-    agentSnapshot: { ...agent, tools: agent.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 1, createdAt: at.toISOString(), updatedAt: at.toISOString() },
-    conversationId: 'conv_1',
-    status: 'running',
-    step: 1,
-    awaiting: { kind: 'llm', step: 1 },
-    messages: [{ role: 'user', content: 'hello' }],
-    historyLength: 0,
-    toolCalls: [],
-    pendingApprovals: [],
-    llmAttempts: [],
-    usage: zeroUsage,
-    output: null,
-    error: null,
-    cancelReason: null,
-    requestHash: 'h',
-    metadata: null,
-    nextDeadlineAt: null,
-    createdAt: at.toISOString(),
-    updatedAt: at.toISOString(),
-    ...state,
-  };
+  const base = testRunState({ status: 'running', step: 1, awaiting: { kind: 'llm', step: 1 }, ...state }, { at: at.toISOString() });
   return { _id: 'run_1:3', runId: 'run_1', tenantId: 't1', version: 3, at, cause: 'm', state: base, outbox, published: false };
 }
 

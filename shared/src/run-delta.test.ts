@@ -2,36 +2,12 @@ import { describe, expect, it } from 'vitest';
 import { applyDelta, encodeDelta, RunDeltaMismatchError } from './run-delta.ts';
 import { zeroUsage, type RunState, type ToolCallRecord } from './run-state.ts';
 import { applyDeltaToSummary, summarizeRunState } from './run-summary.ts';
+import { testRunState } from './testing/run-state.ts';
 
 const at = '2026-11-30T00:00:00.000Z';
 
 function state(overrides: Partial<RunState> = {}): RunState {
-  return {
-    schemaVersion: 1,
-    runId: 'run_1',
-    tenantId: 't1',
-    agentId: 'a1',
-    agentSnapshot: { tenantId: 't1', agentId: 'a1', version: 1, model: { provider: 'scripted', steps: [] }, tools: [], maxSteps: 5, limits: {}, createdAt: at, updatedAt: at } as unknown as RunState['agentSnapshot'],
-    conversationId: 'conv_1',
-    status: 'running',
-    step: 0,
-    awaiting: { kind: 'llm', step: 0 },
-    messages: [{ role: 'user', content: 'hello' }],
-    historyLength: 0,
-    toolCalls: [],
-    pendingApprovals: [],
-    llmAttempts: [],
-    usage: zeroUsage,
-    output: null,
-    error: null,
-    cancelReason: null,
-    requestHash: 'h',
-    metadata: { a: 1 },
-    nextDeadlineAt: null,
-    createdAt: at,
-    updatedAt: at,
-    ...overrides,
-  };
+  return testRunState({ status: 'running', awaiting: { kind: 'llm', step: 0 }, metadata: { a: 1 }, ...overrides }, { at });
 }
 
 const call = (toolCallId: string, fields: Partial<ToolCallRecord> = {}): ToolCallRecord => ({

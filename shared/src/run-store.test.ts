@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { MongoBulkWriteError, type AnyBulkWriteOperation, type Collection } from 'mongodb';
 import type { Collections } from './mongo.ts';
+import { testRunState } from './testing/run-state.ts';
 import { createWriteBatcher } from './write-batcher.ts';
-import { zeroUsage, type RunState } from './run-state.ts';
+import type { RunState } from './run-state.ts';
 import { createRunStore, readModelSummary, TransitionConflictError, transitionId, type RunDocument, type TransitionDocument } from './run-store.ts';
 
 const at = '2026-11-30T00:00:00.000Z';
@@ -57,31 +58,7 @@ function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; r
 }
 
 function initialState(): RunState {
-  return {
-    schemaVersion: 1,
-    runId: 'run_1',
-    tenantId: 't1',
-    agentId: 'a1',
-    agentSnapshot: { tenantId: 't1', agentId: 'a1', version: 2, model: { provider: 'scripted', steps: [{ text: 'x' }] }, tools: [], maxSteps: 5, limits: {}, createdAt: at, updatedAt: at } as unknown as RunState['agentSnapshot'],
-    conversationId: 'conv_1',
-    status: 'running',
-    step: 0,
-    awaiting: { kind: 'llm', step: 0 },
-    messages: [{ role: 'user', content: 'hello' }],
-    historyLength: 0,
-    toolCalls: [],
-    pendingApprovals: [],
-    llmAttempts: [],
-    usage: zeroUsage,
-    output: null,
-    error: null,
-    cancelReason: null,
-    requestHash: 'h',
-    metadata: { 'a.b': 1 },
-    nextDeadlineAt: null,
-    createdAt: at,
-    updatedAt: at,
-  };
+  return testRunState({ status: 'running', awaiting: { kind: 'llm', step: 0 }, metadata: { 'a.b': 1 } }, { at, agentVersion: 2 });
 }
 
 const transitionOf = (state: RunState, version: number): TransitionDocument => ({

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { agentDefinitionSchema, createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, toolDefinitionSchema, zeroUsage, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
+import { createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
+import { testRunState } from '@abide/shared/testing';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor } from './run-processor.ts';
 import type { RunInput } from './run-state-machine.ts';
@@ -8,32 +9,7 @@ import type { RunInput } from './run-state-machine.ts';
 const now = new Date('2026-11-24T10:00:00.000Z');
 
 function queuedState(): RunState {
-  const definition = agentDefinitionSchema.parse({ model: { provider: 'scripted', steps: [{ text: 'hi' }] }, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } }], maxSteps: 5 });
-  return {
-    schemaVersion: 1,
-    runId: 'run_1',
-    tenantId: 't1',
-    agentId: 'a1',
-    agentSnapshot: { ...definition, tools: definition.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 1, createdAt: now.toISOString(), updatedAt: now.toISOString() },
-    conversationId: 'conv_1',
-    status: 'queued',
-    step: 0,
-    awaiting: { kind: null, step: 0 },
-    messages: [{ role: 'user', content: 'hello' }],
-    historyLength: 0,
-    toolCalls: [],
-    pendingApprovals: [],
-    llmAttempts: [],
-    usage: zeroUsage,
-    output: null,
-    error: null,
-    cancelReason: null,
-    requestHash: 'h',
-    metadata: null,
-    nextDeadlineAt: null,
-    createdAt: now.toISOString(),
-    updatedAt: now.toISOString(),
-  };
+  return testRunState({}, { at: now.toISOString() });
 }
 
 const finalAnswer: RunInput = {

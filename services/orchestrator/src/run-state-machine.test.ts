@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { agentDefinitionSchema, applyDelta, applyDeltaToSummary, summarizeRunState, decodeStoredKeys, encodeDelta, encodeStoredKeys, runErrorCodes, toolDefinitionSchema, zeroUsage, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
+import { applyDelta, applyDeltaToSummary, summarizeRunState, decodeStoredKeys, encodeDelta, encodeStoredKeys, runErrorCodes, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
+import { testRunState } from '@abide/shared/testing';
 import { transition as machineTransition, type RunInput, type TransitionResult } from './run-state-machine.ts';
 
 /** A value as storing it and reading it back gives it (stored-key escaping, JSON). */
@@ -26,42 +27,18 @@ const now = new Date('2026-11-24T10:00:00.000Z');
 const context = { now };
 
 function makeState(overrides: Partial<RunState> = {}, agent: Record<string, unknown> = {}): RunState {
-  const definition = agentDefinitionSchema.parse({
-    model: { provider: 'scripted', steps: [{ text: 'hi' }] },
-    tools: [
-      { name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } },
-      { name: 'pay', kind: 'http', http: { url: 'https://pay.example/api' }, inputSchema: { type: 'object' }, needsApproval: true },
-      { name: 'wire', kind: 'http', http: { url: 'https://pay.example/wire' }, inputSchema: { type: 'object' }, needsApproval: true, onApprovalTimeout: 'fail' },
-    ],
-    maxSteps: 5,
-    ...agent,
+  return testRunState(overrides, {
+    at: now.toISOString(),
+    agentVersion: 3,
+    agent: {
+      tools: [
+        { name: 'echo', kind: 'builtin', inputSchema: { type: 'object' } },
+        { name: 'pay', kind: 'http', http: { url: 'https://pay.example/api' }, inputSchema: { type: 'object' }, needsApproval: true },
+        { name: 'wire', kind: 'http', http: { url: 'https://pay.example/wire' }, inputSchema: { type: 'object' }, needsApproval: true, onApprovalTimeout: 'fail' },
+      ],
+      ...agent,
+    },
   });
-  return {
-    schemaVersion: 1,
-    runId: 'run_1',
-    tenantId: 't1',
-    agentId: 'a1',
-    agentSnapshot: { ...definition, tools: definition.tools.map((tool) => toolDefinitionSchema.parse(tool)), tenantId: 't1', agentId: 'a1', version: 3, createdAt: now.toISOString(), updatedAt: now.toISOString() },
-    conversationId: 'conv_1',
-    status: 'queued',
-    step: 0,
-    awaiting: { kind: null, step: 0 },
-    messages: [{ role: 'user', content: 'hello' }],
-    historyLength: 0,
-    toolCalls: [],
-    pendingApprovals: [],
-    llmAttempts: [],
-    usage: zeroUsage,
-    output: null,
-    error: null,
-    cancelReason: null,
-    requestHash: 'h',
-    metadata: null,
-    nextDeadlineAt: null,
-    createdAt: now.toISOString(),
-    updatedAt: now.toISOString(),
-    ...overrides,
-  };
 }
 
 function changed(result: TransitionResult) {
