@@ -27,9 +27,10 @@ export function nextSweepDelay(intervalMs: number, lastDurationMs: number): numb
 }
 
 /**
- * Runs `tick` every `intervalMs`, never two at once, until stopped. A sweep reads only
- * `run_work`, whose size follows the runs with pending work (FerretDB scans it: it has no
- * index on `dueAt`), never the growing collections; a slow query still stretches the pause after
+ * Runs `tick` every `intervalMs`, never two at once, until stopped. A sweep reads only its kind's
+ * work list (`run_work`, `run_deadlines`, `run_retention`), whose size follows the runs with
+ * pending work of that kind (FerretDB scans it: it has no index on `dueAt`), never the growing
+ * collections, and the watermarked ones read nothing until an item is due; a slow query still stretches the pause after
  * it (`nextSweepDelay`), keeping each replica's sweeping to about 1/`sweepDutyFactor` of the
  * database's time instead of saturating it. `tick` resolves to the time its queries took: time
  * spent handling items (a publish waiting through a NATS election) is not the database's and
