@@ -1,11 +1,11 @@
-import { ApiError, cursorExpiredBodySchema, eventsHeadersSchema, eventsQuerySchema, runIdParamsSchema, type ClientEvent, type ErrorBody } from '@abide/shared';
+import { cursorExpiredBodySchema, eventsHeadersSchema, eventsQuerySchema, runIdParamsSchema, type ApiError, type ClientEvent, type ErrorBody } from '@abide/shared';
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
-import type { ServerResponse } from 'node:http';
 import { toApiError } from '../http-errors.ts';
 import { emptyResponse, errorResponses, jsonResponse, textResponse } from '../openapi.ts';
 import type { Services } from '../services.ts';
 import type { RouteConfig, RouteContext } from './route-context.ts';
+import { holdStreamLeases, openStreamingResponse } from './streaming-response.ts';
 
 /** One SSE message: `id:` the seq, `event:` the type, `data:` the client event. */
 export function formatSseEvent(event: ClientEvent): string {
@@ -16,20 +16,6 @@ export function formatSseEvent(event: ClientEvent): string {
 export function formatSseError(error: ApiError): string {
   const body: ErrorBody = { error: { code: error.code, message: error.message } };
   return `event: error\ndata: ${JSON.stringify(body)}\n\n`;
-}
-
-/** Writes to the response, waiting for `drain` when the socket's buffer is full (a slow client slows its own relay). */
-function write(raw: ServerResponse, chunk: string, signal: AbortSignal): Promise<void> {
-  if (raw.write(chunk)) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      raw.off('drain', done);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    raw.once('drain', done);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 /** `GET /v1/runs/:runId/events`: the run's events as `text/event-stream`, ending after the terminal event. */
@@ -57,18 +43,13 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
     // The resume cursor: `Last-Event-ID` wins over `?after=` (a browser reconnects with the old URL and the newer header).
     const after = request.headers['last-event-id'] ?? request.query.after;
     const { tenantId } = context.caller(request);
-    if (context.live.closing) throw new ApiError('unavailable', 'shutting down', { headers: { 'retry-after': '1' } });
-
     const controller = new AbortController();
     const { signal } = controller;
     reply.raw.on('close', () => controller.abort());
     // The stream is one of the tenant's connections and one of its subscriptions (issue 8): 429 over either cap.
-    const { capacity } = context.services();
-    const leases = [await capacity.acquireConnection(tenantId, request.id)];
-    const releaseLeases = () => Promise.all(leases.splice(0).map((lease) => lease.release()));
+    const releaseLeases = await holdStreamLeases(context, tenantId, `${request.id}:${runId}`, { connection: true });
     let events: Awaited<ReturnType<Services['openRunEvents']>>;
     try {
-      leases.push(await capacity.acquireSubscription(tenantId, `${request.id}:${runId}`));
       events = await context.services().openRunEvents({ tenantId, runId, after, signal });
     } catch (error) {
       await releaseLeases();
@@ -80,22 +61,18 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
       return reply.code(204).send();
     }
 
-    reply.hijack();
-    const raw = reply.raw;
-    raw.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache, no-transform',
-      connection: 'keep-alive',
-      'x-accel-buffering': 'no',
-      'x-request-id': request.id,
-    });
-    raw.write(': connected\n\n');
-    const forget = context.live.addStream({ close: () => controller.abort() });
-    const subscriptionEnded = context.live.subscriptionStarted();
-    const heartbeat = setInterval(() => raw.write(': heartbeat\n\n'), context.streaming.heartbeatMs);
+    const response = openStreamingResponse(
+      context,
+      request,
+      reply,
+      { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', connection: 'keep-alive', 'x-accel-buffering': 'no' },
+      releaseLeases,
+      controller,
+    );
+    await response.write(': connected\n\n');
     try {
       for await (const event of events) {
-        await write(raw, formatSseEvent(event), signal);
+        await response.write(formatSseEvent(event));
         if (signal.aborted) break;
       }
     } catch (error) {
@@ -103,16 +80,10 @@ export function registerEventRoutes(app: FastifyInstance, context: RouteContext)
       // `error` event before ending, never a silent end; the client resumes with Last-Event-ID.
       if (!signal.aborted) {
         request.log.warn({ runId, err: error }, 'event stream failed');
-        raw.write(formatSseError(toApiError(error, { maxBodyBytes: context.maxBodyBytes })));
+        await response.write(formatSseError(toApiError(error, { maxBodyBytes: context.maxBodyBytes })));
       }
     } finally {
-      clearInterval(heartbeat);
-      forget();
-      subscriptionEnded();
-      controller.abort();
-      // Released before the end is sent: a client that saw its stream end may open the next one at once.
-      await releaseLeases();
-      raw.end();
+      await response.end();
     }
   });
 }

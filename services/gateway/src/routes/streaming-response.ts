@@ -32,14 +32,21 @@ export async function holdStreamLeases(context: RouteContext, tenantId: string, 
 }
 
 /**
- * Takes over the response for a long-lived SSE answer in a client protocol (UI message stream,
- * OpenAI chunks): status 200 and `headers` at once, an SSE comment as heartbeat (both protocols'
- * parsers skip comments), closed on shutdown with the other live streams. Aborts when the
- * client goes away. `releaseLeases` (from `holdStreamLeases`, taken before any work so that a
- * refused stream creates no run) is called by `end()`.
+ * Takes over the response for a long-lived SSE answer (a run's events, the UI message stream,
+ * OpenAI chunks): status 200 and `headers` at once, an SSE comment as heartbeat (every
+ * protocol's parser skips comments), closed on shutdown with the other live streams. Aborts
+ * `controller` when the client goes away (pass one the route already uses for work begun before
+ * the answer). `releaseLeases` (from `holdStreamLeases`, taken before any work so that a refused
+ * stream creates no run) is called by `end()`.
  */
-export function openStreamingResponse(context: RouteContext, request: FastifyRequest, reply: FastifyReply, headers: Record<string, string>, releaseLeases: () => Promise<void>): StreamingResponse {
-  const controller = new AbortController();
+export function openStreamingResponse(
+  context: RouteContext,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  headers: Record<string, string>,
+  releaseLeases: () => Promise<void>,
+  controller = new AbortController(),
+): StreamingResponse {
   const { signal } = controller;
   reply.raw.on('close', () => controller.abort());
   reply.hijack();
