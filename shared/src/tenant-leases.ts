@@ -42,7 +42,7 @@ export type TenantLeasesOptions = {
   /**
    * How long a released slot stays held ("warm") for this process's next `tryAcquire` of the same
    * tenant, which then reuses it without a KV operation; a warm slot idle this long is deleted. 0
-   * deletes at release. The workers use `workerLeaseKeepIdleMs`. @default 0
+   * deletes at release (the gateway's leases); the workers use `TENANT_LEASE_KEEP_IDLE`. @default 0
    */
   keepIdleMs?: number;
   now?: () => number;
@@ -53,15 +53,6 @@ export type TenantLeasesOptions = {
 
 /** Default staleness of a lease; KV `TENANT_LEASES` keeps entries 4 times as long (jetstream.ts). */
 export const leaseStaleMs = 30_000;
-
-/**
- * How long the llm-worker and the tool-worker keep a released model/tool slot warm (issue 9): long
- * enough to span the orchestrator's turn between one step of a run and its next one (milliseconds
- * with fast models and tools), and no longer than the consumer runner's defer pause (1 s), so a
- * message of a tenant at its limit that another replica deferred finds the slot free when it asks
- * again. See docs/decisions.md, "Tenant capacity".
- */
-export const workerLeaseKeepIdleMs = 1_000;
 
 function scheduleUnref(callback: () => void, ms: number): CancelScheduled {
   const timer = setTimeout(callback, ms);

@@ -39,7 +39,6 @@ import {
   type CancelWatch,
   type TenantLeases,
   retryWithBackoff,
-  workerLeaseKeepIdleMs,
 } from '@abide/shared';
 import { loadLlmWorkerConfig, type LlmWorkerConfig } from './config.ts';
 import { createLanguageModel } from './model-factory.ts';
@@ -154,7 +153,7 @@ async function main(): Promise<void> {
     limit: config.TENANT_MAX_LLM_CALLS,
     holder: `${service}/${hostname()}/${process.pid}`,
     logger,
-    keepIdleMs: workerLeaseKeepIdleMs,
+    keepIdleMs: config.TENANT_LEASE_KEEP_IDLE,
   });
   tenantLeases.start();
   const handler = createRunStep({

@@ -36,7 +36,6 @@ import {
   type CancelWatch,
   type TenantLeases,
   retryWithBackoff,
-  workerLeaseKeepIdleMs,
 } from '@abide/shared';
 import { createBuiltinTools } from './builtins.ts';
 import { loadToolWorkerConfig } from './config.ts';
@@ -140,7 +139,7 @@ async function main(): Promise<void> {
       limit: config.TENANT_MAX_TOOL_CALLS,
       holder: workerId,
       logger: log,
-      keepIdleMs: workerLeaseKeepIdleMs,
+      keepIdleMs: config.TENANT_LEASE_KEEP_IDLE,
     });
     tenantLeases.start();
 
