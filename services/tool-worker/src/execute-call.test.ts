@@ -190,6 +190,21 @@ describe('tool call handler', () => {
     expect(results.json(resultKey)).toBeUndefined();
   });
 
+  it('removes the marker it created when a read fails, so the redelivery executes at once', async () => {
+    const { handler, results, runTool, published } = setup();
+    const get = results.get.bind(results);
+    results.get = async () => {
+      throw new Error('NATS timeout');
+    };
+    await expect(handler.handle(delivery(request()))).rejects.toThrow('NATS timeout');
+    expect(runTool).not.toHaveBeenCalled();
+    expect(results.json(markerKey)).toBeUndefined();
+    results.get = get;
+    await handler.handle(delivery(request(), { deliveryCount: 2 }));
+    expect(runTool).toHaveBeenCalledTimes(1);
+    expect(published).toHaveLength(1);
+  });
+
   it('creates the started marker while its reads are in flight (one round trip before executing)', async () => {
     const { handler, results, runTool, log } = setup();
     let answerReads!: () => void;

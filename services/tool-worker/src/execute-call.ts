@@ -331,8 +331,8 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     const tracking = cancellations.track(call.runId);
     try {
       // The two reads and the started marker's create, pipelined (one round trip, issue 9): the
-      // marker is created before we know whether the call is cancelled or finished, and only
-      // then decides anything. Crash windows: dying after the create leaves a marker. A later
+      // marker is created before we know whether the call is cancelled or finished, and what it
+      // means is decided only once both reads answered. Crash windows: dying after the create leaves a marker. A later
       // delivery checks the cancel and the stored result first, so a marker beside either is never
       // read; without them it is the marker of an attempt that died before running the tool,
       // handled (once stale) by `onOutcomeUnknown`, exactly as when dying between the create and
@@ -342,14 +342,22 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
         (created) => ({ created }),
         (error: unknown) => ({ error: ensureError(error) }),
       );
-      const [cancelled, cached, markerOutcome] = await Promise.all([
-        cancellations.isCancelled(call.runId),
-        readRecord(results, call.resultKey, toolResultRecordSchema),
-        markerCreated,
-      ]);
+      const reads = Promise.all([cancellations.isCancelled(call.runId), readRecord(results, call.resultKey, toolResultRecordSchema)]).then(
+        (values) => ({ values }),
+        (error: unknown) => ({ error: ensureError(error) }),
+      );
+      const [readsOutcome, markerOutcome] = await Promise.all([reads, markerCreated]);
+      const createdMarker = 'created' in markerOutcome && markerOutcome.created.created;
+      if ('error' in readsOutcome) {
+        // Nothing ran: remove the marker first, or the redelivery would take it for another
+        // worker's and wait for it to turn stale (then `onOutcomeUnknown`).
+        if (createdMarker) await deleteMarker(call, 'a read failed before anything was executed');
+        throw readsOutcome.error;
+      }
+      const [cancelled, cached] = readsOutcome.values;
       /** A marker this delivery created but will not execute under: removed off the critical path. */
       const dropCreatedMarker = (why: string) => {
-        if ('created' in markerOutcome && markerOutcome.created.created) void deleteMarker(call, why);
+        if (createdMarker) void deleteMarker(call, why);
       };
       if (cancelled) {
         dropCreatedMarker('the run is cancelled');
