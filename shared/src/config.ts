@@ -182,6 +182,15 @@ export const orchestratorEnvSchema = z.object({
   RUN_RETENTION: retention,
 });
 
+/**
+ * How long a worker keeps a released model/tool slot of a tenant (`TENANT_MAX_LLM_CALLS`,
+ * `TENANT_MAX_TOOL_CALLS`) for that tenant's next message on the same replica, which reuses it with
+ * no KV write (issue 9); 0 deletes it at release. Meanwhile a tenant at its limit may see other
+ * replicas defer its messages (docs/decisions.md, "Tenant capacity"). The default is the consumer
+ * runner's defer pause.
+ */
+const tenantLeaseKeepIdle = durationSchema.default(parseDuration('1s')).pipe(z.number().int().min(0).max(60_000));
+
 export const llmWorkerEnvSchema = z.object({
   ...commonFields,
   HEALTH_PORT: port(8082),
@@ -191,6 +200,7 @@ export const llmWorkerEnvSchema = z.object({
   TENANT_SECRETS_DIR: tenantSecretsDir,
   /** Model calls of one tenant in flight at once, across every llm-worker (issue 8). */
   TENANT_MAX_LLM_CALLS: positiveInt(32, 1_000),
+  TENANT_LEASE_KEEP_IDLE: tenantLeaseKeepIdle,
 });
 
 export const toolWorkerEnvSchema = z.object({
@@ -202,6 +212,7 @@ export const toolWorkerEnvSchema = z.object({
   TENANT_SECRETS_DIR: tenantSecretsDir,
   /** Tool calls of one tenant in flight at once, across every tool-worker (issue 8). */
   TENANT_MAX_TOOL_CALLS: positiveInt(32, 1_000),
+  TENANT_LEASE_KEEP_IDLE: tenantLeaseKeepIdle,
   /** Open MCP connections (per tenant, server and credentials) a worker keeps at most. */
   MCP_MAX_CONNECTIONS: positiveInt(64, 10_000),
   /** An MCP connection unused this long is closed. */

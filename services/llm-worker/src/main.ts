@@ -37,6 +37,7 @@ import {
   type NatsConnection,
   createCancelWatch,
   type CancelWatch,
+  type TenantLeases,
   retryWithBackoff,
 } from '@abide/shared';
 import { loadLlmWorkerConfig, type LlmWorkerConfig } from './config.ts';
@@ -88,6 +89,7 @@ async function main(): Promise<void> {
   let draining = false;
   let runner: ConsumerRunner | undefined;
   let watch: CancelWatch | undefined;
+  let tenantLeases: TenantLeases | undefined;
   const startup = new AbortController();
   metrics.gauge('llm_steps_in_flight', 'Model requests being handled by this process.', () => runner?.inFlight ?? 0);
   const supervision = createConsumerSupervision({ metrics, logger });
@@ -119,6 +121,8 @@ async function main(): Promise<void> {
       startup.abort(new Error('shutting down'));
       // Stop pulling; in-flight steps finish within the grace period or are aborted and handed back.
       await runner?.stop(config.SHUTDOWN_GRACE);
+      // Every step has released its slot by now: give back the warm ones while NATS is still open.
+      await tenantLeases?.stop();
       await watch?.stop();
       await connection?.drain().catch((error: unknown) => {
         // Already closed (e.g. lost for good): nothing left to flush.
@@ -141,13 +145,15 @@ async function main(): Promise<void> {
   const egress = createEgressPolicy({ allow: config.LLM_EGRESS_ALLOW, variable: 'LLM_EGRESS_ALLOW' });
   watch = createCancelWatch({ bucket: jetStream.kv.get(buckets.runControl)!, logger });
   await watch.start();
-  // In-flight model calls per tenant, across every llm-worker (issue 8).
-  const tenantLeases = createTenantLeases({
+  // In-flight model calls per tenant, across every llm-worker (issue 8); a released slot stays
+  // warm for the tenant's next step on this process (issue 9).
+  tenantLeases = createTenantLeases({
     bucket: jetStream.kv.get(buckets.tenantLeases)!,
     kind: 'llm',
     limit: config.TENANT_MAX_LLM_CALLS,
     holder: `${service}/${hostname()}/${process.pid}`,
     logger,
+    keepIdleMs: config.TENANT_LEASE_KEEP_IDLE,
   });
   tenantLeases.start();
   const handler = createRunStep({

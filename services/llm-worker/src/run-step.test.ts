@@ -125,6 +125,38 @@ describe('createRunStep', () => {
     expect(published.at(-1)!.msgId).toBe('run_1:llm_result:0');
   });
 
+  it("stores the result while its attempt's last PubAcks are outstanding, and publishes it only after them", async () => {
+    const { results, entries } = createFakeResultStore();
+    const acked: string[] = [];
+    const published: string[] = [];
+    let ackEvents!: () => void;
+    const eventsAcked = new Promise<void>((resolve) => (ackEvents = resolve));
+    const handler = createRunStep({
+      publisher: {
+        async publish(subject, _value, msgId) {
+          if (subject.startsWith('run.events.')) await eventsAcked;
+          acked.push(msgId);
+          published.push(msgId);
+        },
+      },
+      results,
+      bodies: createFakeBodyReader(),
+      cancellations: createFakeCancellations().tracker,
+      createModel: (config, { step, tenantId }) =>
+        createLanguageModel(config, { step, tenantId, secrets: createFakeSecrets(), egress: createEgressPolicy({ allow: [], variable: 'LLM_EGRESS_ALLOW' }) }),
+      logger: silentLogger,
+      maxRetryAfterMs: 60_000,
+    });
+    const handled = handler.handle(deliveryOf(llmRequest({ model: scripted({ steps: [{ text: 'hello' }] }) })));
+    await vi.waitFor(() => expect(entries.has('run_1.0')).toBe(true));
+    expect(acked).toEqual([]);
+    expect(published).not.toContain('run_1:llm_result:0');
+    ackEvents();
+    await handled;
+    expect(published.at(-1)).toBe('run_1:llm_result:0');
+    expect(published.slice(0, -1)).toEqual(['run_1:s0:a1:started', 'run_1:s0:a1:d0']);
+  });
+
   it('passes the system prompt as instructions and the tools as schemas to the model', async () => {
     const model = new MockLanguageModelV4({
       doStream: {

@@ -80,9 +80,17 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
     await deps.publisher.publish(subjects.runInbox(message.runId, 'llm_result'), envelope, id);
   }
 
-  /** Stores then publishes `result`; the first result stored for the step is the one published. */
-  async function finish(message: LlmRequestMessage, result: LlmResultPayload): Promise<LlmResultPayload> {
-    const stored = await deps.results.saveFirst(message.runId, result.step, llmResultPayloadSchema.parse(result));
+  /**
+   * Stores then publishes `result`; the first result stored for the step is the one published.
+   * `eventsSettled` (the attempt's event PubAcks) is awaited alongside the store (issue 9: one
+   * round trip less per step) and always before the publish, so the run's events stay in order.
+   * Crash window: the result may be stored before every delta of its attempt is acknowledged;
+   * dying then (or a delta's publish failing, which naks) leaves a stored result whose deltas
+   * are partly missing, and the redelivery publishes it without calling the model. Clients lose
+   * nothing: `message.completed` carries the recorded text, which replaces the deltas (DESIGN §6).
+   */
+  async function finish(message: LlmRequestMessage, result: LlmResultPayload, eventsSettled: Promise<void> = Promise.resolve()): Promise<LlmResultPayload> {
+    const [stored] = await Promise.all([deps.results.saveFirst(message.runId, result.step, llmResultPayloadSchema.parse(result)), eventsSettled]);
     deps.crashPoints?.hit('llm-worker.after_store');
     await publishResult(message, stored);
     return stored;
@@ -143,8 +151,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
       });
 
       async function fail(error: ErrorInfo): Promise<void> {
-        await events.settle();
-        await finish(message, { ok: false, step, attempt, error });
+        await finish(message, { ok: false, step, attempt, error }, events.settle());
         span.setAttributes({ 'abide.outcome': 'failed', 'error.type': error.code });
         span.setStatus({ code: SpanStatusCode.ERROR, message: error.code });
         metrics.failed(error.code);
@@ -208,10 +215,9 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
         });
       }
 
-      // Every delta's PubAck before the result: the run's events stay in order.
-      await events.settle();
+      // Every delta's PubAck before the result's publish (`finish`): the run's events stay in order.
       const { text, toolCalls, finishReason, usage } = outcome;
-      const published = await finish(message, { ok: true, step, attempt, text, toolCalls, finishReason, usage });
+      const published = await finish(message, { ok: true, step, attempt, text, toolCalls, finishReason, usage }, events.settle());
       span.setAttributes({
         'abide.outcome': 'finished',
         'gen_ai.response.finish_reasons': [finishReason],

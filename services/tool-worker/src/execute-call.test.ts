@@ -156,22 +156,70 @@ describe('tool call handler', () => {
     expect(seenMarker).toEqual({ worker: 'worker-b', attempt: 2, heartbeatAt: new Date(now).toISOString() });
   });
 
-  it('re-publishes a stored result without executing', async () => {
+  it('re-publishes a stored result without executing, removing the marker it created alongside its reads', async () => {
     const { handler, results, published, runTool, log } = setup();
     const stored = { toolCallId: 's0c0', step: 0, outcome: { kind: 'success', value: 'before' } };
     results.seed(resultKey, stored);
     await handler.handle(delivery(request(), { deliveryCount: 2 }));
     expect(runTool).not.toHaveBeenCalled();
-    expect(log).toEqual([`publish ${runId}:tool_result:s0c0`]);
+    // The only writes besides the publish are the pipelined marker's create and its removal.
+    expect(log.filter((entry) => !entry.endsWith(markerKey))).toEqual([`publish ${runId}:tool_result:s0c0`]);
+    expect(log.filter((entry) => entry.endsWith(markerKey))).toEqual([`create ${markerKey}`, `delete ${markerKey}`]);
+    expect(results.json(markerKey)).toBeUndefined();
+    expect(results.json(resultKey)).toEqual(stored);
     expect(published[0]!.payload).toEqual(stored);
   });
 
-  it('acks a request of a cancelled run without executing or publishing', async () => {
-    const { handler, published, runTool, log } = setup({ cancelled: true });
+  it("leaves another worker's marker beside a stored result alone", async () => {
+    const { handler, results, runTool, log } = setup();
+    results.seed(resultKey, { toolCallId: 's0c0', step: 0, outcome: { kind: 'success', value: 'before' } });
+    results.seed(markerKey, marker('worker-a', 5_000));
+    await handler.handle(delivery(request(), { deliveryCount: 2 }));
+    expect(runTool).not.toHaveBeenCalled();
+    expect(log).toEqual([`publish ${runId}:tool_result:s0c0`]);
+    expect(results.json(markerKey)).toMatchObject({ worker: 'worker-a' });
+  });
+
+  it('acks a request of a cancelled run without executing, storing or publishing, and leaves no marker', async () => {
+    const { handler, results, published, runTool, log } = setup({ cancelled: true });
     await handler.handle(delivery(request()));
     expect(runTool).not.toHaveBeenCalled();
     expect(published).toHaveLength(0);
-    expect(log).toEqual([]);
+    expect(log.filter((entry) => !entry.endsWith(markerKey))).toEqual([]);
+    expect(results.json(markerKey)).toBeUndefined();
+    expect(results.json(resultKey)).toBeUndefined();
+  });
+
+  it('removes the marker it created when a read fails, so the redelivery executes at once', async () => {
+    const { handler, results, runTool, published } = setup();
+    const get = results.get.bind(results);
+    results.get = async () => {
+      throw new Error('NATS timeout');
+    };
+    await expect(handler.handle(delivery(request()))).rejects.toThrow('NATS timeout');
+    expect(runTool).not.toHaveBeenCalled();
+    expect(results.json(markerKey)).toBeUndefined();
+    results.get = get;
+    await handler.handle(delivery(request(), { deliveryCount: 2 }));
+    expect(runTool).toHaveBeenCalledTimes(1);
+    expect(published).toHaveLength(1);
+  });
+
+  it('creates the started marker while its reads are in flight (one round trip before executing)', async () => {
+    const { handler, results, runTool, log } = setup();
+    let answerReads!: () => void;
+    const readsAnswered = new Promise<void>((resolve) => (answerReads = resolve));
+    const get = results.get.bind(results);
+    results.get = async (key) => {
+      await readsAnswered;
+      return get(key);
+    };
+    const handled = handler.handle(delivery(request()));
+    await vi.waitFor(() => expect(log).toContain(`create ${markerKey}`));
+    expect(runTool).not.toHaveBeenCalled();
+    answerReads();
+    await handled;
+    expect(runTool).toHaveBeenCalledTimes(1);
   });
 
   it('naks a call whose fresh marker belongs to another live worker, until it would turn stale', async () => {

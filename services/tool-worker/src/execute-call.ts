@@ -187,9 +187,14 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     void deleteMarker(call, 'the result is stored');
   }
 
-  async function claim(call: Call, delivery: Delivery<ToolRequestMessage>): Promise<Claim> {
-    const marker = markerFor(delivery.deliveryCount);
-    const created = await createOrRead(results, call.markerKey, marker, toolStartedMarkerSchema);
+  type MarkerAttempt = { marker: ToolStartedMarker; created: Awaited<ReturnType<typeof createMarker>> };
+  function createMarker(call: Call, marker: ToolStartedMarker) {
+    return createOrRead(results, call.markerKey, marker, toolStartedMarkerSchema);
+  }
+
+  /** Decides from the marker attempt (`handleCall` creates the marker alongside its reads) whether this delivery executes the call. */
+  async function claim(call: Call, delivery: Delivery<ToolRequestMessage>, attempt: MarkerAttempt): Promise<Claim> {
+    const { marker, created } = attempt;
     if (created.created) return { kind: 'execute', marker, revision: created.revision };
     const existing = created.existing;
     const owner = 'invalid' in existing ? undefined : existing.value;
@@ -325,14 +330,43 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     // Tracked before the check: a cancellation landing after it still aborts the call.
     const tracking = cancellations.track(call.runId);
     try {
-      // Two independent KV reads, pipelined (one round trip).
-      const [cancelled, cached] = await Promise.all([cancellations.isCancelled(call.runId), readRecord(results, call.resultKey, toolResultRecordSchema)]);
+      // The two reads and the started marker's create, pipelined (one round trip, issue 9): the
+      // marker is created before we know whether the call is cancelled or finished, and what it
+      // means is decided only once both reads answered. Crash windows: dying after the create leaves a marker. A later
+      // delivery checks the cancel and the stored result first, so a marker beside either is never
+      // read; without them it is the marker of an attempt that died before running the tool,
+      // handled (once stale) by `onOutcomeUnknown`, exactly as when dying between the create and
+      // the tool's request before.
+      const marker = markerFor(delivery.deliveryCount);
+      const markerCreated = createMarker(call, marker).then(
+        (created) => ({ created }),
+        (error: unknown) => ({ error: ensureError(error) }),
+      );
+      const reads = Promise.all([cancellations.isCancelled(call.runId), readRecord(results, call.resultKey, toolResultRecordSchema)]).then(
+        (values) => ({ values }),
+        (error: unknown) => ({ error: ensureError(error) }),
+      );
+      const [readsOutcome, markerOutcome] = await Promise.all([reads, markerCreated]);
+      const createdMarker = 'created' in markerOutcome && markerOutcome.created.created;
+      if ('error' in readsOutcome) {
+        // Nothing ran: remove the marker first, or the redelivery would take it for another
+        // worker's and wait for it to turn stale (then `onOutcomeUnknown`).
+        if (createdMarker) await deleteMarker(call, 'a read failed before anything was executed');
+        throw readsOutcome.error;
+      }
+      const [cancelled, cached] = readsOutcome.values;
+      /** A marker this delivery created but will not execute under: removed off the critical path. */
+      const dropCreatedMarker = (why: string) => {
+        if (createdMarker) void deleteMarker(call, why);
+      };
       if (cancelled) {
+        dropCreatedMarker('the run is cancelled');
         metrics.skippedCancelled();
         call.log.info('run is cancelled; request acked without executing');
         return;
       }
       if (cached && !('invalid' in cached)) {
+        dropCreatedMarker('the call has a stored result');
         metrics.cacheHit(call.toolLabel);
         await publishResult(call, cached.value);
         call.log.info({ outcome: outcomeLabel(cached.value.outcome) }, 'call already finished; result re-published from TOOL_RESULTS');
@@ -341,10 +375,12 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
       if (cached) call.log.error({ err: cached.error }, 'stored tool result does not parse; handling the call as unfinished');
       const remembered = unsaved.get(call.resultKey);
       if (remembered) {
+        // `finish` removes the marker once the outcome is stored.
         await finish(call, remembered);
         return;
       }
-      const claimed = await claim(call, delivery);
+      if ('error' in markerOutcome) throw markerOutcome.error;
+      const claimed = await claim(call, delivery, { marker, created: markerOutcome.created });
       if (claimed.kind === 'stored') {
         metrics.cacheHit(call.toolLabel);
         await publishResult(call, claimed.result);

@@ -34,6 +34,7 @@ import {
   type Provisioning,
   createCancelWatch,
   type CancelWatch,
+  type TenantLeases,
   retryWithBackoff,
 } from '@abide/shared';
 import { createBuiltinTools } from './builtins.ts';
@@ -69,6 +70,7 @@ async function main(): Promise<void> {
     let connection: NatsConnection | undefined;
     let runner: ConsumerRunner | undefined;
     let cancelWatch: CancelWatch | undefined;
+    let tenantLeases: TenantLeases | undefined;
     let mcpPool: McpConnectionPool | undefined;
     let mcpListResponder: ReturnType<typeof createMcpListResponder> | undefined;
     let draining = false;
@@ -100,6 +102,8 @@ async function main(): Promise<void> {
         // (they are handed back to the stream); only then close the connection.
         await mcpListResponder?.stop();
         await runner?.stop(config.SHUTDOWN_GRACE);
+        // Every call has released its slot by now: give back the warm ones while NATS is still open.
+        await tenantLeases?.stop();
         await mcpPool?.close();
         await cancelWatch?.stop();
         await health.stop();
@@ -127,8 +131,16 @@ async function main(): Promise<void> {
     const nats = connection!;
     const toolResults = kv.get(buckets.toolResults) as KV;
     const runControl = kv.get(buckets.runControl) as KV;
-    // In-flight tool calls per tenant, across every tool-worker (issue 8).
-    const tenantLeases = createTenantLeases({ bucket: kv.get(buckets.tenantLeases) as KV, kind: 'tool', limit: config.TENANT_MAX_TOOL_CALLS, holder: workerId, logger: log });
+    // In-flight tool calls per tenant, across every tool-worker (issue 8); a released slot stays
+    // warm for the tenant's next call on this process (issue 9).
+    tenantLeases = createTenantLeases({
+      bucket: kv.get(buckets.tenantLeases) as KV,
+      kind: 'tool',
+      limit: config.TENANT_MAX_TOOL_CALLS,
+      holder: workerId,
+      logger: log,
+      keepIdleMs: config.TENANT_LEASE_KEEP_IDLE,
+    });
     tenantLeases.start();
 
     cancelWatch = createCancelWatch({ bucket: runControl, logger: log });
