@@ -129,9 +129,9 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
 
   /**
    * Opens the run's events and returns once they are open (or refused); the events then stream
-   * on their own until the run ends, the client unsubscribes or the socket closes.
+   * on their own until the run ends, the client unsubscribes or the socket closes. `created`:
+   * the run was created by this socket's `run.create` a moment ago (`openRunEvents`' `created`).
    */
-  /** `created`: the run was created by this socket's `run.create` a moment ago (`openRunEvents`' `created`). */
   async function subscribe(runId: string, after: number | undefined, created = false): Promise<void> {
     if (!subscriptions.has(runId) && subscriptions.size >= context.streaming.maxSubscriptionsPerSocket) {
       throw new ApiError('rate_limited', `at most ${context.streaming.maxSubscriptionsPerSocket} subscriptions per connection`);
