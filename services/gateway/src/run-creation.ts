@@ -145,20 +145,28 @@ export function createRunCreator(deps: {
     const transition = await store.loadTransition(runId, 1);
     if (!transition || transition.published) return;
     await store.writeReadModel(transition);
-    await publishStart(transition);
+    if (await publishStart(transition)) deleteOutboxItem(runId);
   }
 
-  async function publishStart(transition: TransitionDocument): Promise<void> {
+  /** Publishes a new run's `start`; false when it could not (the sweeper will, from the work item). */
+  async function publishStart(transition: TransitionDocument): Promise<boolean> {
     try {
       await deps.bus.publishOutbox(transition);
+      return true;
     } catch (error) {
       // The run is committed; the orchestrator's sweeper publishes the outbox from its work item after 5 s.
       logger.warn({ runId: transition.runId, err: error }, 'could not publish the start of a new run; the sweeper will');
-      return;
+      return false;
     }
-    // Off the answer's path: a crash (or failure) before it leaves the item to the sweeper, which finds the run started.
-    void store.deleteWork(workIds.outbox(transition.runId)).catch((error: unknown) => {
-      logger.warn({ runId: transition.runId, err: error }, 'could not delete the outbox work item of a new run; the sweeper will');
+  }
+
+  /**
+   * Deletes a started run's outbox work item, off the answer's path: a crash (or failure) before
+   * it leaves the item to the sweeper, which finds the run started.
+   */
+  function deleteOutboxItem(runId: string): void {
+    void store.deleteWork(workIds.outbox(runId)).catch((error: unknown) => {
+      logger.warn({ runId, err: error }, 'could not delete the outbox work item of a new run; the sweeper will');
     });
   }
 
@@ -346,12 +354,15 @@ export function createRunCreator(deps: {
       if (runSlot !== undefined && existing.state.runSlot !== runSlot) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
       return answerExisting(existing, requestHash);
     }
-    // Independent: the read model (for listings) and the start, in parallel.
+    // Independent: the read model (for listings) and the start, in parallel. The work item is
+    // deleted after both, not beside the read model: on FerretDB/SQLite two writes to different
+    // collections at once wait on each other's lock (measured: slower than the same two in series).
     const readModel = store.writeReadModel(transition).catch((error: unknown) => {
       // Readers roll forward from the transitions; the orchestrator rewrites the read model on its next commit.
       logger.warn({ runId, err: error }, 'could not write the read model of a new run');
     });
-    await Promise.all([readModel, publishStart(transition)]);
+    const [, started] = await Promise.all([readModel, publishStart(transition)]);
+    if (started) deleteOutboxItem(runId);
     logger.info({ runId, tenantId, conversationId, agentId: agent.agentId, agentVersion: agent.version }, 'run created');
     return { created: true, runId, status: 'queued', conversationId };
   };
