@@ -53,18 +53,20 @@ function harness(options: { maxActiveRuns?: number; override?: (store: GatewaySt
   return { memory, calls, bus, request };
 }
 
-describe('run creation: the lock, the slot and the work item at once', () => {
-  it('sends the conversation lock, the slot and the work item before any of them is answered, and version 1 only after all three', async () => {
+describe('run creation: the conversation lock and the slot at once', () => {
+  it('sends the conversation lock and the slot in one turn, the work item once both are held, version 1 after it', async () => {
     const h = harness({ maxActiveRuns: 2 });
     const { runId } = await h.request({ conversationId: 'conv-1' });
     const firstDone = h.calls.findIndex((call) => call.endsWith(' done'));
-    expect(h.calls.slice(0, firstDone).sort()).toEqual(['insertLock t1/active-run/0', 'insertLock t1:conv-1', `insertWork outbox:${runId}`]);
-    const transition = h.calls.indexOf(`insertTransition ${runId}:1`);
-    for (const id of ['insertLock t1/active-run/0', 'insertLock t1:conv-1', `insertWork outbox:${runId}`]) expect(h.calls.indexOf(`${id} done`)).toBeLessThan(transition);
+    expect(h.calls.slice(0, firstDone).sort()).toEqual(['insertLock t1/active-run/0', 'insertLock t1:conv-1']);
+    const work = h.calls.indexOf(`insertWork outbox:${runId}`);
+    expect(h.calls.indexOf('insertLock t1:conv-1 done')).toBeLessThan(work);
+    expect(h.calls.indexOf('insertLock t1/active-run/0 done')).toBeLessThan(work);
+    expect(h.calls.indexOf(`insertTransition ${runId}:1`)).toBeGreaterThan(h.calls.indexOf(`insertWork outbox:${runId} done`));
     expect(h.memory.transitions.get(`${runId}:1`)!.state.runSlot).toBe(0);
   });
 
-  it('gives the conversation lock and the work item back when the slot insert fails', async () => {
+  it('gives the conversation lock back when the slot insert fails, and writes no work item', async () => {
     const h = harness({
       maxActiveRuns: 2,
       override: (store) => ({
@@ -80,17 +82,16 @@ describe('run creation: the lock, the slot and the work item at once', () => {
     expect(h.memory.transitions.size).toBe(0);
   });
 
-  it('gives the slot and the work item back when the conversation is busy, and the lock and the item when no slot is free', async () => {
+  it('gives the slot back when the conversation is busy, and the lock when no slot is free', async () => {
     const h = harness({ maxActiveRuns: 1 });
     const first = await h.request({ conversationId: 'conv-1' });
-    // The conversation is busy: the slot (free here: none is) and the work item are given back.
+    // The conversation is busy: the slot (free here: none is held) is given back.
     h.memory.locks.delete('t1/active-run/0');
     const busy = h.request({ conversationId: 'conv-1' });
     await expect(busy).rejects.toBeInstanceOf(ApiError);
     await expect(busy).rejects.toMatchObject({ code: 'conversation_busy' });
     expect([...h.memory.locks.keys()]).toEqual(['t1:conv-1']);
-    expect([...h.memory.work.keys()]).toEqual([]);
-    // No free slot: the conversation lock of another conversation and the work item are given back.
+    // No free slot: the lock of the other conversation is given back.
     h.memory.locks.set('t1/active-run/0', { _id: 't1/active-run/0', runId: first.runId, at });
     await expect(h.request({ conversationId: 'conv-2' })).rejects.toMatchObject({ code: 'rate_limited' });
     expect([...h.memory.locks.keys()].sort()).toEqual(['t1/active-run/0', 't1:conv-1']);
@@ -98,19 +99,14 @@ describe('run creation: the lock, the slot and the work item at once', () => {
     expect(h.memory.transitions.size).toBe(1);
   });
 
-  it('with an Idempotency-Key, inserts the work item only once both locks are held, and a refusal leaves none', async () => {
+  it('with an Idempotency-Key, a refused request gives its slot back once a read shows its run absent, and writes no work item', async () => {
     const h = harness({ maxActiveRuns: 2 });
     const runId = runIdFromIdempotencyKey('t1', 'order-1');
     await h.request({ conversationId: 'conv-1', idempotencyKey: 'order-1' });
-    const work = h.calls.indexOf(`insertWork outbox:${runId}`);
-    expect(h.calls.indexOf('insertLock t1:conv-1 done')).toBeLessThan(work);
-    expect(h.calls.indexOf('insertLock t1/active-run/0 done')).toBeLessThan(work);
-    expect(h.calls.indexOf(`insertTransition ${runId}:1`)).toBeGreaterThan(h.calls.indexOf(`insertWork outbox:${runId} done`));
-
     await expect(h.request({ conversationId: 'conv-1', idempotencyKey: 'order-2' })).rejects.toMatchObject({ code: 'conversation_busy' });
-    expect(h.calls.some((call) => call.startsWith(`insertWork outbox:${runIdFromIdempotencyKey('t1', 'order-2')}`))).toBe(false);
     // Its slot was given back: only the first run's slot is held.
     expect([...h.memory.locks.values()].filter((lock) => isSlot(lock._id)).map((lock) => lock.runId)).toEqual([runId]);
+    expect(h.memory.work.has(`outbox:${runIdFromIdempotencyKey('t1', 'order-2')}`)).toBe(false);
   });
 
   it('keeps the work item when the transition insert fails (its reply may be lost), and gives the locks back when the run is absent', async () => {

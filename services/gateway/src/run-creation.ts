@@ -15,7 +15,6 @@ import {
   type RunState,
   type RunStatus,
   type TransitionDocument,
-  type WorkItem,
   traceparentField,
 } from '@abide/shared';
 import type { GatewayBus, GatewayStore, LoadedRun } from './ports.ts';
@@ -98,18 +97,17 @@ export function initialRunState(fields: {
 
 /**
  * Creating a run (DESIGN §3, "a way that works"), shared by `POST /v1/runs` and the WebSocket
- * `run.create` frame. The conversation lock, the tenant's active-run slot (issue 8: a lock like
- * the conversation's) and the outbox work item (`run_work` `outbox:<runId>`) are inserted at
- * once; version 1 only once all three are in. Every crash window ends in a run that completes
- * or in nothing visible:
- * - before those inserts: nothing was written;
- * - during them, or after them, before the transition: any of the three may exist, none names a
- *   run that exists. A lock or slot naming a missing run is freed by the 30-s rule (or taken by a
- *   retry with the same Idempotency-Key, whose runId it names); a work item whose run never
- *   comes to exist is deleted by the orchestrator's outbox sweeper a minute after it was due. A
- *   creation refused there (conversation busy, no free slot) gives the others back at once.
- *   With an Idempotency-Key the work item is inserted only after both locks are held (a refused
- *   retry cannot tell whether a concurrent one relies on it), so a refusal leaves none;
+ * `run.create` frame. The conversation lock and the tenant's active-run slot (issue 8: a lock
+ * like the conversation's) are inserted at once, then the outbox work item (`run_work`
+ * `outbox:<runId>`), then version 1. Every crash window ends in a run that completes or in
+ * nothing visible:
+ * - before the locks: nothing was written;
+ * - during or after them, before the transition: either lock or both name a run that does not
+ *   exist, freed by the 30-s rule (or taken by a retry with the same Idempotency-Key, whose runId
+ *   it names). A creation refused there (conversation busy, no free slot) gives the other back at
+ *   once;
+ * - after the work item, before the transition: the orchestrator's outbox sweeper finds no run
+ *   and deletes the item a minute after it was due;
  * - after the transition: the run exists; the orchestrator's outbox sweeper publishes its
  *   `start` from the work item after 5 s, and a retry with the same key republishes it at once;
  * - after publishing `start`, before deleting the work item: the sweeper finds the run's outbox
@@ -237,22 +235,16 @@ export function createRunCreator(deps: {
   }
 
   /**
-   * Gives back what a creation that will not commit took: the slot, the conversation lock and
-   * the outbox work item, at once. `absent`: the run is known not to exist (a run id of this
-   * request's own, no transition insert sent); otherwise a read decides, as a retry with the same
-   * Idempotency-Key may have committed the run that holds them.
+   * Gives back what a creation that will not commit took: the slot and the conversation lock, at
+   * once. `absent`: the run is known not to exist (a run id of this request's own, no transition
+   * insert sent); otherwise a read decides, as a retry with the same Idempotency-Key may have
+   * committed the run that holds them.
    */
-  async function giveBack(runId: string, tenantId: string, conversationId: string, taken: { lock: boolean; runSlot: number | undefined; work: boolean }, absent: boolean): Promise<void> {
+  async function giveBack(runId: string, tenantId: string, conversationId: string, taken: { lock: boolean; runSlot: number | undefined }, absent: boolean): Promise<void> {
     if (!absent && !(await runIsAbsent(runId))) return;
     await Promise.all([
       taken.runSlot === undefined ? undefined : releaseLock(lockIds.runSlot(tenantId, taken.runSlot), runId),
       taken.lock ? releaseLock(conversationLockId(tenantId, conversationId), runId) : undefined,
-      taken.work
-        ? store.deleteWork(workIds.outbox(runId)).catch((error: unknown) => {
-            // Logged, not thrown: the caller rethrows the refusal; the sweeper deletes an item whose run never came to exist.
-            logger.warn({ runId, err: error }, 'could not delete the work item of a refused creation; the sweeper will');
-          })
-        : undefined,
     ]);
   }
 
@@ -282,13 +274,14 @@ export function createRunCreator(deps: {
     const agent = await store.findAgent(tenantId, body.agentId);
     if (!agent) throw new ApiError('agent_not_found', `agent ${body.agentId} not found`);
     const conversationId = body.conversationId ?? newId('conv');
-    const workItem: WorkItem = { _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(now().getTime() + outboxGraceMs).toISOString() };
 
     // Everything the client sent was validated by the route (stored-json keys and depth included):
     // nothing below refuses the body, so a refusal never holds the conversation.
-    // The conversation lock (then its history), the active-run slot and, for a run id of its own,
-    // the outbox work item at once: none needs another, each alone is harmless (see above).
-    const taken: { lock: boolean; runSlot: number | undefined; work: boolean } = { lock: false, runSlot: undefined, work: false };
+    // The conversation lock (then its history) and the active-run slot at once (one `bulkWrite`:
+    // the same collection, issued in the same turn). The work item after both, not beside them:
+    // on FerretDB/SQLite two writes to different collections at once wait on each other's lock
+    // (measured: slower than in series), and a refusal then has no item to give back.
+    const taken: { lock: boolean; runSlot: number | undefined } = { lock: false, runSlot: undefined };
     const parts = await Promise.allSettled([
       acquireLock(tenantId, conversationId, runId).then(() => {
         taken.lock = true;
@@ -298,16 +291,11 @@ export function createRunCreator(deps: {
       acquireRunSlot(tenantId, runId).then((runSlot) => {
         taken.runSlot = runSlot;
       }),
-      ownRunId
-        ? store.insertWork(workItem).then(() => {
-            taken.work = true;
-          })
-        : undefined,
     ]);
     const refused = parts.find((part) => part.status === 'rejected');
     if (refused) {
-      // No transition insert was sent: with a run id of its own, the run cannot exist, so
-      // everything taken is given back (the item too: a refused request leaves nothing behind).
+      // Nothing else was written; with a run id of its own (no Idempotency-Key, so no retry
+      // shares it) the run cannot exist, and what was taken is given back without a read.
       await giveBack(runId, tenantId, conversationId, taken, ownRunId);
       throw refused.reason;
     }
@@ -317,11 +305,8 @@ export function createRunCreator(deps: {
     let committed: boolean;
     let transition: TransitionDocument;
     try {
-      // With an Idempotency-Key the run id is shared with the key's retries, and a refused one
-      // could not tell whether a concurrent one relies on the item: inserted once both locks are
-      // held, so a refusal leaves none. The work item first either way: once version 1 exists,
-      // something is sure to publish its `start`.
-      if (!ownRunId) await store.insertWork(workItem);
+      // The work item first: once version 1 exists, something is sure to publish its `start`.
+      await store.insertWork({ _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(now().getTime() + outboxGraceMs).toISOString() });
       const at = now();
       const state = initialRunState({ runId, tenantId, agent, conversationId, history, body, requestHash, at: at.toISOString(), runSlot });
       transition = {
@@ -342,7 +327,7 @@ export function createRunCreator(deps: {
       // Nothing committed (unless the insert's reply was lost): give the conversation and the slot
       // back rather than hold them for 30 s. The work item stays: an insert whose reply was lost
       // may still land, and its `start` needs the item; the sweeper deletes it if no run appears.
-      if (await runIsAbsent(runId)) await giveBack(runId, tenantId, conversationId, { ...taken, work: false }, true);
+      if (await runIsAbsent(runId)) await giveBack(runId, tenantId, conversationId, taken, true);
       throw error;
     }
 
