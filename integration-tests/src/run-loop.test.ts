@@ -166,4 +166,26 @@ describe('a durable run, end to end', () => {
     expect([other.status, other.body.error.code]).toEqual([422, 'idempotency_key_reused']);
     expect(await stack.db.collection('runs').countDocuments({ _id: first.body.runId })).toBe(1);
   });
+
+  it('a new run takes the agent version in force: a PUT takes effect for the next run, and a tenant never gets another\'s agent of the same id', { timeout: 60_000 }, async () => {
+    const agent = (system: string) => ({ system, model: { provider: 'scripted', steps: [{ text: 'hi' }] }, tools: [] });
+    const snapshotOf = async (key: string) => {
+      const created = await stack.api(key, 'POST', '/v1/runs', { agentId: 'greeter', input: 'hello' });
+      expect(created.status, JSON.stringify(created.body)).toBe(201);
+      const [first] = await readRunTransitions(stack.db, created.body.runId);
+      const { tenantId, version, system } = first!.state.agentSnapshot;
+      return { tenantId, version, system };
+    };
+    expect((await stack.api(testKeys.a, 'PUT', '/v1/agents/greeter', agent('a, first'))).status).toBe(200);
+    expect(await snapshotOf(testKeys.a)).toEqual({ tenantId: 'tenant-a', version: 1, system: 'a, first' });
+    // The gateway has version 1 cached now; the PUT's version 2 is what the next run gets.
+    expect((await stack.api(testKeys.a, 'PUT', '/v1/agents/greeter', agent('a, second'))).body.version).toBe(2);
+    expect(await snapshotOf(testKeys.a)).toEqual({ tenantId: 'tenant-a', version: 2, system: 'a, second' });
+    // Another tenant's agent of the same id: its own, before and after it exists.
+    const missing = await stack.api(testKeys.b, 'POST', '/v1/runs', { agentId: 'greeter', input: 'hello' });
+    expect([missing.status, missing.body.error.code]).toEqual([404, 'agent_not_found']);
+    expect((await stack.api(testKeys.b, 'PUT', '/v1/agents/greeter', agent('b, first'))).status).toBe(200);
+    expect(await snapshotOf(testKeys.b)).toEqual({ tenantId: 'tenant-b', version: 1, system: 'b, first' });
+    expect(await snapshotOf(testKeys.a)).toEqual({ tenantId: 'tenant-a', version: 2, system: 'a, second' });
+  });
 });

@@ -112,6 +112,20 @@ describe('run store: transitions as deltas', () => {
     expect(latest!.transition.state).toEqual(stateAt(300));
   });
 
+  it('loads a new run\'s version 1 with one read and the probe of version 2, never the read model; null once version 2 exists or without version 1', async () => {
+    const { runs, runTransitions, store } = harness();
+    expect(await store.loadFirstIfLatest('run_1')).toBeNull();
+    await store.insertTransition(transitionOf(stateAt(1), 1));
+    runTransitions.reads.length = 0;
+    const first = await store.loadFirstIfLatest('run_1');
+    expect(first).toMatchObject({ _id: 'run_1:1', version: 1, published: false });
+    expect(first!.state).toEqual(stateAt(1));
+    expect([...runTransitions.reads].sort()).toEqual(['run_1:1', 'run_1:2']);
+    expect(runs.reads).toEqual([]);
+    await store.commit(transitionOf(stateAt(2), 2), stateAt(1));
+    expect(await store.loadFirstIfLatest('run_1')).toBeNull();
+  });
+
   it('loses a commit race without leaving anything, and loads transitions older code stored whole', async () => {
     const { runTransitions, store } = harness();
     // Versions 1..3 as older code wrote them: the whole state in each.

@@ -256,6 +256,20 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
+     * Version 1 of a run if it is the run's latest (a new run's first load, for its `start`):
+     * `<runId>:1` and a probe of `<runId>:2` by `_id`, both at once, instead of the read model,
+     * then version 1, then the probe, in series. Null when version 1 is missing (a run that does
+     * not exist, or was pruned) or version 2 exists: the caller then loads with `loadLatest`.
+     * The read model is not read, so its `published` is false (the stored flag): the caller
+     * knows better (the `start` arriving proves version 1's one message went out).
+     */
+    async loadFirstIfLatest(runId: string): Promise<TransitionDocument | null> {
+      const [first, second] = await Promise.all([loadStored(runId, 1), runTransitions.findOne({ _id: transitionId(runId, 2) }, { projection: { _id: 1 } })]);
+      if (!first || second) return null;
+      return fromStoredTransition(first, null);
+    },
+
+    /**
      * The exact latest transition of a run, rolled forward past the read model by `_id`
      * (`<runId>:<v+1>`, `+2`, …), with the read model's `lastSeq`; null if the run does not exist.
      * Its `published` says whether the read model records its outbox as published (a later

@@ -75,11 +75,21 @@ describe('write batcher (group commit)', () => {
     expect(held.documents.get('a')).toEqual({ _id: 'a', body: 2 });
   });
 
+  it('sends the writes issued in one synchronous turn together, and at once', async () => {
+    const held = heldCollection();
+    const batcher = createWriteBatcher(held.collection);
+    const writes = [batcher.insert({ _id: 'lock', body: 1 }), batcher.insert({ _id: 'slot', body: 1 })];
+    await held.releaseNext();
+    expect(await Promise.all(writes)).toEqual(['ok', 'ok']);
+    expect(held.calls.map((call) => call.length)).toEqual([2]);
+  });
+
   it('gives each write its own outcome: a duplicate decides only its race, a bad write fails only itself', async () => {
     const held = heldCollection();
     const batcher = createWriteBatcher(held.collection);
     held.documents.set('taken', { _id: 'taken' });
     const blocker = batcher.insert({ _id: 'first', body: 1 });
+    await new Promise((resolve) => setImmediate(resolve)); // `first` goes out alone (nothing is in flight)
     const results = [batcher.insert({ _id: 'taken', body: 1 }), batcher.insert({ _id: 'free', body: 1 }), batcher.insert({ _id: 'bad', body: 'poison' })].map((promise) =>
       promise.then(
         (value) => value,
@@ -97,6 +107,7 @@ describe('write batcher (group commit)', () => {
     const held = heldCollection();
     const batcher = createWriteBatcher(held.collection);
     const blocker = batcher.insert({ _id: 'other', body: 0 });
+    await new Promise((resolve) => setImmediate(resolve)); // `other` goes out alone (nothing is in flight)
     const writes = [batcher.replace({ _id: 'deadline:r', dueAt: 1 }, { upsert: true }), batcher.delete('deadline:r'), batcher.replace({ _id: 'deadline:r', dueAt: 2 }, { upsert: true })];
     for (let index = 0; index < 4; index += 1) await held.releaseNext();
     await Promise.all([blocker, ...writes]);
@@ -108,6 +119,7 @@ describe('write batcher (group commit)', () => {
     const held = heldCollection();
     const batcher = createWriteBatcher(held.collection);
     const blocker = batcher.insert({ _id: 'first', body: 1 });
+    await new Promise((resolve) => setImmediate(resolve)); // `first` goes out alone (nothing is in flight)
     const failed = [batcher.insert({ _id: 'a', body: 1 }), batcher.insert({ _id: 'b', body: 1 })].map((promise) => promise.catch((error: Error) => error.message));
     await held.releaseNext();
     expect(await blocker).toBe('ok');

@@ -87,10 +87,18 @@ export function createWriteBatcher<T extends Document & { _id: string }>(collect
     });
   }
 
+  let flushQueued = false;
   function enqueue(id: string, operation: Pending['operation']): Promise<BatchedWriteResult> {
     return new Promise<BatchedWriteResult>((resolve, reject) => {
       queue.push({ id, operation, resolve, reject });
-      void flush();
+      // On a microtask, not a timer: the writes a caller issues in one synchronous turn (a run
+      // creation's conversation lock and active-run slot) go out together, not one then the other.
+      if (flushQueued) return;
+      flushQueued = true;
+      queueMicrotask(() => {
+        flushQueued = false;
+        void flush();
+      });
     });
   }
 

@@ -1,5 +1,6 @@
 import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
+import { createAgentCache, type AgentCacheOptions } from './agent-cache.ts';
 import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
 export const agentDocumentId = (tenantId: string, agentId: string) => `${tenantId}:${agentId}`;
@@ -15,8 +16,9 @@ function toAgent(document: Record<string, unknown>): Agent {
  * The gateway's MongoDB access (DESIGN §3). Races are decided by inserts; every hot path goes by
  * `_id`; reads roll forward past a lagging `agents` / `runs` document.
  */
-export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore }): GatewayStore {
+export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore; agentCache?: AgentCacheOptions }): GatewayStore {
   const { db, collections, runStore } = options;
+  const agentCache = createAgentCache(options.agentCache);
 
   /**
    * A read-model document's summary rolled forward through `run_transitions` by `_id` (stored
@@ -38,16 +40,38 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     };
   }
 
+  /** The agent in force, read whole: `agents`, rolled forward through `agent_versions`. */
+  async function readAgent(tenantId: string, agentId: string): Promise<Agent | null> {
+    const current = await collections.agents.findOne({ _id: agentDocumentId(tenantId, agentId) });
+    let agent = current ? toAgent(current) : null;
+    // `agents` may lag behind `agent_versions` (a writer died between the two writes, or a slower one lost).
+    for (let probe = (agent?.version ?? 0) + 1; ; probe += 1) {
+      const next = await collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, probe) });
+      if (!next) break;
+      agent = toAgent(next);
+    }
+    return agent;
+  }
+
   return {
+    /**
+     * The agent in force. With a version of it cached, reads only `agents`' `version` and probes
+     * `agent_versions` for the version after the cached one, both at once: when `agents` names
+     * the cached version and no later one exists, the cached copy is that immutable version.
+     * Both reads start after the call does, so a PUT answered before it (its version in
+     * `agents`) or half-written (in `agent_versions` only) is seen, as by the whole read.
+     */
     async findAgent(tenantId, agentId) {
-      const current = await collections.agents.findOne({ _id: agentDocumentId(tenantId, agentId) });
-      let agent = current ? toAgent(current) : null;
-      // `agents` may lag behind `agent_versions` (a writer died between the two writes, or a slower one lost).
-      for (let probe = (agent?.version ?? 0) + 1; ; probe += 1) {
-        const next = await collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, probe) });
-        if (!next) break;
-        agent = toAgent(next);
+      const cached = agentCache.latest(tenantId, agentId);
+      if (cached) {
+        const [current, next] = await Promise.all([
+          collections.agents.findOne({ _id: agentDocumentId(tenantId, agentId) }, { projection: { version: 1 } }),
+          collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, cached.version + 1) }, { projection: { _id: 1 } }),
+        ]);
+        if (current?.version === cached.version && !next) return structuredClone(cached);
       }
+      const agent = await readAgent(tenantId, agentId);
+      if (agent) agentCache.remember(agent);
       return agent;
     },
 
@@ -64,13 +88,16 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     async writeAgent(agent) {
       const _id = agentDocumentId(agent.tenantId, agent.agentId);
       const replaced = await collections.agents.replaceOne({ _id, version: { $lt: agent.version } }, encodeStoredKeys({ _id, ...agent }));
-      if (replaced.matchedCount > 0) return;
-      try {
-        await collections.agents.insertOne(encodeStoredKeys({ _id, ...agent }));
-      } catch (error) {
-        // A newer version is in place already: readers roll forward anyway.
-        if (!isDuplicateKeyError(error)) throw error;
+      if (replaced.matchedCount === 0) {
+        try {
+          await collections.agents.insertOne(encodeStoredKeys({ _id, ...agent }));
+        } catch (error) {
+          // A newer version is in place already: readers roll forward anyway.
+          if (!isDuplicateKeyError(error)) throw error;
+        }
       }
+      // This version is in `agent_versions` for good: the next creation reads only `agents`' version.
+      agentCache.remember(agent);
     },
 
     loadRun,

@@ -63,6 +63,8 @@ export function createNatsEventSource(options: { js: JetStreamClient; jsm: JetSt
       }, heartbeatMs);
       const stop = () => messages.stop();
       signal.addEventListener('abort', stop, { once: true });
+      // Aborted while the consumer was being created: the listener above will never fire.
+      if (signal.aborted) stop();
       try {
         for await (const message of messages) {
           alive();

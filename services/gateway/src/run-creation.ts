@@ -97,20 +97,23 @@ export function initialRunState(fields: {
 
 /**
  * Creating a run (DESIGN §3, "a way that works"), shared by `POST /v1/runs` and the WebSocket
- * `run.create` frame. Every crash window ends in a run that completes or in nothing visible:
- * - before the lock: nothing was written;
- * - after the lock, before the transition: a lock naming a run that does not exist, freed by
- *   the 30-s rule (or taken by a retry with the same Idempotency-Key, whose runId it names);
- * - after the outbox work item (`run_work` `outbox:<runId>`, inserted before the transition),
- *   before the transition: the orchestrator's outbox sweeper finds no run and deletes the item
- *   a minute after it was due;
+ * `run.create` frame. The conversation lock and the tenant's active-run slot (issue 8: a lock
+ * like the conversation's) are inserted at once, then the outbox work item (`run_work`
+ * `outbox:<runId>`), then version 1. Every crash window ends in a run that completes or in
+ * nothing visible:
+ * - before the locks: nothing was written;
+ * - during or after them, before the transition: either lock or both name a run that does not
+ *   exist, freed by the 30-s rule (or taken by a retry with the same Idempotency-Key, whose runId
+ *   it names). A creation refused there (conversation busy, no free slot) gives the other back at
+ *   once;
+ * - after the work item, before the transition: the orchestrator's outbox sweeper finds no run
+ *   and deletes the item a minute after it was due;
  * - after the transition: the run exists; the orchestrator's outbox sweeper publishes its
  *   `start` from the work item after 5 s, and a retry with the same key republishes it at once;
  * - after publishing `start`, before deleting the work item: the sweeper finds the run's outbox
  *   published (or republishes it: `Nats-Msg-Id` drops the repeat) and deletes the item.
- * The active-run slot (issue 8) is a lock like the conversation's, taken after it, with the same
- * windows: a slot naming a run that never came to exist is free after 30 s; one whose run ended
- * is freed by the orchestrator's terminal outbox, or by the next creation that finds it.
+ * A slot whose run ended is freed by the orchestrator's terminal outbox, or by the next creation
+ * that finds it.
  */
 export function createRunCreator(deps: {
   store: GatewayStore;
@@ -140,20 +143,28 @@ export function createRunCreator(deps: {
     const transition = await store.loadTransition(runId, 1);
     if (!transition || transition.published) return;
     await store.writeReadModel(transition);
-    await publishStart(transition);
+    if (await publishStart(transition)) deleteOutboxItem(runId);
   }
 
-  async function publishStart(transition: TransitionDocument): Promise<void> {
+  /** Publishes a new run's `start`; false when it could not (the sweeper will, from the work item). */
+  async function publishStart(transition: TransitionDocument): Promise<boolean> {
     try {
       await deps.bus.publishOutbox(transition);
+      return true;
     } catch (error) {
       // The run is committed; the orchestrator's sweeper publishes the outbox from its work item after 5 s.
       logger.warn({ runId: transition.runId, err: error }, 'could not publish the start of a new run; the sweeper will');
-      return;
+      return false;
     }
-    // Off the answer's path: a crash (or failure) before it leaves the item to the sweeper, which finds the run started.
-    void store.deleteWork(workIds.outbox(transition.runId)).catch((error: unknown) => {
-      logger.warn({ runId: transition.runId, err: error }, 'could not delete the outbox work item of a new run; the sweeper will');
+  }
+
+  /**
+   * Deletes a started run's outbox work item, off the answer's path: a crash (or failure) before
+   * it leaves the item to the sweeper, which finds the run started.
+   */
+  function deleteOutboxItem(runId: string): void {
+    void store.deleteWork(workIds.outbox(runId)).catch((error: unknown) => {
+      logger.warn({ runId, err: error }, 'could not delete the outbox work item of a new run; the sweeper will');
     });
   }
 
@@ -223,6 +234,20 @@ export function createRunCreator(deps: {
     }
   }
 
+  /**
+   * Gives back what a creation that will not commit took: the slot and the conversation lock, at
+   * once. `absent`: the run is known not to exist (a run id of this request's own, no transition
+   * insert sent); otherwise a read decides, as a retry with the same Idempotency-Key may have
+   * committed the run that holds them.
+   */
+  async function giveBack(runId: string, tenantId: string, conversationId: string, taken: { lock: boolean; runSlot: number | undefined }, absent: boolean): Promise<void> {
+    if (!absent && !(await runIsAbsent(runId))) return;
+    await Promise.all([
+      taken.runSlot === undefined ? undefined : releaseLock(lockIds.runSlot(tenantId, taken.runSlot), runId),
+      taken.lock ? releaseLock(conversationLockId(tenantId, conversationId), runId) : undefined,
+    ]);
+  }
+
   /** The conversation so far: the messages of its latest ended run. */
   async function conversationHistory(tenantId: string, conversationId: string): Promise<ModelMessage[]> {
     const runs = await store.conversationRuns(tenantId, conversationId, conversationLookback);
@@ -237,9 +262,11 @@ export function createRunCreator(deps: {
   return async function createRun(request: CreateRunRequest): Promise<CreateRunResult> {
     const { tenantId, body } = request;
     const requestHash = hashJson(body);
-    const runId = request.idempotencyKey === undefined ? newId('run') : runIdFromIdempotencyKey(tenantId, request.idempotencyKey);
+    // A run id of this request's own (no Idempotency-Key) is known to no other request.
+    const ownRunId = request.idempotencyKey === undefined;
+    const runId = ownRunId ? newId('run') : runIdFromIdempotencyKey(tenantId, request.idempotencyKey!);
 
-    if (request.idempotencyKey !== undefined) {
+    if (!ownRunId) {
       const existing = await store.loadRun(runId);
       if (existing) return answerExisting(existing, requestHash);
     }
@@ -250,14 +277,36 @@ export function createRunCreator(deps: {
 
     // Everything the client sent was validated by the route (stored-json keys and depth included):
     // nothing below refuses the body, so a refusal never holds the conversation.
-    await acquireLock(tenantId, conversationId, runId);
+    // The conversation lock (then its history) and the active-run slot at once (one `bulkWrite`:
+    // the same collection, issued in the same turn). The work item after both, not beside them:
+    // on FerretDB/SQLite two writes to different collections at once wait on each other's lock
+    // (measured: slower than in series), and a refusal then has no item to give back.
+    const taken: { lock: boolean; runSlot: number | undefined } = { lock: false, runSlot: undefined };
+    const parts = await Promise.allSettled([
+      acquireLock(tenantId, conversationId, runId).then(() => {
+        taken.lock = true;
+        // Read after taking the lock: no other run of the conversation is active, its history is final.
+        return body.conversationId === undefined ? [] : conversationHistory(tenantId, conversationId);
+      }),
+      acquireRunSlot(tenantId, runId).then((runSlot) => {
+        taken.runSlot = runSlot;
+      }),
+    ]);
+    const refused = parts.find((part) => part.status === 'rejected');
+    if (refused) {
+      // Nothing else was written; with a run id of its own (no Idempotency-Key, so no retry
+      // shares it) the run cannot exist, and what was taken is given back without a read.
+      await giveBack(runId, tenantId, conversationId, taken, ownRunId);
+      throw refused.reason;
+    }
+    const history = (parts[0] as PromiseFulfilledResult<ModelMessage[]>).value;
+    const { runSlot } = taken;
+
     let committed: boolean;
     let transition: TransitionDocument;
-    let runSlot: number | undefined;
     try {
-      runSlot = await acquireRunSlot(tenantId, runId);
-      // Read after taking the lock: no other run of the conversation is active, its history is final.
-      const history = body.conversationId === undefined ? [] : await conversationHistory(tenantId, conversationId);
+      // The work item first: once version 1 exists, something is sure to publish its `start`.
+      await store.insertWork({ _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(now().getTime() + outboxGraceMs).toISOString() });
       const at = now();
       const state = initialRunState({ runId, tenantId, agent, conversationId, history, body, requestHash, at: at.toISOString(), runSlot });
       transition = {
@@ -273,16 +322,12 @@ export function createRunCreator(deps: {
         // The request's span (HTTP or WebSocket frame) starts the run's trace (issue 10).
         ...traceparentField(),
       };
-      // The work item first: once version 1 exists, something is sure to publish its `start`.
-      await store.insertWork({ _id: workIds.outbox(runId), kind: 'outbox', runId, tenantId, dueAt: new Date(at.getTime() + outboxGraceMs).toISOString() });
       committed = await store.insertTransition(transition);
     } catch (error) {
       // Nothing committed (unless the insert's reply was lost): give the conversation and the slot
-      // back rather than hold them for 30 s.
-      if (await runIsAbsent(runId)) {
-        if (runSlot !== undefined) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
-        await releaseLock(conversationLockId(tenantId, conversationId), runId);
-      }
+      // back rather than hold them for 30 s. The work item stays: an insert whose reply was lost
+      // may still land, and its `start` needs the item; the sweeper deletes it if no run appears.
+      if (await runIsAbsent(runId)) await giveBack(runId, tenantId, conversationId, taken, true);
       throw error;
     }
 
@@ -294,12 +339,15 @@ export function createRunCreator(deps: {
       if (runSlot !== undefined && existing.state.runSlot !== runSlot) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
       return answerExisting(existing, requestHash);
     }
-    // Independent: the read model (for listings) and the start, in parallel.
+    // Independent: the read model (for listings) and the start, in parallel. The work item is
+    // deleted after both, not beside the read model: on FerretDB/SQLite two writes to different
+    // collections at once wait on each other's lock (measured: slower than the same two in series).
     const readModel = store.writeReadModel(transition).catch((error: unknown) => {
       // Readers roll forward from the transitions; the orchestrator rewrites the read model on its next commit.
       logger.warn({ runId, err: error }, 'could not write the read model of a new run');
     });
-    await Promise.all([readModel, publishStart(transition)]);
+    const [, started] = await Promise.all([readModel, publishStart(transition)]);
+    if (started) deleteOutboxItem(runId);
     logger.info({ runId, tenantId, conversationId, agentId: agent.agentId, agentVersion: agent.version }, 'run created');
     return { created: true, runId, status: 'queued', conversationId };
   };

@@ -1,7 +1,7 @@
 import { decodeJson, outboxEntryId, type ClientEvent } from '@abide/shared';
 import type { EventRelay } from './event-relay.ts';
 import { CursorExpiredError } from './http-errors.ts';
-import type { EventSource, GatewayStore } from './ports.ts';
+import type { EventSource, GatewayStore, LoadedRun } from './ports.ts';
 import { loadTenantRun } from './run-access.ts';
 import { isEnded, summaryOf, toRunView } from './run-views.ts';
 
@@ -11,6 +11,12 @@ export type OpenRunEventsRequest = {
   /** The `seq` of the last event the client holds; undefined = from the run's first event. */
   after: number | undefined;
   signal: AbortSignal;
+  /**
+   * The run was created by this request a moment ago (`createRun` answered `created: true`): it
+   * exists, is the tenant's and is young, so the reader starts at once and the checks run
+   * beside it (`followCreated`). Only with `after` undefined.
+   */
+  created?: boolean;
 };
 
 /**
@@ -51,14 +57,48 @@ export function createRunEventsOpener(deps: { store: GatewayStore; events: Event
     }
   }
 
-  return async function openRunEvents(request: OpenRunEventsRequest): Promise<AsyncGenerator<ClientEvent, void, undefined> | null> {
-    const { tenantId, runId, after, signal } = request;
-    const run = await loadTenantRun(deps.store, tenantId, runId);
-    const firstSequence = await deps.events.firstSequence();
+  /** The run, unless the client's cursor is older than the stream keeps (410 `cursor_expired`) or the run is missing or another tenant's (404). */
+  async function loadUnexpired(tenantId: string, runId: string, after: number | undefined): Promise<LoadedRun> {
+    const [run, firstSequence] = await Promise.all([loadTenantRun(deps.store, tenantId, runId), deps.events.firstSequence()]);
     if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence) {
       const aged = Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs;
       if (aged || (await firstEventEvicted(runId, run))) throw new CursorExpiredError(toRunView(summaryOf(run)));
     }
+    return run;
+  }
+
+  /**
+   * A run this request has just created, from its first event: the reader (an ordered consumer)
+   * is started at once and the usual checks run while it starts; nothing is forwarded before
+   * they pass (a refusal stops the reader). The run follows to its terminal event like any
+   * other that had not ended when the subscription started.
+   */
+  async function* followCreated(request: OpenRunEventsRequest): AsyncGenerator<ClientEvent, void, undefined> {
+    const reading = new AbortController();
+    const stop = () => reading.abort();
+    request.signal.addEventListener('abort', stop, { once: true });
+    const events = deps.relay.follow(request.runId, { after: undefined, signal: reading.signal });
+    // Converted, not dropped: a reader failure is rethrown below, once the checks have passed.
+    const first = events.next().then((result) => ({ result }), (error: unknown) => ({ error }));
+    try {
+      await loadUnexpired(request.tenantId, request.runId, undefined);
+      const started = await first;
+      if ('error' in started) throw started.error;
+      if (started.result.done) return;
+      yield started.result.value;
+      yield* events;
+    } finally {
+      request.signal.removeEventListener('abort', stop);
+      // Ends a reader still waiting for its first event, so that its consumer is removed.
+      reading.abort();
+      await events.return();
+    }
+  }
+
+  return async function openRunEvents(request: OpenRunEventsRequest): Promise<AsyncGenerator<ClientEvent, void, undefined> | null> {
+    const { tenantId, runId, after, signal } = request;
+    if (request.created && after === undefined) return followCreated(request);
+    const run = await loadUnexpired(tenantId, runId, after);
     if (!(isEnded(run) && run.published)) return deps.relay.follow(runId, { after, signal });
     // Ended, and its last events are stored: read ahead to the first event to send, so that a
     // client holding the terminal event already gets null (SSE: 204) rather than an empty stream.

@@ -34,6 +34,8 @@ function deferred() {
  */
 function harness(options: { holdReadModel?: number; retentionMs?: number } = {}) {
   const log: string[] = [];
+  /** Which cold load each `apply` used: `first` (version 1 and the probe of 2 at once) or `latest` (the read model, then roll forward). */
+  const loads: string[] = [];
   // Stored as `run_transitions` stores them (a delta after version 1), folded on every load.
   const transitions = new Map<string, StoredTransition>();
   const readModel: { version: number; publishedVersion: number }[] = [];
@@ -60,7 +62,14 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
     async exists(runId: string, version: number) {
       return transitions.has(`${runId}:${version}`);
     },
+    async loadFirstIfLatest(runId: string) {
+      loads.push('first');
+      const first = transitions.get(`${runId}:1`);
+      if (!first || transitions.has(`${runId}:2`)) return null;
+      return fromStoredTransition(structuredClone(first), null);
+    },
     async loadLatest(runId: string) {
+      loads.push('latest');
       const model = readModel.at(-1);
       const latest = loadAll(runId).at(-1);
       if (!latest) return null;
@@ -99,7 +108,7 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
   const collections = { writes: { conversationLocks: { delete: async () => 'ok' } } };
   const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
   const make = () => createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now, retentionMs: options.retentionMs });
-  return { log, transitions, readModel, deadlines, hold, make };
+  return { log, loads, transitions, readModel, deadlines, hold, make };
 }
 
 describe('run processor: one write on a step critical path (issue 9)', () => {
@@ -142,6 +151,22 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
       { version: 3, publishedVersion: 3 },
     ]);
     expect(h.deadlines.has('run_1')).toBe(false); // a finished run leaves no deadline item
+  });
+
+  it('loads a new run for its start with version 1 and the probe of version 2 alone; a redelivered start finds version 2 and loads the latest', async () => {
+    const h = harness();
+    expect(await h.make().apply('run_1', 't1', { type: 'start' }, 'run_1:1:0')).toEqual({ kind: 'committed', version: 2 });
+    expect(h.loads).toEqual(['first']);
+    // Another process (or this one after a restart) gets the start again: version 2 exists, so
+    // version 1 is not the latest; the input is found applied.
+    h.loads.length = 0;
+    expect(await h.make().apply('run_1', 't1', { type: 'start' }, 'run_1:1:0')).toEqual({ kind: 'ignored', reason: 'input already applied' });
+    expect(h.loads).toEqual(['first', 'latest']);
+    expect(h.transitions.has('run_1:3')).toBe(false);
+    // Any other input of a run this process has not seen loads the latest directly.
+    h.loads.length = 0;
+    await h.make().apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    expect(h.loads).toEqual(['latest']);
   });
 
   it('a redelivered input whose transition was committed but not published publishes it, writes the read model, and is acked', async () => {

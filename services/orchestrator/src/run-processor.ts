@@ -95,9 +95,15 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    * reloaded, so a stale cache can cost a retry but never a wrong commit. An input ignored
    * against an unverified cache is re-checked against the exact latest state before it is acked.
    */
-  async function loadForApply(runId: string, verified: boolean) {
+  async function loadForApply(runId: string, verified: boolean, cause: string) {
     const cached = cache.get(runId);
     if (cached && !verified) return { ...cached, verified: false };
+    if (!cached && cause === outboxEntryId(runId, 1, 0)) {
+      // A run's `start`, its first input: version 1 and the probe for version 2 at once (the
+      // read model holds nothing more: its `lastSeq` is null until an event is published).
+      const first = await store.loadFirstIfLatest(runId);
+      if (first) return { transition: first, lastSeq: null, verified: true };
+    }
     const latest = await loadLatest(runId);
     return latest ? { ...latest, verified: true } : null;
   }
@@ -208,7 +214,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string, spans: TransitionSpans): Promise<ApplyOutcome> {
     let verified = false;
     for (let attempt = 0; attempt <= maxConflictRetries; attempt += 1) {
-      const latest = await loadForApply(runId, verified);
+      const latest = await loadForApply(runId, verified, cause);
       if (!latest) return { kind: 'unknown_run' };
       let { transition: current, lastSeq } = latest;
       if (tenantId !== undefined && current.tenantId !== tenantId) return { kind: 'unknown_run' };

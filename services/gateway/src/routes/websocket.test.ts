@@ -153,6 +153,33 @@ describe('WebSocket /v1/ws', () => {
     client.socket.terminate();
   });
 
+  it('starts reading a run it created while the run is still being checked, and forwards nothing when the check refuses it', async () => {
+    // Older runs' events were discarded: the stream's first sequence is past a new reader's cursor.
+    for (const index of [1, 2, 3]) t.events.emit('run_older', 't1', `run_older:${index}:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'o' });
+    t.events.expireBefore(3);
+    let releaseLoad!: () => void;
+    const loadHeld = new Promise<void>((resolve) => (releaseLoad = resolve));
+    const loadRun = t.memory.store.loadRun;
+    t.memory.store.loadRun = async (id) => {
+      await loadHeld;
+      return loadRun(id);
+    };
+    const client = await connect();
+    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
+    const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
+    // The reader is open although the run's load has not answered.
+    await expect.poll(() => t.events.openReaders).toBe(1);
+    // The run's first event is published, then discarded by the size limit before the check ends.
+    t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    t.memory.advance(createdRunId, (state) => void (state.status = 'running'));
+    t.events.expireBefore(5);
+    releaseLoad();
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ runId: createdRunId, code: 'cursor_expired' });
+    await expect.poll(() => t.events.openReaders).toBe(0);
+    expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
+    client.socket.terminate();
+  });
+
   it('cancels and decides approvals with acks, and errors with the HTTP codes', async () => {
     const client = await connect();
     client.send({ type: 'cancel', requestId: 'c1', runId, reason: 'stop' });

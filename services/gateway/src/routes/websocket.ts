@@ -129,9 +129,10 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
 
   /**
    * Opens the run's events and returns once they are open (or refused); the events then stream
-   * on their own until the run ends, the client unsubscribes or the socket closes.
+   * on their own until the run ends, the client unsubscribes or the socket closes. `created`:
+   * the run was created by this socket's `run.create` a moment ago (`openRunEvents`' `created`).
    */
-  async function subscribe(runId: string, after: number | undefined): Promise<void> {
+  async function subscribe(runId: string, after: number | undefined, created = false): Promise<void> {
     if (!subscriptions.has(runId) && subscriptions.size >= context.streaming.maxSubscriptionsPerSocket) {
       throw new ApiError('rate_limited', `at most ${context.streaming.maxSubscriptionsPerSocket} subscriptions per connection`);
     }
@@ -149,7 +150,7 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
     const isCurrent = () => subscriptions.get(runId) === subscription;
     let events: RunEvents | null = null;
     try {
-      events = await context.services().openRunEvents({ tenantId: caller.tenantId, runId, after, signal: controller.signal });
+      events = await context.services().openRunEvents({ tenantId: caller.tenantId, runId, after, signal: controller.signal, created });
     } catch (error) {
       if (!controller.signal.aborted) sendError(error, { runId });
     }
@@ -198,7 +199,7 @@ function handleConnection(socket: WebSocket, request: FastifyRequest, caller: Ca
         const body = parseOr400(createRunBodySchema, fields, 'frame');
         const result = await services().createRun({ tenantId: caller.tenantId, body, idempotencyKey, requestId: `${request.id}:${requestId}` });
         send({ type: 'run.created', requestId, runId: result.runId, status: result.status, conversationId: result.conversationId });
-        await subscribe(result.runId, undefined);
+        await subscribe(result.runId, undefined, result.created);
         return;
       }
       case 'cancel':

@@ -1,0 +1,119 @@
+import { describe, expect, it } from 'vitest';
+import { ApiError, createLogger, runIdFromIdempotencyKey, type Agent } from '@abide/shared';
+import type { GatewayStore } from './ports.ts';
+import { createRunCreator } from './run-creation.ts';
+import { createFakeBus, createMemoryStore } from './testing/fakes.ts';
+
+const at = new Date('2030-01-01T00:00:00.000Z');
+const agent = {
+  tenantId: 't1',
+  agentId: 'helper',
+  version: 1,
+  model: { provider: 'scripted', steps: [{ text: 'hello' }] },
+  tools: [],
+  maxSteps: 10,
+  limits: {},
+  createdAt: at.toISOString(),
+  updatedAt: at.toISOString(),
+} as unknown as Agent;
+
+const isSlot = (lockId: string) => lockId.includes('/active-run/');
+
+/**
+ * A creator over the memory store, each store call recorded as `<method> <id>` when it starts
+ * and `<method> <id> done` when it ends; `override` replaces store methods.
+ */
+function harness(options: { maxActiveRuns?: number; override?: (store: GatewayStore) => Partial<GatewayStore> } = {}) {
+  const memory = createMemoryStore();
+  memory.agents.set('t1:helper', agent);
+  const calls: string[] = [];
+  const base = { ...memory.store, ...options.override?.(memory.store) };
+  const traced = <Args extends unknown[], Result>(method: string, idOf: (...args: Args) => string, call: (...args: Args) => Promise<Result>) =>
+    async (...args: Args) => {
+      calls.push(`${method} ${idOf(...args)}`);
+      const result = await call(...args);
+      calls.push(`${method} ${idOf(...args)} done`);
+      return result;
+    };
+  const store: GatewayStore = {
+    ...base,
+    insertLock: traced('insertLock', (lock) => lock._id, base.insertLock),
+    insertWork: traced('insertWork', (item) => item._id, base.insertWork),
+    insertTransition: traced('insertTransition', (transition) => transition._id, base.insertTransition),
+  };
+  const bus = createFakeBus();
+  const createRun = createRunCreator({ store, bus: bus.bus, logger: createLogger('gateway-test', 'silent'), maxActiveRuns: options.maxActiveRuns, now: () => at, random: () => 0 });
+  const request = (fields: { conversationId?: string; idempotencyKey?: string } = {}) =>
+    createRun({
+      tenantId: 't1',
+      body: { agentId: 'helper', input: 'hi', ...(fields.conversationId === undefined ? {} : { conversationId: fields.conversationId }) },
+      idempotencyKey: fields.idempotencyKey,
+      requestId: 'req_1',
+    });
+  return { memory, calls, bus, request };
+}
+
+describe('run creation: the conversation lock and the slot at once', () => {
+  it('sends the conversation lock and the slot in one turn, the work item once both are held, version 1 after it', async () => {
+    const h = harness({ maxActiveRuns: 2 });
+    const { runId } = await h.request({ conversationId: 'conv-1' });
+    const firstDone = h.calls.findIndex((call) => call.endsWith(' done'));
+    expect(h.calls.slice(0, firstDone).sort()).toEqual(['insertLock t1/active-run/0', 'insertLock t1:conv-1']);
+    const work = h.calls.indexOf(`insertWork outbox:${runId}`);
+    expect(h.calls.indexOf('insertLock t1:conv-1 done')).toBeLessThan(work);
+    expect(h.calls.indexOf('insertLock t1/active-run/0 done')).toBeLessThan(work);
+    expect(h.calls.indexOf(`insertTransition ${runId}:1`)).toBeGreaterThan(h.calls.indexOf(`insertWork outbox:${runId} done`));
+    expect(h.memory.transitions.get(`${runId}:1`)!.state.runSlot).toBe(0);
+  });
+
+  it('gives the conversation lock back when the slot insert fails, and writes no work item', async () => {
+    const h = harness({
+      maxActiveRuns: 2,
+      override: (store) => ({
+        async insertLock(lock) {
+          if (isSlot(lock._id)) throw new Error('the store is gone');
+          return store.insertLock(lock);
+        },
+      }),
+    });
+    await expect(h.request({ conversationId: 'conv-1' })).rejects.toThrow('the store is gone');
+    expect(h.memory.locks.size).toBe(0);
+    expect(h.memory.work.size).toBe(0);
+    expect(h.memory.transitions.size).toBe(0);
+  });
+
+  it('gives the slot back when the conversation is busy, and the lock when no slot is free', async () => {
+    const h = harness({ maxActiveRuns: 1 });
+    const first = await h.request({ conversationId: 'conv-1' });
+    // The conversation is busy: the slot (free here: none is held) is given back.
+    h.memory.locks.delete('t1/active-run/0');
+    const busy = h.request({ conversationId: 'conv-1' });
+    await expect(busy).rejects.toBeInstanceOf(ApiError);
+    await expect(busy).rejects.toMatchObject({ code: 'conversation_busy' });
+    expect([...h.memory.locks.keys()]).toEqual(['t1:conv-1']);
+    // No free slot: the lock of the other conversation is given back.
+    h.memory.locks.set('t1/active-run/0', { _id: 't1/active-run/0', runId: first.runId, at });
+    await expect(h.request({ conversationId: 'conv-2' })).rejects.toMatchObject({ code: 'rate_limited' });
+    expect([...h.memory.locks.keys()].sort()).toEqual(['t1/active-run/0', 't1:conv-1']);
+    expect([...h.memory.work.keys()]).toEqual([]);
+    expect(h.memory.transitions.size).toBe(1);
+  });
+
+  it('with an Idempotency-Key, a refused request gives its slot back once a read shows its run absent, and writes no work item', async () => {
+    const h = harness({ maxActiveRuns: 2 });
+    const runId = runIdFromIdempotencyKey('t1', 'order-1');
+    await h.request({ conversationId: 'conv-1', idempotencyKey: 'order-1' });
+    await expect(h.request({ conversationId: 'conv-1', idempotencyKey: 'order-2' })).rejects.toMatchObject({ code: 'conversation_busy' });
+    // Its slot was given back: only the first run's slot is held.
+    expect([...h.memory.locks.values()].filter((lock) => isSlot(lock._id)).map((lock) => lock.runId)).toEqual([runId]);
+    expect(h.memory.work.has(`outbox:${runIdFromIdempotencyKey('t1', 'order-2')}`)).toBe(false);
+  });
+
+  it('keeps the work item when the transition insert fails (its reply may be lost), and gives the locks back when the run is absent', async () => {
+    const h = harness({ maxActiveRuns: 2 });
+    h.memory.failNext('insertTransition', new Error('no reply'));
+    await expect(h.request({ conversationId: 'conv-1' })).rejects.toThrow('no reply');
+    expect(h.memory.locks.size).toBe(0);
+    expect(h.memory.work.size).toBe(1);
+  });
+});
