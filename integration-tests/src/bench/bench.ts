@@ -212,6 +212,11 @@ function emit(line: ScenarioLine): void {
   process.stdout.write(`${JSON.stringify(ordered)}\n`);
 }
 
+/** Each process's RSS (MiB) when the scenario started and at its own peak during it. */
+function rssByProcess(sampler: RssSampler): Record<string, { start: number | null; peak: number | null }> {
+  return Object.fromEntries([...sampler.peakByProcessMb].map(([name, peak]) => [name, { start: round(sampler.startByProcessMb.get(name) ?? 0, 1), peak: round(peak, 1) }]));
+}
+
 function timingFields(summary: LatencySummary) {
   return { p50_ms: round(summary.p50), p95_ms: round(summary.p95), p99_ms: round(summary.p99), mean_ms: round(summary.mean) };
 }
@@ -372,6 +377,7 @@ async function scenarioSequential(context: Context): Promise<void> {
     per_step_overhead_ms: round(overhead, 3),
     wall_s: round(result.wallS),
     peak_rss_mb: round(peak, 1),
+    rss_mb_by_process: rssByProcess(sampler),
     llm_ms: config.llmMs,
     tool_ms: config.toolMs,
     notes: [
@@ -422,6 +428,7 @@ async function scenarioThroughput(context: Context): Promise<void> {
     per_step_overhead_ms: null,
     wall_s: round(result.wallS),
     peak_rss_mb: round(peak, 1),
+    rss_mb_by_process: rssByProcess(sampler),
     llm_ms: config.llmMs,
     tool_ms: config.toolMs,
     notes: [...context.commonNotes, 'closed loop: each client (own socket and tenant) starts its next run when its previous one ends', 'per_step_overhead_ms is defined for sequential only', boundNote(result, config.tpRuns)].join('; '),

@@ -62,10 +62,14 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
-/** Samples the summed RSS of `processes` every `intervalMs`, keeping the peak. */
+/** Samples the summed RSS of `processes` every `intervalMs`, keeping the peak (of the sum, and of each process). */
 export class RssSampler {
   readonly processes: StackProcess[];
   peakMb = 0;
+  /** Each process's own peak in MiB, by name (the peaks need not coincide: their sum is ≥ `peakMb`). */
+  readonly peakByProcessMb = new Map<string, number>();
+  /** Each process's memory at the first sample (before the scenario's work), by name. */
+  readonly startByProcessMb = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
 
   constructor(processes: StackProcess[]) {
@@ -73,13 +77,21 @@ export class RssSampler {
   }
 
   sampleNow(): number {
-    const total = this.processes.reduce((sum, process) => sum + processMb(process), 0);
+    let total = 0;
+    for (const process of this.processes) {
+      const mb = processMb(process);
+      total += mb;
+      if (!this.startByProcessMb.has(process.name)) this.startByProcessMb.set(process.name, mb);
+      if (mb > (this.peakByProcessMb.get(process.name) ?? 0)) this.peakByProcessMb.set(process.name, mb);
+    }
     if (total > this.peakMb) this.peakMb = total;
     return total;
   }
 
   start(intervalMs = 500): void {
     this.peakMb = 0;
+    this.peakByProcessMb.clear();
+    this.startByProcessMb.clear();
     this.sampleNow();
     this.#timer = setInterval(() => this.sampleNow(), intervalMs);
   }
