@@ -12,7 +12,8 @@ import type { ServiceName } from './config.ts';
  * allows shrinks with the old-space limit), ~290 MB each at 50 runs in flight for a live heap
  * of ~45 MB.
  * - `--max-semi-space-size=4`: a young generation of at most 3 × 4 MB. At 2 MB the services
- *   spent ~20% more CPU per run in scavenges; at 4 MB as much as with V8's default, within noise.
+ *   spent ~10–20% more CPU per run (scavenging ten times as often); at 4 MB as much as with
+ *   V8's default, within the noise of the measurement.
  * - `--max-old-space-size`: what a service may hold, and below its Kubernetes memory limit
  *   (512 MiB; the llm-worker 1 GiB, since it holds up to `LLM_CONCURRENCY` model requests of up
  *   to `LLM_REQUEST_MAX_BYTES`). ~8× the live heap measured at 50 runs in flight, so far from an
