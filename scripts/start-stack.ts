@@ -21,7 +21,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, styleText } from 'node:util';
 import { prettyFactory } from 'pino-pretty';
-import { serviceEnvironment, type ServiceName } from '@abide/shared';
+import { serviceEnvironment, serviceNodeOptions, type ServiceName } from '@abide/shared';
 import { buildConsole } from '../console/build.ts';
 import { abidePaths, errorMessage, startServersFromEnv, type StartedServers } from './lib/servers.ts';
 
@@ -83,7 +83,8 @@ function superviseService(spec: ServiceSpec, stack: Stack): SupervisedService {
 
   function start(): void {
     restartTimer = undefined;
-    const spawned = spawn(process.execPath, [mainPath], {
+    // The service's heap flags, as the harness and the images give them (shared/src/node-options.ts).
+    const spawned = spawn(process.execPath, [...serviceNodeOptions[spec.name], mainPath], {
       cwd: abidePaths.repoRoot,
       env: serviceProcessEnvironment(spec),
       stdio: ['ignore', 'pipe', 'pipe'],

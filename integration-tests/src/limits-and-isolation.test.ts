@@ -10,7 +10,6 @@ import {
   consumers,
   createLogger,
   createRunStore,
-  getCollections,
   makeEnvelope,
   modelOutputLimits,
   provisionJetStream,
@@ -19,6 +18,7 @@ import {
   type JetStreamSettings,
   type TransitionDocument,
 } from '@abide/shared';
+import { getCollections } from '@abide/shared/mongo';
 import { startAuthNats, type AuthNats } from './deploy/auth-nats.ts';
 import { startHttpToolServer } from './harness/http-tool-server.ts';
 import { fullReplay, latestTransition, waitForPublishedLatest, waitForStatus, type ClientEvent } from './harness/run-checks.ts';

@@ -24,7 +24,7 @@
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
-import { Agent, buildConnector, fetch as undiciFetch } from 'undici';
+import type { Agent, fetch as undiciFetch } from 'undici';
 import { AbideError } from './errors.ts';
 
 export type EgressPort = number | '*' | undefined;
@@ -152,24 +152,37 @@ export function createEgressPolicy(options: EgressPolicyOptions): EgressPolicy {
     return chosen;
   }
 
-  const connector = buildConnector({ timeout: options.connectTimeoutMs ?? 10_000 });
-  const dispatcher = new Agent({
-    connect(connectOptions, callback) {
-      const protocol = connectOptions.protocol;
-      const port = Number(connectOptions.port) || (protocol === 'https:' ? 443 : 80);
-      resolveAddress(connectOptions.hostname, port, protocol).then(
-        // `host` keeps the name: TLS sends it as SNI and checks the certificate against it.
-        (address) => connector({ ...connectOptions, hostname: address }, callback),
-        (error: unknown) => callback(error as Error, null),
-      );
-    },
-  });
+  /**
+   * undici (its `Agent` with a checking connector, and its `fetch`) is loaded at the first call:
+   * a process that builds a policy it never uses (or none: the gateway and the orchestrator
+   * load this module for its rules) does not pay the ~10 MB the library costs (issue 9).
+   */
+  let client: Promise<{ dispatcher: Agent; fetch: typeof undiciFetch }> | undefined;
+  let closed = false;
+  const loadClient = () =>
+    (client ??= import('undici').then(({ Agent, buildConnector, fetch }) => {
+      const connector = buildConnector({ timeout: options.connectTimeoutMs ?? 10_000 });
+      const dispatcher = new Agent({
+        connect(connectOptions, callback) {
+          const protocol = connectOptions.protocol;
+          const port = Number(connectOptions.port) || (protocol === 'https:' ? 443 : 80);
+          resolveAddress(connectOptions.hostname, port, protocol).then(
+            // `host` keeps the name: TLS sends it as SNI and checks the certificate against it.
+            (address) => connector({ ...connectOptions, hostname: address }, callback),
+            (error: unknown) => callback(error as Error, null),
+          );
+        },
+      });
+      return { dispatcher, fetch };
+    }));
 
   const checkedFetch = (async (input: string | URL | Request, init?: RequestInit) => {
     const url = typeof input === 'string' || input instanceof URL ? input : input.url;
     assertUrlAllowed(url);
+    if (closed) throw new Error(`the ${options.variable} egress policy is closed`);
+    const { dispatcher, fetch } = await loadClient();
     const request = { ...(init ?? {}), redirect: 'manual', dispatcher } as Parameters<typeof undiciFetch>[1];
-    return undiciFetch(url, request);
+    return fetch(url, request);
   }) as unknown as typeof globalThis.fetch;
 
   return {
@@ -177,7 +190,10 @@ export function createEgressPolicy(options: EgressPolicyOptions): EgressPolicy {
     assertUrlAllowed,
     resolveAddress,
     fetch: checkedFetch,
-    close: () => dispatcher.close(),
+    async close() {
+      closed = true;
+      if (client) await (await client).dispatcher.close();
+    },
   };
 }
 

@@ -7,7 +7,6 @@ export * from './consumer.ts';
 export * from './consumer-supervisor.ts';
 export * from './consumer-metrics.ts';
 export * from './crash-points.ts';
-export * from './dependency-errors.ts';
 export * from './durations.ts';
 export * from './egress.ts';
 export * from './envelope.ts';
@@ -22,8 +21,12 @@ export * from './logger.ts';
 export * from './messages.ts';
 export * from './metrics.ts';
 export * from './model-messages.ts';
-export * from './mongo.ts';
+// The MongoDB driver is loaded only by the services that use it: its helpers are `@abide/shared/mongo`
+// (`mongo-index.ts`); here only their types, which erase to nothing.
+export type { Collections, MongoWriteConcern } from './mongo.ts';
+export type { BatchedWriteResult, WriteBatcher } from './write-batcher.ts';
 export * from './names.ts';
+export * from './node-options.ts';
 export * from './operations-api.ts';
 export * from './outbox.ts';
 export * from './outbox-publisher.ts';
@@ -38,6 +41,5 @@ export * from './stored-json.ts';
 export * from './tenant-secrets.ts';
 export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
-export * from './write-batcher.ts';
 export * from './mcp.ts';
 export * from './tracing.ts';

@@ -3,7 +3,11 @@
  * fsync count per run) and issue 3's approvals scenario (1,000 runs suspended at once: the
  * orchestrator's memory and CPU while they wait, and approval → tool call latency).
  *
- * One JSON line per scenario on stdout; progress and diagnostics on stderr. It asserts nothing
+ * One JSON line per scenario on stdout; progress and diagnostics on stderr. Memory: `peak_rss_mb`
+ * is the peak of the processes' summed VmRSS (sampled every 500 ms), as the peers are measured;
+ * `peak_pss_mb` the peak of their summed Pss (pages shared between processes, such as the Node
+ * binary the four services map, counted once); `rss_mb_by_process` each one's RSS at the start
+ * and at its own peak. It asserts nothing
  * about speed and is not part of `npm test`. Every scenario runs on a fresh stack (servers with
  * empty data, one replica of each service). Every process it starts is stopped at the end, on
  * an error, and on Ctrl-C / SIGTERM.
@@ -212,6 +216,11 @@ function emit(line: ScenarioLine): void {
   process.stdout.write(`${JSON.stringify(ordered)}\n`);
 }
 
+/** Each process's RSS (MiB) when the scenario started and at its own peak during it. */
+function rssByProcess(sampler: RssSampler): Record<string, { start: number | null; peak: number | null }> {
+  return Object.fromEntries([...sampler.peakByProcessMb].map(([name, peak]) => [name, { start: round(sampler.startByProcessMb.get(name) ?? 0, 1), peak: round(peak, 1) }]));
+}
+
 function timingFields(summary: LatencySummary) {
   return { p50_ms: round(summary.p50), p95_ms: round(summary.p95), p99_ms: round(summary.p99), mean_ms: round(summary.mean) };
 }
@@ -372,6 +381,8 @@ async function scenarioSequential(context: Context): Promise<void> {
     per_step_overhead_ms: round(overhead, 3),
     wall_s: round(result.wallS),
     peak_rss_mb: round(peak, 1),
+    peak_pss_mb: round(sampler.peakPssMb, 1),
+    rss_mb_by_process: rssByProcess(sampler),
     llm_ms: config.llmMs,
     tool_ms: config.toolMs,
     notes: [
@@ -422,6 +433,8 @@ async function scenarioThroughput(context: Context): Promise<void> {
     per_step_overhead_ms: null,
     wall_s: round(result.wallS),
     peak_rss_mb: round(peak, 1),
+    peak_pss_mb: round(sampler.peakPssMb, 1),
+    rss_mb_by_process: rssByProcess(sampler),
     llm_ms: config.llmMs,
     tool_ms: config.toolMs,
     notes: [...context.commonNotes, 'closed loop: each client (own socket and tenant) starts its next run when its previous one ends', 'per_step_overhead_ms is defined for sequential only', boundNote(result, config.tpRuns)].join('; '),

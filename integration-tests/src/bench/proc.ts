@@ -27,6 +27,16 @@ export function rssMb(pid: number): number {
   }
 }
 
+/** Pss (proportional set size) of `pid` alone in MiB (0 when gone): pages shared with other processes count by their share. */
+export function pssMb(pid: number): number {
+  try {
+    const match = /^Pss:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+    return match ? Number(match[1]) / 1024 : 0;
+  } catch {
+    return 0; // exited
+  }
+}
+
 /** Pss of `pid` and all its descendants in MiB (0 when gone). */
 export function treePssMb(pid: number): number {
   let totalKb = 0;
@@ -62,10 +72,19 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
-/** Samples the summed RSS of `processes` every `intervalMs`, keeping the peak. */
+/** Samples the summed RSS of `processes` every `intervalMs`, keeping the peak (of the sum, and of each process). */
 export class RssSampler {
   readonly processes: StackProcess[];
   peakMb = 0;
+  /**
+   * The peak of the summed Pss: the processes' shared pages (above all the Node binary the four
+   * services map, ~50 MiB each in RSS) counted once, so what the stack takes from the machine.
+   */
+  peakPssMb = 0;
+  /** Each process's own peak in MiB, by name (the peaks need not coincide: their sum is ≥ `peakMb`). */
+  readonly peakByProcessMb = new Map<string, number>();
+  /** Each process's memory at the first sample (before the scenario's work), by name. */
+  readonly startByProcessMb = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
 
   constructor(processes: StackProcess[]) {
@@ -73,13 +92,25 @@ export class RssSampler {
   }
 
   sampleNow(): number {
-    const total = this.processes.reduce((sum, process) => sum + processMb(process), 0);
+    let total = 0;
+    let pss = 0;
+    for (const process of this.processes) {
+      const mb = processMb(process);
+      total += mb;
+      pss += process.tree ? mb : pssMb(process.pid);
+      if (!this.startByProcessMb.has(process.name)) this.startByProcessMb.set(process.name, mb);
+      if (mb > (this.peakByProcessMb.get(process.name) ?? 0)) this.peakByProcessMb.set(process.name, mb);
+    }
     if (total > this.peakMb) this.peakMb = total;
+    if (pss > this.peakPssMb) this.peakPssMb = pss;
     return total;
   }
 
   start(intervalMs = 500): void {
     this.peakMb = 0;
+    this.peakPssMb = 0;
+    this.peakByProcessMb.clear();
+    this.startByProcessMb.clear();
     this.sampleNow();
     this.#timer = setInterval(() => this.sampleNow(), intervalMs);
   }

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
+import { serviceNodeOptions } from '@abide/shared';
 
 export type ServiceName = 'gateway' | 'orchestrator' | 'llm-worker' | 'tool-worker';
 
@@ -53,7 +54,8 @@ export class ServiceProcess {
       if (value === undefined) delete env[name];
       else env[name] = value;
     }
-    const child = spawn(process.execPath, [join(repoRoot, 'services', this.name, 'src', 'main.ts')], {
+    // The service's heap flags, as `npm start` and the images give them (shared/src/node-options.ts).
+    const child = spawn(process.execPath, [...serviceNodeOptions[this.name], join(repoRoot, 'services', this.name, 'src', 'main.ts')], {
       cwd: repoRoot,
       env,
       stdio: ['ignore', 'pipe', 'pipe'],

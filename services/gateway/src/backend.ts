@@ -3,10 +3,7 @@ import {
   buckets,
   createTenantLeases,
   connectNats,
-  createMongoClient,
   createRunStore,
-  ensureIndexes,
-  getCollections,
   provisionJetStream,
   streams,
   type JetStreamManager,
@@ -14,6 +11,7 @@ import {
   type NatsConnection,
   retryWithBackoff,
 } from '@abide/shared';
+import { createMongoClient, ensureIndexes, getCollections } from '@abide/shared/mongo';
 import type { MongoClient } from 'mongodb';
 import type { GatewayConfig } from './config.ts';
 import { createMongoStore } from './mongo-store.ts';

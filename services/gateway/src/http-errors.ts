@@ -1,4 +1,5 @@
-import { ApiError, isDependencyUnavailable, type PublicErrorCode, type RunView } from '@abide/shared';
+import { ApiError, type PublicErrorCode, type RunView } from '@abide/shared';
+import { isDependencyUnavailable } from '@abide/shared/mongo';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import type { z } from 'zod';
 import { describeIssues } from './validation.ts';

@@ -11,11 +11,8 @@ import {
   createLogger,
   createMetrics,
   watchConsumerBacklog,
-  createMongoClient,
   createRunStore,
-  ensureIndexes,
   exitOnStartupError,
-  getCollections,
   installShutdown,
   jetStreamCheck,
   maxDeliveriesAdvisorySchema,
@@ -30,6 +27,7 @@ import {
   startTracing,
   type ConsumerName,
 } from '@abide/shared';
+import { createMongoClient, ensureIndexes, getCollections } from '@abide/shared/mongo';
 import { createAdvisoryHandler } from './advisory-handler.ts';
 import { createOrchestratorMetrics } from './orchestrator-metrics.ts';
 import { createApprovalLedger } from './approval-ledger.ts';

@@ -18,6 +18,7 @@ import {
 } from '@abide/shared';
 import type { KeyedQueue } from './keyed-queue.ts';
 import { transition, type RunInput } from './run-state-machine.ts';
+import { createTransitionCache, type CachedTransition } from './transition-cache.ts';
 import { createTransitionSpans, type TransitionSpans } from './transition-tracing.ts';
 
 export type RunProcessorDeps = {
@@ -36,8 +37,10 @@ export type RunProcessorDeps = {
    * `orchestrator.after_republish` (the same for an outbox this process found unpublished).
    */
   crashPoints?: CrashPoints;
-  /** Latest transitions kept in memory, so a hot run is read with one probe instead of two reads. */
+  /** Latest transitions kept in memory, so a hot run is read with one probe instead of two reads (`transition-cache.ts`). */
   cacheSize?: number;
+  /** The byte bound of that cache. @default 16 MiB */
+  cacheBytes?: number;
   /** `RUN_RETENTION` in ms: an ended run's history is pruned this long after it ended (`retention` work item). Null or absent: kept forever. */
   retentionMs?: number | null;
 };
@@ -69,17 +72,14 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   const { store, publisher, queue, logger } = deps;
   const retentionMs = deps.retentionMs ?? null;
   const now = deps.now ?? (() => new Date());
-  const cache = new Map<string, { transition: TransitionDocument; lastSeq: number | null }>();
-  const cacheSize = deps.cacheSize ?? 10_000;
+  const cache = createTransitionCache({ maxEntries: deps.cacheSize, maxBytes: deps.cacheBytes });
   const committed = deps.metrics?.counter('transitions_committed_total', 'Transitions committed');
   const conflicts = deps.metrics?.counter('transition_conflicts_total', 'Commit races lost to another replica');
   const ignoredInputs = deps.metrics?.counter('inputs_ignored_total', 'Stale or duplicate inputs acked and ignored');
   const oversize = deps.metrics?.counter('transitions_oversize_total', 'Transitions replaced by a run failure because a message of theirs could never be published');
 
-  function remember(runId: string, entry: { transition: TransitionDocument; lastSeq: number | null }) {
-    cache.delete(runId);
-    cache.set(runId, entry);
-    if (cache.size > cacheSize) cache.delete(cache.keys().next().value!);
+  function remember(runId: string, entry: CachedTransition) {
+    cache.remember(runId, entry);
   }
 
   /** The exact latest transition: rolled forward from what this process last saw (another replica may have committed since). */

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { createLogger, createMetrics, createWriteBatcher, createRunStore, type SweepCursor, type WorkItem } from '@abide/shared';
+import { createLogger, createMetrics, createRunStore, type SweepCursor, type WorkItem } from '@abide/shared';
+import { createWriteBatcher } from '@abide/shared/mongo';
 import {
   createDeadlineSweep,
   createWorkWatermark,

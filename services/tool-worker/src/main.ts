@@ -43,7 +43,7 @@ import { createToolCallHandler } from './execute-call.ts';
 import { createHttpTool } from './http-tool.ts';
 import { createMcpConnectionPool, type McpConnectionPool } from './mcp/mcp-connection-pool.ts';
 import { createMcpListResponder } from './mcp/mcp-list-responder.ts';
-import { createMcpTools } from './mcp/mcp-tool.ts';
+import { createLazyMcpTools } from './mcp/lazy-mcp-tools.ts';
 import { createToolMetrics } from './tool-metrics.ts';
 import { createToolRunner } from './tool-runner.ts';
 
@@ -149,7 +149,7 @@ async function main(): Promise<void> {
     const egress = createEgressPolicy({ allow: config.TOOL_EGRESS_ALLOW, variable: 'TOOL_EGRESS_ALLOW' });
     const secrets = createTenantSecrets({ dir: config.TENANT_SECRETS_DIR });
     mcpPool = createMcpConnectionPool({ maxConnections: config.MCP_MAX_CONNECTIONS, idleMs: config.MCP_IDLE_TIMEOUT, logger: log });
-    const mcp = createMcpTools({ egress, secrets, pool: mcpPool, stdioServers: config.MCP_STDIO_SERVERS, logger: log });
+    const mcp = createLazyMcpTools({ egress, secrets, pool: mcpPool, stdioServers: config.MCP_STDIO_SERVERS, logger: log });
     const runTool = createToolRunner({
       builtins: createBuiltinTools(),
       http: createHttpTool({ egress, secrets, logger: log, maxRetryAfterMs: policy.maxNakDelayMs }),

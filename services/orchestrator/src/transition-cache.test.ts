@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import type { RunState, TransitionDocument } from '@abide/shared';
+import { testRunState } from '@abide/shared/testing';
+import { createTransitionCache, type CachedTransition } from './transition-cache.ts';
+
+function entry(runId: string, overrides: Partial<RunState> = {}, published = true): CachedTransition {
+  const state = testRunState({ runId, ...overrides });
+  const transition: TransitionDocument = { _id: `${runId}:2`, runId, tenantId: 't1', version: 2, at: new Date(0), cause: 'm', state, outbox: [], published };
+  return { transition, lastSeq: 7 };
+}
+
+describe('transition cache', () => {
+  it('keeps the latest entry per run and evicts the least recently used beyond the entry bound', () => {
+    const cache = createTransitionCache({ maxEntries: 2, maxBytes: 1_000_000 });
+    cache.remember('r1', entry('r1'));
+    cache.remember('r2', entry('r2'));
+    cache.remember('r1', entry('r1', { step: 3 })); // r1 is now the most recently used
+    cache.remember('r3', entry('r3'));
+    expect(cache.get('r2')).toBeUndefined();
+    expect(cache.get('r1')?.transition.state.step).toBe(3);
+    expect(cache.get('r3')).toBeDefined();
+    expect(cache.size.entries).toBe(2);
+  });
+
+  it('bounds the sum of the entries by bytes, whatever their count', () => {
+    const big = 'x'.repeat(4_000);
+    const cache = createTransitionCache({ maxEntries: 10_000, maxBytes: 10_000 });
+    for (let index = 0; index < 10; index += 1) cache.remember(`r${index}`, entry(`r${index}`, { messages: [{ role: 'user', content: big }] }));
+    // Each state is a little over 4 KB of JSON: only the two most recent fit in 10 KB.
+    expect(cache.size.entries).toBe(2);
+    expect(cache.size.bytes).toBeLessThanOrEqual(10_000);
+    expect(cache.get('r9')).toBeDefined();
+    expect(cache.get('r8')).toBeDefined();
+    expect(cache.get('r7')).toBeUndefined();
+  });
+
+  it('keeps no entry larger than the whole budget, and forgets the run’s older entry', () => {
+    const cache = createTransitionCache({ maxEntries: 10, maxBytes: 3_000 });
+    cache.remember('r1', entry('r1'));
+    expect(cache.get('r1')).toBeDefined();
+    cache.remember('r1', entry('r1', { messages: [{ role: 'user', content: 'x'.repeat(5_000) }] }));
+    expect(cache.get('r1')).toBeUndefined();
+    expect(cache.size).toEqual({ entries: 0, bytes: 0 });
+  });
+
+  it('drops a run that has ended once its last transition is published, and keeps it while unpublished', () => {
+    const cache = createTransitionCache();
+    cache.remember('r1', entry('r1', { status: 'running' }));
+    cache.remember('r1', entry('r1', { status: 'completed' }, false));
+    expect(cache.get('r1')?.transition.state.status).toBe('completed');
+    cache.remember('r1', entry('r1', { status: 'completed' }, true));
+    expect(cache.get('r1')).toBeUndefined();
+    expect(cache.size).toEqual({ entries: 0, bytes: 0 });
+  });
+
+  it('delete forgets a run and its bytes', () => {
+    const cache = createTransitionCache({ sizeOf: () => 100 });
+    cache.remember('r1', entry('r1'));
+    cache.remember('r2', entry('r2'));
+    cache.delete('r1');
+    cache.delete('unknown');
+    expect(cache.get('r1')).toBeUndefined();
+    expect(cache.size).toEqual({ entries: 1, bytes: 100 });
+  });
+});

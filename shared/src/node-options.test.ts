@@ -1,0 +1,70 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+import { serviceEnvironment, type ServiceName } from './config.ts';
+import { serviceNodeOptions } from './node-options.ts';
+
+const repoRoot = new URL('../../', import.meta.url).pathname;
+const services = Object.keys(serviceEnvironment) as ServiceName[];
+
+/** The `ENV NODE_OPTIONS` of each `service-<name>` stage of deploy/Dockerfile. */
+function dockerfileNodeOptions(): Map<string, string> {
+  const found = new Map<string, string>();
+  let stage: string | undefined;
+  for (const line of readFileSync(join(repoRoot, 'deploy/Dockerfile'), 'utf8').split('\n')) {
+    const from = /^FROM\s+\S+\s+AS\s+service-(\S+)/i.exec(line);
+    if (from) stage = from[1];
+    else if (/^FROM\s/i.test(line)) stage = undefined;
+    const env = /^ENV\s+NODE_OPTIONS="([^"]*)"\s*$/.exec(line);
+    if (env && stage) found.set(stage, env[1]!);
+  }
+  return found;
+}
+
+/** A Kubernetes quantity (`512Mi`, `1Gi`) in MiB. */
+function mebibytes(quantity: string): number {
+  const match = /^(\d+)(Mi|Gi)$/.exec(quantity);
+  if (!match) throw new Error(`unexpected quantity ${quantity}`);
+  return Number(match[1]) * (match[2] === 'Gi' ? 1024 : 1);
+}
+
+/** The value of `--flag=value` among `flags`, as a number. */
+function flagValue(flags: readonly string[], flag: string): number {
+  const entry = flags.find((candidate) => candidate.startsWith(`${flag}=`));
+  if (!entry) throw new Error(`no ${flag}`);
+  return Number(entry.slice(flag.length + 1));
+}
+
+describe('service node options', () => {
+  it('are the ones each service image sets (one set of flags, wherever a service is started)', () => {
+    const inImages = dockerfileNodeOptions();
+    for (const service of services) expect(inImages.get(service), service).toBe(serviceNodeOptions[service].join(' '));
+    expect([...inImages.keys()].sort()).toEqual([...services].sort());
+  });
+
+  it('leave each service’s old space well below its Kubernetes memory limit', () => {
+    for (const service of services) {
+      const documents = parseAllDocuments(readFileSync(join(repoRoot, 'k8s/base', `${service}.yaml`), 'utf8')).map((document) => document.toJSON());
+      const deployment = documents.find((document) => document?.kind === 'Deployment');
+      const limit = mebibytes(deployment.spec.template.spec.containers[0].resources.limits.memory);
+      // What is not old space (young generation, code, buffers, the binary's pages) needs ~100 MB.
+      expect(flagValue(serviceNodeOptions[service], '--max-old-space-size'), service).toBeLessThanOrEqual(limit - 128);
+    }
+  });
+
+  it('are accepted by this Node, on the command line and in NODE_OPTIONS, and set the heap limit', () => {
+    const probe = "process.stdout.write(String(require('node:v8').getHeapStatistics().heap_size_limit))";
+    for (const service of services) {
+      const flags = serviceNodeOptions[service];
+      const onCommandLine = Number(execFileSync(process.execPath, [...flags, '-e', probe], { encoding: 'utf8' }));
+      const inEnvironment = Number(execFileSync(process.execPath, ['-e', probe], { encoding: 'utf8', env: { PATH: process.env.PATH, NODE_OPTIONS: flags.join(' ') } }));
+      expect(inEnvironment).toBe(onCommandLine);
+      // The limit is old space plus the young generation (3 semi-spaces).
+      const oldSpace = flagValue(flags, '--max-old-space-size') * 1024 * 1024;
+      expect(onCommandLine).toBeGreaterThanOrEqual(oldSpace);
+      expect(onCommandLine).toBeLessThanOrEqual(oldSpace + 3 * flagValue(flags, '--max-semi-space-size') * 1024 * 1024);
+    }
+  });
+});
