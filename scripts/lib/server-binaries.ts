@@ -115,7 +115,7 @@ export async function ensurePromtoolBinary(log: Log = defaultLog): Promise<strin
  * Returns a MongoDB-compatible server: `mongod` on PATH, else FerretDB 1.24.2 from the repo
  * cache, built with Go on first use. Safe to call from several processes at once.
  */
-const ferretdbBinaryName = 'ferretdb-v1.24.2-abide1';
+const ferretdbBinaryName = 'ferretdb-v1.24.2-abide2';
 
 export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ kind: 'mongod' | 'ferretdb'; path: string }> {
   const mongod = findOnPath('mongod');
@@ -125,7 +125,7 @@ export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ 
 
 /** FerretDB 1.24.2 from the repo cache, built with Go on first use (even when mongod is on PATH). */
 export async function ensureFerretdbBinary(log: Log = defaultLog): Promise<string> {
-  // The name carries the patch level, so a binary built before the _id-index patch is rebuilt.
+  // The name carries the patch level, so a binary built before the latest patch is rebuilt.
   const cached = join(abidePaths.binDir, ferretdbBinaryName);
   if (await binaryRuns(cached)) return cached;
   if (await exists(cached)) log(`${cached} exists but does not run (see \`${cached} --version\`); rebuilding it`);
@@ -208,6 +208,8 @@ async function buildFerretdb(workDir: string, outputPath: string, log: Log): Pro
   await makeWritable(sourceCopy);
   await writeFile(join(sourceCopy, 'build/version/version.txt'), `${ferretdbModule.version}\n`);
   await patchIdIndex(sourceCopy);
+  await patchDebugLogging(sourceCopy);
+  await patchResourceTracking(sourceCopy);
   await runGo(['mod', 'edit', `-replace=${ferretdbModule.path}=./ferretdb-src`], goOptions, log);
   await runGo(['build', '-buildvcs=false', '-o', outputPath, `${ferretdbModule.path}/cmd/ferretdb`], goOptions, log);
 }
@@ -229,6 +231,44 @@ async function patchIdIndex(sourceCopy: string): Promise<void> {
     file,
     source.replace(idIndexAnchor, `${idIndexAnchor}\t\t\tif key.Field == "_id" {\n\t\t\t\tcolumns[i] = IDColumn\n\t\t\t}\n`),
   );
+}
+
+/*
+ * FerretDB 1.24 builds a debug log record for every SQL statement it runs, whether or not debug
+ * logging is on: `l.With(slog.Any("args", args))` formats the arguments (the whole stored
+ * document as JSON) before `DebugContext` finds the level disabled. Profiled under the bench's 50
+ * runs in flight this was 9% of FerretDB's CPU. The patch builds the record only when debug is enabled.
+ */
+const sqlDebugLine = /^(\t+)(db|tx)\.l\.With\(fields\.\.\.\)\.DebugContext\((.*)\)$/gm;
+
+async function patchDebugLogging(sourceCopy: string): Promise<void> {
+  for (const name of ['db.go', 'tx.go']) {
+    const file = join(sourceCopy, 'internal/util/fsql', name);
+    const source = await readFile(file, 'utf8');
+    const patched = source.replace(sqlDebugLine, (_line, indent: string, receiver: string, args: string) =>
+      `${indent}if ${receiver}.l.Enabled(ctx, slog.LevelDebug) {\n${indent}\t${receiver}.l.With(fields...).DebugContext(${args})\n${indent}}`,
+    );
+    if (patched === source) throw new Error(`cannot patch FerretDB's SQL debug logging: no debug line matched in ${file}`);
+    await writeFile(file, patched);
+  }
+}
+
+/*
+ * FerretDB tracks the lifetime of every iterator, cursor and transaction wrapper with a pprof
+ * profile entry (`runtime.Callers` on each) and a finalizer that panics if one is never closed: a
+ * leak detector for its own tests, 5–8% of its CPU under the bench. Release builds do not need it;
+ * the patch makes `Track`/`Untrack` return at once unless FerretDB is built with its debug tag.
+ */
+const trackAnchors = ['func Track(obj any, token *Token) {\n', 'func Untrack(obj any, token *Token) {\n'];
+
+async function patchResourceTracking(sourceCopy: string): Promise<void> {
+  const file = join(sourceCopy, 'internal/util/resource/resource.go');
+  let source = await readFile(file, 'utf8');
+  for (const anchor of trackAnchors) {
+    if (!source.includes(anchor)) throw new Error(`cannot patch FerretDB's resource tracking: "${anchor.trim()}" is not in ${file}`);
+    source = source.replace(anchor, `${anchor}\tif !debugbuild.Enabled {\n\t\treturn\n\t}\n\n`);
+  }
+  await writeFile(file, source);
 }
 
 /** The module cache is read-only; the copy must accept a new file. */

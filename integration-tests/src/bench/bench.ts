@@ -88,15 +88,18 @@ const suspendConcurrency = intFromEnv('APPROVAL_CREATE_CONC', 10, 1);
 /** How long the approvals scenario keeps starting runs to suspend. */
 const approvalBudgetMs = intFromEnv('APPROVAL_BUDGET_S', 90, 1) * 1000;
 const runInput = 'Run the benchmark workload.';
+/** `TENANT_MAX_ACTIVE_RUNS`' default: a tenant may have this many runs between creation and their end, suspended ones included. */
+const activeRunsPerTenant = 100;
 /**
  * Every tenant may create 20 runs/s (burst 50) at the gateway: runs are spread over tenants (one
- * API key and socket each), as few as suffice, since each holds two agent documents.
+ * API key and socket each), as few as suffice, since each holds two agent documents. The
+ * approvals scenario keeps every run suspended at once, so it needs one tenant per 100 of them.
  */
 const tenantsFor = {
   sequential: 8,
   throughput: Math.max(8, config.tpConc),
   fsync: 8,
-  approvals: 20,
+  approvals: Math.max(20, Math.ceil(config.approvalRuns / activeRunsPerTenant)),
 } as const;
 
 function parseScenarios(raw: string | undefined): Set<ScenarioName> {
