@@ -3,7 +3,7 @@ import { Writable } from 'node:stream';
 import { createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
 import { testRunState } from '@abide/shared/testing';
 import { createKeyedQueue } from './keyed-queue.ts';
-import { createRunProcessor } from './run-processor.ts';
+import { createRunProcessor, deadlineWriteNeeded } from './run-processor.ts';
 import type { RunInput } from './run-state-machine.ts';
 
 const now = new Date('2026-11-24T10:00:00.000Z');
@@ -28,18 +28,29 @@ function deferred() {
   return { promise, resolve };
 }
 
+const toolResult = (step: number): RunInput => ({ type: 'tool_result', payload: { toolCallId: `s${step}c0`, step, outcome: { kind: 'success', value: {} } } });
+const toolCallAt = (step: number): RunInput => ({ type: 'llm_result', payload: { ...(toolCall as Extract<RunInput, { type: 'llm_result' }>).payload, step } });
+
+/** A read model's rank: by version, and a version recorded published above the same not published. */
+const rankOf = (model: { version: number; publishedVersion: number }) => model.version * 2 + (model.publishedVersion === model.version ? 1 : 0);
+
 /**
- * An in-memory run store with the semantics the processor relies on (insert decides, read model
- * by `_id`), recording every write and publish in one ordered log.
+ * An in-memory run store with the semantics the processor relies on (insert decides; the read
+ * model and the deadline item by `_id`, never replaced by an older version's, as
+ * `readModelOrderFilter` / `deadlineOrderFilter` make the real store do), recording every write
+ * and publish in one ordered log.
  */
-function harness(options: { holdReadModel?: number; retentionMs?: number } = {}) {
+function harness(options: { holdReadModel?: number; holdDeadline?: number; retentionMs?: number } = {}) {
   const log: string[] = [];
   // Stored as `run_transitions` stores them (a delta after version 1), folded on every load.
   const transitions = new Map<string, StoredTransition>();
   const readModel: { version: number; publishedVersion: number }[] = [];
-  const deadlines = new Map<string, string>();
+  const deadlines = new Map<string, { dueAt: string; version: number }>();
+  const reads: string[] = [];
   const hold = deferred();
   let held = false;
+  const deadlineHold = deferred();
+  let deadlineHeld = false;
   const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
   transitions.set(v1._id, structuredClone(v1));
   const loadAll = (runId: string) => {
@@ -49,6 +60,7 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
   };
   const store: RunStore = {
     async loadNext(previous: TransitionDocument) {
+      reads.push(`${previous.runId}:${previous.version + 1}`);
       const found = transitions.get(`${previous.runId}:${previous.version + 1}`);
       return found ? fromStoredTransition(structuredClone(found), previous.state) : null;
     },
@@ -56,9 +68,6 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
       let latest = from;
       for (let next = await store.loadNext(latest); next; next = await store.loadNext(latest)) latest = next;
       return latest;
-    },
-    async exists(runId: string, version: number) {
-      return transitions.has(`${runId}:${version}`);
     },
     async loadLatest(runId: string) {
       const model = readModel.at(-1);
@@ -71,19 +80,36 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
       transitions.set(transition._id, structuredClone(toStoredTransition(transition, previous)));
       log.push(`commit ${transition.version}`);
     },
-    async writeDeadline(runId: string, _tenantId: string, dueAt: string | null) {
+    async writeDeadline(runId: string, _tenantId: string, dueAt: string | null, version: number) {
+      // Only the first write of that version is held (another replica's write of it is not).
+      if (version === options.holdDeadline && !deadlineHeld) {
+        deadlineHeld = true;
+        await deadlineHold.promise;
+      }
+      const stored = deadlines.get(runId);
+      if (stored && stored.version > version) {
+        log.push(`deadline ${version} refused`);
+        return dueAt === null ? 'written' : 'newer';
+      }
       if (dueAt === null) deadlines.delete(runId);
-      else deadlines.set(runId, dueAt);
+      else deadlines.set(runId, { dueAt, version });
       log.push(`deadline ${dueAt === null ? 'cleared' : 'set'}`);
+      return 'written';
     },
     async writeReadModel(transition: TransitionDocument) {
-      // Only the first write of that version is held (another replica's write of it is not).
       if (transition.version === options.holdReadModel && !held) {
         held = true;
         await hold.promise;
       }
-      readModel.push({ version: transition.version, publishedVersion: transition.published ? transition.version : transition.version - 1 });
+      const written = { version: transition.version, publishedVersion: transition.published ? transition.version : transition.version - 1 };
+      const stored = readModel.at(-1);
+      if (stored && rankOf(stored) >= rankOf(written)) {
+        log.push(`read model ${transition.version} refused`);
+        return 'newer';
+      }
+      readModel.push(written);
       log.push(`read model ${transition.version}`);
+      return 'written';
     },
     async deleteWork() {},
     async insertWork(item: { _id: string; kind: string; dueAt: string }) {
@@ -99,7 +125,7 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
   const collections = { writes: { conversationLocks: { delete: async () => 'ok' } } };
   const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
   const make = () => createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now, retentionMs: options.retentionMs });
-  return { log, transitions, readModel, deadlines, hold, make };
+  return { log, transitions, readModel, deadlines, reads, hold, deadlineHold, make };
 }
 
 describe('run processor: one write on a step critical path (issue 9)', () => {
@@ -158,7 +184,7 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     expect(h.transitions.has('run_1:3')).toBe(false);
   });
 
-  it('a read model write that lands behind another replica\'s newer one is caught up to the latest', async () => {
+  it('a read model write that lands behind another replica\'s newer one leaves the newer one, without probing for the next version', async () => {
     const h = harness({ holdReadModel: 2 });
     const replicaA = h.make();
     const replicaB = h.make();
@@ -168,13 +194,32 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     // B takes the next input: version 2 is not known published to it, so it publishes it again, then commits version 3.
     await replicaB.apply('run_1', 't1', toolCall, 'llm:run_1:0');
     expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
-    // A's write of version 2 lands last, behind B's version 3 ...
+    h.reads.length = 0;
+    // A's write of version 2 reaches the store last, behind B's version 3: it is refused ...
     h.hold.resolve();
     await first;
-    // ... and A finds version 3 and writes it again: the read model ends at the latest.
-    await expect.poll(() => h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
-    expect(h.readModel.map((model) => model.version)).toEqual([2, 3, 2, 3]);
-    expect(h.readModel.map((model) => model.publishedVersion)).toEqual([2, 3, 2, 3]);
+    expect(h.log.at(-1)).toBe('read model 2 refused');
+    // ... so the read model never moved back, and A read nothing to find that out.
+    expect(h.readModel.map((model) => model.version)).toEqual([2, 3]);
+    expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+    expect(h.reads).toEqual([]);
+  });
+
+  it('a deadline item write that lands behind another replica\'s newer one leaves the newer one', async () => {
+    const h = harness({ holdDeadline: 2 });
+    const replicaA = h.make();
+    const replicaB = h.make();
+    // A commits and publishes version 2 (a model step: due in an hour); its deadline write is slow.
+    const first = replicaA.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await expect.poll(() => h.log.some((line) => line.startsWith('publish llm.request.'))).toBe(true);
+    // B publishes version 2 again and commits version 3 (a tool call: due in ten minutes).
+    await replicaB.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: '2026-11-24T10:10:00.000Z', version: 3 });
+    // A's version-2 item (an hour) reaches the store last: refused, the tool call's deadline stands.
+    h.deadlineHold.resolve();
+    await first;
+    expect(h.log).toContain('deadline 2 refused');
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: '2026-11-24T10:10:00.000Z', version: 3 });
   });
 
   it('with RUN_RETENTION, a run that ends gets its retention item after its deadline item and before its read model; without, none', async () => {
@@ -186,11 +231,79 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
     const terminalEvent = h.log.findIndex((line) => line.startsWith('publish run.events.run_1 run_1:3:'));
     expect(h.log.slice(0, terminalEvent)).toEqual(['commit 3', 'deadline cleared', 'work retention:run_1 retention due 2026-11-24T11:00:00.000Z', 'read model 3']);
+    // The second settle (recording the terminal transition published) writes neither item again.
+    expect(h.log.slice(terminalEvent).filter((line) => !line.startsWith('publish '))).toEqual(['read model 3']);
 
     const forever = harness();
     const kept = forever.make();
     await kept.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
     await kept.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
     expect(forever.log.some((line) => line.startsWith('work '))).toBe(false);
+  });
+});
+
+describe('run processor: deadline items fire no later than the deadline, written only when that needs it', () => {
+  const hour = '2026-11-24T11:00:00.000Z';
+  const tenMinutes = '2026-11-24T10:10:00.000Z';
+
+  it('decides a write from what this process knows of the item', () => {
+    // Nothing known (another replica's run, or a restart): written.
+    expect(deadlineWriteNeeded(undefined, 4, hour)).toBe(true);
+    // The same version again (the second settle of a run that ended or waits): nothing to write.
+    expect(deadlineWriteNeeded({ version: 4, dueAt: hour, retention: false }, 4, hour)).toBe(false);
+    expect(deadlineWriteNeeded({ version: 4, dueAt: null, retention: false }, 4, null)).toBe(false);
+    // The next version, due no earlier than what is stored: the stored item fires first, early, and is then moved.
+    expect(deadlineWriteNeeded({ version: 3, dueAt: tenMinutes, retention: false }, 4, hour)).toBe(false);
+    expect(deadlineWriteNeeded({ version: 3, dueAt: hour, retention: false }, 4, hour)).toBe(false);
+    // Due earlier than what is stored: written, or the deadline would fire late.
+    expect(deadlineWriteNeeded({ version: 3, dueAt: hour, retention: false }, 4, tenMinutes)).toBe(true);
+    // A version in between it did not see (another replica's, or a settle skipped for a newer one): written.
+    expect(deadlineWriteNeeded({ version: 2, dueAt: tenMinutes, retention: false }, 4, hour)).toBe(true);
+    // No deadline any more, or none stored: written (deleted, or set).
+    expect(deadlineWriteNeeded({ version: 3, dueAt: tenMinutes, retention: false }, 4, null)).toBe(true);
+    expect(deadlineWriteNeeded({ version: 3, dueAt: null, retention: false }, 4, hour)).toBe(true);
+  });
+
+  it('a run alternating model and tool steps writes its item only when the deadline comes earlier, and deletes it once when it ends', async () => {
+    const h = harness();
+    const processor = h.make();
+    const deadlineWrites = () => h.log.filter((line) => line.startsWith('deadline '));
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0'); // v2: model step, due in an hour
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0'); // v3: tool call, due in ten minutes (earlier)
+    expect(deadlineWrites()).toEqual(['deadline set', 'deadline set']);
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: tenMinutes, version: 3 });
+    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0'); // v4: model step 1, due in an hour (later): not written
+    expect(deadlineWrites()).toHaveLength(2);
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: tenMinutes, version: 3 });
+    await processor.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1'); // v5: tool call, due in ten minutes, earlier than v4's hour: written
+    expect(deadlineWrites()).toHaveLength(3);
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: tenMinutes, version: 5 });
+    await processor.apply('run_1', 't1', toolResult(1), 'tool:run_1:s1c0'); // v6: not written
+    await processor.apply('run_1', 't1', { ...finalAnswer, payload: { ...(finalAnswer as Extract<RunInput, { type: 'llm_result' }>).payload, step: 2 } }, 'llm:run_1:2'); // v7: completed
+    // Ended: deleted once, though the run is settled twice (before its terminal event and after).
+    expect(deadlineWrites()).toEqual(['deadline set', 'deadline set', 'deadline set', 'deadline cleared']);
+    expect(h.deadlines.has('run_1')).toBe(false);
+    expect(h.readModel.at(-1)).toEqual({ version: 7, publishedVersion: 7 });
+  });
+
+  it('a timer from an item left early is ignored and moves the item to the run\'s deadline', async () => {
+    const h = harness();
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
+    // The item still holds the tool call's ten minutes; the run (v4, a model step) is due in an hour.
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: tenMinutes, version: 3 });
+    expect(await processor.apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`)).toEqual({ kind: 'ignored', reason: 'no deadline due' });
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: hour, version: 4 });
+  });
+
+  it('a process that did not write the run\'s previous item writes the next one, whatever its due time', async () => {
+    const h = harness();
+    await h.make().apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await h.make().apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    // A third process (another replica, or after a restart) commits v4, due later than the stored item: it writes anyway.
+    await h.make().apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
+    expect(h.deadlines.get('run_1')).toEqual({ dueAt: hour, version: 4 });
   });
 });

@@ -42,6 +42,32 @@ export type RunProcessorDeps = {
   retentionMs?: number | null;
 };
 
+/**
+ * What a process knows of a run's deadline item (`run_deadlines`): it wrote it for run version
+ * `version`, or knew for that version that it need not (`deadlineWriteNeeded`); either way the
+ * stored item is due no later than `dueAt` (null: it deleted the item). `retention`: it also
+ * inserted the run's retention item at that version.
+ */
+export type KnownDeadlineItem = { version: number; dueAt: string | null; retention: boolean };
+
+/**
+ * Whether settling run version `version`, whose deadline is `dueAt` (null: none), must write the
+ * run's deadline item, given what this process knows of it (docs/decisions.md, "deadline items
+ * fire no later than the deadline"). A deadline item need only fire no later than the run's real
+ * deadline: one that fires early finds no deadline due, is ignored, and the item is set to the
+ * run's deadline then (the stale-timer path). So the write is skipped when this process handled
+ * the item for this very version already, or for the version just before (contiguous: nothing it
+ * does not know of came between) with a due time no later than `dueAt`. Never skipped: a first
+ * write of a run this process does not know (another replica's, or before a restart), a deadline
+ * earlier than what is known stored, and a delete (`dueAt` null) of another version.
+ */
+export function deadlineWriteNeeded(known: KnownDeadlineItem | undefined, version: number, dueAt: string | null): boolean {
+  if (!known) return true;
+  if (known.version === version) return false;
+  if (known.version !== version - 1 || dueAt === null || known.dueAt === null) return true;
+  return Date.parse(dueAt) < Date.parse(known.dueAt);
+}
+
 export type ApplyOutcome = { kind: 'committed'; version: number } | { kind: 'ignored'; reason: string } | { kind: 'unknown_run' };
 
 /** How many times a lost commit race is reloaded and re-applied before the message is handed back. */
@@ -102,6 +128,32 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return latest ? { ...latest, verified: true } : null;
   }
 
+  /** Per run, what this process knows of its deadline item (bounded like the cache; forgotten when a write of it fails). */
+  const deadlineItems = new Map<string, KnownDeadlineItem>();
+
+  function knowDeadlineItem(runId: string, version: number, dueAt: string | null, retention = false) {
+    const previous = deadlineItems.get(runId);
+    if (previous && previous.version > version) return;
+    deadlineItems.delete(runId);
+    deadlineItems.set(runId, { version, dueAt, retention: retention || (previous?.version === version && previous.retention) });
+    if (deadlineItems.size > cacheSize) deadlineItems.delete(deadlineItems.keys().next().value!);
+  }
+
+  /**
+   * Writes the run's deadline item for `version`, unless `deadlineWriteNeeded` says the stored one
+   * already fires no later than `dueAt` (`always`: the stale-timer path, whose item did fire early).
+   * The store never lets it replace an item a newer version wrote (`newer`: what this process knew
+   * is stale, so it is forgotten).
+   */
+  async function writeDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null, always: boolean): Promise<void> {
+    if (!always && !deadlineWriteNeeded(deadlineItems.get(runId), version, dueAt)) {
+      knowDeadlineItem(runId, version, dueAt);
+      return;
+    }
+    if ((await store.writeDeadline(runId, tenantId, dueAt, version)) === 'written') knowDeadlineItem(runId, version, dueAt);
+    else deadlineItems.delete(runId);
+  }
+
   /** Per run, the read-model write in flight (or queued) in this process: a chain, newest last (by `rankOf`). */
   const settling = new Map<string, { rank: number; done: Promise<void> }>();
   /** Order of read-model writes: by version, and a version's published write after its unpublished one. */
@@ -109,14 +161,19 @@ export function createRunProcessor(deps: RunProcessorDeps) {
 
   /**
    * Writes what follows a published transition off the step's critical path: the run's deadline
-   * item (`run_deadlines`), for a run that has ended its retention item (with `RUN_RETENTION` set),
-   * then the read model with `publishedVersion` = its version. In that order: a read model that
-   * records version v as published implies v's work items are written, so a redelivered input
-   * that finds v published has nothing left to redo (and the retention sweep waits for that
-   * read model before it prunes anything). Serialized per run in
-   * this process and never backwards: a write is skipped when this process knows a newer version
-   * (the newer one's own write covers it). A sweeper's republish writes only the latest state it
-   * loaded, never an older one (the bug issue 9 names).
+   * item (`run_deadlines`; skipped when the stored one already fires no later than this version's
+   * deadline, `deadlineWriteNeeded`), for a run that has ended its retention item (with
+   * `RUN_RETENTION` set), then the read model with `publishedVersion` = its version. In that
+   * order: a read model that records version v as published implies v's work items are written
+   * (a deadline item due no later than v's deadline), so a redelivered input that finds v
+   * published has nothing left to redo (and the retention sweep waits for that read model before
+   * it prunes anything). Serialized per run in this process, and skipped when this process knows
+   * a newer version (the newer one's own write covers it). Never backwards across replicas
+   * either: the store writes the read model and the deadline item only over an older version's
+   * (`newer` otherwise), so when another replica committed on top of this version and its writes
+   * landed first (the run's next input went to it), these leave them in place, with no probe for
+   * the next version. A sweeper's republish writes only the latest state it loaded, never an
+   * older one (the bug issue 9 names).
    */
   function settle(published: TransitionDocument, lastSeq: number | null): Promise<void> {
     const { runId } = published;
@@ -125,22 +182,17 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     const write = async () => {
       const known = cache.get(runId);
       if (known && known.transition.version > published.version) return;
-      await store.writeDeadline(runId, published.tenantId, published.state.nextDeadlineAt);
-      if (retentionMs != null && isTerminalStatus(published.state.status)) {
+      await writeDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt, false);
+      const knownItem = deadlineItems.get(runId);
+      if (retentionMs != null && isTerminalStatus(published.state.status) && !(knownItem?.version === published.version && knownItem.retention)) {
         // Insert-unless-exists: a repeat (redelivery, another replica) keeps the first due time.
+        // Once per version in this process (a run that ends is settled twice, see `applyNow`).
         const dueAt = new Date(now().getTime() + retentionMs).toISOString();
         await store.insertWork({ _id: workIds.retention(runId), kind: 'retention', runId, tenantId: published.tenantId, dueAt });
+        knowDeadlineItem(runId, published.version, published.state.nextDeadlineAt, true);
       }
+      // `newer`: another replica's newer read model is there; its writer covers the run.
       await store.writeReadModel(published, lastSeq);
-      // Another replica may have committed on top of this version, and written its newer read
-      // model (and deadline item) before these writes landed: they would stay behind for good
-      // if that was the run's last transition. Unless this process already knows a newer version
-      // (its own write of it follows in this chain), look for the next version by `_id`; if it
-      // exists, bring the run to its latest (publishing it first if not known published, then
-      // writing it), so the read model ends at the latest whatever the order writes landed in.
-      const latestKnown = cache.get(runId);
-      if (latestKnown && latestKnown.transition.version > published.version) return;
-      if (await store.exists(runId, published.version + 1)) void catchUp(runId);
     };
     const entry = { rank: rankOf(published), done: (queued?.done ?? Promise.resolve()).then(write, write) };
     settling.set(runId, entry);
@@ -153,33 +205,13 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         // cached transition is no longer known published, so the redelivery (or the run's next
         // input) publishes and writes again.
         if (settling.get(runId) === entry) settling.delete(runId);
+        deadlineItems.delete(runId);
         const cached = cache.get(runId);
         if (cached && cached.transition.version === published.version) remember(runId, { ...cached, transition: { ...cached.transition, published: false } });
         logger.warn({ runId, version: published.version, err: error }, 'could not write the read model; the input will be redelivered');
       },
     );
     return entry.done;
-  }
-
-  /**
-   * Brings the run's read model to its latest transition after a write that may have landed
-   * behind another replica's (see `settle`). Not awaited by that write (it queues behind it);
-   * a crash here leaves a lagging read model, which readers roll forward past.
-   */
-  function catchUp(runId: string): Promise<void> {
-    return queue
-      .run(runId, async () => {
-        const latest = await loadLatest(runId);
-        if (!latest) return;
-        // Published by this process (its own write of it is queued after the one that called
-        // this), or recorded so by a read model read after that write: nothing to bring forward.
-        if (latest.transition.published) return;
-        await publish(latest.transition, latest.lastSeq);
-      })
-      .catch((error: unknown) => {
-        // Logged, not retried: readers roll forward past a lagging read model, and the run's next input writes it again.
-        logger.warn({ runId, err: error }, 'could not bring the read model to the latest transition');
-      });
   }
 
   /**
@@ -229,9 +261,10 @@ export function createRunProcessor(deps: RunProcessorDeps) {
           continue;
         }
         ignoredInputs?.inc({ reason: 'stale' });
-        // A timer from a deadline item that no longer matches the run (a write that lost a race
-        // with another replica's): set the item to the run's deadline, so it stops firing.
-        if (input.type === 'deadline') await store.writeDeadline(runId, current.tenantId, current.state.nextDeadlineAt);
+        // A timer from a deadline item that fired before the run's deadline (one left earlier on
+        // purpose, `deadlineWriteNeeded`, or by a write that lost a race with another replica's):
+        // set the item to the run's deadline, so it stops firing.
+        if (input.type === 'deadline') await writeDeadlineItem(runId, current.tenantId, current.version, current.state.nextDeadlineAt, true);
         return result;
       }
       const next: TransitionDocument = {
