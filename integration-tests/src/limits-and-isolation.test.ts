@@ -264,19 +264,14 @@ describe('limits and isolation', () => {
     const store = createRunStore(getCollections(db));
     const deadline = '2026-01-01T00:00:00.000Z';
     // 520 runs share one tiny deadline (a page of 500 is full of them), 10 more are due later.
-    for (let index = 0; index < 520; index += 1) await store.writeDeadline(`run_d${String(index).padStart(4, '0')}`, 'tenant-a', deadline, 2);
-    for (let index = 0; index < 10; index += 1) await store.writeDeadline(`run_e${index}`, 'tenant-b', `2026-01-01T00:00:0${index}.500Z`, 2);
-    await store.writeDeadline('run_future', 'tenant-b', '2999-01-01T00:00:00.000Z', 2);
-    // A deadline moved (upserted by _id, not added) and one cleared (deleted); an older version's
-    // write landing late moves neither back (the version filter, evaluated by the real server).
-    expect(await store.writeDeadline('run_moved', 'tenant-b', '2026-01-01T00:00:00.000Z', 2)).toBe('written');
-    expect(await store.writeDeadline('run_moved', 'tenant-b', '2999-01-01T00:00:00.000Z', 3)).toBe('written');
-    expect(await store.writeDeadline('run_moved', 'tenant-b', '2026-01-01T00:00:00.000Z', 2)).toBe('newer');
-    await store.writeDeadline('run_cleared', 'tenant-b', '2026-01-01T00:00:00.000Z', 2);
-    await store.writeDeadline('run_cleared', 'tenant-b', '2999-01-01T00:00:00.000Z', 4);
-    await store.writeDeadline('run_cleared', 'tenant-b', null, 3);
-    expect((await db.collection('run_deadlines').findOne({ _id: 'deadline:run_cleared' as never }))?.dueAt).toBe('2999-01-01T00:00:00.000Z');
-    await store.writeDeadline('run_cleared', 'tenant-b', null, 5);
+    for (let index = 0; index < 520; index += 1) await store.writeDeadline(`run_d${String(index).padStart(4, '0')}`, 'tenant-a', deadline);
+    for (let index = 0; index < 10; index += 1) await store.writeDeadline(`run_e${index}`, 'tenant-b', `2026-01-01T00:00:0${index}.500Z`);
+    await store.writeDeadline('run_future', 'tenant-b', '2999-01-01T00:00:00.000Z');
+    // A deadline moved (upserted by _id, not added) and one cleared (deleted).
+    await store.writeDeadline('run_moved', 'tenant-b', '2026-01-01T00:00:00.000Z');
+    await store.writeDeadline('run_moved', 'tenant-b', '2999-01-01T00:00:00.000Z');
+    await store.writeDeadline('run_cleared', 'tenant-b', '2026-01-01T00:00:00.000Z');
+    await store.writeDeadline('run_cleared', 'tenant-b', null);
     // Outbox items of new runs are another kind: never returned as deadlines.
     await store.insertWork({ _id: 'outbox:run_new', kind: 'outbox', runId: 'run_new', tenantId: 'tenant-b', dueAt: deadline });
     const seen: string[] = [];
@@ -303,7 +298,7 @@ describe('limits and isolation', () => {
     expect(await db.collection('run_work').countDocuments({ kind: 'deadline' })).toBe(0);
     expect((await db.collection('run_deadlines').findOne({ _id: 'deadline:run_legacy' as never }))?.dueAt).toBe(deadline);
     expect((await db.collection('run_deadlines').findOne({ _id: 'deadline:run_moved' as never }))?.dueAt).toBe('2999-01-01T00:00:00.000Z');
-    await store.writeDeadline('run_legacy', 'tenant-b', null, 1);
+    await store.writeDeadline('run_legacy', 'tenant-b', null);
 
     await db.collection('run_work').insertMany(
       Array.from({ length: 210 }, (_, index) => ({ _id: `outbox:run_u${String(index).padStart(4, '0')}`, kind: 'outbox', runId: `run_u${index}`, tenantId: 'tenant-a', dueAt: deadline })) as never[],

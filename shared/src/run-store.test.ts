@@ -8,19 +8,6 @@ import { createRunStore, readModelSummary, TransitionConflictError, transitionId
 
 const at = '2026-11-30T00:00:00.000Z';
 
-/** Whether `document` passes `filter`: `_id` and the operators the run store's ordered writes use (`$not` of `$gt` / `$gte`, which a missing field passes). */
-function matches(document: Record<string, unknown>, filter: Record<string, unknown>): boolean {
-  return Object.entries(filter).every(([field, condition]) => {
-    if (field === '_id') return document._id === condition;
-    const not = (condition as { $not: { $gt?: number; $gte?: number } }).$not;
-    const value = document[field];
-    if (typeof value !== 'number') return true;
-    if (not.$gt !== undefined) return !(value > not.$gt);
-    if (not.$gte !== undefined) return !(value >= not.$gte);
-    throw new Error(`unsupported filter ${JSON.stringify(condition)}`);
-  });
-}
-
 /** An in-memory collection with what the run store uses: by-`_id` reads (projections ignored), inserts that refuse a duplicate `_id`. */
 function memoryCollection() {
   const documents = new Map<string, Record<string, unknown>>();
@@ -53,15 +40,9 @@ function memoryCollection() {
           else documents.set(document._id, structuredClone(document));
         } else if ('replaceOne' in operation) {
           const id = String(operation.replaceOne.filter._id);
-          const stored = documents.get(id);
-          // As MongoDB and FerretDB do: a stored document the filter refuses makes an upsert's insert meet its `_id`.
-          if (stored && !matches(stored, operation.replaceOne.filter)) {
-            if (operation.replaceOne.upsert) writeErrors.push({ index, code: 11000, errmsg: 'E11000 duplicate key' });
-          } else if (stored || operation.replaceOne.upsert) documents.set(id, { ...structuredClone(operation.replaceOne.replacement), _id: id });
+          if (documents.has(id) || operation.replaceOne.upsert) documents.set(id, { ...structuredClone(operation.replaceOne.replacement), _id: id });
         } else if ('deleteOne' in operation) {
-          const id = String(operation.deleteOne.filter._id);
-          const stored = documents.get(id);
-          if (stored && matches(stored, operation.deleteOne.filter)) documents.delete(id);
+          documents.delete(String(operation.deleteOne.filter._id));
         }
       });
       if (writeErrors.length > 0) throw Object.assign(Object.create(MongoBulkWriteError.prototype) as MongoBulkWriteError, { writeErrors });
@@ -71,9 +52,9 @@ function memoryCollection() {
 }
 
 /** The run store's collections over memory, with the write batchers `getCollections` would build. */
-function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; runTransitions: ReturnType<typeof memoryCollection>; runWork: ReturnType<typeof memoryCollection>; runDeadlines: ReturnType<typeof memoryCollection> }): Collections {
+function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; runTransitions: ReturnType<typeof memoryCollection>; runWork: ReturnType<typeof memoryCollection> }): Collections {
   const batcher = (collection: ReturnType<typeof memoryCollection>) => createWriteBatcher(collection as unknown as Collection<{ _id: string }>);
-  return { ...parts, writes: { runs: batcher(parts.runs), runTransitions: batcher(parts.runTransitions), runWork: batcher(parts.runWork), runDeadlines: batcher(parts.runDeadlines) } } as unknown as Collections;
+  return { ...parts, writes: { runs: batcher(parts.runs), runTransitions: batcher(parts.runTransitions), runWork: batcher(parts.runWork) } } as unknown as Collections;
 }
 
 function initialState(): RunState {
@@ -106,10 +87,8 @@ function stateAt(version: number): RunState {
 function harness() {
   const runs = memoryCollection();
   const runTransitions = memoryCollection();
-  const runDeadlines = memoryCollection();
-  const watermark: string[] = [];
-  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines }), { onWorkWritten: (_kind, dueAt) => watermark.push(dueAt) });
-  return { runs, runTransitions, runDeadlines, watermark, store };
+  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection() }));
+  return { runs, runTransitions, store };
 }
 
 describe('run store: transitions as deltas', () => {
@@ -155,57 +134,5 @@ describe('run store: transitions as deltas', () => {
     const summary = await store.rollSummaryForward('run_1', readModelSummary(readModel));
     expect(summary).toMatchObject({ version: 12, published: false, state: { step: 12, agentVersion: 2, toolCalls: [], metadata: { 'a.b': 1 } } });
     expect(summary.state).not.toHaveProperty('messages');
-  });
-});
-
-describe('run store: version-ordered writes of the read model and the deadline item', () => {
-  const published = (version: number) => ({ ...transitionOf(stateAt(version), version), published: true });
-  const stored = (runs: ReturnType<typeof memoryCollection>) => {
-    const document = runs.documents.get('run_1') as { version: number; publishedVersion: number };
-    return { version: document.version, publishedVersion: document.publishedVersion };
-  };
-
-  it('writes a read model only over an older one, and says when a newer one is there', async () => {
-    const { runs, store } = harness();
-    expect(await store.writeReadModel(transitionOf(stateAt(3), 3), null)).toBe('written'); // none yet: inserted
-    expect(stored(runs)).toEqual({ version: 3, publishedVersion: 2 });
-    expect(await store.writeReadModel(published(3), null)).toBe('written'); // the same version, now published
-    expect(stored(runs)).toEqual({ version: 3, publishedVersion: 3 });
-    // Late writes of older ranks (another replica's, landing after this one) leave it alone.
-    expect(await store.writeReadModel(published(3), null)).toBe('newer');
-    expect(await store.writeReadModel(transitionOf(stateAt(3), 3), null)).toBe('newer');
-    expect(await store.writeReadModel(published(2), null)).toBe('newer');
-    expect(stored(runs)).toEqual({ version: 3, publishedVersion: 3 });
-    expect(await store.writeReadModel(transitionOf(stateAt(4), 4), null)).toBe('written');
-    expect(stored(runs)).toEqual({ version: 4, publishedVersion: 3 });
-    // Version 1 is only ever inserted (the gateway's write): never over a later one.
-    expect(await store.writeReadModel(published(1), null)).toBe('newer');
-    expect(stored(runs)).toEqual({ version: 4, publishedVersion: 3 });
-  });
-
-  it('replaces a read model older code wrote without publishedVersion', async () => {
-    const { runs, store } = harness();
-    runs.documents.set('run_1', { _id: 'run_1', version: 5, status: 'running' });
-    expect(await store.writeReadModel(published(5), null)).toBe('written');
-    expect(stored(runs)).toEqual({ version: 5, publishedVersion: 5 });
-  });
-
-  it('writes and deletes a deadline item only over one of its version or older, and tells the watermark only what it wrote', async () => {
-    const { runDeadlines, watermark, store } = harness();
-    const item = () => runDeadlines.documents.get('deadline:run_1') as { dueAt: string; version?: number } | undefined;
-    expect(await store.writeDeadline('run_1', 't1', '2026-11-30T01:00:00.000Z', 4)).toBe('written');
-    expect(await store.writeDeadline('run_1', 't1', '2026-11-30T02:00:00.000Z', 4)).toBe('written'); // the stale-timer path: same version, moved
-    expect(item()).toMatchObject({ dueAt: '2026-11-30T02:00:00.000Z', version: 4 });
-    // An older version's write or delete, landing late, leaves the newer item.
-    expect(await store.writeDeadline('run_1', 't1', '2026-11-30T03:00:00.000Z', 3)).toBe('newer');
-    await store.writeDeadline('run_1', 't1', null, 3);
-    expect(item()).toMatchObject({ dueAt: '2026-11-30T02:00:00.000Z', version: 4 });
-    expect(watermark).toEqual(['2026-11-30T01:00:00.000Z', '2026-11-30T02:00:00.000Z']);
-    await store.writeDeadline('run_1', 't1', null, 5);
-    expect(item()).toBeUndefined();
-    // An item older code wrote (no version) is replaced by any version's.
-    runDeadlines.documents.set('deadline:run_1', { _id: 'deadline:run_1', kind: 'deadline', runId: 'run_1', tenantId: 't1', dueAt: '2026-11-30T00:00:00.000Z' });
-    expect(await store.writeDeadline('run_1', 't1', '2026-11-30T04:00:00.000Z', 1)).toBe('written');
-    expect(item()).toMatchObject({ dueAt: '2026-11-30T04:00:00.000Z', version: 1 });
   });
 });

@@ -155,39 +155,7 @@ export type SweepCursor = { key: string; id: string };
  * of that kind, so a sweep of one kind never reads another's items (the outbox sweep, every 2 s,
  * reads a list that is empty when nothing is being created).
  */
-export type WorkItem = {
-  _id: string;
-  kind: 'outbox' | 'deadline' | 'retention';
-  runId: string;
-  tenantId: string;
-  dueAt: string;
-  /** Deadline items: the run version the item was written for (`writeDeadline` never replaces it with an older one's). Absent on items older code wrote. */
-  version?: number;
-};
-
-/**
- * What a version-ordered write (`writeReadModel`, `writeDeadline`) did: `written`, or `newer`
- * when the stored document already records a newer version (or this same write), so it was left
- * alone. Never backwards: the newer document's writer covers the run.
- */
-export type OrderedWriteResult = 'written' | 'newer';
-
-/**
- * The filter that lets a write of the read model land only over an older one (by `_id`, one
- * document: FerretDB 1.24 fetches it by `_id` and checks the rest itself). A read model's rank is
- * its version, and within a version published above not published; an unpublished write of v
- * replaces a stored version below v, a published one a stored `publishedVersion` below v (which
- * covers both an older version and v not yet recorded published: `publishedVersion` is the
- * version or the one before). `$not: { $gte }` also matches a document without the field.
- */
-export function readModelOrderFilter(transition: Pick<TransitionDocument, 'version' | 'published'>) {
-  return transition.published ? { publishedVersion: { $not: { $gte: transition.version } } } : { version: { $not: { $gte: transition.version } } };
-}
-
-/** The filter that lets a deadline item written for `version` replace (or delete) only an item of that version or older (or one older code wrote, without a version). */
-export function deadlineOrderFilter(version: number) {
-  return { version: { $not: { $gt: version } } };
-}
+export type WorkItem = { _id: string; kind: 'outbox' | 'deadline' | 'retention'; runId: string; tenantId: string; dueAt: string };
 
 /**
  * The run's commit protocol (DESIGN §3): a transition commits by inserting version v+1; a
@@ -282,6 +250,11 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     rollForward,
     rollSummaryForward,
 
+    /** Whether version `version` of the run is committed (by `_id`, nothing else read). */
+    async exists(runId: string, version: number): Promise<boolean> {
+      return (await runTransitions.findOne({ _id: transitionId(runId, version) }, { projection: { _id: 1 } })) !== null;
+    },
+
     /**
      * The exact latest transition of a run, rolled forward past the read model by `_id`
      * (`<runId>:<v+1>`, `+2`, …), with the read model's `lastSeq`; null if the run does not exist.
@@ -325,25 +298,24 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
-     * Writes the read model by `_id` (it may lag; readers roll forward), never over a newer one:
-     * `newer` when the stored read model ranks at or above this write (`readModelOrderFilter`).
-     * One command either way, so a writer learns from the write itself whether another replica's
-     * newer read model is there, without probing for the next version.
+     * Rewrites the read model by `_id` (it may lag; readers roll forward). Callers keep it from
+     * moving backwards (the orchestrator writes a run's read model serialized, newest only).
      */
-    async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<OrderedWriteResult> {
+    async writeReadModel(transition: TransitionDocument, lastSeq: number | null): Promise<void> {
       const document = encodeStoredKeys(readModelDocument(transition, lastSeq));
       if (transition.version === 1) {
         // Version 1's read model is only ever inserted: the gateway writes it in parallel with
         // publishing `start`, so the orchestrator's version 2 may be there already (a duplicate
         // means the same or a newer version, never to be replaced by version 1).
-        return (await writes.runs.insert(document)) === 'ok' ? 'written' : 'newer';
+        await writes.runs.insert(document);
+        return;
       }
-      // Upserted: no read model yet (its creator crashed before writing it) is inserted. A stored
-      // one the filter refuses makes the upsert's insert meet its `_id`: a duplicate, reported as
-      // `newer` (as is losing an insert race to a concurrent first write, which is then newer or
-      // the same). On MongoDB the filter and the write are one atomic step per document; on
-      // FerretDB 1.24 they are not (DESIGN §3), see docs/decisions.md "version-ordered writes".
-      return (await writes.runs.replace(document, { upsert: true, filter: readModelOrderFilter(transition) })) === 'ok' ? 'written' : 'newer';
+      // By `_id` alone: FerretDB pushes down only an exact `_id` filter and scans for anything
+      // more. A slower writer may move the read model back a version for a moment; readers roll
+      // forward from it by `_id`, and the next commit rewrites it. Upserted: no read model yet
+      // (its creator crashed before writing it) is inserted; a concurrent insert of the same
+      // `_id` winning makes this one a duplicate, ignored like the version-1 insert.
+      await writes.runs.replace(document, { upsert: true });
     },
 
     /**
@@ -392,21 +364,18 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
-     * Sets the run's deadline item to `dueAt` as of run version `version` (by `_id`, upserted), or
-     * deletes it when null, never over an item a newer version wrote (`deadlineOrderFilter`):
-     * `newer` when one is there (a delete reports `written` either way: it cannot tell a newer item
-     * from none). Tells `onWorkWritten` (the deadline sweeper's watermark) once an item is written.
+     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), or deletes it when null;
+     * tells `onWorkWritten` (the deadline sweeper's watermark) once the item is written.
      */
-    async writeDeadline(runId: string, tenantId: string, dueAt: string | null, version: number): Promise<OrderedWriteResult> {
+    async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
       const _id = workIds.deadline(runId);
       if (dueAt === null) {
-        await writes.runDeadlines.delete(_id, deadlineOrderFilter(version));
-        return 'written';
+        await writes.runDeadlines.delete(_id);
+        return;
       }
-      const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt, version };
-      if ((await writes.runDeadlines.replace(item, { upsert: true, filter: deadlineOrderFilter(version) })) === 'duplicate') return 'newer';
+      const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
+      await writes.runDeadlines.replace(item, { upsert: true });
       options.onWorkWritten?.('deadline', dueAt);
-      return 'written';
     },
 
     /** The earliest `dueAt` of `kind` after `afterIso` (a scan on FerretDB: the sweeper asks only after a sweep), or null. */

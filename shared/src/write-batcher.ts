@@ -97,13 +97,8 @@ export function createWriteBatcher<T extends Document & { _id: string }>(collect
   return {
     /** Inserts `document`; `'duplicate'` when its `_id` exists. */
     insert: (document: T) => enqueue(document._id, { insertOne: { document } }),
-    /**
-     * Replaces the document with `document._id` (inserting it when `upsert`); `'duplicate'` when an
-     * upsert lost an insert race, or when `filter` (further conditions on the stored document)
-     * refused a stored one: the upsert's insert then meets its `_id`.
-     */
-    replace: (document: T, options: { upsert: boolean; filter?: Document }) =>
-      enqueue(document._id, { replaceOne: { filter: { ...options.filter, _id: document._id }, replacement: withoutId(document), upsert: options.upsert } }),
+    /** Replaces the document with `document._id` (inserting it when `upsert`); `'duplicate'` when an upsert lost an insert race. */
+    replace: (document: T, options: { upsert: boolean }) => enqueue(document._id, { replaceOne: { filter: { _id: document._id }, replacement: withoutId(document), upsert: options.upsert } }),
     /** Deletes the document with `_id` (and, if given, the other fields of `filter`); idempotent. */
     delete: (id: string, filter: Document = {}) => enqueue(id, { deleteOne: { filter: { ...filter, _id: id } } }),
   };

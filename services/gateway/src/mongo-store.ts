@@ -148,10 +148,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
     insertTransition: (transition) => runStore.insertTransition(transition),
 
-    async writeReadModel(transition) {
-      // Version 1, inserted: `newer` means the orchestrator's later version is there already.
-      await runStore.writeReadModel(transition, null);
-    },
+    writeReadModel: (transition) => runStore.writeReadModel(transition, null),
     insertWork: (item) => runStore.insertWork(item),
     deleteWork: (id) => runStore.deleteWork(id),
 

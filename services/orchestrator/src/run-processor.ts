@@ -40,6 +40,12 @@ export type RunProcessorDeps = {
   cacheSize?: number;
   /** `RUN_RETENTION` in ms: an ended run's history is pruned this long after it ended (`retention` work item). Null or absent: kept forever. */
   retentionMs?: number | null;
+  /**
+   * How long the read model of a run that moves on by itself waits before it is written (then
+   * for the newest version ready): its next transitions within that time cost no write.
+   * @default 1000
+   */
+  readModelDelayMs?: number;
 };
 
 /**
@@ -68,6 +74,11 @@ export function deadlineWriteNeeded(known: KnownDeadlineItem | undefined, versio
   return Date.parse(dueAt) < Date.parse(known.dueAt);
 }
 
+/** Whether the run moves on by itself after `transition`: its outbox sends work (a model or tool request, an inbox message) whose answer is the run's next input. */
+export function movesOn(transition: Pick<TransitionDocument, 'outbox'>): boolean {
+  return transition.outbox.some((entry) => entry.kind === 'llm_request' || entry.kind === 'tool_request' || entry.kind === 'inbox');
+}
+
 export type ApplyOutcome = { kind: 'committed'; version: number } | { kind: 'ignored'; reason: string } | { kind: 'unknown_run' };
 
 /** How many times a lost commit race is reloaded and re-applied before the message is handed back. */
@@ -94,6 +105,7 @@ const maxConflictRetries = 8;
 export function createRunProcessor(deps: RunProcessorDeps) {
   const { store, publisher, queue, logger } = deps;
   const retentionMs = deps.retentionMs ?? null;
+  const readModelDelayMs = deps.readModelDelayMs ?? 1_000;
   const now = deps.now ?? (() => new Date());
   const cache = new Map<string, { transition: TransitionDocument; lastSeq: number | null }>();
   const cacheSize = deps.cacheSize ?? 10_000;
@@ -142,22 +154,102 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   /**
    * Writes the run's deadline item for `version`, unless `deadlineWriteNeeded` says the stored one
    * already fires no later than `dueAt` (`always`: the stale-timer path, whose item did fire early).
-   * The store never lets it replace an item a newer version wrote (`newer`: what this process knew
-   * is stale, so it is forgotten).
    */
   async function writeDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null, always: boolean): Promise<void> {
     if (!always && !deadlineWriteNeeded(deadlineItems.get(runId), version, dueAt)) {
       knowDeadlineItem(runId, version, dueAt);
       return;
     }
-    if ((await store.writeDeadline(runId, tenantId, dueAt, version)) === 'written') knowDeadlineItem(runId, version, dueAt);
-    else deadlineItems.delete(runId);
+    await store.writeDeadline(runId, tenantId, dueAt);
+    knowDeadlineItem(runId, version, dueAt);
   }
 
   /** Per run, the read-model write in flight (or queued) in this process: a chain, newest last (by `rankOf`). */
   const settling = new Map<string, { rank: number; done: Promise<void> }>();
   /** Order of read-model writes: by version, and a version's published write after its unpublished one. */
   const rankOf = (transition: TransitionDocument) => transition.version * 2 + (transition.published ? 1 : 0);
+  /**
+   * Per run, the newest published transition whose work items are written and whose read model
+   * waits for `readModelDelayMs` (a run that moves on by itself, `movesOn`), and the timer that
+   * writes it.
+   */
+  const delayedReadModels = new Map<string, { transition: TransitionDocument; lastSeq: number | null }>();
+  const readModelTimers = new Map<string, NodeJS.Timeout>();
+
+  /** Appends `write` to the run's chain of writes in this process (unless a write of the same or a higher rank is queued: it covers this one). */
+  function chain(runId: string, rank: number, write: () => Promise<void>): { entry: { rank: number; done: Promise<void> }; queued: boolean } {
+    const queued = settling.get(runId);
+    if (queued && queued.rank >= rank) return { entry: queued, queued: false };
+    const entry = { rank, done: (queued?.done ?? Promise.resolve()).then(write, write) };
+    settling.set(runId, entry);
+    void entry.done.then(
+      () => {
+        if (settling.get(runId) === entry) settling.delete(runId);
+      },
+      () => {
+        // The write's own caller handles its failure (`settle`, `writeDelayedReadModel`).
+        if (settling.get(runId) === entry) settling.delete(runId);
+      },
+    );
+    return { entry, queued: true };
+  }
+
+  /**
+   * Writes the read model, then looks for a newer version another replica may have committed on
+   * top of this one: its read model (and deadline item) may have landed before these writes, and
+   * would stay behind for good if that was the run's last transition. Unless this process already
+   * knows a newer version (its own write of it follows in this chain), look for the next version
+   * by `_id`; if it exists, bring the run to its latest (publishing it first if not known
+   * published, then writing it), so the read model ends at the latest whatever the order writes
+   * landed in. (A filter on the version would make the write conditional, but FerretDB 1.24 scans
+   * the collection for any filter other than a lone `_id`: measured, 350 ms a write at 10,000 runs.)
+   */
+  async function writeReadModel(published: TransitionDocument, lastSeq: number | null): Promise<void> {
+    const { runId } = published;
+    const delayed = delayedReadModels.get(runId);
+    if (delayed && rankOf(delayed.transition) <= rankOf(published)) delayedReadModels.delete(runId);
+    await store.writeReadModel(published, lastSeq);
+    // No probe where no newer version can be: nothing is ever committed on an ended run (the
+    // transition function ignores every input of one), and a write recording this version not yet
+    // published is followed by the one recording it published (which probes), or, if the publish
+    // fails or the process dies first, by the redelivered input's own.
+    if (isTerminalStatus(published.state.status) || !published.published) return;
+    const latestKnown = cache.get(runId);
+    if (latestKnown && latestKnown.transition.version > published.version) return;
+    if (await store.exists(runId, published.version + 1)) void catchUp(runId);
+  }
+
+  /**
+   * Writes the run's delayed read model (`delayReadModel`): the newest published transition whose
+   * work items are written, whether or not a newer one is committed (so a run that keeps moving
+   * faster than the delay still has its read model written once per delay). Its input is acked
+   * already: a failure is logged, and the run's next write (or a reader's roll-forward) covers it.
+   */
+  function writeDelayedReadModel(runId: string): Promise<void> {
+    readModelTimers.delete(runId);
+    const ready = delayedReadModels.get(runId);
+    if (!ready) return Promise.resolve();
+    return chain(runId, rankOf(ready.transition), async () => {
+      const current = delayedReadModels.get(runId);
+      if (!current) return;
+      await writeReadModel(current.transition, current.lastSeq).catch((error: unknown) => {
+        // Logged, not retried: the input was acked; readers roll forward past a lagging read model, and the run's next write covers it.
+        logger.warn({ runId, version: current.transition.version, err: error }, 'could not write a delayed read model');
+      });
+    }).entry.done;
+  }
+
+  /** Queues the read model of `published` (its work items written) for `readModelDelayMs`, replacing an older one queued. */
+  function delayReadModel(published: TransitionDocument, lastSeq: number | null) {
+    const { runId } = published;
+    const queued = delayedReadModels.get(runId);
+    if (queued && rankOf(queued.transition) >= rankOf(published)) return;
+    delayedReadModels.set(runId, { transition: published, lastSeq });
+    if (readModelTimers.has(runId)) return;
+    const timer = setTimeout(() => void writeDelayedReadModel(runId), readModelDelayMs);
+    timer.unref();
+    readModelTimers.set(runId, timer);
+  }
 
   /**
    * Writes what follows a published transition off the step's critical path: the run's deadline
@@ -167,18 +259,17 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    * order: a read model that records version v as published implies v's work items are written
    * (a deadline item due no later than v's deadline), so a redelivered input that finds v
    * published has nothing left to redo (and the retention sweep waits for that read model before
-   * it prunes anything). Serialized per run in this process, and skipped when this process knows
-   * a newer version (the newer one's own write covers it). Never backwards across replicas
-   * either: the store writes the read model and the deadline item only over an older version's
-   * (`newer` otherwise), so when another replica committed on top of this version and its writes
-   * landed first (the run's next input went to it), these leave them in place, with no probe for
-   * the next version. A sweeper's republish writes only the latest state it loaded, never an
-   * older one (the bug issue 9 names).
+   * it prunes anything). The input is acked once the work items are written. The read model of a
+   * transition after which the run moves on by itself (`movesOn`: a model or tool request, an
+   * inbox message in its outbox) is delayed by `readModelDelayMs` and written after the ack, once
+   * per delay for the newest ready version (docs/decisions.md, "a running run's read model is
+   * written at most once per second"); a run that waits or has ended has its read model written
+   * before the ack. Serialized per run in this process and never backwards: a write is skipped
+   * when this process knows a newer version (the newer one's own write covers it). A sweeper's
+   * republish writes only the latest state it loaded, never an older one (the bug issue 9 names).
    */
   function settle(published: TransitionDocument, lastSeq: number | null): Promise<void> {
     const { runId } = published;
-    const queued = settling.get(runId);
-    if (queued && queued.rank >= rankOf(published)) return queued.done;
     const write = async () => {
       const known = cache.get(runId);
       if (known && known.transition.version > published.version) return;
@@ -191,27 +282,45 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         await store.insertWork({ _id: workIds.retention(runId), kind: 'retention', runId, tenantId: published.tenantId, dueAt });
         knowDeadlineItem(runId, published.version, published.state.nextDeadlineAt, true);
       }
-      // `newer`: another replica's newer read model is there; its writer covers the run.
-      await store.writeReadModel(published, lastSeq);
+      if (published.published && movesOn(published)) {
+        delayReadModel(published, lastSeq);
+        return;
+      }
+      await writeReadModel(published, lastSeq);
     };
-    const entry = { rank: rankOf(published), done: (queued?.done ?? Promise.resolve()).then(write, write) };
-    settling.set(runId, entry);
-    void entry.done.then(
-      () => {
-        if (settling.get(runId) === entry) settling.delete(runId);
-      },
-      (error: unknown) => {
-        // The waiting input is nakked with this error and redelivered; until then the run's
-        // cached transition is no longer known published, so the redelivery (or the run's next
-        // input) publishes and writes again.
-        if (settling.get(runId) === entry) settling.delete(runId);
-        deadlineItems.delete(runId);
-        const cached = cache.get(runId);
-        if (cached && cached.transition.version === published.version) remember(runId, { ...cached, transition: { ...cached.transition, published: false } });
-        logger.warn({ runId, version: published.version, err: error }, 'could not write the read model; the input will be redelivered');
-      },
-    );
+    const { entry, queued } = chain(runId, rankOf(published), write);
+    if (!queued) return entry.done;
+    void entry.done.catch((error: unknown) => {
+      // The waiting input is nakked with this error and redelivered; until then the run's
+      // cached transition is no longer known published, so the redelivery (or the run's next
+      // input) publishes and writes again.
+      deadlineItems.delete(runId);
+      const cached = cache.get(runId);
+      if (cached && cached.transition.version === published.version) remember(runId, { ...cached, transition: { ...cached.transition, published: false } });
+      logger.warn({ runId, version: published.version, err: error }, 'could not write the read model; the input will be redelivered');
+    });
     return entry.done;
+  }
+
+  /**
+   * Brings the run's read model to its latest transition after a write that may have landed
+   * behind another replica's (see `writeReadModel`). Not awaited by that write (it queues behind
+   * it); a crash here leaves a lagging read model, which readers roll forward past.
+   */
+  function catchUp(runId: string): Promise<void> {
+    return queue
+      .run(runId, async () => {
+        const latest = await loadLatest(runId);
+        if (!latest) return;
+        // Published by this process (its own write of it is queued after the one that called
+        // this), or recorded so by a read model read after that write: nothing to bring forward.
+        if (latest.transition.published) return;
+        await publish(latest.transition, latest.lastSeq);
+      })
+      .catch((error: unknown) => {
+        // Logged, not retried: readers roll forward past a lagging read model, and the run's next input writes it again.
+        logger.warn({ runId, err: error }, 'could not bring the read model to the latest transition');
+      });
   }
 
   /**
@@ -314,7 +423,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       // its events go out (as not yet published; the write after the publish records that), so a
       // client that sees `run.suspended` or the terminal event finds the run in that state in
       // listings (the approvals inbox). A crash between the two is the "after the commit" window.
-      if (!next.outbox.some((entry) => entry.kind === 'llm_request' || entry.kind === 'tool_request' || entry.kind === 'inbox')) await settle(next, lastSeq);
+      if (!movesOn(next)) await settle(next, lastSeq);
       logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
       await publish(next, lastSeq, true);
       return { kind: 'committed', version: next.version };
@@ -364,6 +473,12 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       // No version 1 a minute after the item was due: its creator died between the two inserts.
       if (!pending.found && Date.parse(item.dueAt) + 60_000 > now().getTime()) return;
       await store.deleteWork(item._id);
+    },
+    /** Writes every delayed read model now (at shutdown, after the consumers stopped: a process that exits without it leaves them lagging, as a crash would). */
+    async flushReadModels(): Promise<void> {
+      const runIds = [...readModelTimers.keys()];
+      for (const runId of runIds) clearTimeout(readModelTimers.get(runId));
+      await Promise.all(runIds.map(writeDelayedReadModel));
     },
     /** The latest state as this process knows it (rolled forward). */
     loadLatest,
