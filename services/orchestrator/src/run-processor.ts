@@ -155,13 +155,14 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    * Writes the run's deadline item for `version`, unless `deadlineWriteNeeded` says the stored one
    * already fires no later than `dueAt` (`always`: the stale-timer path, whose item did fire early).
    */
-  async function writeDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null, always: boolean): Promise<void> {
+  async function writeDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null, always: boolean): Promise<boolean> {
     if (!always && !deadlineWriteNeeded(deadlineItems.get(runId), version, dueAt)) {
       knowDeadlineItem(runId, version, dueAt);
-      return;
+      return false;
     }
     await store.writeDeadline(runId, tenantId, dueAt);
     knowDeadlineItem(runId, version, dueAt);
+    return true;
   }
 
   /** Per run, the read-model write in flight (or queued) in this process: a chain, newest last (by `rankOf`). */
@@ -195,28 +196,36 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   }
 
   /**
-   * Writes the read model, then looks for a newer version another replica may have committed on
-   * top of this one: its read model (and deadline item) may have landed before these writes, and
-   * would stay behind for good if that was the run's last transition. Unless this process already
-   * knows a newer version (its own write of it follows in this chain), look for the next version
-   * by `_id`; if it exists, bring the run to its latest (publishing it first if not known
-   * published, then writing it), so the read model ends at the latest whatever the order writes
-   * landed in. (A filter on the version would make the write conditional, but FerretDB 1.24 scans
-   * the collection for any filter other than a lone `_id`: measured, 350 ms a write at 10,000 runs.)
+   * After writes for `published`, looks for a newer version another replica may have committed on
+   * top of it: its read model and deadline item may have landed before these writes, and would
+   * stay behind for good if that was the run's last transition. Unless this process already knows
+   * a newer version (its own writes of it follow in this chain), look for the next version by
+   * `_id`; if it exists, bring the run to its latest (publishing it first if not known published,
+   * then writing it), so both end at the latest whatever the order writes landed in. (A filter on
+   * the version would make the writes conditional instead, but FerretDB 1.24 scans the collection
+   * for any filter other than a lone `_id`: measured, 350 ms a write at 10,000 runs.) No probe
+   * where no newer version can be: nothing is ever committed on an ended run (the transition
+   * function ignores every input of one).
+   */
+  async function catchUpIfNewer(published: TransitionDocument): Promise<void> {
+    const { runId } = published;
+    if (isTerminalStatus(published.state.status)) return;
+    const latestKnown = cache.get(runId);
+    if (latestKnown && latestKnown.transition.version > published.version) return;
+    if (await store.exists(runId, published.version + 1)) void catchUp(runId);
+  }
+
+  /**
+   * Writes the read model, then probes for a newer version (`catchUpIfNewer`), except after a
+   * write recording this version not yet published: the one recording it published follows and
+   * probes (or, if the publish fails or the process dies first, the redelivered input's does).
    */
   async function writeReadModel(published: TransitionDocument, lastSeq: number | null): Promise<void> {
     const { runId } = published;
     const delayed = delayedReadModels.get(runId);
     if (delayed && rankOf(delayed.transition) <= rankOf(published)) delayedReadModels.delete(runId);
     await store.writeReadModel(published, lastSeq);
-    // No probe where no newer version can be: nothing is ever committed on an ended run (the
-    // transition function ignores every input of one), and a write recording this version not yet
-    // published is followed by the one recording it published (which probes), or, if the publish
-    // fails or the process dies first, by the redelivered input's own.
-    if (isTerminalStatus(published.state.status) || !published.published) return;
-    const latestKnown = cache.get(runId);
-    if (latestKnown && latestKnown.transition.version > published.version) return;
-    if (await store.exists(runId, published.version + 1)) void catchUp(runId);
+    if (published.published) await catchUpIfNewer(published);
   }
 
   /**
@@ -273,7 +282,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     const write = async () => {
       const known = cache.get(runId);
       if (known && known.transition.version > published.version) return;
-      await writeDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt, false);
+      const wroteDeadline = await writeDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt, false);
       const knownItem = deadlineItems.get(runId);
       if (retentionMs != null && isTerminalStatus(published.state.status) && !(knownItem?.version === published.version && knownItem.retention)) {
         // Insert-unless-exists: a repeat (redelivery, another replica) keeps the first due time.
@@ -284,6 +293,10 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       }
       if (published.published && movesOn(published)) {
         delayReadModel(published, lastSeq);
+        // The deadline item just written may have landed after a newer one another replica
+        // wrote: probed now, before the ack, as the read-model write would have (the delayed
+        // write probes again for the read model).
+        if (wroteDeadline) await catchUpIfNewer(published);
         return;
       }
       await writeReadModel(published, lastSeq);
