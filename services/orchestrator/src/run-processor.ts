@@ -89,9 +89,11 @@ const maxConflictRetries = 8;
  * the exact latest transition, publish its outbox if it is not known to be published, compute
  * the next state with the pure transition function, commit it by inserting version v+1 (a
  * duplicate key means another replica won: reload, re-apply), then publish the outbox (events
- * first, then work). The commit insert is the only write the run's next step waits for; the read
- * model and the deadline item are written after the publish, outside the run's queue, and the
- * input is acked only once they are written (`apply` returns then). Crash windows:
+ * first, then work). The commit insert is the only write the run's next step waits for; the
+ * deadline item and (for a run that waits or has ended) the read model are written after the
+ * publish, outside the run's queue, and the input is acked only once they are written (`apply`
+ * returns then); the read model of a run that moves on by itself follows within
+ * `readModelDelayMs`, after the ack (`settle`). Crash windows:
  * - after the commit, before the publish: the input is not acked and comes back after
  *   `ack_wait`; its cause equals the latest transition's, which is not known published (the read
  *   model lags it), so its outbox is published (again, `Nats-Msg-Id` drops repeats) first. Any
@@ -100,7 +102,10 @@ const maxConflictRetries = 8;
  * - after the publish, before the read model / deadline item / ack: the same redelivery
  *   publishes again (dropped as duplicates inside the window) and writes them;
  * - after the read model, before the ack: the redelivery finds the transition published and
- *   applied, and is acked (`ack`, not `ackAck`: a lost ack only costs this redelivery).
+ *   applied, and is acked (`ack`, not `ackAck`: a lost ack only costs this redelivery);
+ * - after the ack, before a delayed read model: the read model lags and does not record the
+ *   latest transition published, so whoever applies the run's next input (or loads it) publishes
+ *   that outbox again first (the first window's rule), then writes it.
  */
 export function createRunProcessor(deps: RunProcessorDeps) {
   const { store, publisher, queue, logger } = deps;
@@ -491,7 +496,8 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     async flushReadModels(): Promise<void> {
       const runIds = [...readModelTimers.keys()];
       for (const runId of runIds) clearTimeout(readModelTimers.get(runId));
-      await Promise.all(runIds.map(writeDelayedReadModel));
+      // Each write logs its own failure; a settle it waited behind failed its own input already.
+      await Promise.allSettled(runIds.map(writeDelayedReadModel));
     },
     /** The latest state as this process knows it (rolled forward). */
     loadLatest,
