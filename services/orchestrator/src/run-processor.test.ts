@@ -77,6 +77,11 @@ function harness(options: { holdReadModel?: number; retentionMs?: number; readMo
       transitions.set(transition._id, structuredClone(toStoredTransition(transition, previous)));
       log.push(`commit ${transition.version}`);
     },
+    async lowerDeadline(runId: string, _tenantId: string, dueAt: string) {
+      const stored = deadlines.get(runId);
+      if (stored === undefined || dueAt < stored) deadlines.set(runId, dueAt);
+      log.push('deadline lowered');
+    },
     async writeDeadline(runId: string, _tenantId: string, dueAt: string | null) {
       if (dueAt === null) deadlines.delete(runId);
       else deadlines.set(runId, dueAt);
@@ -119,7 +124,7 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     const commit = h.log.indexOf('commit 2');
     expect(h.log.slice(0, commit)).toEqual([]); // nothing republished, nothing written before the commit
     expect(h.log.slice(commit + 1, -1).every((line) => line.startsWith('publish '))).toBe(true);
-    expect(h.log.at(-1)).toBe('deadline set');
+    expect(h.log.at(-1)).toBe('deadline lowered');
     expect(h.readModel).toEqual([]); // the ack did not wait for it
     await expect.poll(() => h.readModel).toEqual([{ version: 2, publishedVersion: 2 }]);
   });
@@ -189,7 +194,7 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     expect(await fresh.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0')).toEqual({ kind: 'ignored', reason: 'input already applied' });
     expect(h.log.filter((line) => line.startsWith('publish ')).length).toBeGreaterThan(0);
     expect(h.log.filter((line) => line.startsWith('publish ')).every((line) => line.includes(' run_1:2:'))).toBe(true);
-    expect(h.log.at(-1)).toBe('deadline set');
+    expect(h.log.at(-1)).toBe('deadline lowered');
     await fresh.flushReadModels();
     expect(h.log.at(-1)).toBe('read model 2');
     expect(h.transitions.has('run_1:3')).toBe(false);
@@ -220,18 +225,18 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     const h = harness();
     const processor = h.make();
     await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
-    // A running run's deadline item, written before the ack: another replica may have committed on top of it.
-    expect(h.probes).toEqual([3]);
-    // Its delayed read model, likewise.
+    // A deadline item lowered before the ack cannot end later than a newer version's: no probe.
+    expect(h.probes).toEqual([]);
+    // The delayed read model: another replica may have committed on top of it.
     await processor.flushReadModels();
-    expect(h.probes).toEqual([3, 3]);
+    expect(h.probes).toEqual([3]);
     await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
     // Both writes of the ended run (before its terminal event and after) probe nothing.
     expect(h.readModel.slice(-2)).toEqual([
       { version: 3, publishedVersion: 2 },
       { version: 3, publishedVersion: 3 },
     ]);
-    expect(h.probes).toEqual([3, 3]);
+    expect(h.probes).toEqual([3]);
   });
 
   it('with RUN_RETENTION, a run that ends gets its retention item after its deadline item and before its read model; without, none', async () => {
@@ -282,7 +287,7 @@ describe('run processor: deadline items fire no later than the deadline, written
     const deadlineWrites = () => h.log.filter((line) => line.startsWith('deadline '));
     await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0'); // v2: model step, due in an hour
     await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0'); // v3: tool call, due in ten minutes (earlier)
-    expect(deadlineWrites()).toEqual(['deadline set', 'deadline set']);
+    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered']);
     expect(h.deadlines.get('run_1')).toBe(tenMinutes);
     await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0'); // v4: model step 1, due in an hour (later): not written
     expect(deadlineWrites()).toHaveLength(2);
@@ -292,7 +297,7 @@ describe('run processor: deadline items fire no later than the deadline, written
     await processor.apply('run_1', 't1', toolResult(1), 'tool:run_1:s1c0'); // v6: not written
     await processor.apply('run_1', 't1', finalAnswerAt(2), 'llm:run_1:2'); // v7: completed
     // Ended: deleted once, though the run is settled twice (before its terminal event and after).
-    expect(deadlineWrites()).toEqual(['deadline set', 'deadline set', 'deadline set', 'deadline cleared']);
+    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered', 'deadline lowered', 'deadline cleared']);
     expect(h.deadlines.has('run_1')).toBe(false);
     expect(h.readModel.at(-1)).toEqual({ version: 7, publishedVersion: 7 });
   });
@@ -309,15 +314,19 @@ describe('run processor: deadline items fire no later than the deadline, written
     expect(h.deadlines.get('run_1')).toBe(hour);
   });
 
-  it('a process that did not write the run\'s previous item writes the next one, whatever its due time', async () => {
+  it('a process that did not write the run\'s previous item writes the next one, lowering it only', async () => {
     const h = harness();
     const first = h.make();
     await first.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
     await first.apply('run_1', 't1', toolCall, 'llm:run_1:0');
     await first.flushReadModels();
     expect(h.deadlines.get('run_1')).toBe(tenMinutes);
-    // Another process (another replica, or after a restart) commits v4, due later than the stored item: it writes anyway.
+    const writes = () => h.log.filter((line) => line.startsWith('deadline ')).length;
+    const before = writes();
+    // Another process (another replica, or after a restart) commits v4, due later than the stored
+    // item: it does not know what is stored, so it writes, and the item (due earlier) stays.
     await h.make().apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
-    expect(h.deadlines.get('run_1')).toBe(hour);
+    expect(writes()).toBe(before + 1);
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
   });
 });

@@ -157,17 +157,19 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   }
 
   /**
-   * Writes the run's deadline item for `version`, unless `deadlineWriteNeeded` says the stored one
-   * already fires no later than `dueAt` (`always`: the stale-timer path, whose item did fire early).
+   * Writes the run's deadline item after version `version`: nothing when `deadlineWriteNeeded`
+   * says the stored one already fires no later than `dueAt`; otherwise lowered to `dueAt` (never
+   * later: `lowerDeadline`), or deleted when the run has no deadline. Returns what it did.
    */
-  async function writeDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null, always: boolean): Promise<boolean> {
-    if (!always && !deadlineWriteNeeded(deadlineItems.get(runId), version, dueAt)) {
+  async function settleDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null): Promise<'skipped' | 'lowered' | 'deleted'> {
+    if (!deadlineWriteNeeded(deadlineItems.get(runId), version, dueAt)) {
       knowDeadlineItem(runId, version, dueAt);
-      return false;
+      return 'skipped';
     }
-    await store.writeDeadline(runId, tenantId, dueAt);
+    if (dueAt === null) await store.writeDeadline(runId, tenantId, null);
+    else await store.lowerDeadline(runId, tenantId, dueAt);
     knowDeadlineItem(runId, version, dueAt);
-    return true;
+    return dueAt === null ? 'deleted' : 'lowered';
   }
 
   /** Per run, the read-model write in flight (or queued) in this process: a chain, newest last (by `rankOf`). */
@@ -267,8 +269,8 @@ export function createRunProcessor(deps: RunProcessorDeps) {
 
   /**
    * Writes what follows a published transition off the step's critical path: the run's deadline
-   * item (`run_deadlines`; skipped when the stored one already fires no later than this version's
-   * deadline, `deadlineWriteNeeded`), for a run that has ended its retention item (with
+   * item (`run_deadlines`: lowered to this version's deadline, never moved later, or deleted;
+   * skipped when the stored one already fires no later, `settleDeadlineItem`), for a run that has ended its retention item (with
    * `RUN_RETENTION` set), then the read model with `publishedVersion` = its version. In that
    * order: a read model that records version v as published implies v's work items are written
    * (a deadline item due no later than v's deadline), so a redelivered input that finds v
@@ -287,7 +289,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     const write = async () => {
       const known = cache.get(runId);
       if (known && known.transition.version > published.version) return;
-      const wroteDeadline = await writeDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt, false);
+      const deadlineWrite = await settleDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt);
       const knownItem = deadlineItems.get(runId);
       if (retentionMs != null && isTerminalStatus(published.state.status) && !(knownItem?.version === published.version && knownItem.retention)) {
         // Insert-unless-exists: a repeat (redelivery, another replica) keeps the first due time.
@@ -298,10 +300,11 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       }
       if (published.published && movesOn(published)) {
         delayReadModel(published, lastSeq);
-        // The deadline item just written may have landed after a newer one another replica
-        // wrote: probed now, before the ack, as the read-model write would have (the delayed
-        // write probes again for the read model).
-        if (wroteDeadline) await catchUpIfNewer(published);
+        // A delete of the deadline item may have landed after the item of a newer version another
+        // replica committed: probed now, before the ack, as the read-model write would have (the
+        // delayed write probes again for the read model). A lowered item cannot land later than
+        // a newer version's deadline: no probe.
+        if (deadlineWrite === 'deleted') await catchUpIfNewer(published);
         return;
       }
       await writeReadModel(published, lastSeq);
@@ -391,7 +394,10 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         // A timer from a deadline item that fired before the run's deadline (one left earlier on
         // purpose, `deadlineWriteNeeded`, or by a write that lost a race with another replica's):
         // set the item to the run's deadline, so it stops firing.
-        if (input.type === 'deadline') await writeDeadlineItem(runId, current.tenantId, current.version, current.state.nextDeadlineAt, true);
+        if (input.type === 'deadline') {
+          await store.writeDeadline(runId, current.tenantId, current.state.nextDeadlineAt);
+          knowDeadlineItem(runId, current.version, current.state.nextDeadlineAt);
+        }
         return result;
       }
       const next: TransitionDocument = {
