@@ -36,7 +36,7 @@ function deferred() {
  * An in-memory run store with the semantics the processor relies on (insert decides, read model
  * by `_id`), recording every write and publish in one ordered log.
  */
-function harness(options: { holdReadModel?: number; retentionMs?: number; readModelDelayMs?: number } = {}) {
+function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; retentionMs?: number; readModelDelayMs?: number } = {}) {
   const log: string[] = [];
   // Stored as `run_transitions` stores them (a delta after version 1), folded on every load.
   const transitions = new Map<string, StoredTransition>();
@@ -45,6 +45,8 @@ function harness(options: { holdReadModel?: number; retentionMs?: number; readMo
   const probes: number[] = [];
   const hold = deferred();
   let held = false;
+  const deadlineHold = deferred();
+  let deadlineHeld = false;
   const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
   transitions.set(v1._id, structuredClone(v1));
   const loadAll = (runId: string) => {
@@ -83,6 +85,11 @@ function harness(options: { holdReadModel?: number; retentionMs?: number; readMo
       log.push('deadline lowered');
     },
     async writeDeadline(runId: string, _tenantId: string, dueAt: string | null) {
+      if (options.holdDeadlineSet && !deadlineHeld) {
+        deadlineHeld = true;
+        log.push('deadline set held');
+        await deadlineHold.promise;
+      }
       if (dueAt === null) deadlines.delete(runId);
       else deadlines.set(runId, dueAt);
       log.push(`deadline ${dueAt === null ? 'cleared' : 'set'}`);
@@ -112,7 +119,7 @@ function harness(options: { holdReadModel?: number; retentionMs?: number; readMo
   // The delayed read models are written by `flushReadModels` unless a test sets a short delay.
   const make = () =>
     createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now, retentionMs: options.retentionMs, readModelDelayMs: options.readModelDelayMs ?? 3_600_000 });
-  return { log, transitions, readModel, deadlines, probes, hold, make };
+  return { log, transitions, readModel, deadlines, probes, hold, deadlineHold, make };
 }
 
 describe('run processor: one write on a step critical path (issue 9)', () => {
@@ -312,6 +319,26 @@ describe('run processor: deadline items fire no later than the deadline, written
     expect(h.deadlines.get('run_1')).toBe(tenMinutes);
     expect(await processor.apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`)).toEqual({ kind: 'ignored', reason: 'no deadline due' });
     expect(h.deadlines.get('run_1')).toBe(hour);
+  });
+
+  it('a stale timer\'s move of the item to a later time that lands after another replica lowered it for a newer version is lowered again', async () => {
+    const h = harness({ holdDeadlineSet: true });
+    const first = h.make();
+    await first.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await first.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await first.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
+    await first.flushReadModels();
+    // v4 (a model step, an hour) left the item at v3's ten minutes; its timer reaches another replica, whose move to the hour is slow ...
+    const stale = h.make().apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`);
+    await expect.poll(() => h.log.includes('deadline set held')).toBe(true);
+    // ... while the first commits v5 (a tool call, ten minutes) and lowers the item.
+    await first.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1');
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    h.deadlineHold.resolve();
+    expect(await stale).toEqual({ kind: 'ignored', reason: 'no deadline due' });
+    // The move to v4's hour landed last; v5 exists, so the item is lowered to v5's ten minutes again.
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    expect(h.log.slice(-2)).toEqual(['deadline set', 'deadline lowered']);
   });
 
   it('a process that did not write the run\'s previous item writes the next one, lowering it only', async () => {

@@ -397,6 +397,18 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         if (input.type === 'deadline') {
           await store.writeDeadline(runId, current.tenantId, current.state.nextDeadlineAt);
           knowDeadlineItem(runId, current.version, current.state.nextDeadlineAt);
+          // This write moves the item later, the only one that does: another replica may have
+          // committed on top of `current` and lowered the item to its earlier deadline before it
+          // landed. If a newer version exists, lower the item to the latest one's deadline (a
+          // lowering never hurts: at worst it fires early once more).
+          if (await store.exists(runId, current.version + 1)) {
+            const latest = await loadLatest(runId);
+            const dueAt = latest?.transition.state.nextDeadlineAt ?? null;
+            if (latest && dueAt !== null) {
+              await store.lowerDeadline(runId, current.tenantId, dueAt);
+              knowDeadlineItem(runId, latest.transition.version, dueAt);
+            }
+          }
         }
         return result;
       }
