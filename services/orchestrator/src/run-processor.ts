@@ -145,15 +145,16 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return latest ? { ...latest, verified: true } : null;
   }
 
-  /** Per run, what this process knows of its deadline item (bounded like the cache; forgotten when a write of it fails). */
+  /** Per run, what this process knows of its deadline item (bounded by the cache's entry count; forgotten when a write of it fails). */
   const deadlineItems = new Map<string, KnownDeadlineItem>();
+  const deadlineItemsLimit = deps.cacheSize ?? 10_000;
 
   function knowDeadlineItem(runId: string, version: number, dueAt: string | null, retention = false) {
     const previous = deadlineItems.get(runId);
     if (previous && previous.version > version) return;
     deadlineItems.delete(runId);
     deadlineItems.set(runId, { version, dueAt, retention: retention || (previous?.version === version && previous.retention) });
-    if (deadlineItems.size > cacheSize) deadlineItems.delete(deadlineItems.keys().next().value!);
+    if (deadlineItems.size > deadlineItemsLimit) deadlineItems.delete(deadlineItems.keys().next().value!);
   }
 
   /**
