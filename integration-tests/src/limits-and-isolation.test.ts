@@ -272,6 +272,11 @@ describe('limits and isolation', () => {
     await store.writeDeadline('run_moved', 'tenant-b', '2999-01-01T00:00:00.000Z');
     await store.writeDeadline('run_cleared', 'tenant-b', '2026-01-01T00:00:00.000Z');
     await store.writeDeadline('run_cleared', 'tenant-b', null);
+    // Lowered (what the orchestrator writes after a transition, `$min`): a later due time leaves the earlier one.
+    await store.lowerDeadline('run_lowered', 'tenant-b', '2999-06-01T00:00:00.000Z');
+    await store.lowerDeadline('run_lowered', 'tenant-b', '2999-01-01T00:00:00.000Z');
+    await store.lowerDeadline('run_lowered', 'tenant-b', '2999-03-01T00:00:00.000Z');
+    expect(await db.collection('run_deadlines').findOne({ _id: 'deadline:run_lowered' as never })).toMatchObject({ kind: 'deadline', runId: 'run_lowered', tenantId: 'tenant-b', dueAt: '2999-01-01T00:00:00.000Z' });
     // Outbox items of new runs are another kind: never returned as deadlines.
     await store.insertWork({ _id: 'outbox:run_new', kind: 'outbox', runId: 'run_new', tenantId: 'tenant-b', dueAt: deadline });
     const seen: string[] = [];

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitForStatus } from './harness/run-checks.ts';
+import { waitForPublishedLatest, waitForStatus } from './harness/run-checks.ts';
 import { Stack, testKeys } from './harness/stack.ts';
 
 /**
@@ -48,7 +48,12 @@ describe('retention of ended runs', () => {
     const created = await stack.api(testKeys.a, 'POST', '/v1/runs', { agentId: 'keeper', input: 'echo a note', conversationId: 'conv-kept' });
     expect(created.status).toBe(201);
     const runId = created.body.runId as string;
-    const ended = await waitForStatus(stack, testKeys.a, runId, ['completed', 'failed', 'cancelled']);
+    expect((await waitForStatus(stack, testKeys.a, runId, ['completed', 'failed', 'cancelled'])).status).toBe('completed');
+    // The run as its settled read model shows it (`lastSeq` comes from the read model, which
+    // records the terminal transition published a moment after the terminal event): the view
+    // pruning must leave unchanged.
+    await waitForPublishedLatest(stack.db, runId);
+    const ended = (await stack.api(testKeys.a, 'GET', `/v1/runs/${runId}`)).body;
     expect(ended.status, JSON.stringify(ended)).toBe('completed');
     expect(ended.output).toBe('Done: the note came back.');
 

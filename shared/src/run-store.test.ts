@@ -41,6 +41,15 @@ function memoryCollection() {
         } else if ('replaceOne' in operation) {
           const id = String(operation.replaceOne.filter._id);
           if (documents.has(id) || operation.replaceOne.upsert) documents.set(id, { ...structuredClone(operation.replaceOne.replacement), _id: id });
+        } else if ('updateOne' in operation) {
+          // `$min` / `$set` by `_id`, upserted: what `lowerDeadline` sends.
+          const id = String(operation.updateOne.filter._id);
+          const update = operation.updateOne.update as { $min?: Record<string, string>; $set?: Record<string, unknown> };
+          const stored = documents.get(id);
+          if (!stored && !operation.updateOne.upsert) return;
+          const next: Record<string, unknown> = { ...stored, _id: id, ...update.$set };
+          for (const [field, value] of Object.entries(update.$min ?? {})) if (next[field] === undefined || value < String(next[field])) next[field] = value;
+          documents.set(id, next);
         } else if ('deleteOne' in operation) {
           documents.delete(String(operation.deleteOne.filter._id));
         }
@@ -52,9 +61,9 @@ function memoryCollection() {
 }
 
 /** The run store's collections over memory, with the write batchers `getCollections` would build. */
-function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; runTransitions: ReturnType<typeof memoryCollection>; runWork: ReturnType<typeof memoryCollection> }): Collections {
+function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; runTransitions: ReturnType<typeof memoryCollection>; runWork: ReturnType<typeof memoryCollection>; runDeadlines: ReturnType<typeof memoryCollection> }): Collections {
   const batcher = (collection: ReturnType<typeof memoryCollection>) => createWriteBatcher(collection as unknown as Collection<{ _id: string }>);
-  return { ...parts, writes: { runs: batcher(parts.runs), runTransitions: batcher(parts.runTransitions), runWork: batcher(parts.runWork) } } as unknown as Collections;
+  return { ...parts, writes: { runs: batcher(parts.runs), runTransitions: batcher(parts.runTransitions), runWork: batcher(parts.runWork), runDeadlines: batcher(parts.runDeadlines) } } as unknown as Collections;
 }
 
 function initialState(): RunState {
@@ -87,8 +96,10 @@ function stateAt(version: number): RunState {
 function harness() {
   const runs = memoryCollection();
   const runTransitions = memoryCollection();
-  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection() }));
-  return { runs, runTransitions, store };
+  const runDeadlines = memoryCollection();
+  const watermark: string[] = [];
+  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines }), { onWorkWritten: (_kind, dueAt) => watermark.push(dueAt) });
+  return { runs, runTransitions, runDeadlines, watermark, store };
 }
 
 describe('run store: transitions as deltas', () => {
@@ -148,5 +159,25 @@ describe('run store: transitions as deltas', () => {
     const summary = await store.rollSummaryForward('run_1', readModelSummary(readModel));
     expect(summary).toMatchObject({ version: 12, published: false, state: { step: 12, agentVersion: 2, toolCalls: [], metadata: { 'a.b': 1 } } });
     expect(summary.state).not.toHaveProperty('messages');
+  });
+});
+
+describe('run store: deadline items', () => {
+  it('lowers an item, never moving it later, and sets it either way on request', async () => {
+    const { runDeadlines, watermark, store } = harness();
+    const item = () => runDeadlines.documents.get('deadline:run_1');
+    await store.lowerDeadline('run_1', 't1', '2026-11-30T10:10:00.000Z');
+    expect(item()).toEqual({ _id: 'deadline:run_1', kind: 'deadline', runId: 'run_1', tenantId: 't1', dueAt: '2026-11-30T10:10:00.000Z' });
+    // A later deadline (a model step after a tool call, or an older version's write landing late) leaves the earlier one.
+    await store.lowerDeadline('run_1', 't1', '2026-11-30T11:00:00.000Z');
+    expect(item()?.dueAt).toBe('2026-11-30T10:10:00.000Z');
+    await store.lowerDeadline('run_1', 't1', '2026-11-30T10:05:00.000Z');
+    expect(item()?.dueAt).toBe('2026-11-30T10:05:00.000Z');
+    // The stale-timer path moves it to the run's deadline, later.
+    await store.writeDeadline('run_1', 't1', '2026-11-30T11:00:00.000Z');
+    expect(item()?.dueAt).toBe('2026-11-30T11:00:00.000Z');
+    await store.writeDeadline('run_1', 't1', null);
+    expect(item()).toBeUndefined();
+    expect(watermark).toEqual(['2026-11-30T10:10:00.000Z', '2026-11-30T11:00:00.000Z', '2026-11-30T10:05:00.000Z', '2026-11-30T11:00:00.000Z']);
   });
 });

@@ -378,8 +378,8 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
-     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), or deletes it when null;
-     * tells `onWorkWritten` (the deadline sweeper's watermark) once the item is written.
+     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), later or earlier, or deletes
+     * it when null; tells `onWorkWritten` (the deadline sweeper's watermark) once the item is written.
      */
     async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
       const _id = workIds.deadline(runId);
@@ -389,6 +389,20 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
       }
       const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
       await writes.runDeadlines.replace(item, { upsert: true });
+      options.onWorkWritten?.('deadline', dueAt);
+    },
+
+    /**
+     * Lowers the run's deadline item to `dueAt` (by `_id`, upserted): an item due earlier stays
+     * as it is (`$min`; ISO times in one format order as strings). What the orchestrator writes
+     * after a transition: an item only has to fire no later than the run's deadline (an early one
+     * is ignored and moved, `writeDeadline`), and a write that lands late (a slower replica's, of
+     * an older version) can then never leave the item later than a newer version's deadline.
+     * Tells `onWorkWritten` once written.
+     */
+    async lowerDeadline(runId: string, tenantId: string, dueAt: string): Promise<void> {
+      const _id = workIds.deadline(runId);
+      await writes.runDeadlines.update(_id, { $min: { dueAt }, $set: { kind: 'deadline', runId, tenantId } }, { upsert: true });
       options.onWorkWritten?.('deadline', dueAt);
     },
 

@@ -188,6 +188,8 @@ async function main(): Promise<void> {
         draining = true;
         await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop(), retentionSweeper?.stop()]);
         await Promise.all([inbox.stop(config.SHUTDOWN_GRACE), approvals.stop(config.SHUTDOWN_GRACE), advisories.stop(config.SHUTDOWN_GRACE)]);
+        // Read models still waiting out their delay (runs that moved on by themselves), before MongoDB closes.
+        await processor.flushReadModels();
         await nats.drain();
         await mongo.close();
         await health.stop();

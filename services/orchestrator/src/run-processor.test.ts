@@ -3,7 +3,7 @@ import { Writable } from 'node:stream';
 import { createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
 import { testRunState } from '@abide/shared/testing';
 import { createKeyedQueue } from './keyed-queue.ts';
-import { createRunProcessor } from './run-processor.ts';
+import { createRunProcessor, deadlineWriteNeeded } from './run-processor.ts';
 import type { RunInput } from './run-state-machine.ts';
 
 const now = new Date('2026-11-24T10:00:00.000Z');
@@ -22,6 +22,10 @@ const toolCall: RunInput = {
   payload: { ok: true, step: 0, attempt: 1, text: '', toolCalls: [{ providerToolCallId: 'c1', toolName: 'echo', args: {} }], finishReason: 'tool-calls', usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 } },
 };
 
+const toolResult = (step: number): RunInput => ({ type: 'tool_result', payload: { toolCallId: `s${step}c0`, step, outcome: { kind: 'success', value: {} } } });
+const toolCallAt = (step: number): RunInput => ({ type: 'llm_result', payload: { ...(toolCall as Extract<RunInput, { type: 'llm_result' }>).payload, step } });
+const finalAnswerAt = (step: number): RunInput => ({ type: 'llm_result', payload: { ...(finalAnswer as Extract<RunInput, { type: 'llm_result' }>).payload, step } });
+
 function deferred() {
   let resolve!: () => void;
   const promise = new Promise<void>((done) => (resolve = done));
@@ -32,7 +36,7 @@ function deferred() {
  * An in-memory run store with the semantics the processor relies on (insert decides, read model
  * by `_id`), recording every write and publish in one ordered log.
  */
-function harness(options: { holdReadModel?: number; retentionMs?: number } = {}) {
+function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; retentionMs?: number; readModelDelayMs?: number } = {}) {
   const log: string[] = [];
   /** Which cold load each `apply` used: `first` (version 1 and the probe of 2 at once) or `latest` (the read model, then roll forward). */
   const loads: string[] = [];
@@ -40,8 +44,11 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
   const transitions = new Map<string, StoredTransition>();
   const readModel: { version: number; publishedVersion: number }[] = [];
   const deadlines = new Map<string, string>();
+  const probes: number[] = [];
   const hold = deferred();
   let held = false;
+  const deadlineHold = deferred();
+  let deadlineHeld = false;
   const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
   transitions.set(v1._id, structuredClone(v1));
   const loadAll = (runId: string) => {
@@ -60,6 +67,7 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
       return latest;
     },
     async exists(runId: string, version: number) {
+      probes.push(version);
       return transitions.has(`${runId}:${version}`);
     },
     async loadFirstIfLatest(runId: string) {
@@ -80,7 +88,17 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
       transitions.set(transition._id, structuredClone(toStoredTransition(transition, previous)));
       log.push(`commit ${transition.version}`);
     },
+    async lowerDeadline(runId: string, _tenantId: string, dueAt: string) {
+      const stored = deadlines.get(runId);
+      if (stored === undefined || dueAt < stored) deadlines.set(runId, dueAt);
+      log.push('deadline lowered');
+    },
     async writeDeadline(runId: string, _tenantId: string, dueAt: string | null) {
+      if (options.holdDeadlineSet && !deadlineHeld) {
+        deadlineHeld = true;
+        log.push('deadline set held');
+        await deadlineHold.promise;
+      }
       if (dueAt === null) deadlines.delete(runId);
       else deadlines.set(runId, dueAt);
       log.push(`deadline ${dueAt === null ? 'cleared' : 'set'}`);
@@ -107,35 +125,64 @@ function harness(options: { holdReadModel?: number; retentionMs?: number } = {})
   };
   const collections = { writes: { conversationLocks: { delete: async () => 'ok' } } };
   const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
-  const make = () => createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now, retentionMs: options.retentionMs });
-  return { log, loads, transitions, readModel, deadlines, hold, make };
+  // The delayed read models are written by `flushReadModels` unless a test sets a short delay.
+  const make = () =>
+    createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now, retentionMs: options.retentionMs, readModelDelayMs: options.readModelDelayMs ?? 3_600_000 });
+  return { log, loads, transitions, readModel, deadlines, probes, hold, deadlineHold, make };
 }
 
 describe('run processor: one write on a step critical path (issue 9)', () => {
-  it('publishes right after the commit; the deadline item and the read model follow, before the input is acked', async () => {
-    const h = harness();
+  it('publishes right after the commit; the deadline item follows before the input is acked, the read model of a run that moves on after its delay', async () => {
+    const h = harness({ readModelDelayMs: 20 });
     const processor = h.make();
     // `run_1:1:0` is the start version 1's outbox sent: its arrival proves version 1 published.
     expect(await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0')).toEqual({ kind: 'committed', version: 2 });
     const commit = h.log.indexOf('commit 2');
     expect(h.log.slice(0, commit)).toEqual([]); // nothing republished, nothing written before the commit
-    expect(h.log.slice(commit + 1, -2).every((line) => line.startsWith('publish '))).toBe(true);
-    expect(h.log.slice(-2)).toEqual(['deadline set', 'read model 2']);
-    expect(h.readModel.at(-1)).toEqual({ version: 2, publishedVersion: 2 });
+    expect(h.log.slice(commit + 1, -1).every((line) => line.startsWith('publish '))).toBe(true);
+    expect(h.log.at(-1)).toBe('deadline lowered');
+    expect(h.readModel).toEqual([]); // the ack did not wait for it
+    await expect.poll(() => h.readModel).toEqual([{ version: 2, publishedVersion: 2 }]);
   });
 
   it('the next input does not wait for the read model; writes stay in version order', async () => {
     const h = harness({ holdReadModel: 2 });
     const processor = h.make();
-    const first = processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    const flushed = processor.flushReadModels();
     // Version 2's read model is held; the model's tool call still commits version 3 and publishes its tool request.
     const second = processor.apply('run_1', 't1', toolCall, 'llm:run_1:0');
     await expect.poll(() => h.log.some((line) => line.startsWith('publish tool.request.echo run_1:3:'))).toBe(true);
     expect(h.log).not.toContain('read model 2');
     h.hold.resolve();
-    await Promise.all([first, second]);
+    await Promise.all([flushed, second]);
+    await processor.flushReadModels();
     expect(h.readModel.map((model) => model.version)).toEqual([2, 3]);
     expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+  });
+
+  it('a run that moves on by itself has its read model written once per delay, for the newest version ready', async () => {
+    const h = harness();
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
+    // Three transitions inside one delay: no read model written yet, then one, of the newest.
+    expect(h.readModel).toEqual([]);
+    await processor.flushReadModels();
+    expect(h.readModel).toEqual([{ version: 4, publishedVersion: 4 }]);
+    await processor.flushReadModels();
+    expect(h.readModel).toHaveLength(1);
+    // A run that ends writes its own read model at once; nothing delayed is written after it.
+    await processor.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1');
+    await processor.apply('run_1', 't1', toolResult(1), 'tool:run_1:s1c0');
+    await processor.apply('run_1', 't1', finalAnswerAt(2), 'llm:run_1:2');
+    await processor.flushReadModels();
+    expect(h.readModel).toEqual([
+      { version: 4, publishedVersion: 4 },
+      { version: 7, publishedVersion: 6 },
+      { version: 7, publishedVersion: 7 },
+    ]);
   });
 
   it('a run that ends has its read model written before its terminal event goes out, then recorded published', async () => {
@@ -179,7 +226,9 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     expect(await fresh.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0')).toEqual({ kind: 'ignored', reason: 'input already applied' });
     expect(h.log.filter((line) => line.startsWith('publish ')).length).toBeGreaterThan(0);
     expect(h.log.filter((line) => line.startsWith('publish ')).every((line) => line.includes(' run_1:2:'))).toBe(true);
-    expect(h.log.slice(-2)).toEqual(['deadline set', 'read model 2']);
+    expect(h.log.at(-1)).toBe('deadline lowered');
+    await fresh.flushReadModels();
+    expect(h.log.at(-1)).toBe('read model 2');
     expect(h.transitions.has('run_1:3')).toBe(false);
   });
 
@@ -188,18 +237,38 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     const replicaA = h.make();
     const replicaB = h.make();
     // A commits and publishes version 2; its read-model write is slow.
-    const first = replicaA.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
-    await expect.poll(() => h.log.includes('deadline set')).toBe(true);
+    await replicaA.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    const first = replicaA.flushReadModels();
     // B takes the next input: version 2 is not known published to it, so it publishes it again, then commits version 3.
     await replicaB.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await replicaB.flushReadModels();
     expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
     // A's write of version 2 lands last, behind B's version 3 ...
     h.hold.resolve();
     await first;
     // ... and A finds version 3 and writes it again: the read model ends at the latest.
-    await expect.poll(() => h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
-    expect(h.readModel.map((model) => model.version)).toEqual([2, 3, 2, 3]);
-    expect(h.readModel.map((model) => model.publishedVersion)).toEqual([2, 3, 2, 3]);
+    await expect.poll(() => h.log.filter((line) => line.startsWith('publish tool.request.echo run_1:3:')).length).toBe(2);
+    await replicaA.flushReadModels();
+    expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+    expect(h.readModel.map((model) => model.version)).toEqual([3, 2, 3]);
+  });
+
+  it('probes for a newer version after a read-model write only where one can be: not after an ended run\'s', async () => {
+    const h = harness();
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    // A deadline item lowered before the ack cannot end later than a newer version's: no probe.
+    expect(h.probes).toEqual([]);
+    // The delayed read model: another replica may have committed on top of it.
+    await processor.flushReadModels();
+    expect(h.probes).toEqual([3]);
+    await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    // Both writes of the ended run (before its terminal event and after) probe nothing.
+    expect(h.readModel.slice(-2)).toEqual([
+      { version: 3, publishedVersion: 2 },
+      { version: 3, publishedVersion: 3 },
+    ]);
+    expect(h.probes).toEqual([3]);
   });
 
   it('with RUN_RETENTION, a run that ends gets its retention item after its deadline item and before its read model; without, none', async () => {
@@ -211,11 +280,105 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
     const terminalEvent = h.log.findIndex((line) => line.startsWith('publish run.events.run_1 run_1:3:'));
     expect(h.log.slice(0, terminalEvent)).toEqual(['commit 3', 'deadline cleared', 'work retention:run_1 retention due 2026-11-24T11:00:00.000Z', 'read model 3']);
+    // The second settle (recording the terminal transition published) writes neither item again.
+    expect(h.log.slice(terminalEvent).filter((line) => !line.startsWith('publish '))).toEqual(['read model 3']);
 
     const forever = harness();
     const kept = forever.make();
     await kept.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
     await kept.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
     expect(forever.log.some((line) => line.startsWith('work '))).toBe(false);
+  });
+});
+
+describe('run processor: deadline items fire no later than the deadline, written only when that needs it', () => {
+  const hour = '2026-11-24T11:00:00.000Z';
+  const tenMinutes = '2026-11-24T10:10:00.000Z';
+
+  it('decides a write from what this process knows of the item', () => {
+    // Nothing known (another replica's run, or a restart): written.
+    expect(deadlineWriteNeeded(undefined, 4, hour)).toBe(true);
+    // The same version again (the second settle of a run that ended or waits): nothing to write.
+    expect(deadlineWriteNeeded({ version: 4, dueAt: hour, retention: false }, 4, hour)).toBe(false);
+    expect(deadlineWriteNeeded({ version: 4, dueAt: null, retention: false }, 4, null)).toBe(false);
+    // The next version, due no earlier than what is stored: the stored item fires first, early, and is then moved.
+    expect(deadlineWriteNeeded({ version: 3, dueAt: tenMinutes, retention: false }, 4, hour)).toBe(false);
+    expect(deadlineWriteNeeded({ version: 3, dueAt: hour, retention: false }, 4, hour)).toBe(false);
+    // Due earlier than what is stored: written, or the deadline would fire late.
+    expect(deadlineWriteNeeded({ version: 3, dueAt: hour, retention: false }, 4, tenMinutes)).toBe(true);
+    // A version in between it did not see (another replica's, or a settle skipped for a newer one): written.
+    expect(deadlineWriteNeeded({ version: 2, dueAt: tenMinutes, retention: false }, 4, hour)).toBe(true);
+    // No deadline any more, or none stored: written (deleted, or set).
+    expect(deadlineWriteNeeded({ version: 3, dueAt: tenMinutes, retention: false }, 4, null)).toBe(true);
+    expect(deadlineWriteNeeded({ version: 3, dueAt: null, retention: false }, 4, hour)).toBe(true);
+  });
+
+  it('a run alternating model and tool steps writes its item only when the deadline comes earlier, and deletes it once when it ends', async () => {
+    const h = harness();
+    const processor = h.make();
+    const deadlineWrites = () => h.log.filter((line) => line.startsWith('deadline '));
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0'); // v2: model step, due in an hour
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0'); // v3: tool call, due in ten minutes (earlier)
+    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered']);
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0'); // v4: model step 1, due in an hour (later): not written
+    expect(deadlineWrites()).toHaveLength(2);
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    await processor.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1'); // v5: due in ten minutes, earlier than v4's hour: written
+    expect(deadlineWrites()).toHaveLength(3);
+    await processor.apply('run_1', 't1', toolResult(1), 'tool:run_1:s1c0'); // v6: not written
+    await processor.apply('run_1', 't1', finalAnswerAt(2), 'llm:run_1:2'); // v7: completed
+    // Ended: deleted once, though the run is settled twice (before its terminal event and after).
+    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered', 'deadline lowered', 'deadline cleared']);
+    expect(h.deadlines.has('run_1')).toBe(false);
+    expect(h.readModel.at(-1)).toEqual({ version: 7, publishedVersion: 7 });
+  });
+
+  it('a timer from an item left early is ignored and moves the item to the run\'s deadline', async () => {
+    const h = harness();
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
+    // The item still holds the tool call's ten minutes; the run (v4, a model step) is due in an hour.
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    expect(await processor.apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`)).toEqual({ kind: 'ignored', reason: 'no deadline due' });
+    expect(h.deadlines.get('run_1')).toBe(hour);
+  });
+
+  it('a stale timer\'s move of the item to a later time that lands after another replica lowered it for a newer version is lowered again', async () => {
+    const h = harness({ holdDeadlineSet: true });
+    const first = h.make();
+    await first.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await first.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await first.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
+    await first.flushReadModels();
+    // v4 (a model step, an hour) left the item at v3's ten minutes; its timer reaches another replica, whose move to the hour is slow ...
+    const stale = h.make().apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`);
+    await expect.poll(() => h.log.includes('deadline set held')).toBe(true);
+    // ... while the first commits v5 (a tool call, ten minutes) and lowers the item.
+    await first.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1');
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    h.deadlineHold.resolve();
+    expect(await stale).toEqual({ kind: 'ignored', reason: 'no deadline due' });
+    // The move to v4's hour landed last; v5 exists, so the item is lowered to v5's ten minutes again.
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    expect(h.log.slice(-2)).toEqual(['deadline set', 'deadline lowered']);
+  });
+
+  it('a process that did not write the run\'s previous item writes the next one, lowering it only', async () => {
+    const h = harness();
+    const first = h.make();
+    await first.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    await first.apply('run_1', 't1', toolCall, 'llm:run_1:0');
+    await first.flushReadModels();
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    const writes = () => h.log.filter((line) => line.startsWith('deadline ')).length;
+    const before = writes();
+    // Another process (another replica, or after a restart) commits v4, due later than the stored
+    // item: it does not know what is stored, so it writes, and the item (due earlier) stays.
+    await h.make().apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
+    expect(writes()).toBe(before + 1);
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
   });
 });

@@ -43,7 +43,44 @@ export type RunProcessorDeps = {
   cacheBytes?: number;
   /** `RUN_RETENTION` in ms: an ended run's history is pruned this long after it ended (`retention` work item). Null or absent: kept forever. */
   retentionMs?: number | null;
+  /**
+   * How long the read model of a run that moves on by itself waits before it is written (then
+   * for the newest version ready): its next transitions within that time cost no write.
+   * @default 1000
+   */
+  readModelDelayMs?: number;
 };
+
+/**
+ * What a process knows of a run's deadline item (`run_deadlines`): it wrote it for run version
+ * `version`, or knew for that version that it need not (`deadlineWriteNeeded`); either way the
+ * stored item is due no later than `dueAt` (null: it deleted the item). `retention`: it also
+ * inserted the run's retention item at that version.
+ */
+export type KnownDeadlineItem = { version: number; dueAt: string | null; retention: boolean };
+
+/**
+ * Whether settling run version `version`, whose deadline is `dueAt` (null: none), must write the
+ * run's deadline item, given what this process knows of it (docs/decisions.md, "deadline items
+ * fire no later than the deadline"). A deadline item need only fire no later than the run's real
+ * deadline: one that fires early finds no deadline due, is ignored, and the item is set to the
+ * run's deadline then (the stale-timer path). So the write is skipped when this process handled
+ * the item for this very version already, or for the version just before (contiguous: nothing it
+ * does not know of came between) with a due time no later than `dueAt`. Never skipped: a first
+ * write of a run this process does not know (another replica's, or before a restart), a deadline
+ * earlier than what is known stored, and a delete (`dueAt` null) of another version.
+ */
+export function deadlineWriteNeeded(known: KnownDeadlineItem | undefined, version: number, dueAt: string | null): boolean {
+  if (!known) return true;
+  if (known.version === version) return false;
+  if (known.version !== version - 1 || dueAt === null || known.dueAt === null) return true;
+  return Date.parse(dueAt) < Date.parse(known.dueAt);
+}
+
+/** Whether the run moves on by itself after `transition`: its outbox sends work (a model or tool request, an inbox message) whose answer is the run's next input. */
+export function movesOn(transition: Pick<TransitionDocument, 'outbox'>): boolean {
+  return transition.outbox.some((entry) => entry.kind === 'llm_request' || entry.kind === 'tool_request' || entry.kind === 'inbox');
+}
 
 export type ApplyOutcome = { kind: 'committed'; version: number } | { kind: 'ignored'; reason: string } | { kind: 'unknown_run' };
 
@@ -55,9 +92,11 @@ const maxConflictRetries = 8;
  * the exact latest transition, publish its outbox if it is not known to be published, compute
  * the next state with the pure transition function, commit it by inserting version v+1 (a
  * duplicate key means another replica won: reload, re-apply), then publish the outbox (events
- * first, then work). The commit insert is the only write the run's next step waits for; the read
- * model and the deadline item are written after the publish, outside the run's queue, and the
- * input is acked only once they are written (`apply` returns then). Crash windows:
+ * first, then work). The commit insert is the only write the run's next step waits for; the
+ * deadline item and (for a run that waits or has ended) the read model are written after the
+ * publish, outside the run's queue, and the input is acked only once they are written (`apply`
+ * returns then); the read model of a run that moves on by itself follows within
+ * `readModelDelayMs`, after the ack (`settle`). Crash windows:
  * - after the commit, before the publish: the input is not acked and comes back after
  *   `ack_wait`; its cause equals the latest transition's, which is not known published (the read
  *   model lags it), so its outbox is published (again, `Nats-Msg-Id` drops repeats) first. Any
@@ -66,11 +105,15 @@ const maxConflictRetries = 8;
  * - after the publish, before the read model / deadline item / ack: the same redelivery
  *   publishes again (dropped as duplicates inside the window) and writes them;
  * - after the read model, before the ack: the redelivery finds the transition published and
- *   applied, and is acked (`ack`, not `ackAck`: a lost ack only costs this redelivery).
+ *   applied, and is acked (`ack`, not `ackAck`: a lost ack only costs this redelivery);
+ * - after the ack, before a delayed read model: the read model lags and does not record the
+ *   latest transition published, so whoever applies the run's next input (or loads it) publishes
+ *   that outbox again first (the first window's rule), then writes it.
  */
 export function createRunProcessor(deps: RunProcessorDeps) {
   const { store, publisher, queue, logger } = deps;
   const retentionMs = deps.retentionMs ?? null;
+  const readModelDelayMs = deps.readModelDelayMs ?? 1_000;
   const now = deps.now ?? (() => new Date());
   const cache = createTransitionCache({ maxEntries: deps.cacheSize, maxBytes: deps.cacheBytes });
   const committed = deps.metrics?.counter('transitions_committed_total', 'Transitions committed');
@@ -108,69 +151,189 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return latest ? { ...latest, verified: true } : null;
   }
 
+  /** Per run, what this process knows of its deadline item (bounded by the cache's entry count; forgotten when a write of it fails). */
+  const deadlineItems = new Map<string, KnownDeadlineItem>();
+  const deadlineItemsLimit = deps.cacheSize ?? 10_000;
+
+  function knowDeadlineItem(runId: string, version: number, dueAt: string | null, retention = false) {
+    const previous = deadlineItems.get(runId);
+    if (previous && previous.version > version) return;
+    deadlineItems.delete(runId);
+    deadlineItems.set(runId, { version, dueAt, retention: retention || (previous?.version === version && previous.retention) });
+    if (deadlineItems.size > deadlineItemsLimit) deadlineItems.delete(deadlineItems.keys().next().value!);
+  }
+
+  /**
+   * Writes the run's deadline item after version `version`: nothing when `deadlineWriteNeeded`
+   * says the stored one already fires no later than `dueAt`; otherwise lowered to `dueAt` (never
+   * later: `lowerDeadline`), or deleted when the run has no deadline. Returns what it did.
+   */
+  async function settleDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null): Promise<'skipped' | 'lowered' | 'deleted'> {
+    if (!deadlineWriteNeeded(deadlineItems.get(runId), version, dueAt)) {
+      knowDeadlineItem(runId, version, dueAt);
+      return 'skipped';
+    }
+    if (dueAt === null) await store.writeDeadline(runId, tenantId, null);
+    else await store.lowerDeadline(runId, tenantId, dueAt);
+    knowDeadlineItem(runId, version, dueAt);
+    return dueAt === null ? 'deleted' : 'lowered';
+  }
+
   /** Per run, the read-model write in flight (or queued) in this process: a chain, newest last (by `rankOf`). */
   const settling = new Map<string, { rank: number; done: Promise<void> }>();
   /** Order of read-model writes: by version, and a version's published write after its unpublished one. */
   const rankOf = (transition: TransitionDocument) => transition.version * 2 + (transition.published ? 1 : 0);
-
   /**
-   * Writes what follows a published transition off the step's critical path: the run's deadline
-   * item (`run_deadlines`), for a run that has ended its retention item (with `RUN_RETENTION` set),
-   * then the read model with `publishedVersion` = its version. In that order: a read model that
-   * records version v as published implies v's work items are written, so a redelivered input
-   * that finds v published has nothing left to redo (and the retention sweep waits for that
-   * read model before it prunes anything). Serialized per run in
-   * this process and never backwards: a write is skipped when this process knows a newer version
-   * (the newer one's own write covers it). A sweeper's republish writes only the latest state it
-   * loaded, never an older one (the bug issue 9 names).
+   * Per run, the newest published transition whose work items are written and whose read model
+   * waits for `readModelDelayMs` (a run that moves on by itself, `movesOn`), and the timer that
+   * writes it.
    */
-  function settle(published: TransitionDocument, lastSeq: number | null): Promise<void> {
-    const { runId } = published;
+  const delayedReadModels = new Map<string, { transition: TransitionDocument; lastSeq: number | null }>();
+  const readModelTimers = new Map<string, NodeJS.Timeout>();
+
+  /** Appends `write` to the run's chain of writes in this process (unless a write of the same or a higher rank is queued: it covers this one). */
+  function chain(runId: string, rank: number, write: () => Promise<void>): { entry: { rank: number; done: Promise<void> }; queued: boolean } {
     const queued = settling.get(runId);
-    if (queued && queued.rank >= rankOf(published)) return queued.done;
-    const write = async () => {
-      const known = cache.get(runId);
-      if (known && known.transition.version > published.version) return;
-      await store.writeDeadline(runId, published.tenantId, published.state.nextDeadlineAt);
-      if (retentionMs != null && isTerminalStatus(published.state.status)) {
-        // Insert-unless-exists: a repeat (redelivery, another replica) keeps the first due time.
-        const dueAt = new Date(now().getTime() + retentionMs).toISOString();
-        await store.insertWork({ _id: workIds.retention(runId), kind: 'retention', runId, tenantId: published.tenantId, dueAt });
-      }
-      await store.writeReadModel(published, lastSeq);
-      // Another replica may have committed on top of this version, and written its newer read
-      // model (and deadline item) before these writes landed: they would stay behind for good
-      // if that was the run's last transition. Unless this process already knows a newer version
-      // (its own write of it follows in this chain), look for the next version by `_id`; if it
-      // exists, bring the run to its latest (publishing it first if not known published, then
-      // writing it), so the read model ends at the latest whatever the order writes landed in.
-      const latestKnown = cache.get(runId);
-      if (latestKnown && latestKnown.transition.version > published.version) return;
-      if (await store.exists(runId, published.version + 1)) void catchUp(runId);
-    };
-    const entry = { rank: rankOf(published), done: (queued?.done ?? Promise.resolve()).then(write, write) };
+    if (queued && queued.rank >= rank) return { entry: queued, queued: false };
+    const entry = { rank, done: (queued?.done ?? Promise.resolve()).then(write, write) };
     settling.set(runId, entry);
     void entry.done.then(
       () => {
         if (settling.get(runId) === entry) settling.delete(runId);
       },
-      (error: unknown) => {
-        // The waiting input is nakked with this error and redelivered; until then the run's
-        // cached transition is no longer known published, so the redelivery (or the run's next
-        // input) publishes and writes again.
+      () => {
+        // The write's own caller handles its failure (`settle`, `writeDelayedReadModel`).
         if (settling.get(runId) === entry) settling.delete(runId);
-        const cached = cache.get(runId);
-        if (cached && cached.transition.version === published.version) remember(runId, { ...cached, transition: { ...cached.transition, published: false } });
-        logger.warn({ runId, version: published.version, err: error }, 'could not write the read model; the input will be redelivered');
       },
     );
+    return { entry, queued: true };
+  }
+
+  /**
+   * After writes for `published`, looks for a newer version another replica may have committed on
+   * top of it: its read model and deadline item may have landed before these writes, and would
+   * stay behind for good if that was the run's last transition. Unless this process already knows
+   * a newer version (its own writes of it follow in this chain), look for the next version by
+   * `_id`; if it exists, bring the run to its latest (publishing it first if not known published,
+   * then writing it), so both end at the latest whatever the order writes landed in. (A filter on
+   * the version would make the writes conditional instead, but FerretDB 1.24 scans the collection
+   * for any filter other than a lone `_id`: measured, 350 ms a write at 10,000 runs.) No probe
+   * where no newer version can be: nothing is ever committed on an ended run (the transition
+   * function ignores every input of one).
+   */
+  async function catchUpIfNewer(published: TransitionDocument): Promise<void> {
+    const { runId } = published;
+    if (isTerminalStatus(published.state.status)) return;
+    const latestKnown = cache.get(runId);
+    if (latestKnown && latestKnown.transition.version > published.version) return;
+    if (await store.exists(runId, published.version + 1)) void catchUp(runId);
+  }
+
+  /**
+   * Writes the read model, then probes for a newer version (`catchUpIfNewer`), except after a
+   * write recording this version not yet published: the one recording it published follows and
+   * probes (or, if the publish fails or the process dies first, the redelivered input's does).
+   */
+  async function writeReadModel(published: TransitionDocument, lastSeq: number | null): Promise<void> {
+    const { runId } = published;
+    const delayed = delayedReadModels.get(runId);
+    if (delayed && rankOf(delayed.transition) <= rankOf(published)) delayedReadModels.delete(runId);
+    await store.writeReadModel(published, lastSeq);
+    if (published.published) await catchUpIfNewer(published);
+  }
+
+  /**
+   * Writes the run's delayed read model (`delayReadModel`): the newest published transition whose
+   * work items are written, whether or not a newer one is committed (so a run that keeps moving
+   * faster than the delay still has its read model written once per delay). Its input is acked
+   * already: a failure is logged, and the run's next write (or a reader's roll-forward) covers it.
+   */
+  function writeDelayedReadModel(runId: string): Promise<void> {
+    readModelTimers.delete(runId);
+    const ready = delayedReadModels.get(runId);
+    if (!ready) return Promise.resolve();
+    return chain(runId, rankOf(ready.transition), async () => {
+      const current = delayedReadModels.get(runId);
+      if (!current) return;
+      await writeReadModel(current.transition, current.lastSeq).catch((error: unknown) => {
+        // Logged, not retried: the input was acked; readers roll forward past a lagging read model, and the run's next write covers it.
+        logger.warn({ runId, version: current.transition.version, err: error }, 'could not write a delayed read model');
+      });
+    }).entry.done;
+  }
+
+  /** Queues the read model of `published` (its work items written) for `readModelDelayMs`, replacing an older one queued. */
+  function delayReadModel(published: TransitionDocument, lastSeq: number | null) {
+    const { runId } = published;
+    const queued = delayedReadModels.get(runId);
+    if (queued && rankOf(queued.transition) >= rankOf(published)) return;
+    delayedReadModels.set(runId, { transition: published, lastSeq });
+    if (readModelTimers.has(runId)) return;
+    const timer = setTimeout(() => void writeDelayedReadModel(runId), readModelDelayMs);
+    timer.unref();
+    readModelTimers.set(runId, timer);
+  }
+
+  /**
+   * Writes what follows a published transition off the step's critical path: the run's deadline
+   * item (`run_deadlines`: lowered to this version's deadline, never moved later, or deleted;
+   * skipped when the stored one already fires no later, `settleDeadlineItem`), for a run that has ended its retention item (with
+   * `RUN_RETENTION` set), then the read model with `publishedVersion` = its version. In that
+   * order: a read model that records version v as published implies v's work items are written
+   * (a deadline item due no later than v's deadline), so a redelivered input that finds v
+   * published has nothing left to redo (and the retention sweep waits for that read model before
+   * it prunes anything). The input is acked once the work items are written. The read model of a
+   * transition after which the run moves on by itself (`movesOn`: a model or tool request, an
+   * inbox message in its outbox) is delayed by `readModelDelayMs` and written after the ack, once
+   * per delay for the newest ready version (docs/decisions.md, "a running run's read model is
+   * written at most once per second"); a run that waits or has ended has its read model written
+   * before the ack. Serialized per run in this process and never backwards: a write is skipped
+   * when this process knows a newer version (the newer one's own write covers it). A sweeper's
+   * republish writes only the latest state it loaded, never an older one (the bug issue 9 names).
+   */
+  function settle(published: TransitionDocument, lastSeq: number | null): Promise<void> {
+    const { runId } = published;
+    const write = async () => {
+      const known = cache.get(runId);
+      if (known && known.transition.version > published.version) return;
+      const deadlineWrite = await settleDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt);
+      const knownItem = deadlineItems.get(runId);
+      if (retentionMs != null && isTerminalStatus(published.state.status) && !(knownItem?.version === published.version && knownItem.retention)) {
+        // Insert-unless-exists: a repeat (redelivery, another replica) keeps the first due time.
+        // Once per version in this process (a run that ends is settled twice, see `applyNow`).
+        const dueAt = new Date(now().getTime() + retentionMs).toISOString();
+        await store.insertWork({ _id: workIds.retention(runId), kind: 'retention', runId, tenantId: published.tenantId, dueAt });
+        knowDeadlineItem(runId, published.version, published.state.nextDeadlineAt, true);
+      }
+      if (published.published && movesOn(published)) {
+        delayReadModel(published, lastSeq);
+        // A delete of the deadline item may have landed after the item of a newer version another
+        // replica committed: probed now, before the ack, as the read-model write would have (the
+        // delayed write probes again for the read model). A lowered item cannot land later than
+        // a newer version's deadline: no probe.
+        if (deadlineWrite === 'deleted') await catchUpIfNewer(published);
+        return;
+      }
+      await writeReadModel(published, lastSeq);
+    };
+    const { entry, queued } = chain(runId, rankOf(published), write);
+    if (!queued) return entry.done;
+    void entry.done.catch((error: unknown) => {
+      // The waiting input is nakked with this error and redelivered; until then the run's
+      // cached transition is no longer known published, so the redelivery (or the run's next
+      // input) publishes and writes again.
+      deadlineItems.delete(runId);
+      const cached = cache.get(runId);
+      if (cached && cached.transition.version === published.version) remember(runId, { ...cached, transition: { ...cached.transition, published: false } });
+      logger.warn({ runId, version: published.version, err: error }, 'could not write the read model; the input will be redelivered');
+    });
     return entry.done;
   }
 
   /**
    * Brings the run's read model to its latest transition after a write that may have landed
-   * behind another replica's (see `settle`). Not awaited by that write (it queues behind it);
-   * a crash here leaves a lagging read model, which readers roll forward past.
+   * behind another replica's (see `writeReadModel`). Not awaited by that write (it queues behind
+   * it); a crash here leaves a lagging read model, which readers roll forward past.
    */
   function catchUp(runId: string): Promise<void> {
     return queue
@@ -235,9 +398,25 @@ export function createRunProcessor(deps: RunProcessorDeps) {
           continue;
         }
         ignoredInputs?.inc({ reason: 'stale' });
-        // A timer from a deadline item that no longer matches the run (a write that lost a race
-        // with another replica's): set the item to the run's deadline, so it stops firing.
-        if (input.type === 'deadline') await store.writeDeadline(runId, current.tenantId, current.state.nextDeadlineAt);
+        // A timer from a deadline item that fired before the run's deadline (one left earlier on
+        // purpose, `deadlineWriteNeeded`, or by a write that lost a race with another replica's):
+        // set the item to the run's deadline, so it stops firing.
+        if (input.type === 'deadline') {
+          await store.writeDeadline(runId, current.tenantId, current.state.nextDeadlineAt);
+          knowDeadlineItem(runId, current.version, current.state.nextDeadlineAt);
+          // This write moves the item later, the only one that does: another replica may have
+          // committed on top of `current` and lowered the item to its earlier deadline before it
+          // landed. If a newer version exists, lower the item to the latest one's deadline (a
+          // lowering never hurts: at worst it fires early once more).
+          if (await store.exists(runId, current.version + 1)) {
+            const latest = await loadLatest(runId);
+            const dueAt = latest?.transition.state.nextDeadlineAt ?? null;
+            if (latest && dueAt !== null) {
+              await store.lowerDeadline(runId, current.tenantId, dueAt);
+              knowDeadlineItem(runId, latest.transition.version, dueAt);
+            }
+          }
+        }
         return result;
       }
       const next: TransitionDocument = {
@@ -287,7 +466,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       // its events go out (as not yet published; the write after the publish records that), so a
       // client that sees `run.suspended` or the terminal event finds the run in that state in
       // listings (the approvals inbox). A crash between the two is the "after the commit" window.
-      if (!next.outbox.some((entry) => entry.kind === 'llm_request' || entry.kind === 'tool_request' || entry.kind === 'inbox')) await settle(next, lastSeq);
+      if (!movesOn(next)) await settle(next, lastSeq);
       logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
       await publish(next, lastSeq, true);
       return { kind: 'committed', version: next.version };
@@ -337,6 +516,13 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       // No version 1 a minute after the item was due: its creator died between the two inserts.
       if (!pending.found && Date.parse(item.dueAt) + 60_000 > now().getTime()) return;
       await store.deleteWork(item._id);
+    },
+    /** Writes every delayed read model now (at shutdown, after the consumers stopped: a process that exits without it leaves them lagging, as a crash would). */
+    async flushReadModels(): Promise<void> {
+      const runIds = [...readModelTimers.keys()];
+      for (const runId of runIds) clearTimeout(readModelTimers.get(runId));
+      // Each write logs its own failure; a settle it waited behind failed its own input already.
+      await Promise.allSettled(runIds.map(writeDelayedReadModel));
     },
     /** The latest state as this process knows it (rolled forward). */
     loadLatest,
