@@ -931,7 +931,7 @@ function describeDurability(servers: StartedServers, workload: WorkloadOptions, 
     : servers.mongo?.kind === 'mongod'
       ? 'mongod with its defaults (journaled, w:1)'
       : 'MongoDB given by MONGO_URL (its settings are not known here)';
-  notes.push(`durability: ${nats}; ${mongo}; MongoDB writes with MONGO_WRITE_CONCERN=${process.env.MONGO_WRITE_CONCERN ?? 'majority'} (default: w majority, j true); every step commits (insert of run_transitions) before its next step is published; the read model and deadline item are written after the publish, before the input's ack`);
+  notes.push(`durability: ${nats}; ${mongo}; MongoDB writes with MONGO_WRITE_CONCERN=${process.env.MONGO_WRITE_CONCERN ?? 'majority'} (default: w majority, j true); every step commits (insert of run_transitions) before its next step is published; the deadline item is written after the publish, before the input's ack, and the read model then too for a run that waits or has ended, within 1 s after the ack for a running one`);
   notes.push('latency: WebSocket run.create frame sent -> run.completed frame received on the same socket (subscribed by the gateway from the first event), output verified');
   notes.push(`runs spread over ${tenantCount} tenants (one API key and socket each): the gateway limits run creation to 20/s per tenant (burst 50, not configurable)`);
   notes.push(`1 replica per service, log level ${config.logLevel}, ${config.warmupRuns} warm-up runs`);
