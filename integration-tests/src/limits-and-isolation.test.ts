@@ -319,6 +319,25 @@ describe('limits and isolation', () => {
     expect(new Set(unpublished).size).toBe(211);
     await db.dropDatabase();
   });
+
+  it('a lock is released only by the run that holds it, found by its _id without a scan (the local FerretDB build pushes the _id down)', { timeout: 60_000 }, async () => {
+    const db = stack.mongo.db(`${stack.db.databaseName}_locks`);
+    const collections = getCollections(db);
+    const at = new Date();
+    await collections.conversationLocks.insertMany(Array.from({ length: 2_000 }, (_, index) => ({ _id: `tenant-a:conv_${index}`, runId: `run_${index}`, at })) as never[]);
+    // What the orchestrator's terminal outbox and a creation freeing an ended holder's lock send.
+    await collections.writes.conversationLocks.delete('tenant-a:conv_1990', { runId: 'run_other' });
+    expect(await collections.conversationLocks.findOne({ _id: 'tenant-a:conv_1990' } as never)).toMatchObject({ runId: 'run_1990' });
+    await collections.writes.conversationLocks.delete('tenant-a:conv_1990', { runId: 'run_1990' });
+    expect(await collections.conversationLocks.findOne({ _id: 'tenant-a:conv_1990' } as never)).toBeNull();
+    expect(await collections.conversationLocks.countDocuments({})).toBe(1_999);
+    // The filter `{ _id, runId }` is looked up by its _id (FerretDB 1.24 as released scanned the
+    // whole collection for it: 200 ms a delete at 20,000 locks). A scan shows as `SCAN <table>`
+    // (FerretDB/SQLite), `Seq Scan` (FerretDB/PostgreSQL) or `COLLSCAN` (MongoDB).
+    const plan = JSON.stringify(await collections.conversationLocks.find({ _id: 'tenant-a:conv_5', runId: 'run_5' } as never).explain());
+    expect(plan).not.toMatch(/detail=SCAN |Seq Scan|COLLSCAN/);
+    await db.dropDatabase();
+  });
 });
 
 describe('provisioning applies changed settings (issue 10, finding 1)', () => {
