@@ -1,28 +1,12 @@
-import { startTracing, traceparentOf, type StartTracingOptions } from '@abide/shared';
+import { traceparentOf } from '@abide/shared';
+import { startCapturedTracing } from '@abide/shared/testing';
 import Fastify from 'fastify';
-import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { registerRequestTracing } from './request-tracing.ts';
 
-type Exported = Parameters<Awaited<ReturnType<NonNullable<StartTracingOptions['createExporter']>>>['export']>[0][number];
-
 describe('request tracing (issue 10)', () => {
   it('a server span per request, active in the handler, a new trace linked to the caller’s; 5xx failed; probes untraced', async () => {
-    const exported: Exported[] = [];
-    const tracing = await startTracing(
-      { OTEL_SDK_DISABLED: false, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_TRACES_SAMPLER: 'parentbased_always_on', OTEL_BSP_SCHEDULE_DELAY: 3_600_000 },
-      'gateway',
-      pino({ level: 'silent' }),
-      {
-        createExporter: () => ({
-          export(spans, done) {
-            exported.push(...spans);
-            done({ code: 0 });
-          },
-          async shutdown() {},
-        }),
-      },
-    );
+    const { tracing, exported } = await startCapturedTracing('gateway');
     const app = Fastify();
     try {
       registerRequestTracing(app);

@@ -1,9 +1,7 @@
-import { contextFromTraceparent, inSpan, spanTraceparentField, startTracing, type RunState, type StartTracingOptions, type TransitionDocument } from '@abide/shared';
-import { pino } from 'pino';
+import { contextFromTraceparent, inSpan, spanTraceparentField, type RunState, type TransitionDocument } from '@abide/shared';
+import { startCapturedTracing } from '@abide/shared/testing';
 import { describe, expect, it } from 'vitest';
 import { createTransitionSpans } from './transition-tracing.ts';
-
-type Exported = Parameters<Awaited<ReturnType<NonNullable<StartTracingOptions['createExporter']>>>['export']>[0][number];
 
 function transition(version: number, status: RunState['status'], traceparent?: string): TransitionDocument {
   return {
@@ -22,21 +20,7 @@ function transition(version: number, status: RunState['status'], traceparent?: s
 
 describe('run.transition spans (issue 10)', () => {
   it('continue the run trace across a suspension: a decision from another trace is a link, the run’s last transition the parent', async () => {
-    const exported: Exported[] = [];
-    const tracing = await startTracing(
-      { OTEL_SDK_DISABLED: false, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_TRACES_SAMPLER: 'parentbased_always_on', OTEL_BSP_SCHEDULE_DELAY: 3_600_000 },
-      'orchestrator',
-      pino({ level: 'silent' }),
-      {
-        createExporter: () => ({
-          export(spans, done) {
-            exported.push(...spans);
-            done({ code: 0 });
-          },
-          async shutdown() {},
-        }),
-      },
-    );
+    const { tracing, exported } = await startCapturedTracing('orchestrator');
     try {
       // The run's trace: the transition that suspended it, hours ago.
       const suspended = transition(3, 'suspended', (await inSpan('run.transition', {}, async (span) => spanTraceparentField(span))).traceparent);
