@@ -226,6 +226,15 @@ export function recordSpanError(span: Span, error: unknown): void {
 }
 
 /**
+ * The attributes every worker span of a run's step starts with (`llm.step`, `tool.call`): the
+ * run, its tenant, the step and the delivery attempt. Bounded: never arguments or contents.
+ */
+export function stepDeliveryAttributes(delivery: { message: { runId: string; tenantId: string; payload: { step: number } }; deliveryCount: number }) {
+  const { runId, tenantId, payload } = delivery.message;
+  return { 'abide.run.id': runId, 'abide.tenant.id': tenantId, 'abide.run.step': payload.step, 'abide.attempt': delivery.deliveryCount };
+}
+
+/**
  * Runs `work` inside a new span (active for everything `work` awaits), ending it when `work`
  * settles; a throw is recorded on the span (status ERROR) and rethrown.
  */

@@ -6,6 +6,7 @@ import {
   makeBusEvent,
   makeEnvelope,
   inSpan,
+  stepDeliveryAttributes,
   SpanStatusCode,
   originOf,
   subjects,
@@ -241,12 +242,9 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
      * orchestrator's publish of the request. Bounded attributes: model, step, attempt, outcome, usage.
      */
     handle(delivery) {
-      const { runId, tenantId, payload } = delivery.message;
+      const { payload } = delivery.message;
       const attributes = {
-        'abide.run.id': runId,
-        'abide.tenant.id': tenantId,
-        'abide.run.step': payload.step,
-        'abide.attempt': delivery.deliveryCount,
+        ...stepDeliveryAttributes(delivery),
         'gen_ai.provider.name': payload.model.provider,
         'gen_ai.request.model': payload.model.provider === 'openai-compatible' ? payload.model.model : 'scripted',
       };

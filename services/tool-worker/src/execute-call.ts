@@ -5,6 +5,7 @@ import {
   activeSpan,
   createOrRead,
   inSpan,
+  stepDeliveryAttributes,
   encodeJson,
   ensureError,
   kvKeys,
@@ -401,12 +402,9 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
      * name, call id, outcome label), never the arguments or the result.
      */
     handle(delivery: Delivery<ToolRequestMessage>): Promise<void> {
-      const { runId, tenantId, payload } = delivery.message;
+      const { payload } = delivery.message;
       const attributes = {
-        'abide.run.id': runId,
-        'abide.tenant.id': tenantId,
-        'abide.run.step': payload.step,
-        'abide.attempt': delivery.deliveryCount,
+        ...stepDeliveryAttributes(delivery),
         'gen_ai.tool.name': payload.tool.name,
         'gen_ai.tool.call.id': payload.toolCallId,
       };
