@@ -60,6 +60,13 @@ describe('retention of ended runs', () => {
     // The history is there until the retention passes (it may already have: 1 s is short).
     const waitingVersions = await transitionCount(waitingId);
     expect(waitingVersions).toBeGreaterThan(1);
+    // Each transition's header (status, step, awaiting) as committed, read by the history API from the stored documents.
+    const history = await stack.api(testKeys.a, 'GET', `/v1/runs/${waitingId}/history`);
+    expect(history.status, JSON.stringify(history.body)).toBe(200);
+    const headers = history.body.transitions as { version: number; status: string; step: number; awaiting: string | null }[];
+    expect(headers.map((transition) => transition.version)).toEqual(Array.from({ length: waitingVersions }, (_, index) => index + 1));
+    expect(headers[0]).toMatchObject({ status: 'queued', step: 0, awaiting: null });
+    expect(headers.at(-1)).toMatchObject({ status: 'suspended', awaiting: 'approvals' });
 
     // The retention sweep (every 5 s) deletes the ended run's transitions and its work item.
     await expect.poll(() => transitionCount(runId), { timeout: 60_000, interval: 250 }).toBe(0);

@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { unpackTransition } from '@abide/shared';
 import { waitForStatus } from './harness/run-checks.ts';
 import { Stack, testKeys } from './harness/stack.ts';
 
@@ -258,7 +259,8 @@ describe('traces across the four services', () => {
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     const runId: string = created.body.runId;
     expect(await orchestrator.exited()).toBeNull(); // SIGKILLed by the crash point
-    const committed = (await stack.db.collection('run_transitions').findOne({ _id: `${runId}:3` as never })) as { traceparent?: string; outbox: { kind: string }[] } | null;
+    const stored = await stack.db.collection('run_transitions').findOne({ _id: `${runId}:3` as never });
+    const committed = stored ? unpackTransition(stored) : null;
     expect(committed?.outbox.map((entry) => entry.kind)).toContain('tool_request');
     const [, runTraceId, crashedSpanId] = committed!.traceparent!.split('-');
     orchestrator.start();

@@ -3,8 +3,10 @@ import { MongoBulkWriteError, type AnyBulkWriteOperation, type Collection } from
 import type { Collections } from './mongo.ts';
 import { testRunState } from './testing/run-state.ts';
 import { createWriteBatcher } from './write-batcher.ts';
+import { encodeDelta } from './run-delta.ts';
+import { encodeStoredKeys } from './stored-keys.ts';
 import type { RunState } from './run-state.ts';
-import { createRunStore, readModelSummary, TransitionConflictError, transitionId, type RunDocument, type TransitionDocument } from './run-store.ts';
+import { createRunStore, packTransition, readModelSummary, TransitionConflictError, transitionId, unpackTransition, type RunDocument, type TransitionDocument } from './run-store.ts';
 
 const at = '2026-11-30T00:00:00.000Z';
 
@@ -107,9 +109,9 @@ describe('run store: transitions as deltas', () => {
     const { runTransitions, store } = harness();
     await store.commit(transitionOf(stateAt(1), 1), null);
     for (let version = 2; version <= 300; version += 1) await store.commit(transitionOf(stateAt(version), version), stateAt(version - 1));
-    const bases = [...runTransitions.documents.values()].filter((document) => document.state !== undefined).map((document) => document.version);
+    const bases = [...runTransitions.documents.values()].map(unpackTransition).filter((document) => document.state !== undefined).map((document) => document.version);
     expect(bases).toEqual([1, 129, 257]);
-    expect(runTransitions.documents.get('run_1:200')!.delta).toBeDefined();
+    expect(unpackTransition(runTransitions.documents.get('run_1:200')!).delta).toBeDefined();
 
     runTransitions.reads.length = 0;
     const loaded = await store.loadVersion('run_1', 300);
@@ -146,6 +148,36 @@ describe('run store: transitions as deltas', () => {
     await expect(store.commit(transitionOf(stateAt(5), 4), stateAt(3))).rejects.toBeInstanceOf(TransitionConflictError);
     expect(runTransitions.documents.get('run_1:4')).toEqual(before);
     expect((await store.loadLatest('run_1'))!.transition.state).toEqual(stateAt(4));
+  });
+
+  it('stores a transition as its header fields and one JSON body that keeps any key exactly, and still loads escaped documents older code wrote', async () => {
+    const { runTransitions, store } = harness();
+    const first = stateAt(1);
+    const second = stateAt(2);
+    // Keys FerretDB refuses in a document (`$…`, dotted) and an array inside an array: stored as they are, inside the body.
+    const hostile = { '$set': { 'a.b': [[1, 2], ['x']] }, '%25': 'percent' };
+    second.toolCalls = [{ toolCallId: 'c', providerToolCallId: 'p', step: 2, toolName: 'echo', args: hostile, needsApproval: false, state: 'requested' }];
+    await store.commit(transitionOf(first, 1), null);
+    await store.commit({ ...transitionOf(second, 2), outbox: [{ kind: 'event', type: 'tool.call', payload: { args: hostile } }] as never, traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' }, first);
+    const stored = runTransitions.documents.get('run_1:2')!;
+    expect(Object.keys(stored).sort()).toEqual(['_id', 'at', 'awaiting', 'body', 'cause', 'published', 'runId', 'status', 'step', 'tenantId', 'traceparent', 'version']);
+    expect(stored).toMatchObject({ runId: 'run_1', version: 2, status: 'running', step: 2, awaiting: { kind: 'llm', step: 0 }, published: false });
+    expect(typeof stored.body).toBe('string');
+    expect(JSON.parse(stored.body as string).delta.toolCalls.changed[0].record.args).toEqual(hostile);
+    const loaded = await store.loadVersion('run_1', 2);
+    expect(loaded!.state).toEqual(second);
+    expect(loaded!.outbox).toEqual([{ kind: 'event', type: 'tool.call', payload: { args: hostile } }]);
+    expect(loaded!.traceparent).toBe('00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
+    expect(unpackTransition(packTransition(unpackTransition(stored)))).toEqual(unpackTransition(stored));
+
+    // Version 3 as the previous code stored it: a delta with its keys escaped and no body.
+    const third = structuredClone(second);
+    third.step = 3;
+    third.messages = [...third.messages, { role: 'assistant', content: [{ type: 'tool-call', toolCallId: 'p3', toolName: 'echo', input: hostile }] }];
+    const { state: _state, ...header } = transitionOf(third, 3);
+    await runTransitions.insertOne(encodeStoredKeys({ ...header, delta: encodeDelta(second, third) }) as never);
+    expect(Object.keys(runTransitions.documents.get('run_1:3')!.delta as object)).toContain('set');
+    expect((await store.loadLatest('run_1'))!.transition.state).toEqual(third);
   });
 
   it('rolls the read model summary forward by deltas', async () => {

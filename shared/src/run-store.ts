@@ -54,6 +54,44 @@ export const snapshotEvery = 128;
 /** The base a cold load of `version` starts from: the last version at or before it that stores the whole state. */
 export const baseVersionOf = (version: number) => version - ((version - 1) % snapshotEvery);
 
+/**
+ * A `run_transitions` document: the header as fields, and what the transition carries
+ * (`state` or `delta`, `outbox`) as one JSON string, `body`. FerretDB 1.24 stores a document as
+ * JSON with a type schema beside it and decodes it level by level on every read; a transition's
+ * nested messages, tool calls and outbox made that most of its CPU per command (measured with a
+ * run's real 5 KB transition: a find 2.2× and an insert ~15% cheaper as one string). Nothing
+ * queries inside a transition (it is read only by exact `_id`), so nothing is lost there; the
+ * string needs no key escaping either (`stored-keys.ts`): any JSON is stored exactly. `status`,
+ * `step` and `awaiting` are copied out of the body for the history API's projection.
+ * Documents written before this (no `body`) are read as they are (`unpackTransition`).
+ */
+export type TransitionRecord = Pick<TransitionDocument, '_id' | 'runId' | 'tenantId' | 'version' | 'at' | 'cause' | 'published' | 'traceparent'> &
+  Pick<RunState, 'status' | 'step' | 'awaiting'> & { body: string };
+
+/** What a `TransitionRecord`'s `body` holds. */
+type TransitionBody = Pick<StoredTransition, 'state' | 'delta' | 'outbox'>;
+
+/** The document a stored transition is written as. */
+export function packTransition(stored: StoredTransition): TransitionRecord {
+  const { _id, runId, tenantId, version, at, cause, published, traceparent, state, delta, outbox } = stored;
+  const header = state ?? delta?.set;
+  if (!header || header.status === undefined || header.step === undefined || header.awaiting === undefined) throw new Error(`transition ${_id} has neither a state nor a delta with its header fields`);
+  const body: TransitionBody = state ? { state, outbox } : { delta, outbox };
+  return {
+    _id, runId, tenantId, version, at, cause, published,
+    ...(traceparent !== undefined ? { traceparent } : {}),
+    status: header.status, step: header.step, awaiting: header.awaiting,
+    body: JSON.stringify(body),
+  };
+}
+
+/** A `run_transitions` document as a stored transition: packed (`packTransition`), or as older code wrote it (keys escaped, no `body`). */
+export function unpackTransition(document: Record<string, unknown>): StoredTransition {
+  if (typeof document.body !== 'string') return decodeStoredKeys(document as unknown as StoredTransition);
+  const { body, status: _status, step: _step, awaiting: _awaiting, ...header } = document as unknown as TransitionRecord;
+  return { ...header, ...(JSON.parse(body) as TransitionBody) } as StoredTransition;
+}
+
 /** The stored form of a transition committed on `previous` (the state of the version before). */
 export function toStoredTransition(transition: TransitionDocument, previous: RunState | null): StoredTransition {
   const { state, ...header } = transition;
@@ -160,8 +198,9 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline' | 'retention';
 /**
  * The run's commit protocol (DESIGN §3): a transition commits by inserting version v+1; a
  * duplicate key means another replica won. Reads roll forward from the read model by `_id`.
- * Documents are stored with their keys escaped (`stored-keys.ts`): tool arguments and results
- * are free JSON and may hold keys FerretDB refuses.
+ * Read models are stored with their keys escaped (`stored-keys.ts`): tool arguments and results
+ * are free JSON and may hold keys FerretDB refuses; transitions hold theirs in a JSON string
+ * (`packTransition`).
  */
 export function createRunStore(collections: Collections, options: { onWorkWritten?: (kind: WorkItem['kind'], dueAt: string) => void } = {}) {
   const { runs, runTransitions, runWork, writes } = collections;
@@ -185,7 +224,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
 
   async function loadStored(runId: string, version: number): Promise<StoredTransition | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
-    return stored ? decodeStoredKeys(stored as unknown as StoredTransition) : null;
+    return stored ? unpackTransition(stored) : null;
   }
 
   /** The transition after `previous`, folded onto its state; null if none is committed. */
@@ -297,7 +336,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
      * false when it exists: another writer (a retry with the same Idempotency-Key) committed it first.
      */
     async insertTransition(transition: TransitionDocument): Promise<boolean> {
-      return (await writes.runTransitions.insert(encodeStoredKeys(toStoredTransition(transition, null)))) === 'ok';
+      return (await writes.runTransitions.insert(packTransition(toStoredTransition(transition, null)))) === 'ok';
     },
 
     /**
@@ -308,7 +347,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
      * Throws `TransitionConflictError` if the version exists.
      */
     async commit(transition: TransitionDocument, previous: RunState | null): Promise<void> {
-      if ((await writes.runTransitions.insert(encodeStoredKeys(toStoredTransition(transition, previous)))) === 'duplicate') throw new TransitionConflictError(`transition ${transition._id} exists`);
+      if ((await writes.runTransitions.insert(packTransition(toStoredTransition(transition, previous)))) === 'duplicate') throw new TransitionConflictError(`transition ${transition._id} exists`);
     },
 
     /**

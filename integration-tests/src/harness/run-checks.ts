@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager, jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { consumers, decodeStoredKeys, foldStoredTransitions, streams, subjects, type StoredTransition, type TransitionDocument } from '@abide/shared';
+import { consumers, foldStoredTransitions, streams, subjects, unpackTransition, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
 import type { Stack } from './stack.ts';
 
@@ -100,7 +100,7 @@ export async function waitForPublishedLatest(db: Db, runId: string, timeoutMs = 
  */
 export async function readRunTransitions(db: Db, runId: string): Promise<TransitionDocument[]> {
   const stored = await db.collection('run_transitions').find({ runId }).sort({ version: 1 }).toArray();
-  return foldStoredTransitions(stored.map((document) => decodeStoredKeys(document as unknown as StoredTransition)));
+  return foldStoredTransitions(stored.map((document) => unpackTransition(document)));
 }
 
 /** The latest transition of the run from MongoDB, with its whole state. */

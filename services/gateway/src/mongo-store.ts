@@ -113,13 +113,15 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     loadTransition: (runId, version) => runStore.loadVersion(runId, version),
 
     async loadTransitionHeader(runId, version) {
-      // By exact `_id`, projected: a base transition holds the run's whole state (its messages
-      // too); a delta carries the header fields whole in `delta.set` (run-delta.ts).
-      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1, 'delta.set.status': 1, 'delta.set.step': 1, 'delta.set.awaiting': 1 };
-      const found = (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as (Omit<TransitionHeader, 'state'> & { state?: TransitionHeader['state']; delta?: { set: TransitionHeader['state'] } }) | null;
+      // By exact `_id`, projected: a transition stored packed (`packTransition`) has its header
+      // fields beside its body; one older code wrote holds the run's whole state (a base: its
+      // messages too) or carries them whole in `delta.set` (run-delta.ts).
+      const projection = { runId: 1, tenantId: 1, version: 1, at: 1, cause: 1, status: 1, step: 1, awaiting: 1, 'state.status': 1, 'state.step': 1, 'state.awaiting': 1, 'delta.set.status': 1, 'delta.set.step': 1, 'delta.set.awaiting': 1 };
+      type HeaderFields = TransitionHeader['state'];
+      const found = (await collections.runTransitions.findOne({ _id: transitionId(runId, version) }, { projection })) as (Omit<TransitionHeader, 'state'> & Partial<HeaderFields> & { state?: HeaderFields; delta?: { set: HeaderFields } }) | null;
       if (!found) return null;
-      const { state, delta, ...header } = found;
-      const fields = state ?? delta?.set;
+      const { state, delta, status, step, awaiting, ...header } = found;
+      const fields = status !== undefined && step !== undefined && awaiting !== undefined ? { status, step, awaiting } : (state ?? delta?.set);
       if (!fields) throw new Error(`transition ${transitionId(runId, version)} has neither a state nor a delta`);
       return { ...header, state: { status: fields.status, step: fields.step, awaiting: fields.awaiting } };
     },
