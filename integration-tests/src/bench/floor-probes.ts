@@ -4,6 +4,8 @@ import { performance } from 'node:perf_hooks';
 import { jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import type { Db } from 'mongodb';
+import { createRunStore } from '@abide/shared';
+import { getCollections } from '@abide/shared/mongo';
 import { summarize, type LatencySummary } from './stats.ts';
 
 /**
@@ -71,7 +73,7 @@ export type DocumentOps = {
 /**
  * The MongoDB operations of a step, with the real documents of a finished workload run (copied
  * into a scratch collection of the same database): what one commit costs on this server.
- * Also the two sweepers' queries as they run against the real collections (read only).
+ * Also a page of each sweeper's query as it runs against the real work lists (read only).
  */
 export async function measureDocumentOps(db: Db, runId: string, afterCreate: () => void = () => {}, count = 20): Promise<DocumentOps | undefined> {
   const transitions = db.collection<{ _id: string; [field: string]: any }>('run_transitions');
@@ -91,12 +93,13 @@ export async function measureDocumentOps(db: Db, runId: string, afterCreate: () 
     ops['insertOne transition'] = (await timeEach(count, async (index) => void (await scratchTransitions.insertOne({ ...transitionBody, _id: `t-${index}` })))).p50;
     ops['findOne transition by _id'] = (await timeEach(count, async (index) => void (await scratchTransitions.findOne({ _id: `t-${index}` })))).p50;
     ops['findOne missing _id'] = (await timeEach(count, async (index) => void (await scratchTransitions.findOne({ _id: `none-${index}` })))).p50;
-    ops['updateOne transition {_id} $set published'] = (await timeEach(count, async (index) => void (await scratchTransitions.updateOne({ _id: `t-${index}` }, { $set: { published: true } })))).p50;
     ops['insertOne run'] = (await timeEach(count, async (index) => void (await scratchRuns.insertOne({ ...runBody, _id: `r-${index}` })))).p50;
-    ops['replaceOne run {_id}'] = (await timeEach(count, async (index) => void (await scratchRuns.replaceOne({ _id: `r-${index}` }, runBody)))).p50;
-    ops['replaceOne run {_id, version $lte}'] = (await timeEach(count, async (index) => void (await scratchRuns.replaceOne({ _id: `r-${index}`, version: { $lte: runBody.version } }, runBody)))).p50;
-    ops['outbox sweeper find (run_transitions)'] = (await timeEach(3, async () => void (await transitions.find({ published: false, at: { $lt: new Date(Date.now() - 5_000) } }).sort({ at: 1 }).limit(200).toArray()))).p50;
-    ops['deadline sweeper find (runs)'] = (await timeEach(3, async () => void (await runs.find({ nextDeadlineAt: { $ne: null, $lte: new Date().toISOString() } }, { projection: { _id: 1 } }).limit(500).toArray()))).p50;
+    ops['replaceOne run {_id} (read model)'] = (await timeEach(count, async (index) => void (await scratchRuns.replaceOne({ _id: `r-${index}` }, runBody)))).p50;
+    ops['updateOne deadline item {_id} $min, upsert'] = (await timeEach(count, async (index) => void (await scratchRuns.updateOne({ _id: `d-${index}` }, { $min: { dueAt: new Date().toISOString() }, $set: { kind: 'deadline', runId: `r-${index}`, tenantId: 't' } }, { upsert: true })))).p50;
+    // The sweepers' own queries (read only) against the real work lists.
+    const store = createRunStore(getCollections(db));
+    ops['outbox sweep page (run_work)'] = (await timeEach(3, async () => void (await store.findDueWork('outbox', new Date().toISOString(), 200)))).p50;
+    ops['deadline sweep page (run_deadlines)'] = (await timeEach(3, async () => void (await store.findDueWork('deadline', new Date().toISOString(), 200)))).p50;
   } finally {
     await scratchTransitions.drop().catch(() => undefined); // best effort
     await scratchRuns.drop().catch(() => undefined);
