@@ -7,7 +7,8 @@
  * is the peak of the processes' summed VmRSS (sampled every 500 ms), as the peers are measured;
  * `peak_pss_mb` the peak of their summed Pss (pages shared between processes, such as the Node
  * binary the four services map, counted once); `rss_mb_by_process` each one's RSS at the start
- * and at its own peak. It asserts nothing
+ * and at its own peak. CPU: `cpu_ms_per_run_by_process` the CPU time each process spent per run
+ * during the scenario, and their `total` (sequential and throughput). It asserts nothing
  * about speed and is not part of `npm test`. Every scenario runs on a fresh stack (servers with
  * empty data, one replica of each service). Every process it starts is stopped at the end, on
  * an error, and on Ctrl-C / SIGTERM.
@@ -35,7 +36,7 @@ import { measureDocumentOps, measureFloor, type DocumentOps, type FloorProbes } 
 import { addFerretDbIdIndexes } from './ferretdb-id-index.ts';
 import { ensureStrace, FsyncProbe, fsyncCalls, type FsyncCounts } from './fsync-probe.ts';
 import { startMongoProfileProxy, type MongoProfileProxy } from './mongo-profile-proxy.ts';
-import { cpuPercentOver, rssMb, RssSampler, type StackProcess } from './proc.ts';
+import { cpuPercentOver, cpuSeconds, rssMb, RssSampler, type StackProcess } from './proc.ts';
 import { round, summarize, type LatencySummary } from './stats.ts';
 import { startBenchToolServer, type BenchToolServer } from './tool-server.ts';
 import { approvalAgent, finalText, toolArgs, toolRoundsAgent, toolStepText, workloadAgent, workloadToolName, type WorkloadOptions } from './workload.ts';
@@ -219,6 +220,27 @@ function emit(line: ScenarioLine): void {
   process.stdout.write(`${JSON.stringify(ordered)}\n`);
 }
 
+/** CPU seconds (user + system) each process has used so far. */
+const cpuSnapshot = (processes: readonly StackProcess[]) => new Map(processes.map((entry) => [entry.name, cpuSeconds(entry.pid)]));
+
+/**
+ * CPU time each process spent per run between two snapshots, in ms, and their sum: what a run
+ * costs the machine, which caps throughput on 2 cores and holds still when other work shares the
+ * machine (latencies do not). Ticks are 10 ms, so a scenario needs a few hundred runs to read it
+ * to 0.1 ms. A server that forks per connection (PostgreSQL) counts its first process only.
+ */
+function cpuMsPerRun(before: Map<string, number>, processes: readonly StackProcess[], runs: number): Record<string, number | null> {
+  const perRun: Record<string, number | null> = {};
+  let total = 0;
+  for (const entry of processes) {
+    const used = cpuSeconds(entry.pid) - (before.get(entry.name) ?? 0);
+    perRun[entry.name] = runs > 0 ? round((used * 1000) / runs, 2) : null;
+    total += used;
+  }
+  perRun.total = runs > 0 ? round((total * 1000) / runs, 2) : null;
+  return perRun;
+}
+
 /** Each process's RSS (MiB) when the scenario started and at its own peak during it. */
 function rssByProcess(sampler: RssSampler): Record<string, { start: number | null; peak: number | null }> {
   return Object.fromEntries([...sampler.peakByProcessMb].map(([name, peak]) => [name, { start: round(sampler.startByProcessMb.get(name) ?? 0, 1), peak: round(peak, 1) }]));
@@ -357,6 +379,7 @@ async function scenarioSequential(context: Context): Promise<void> {
   sampler.start();
   log(`sequential: ${config.seqRuns} runs`);
   context.proxy?.reset();
+  const cpuBefore = cpuSnapshot(context.processes);
   const result = await closedLoop({
     label: 'sequential',
     total: config.seqRuns,
@@ -386,6 +409,7 @@ async function scenarioSequential(context: Context): Promise<void> {
     peak_rss_mb: round(peak, 1),
     peak_pss_mb: round(sampler.peakPssMb, 1),
     rss_mb_by_process: rssByProcess(sampler),
+    cpu_ms_per_run_by_process: cpuMsPerRun(cpuBefore, context.processes, result.started),
     llm_ms: config.llmMs,
     tool_ms: config.toolMs,
     notes: [
@@ -414,6 +438,7 @@ async function scenarioThroughput(context: Context): Promise<void> {
   const sampler = new RssSampler(context.processes);
   sampler.start();
   log(`throughput_c${config.tpConc}: ${config.tpRuns} runs, ${config.tpConc} in flight`);
+  const cpuBefore = cpuSnapshot(context.processes);
   const result = await closedLoop({
     label: `throughput_c${config.tpConc}`,
     total: config.tpRuns,
@@ -438,6 +463,7 @@ async function scenarioThroughput(context: Context): Promise<void> {
     peak_rss_mb: round(peak, 1),
     peak_pss_mb: round(sampler.peakPssMb, 1),
     rss_mb_by_process: rssByProcess(sampler),
+    cpu_ms_per_run_by_process: cpuMsPerRun(cpuBefore, context.processes, result.started),
     llm_ms: config.llmMs,
     tool_ms: config.toolMs,
     notes: [...context.commonNotes, 'closed loop: each client (own socket and tenant) starts its next run when its previous one ends', 'per_step_overhead_ms is defined for sequential only', boundNote(result, config.tpRuns)].join('; '),
