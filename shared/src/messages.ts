@@ -1,12 +1,27 @@
 import { z } from 'zod';
 import { modelConfigSchema, toolDefinitionSchema, toolInputSchemaSchema } from './agent.ts';
-import { envelopeSchema, toolCallIdSchema, toolNameSchema, type Envelope } from './envelope.ts';
+import { envelopeSchema, isoDateSchema, toolCallIdSchema, toolNameSchema, type Envelope } from './envelope.ts';
 import { modelMessageSchema } from './model-messages.ts';
-import { errorInfoSchema, toolOutcomeSchema, usageSchema } from './run-state.ts';
+import { errorInfoSchema, toolOutcomeSchema, usageSchema, type RunState } from './run-state.ts';
 
 /* ---------- run.in.<runId>.<kind> (RUN_INBOX) ---------- */
 
-export const startPayloadSchema = z.object({});
+/**
+ * Version 1 of a run exactly as committed (its whole state), carried by its `start` when small
+ * (`startWithStateMaxBytes`): the orchestrator commits version 2 on it without reading it back.
+ * Version 1's outbox is always the one `start` message, and the message arriving proves it published.
+ */
+export const initialTransitionSchema = z.object({
+  /** The transition's `at` (ISO time). */
+  at: isoDateSchema,
+  cause: z.string(),
+  /** The run's state at version 1, as committed (loose: taken whole, never reshaped by parsing). */
+  state: z.looseObject({ runId: z.string(), tenantId: z.string(), status: z.literal('queued') }),
+  traceparent: z.string().optional(),
+});
+export type InitialTransition = { at: string; cause: string; state: RunState; traceparent?: string };
+
+export const startPayloadSchema = z.object({ initial: initialTransitionSchema.optional() });
 export const startMessageSchema = envelopeSchema('start', startPayloadSchema);
 
 export const llmToolCallSchema = z.object({

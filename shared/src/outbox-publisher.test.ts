@@ -1,6 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { eventEntry, type OutboxEntry } from './outbox.ts';
-import { findUnpublishableEntry, messageHeaderRoomBytes, publishOutbox, type OutboxPublisherDeps } from './outbox-publisher.ts';
+import { startMessageSchema } from './messages.ts';
+import { findUnpublishableEntry, messageHeaderRoomBytes, publishOutbox, startWithStateMaxBytes, type OutboxPublisherDeps } from './outbox-publisher.ts';
 import { zeroUsage, type RunState } from './run-state.ts';
 import type { TransitionDocument } from './run-store.ts';
 import { testRunState } from './testing/run-state.ts';
@@ -77,5 +78,59 @@ describe('publishOutbox event order', () => {
     await vi.waitFor(() => expect(sent).toEqual(['message.completed', 'run.completed']));
     acks.shift()!();
     expect(await published).toBe(2);
+  });
+});
+
+describe('publishOutbox: a new run', () => {
+  const sentBy = () => {
+    const sent: { subject: string; message: Record<string, any>; msgId: string }[] = [];
+    const js = {
+      async publish(subject: string, data: Uint8Array, options: { msgID: string }) {
+        sent.push({ subject, message: JSON.parse(new TextDecoder().decode(data)), msgId: options.msgID });
+        return { stream: 'RUN_INBOX', seq: sent.length, duplicate: false };
+      },
+    };
+    return { sent, js };
+  };
+  const firstVersion = (state: Partial<RunState> = {}): TransitionDocument => ({
+    ...transitionWith([{ kind: 'inbox', inboxKind: 'start', payload: {} }], { status: 'queued', step: 0, awaiting: { kind: null, step: 0 }, ...state }),
+    _id: 'run_1:1',
+    version: 1,
+    cause: 'create:req_1',
+    traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+  });
+
+  it('sends version 1 itself with its start, parsed back exactly as committed (the orchestrator reads nothing)', async () => {
+    const { sent, js } = sentBy();
+    const transition = firstVersion();
+    await publishOutbox(deps({ js: js as never }), transition);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]).toMatchObject({ subject: 'run.in.run_1.start', msgId: 'run_1:1:0' });
+    const parsed = startMessageSchema.parse(sent[0]!.message);
+    expect(parsed.payload.initial).toEqual({ at: at.toISOString(), cause: 'create:req_1', state: transition.state, traceparent: transition.traceparent });
+  });
+
+  it('sends a start without version 1 when carrying it would pass startWithStateMaxBytes', async () => {
+    const { sent, js } = sentBy();
+    await publishOutbox(deps({ js: js as never }), firstVersion({ messages: [{ role: 'user', content: big(startWithStateMaxBytes) }] }));
+    expect(startMessageSchema.parse(sent[0]!.message).payload).toEqual({});
+  });
+
+  it('releases the conversation lock and the slot in one turn (one bulkWrite)', async () => {
+    const deletes: string[] = [];
+    let inTurn = 0;
+    const conversationLocks = {
+      delete(id: string, filter: { runId: string }) {
+        deletes.push(`${id} ${filter.runId}`);
+        inTurn += 1;
+        return Promise.resolve('ok');
+      },
+    };
+    const transition = transitionWith([{ kind: 'release_conversation_lock', conversationId: 'conv-1', runSlot: 3 }]);
+    const published = publishOutbox(deps({ collections: { writes: { conversationLocks } } as never }), transition);
+    // Both deletes were issued before the first could resolve.
+    expect(inTurn).toBe(2);
+    await published;
+    expect(deletes.sort()).toEqual(['t1/active-run/3 run_1', 't1:conv-1 run_1']);
   });
 });

@@ -7,6 +7,7 @@ import { outboxEntryId } from './ids.ts';
 import { encodeJson, eventMaxMessageBytes, publishRetrying } from './jetstream.ts';
 import type { Collections } from './mongo.ts';
 import { kvKeys, lockIds, subjects } from './names.ts';
+import type { InitialTransition } from './messages.ts';
 import type { OutboxEntry } from './outbox.ts';
 import { buildLlmRequest, buildToolRequest } from './requests.ts';
 import type { ErrorInfo } from './run-state.ts';
@@ -15,6 +16,13 @@ import { contextFromTraceparent } from './tracing.ts';
 
 /** Room left under the server's `max_payload` for NATS headers (`Nats-Msg-Id`, trace context). */
 export const messageHeaderRoomBytes = 4_096;
+
+/**
+ * The largest `start` message that carries version 1 of its run (`initial`, messages.ts): a
+ * larger one (a long conversation history, a large agent) goes without it, and the orchestrator
+ * reads version 1 back as before. Bounded so the copy never costs the bus much.
+ */
+export const startWithStateMaxBytes = 64 * 1_024;
 
 export type OutboxPublisherDeps = {
   js: JetStreamClient;
@@ -60,8 +68,18 @@ function encodeEntry(deps: OutboxPublisherDeps, transition: TransitionDocument, 
       const event = makeBusEvent(entry.type, { eventId: id, runId, tenantId, ts }, entry.payload as never);
       return { kind: 'event', subject: subjects.runEvents(runId), data: encodeJson(event) };
     }
-    case 'inbox':
-      return { kind: 'message', subject: subjects.runInbox(runId, entry.inboxKind), data: encodeJson(makeEnvelope(entry.inboxKind, { id, runId, tenantId, ts }, entry.payload)) };
+    case 'inbox': {
+      const subject = subjects.runInbox(runId, entry.inboxKind);
+      if (entry.inboxKind === 'start' && version === 1) {
+        // A new run's `start` carries version 1 itself (committed before any publish of it), so
+        // the orchestrator commits version 2 without reading it back (docs/decisions.md,
+        // "the start carries version 1"); unless that makes the message large.
+        const initial: InitialTransition = { at: ts, cause: transition.cause, state, ...(transition.traceparent ? { traceparent: transition.traceparent } : {}) };
+        const data = encodeJson(makeEnvelope(entry.inboxKind, { id, runId, tenantId, ts }, { ...entry.payload, initial }));
+        if (data.byteLength <= startWithStateMaxBytes) return { kind: 'message', subject, data };
+      }
+      return { kind: 'message', subject, data: encodeJson(makeEnvelope(entry.inboxKind, { id, runId, tenantId, ts }, entry.payload)) };
+    }
     case 'llm_request': {
       const payload = buildLlmRequest(state, entry.step);
       const data = encodeJson(makeEnvelope('llm.request', { id, runId, tenantId, ts }, payload));
@@ -164,10 +182,14 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
       await deps.runControl.put(kvKeys.runControl(runId), encodeJson({ cancelled: true, at: ts, ...(entry.reason ? { reason: entry.reason } : {}) }));
     } else if (entry.kind === 'release_conversation_lock') {
       if (!deps.collections) throw new Error('outbox entry release_conversation_lock needs MongoDB');
-      // Only this run's locks: a newer run may hold the conversation (or the slot) by now.
-      // A crash between the two deletes republishes the whole outbox: both are idempotent.
-      await deps.collections.writes.conversationLocks.delete(lockIds.conversation(tenantId, entry.conversationId), { runId });
-      if (entry.runSlot !== undefined) await deps.collections.writes.conversationLocks.delete(lockIds.runSlot(tenantId, entry.runSlot), { runId });
+      // Only this run's locks: a newer run may hold the conversation (or the slot) by now. Both
+      // issued in one turn, so they go out as one `bulkWrite` (write-batcher.ts). A crash with
+      // one landed and not the other republishes the whole outbox: both are idempotent.
+      const { conversationLocks } = deps.collections.writes;
+      await Promise.all([
+        conversationLocks.delete(lockIds.conversation(tenantId, entry.conversationId), { runId }),
+        entry.runSlot === undefined ? undefined : conversationLocks.delete(lockIds.runSlot(tenantId, entry.runSlot), { runId }),
+      ]);
     }
   }
   if (pendingEvents.length) {

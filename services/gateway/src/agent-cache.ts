@@ -12,7 +12,8 @@ export type AgentCacheOptions = {
  * The gateway's agents by (tenant, agent), each with the one version last seen: an
  * `agent_versions` document never changes once inserted, so a version read once can be served
  * again, as long as the caller has checked that the version is still the one in force (the
- * store reads `agents`' `version` on every lookup: an agent PUT takes effect for the next run).
+ * store probes `agent_versions` for the next version on every lookup: an agent PUT takes effect
+ * for the next run).
  * LRU, bounded by count and by approximate bytes. The key holds the tenant, and an entry is
  * served only for the tenant its agent names, so no tenant reads another's agent.
  */

@@ -55,20 +55,18 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
   return {
     /**
-     * The agent in force. With a version of it cached, reads only `agents`' `version` and probes
-     * `agent_versions` for the version after the cached one, both at once: when `agents` names
-     * the cached version and no later one exists, the cached copy is that immutable version.
-     * Both reads start after the call does, so a PUT answered before it (its version in
-     * `agents`) or half-written (in `agent_versions` only) is seen, as by the whole read.
+     * The agent in force. With a version of it cached, one read: a probe of `agent_versions` for
+     * the version after the cached one. Versions are contiguous (each PUT inserts the version
+     * after the newest it read, and nothing deletes one), so when that one does not exist the
+     * cached copy is the newest version, an immutable document. The probe starts after the call
+     * does, so a PUT answered before it (here or on another replica: its `agent_versions` insert
+     * came first) or one that died after that insert is seen, as by the whole read.
      */
     async findAgent(tenantId, agentId) {
       const cached = agentCache.latest(tenantId, agentId);
       if (cached) {
-        const [current, next] = await Promise.all([
-          collections.agents.findOne({ _id: agentDocumentId(tenantId, agentId) }, { projection: { version: 1 } }),
-          collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, cached.version + 1) }, { projection: { _id: 1 } }),
-        ]);
-        if (current?.version === cached.version && !next) return structuredClone(cached);
+        const next = await collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, cached.version + 1) }, { projection: { _id: 1 } });
+        if (!next) return structuredClone(cached);
       }
       const agent = await readAgent(tenantId, agentId);
       if (agent) agentCache.remember(agent);
@@ -96,7 +94,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
           if (!isDuplicateKeyError(error)) throw error;
         }
       }
-      // This version is in `agent_versions` for good: the next creation reads only `agents`' version.
+      // This version is in `agent_versions` for good: the next creation only probes for a later one.
       agentCache.remember(agent);
     },
 

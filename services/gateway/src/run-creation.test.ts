@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ApiError, createLogger, runIdFromIdempotencyKey, type Agent } from '@abide/shared';
 import type { GatewayStore } from './ports.ts';
 import { createRunCreator } from './run-creation.ts';
@@ -37,6 +37,7 @@ function harness(options: { maxActiveRuns?: number; override?: (store: GatewaySt
     };
   const store: GatewayStore = {
     ...base,
+    findAgent: traced('findAgent', (_tenantId, agentId) => agentId, base.findAgent),
     insertLock: traced('insertLock', (lock) => lock._id, base.insertLock),
     insertWork: traced('insertWork', (item) => item._id, base.insertWork),
     insertTransition: traced('insertTransition', (transition) => transition._id, base.insertTransition),
@@ -54,16 +55,30 @@ function harness(options: { maxActiveRuns?: number; override?: (store: GatewaySt
 }
 
 describe('run creation: the conversation lock and the slot at once', () => {
-  it('sends the conversation lock and the slot in one turn, the work item once both are held, version 1 after it', async () => {
+  it('looks the agent up and sends the conversation lock and the slot in one turn, the work item once both are held, version 1 after it', async () => {
     const h = harness({ maxActiveRuns: 2 });
     const { runId } = await h.request({ conversationId: 'conv-1' });
     const firstDone = h.calls.findIndex((call) => call.endsWith(' done'));
-    expect(h.calls.slice(0, firstDone).sort()).toEqual(['insertLock t1/active-run/0', 'insertLock t1:conv-1']);
+    expect(h.calls.slice(0, firstDone).sort()).toEqual(['findAgent helper', 'insertLock t1/active-run/0', 'insertLock t1:conv-1']);
+    expect(h.calls.indexOf('findAgent helper done')).toBeLessThan(h.calls.indexOf(`insertWork outbox:${runId}`));
     const work = h.calls.indexOf(`insertWork outbox:${runId}`);
     expect(h.calls.indexOf('insertLock t1:conv-1 done')).toBeLessThan(work);
     expect(h.calls.indexOf('insertLock t1/active-run/0 done')).toBeLessThan(work);
     expect(h.calls.indexOf(`insertTransition ${runId}:1`)).toBeGreaterThan(h.calls.indexOf(`insertWork outbox:${runId} done`));
     expect(h.memory.transitions.get(`${runId}:1`)!.state.runSlot).toBe(0);
+  });
+
+  it('an unknown agent is refused with the locks given back at once, and nothing else written', async () => {
+    const h = harness({ maxActiveRuns: 2 });
+    h.memory.agents.delete('t1:helper');
+    await expect(h.request({ conversationId: 'conv-1' })).rejects.toMatchObject({ code: 'agent_not_found' });
+    expect(h.calls).toContain('insertLock t1:conv-1 done');
+    expect(h.memory.locks.size).toBe(0);
+    expect(h.memory.work.size).toBe(0);
+    expect(h.memory.transitions.size).toBe(0);
+    // The conversation is free for the next creation at once.
+    h.memory.agents.set('t1:helper', agent);
+    expect(await h.request({ conversationId: 'conv-1' })).toMatchObject({ created: true, conversationId: 'conv-1' });
   });
 
   it('gives the conversation lock back when the slot insert fails, and writes no work item', async () => {
@@ -95,7 +110,8 @@ describe('run creation: the conversation lock and the slot at once', () => {
     h.memory.locks.set('t1/active-run/0', { _id: 't1/active-run/0', runId: first.runId, at });
     await expect(h.request({ conversationId: 'conv-2' })).rejects.toMatchObject({ code: 'rate_limited' });
     expect([...h.memory.locks.keys()].sort()).toEqual(['t1/active-run/0', 't1:conv-1']);
-    expect([...h.memory.work.keys()]).toEqual([]);
+    // No work item but the first run's, deleted a moment after its start went out.
+    await vi.waitFor(() => expect([...h.memory.work.keys()]).toEqual([]));
     expect(h.memory.transitions.size).toBe(1);
   });
 

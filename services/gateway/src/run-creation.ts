@@ -22,6 +22,12 @@ import type { RateLimiter } from './rate-limiter.ts';
 
 /** The outbox sweeper leaves a new run's `start` to its creator for this long. */
 const outboxGraceMs = 5_000;
+/**
+ * How long the work item of a run whose `start` is out waits for its delete: the deletes of the
+ * runs created meanwhile go out together (one `bulkWrite`), and none lands while the orchestrator
+ * commits the run's first step. Far below `outboxGraceMs`: the sweeper never sees such an item.
+ */
+export const workItemDeleteDelayMs = 200;
 
 /** A lock whose holder run does not exist is freed after this long (DESIGN §3). */
 export const staleLockMs = 30_000;
@@ -158,14 +164,28 @@ export function createRunCreator(deps: {
     }
   }
 
+  /** Work items of started runs waiting for their delete (`workItemDeleteDelayMs`). */
+  const startedRunIds: string[] = [];
+  let deleteTimer: NodeJS.Timeout | undefined;
+
   /**
-   * Deletes a started run's outbox work item, off the answer's path: a crash (or failure) before
-   * it leaves the item to the sweeper, which finds the run started.
+   * Deletes a started run's outbox work item, off the answer's path, `workItemDeleteDelayMs`
+   * later together with the others due by then (issued in one turn: one `bulkWrite`). A crash (or
+   * failure, or the process stopping) before it leaves the item to the sweeper, which finds the
+   * run started and deletes it.
    */
   function deleteOutboxItem(runId: string): void {
-    void store.deleteWork(workIds.outbox(runId)).catch((error: unknown) => {
-      logger.warn({ runId, err: error }, 'could not delete the outbox work item of a new run; the sweeper will');
-    });
+    startedRunIds.push(runId);
+    if (deleteTimer) return;
+    deleteTimer = setTimeout(() => {
+      deleteTimer = undefined;
+      for (const started of startedRunIds.splice(0)) {
+        void store.deleteWork(workIds.outbox(started)).catch((error: unknown) => {
+          logger.warn({ runId: started, err: error }, 'could not delete the outbox work item of a new run; the sweeper will');
+        });
+      }
+    }, workItemDeleteDelayMs);
+    deleteTimer.unref();
   }
 
   /**
@@ -271,18 +291,21 @@ export function createRunCreator(deps: {
       if (existing) return answerExisting(existing, requestHash);
     }
     deps.rateLimiter?.take(tenantId);
-    const agent = await store.findAgent(tenantId, body.agentId);
-    if (!agent) throw new ApiError('agent_not_found', `agent ${body.agentId} not found`);
     const conversationId = body.conversationId ?? newId('conv');
 
-    // Everything the client sent was validated by the route (stored-json keys and depth included):
-    // nothing below refuses the body, so a refusal never holds the conversation.
-    // The conversation lock (then its history) and the active-run slot at once (one `bulkWrite`:
-    // the same collection, issued in the same turn). The work item after both, not beside them:
-    // on FerretDB/SQLite two writes to different collections at once wait on each other's lock
-    // (measured: slower than in series), and a refusal then has no item to give back.
+    // Everything the client sent was validated by the route (stored-json keys and depth included).
+    // The agent, the conversation lock (then its history) and the active-run slot at once: the
+    // agent's reads beside the locks' one `bulkWrite` (the same collection, issued in the same
+    // turn), so the lookup adds no round trip. An unknown agent is refused after the locks were
+    // taken and gives them back at once, like any refusal here. The work item after the locks,
+    // not beside them: on FerretDB/SQLite two writes to different collections at once wait on
+    // each other's lock (measured: slower than in series), and a refusal then has no item to give back.
     const taken: { lock: boolean; runSlot: number | undefined } = { lock: false, runSlot: undefined };
     const parts = await Promise.allSettled([
+      store.findAgent(tenantId, body.agentId).then((found) => {
+        if (!found) throw new ApiError('agent_not_found', `agent ${body.agentId} not found`);
+        return found;
+      }),
       acquireLock(tenantId, conversationId, runId).then(() => {
         taken.lock = true;
         // Read after taking the lock: no other run of the conversation is active, its history is final.
@@ -292,6 +315,7 @@ export function createRunCreator(deps: {
         taken.runSlot = runSlot;
       }),
     ]);
+    // The first refusal in that order: an unknown agent before a busy conversation, as before.
     const refused = parts.find((part) => part.status === 'rejected');
     if (refused) {
       // Nothing else was written; with a run id of its own (no Idempotency-Key, so no retry
@@ -299,7 +323,8 @@ export function createRunCreator(deps: {
       await giveBack(runId, tenantId, conversationId, taken, ownRunId);
       throw refused.reason;
     }
-    const history = (parts[0] as PromiseFulfilledResult<ModelMessage[]>).value;
+    const agent = (parts[0] as PromiseFulfilledResult<Agent>).value;
+    const history = (parts[1] as PromiseFulfilledResult<ModelMessage[]>).value;
     const { runSlot } = taken;
 
     let committed: boolean;

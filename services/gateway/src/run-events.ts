@@ -1,9 +1,9 @@
-import { decodeJson, outboxEntryId, type ClientEvent } from '@abide/shared';
+import { decodeJson, outboxEntryId, type ClientEvent, type LoadedSummary } from '@abide/shared';
 import type { EventRelay } from './event-relay.ts';
 import { CursorExpiredError } from './http-errors.ts';
-import type { EventSource, GatewayStore, LoadedRun } from './ports.ts';
-import { loadTenantRun } from './run-access.ts';
-import { isEnded, summaryOf, toRunView } from './run-views.ts';
+import type { EventSource, GatewayStore } from './ports.ts';
+import { loadTenantRunSummary } from './run-access.ts';
+import { isEnded, toRunView } from './run-views.ts';
 
 export type OpenRunEventsRequest = {
   tenantId: string;
@@ -57,12 +57,16 @@ export function createRunEventsOpener(deps: { store: GatewayStore; events: Event
     }
   }
 
-  /** The run, unless the client's cursor is older than the stream keeps (410 `cursor_expired`) or the run is missing or another tenant's (404). */
-  async function loadUnexpired(tenantId: string, runId: string, after: number | undefined): Promise<LoadedRun> {
-    const [run, firstSequence] = await Promise.all([loadTenantRun(deps.store, tenantId, runId), deps.events.firstSequence()]);
+  /**
+   * The run's summary (rolled forward from the read model: no transition's whole state is read),
+   * unless the client's cursor is older than the stream keeps (410 `cursor_expired`) or the run
+   * is missing or another tenant's (404).
+   */
+  async function loadUnexpired(tenantId: string, runId: string, after: number | undefined): Promise<LoadedSummary> {
+    const [run, firstSequence] = await Promise.all([loadTenantRunSummary(deps.store, tenantId, runId), deps.events.firstSequence()]);
     if (firstSequence > 0 && (after ?? 0) + 1 < firstSequence) {
       const aged = Date.parse(run.state.createdAt) < now() - deps.eventsMaxAgeMs;
-      if (aged || (await firstEventEvicted(runId, run))) throw new CursorExpiredError(toRunView(summaryOf(run)));
+      if (aged || (await firstEventEvicted(runId, run))) throw new CursorExpiredError(toRunView(run));
     }
     return run;
   }

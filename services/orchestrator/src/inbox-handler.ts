@@ -1,4 +1,4 @@
-import { parseRunInboxSubject, InvalidMessageError, type Delivery, type Logger, type RunInboxMessage } from '@abide/shared';
+import { parseRunInboxSubject, InvalidMessageError, transitionId, type Delivery, type InitialTransition, type Logger, type RunInboxMessage, type TransitionDocument } from '@abide/shared';
 import type { ApprovalLedger } from './approval-ledger.ts';
 import type { RunProcessor } from './run-processor.ts';
 import type { RunInput } from './run-state-machine.ts';
@@ -23,9 +23,31 @@ export function createInboxHandler(deps: { processor: RunProcessor; ledger: Appr
       await ledger.expireDueApprovals(message.runId, message.tenantId, now());
     }
     const input = toRunInput(message);
-    const outcome = await processor.apply(message.runId, message.tenantId, input, message.id);
+    // A `start` carrying version 1 (outbox-publisher.ts) spares the read of it, on its first
+    // delivery only: a redelivered one may come after the run moved on (even ended and was
+    // pruned, when version 2 could be inserted again), so it is loaded as before.
+    const first = message.type === 'start' && delivery.deliveryCount === 1 && message.payload.initial ? initialTransition(message.runId, message.tenantId, message.payload.initial as InitialTransition) : undefined;
+    const outcome = await processor.apply(message.runId, message.tenantId, input, message.id, first);
     if (outcome.kind === 'unknown_run') log.warn({ type: message.type, messageId: message.id }, 'message for an unknown run; acked');
     else if (outcome.kind === 'ignored') log.debug({ type: message.type, messageId: message.id, reason: outcome.reason }, 'input ignored');
+  };
+}
+
+/** The version-1 transition a `start` carries, or undefined when it names another run or tenant (then loaded from the store). */
+function initialTransition(runId: string, tenantId: string, initial: InitialTransition): TransitionDocument | undefined {
+  if (initial.state.runId !== runId || initial.state.tenantId !== tenantId) return undefined;
+  return {
+    _id: transitionId(runId, 1),
+    runId,
+    tenantId,
+    version: 1,
+    at: new Date(initial.at),
+    cause: initial.cause,
+    state: initial.state,
+    // Version 1's outbox is the one `start`: this message arriving proves it published.
+    outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }],
+    published: true,
+    ...(initial.traceparent === undefined ? {} : { traceparent: initial.traceparent }),
   };
 }
 

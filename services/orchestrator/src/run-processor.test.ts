@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
+import { createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, TransitionConflictError, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
 import { testRunState } from '@abide/shared/testing';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor, deadlineWriteNeeded } from './run-processor.ts';
@@ -84,7 +84,7 @@ function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; r
       return { transition: { ...latest, published: (model?.publishedVersion ?? 0) >= latest.version }, lastSeq: null };
     },
     async commit(transition: TransitionDocument, previous: RunState | null) {
-      if (transitions.has(transition._id)) throw new Error('duplicate');
+      if (transitions.has(transition._id)) throw new TransitionConflictError(`transition ${transition._id} exists`);
       transitions.set(transition._id, structuredClone(toStoredTransition(transition, previous)));
       log.push(`commit ${transition.version}`);
     },
@@ -214,6 +214,24 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     h.loads.length = 0;
     await h.make().apply('run_1', 't1', toolCall, 'llm:run_1:0');
     expect(h.loads).toEqual(['latest']);
+  });
+
+  it('a start that carries version 1 commits version 2 without reading the run; when version 2 exists the insert loses and the run is read', async () => {
+    const h = harness();
+    const carried: TransitionDocument = { ...(structuredClone(h.transitions.get('run_1:1')!) as TransitionDocument), published: true };
+    expect(await h.make().apply('run_1', 't1', { type: 'start' }, 'run_1:1:0', carried)).toEqual({ kind: 'committed', version: 2 });
+    expect(h.loads).toEqual([]);
+    expect(h.log.slice(0, h.log.indexOf('commit 2'))).toEqual([]); // nothing republished before the commit
+    // Version 2 is exactly what reading version 1 would have committed.
+    const read = harness();
+    await read.make().apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    expect(h.transitions.get('run_1:2')).toEqual(read.transitions.get('run_1:2'));
+    // Another copy of the start carrying version 1 (a republish after the duplicate window): its
+    // version 2 insert loses, the run is read, and the input is found applied.
+    h.loads.length = 0;
+    expect(await h.make().apply('run_1', 't1', { type: 'start' }, 'run_1:1:0', carried)).toEqual({ kind: 'ignored', reason: 'input already applied' });
+    expect(h.loads).toEqual(['first', 'latest']);
+    expect(h.transitions.has('run_1:3')).toBe(false);
   });
 
   it('a redelivered input whose transition was committed but not published publishes it, writes the read model, and is acked', async () => {

@@ -138,9 +138,13 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    * reloaded, so a stale cache can cost a retry but never a wrong commit. An input ignored
    * against an unverified cache is re-checked against the exact latest state before it is acked.
    */
-  async function loadForApply(runId: string, verified: boolean, cause: string) {
+  async function loadForApply(runId: string, verified: boolean, cause: string, first: TransitionDocument | undefined) {
     const cached = cache.get(runId);
     if (cached && !verified) return { ...cached, verified: false };
+    // Version 1 as its `start` carried it (first delivery, `inbox-handler.ts`): committed before
+    // that message was published, and taken like a cached copy: unread, so if version 2 exists
+    // (another copy of the `start` was applied) its insert fails and the run is loaded.
+    if (!cached && first && !verified) return { transition: first, lastSeq: null, verified: false };
     if (!cached && cause === outboxEntryId(runId, 1, 0)) {
       // A run's `start`, its first input: version 1 and the probe for version 2 at once (the
       // read model holds nothing more: its `lastSeq` is null until an event is published).
@@ -374,10 +378,11 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     return current.outbox.length > 0 && cause === outboxEntryId(current.runId, current.version, current.outbox.length - 1);
   }
 
-  async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string, spans: TransitionSpans): Promise<ApplyOutcome> {
+  async function applyNow(runId: string, tenantId: string | undefined, input: RunInput, cause: string, spans: TransitionSpans, first: TransitionDocument | undefined): Promise<ApplyOutcome> {
     let verified = false;
     for (let attempt = 0; attempt <= maxConflictRetries; attempt += 1) {
-      const latest = await loadForApply(runId, verified, cause);
+      // The carried version 1 serves the first attempt only: after a lost race the run is read.
+      const latest = await loadForApply(runId, verified, cause, attempt === 0 ? first : undefined);
       if (!latest) return { kind: 'unknown_run' };
       let { transition: current, lastSeq } = latest;
       if (tenantId !== undefined && current.tenantId !== tenantId) return { kind: 'unknown_run' };
@@ -483,12 +488,13 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     /**
      * Applies `input` to the run, serialized with every other input of the run in this process;
      * resolves once the transition's read model is written too (the caller acks then), though
-     * the run's next input does not wait for that write.
+     * the run's next input does not wait for that write. `first`: version 1 as the run's `start`
+     * carried it (committed, published), used instead of reading it when nothing is cached.
      */
-    async apply(runId: string, tenantId: string | undefined, input: RunInput, cause: string): Promise<ApplyOutcome> {
+    async apply(runId: string, tenantId: string | undefined, input: RunInput, cause: string, first?: TransitionDocument): Promise<ApplyOutcome> {
       const { outcome, pending } = await queue.run(runId, async () => {
         const spans = createTransitionSpans();
-        const applied = await applyNow(runId, tenantId, input, cause, spans).catch((error: unknown) => {
+        const applied = await applyNow(runId, tenantId, input, cause, spans, first).catch((error: unknown) => {
           spans.finish(error);
           throw error;
         });

@@ -1,5 +1,5 @@
 import { runIdFromIdempotencyKey, type RunState } from '@abide/shared';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { staleLockMs } from '../run-creation.ts';
 import { auth, createTestApp, scriptedAgent, testConfig, type TestApp } from '../testing/test-app.ts';
 
@@ -34,8 +34,8 @@ describe('POST /v1/runs', () => {
     expect(conversationId).toMatch(/^conv_/);
     const transition = t.memory.transitions.get(`${runId}:1`)!;
     expect(transition).toMatchObject({ version: 1, outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }] });
-    // The start is out: its outbox work item (the sweeper's fallback) is gone.
-    expect(t.memory.work.has(`outbox:${runId}`)).toBe(false);
+    // The start is out: its outbox work item (the sweeper's fallback) is deleted a moment later.
+    await vi.waitFor(() => expect(t.memory.work.has(`outbox:${runId}`)).toBe(false));
     expect(transition.state).toMatchObject({
       schemaVersion: 1,
       status: 'queued',
@@ -91,7 +91,7 @@ describe('POST /v1/runs', () => {
     expect(t.memory.work.get(`outbox:${runId}`)).toMatchObject({ kind: 'outbox', runId, tenantId: 't1' });
     const again = await createRun({ input: 'hello' }, headers);
     expect(again.statusCode).toBe(200);
-    expect(t.memory.work.has(`outbox:${runId}`)).toBe(false);
+    await vi.waitFor(() => expect(t.memory.work.has(`outbox:${runId}`)).toBe(false));
     expect(t.bus.outboxes).toHaveLength(1);
   });
 
