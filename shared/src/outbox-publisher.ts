@@ -165,9 +165,13 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
     } else if (entry.kind === 'release_conversation_lock') {
       if (!deps.collections) throw new Error('outbox entry release_conversation_lock needs MongoDB');
       // Only this run's locks: a newer run may hold the conversation (or the slot) by now.
-      // A crash between the two deletes republishes the whole outbox: both are idempotent.
-      await deps.collections.writes.conversationLocks.delete(lockIds.conversation(tenantId, entry.conversationId), { runId });
-      if (entry.runSlot !== undefined) await deps.collections.writes.conversationLocks.delete(lockIds.runSlot(tenantId, entry.runSlot), { runId });
+      // Both deletes at once (one batch of the write batcher, one round trip); a crash with
+      // either not done republishes the whole outbox: both are idempotent.
+      const locks = deps.collections.writes.conversationLocks;
+      await Promise.all([
+        locks.delete(lockIds.conversation(tenantId, entry.conversationId), { runId }),
+        entry.runSlot === undefined ? undefined : locks.delete(lockIds.runSlot(tenantId, entry.runSlot), { runId }),
+      ]);
     }
   }
   if (pendingEvents.length) {
