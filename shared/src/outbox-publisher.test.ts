@@ -79,6 +79,56 @@ describe('publishOutbox event order', () => {
     acks.shift()!();
     expect(await published).toBe(2);
   });
+
+  /** A fake JetStream that records each publish's subject and holds its PubAck until released. */
+  function heldAcks() {
+    const sent: string[] = [];
+    const acks: Array<() => void> = [];
+    let seq = 0;
+    const js = {
+      publish(subject: string) {
+        sent.push(subject);
+        const ack = { stream: subject.split('.')[0], seq: ++seq, duplicate: false };
+        return new Promise((resolve) => acks.push(() => resolve(ack)));
+      },
+    };
+    return { js, sent, acks };
+  }
+
+  it('sends a tool request alongside the events, and resolves only once every PubAck arrived', async () => {
+    const { js, sent, acks } = heldAcks();
+    const state: Partial<RunState> = {
+      awaiting: { kind: 'tools', step: 1 },
+      toolCalls: [{ toolCallId: 's1c0', providerToolCallId: 'p', step: 1, toolName: 'echo', args: { text: 'hi' }, needsApproval: false, state: 'requested' }],
+    };
+    const transition = transitionWith(
+      [eventEntry('message.completed', { step: 1, attempt: 1, text: '' }), eventEntry('tool.call', { step: 1, toolCallId: 's1c0', toolName: 'echo', args: { text: 'hi' }, needsApproval: false }), { kind: 'tool_request', toolCallId: 's1c0' }],
+      state,
+    );
+    let done = false;
+    const published = publishOutbox(deps({ js: js as never }), transition).then((seq) => ((done = true), seq));
+    // All three sent at once, events first, while no PubAck has arrived.
+    await vi.waitFor(() => expect(sent).toEqual(['run.events.run_1', 'run.events.run_1', 'tool.request.echo']));
+    acks[0]!();
+    acks[1]!();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(done).toBe(false);
+    acks[2]!();
+    expect(await published).toBe(2);
+  });
+
+  it('sends a model request only after the PubAcks of the events before it', async () => {
+    const { js, sent, acks } = heldAcks();
+    const transition = transitionWith([eventEntry('tool.result', { toolCallId: 's0c0', toolName: 'echo', result: { text: 'hi' } }), { kind: 'llm_request', step: 1 }]);
+    const published = publishOutbox(deps({ js: js as never }), transition);
+    await vi.waitFor(() => expect(sent).toEqual(['run.events.run_1']));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(sent).toEqual(['run.events.run_1']);
+    acks.shift()!();
+    await vi.waitFor(() => expect(sent).toEqual(['run.events.run_1', 'llm.request.run_1']));
+    acks.shift()!();
+    expect(await published).toBe(1);
+  });
 });
 
 describe('publishOutbox: a new run', () => {

@@ -143,6 +143,16 @@ export function findUnpublishableEntry(deps: OutboxPublisherDeps, transition: Tr
  * dropped by the server). Events are published first and pipelined: all are sent, then all
  * PubAcks awaited, which keeps their order (one connection) and costs one round trip; a terminal
  * event waits for the PubAcks of the events before it (a retried one could land after it).
+ * A model request goes out only after every event before it is stored: the llm-worker publishes
+ * events of its own (`llm.step.started`, deltas), which must follow this transition's. A tool
+ * request is sent alongside the events (issue 9: one round trip less per tool step): the tool-worker
+ * publishes no event, and the call's result only shows in the events of the run's next transition,
+ * which is committed after this call returns, so after every PubAck awaited here (the run's queue),
+ * or, after a crash or by another replica, after this outbox is published again first (nothing is
+ * committed on a transition not known published). Crash window: the tool request stored, the events
+ * not (the process died, or a publish failed and the input is nakked): the tool may run and its
+ * result arrive before the events are out; whoever applies that result publishes this outbox first
+ * (the request again, dropped as a duplicate), so `tool.call` still precedes `tool.result`.
  * Returns the stream sequence of the last event, if any.
  */
 export async function publishOutbox(deps: OutboxPublisherDeps, transition: TransitionDocument): Promise<number | null> {
@@ -155,6 +165,8 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
   const trace = transition.traceparent ? contextFromTraceparent(transition.traceparent) : undefined;
   let lastEventSeq: number | null = null;
   const pendingEvents: Promise<PubAck>[] = [];
+  /** Tool requests sent alongside the events, awaited at the end (see above). */
+  const pendingWork: Promise<PubAck>[] = [];
   for (const [index, entry] of transition.outbox.entries()) {
     const id = outboxEntryId(runId, transition.version, index);
     const encoded = encodeEntry(deps, transition, entry, index, limits);
@@ -166,6 +178,13 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
         await Promise.all(pendingEvents);
       }
       pendingEvents.push(publishRetrying(js, encoded.subject, encoded.data, id, { trace }));
+      continue;
+    }
+    if (encoded?.kind === 'message' && entry.kind === 'tool_request') {
+      const sent = publishRetrying(js, encoded.subject, encoded.data, id, { trace });
+      // Awaited below; until then a rejection must not count as unhandled.
+      sent.catch(() => {});
+      pendingWork.push(sent);
       continue;
     }
     if (pendingEvents.length) {
@@ -196,5 +215,6 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
     const acks = await Promise.all(pendingEvents);
     lastEventSeq = acks.at(-1)!.seq;
   }
+  await Promise.all(pendingWork);
   return lastEventSeq;
 }

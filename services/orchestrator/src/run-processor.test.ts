@@ -289,7 +289,7 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     expect(h.probes).toEqual([3]);
   });
 
-  it('with RUN_RETENTION, a run that ends gets its retention item after its deadline item and before its read model; without, none', async () => {
+  it('with RUN_RETENTION, a run that ends gets its retention item after its deadline item and before its read model records it published; without, none', async () => {
     const h = harness({ retentionMs: 3_600_000 });
     const processor = h.make();
     await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
@@ -297,8 +297,14 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     h.log.length = 0;
     await processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
     const terminalEvent = h.log.findIndex((line) => line.startsWith('publish run.events.run_1 run_1:3:'));
-    expect(h.log.slice(0, terminalEvent)).toEqual(['commit 3', 'deadline cleared', 'work retention:run_1 retention due 2026-11-24T11:00:00.000Z', 'read model 3']);
-    // The second settle (recording the terminal transition published) writes neither item again.
+    // Before the terminal event: the commit, then the work items (deadline item, then retention
+    // item) and the read model recording version 3 not yet published, those two at once.
+    const beforeEvent = h.log.slice(0, terminalEvent);
+    expect(beforeEvent[0]).toBe('commit 3');
+    expect(beforeEvent.filter((line) => line !== 'read model 3')).toEqual(['commit 3', 'deadline cleared', 'work retention:run_1 retention due 2026-11-24T11:00:00.000Z']);
+    expect(beforeEvent.filter((line) => line === 'read model 3')).toHaveLength(1);
+    expect(h.readModel.at(-2)).toEqual({ version: 3, publishedVersion: 2 });
+    // The second settle (recording the terminal transition published, after both items) writes neither item again.
     expect(h.log.slice(terminalEvent).filter((line) => !line.startsWith('publish '))).toEqual(['read model 3']);
 
     const forever = harness();

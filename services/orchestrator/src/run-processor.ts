@@ -297,9 +297,8 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    */
   function settle(published: TransitionDocument, lastSeq: number | null): Promise<void> {
     const { runId } = published;
-    const write = async () => {
-      const known = cache.get(runId);
-      if (known && known.transition.version > published.version) return;
+    /** The run's work items after this version: its deadline item, and for a run that has ended its retention item. */
+    const writeWorkItems = async () => {
       const deadlineWrite = await settleDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt);
       const knownItem = deadlineItems.get(runId);
       if (retentionMs != null && isTerminalStatus(published.state.status) && !(knownItem?.version === published.version && knownItem.retention)) {
@@ -309,7 +308,24 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         await store.insertWork({ _id: workIds.retention(runId), kind: 'retention', runId, tenantId: published.tenantId, dueAt });
         knowDeadlineItem(runId, published.version, published.state.nextDeadlineAt, true);
       }
-      if (published.published && movesOn(published)) {
+      return deadlineWrite;
+    };
+    const write = async () => {
+      const known = cache.get(runId);
+      if (known && known.transition.version > published.version) return;
+      if (!published.published) {
+        // The write before the events of a run that waits or has ended go out (`applyNow`): this
+        // read model records the version as not yet published, so it implies nothing about the
+        // work items, and both are written at once (issue 9: one database round trip on the run's
+        // last step, not two). The events wait for both; the write after the publish, which records
+        // the version published, still follows the work items.
+        const [items, readModel] = await Promise.allSettled([writeWorkItems(), writeReadModel(published, lastSeq)]);
+        if (items.status === 'rejected') throw items.reason;
+        if (readModel.status === 'rejected') throw readModel.reason;
+        return;
+      }
+      const deadlineWrite = await writeWorkItems();
+      if (movesOn(published)) {
         delayReadModel(published, lastSeq);
         // A delete of the deadline item may have landed after the item of a newer version another
         // replica committed: probed now, before the ack, as the read-model write would have (the
