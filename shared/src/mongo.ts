@@ -57,12 +57,14 @@ export type Collections = {
   runWork: Collection<Stored>;
   runDeadlines: Collection<Stored>;
   runRetention: Collection<Stored>;
+  /** When deadline and retention items fall due, by `_id` (`work-timeline.ts`). */
+  workTimeline: Collection<Stored>;
   /**
    * Group-committed writes (`write-batcher.ts`) to the collections every step writes: one
    * batcher per collection per process, so concurrent runs share each sync. Reads, and writes
    * whose result needs a matched count, use the collections directly.
    */
-  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; runRetention: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
+  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; runRetention: WriteBatcher<Stored>; workTimeline: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
 };
 
 /** The collections (call once per process, in its composition root: the batchers live here). */
@@ -76,6 +78,7 @@ export function getCollections(db: Db): Collections {
     runWork: db.collection<Stored>(collections.runWork),
     runDeadlines: db.collection<Stored>(collections.runDeadlines),
     runRetention: db.collection<Stored>(collections.runRetention),
+    workTimeline: db.collection<Stored>(collections.workTimeline),
   };
   return {
     ...found,
@@ -85,6 +88,7 @@ export function getCollections(db: Db): Collections {
       runWork: createWriteBatcher(found.runWork),
       runDeadlines: createWriteBatcher(found.runDeadlines),
       runRetention: createWriteBatcher(found.runRetention),
+      workTimeline: createWriteBatcher(found.workTimeline),
       conversationLocks: createWriteBatcher(found.conversationLocks),
     },
   };

@@ -127,6 +127,7 @@ export const collections = {
   runWork: 'run_work',
   runDeadlines: 'run_deadlines',
   runRetention: 'run_retention',
+  workTimeline: 'work_timeline',
 } as const;
 
 /**

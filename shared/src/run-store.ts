@@ -5,6 +5,7 @@ import { applyDelta, encodeDelta, type RunDelta } from './run-delta.ts';
 import { isTerminalStatus, type RunState, type RunStatus } from './run-state.ts';
 import { applyDeltaToSummary, summarizeRunState, type RunSummary } from './run-summary.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
+import { createWorkTimeline, type TimelineKind } from './work-timeline.ts';
 
 /**
  * A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`) with the
@@ -163,8 +164,10 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline' | 'retention';
  * Documents are stored with their keys escaped (`stored-keys.ts`): tool arguments and results
  * are free JSON and may hold keys FerretDB refuses.
  */
-export function createRunStore(collections: Collections, options: { onWorkWritten?: (kind: WorkItem['kind'], dueAt: string) => void } = {}) {
+export function createRunStore(collections: Collections, options: { now?: () => number } = {}) {
   const { runs, runTransitions, runWork, writes } = collections;
+  /** When deadline and retention items fall due (`work-timeline.ts`): every write of such an item with a due time writes its entry first. */
+  const timeline = createWorkTimeline(collections, options);
   /** How many transitions a cold load reads at once (each by exact `_id`). */
   const coldLoadBatch = 32;
   const workCollections = { outbox: 'runWork', deadline: 'runDeadlines', retention: 'runRetention' } as const;
@@ -245,6 +248,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
   }
 
   return {
+    timeline,
     loadNext,
     loadVersion,
     rollForward,
@@ -365,11 +369,31 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
       return 'pruned';
     },
 
-    /** Inserts a work item unless one with its `_id` exists (then the existing one stands). */
+    /**
+     * Inserts a work item unless one with its `_id` exists (then the existing one stands, due no
+     * later: its own timeline entry fires it). A deadline or retention item's timeline entry is
+     * written first.
+     */
     async insertWork(item: WorkItem): Promise<void> {
+      if (item.kind !== 'outbox') await timeline.schedule({ ...item, kind: item.kind });
       await workWriter(item.kind).insert(item);
-      // A duplicate keeps the first item, due no later than this one: the watermark only moves earlier, so either is safe.
-      options.onWorkWritten?.(item.kind, item.dueAt);
+    },
+
+    /** The `kind` work item of a run, by `_id` (what a timeline entry points to), or null. */
+    async loadWork(kind: TimelineKind, runId: string): Promise<WorkItem | null> {
+      const found = await workCollection(kind).findOne({ _id: workIds[kind](runId) });
+      return found ? (found as unknown as WorkItem) : null;
+    },
+
+    /**
+     * Writes a timeline entry for every `kind` item stored (a scan of its list): what a sweeper
+     * does once, when it finds no timeline cursor (a new database, or one an older version wrote
+     * items into without entries). Returns how many.
+     */
+    async indexWork(kind: TimelineKind): Promise<number> {
+      const items = (await workCollection(kind).find({ kind }).toArray()) as unknown as WorkItem[];
+      await Promise.all(items.map((item) => timeline.schedule({ ...item, kind })));
+      return items.length;
     },
 
     /** Deletes a work item by `_id` (idempotent). */
@@ -378,8 +402,8 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
-     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), later or earlier, or deletes
-     * it when null; tells `onWorkWritten` (the deadline sweeper's watermark) once the item is written.
+     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), later or earlier, after its
+     * timeline entry; or deletes it when null (its entries turn stale).
      */
     async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
       const _id = workIds.deadline(runId);
@@ -388,8 +412,8 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
         return;
       }
       const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
+      await timeline.schedule({ ...item, kind: 'deadline' });
       await writes.runDeadlines.replace(item, { upsert: true });
-      options.onWorkWritten?.('deadline', dueAt);
     },
 
     /**
@@ -398,15 +422,16 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
      * after a transition: an item only has to fire no later than the run's deadline (an early one
      * is ignored and moved, `writeDeadline`), and a write that lands late (a slower replica's, of
      * an older version) can then never leave the item later than a newer version's deadline.
-     * Tells `onWorkWritten` once written.
+     * Its timeline entry for `dueAt` is written first (if `$min` keeps an earlier time, that
+     * time's entry exists already).
      */
     async lowerDeadline(runId: string, tenantId: string, dueAt: string): Promise<void> {
       const _id = workIds.deadline(runId);
+      await timeline.schedule({ _id, kind: 'deadline', runId, tenantId, dueAt });
       await writes.runDeadlines.update(_id, { $min: { dueAt }, $set: { kind: 'deadline', runId, tenantId } }, { upsert: true });
-      options.onWorkWritten?.('deadline', dueAt);
     },
 
-    /** The earliest `dueAt` of `kind` after `afterIso` (a scan on FerretDB: the sweeper asks only after a sweep), or null. */
+    /** The earliest `dueAt` of `kind` after `afterIso` (a scan on FerretDB; no sweeper asks it any more), or null. */
     async earliestDueAfter(kind: WorkItem['kind'], afterIso: string): Promise<string | null> {
       const [first] = await workCollection(kind)
         .find({ kind, dueAt: { $gt: afterIso } }, { projection: { dueAt: 1 } })
@@ -426,6 +451,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     async moveLegacyDeadlines(): Promise<number> {
       const legacy = (await runWork.find({ kind: 'deadline' }).toArray()) as unknown as WorkItem[];
       for (const item of legacy) {
+        await timeline.schedule({ ...item, kind: 'deadline' });
         await writes.runDeadlines.insert(item);
         await writes.runWork.delete(item._id);
       }
