@@ -128,6 +128,8 @@ export const collections = {
   runDeadlines: 'run_deadlines',
   runRetention: 'run_retention',
   workTimeline: 'work_timeline',
+  runsRunning: 'runs_running',
+  runsSuspended: 'runs_suspended',
 } as const;
 
 /**

@@ -11,9 +11,10 @@ import { createRunStore, readModelSummary, TransitionConflictError, transitionId
 const at = '2026-11-30T00:00:00.000Z';
 
 /** The run store's collections over memory, with the write batchers `getCollections` would build. */
-function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; runTransitions: ReturnType<typeof memoryCollection>; runWork: ReturnType<typeof memoryCollection>; runDeadlines: ReturnType<typeof memoryCollection>; workTimeline: ReturnType<typeof memoryCollection> }): Collections {
+function memoryCollections(parts: Record<'runs' | 'runTransitions' | 'runWork' | 'runDeadlines' | 'workTimeline' | 'runsRunning' | 'runsSuspended', ReturnType<typeof memoryCollection>>): Collections {
   const batcher = (collection: ReturnType<typeof memoryCollection>) => createWriteBatcher(collection as unknown as Collection<{ _id: string }>);
-  return { ...parts, writes: { runs: batcher(parts.runs), runTransitions: batcher(parts.runTransitions), runWork: batcher(parts.runWork), runDeadlines: batcher(parts.runDeadlines), workTimeline: batcher(parts.workTimeline) } } as unknown as Collections;
+  const writes = Object.fromEntries(Object.entries(parts).map(([name, collection]) => [name, batcher(collection)]));
+  return { ...parts, writes } as unknown as Collections;
 }
 
 function initialState(): RunState {
@@ -48,8 +49,10 @@ function harness() {
   const runTransitions = memoryCollection();
   const runDeadlines = memoryCollection();
   const workTimeline = memoryCollection();
-  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines, workTimeline }), { now: () => Date.parse(at) });
-  return { runs, runTransitions, runDeadlines, workTimeline, store };
+  const runsRunning = memoryCollection();
+  const runsSuspended = memoryCollection();
+  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines, workTimeline, runsRunning, runsSuspended }), { now: () => Date.parse(at) });
+  return { runs, runTransitions, runDeadlines, workTimeline, runsRunning, runsSuspended, store };
 }
 
 describe('run store: transitions as deltas', () => {
@@ -136,5 +139,40 @@ describe('run store: deadline items', () => {
       [`deadline/${slot('2026-11-30T10:05:00.000Z')}/0`, '2026-11-30T10:05:00.000Z'],
       [`deadline/${slot('2026-11-30T11:00:00.000Z')}/1`, '2026-11-30T11:00:00.000Z'],
     ]);
+  });
+});
+
+describe('run store: the live-status sets abide_runs counts', () => {
+  it('keeps each run in the set of its read model\'s status, out of the other, and out of both once it ended; writes only when that may change them', async () => {
+    const { runsRunning, runsSuspended, store } = harness();
+    const members = () => ({ running: [...runsRunning.documents.keys()], suspended: [...runsSuspended.documents.keys()] });
+    let writes = 0;
+    for (const collection of [runsRunning, runsSuspended]) {
+      const bulkWrite = collection.bulkWrite.bind(collection);
+      collection.bulkWrite = async (operations) => {
+        writes += operations.length;
+        return bulkWrite(operations);
+      };
+    }
+    const at = (version: number, status: RunState['status']) => transitionOf({ ...stateAt(1), status }, version);
+    // Version 1 is the gateway's (queued): in neither set.
+    await store.writeReadModel(at(1, 'queued'), null);
+    expect(members()).toEqual({ running: [], suspended: [] });
+    await store.writeReadModel(at(2, 'running'), null);
+    expect(members()).toEqual({ running: ['run_1'], suspended: [] });
+    await store.writeReadModel(at(3, 'suspended'), null);
+    expect(members()).toEqual({ running: [], suspended: ['run_1'] });
+    // The same version again (written published), and the next version in the same status: nothing written.
+    writes = 0;
+    await store.writeReadModel({ ...at(3, 'suspended'), published: true }, null);
+    await store.writeReadModel(at(4, 'suspended'), null);
+    expect(writes).toBe(0);
+    // A gap (another replica wrote version 5, or a running run's read model written once a second): written again.
+    await store.writeReadModel(at(6, 'suspended'), null);
+    expect(writes).toBe(2);
+    await store.writeReadModel(at(7, 'running'), null);
+    expect(members()).toEqual({ running: ['run_1'], suspended: [] });
+    await store.writeReadModel(at(8, 'completed'), null);
+    expect(members()).toEqual({ running: [], suspended: [] });
   });
 });

@@ -168,6 +168,37 @@ export function createRunStore(collections: Collections, options: { now?: () => 
   const { runs, runTransitions, runWork, writes } = collections;
   /** When deadline and retention items fall due (`work-timeline.ts`): every write of such an item with a due time writes its entry first. */
   const timeline = createWorkTimeline(collections, options);
+  /** The live-status sets `abide_runs` counts (`writeStatusSets`). */
+  const statusSets = { running: 'runsRunning', suspended: 'runsSuspended' } as const;
+  /** Per run, the version and status this process last wrote the sets for; bounded. */
+  const statusWritten = new Map<string, { version: number; status: RunStatus }>();
+
+  /**
+   * Puts the run in the set of its status (`runs_running`, `runs_suspended`: `{ _id: runId }`)
+   * and out of the other one (out of both when it is queued or has ended), after its read model:
+   * the sets say what the read model says, so `countRunsByStatus` counts the read model's live
+   * runs with one `$collStats` per set instead of a pass over every run stored. Idempotent (an
+   * insert of a member, a delete of a non-member, change nothing). Skipped only when this process
+   * wrote the same status for this version or the one just before (nothing another replica wrote
+   * can lie between); a run whose inputs other replicas handle, or whose read model is written
+   * once a second, is written again. A slower writer moving the read model back a version moves
+   * the sets back with it, and the same catch-up (the orchestrator's probe for a newer version
+   * after each read-model write) moves both forward again.
+   */
+  async function writeStatusSets(runId: string, version: number, status: RunStatus): Promise<void> {
+    const known = statusWritten.get(runId);
+    if (known && known.status === status && (known.version === version || known.version === version - 1)) {
+      statusWritten.set(runId, { version, status });
+      return;
+    }
+    await Promise.all(
+      Object.entries(statusSets).map(([setStatus, collection]) => (setStatus === status ? writes[collection].insert({ _id: runId }) : writes[collection].delete(runId))),
+    );
+    statusWritten.delete(runId);
+    if (isTerminalStatus(status)) return;
+    statusWritten.set(runId, { version, status });
+    if (statusWritten.size > 10_000) statusWritten.delete(statusWritten.keys().next().value!);
+  }
   /** How many transitions a cold load reads at once (each by exact `_id`). */
   const coldLoadBatch = 32;
   const workCollections = { outbox: 'runWork', deadline: 'runDeadlines', retention: 'runRetention' } as const;
@@ -334,6 +365,7 @@ export function createRunStore(collections: Collections, options: { now?: () => 
       // (its creator crashed before writing it) is inserted; a concurrent insert of the same
       // `_id` winning makes this one a duplicate, ignored like the version-1 insert.
       await writes.runs.replace(document, { upsert: true });
+      await writeStatusSets(transition.runId, transition.version, transition.state.status);
     },
 
     /**
@@ -459,15 +491,28 @@ export function createRunStore(collections: Collections, options: { now?: () => 
     },
 
     /**
-     * How many runs of the read model are in each of `statuses` (absent: none), in one
-     * `$group` pass. Not indexed by status (FerretDB would scan anyway): the metrics call it at
-     * most every 30 s.
+     * How many runs are `queued`, `running` or `suspended`, each read as one collection's document
+     * count (`$collStats`: the store's own count, no document read, on FerretDB and MongoDB alike):
+     * `running` and `suspended` from the status sets the read-model writes keep
+     * (`writeStatusSets`), `queued` from `run_work` (new runs whose `start` is not yet known to be
+     * out: the gateway deletes a run's item once it published it, before the orchestrator starts
+     * the run). A collection never written counts 0.
      */
-    async countRunsByStatus(statuses: readonly RunStatus[]): Promise<Partial<Record<RunStatus, number>>> {
-      const groups = await runs
-        .aggregate<{ _id: RunStatus; count: number }>([{ $match: { status: { $in: [...statuses] } } }, { $group: { _id: '$status', count: { $sum: 1 } } }])
-        .toArray();
-      return Object.fromEntries(groups.map((group) => [group._id, group.count]));
+    async countRunsByStatus(statuses: readonly ('queued' | 'running' | 'suspended')[]): Promise<Partial<Record<RunStatus, number>>> {
+      const counted = { queued: runWork, running: collections.runsRunning, suspended: collections.runsSuspended };
+      const counts = await Promise.all(
+        statuses.map(async (status) => {
+          try {
+            const [stats] = await counted[status].aggregate<{ count?: number }>([{ $collStats: { count: {} } }]).toArray();
+            return [status, stats?.count ?? 0] as const;
+          } catch (error) {
+            // NamespaceNotFound: nothing was ever written there.
+            if ((error as { code?: unknown }).code === 26) return [status, 0] as const;
+            throw error;
+          }
+        }),
+      );
+      return Object.fromEntries(counts);
     },
 
     /**

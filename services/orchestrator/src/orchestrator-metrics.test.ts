@@ -36,7 +36,7 @@ describe('orchestrator metrics', () => {
     const asked: (readonly RunStatus[])[] = [];
     let answer: () => Promise<Partial<Record<RunStatus, number>>> = async () => ({ running: 3, suspended: 2 });
     const store = {
-      async countRunsByStatus(statuses: readonly RunStatus[]) {
+      async countRunsByStatus(statuses: readonly ('queued' | 'running' | 'suspended')[]) {
         asked.push(statuses);
         return answer();
       },

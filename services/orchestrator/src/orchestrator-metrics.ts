@@ -1,7 +1,7 @@
-import { ensureError, runStatuses, terminalStatuses, type Logger, type Metrics, type RunStore } from '@abide/shared';
+import { ensureError, type Logger, type Metrics, type RunStatus, type RunStore } from '@abide/shared';
 
 /** The statuses `abide_runs` counts: a run's life before its end (finished runs only ever accumulate). */
-const liveStatuses = runStatuses.filter((status) => !terminalStatuses.includes(status));
+const liveStatuses = ['queued', 'running', 'suspended'] as const satisfies readonly RunStatus[];
 
 /**
  * The orchestrator's own series, built once in `main.ts` from the process's `Metrics`:
@@ -13,9 +13,11 @@ const liveStatuses = runStatuses.filter((status) => !terminalStatuses.includes(s
  *   timer waiting for its retry. A deadline gets its timer within ~6 s (a 2-s slot read 3 s after
  *   it ends, a 1-s tick); one still unsent a minute later is stuck. Read from the sweeper's memory
  *   at each scrape: no query.
- * - `abide_runs{status}` (`queued`, `running`, `suspended`): runs of the read model in each live
- *   status, counted in one `$group` pass at most once per `refreshMs`; `status="suspended"` is the
- *   runs waiting for an approval. Every replica reports the same numbers (use `max`).
+ * - `abide_runs{status}` (`queued`, `running`, `suspended`): `running` and `suspended` are the
+ *   runs the read model records in that status (its status sets, kept by the read-model writes),
+ *   `queued` the new runs whose `start` is not yet known published; each one collection's count
+ *   (`countRunsByStatus`, no document read), at most once per `refreshMs`. `status="suspended"` is
+ *   the runs waiting for an approval. Every replica reports the same numbers (use `max`).
  */
 export function createOrchestratorMetrics(deps: {
   metrics: Metrics;
@@ -35,7 +37,7 @@ export function createOrchestratorMetrics(deps: {
   const refreshMs = deps.refreshMs ?? 30_000;
   const commitLatency = metrics.histogram('commit_duration_seconds', 'Time of the commit insert of a transition in MongoDB, by result (committed, conflict)', ['result']);
   const overdue = metrics.gauge('oldest_overdue_deadline_seconds', 'How long past its deadline the oldest deadline still without a timer is (0: none late by more than a minute)');
-  const runs = metrics.gauge('runs', 'Runs in each live status (queued, running, suspended), counted on the read model at most every 30 s', undefined, ['status']);
+  const runs = metrics.gauge('runs', 'Runs in each live status: running and suspended as the read model records them, queued = created with their start not yet known published (read at most every 30 s)', undefined, ['status']);
   let readAt: number | undefined;
   metrics.beforeScrape(async () => {
     const started = now();

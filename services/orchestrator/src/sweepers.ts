@@ -262,6 +262,8 @@ function createTimelineSweep(deps: {
   handle(item: WorkItem, key: string): Promise<void>;
   failedMessage: string;
   onHandled(count: number): void;
+  /** Runs before the one-time index (with no cursor recorded). */
+  beforeIndex?: () => Promise<void>;
   now: () => number;
 }): TimelineSweep {
   const { kind, store, now } = deps;
@@ -324,6 +326,7 @@ function createTimelineSweep(deps: {
       if (stored === null) {
         // Before the index: items written meanwhile write their own entries.
         const startSlot = timelineSlotOf(started);
+        await deps.beforeIndex?.();
         const indexed = await store.indexWork(kind);
         if (indexed > 0) deps.logger.info({ sweeper: kind, count: indexed }, 'indexed stored items in the work timeline');
         await store.timeline.writeCursor(kind, startSlot);
@@ -365,6 +368,8 @@ function createTimelineSweep(deps: {
   });
 }
 
+type DeadlineStore = TimelineSweepStore & Pick<RunStore, 'moveLegacyDeadlines'>;
+
 /**
  * Sends each run whose deadline item (`run_deadlines`) has passed a `timer` message, as the
  * work timeline brings it due; the run's transition decides what the deadline means. Nothing
@@ -372,13 +377,13 @@ function createTimelineSweep(deps: {
  * every slot. The msg id dedupes the timers of several replicas; a failed publish is isolated
  * like the outbox sweeper's.
  */
-export function createDeadlineSweeper(deps: { store: TimelineSweepStore; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper & { oldestPendingDueAt(): number | null } {
+export function createDeadlineSweeper(deps: { store: DeadlineStore; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper & { oldestPendingDueAt(): number | null } {
   const sweep = createDeadlineSweep(deps);
   return { ...every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, sweep), oldestPendingDueAt: sweep.oldestPendingDueAt };
 }
 
 /** One deadline sweep tick (exported for tests). */
-export function createDeadlineSweep(deps: { store: TimelineSweepStore; js: Pick<JetStreamClient, 'publish'>; logger: Logger; metrics?: Metrics; now?: () => number }): TimelineSweep {
+export function createDeadlineSweep(deps: { store: DeadlineStore; js: Pick<JetStreamClient, 'publish'>; logger: Logger; metrics?: Metrics; now?: () => number }): TimelineSweep {
   return createTimelineSweep({
     kind: 'deadline',
     store: deps.store,
@@ -392,6 +397,11 @@ export function createDeadlineSweep(deps: { store: TimelineSweepStore; js: Pick<
     },
     failedMessage: 'could not send a deadline timer; will retry',
     onHandled: (count) => deps.logger.info({ count, collection: collectionNames.runDeadlines }, 'deadline timers sent'),
+    async beforeIndex() {
+      // Deadline items a version before `run_deadlines` wrote into `run_work`: moved, then indexed with the rest.
+      const moved = await deps.store.moveLegacyDeadlines();
+      if (moved) deps.logger.info({ count: moved, from: collectionNames.runWork, to: collectionNames.runDeadlines }, 'moved deadline items an older version wrote');
+    },
     now: deps.now ?? Date.now,
   });
 }
