@@ -73,7 +73,7 @@ describe('metrics of the running services', () => {
       expect(texts[service], durable).toMatch(new RegExp(`^abide_consumer_ack_pending_messages\\{durable="${durable}"\\} \\d+$`, 'm'));
     }
     expect(texts.orchestrator).toMatch(/^abide_oldest_overdue_deadline_seconds 0$/m);
-    // Runs by live status, counted on the read model (the first scrape counts): one suspended, the other completed.
+    // Runs by live status, the counts of the status sets the read-model writes keep (the first scrape counts): one suspended, the other completed (out of every set).
     expect(texts.orchestrator).toMatch(/^abide_runs\{status="suspended"\} 1$/m);
     for (const status of ['queued', 'running']) expect(texts.orchestrator, status).toMatch(new RegExp(`^abide_runs\\{status="${status}"\\} 0$`, 'm'));
     expect(texts.orchestrator).not.toMatch(/^abide_runs\{status="completed"\}/m);

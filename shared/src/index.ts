@@ -43,3 +43,4 @@ export * from './stored-keys.ts';
 export * from './tenant-leases.ts';
 export * from './mcp.ts';
 export * from './tracing.ts';
+export * from './work-timeline.ts';

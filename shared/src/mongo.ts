@@ -57,12 +57,17 @@ export type Collections = {
   runWork: Collection<Stored>;
   runDeadlines: Collection<Stored>;
   runRetention: Collection<Stored>;
+  /** When deadline and retention items fall due, by `_id` (`work-timeline.ts`). */
+  workTimeline: Collection<Stored>;
+  /** The runs whose read model says `running` / `suspended`, one `{ _id: runId }` each (`abide_runs` counts them). */
+  runsRunning: Collection<Stored>;
+  runsSuspended: Collection<Stored>;
   /**
    * Group-committed writes (`write-batcher.ts`) to the collections every step writes: one
    * batcher per collection per process, so concurrent runs share each sync. Reads, and writes
    * whose result needs a matched count, use the collections directly.
    */
-  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; runRetention: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
+  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; runRetention: WriteBatcher<Stored>; workTimeline: WriteBatcher<Stored>; runsRunning: WriteBatcher<Stored>; runsSuspended: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
 };
 
 /** The collections (call once per process, in its composition root: the batchers live here). */
@@ -76,6 +81,9 @@ export function getCollections(db: Db): Collections {
     runWork: db.collection<Stored>(collections.runWork),
     runDeadlines: db.collection<Stored>(collections.runDeadlines),
     runRetention: db.collection<Stored>(collections.runRetention),
+    workTimeline: db.collection<Stored>(collections.workTimeline),
+    runsRunning: db.collection<Stored>(collections.runsRunning),
+    runsSuspended: db.collection<Stored>(collections.runsSuspended),
   };
   return {
     ...found,
@@ -85,6 +93,9 @@ export function getCollections(db: Db): Collections {
       runWork: createWriteBatcher(found.runWork),
       runDeadlines: createWriteBatcher(found.runDeadlines),
       runRetention: createWriteBatcher(found.runRetention),
+      workTimeline: createWriteBatcher(found.workTimeline),
+      runsRunning: createWriteBatcher(found.runsRunning),
+      runsSuspended: createWriteBatcher(found.runsSuspended),
       conversationLocks: createWriteBatcher(found.conversationLocks),
     },
   };

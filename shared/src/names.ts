@@ -127,6 +127,9 @@ export const collections = {
   runWork: 'run_work',
   runDeadlines: 'run_deadlines',
   runRetention: 'run_retention',
+  workTimeline: 'work_timeline',
+  runsRunning: 'runs_running',
+  runsSuspended: 'runs_suspended',
 } as const;
 
 /**

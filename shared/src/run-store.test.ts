@@ -1,71 +1,22 @@
 import { describe, expect, it } from 'vitest';
-import { MongoBulkWriteError, type AnyBulkWriteOperation, type Collection } from 'mongodb';
+import type { Collection } from 'mongodb';
+import { memoryCollection } from './testing/memory-collection.ts';
 import type { Collections } from './mongo.ts';
 import { testRunState } from './testing/run-state.ts';
 import { createWriteBatcher } from './write-batcher.ts';
 import { encodeDelta } from './run-delta.ts';
 import { encodeStoredKeys } from './stored-keys.ts';
 import type { RunState } from './run-state.ts';
+import { timelineSlotOf } from './work-timeline.ts';
 import { createRunStore, packTransition, readModelSummary, TransitionConflictError, transitionId, unpackTransition, type RunDocument, type TransitionDocument } from './run-store.ts';
 
 const at = '2026-11-30T00:00:00.000Z';
 
-/** An in-memory collection with what the run store uses: by-`_id` reads (projections ignored), inserts that refuse a duplicate `_id`. */
-function memoryCollection() {
-  const documents = new Map<string, Record<string, unknown>>();
-  const reads: string[] = [];
-  return {
-    documents,
-    reads,
-    async findOne(filter: { _id: string }) {
-      reads.push(filter._id);
-      const found = documents.get(filter._id);
-      return found ? structuredClone(found) : null;
-    },
-    async insertOne(document: { _id: string }) {
-      if (documents.has(document._id)) throw Object.assign(new Error('E11000 duplicate key'), { code: 11000 });
-      documents.set(document._id, structuredClone(document));
-      return { acknowledged: true };
-    },
-    async replaceOne(filter: { _id: string }, document: Record<string, unknown>) {
-      if (!documents.has(filter._id)) return { matchedCount: 0 };
-      documents.set(filter._id, structuredClone(document));
-      return { matchedCount: 1 };
-    },
-    /** What the write batcher sends: per-write duplicate errors by index, the other writes applied. */
-    async bulkWrite(operations: AnyBulkWriteOperation<{ _id: string }>[]) {
-      const writeErrors: { index: number; code: number; errmsg: string }[] = [];
-      operations.forEach((operation, index) => {
-        if ('insertOne' in operation) {
-          const document = operation.insertOne.document as { _id: string };
-          if (documents.has(document._id)) writeErrors.push({ index, code: 11000, errmsg: 'E11000 duplicate key' });
-          else documents.set(document._id, structuredClone(document));
-        } else if ('replaceOne' in operation) {
-          const id = String(operation.replaceOne.filter._id);
-          if (documents.has(id) || operation.replaceOne.upsert) documents.set(id, { ...structuredClone(operation.replaceOne.replacement), _id: id });
-        } else if ('updateOne' in operation) {
-          // `$min` / `$set` by `_id`, upserted: what `lowerDeadline` sends.
-          const id = String(operation.updateOne.filter._id);
-          const update = operation.updateOne.update as { $min?: Record<string, string>; $set?: Record<string, unknown> };
-          const stored = documents.get(id);
-          if (!stored && !operation.updateOne.upsert) return;
-          const next: Record<string, unknown> = { ...stored, _id: id, ...update.$set };
-          for (const [field, value] of Object.entries(update.$min ?? {})) if (next[field] === undefined || value < String(next[field])) next[field] = value;
-          documents.set(id, next);
-        } else if ('deleteOne' in operation) {
-          documents.delete(String(operation.deleteOne.filter._id));
-        }
-      });
-      if (writeErrors.length > 0) throw Object.assign(Object.create(MongoBulkWriteError.prototype) as MongoBulkWriteError, { writeErrors });
-      return {};
-    },
-  };
-}
-
 /** The run store's collections over memory, with the write batchers `getCollections` would build. */
-function memoryCollections(parts: { runs: ReturnType<typeof memoryCollection>; runTransitions: ReturnType<typeof memoryCollection>; runWork: ReturnType<typeof memoryCollection>; runDeadlines: ReturnType<typeof memoryCollection> }): Collections {
+function memoryCollections(parts: Record<'runs' | 'runTransitions' | 'runWork' | 'runDeadlines' | 'workTimeline' | 'runsRunning' | 'runsSuspended', ReturnType<typeof memoryCollection>>): Collections {
   const batcher = (collection: ReturnType<typeof memoryCollection>) => createWriteBatcher(collection as unknown as Collection<{ _id: string }>);
-  return { ...parts, writes: { runs: batcher(parts.runs), runTransitions: batcher(parts.runTransitions), runWork: batcher(parts.runWork), runDeadlines: batcher(parts.runDeadlines) } } as unknown as Collections;
+  const writes = Object.fromEntries(Object.entries(parts).map(([name, collection]) => [name, batcher(collection)]));
+  return { ...parts, writes } as unknown as Collections;
 }
 
 function initialState(): RunState {
@@ -99,9 +50,11 @@ function harness() {
   const runs = memoryCollection();
   const runTransitions = memoryCollection();
   const runDeadlines = memoryCollection();
-  const watermark: string[] = [];
-  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines }), { onWorkWritten: (_kind, dueAt) => watermark.push(dueAt) });
-  return { runs, runTransitions, runDeadlines, watermark, store };
+  const workTimeline = memoryCollection();
+  const runsRunning = memoryCollection();
+  const runsSuspended = memoryCollection();
+  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines, workTimeline, runsRunning, runsSuspended }), { now: () => Date.parse(at) });
+  return { runs, runTransitions, runDeadlines, workTimeline, runsRunning, runsSuspended, store };
 }
 
 describe('run store: transitions as deltas', () => {
@@ -195,8 +148,8 @@ describe('run store: transitions as deltas', () => {
 });
 
 describe('run store: deadline items', () => {
-  it('lowers an item, never moving it later, and sets it either way on request', async () => {
-    const { runDeadlines, watermark, store } = harness();
+  it('lowers an item, never moving it later, and sets it either way on request, each write after a timeline entry for its time', async () => {
+    const { runDeadlines, workTimeline, store } = harness();
     const item = () => runDeadlines.documents.get('deadline:run_1');
     await store.lowerDeadline('run_1', 't1', '2026-11-30T10:10:00.000Z');
     expect(item()).toEqual({ _id: 'deadline:run_1', kind: 'deadline', runId: 'run_1', tenantId: 't1', dueAt: '2026-11-30T10:10:00.000Z' });
@@ -210,6 +163,48 @@ describe('run store: deadline items', () => {
     expect(item()?.dueAt).toBe('2026-11-30T11:00:00.000Z');
     await store.writeDeadline('run_1', 't1', null);
     expect(item()).toBeUndefined();
-    expect(watermark).toEqual(['2026-11-30T10:10:00.000Z', '2026-11-30T11:00:00.000Z', '2026-11-30T10:05:00.000Z', '2026-11-30T11:00:00.000Z']);
+    // One entry per write with a time, numbered within its slot (two writes for 11:00 share one).
+    const slot = (iso: string) => timelineSlotOf(Date.parse(iso));
+    expect([...workTimeline.documents.values()].map((entry) => [entry._id, entry.dueAt])).toEqual([
+      [`deadline/${slot('2026-11-30T10:10:00.000Z')}/0`, '2026-11-30T10:10:00.000Z'],
+      [`deadline/${slot('2026-11-30T11:00:00.000Z')}/0`, '2026-11-30T11:00:00.000Z'],
+      [`deadline/${slot('2026-11-30T10:05:00.000Z')}/0`, '2026-11-30T10:05:00.000Z'],
+      [`deadline/${slot('2026-11-30T11:00:00.000Z')}/1`, '2026-11-30T11:00:00.000Z'],
+    ]);
+  });
+});
+
+describe('run store: the live-status sets abide_runs counts', () => {
+  it('keeps each run in the set of its read model\'s status, out of the other, and out of both once it ended; writes only when that may change them', async () => {
+    const { runsRunning, runsSuspended, store } = harness();
+    const members = () => ({ running: [...runsRunning.documents.keys()], suspended: [...runsSuspended.documents.keys()] });
+    let writes = 0;
+    for (const collection of [runsRunning, runsSuspended]) {
+      const bulkWrite = collection.bulkWrite.bind(collection);
+      collection.bulkWrite = async (operations) => {
+        writes += operations.length;
+        return bulkWrite(operations);
+      };
+    }
+    const at = (version: number, status: RunState['status']) => transitionOf({ ...stateAt(1), status }, version);
+    // Version 1 is the gateway's (queued): in neither set.
+    await store.writeReadModel(at(1, 'queued'), null);
+    expect(members()).toEqual({ running: [], suspended: [] });
+    await store.writeReadModel(at(2, 'running'), null);
+    expect(members()).toEqual({ running: ['run_1'], suspended: [] });
+    await store.writeReadModel(at(3, 'suspended'), null);
+    expect(members()).toEqual({ running: [], suspended: ['run_1'] });
+    // The same version again (written published), and the next version in the same status: nothing written.
+    writes = 0;
+    await store.writeReadModel({ ...at(3, 'suspended'), published: true }, null);
+    await store.writeReadModel(at(4, 'suspended'), null);
+    expect(writes).toBe(0);
+    // A gap (another replica wrote version 5, or a running run's read model written once a second): written again.
+    await store.writeReadModel(at(6, 'suspended'), null);
+    expect(writes).toBe(2);
+    await store.writeReadModel(at(7, 'running'), null);
+    expect(members()).toEqual({ running: ['run_1'], suspended: [] });
+    await store.writeReadModel(at(8, 'completed'), null);
+    expect(members()).toEqual({ running: [], suspended: [] });
   });
 });

@@ -5,6 +5,7 @@ import { applyDelta, encodeDelta, type RunDelta } from './run-delta.ts';
 import { isTerminalStatus, type RunState, type RunStatus } from './run-state.ts';
 import { applyDeltaToSummary, summarizeRunState, type RunSummary } from './run-summary.ts';
 import { decodeStoredKeys, encodeStoredKeys } from './stored-keys.ts';
+import { createWorkTimeline, type TimelineKind } from './work-timeline.ts';
 
 /**
  * A committed transition (`run_transitions`, append-only, `_id: "<runId>:<version>"`) with the
@@ -202,8 +203,41 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline' | 'retention';
  * are free JSON and may hold keys FerretDB refuses; transitions hold theirs in a JSON string
  * (`packTransition`).
  */
-export function createRunStore(collections: Collections, options: { onWorkWritten?: (kind: WorkItem['kind'], dueAt: string) => void } = {}) {
+export function createRunStore(collections: Collections, options: { now?: () => number } = {}) {
   const { runs, runTransitions, runWork, writes } = collections;
+  /** When deadline and retention items fall due (`work-timeline.ts`): every write of such an item with a due time writes its entry first. */
+  const timeline = createWorkTimeline(collections, options);
+  /** The live-status sets `abide_runs` counts (`writeStatusSets`). */
+  const statusSets = { running: 'runsRunning', suspended: 'runsSuspended' } as const;
+  /** Per run, the version and status this process last wrote the sets for; bounded. */
+  const statusWritten = new Map<string, { version: number; status: RunStatus }>();
+
+  /**
+   * Puts the run in the set of its status (`runs_running`, `runs_suspended`: `{ _id: runId }`)
+   * and out of the other one (out of both when it is queued or has ended), after its read model:
+   * the sets say what the read model says, so `countRunsByStatus` counts the read model's live
+   * runs with one `$collStats` per set instead of a pass over every run stored. Idempotent (an
+   * insert of a member, a delete of a non-member, change nothing). Skipped only when this process
+   * wrote the same status for this version or the one just before (nothing another replica wrote
+   * can lie between); a run whose inputs other replicas handle, or whose read model is written
+   * once a second, is written again. A slower writer moving the read model back a version moves
+   * the sets back with it, and the same catch-up (the orchestrator's probe for a newer version
+   * after each read-model write) moves both forward again.
+   */
+  async function writeStatusSets(runId: string, version: number, status: RunStatus): Promise<void> {
+    const known = statusWritten.get(runId);
+    if (known && known.status === status && (known.version === version || known.version === version - 1)) {
+      statusWritten.set(runId, { version, status });
+      return;
+    }
+    await Promise.all(
+      Object.entries(statusSets).map(([setStatus, collection]) => (setStatus === status ? writes[collection].insert({ _id: runId }) : writes[collection].delete(runId))),
+    );
+    statusWritten.delete(runId);
+    if (isTerminalStatus(status)) return;
+    statusWritten.set(runId, { version, status });
+    if (statusWritten.size > 10_000) statusWritten.delete(statusWritten.keys().next().value!);
+  }
   /** How many transitions a cold load reads at once (each by exact `_id`). */
   const coldLoadBatch = 32;
   const workCollections = { outbox: 'runWork', deadline: 'runDeadlines', retention: 'runRetention' } as const;
@@ -284,6 +318,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
   }
 
   return {
+    timeline,
     loadNext,
     loadVersion,
     rollForward,
@@ -369,6 +404,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
       // (its creator crashed before writing it) is inserted; a concurrent insert of the same
       // `_id` winning makes this one a duplicate, ignored like the version-1 insert.
       await writes.runs.replace(document, { upsert: true });
+      await writeStatusSets(transition.runId, transition.version, transition.state.status);
     },
 
     /**
@@ -404,11 +440,31 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
       return 'pruned';
     },
 
-    /** Inserts a work item unless one with its `_id` exists (then the existing one stands). */
+    /**
+     * Inserts a work item unless one with its `_id` exists (then the existing one stands, due no
+     * later: its own timeline entry fires it). A deadline or retention item's timeline entry is
+     * written first.
+     */
     async insertWork(item: WorkItem): Promise<void> {
+      if (item.kind !== 'outbox') await timeline.schedule({ ...item, kind: item.kind });
       await workWriter(item.kind).insert(item);
-      // A duplicate keeps the first item, due no later than this one: the watermark only moves earlier, so either is safe.
-      options.onWorkWritten?.(item.kind, item.dueAt);
+    },
+
+    /** The `kind` work item of a run, by `_id` (what a timeline entry points to), or null. */
+    async loadWork(kind: TimelineKind, runId: string): Promise<WorkItem | null> {
+      const found = await workCollection(kind).findOne({ _id: workIds[kind](runId) });
+      return found ? (found as unknown as WorkItem) : null;
+    },
+
+    /**
+     * Writes a timeline entry for every `kind` item stored (a scan of its list): what a sweeper
+     * does once, when it finds no timeline cursor (a new database, or one an older version wrote
+     * items into without entries). Returns how many.
+     */
+    async indexWork(kind: TimelineKind): Promise<number> {
+      const items = (await workCollection(kind).find({ kind }).toArray()) as unknown as WorkItem[];
+      await Promise.all(items.map((item) => timeline.schedule({ ...item, kind })));
+      return items.length;
     },
 
     /** Deletes a work item by `_id` (idempotent). */
@@ -417,8 +473,8 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
-     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), later or earlier, or deletes
-     * it when null; tells `onWorkWritten` (the deadline sweeper's watermark) once the item is written.
+     * Sets the run's deadline item to `dueAt` (by `_id`, upserted), later or earlier, after its
+     * timeline entry; or deletes it when null (its entries turn stale).
      */
     async writeDeadline(runId: string, tenantId: string, dueAt: string | null): Promise<void> {
       const _id = workIds.deadline(runId);
@@ -427,8 +483,8 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
         return;
       }
       const item: WorkItem = { _id, kind: 'deadline', runId, tenantId, dueAt };
+      await timeline.schedule({ ...item, kind: 'deadline' });
       await writes.runDeadlines.replace(item, { upsert: true });
-      options.onWorkWritten?.('deadline', dueAt);
     },
 
     /**
@@ -437,15 +493,16 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
      * after a transition: an item only has to fire no later than the run's deadline (an early one
      * is ignored and moved, `writeDeadline`), and a write that lands late (a slower replica's, of
      * an older version) can then never leave the item later than a newer version's deadline.
-     * Tells `onWorkWritten` once written.
+     * Its timeline entry for `dueAt` is written first (if `$min` keeps an earlier time, that
+     * time's entry exists already).
      */
     async lowerDeadline(runId: string, tenantId: string, dueAt: string): Promise<void> {
       const _id = workIds.deadline(runId);
+      await timeline.schedule({ _id, kind: 'deadline', runId, tenantId, dueAt });
       await writes.runDeadlines.update(_id, { $min: { dueAt }, $set: { kind: 'deadline', runId, tenantId } }, { upsert: true });
-      options.onWorkWritten?.('deadline', dueAt);
     },
 
-    /** The earliest `dueAt` of `kind` after `afterIso` (a scan on FerretDB: the sweeper asks only after a sweep), or null. */
+    /** The earliest `dueAt` of `kind` after `afterIso` (a scan on FerretDB; no sweeper asks it any more), or null. */
     async earliestDueAfter(kind: WorkItem['kind'], afterIso: string): Promise<string | null> {
       const [first] = await workCollection(kind)
         .find({ kind, dueAt: { $gt: afterIso } }, { projection: { dueAt: 1 } })
@@ -465,6 +522,7 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     async moveLegacyDeadlines(): Promise<number> {
       const legacy = (await runWork.find({ kind: 'deadline' }).toArray()) as unknown as WorkItem[];
       for (const item of legacy) {
+        await timeline.schedule({ ...item, kind: 'deadline' });
         await writes.runDeadlines.insert(item);
         await writes.runWork.delete(item._id);
       }
@@ -472,15 +530,28 @@ export function createRunStore(collections: Collections, options: { onWorkWritte
     },
 
     /**
-     * How many runs of the read model are in each of `statuses` (absent: none), in one
-     * `$group` pass. Not indexed by status (FerretDB would scan anyway): the metrics call it at
-     * most every 30 s.
+     * How many runs are `queued`, `running` or `suspended`, each read as one collection's document
+     * count (`$collStats`: the store's own count, no document read, on FerretDB and MongoDB alike):
+     * `running` and `suspended` from the status sets the read-model writes keep
+     * (`writeStatusSets`), `queued` from `run_work` (new runs whose `start` is not yet known to be
+     * out: the gateway deletes a run's item once it published it, before the orchestrator starts
+     * the run). A collection never written counts 0.
      */
-    async countRunsByStatus(statuses: readonly RunStatus[]): Promise<Partial<Record<RunStatus, number>>> {
-      const groups = await runs
-        .aggregate<{ _id: RunStatus; count: number }>([{ $match: { status: { $in: [...statuses] } } }, { $group: { _id: '$status', count: { $sum: 1 } } }])
-        .toArray();
-      return Object.fromEntries(groups.map((group) => [group._id, group.count]));
+    async countRunsByStatus(statuses: readonly ('queued' | 'running' | 'suspended')[]): Promise<Partial<Record<RunStatus, number>>> {
+      const counted = { queued: runWork, running: collections.runsRunning, suspended: collections.runsSuspended };
+      const counts = await Promise.all(
+        statuses.map(async (status) => {
+          try {
+            const [stats] = await counted[status].aggregate<{ count?: number }>([{ $collStats: { count: {} } }]).toArray();
+            return [status, stats?.count ?? 0] as const;
+          } catch (error) {
+            // NamespaceNotFound: nothing was ever written there.
+            if ((error as { code?: unknown }).code === 26) return [status, 0] as const;
+            throw error;
+          }
+        }),
+      );
+      return Object.fromEntries(counts);
     },
 
     /**

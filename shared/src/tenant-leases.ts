@@ -37,7 +37,10 @@ export type TenantLeasesOptions = {
   logger: Logger;
   /** A lease not refreshed for this long (by the server's clock of its last revision) may be taken over. @default 30000 */
   staleMs?: number;
-  /** How often held leases are refreshed. @default 5000 */
+  /**
+   * How often held leases are refreshed. Each refresh is a KV write (a stream append synced to
+   * disk), per held lease: an idle open connection costs one every `refreshMs`. @default staleMs / 3
+   */
   refreshMs?: number;
   /**
    * How long a released slot stays held ("warm") for this process's next `tryAcquire` of the same
@@ -102,7 +105,7 @@ type HeldLease = {
 export function createTenantLeases(options: TenantLeasesOptions) {
   const { bucket, kind, limit, holder, logger } = options;
   const staleMs = options.staleMs ?? leaseStaleMs;
-  const refreshMs = options.refreshMs ?? 5_000;
+  const refreshMs = options.refreshMs ?? staleMs / 3;
   const keepIdleMs = options.keepIdleMs ?? 0;
   const now = options.now ?? Date.now;
   const random = options.random ?? Math.random;

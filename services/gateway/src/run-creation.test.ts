@@ -133,3 +133,55 @@ describe('run creation: the conversation lock and the slot at once', () => {
     expect(h.memory.work.size).toBe(1);
   });
 });
+
+describe('run creation near the tenant active-run limit (issue 9)', () => {
+  /** The harness with every store read of a lock or a run counted. */
+  function counted(maxActiveRuns: number) {
+    const reads = { findLock: 0, loadRun: 0, loadRunSummary: 0, insertSlot: 0 };
+    const h = harness({
+      maxActiveRuns,
+      override: (store) => ({
+        findLock: async (lockId) => {
+          reads.findLock += 1;
+          return store.findLock(lockId);
+        },
+        loadRun: async (runId) => {
+          reads.loadRun += 1;
+          return store.loadRun(runId);
+        },
+        loadRunSummary: async (runId) => {
+          reads.loadRunSummary += 1;
+          return store.loadRunSummary(runId);
+        },
+        insertLock: async (lock) => {
+          if (isSlot(lock._id)) reads.insertSlot += 1;
+          return store.insertLock(lock);
+        },
+      }),
+    });
+    return { ...h, reads, reset: () => Object.assign(reads, { findLock: 0, loadRun: 0, loadRunSummary: 0, insertSlot: 0 }) };
+  }
+
+  it('takes the last free slot with one insert once this process knows the others are held, and refuses the next after probing every slot', async () => {
+    const h = counted(50);
+    for (let index = 0; index < 49; index += 1) await h.request();
+    h.reset();
+    await h.request();
+    // The probe starts at slot 0 (random() = 0), held: the hint sends it to the free one at once.
+    expect(h.reads).toEqual({ findLock: 0, loadRun: 0, loadRunSummary: 0, insertSlot: 1 });
+    expect([...h.memory.locks.values()].filter((lock) => isSlot(lock._id))).toHaveLength(50);
+    h.reset();
+    await expect(h.request()).rejects.toMatchObject({ code: 'rate_limited' });
+    // Refused by the server's answers, not the hint: every slot was tried, each holder's status read (its summary, not its whole state).
+    expect(h.reads).toEqual({ findLock: 50, loadRun: 0, loadRunSummary: 50, insertSlot: 50 });
+  });
+
+  it('still finds a slot freed since it was seen held (its run ended and the orchestrator deleted it)', async () => {
+    const h = counted(3);
+    for (let index = 0; index < 3; index += 1) await h.request();
+    const freed = [...h.memory.locks.values()].find((lock) => lock._id === 't1/active-run/1')!;
+    h.memory.locks.delete(freed._id);
+    const created = await h.request();
+    expect(h.memory.locks.get('t1/active-run/1')?.runId).toBe(created.runId);
+  });
+});

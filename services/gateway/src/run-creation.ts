@@ -199,7 +199,8 @@ export function createRunCreator(deps: {
       const lock = await store.findLock(lockId);
       if (!lock) continue; // released meanwhile: insert again
       if (lock.runId === runId) return { taken: true }; // a retry of the same Idempotency-Key took it before dying
-      const holder = await store.loadRun(lock.runId);
+      // Its status only: the read model rolled forward by `_id` (exact), not the run's whole state.
+      const holder = await store.loadRunSummary(lock.runId);
       const free = holder ? isTerminalStatus(holder.state.status) : now().getTime() - new Date(lock.at).getTime() >= staleLockMs;
       if (!free) return { taken: false, holder: lock.runId };
       // Its holder ended (the orchestrator releases it too) or never came to exist: free it, insert again.
@@ -217,15 +218,40 @@ export function createRunCreator(deps: {
   }
 
   /**
-   * Takes one of the tenant's `maxActiveRuns` slots for `runId`, probing from a random one (so
-   * concurrent creations rarely race for the same slot), or throws 429 `rate_limited`.
+   * Per tenant, the slots this process last saw held by a live run (taken by its own creations,
+   * or found held): a hint of where not to look first, never a decision. A hinted slot may have
+   * been freed since (its run ended: the orchestrator deletes it), so it is still probed, after
+   * the others. Bounded: the least recently used tenant is forgotten past `hintedTenantsLimit`.
+   */
+  const knownHeld = new Map<string, Set<number>>();
+  const hintedTenantsLimit = 10_000;
+  function heldHint(tenantId: string): Set<number> {
+    let held = knownHeld.get(tenantId);
+    if (held) knownHeld.delete(tenantId);
+    held ??= new Set<number>();
+    knownHeld.set(tenantId, held);
+    if (knownHeld.size > hintedTenantsLimit) knownHeld.delete(knownHeld.keys().next().value!);
+    return held;
+  }
+
+  /**
+   * Takes one of the tenant's `maxActiveRuns` slots for `runId`, or throws 429 `rate_limited`.
+   * Probes the slots not known held first, from a random one (so concurrent creations rarely
+   * race for the same slot), then the known-held ones: a creation near the limit tries a free
+   * slot first instead of paying a failed insert, a read of the lock and of its holder for each
+   * held one it meets. The limit is still decided by the inserts (the server's), whatever the hint
+   * says; a refusal still probes every slot, so one freed since is found.
    */
   async function acquireRunSlot(tenantId: string, runId: string): Promise<number | undefined> {
     if (maxActiveRuns === undefined) return undefined;
+    const held = heldHint(tenantId);
     const first = Math.floor(random() * maxActiveRuns);
-    for (let offset = 0; offset < maxActiveRuns; offset += 1) {
-      const slot = (first + offset) % maxActiveRuns;
-      if ((await takeLock(lockIds.runSlot(tenantId, slot), runId, 2)).taken) return slot;
+    const rotation = Array.from({ length: maxActiveRuns }, (_, offset) => (first + offset) % maxActiveRuns);
+    const order = [...rotation.filter((slot) => !held.has(slot)), ...rotation.filter((slot) => held.has(slot))];
+    for (const slot of order) {
+      const outcome = await takeLock(lockIds.runSlot(tenantId, slot), runId, 2);
+      if (outcome.taken || outcome.holder !== undefined) held.add(slot);
+      if (outcome.taken) return slot;
     }
     throw new ApiError('rate_limited', `the tenant has ${maxActiveRuns} active runs, its limit; retry when one ends`, {
       headers: { 'retry-after': String(activeRunsRetryAfterSeconds) },
@@ -262,6 +288,7 @@ export function createRunCreator(deps: {
    */
   async function giveBack(runId: string, tenantId: string, conversationId: string, taken: { lock: boolean; runSlot: number | undefined }, absent: boolean): Promise<void> {
     if (!absent && !(await runIsAbsent(runId))) return;
+    if (taken.runSlot !== undefined) knownHeld.get(tenantId)?.delete(taken.runSlot);
     await Promise.all([
       taken.runSlot === undefined ? undefined : releaseLock(lockIds.runSlot(tenantId, taken.runSlot), runId),
       taken.lock ? releaseLock(conversationLockId(tenantId, conversationId), runId) : undefined,
@@ -361,7 +388,10 @@ export function createRunCreator(deps: {
       const existing = await store.loadRun(runId);
       if (!existing) throw new Error(`run ${runId}: version 1 exists but cannot be read`);
       // The run holds the slot its state names; ours (same runId) would wait for the run's end.
-      if (runSlot !== undefined && existing.state.runSlot !== runSlot) await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
+      if (runSlot !== undefined && existing.state.runSlot !== runSlot) {
+          knownHeld.get(tenantId)?.delete(runSlot);
+          await releaseLock(lockIds.runSlot(tenantId, runSlot), runId);
+        }
       return answerExisting(existing, requestHash);
     }
     // Independent: the read model (for listings) and the start, in parallel. The work item is

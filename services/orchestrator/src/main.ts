@@ -36,7 +36,7 @@ import { loadOrchestratorConfig } from './config.ts';
 import { createInboxHandler } from './inbox-handler.ts';
 import { createKeyedQueue } from './keyed-queue.ts';
 import { createRunProcessor } from './run-processor.ts';
-import { createDeadlineSweeper, createOutboxSweeper, createRetentionSweeper, createWorkWatermark } from './sweepers.ts';
+import { createDeadlineSweeper, createOutboxSweeper, createRetentionSweeper } from './sweepers.ts';
 
 /** The orchestrator's composition root. */
 async function main(): Promise<void> {
@@ -85,14 +85,9 @@ async function main(): Promise<void> {
     process.off('SIGTERM', abortStartup);
     process.off('SIGINT', abortStartup);
     const collections = getCollections(db);
-    // What the deadline and retention sweepers skip until (sweepers.ts): lowered by every item this process writes.
-    const watermarks = { deadline: createWorkWatermark(), retention: createWorkWatermark() };
-    const store = createRunStore(collections, {
-      onWorkWritten: (kind, dueAt) => {
-        if (kind !== 'outbox') watermarks[kind].written(dueAt);
-      },
-    });
-    const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, logger: log });
+    const store = createRunStore(collections);
+    const deadlineSweeper = createDeadlineSweeper({ store, js, logger: log, metrics });
+    const orchestratorMetrics = createOrchestratorMetrics({ metrics, store, deadlines: deadlineSweeper, logger: log });
 
     const supervision = createConsumerSupervision({ metrics, logger: log });
     const durables: ConsumerName[] = ['orchestrator', 'orchestrator-approvals', 'orchestrator-advisories'];
@@ -153,10 +148,9 @@ async function main(): Promise<void> {
       handle: createAdvisoryHandler({ jsm, processor, logger: log, metrics }),
     });
     const outboxSweeper = createOutboxSweeper({ store, processor, logger: log, metrics });
-    const deadlineSweeper = createDeadlineSweeper({ store, watermark: watermarks.deadline, js, logger: log, metrics });
     // Only with RUN_RETENTION set: `forever` writes no retention items and prunes none (items left
     // by an earlier setting wait until a retention is configured again).
-    const retentionSweeper = config.RUN_RETENTION === null ? undefined : createRetentionSweeper({ store, watermark: watermarks.retention, logger: log, metrics });
+    const retentionSweeper = config.RUN_RETENTION === null ? undefined : createRetentionSweeper({ store, logger: log, metrics });
 
     const health = createHealthServer({
       port: config.HEALTH_PORT,

@@ -1,14 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { createLogger, createMetrics, createRunStore, type SweepCursor, type WorkItem } from '@abide/shared';
+import { createLogger, createMetrics, createRunStore, timelineSlotMs, timelineSlotOf, type SweepCursor, type WorkItem } from '@abide/shared';
+import { memoryCollection, type MemoryCollection } from '@abide/shared/testing';
 import { createWriteBatcher } from '@abide/shared/mongo';
 import {
   createDeadlineSweep,
-  createWorkWatermark,
-  fullDeadlineSweepMs,
   createOutboxSweep,
   createRetentionSweep,
-  deadlineSweepPageSize,
   itemRetryDelayMs,
   maxSweepIntervalMs,
   nextSweepDelay,
@@ -170,143 +168,149 @@ describe('outbox sweeper: one failing transition never blocks the others', () =>
   });
 });
 
-describe('deadline sweeper: a full page of due runs does not starve the rest', () => {
-  it('sends a timer to every due run, past 500 runs whose deadlines stay due', async () => {
-    const nowMs = Date.parse('2026-11-29T12:00:00.000Z');
-    // 500 runs of one tenant with tiny deadlines that stay due (their runs are slow or stuck), then 20 others.
-    const item = (runId: string, tenantId: string, dueAt: string): WorkItem => ({ _id: `deadline:${runId}`, kind: 'deadline', runId, tenantId, dueAt });
-    const store = fakeWorkStore([
-      ...Array.from({ length: deadlineSweepPageSize }, (_, index) => item(`run_a${String(index).padStart(4, '0')}`, 'tenant-evil', new Date(nowMs - 60_000).toISOString())),
-      ...Array.from({ length: 20 }, (_, index) => item(`run_b${String(index).padStart(4, '0')}`, 'tenant-ok', new Date(nowMs - 1_000 + index).toISOString())),
-      // Not due yet, and another kind of work: never timed.
-      item('run_future', 'tenant-ok', new Date(nowMs + 60_000).toISOString()),
-      { ...item('run_outbox', 'tenant-ok', new Date(nowMs - 60_000).toISOString()), _id: 'outbox:run_outbox', kind: 'outbox' },
-    ]);
-    const published: string[] = [];
-    const { logger } = capturingLogger();
-    const sweep = createDeadlineSweep({
-      store,
-      watermark: createWorkWatermark({ now: () => nowMs }),
-      logger,
-      now: () => nowMs,
-      js: {
-        async publish(subject: string) {
-          if (subject.includes('run_a0007')) throw new Error('nats: timeout');
-          published.push(subject);
-          return { stream: 'RUN_INBOX', seq: published.length, duplicate: false, domain: '' };
-        },
-      } as never,
-    });
-    await sweep();
-    expect(published).toHaveLength(deadlineSweepPageSize + 20 - 1);
-    expect(published.filter((subject) => subject.includes('run_future') || subject.includes('run_outbox'))).toEqual([]);
-    for (let index = 0; index < 20; index += 1) expect(published).toContain(`run.in.run_b${String(index).padStart(4, '0')}.timer`);
+/* ---------- the work timeline (issue 9, item 5) ---------- */
+
+/** A run store's work lists and timeline over memory: the real store code (`createRunStore`) on fake collections. */
+function timelineFixture(clock: () => number) {
+  const collections = { runDeadlines: memoryCollection(), runRetention: memoryCollection(), runWork: memoryCollection(), workTimeline: memoryCollection() };
+  const batcher = (collection: MemoryCollection) => createWriteBatcher(collection as never);
+  const writes = { runDeadlines: batcher(collections.runDeadlines), runRetention: batcher(collections.runRetention), runWork: batcher(collections.runWork), workTimeline: batcher(collections.workTimeline) };
+  const store = createRunStore({ ...collections, writes } as never, { now: clock });
+  /** Reads of the item lists (what used to be scanned). */
+  const itemReads = () => collections.runDeadlines.reads.length + collections.runRetention.reads.length;
+  return { collections, store, itemReads };
+}
+
+function deadlineSetup(options: { failPublish?: (subject: string) => boolean } = {}) {
+  let clock = Date.parse('2026-11-29T12:00:00.000Z');
+  const fixture = timelineFixture(() => clock);
+  const timers: string[] = [];
+  const { lines, logger } = capturingLogger();
+  const metrics = createMetrics({ processMetrics: false });
+  const sweep = createDeadlineSweep({
+    store: fixture.store,
+    logger,
+    metrics,
+    now: () => clock,
+    js: {
+      async publish(subject: string) {
+        if (options.failPublish?.(subject)) throw new Error('nats: timeout');
+        timers.push(subject);
+        return { stream: 'RUN_INBOX', seq: timers.length, duplicate: false, domain: '' };
+      },
+    } as never,
   });
-});
+  /** Ticks once a second for `seconds`, like `every`. */
+  const run = async (seconds: number) => {
+    for (let tick = 0; tick < seconds; tick += 1) {
+      clock += 1_000;
+      await sweep();
+    }
+  };
+  return { ...fixture, timers, lines, metrics, sweep, run, now: () => clock, at: (offsetMs: number) => new Date(clock + offsetMs).toISOString() };
+}
 
-describe('deadline sweeper: idle with many suspended runs, it does not read the database (issue 9, item 5)', () => {
-  const t0 = Date.parse('2026-11-29T12:00:00.000Z');
-  const item = (runId: string, dueAt: number): WorkItem => ({ _id: `deadline:${runId}`, kind: 'deadline', runId, tenantId: 't1', dueAt: new Date(dueAt).toISOString() });
+describe('deadline sweeper: the work timeline (issue 9, item 5)', () => {
+  it('idle with 1,000 suspended runs, reads one timeline _id per slot and never the deadline list', async () => {
+    const setup = deadlineSetup();
+    await setup.sweep(); // the first tick indexes the (empty) list and records the cursor
+    for (let index = 0; index < 1_000; index += 1) await setup.store.lowerDeadline(`run_${index}`, 't1', setup.at(3_600_000));
+    setup.collections.workTimeline.reads.length = 0;
+    const listReads = setup.itemReads();
+    await setup.run(60);
+    expect(setup.timers).toEqual([]);
+    expect(setup.itemReads()).toBe(listReads);
+    // 30 slots of 2 s went by: at most one read (a miss) each; the cursor's record is a write.
+    expect(setup.collections.workTimeline.reads.length).toBeGreaterThan(0);
+    expect(setup.collections.workTimeline.reads.length).toBeLessThanOrEqual(60_000 / timelineSlotMs);
+  });
 
-  function setup(items: WorkItem[]) {
-    let clock = t0;
-    const store = fakeWorkStore(items);
-    const watermark = createWorkWatermark({ now: () => clock });
+  it('fires a deadline whatever replica wrote it, within a few seconds, and once', async () => {
+    const setup = deadlineSetup();
+    await setup.sweep();
+    // Another replica's store writes into the same collections (the timeline numbers continue).
+    const other = createRunStore({ ...setup.collections, writes: { runDeadlines: createWriteBatcher(setup.collections.runDeadlines as never), workTimeline: createWriteBatcher(setup.collections.workTimeline as never) } } as never, { now: setup.now });
+    await other.lowerDeadline('run_other', 't1', setup.at(10_000));
+    await setup.store.lowerDeadline('run_mine', 't1', setup.at(10_500));
+    await setup.run(9);
+    expect(setup.timers).toEqual([]);
+    await setup.run(7);
+    expect(setup.timers.sort()).toEqual(['run.in.run_mine.timer', 'run.in.run_other.timer']);
+    // The slot's entries are gone once handled; nothing fires twice.
+    await setup.run(10);
+    expect(setup.timers).toHaveLength(2);
+    expect([...setup.collections.workTimeline.documents.keys()]).toEqual(['deadline/cursor']);
+  });
+
+  it('skips an entry whose item moved later or went away, and fires the moved one at its new time', async () => {
+    const setup = deadlineSetup();
+    await setup.sweep();
+    await setup.store.lowerDeadline('run_moved', 't1', setup.at(5_000));
+    await setup.store.lowerDeadline('run_ended', 't1', setup.at(5_000));
+    await setup.store.writeDeadline('run_moved', 't1', setup.at(60_000)); // the stale-timer path
+    await setup.store.writeDeadline('run_ended', 't1', null);
+    await setup.run(30);
+    expect(setup.timers).toEqual([]);
+    await setup.run(40);
+    expect(setup.timers).toEqual(['run.in.run_moved.timer']);
+  });
+
+  it('indexes the stored items once when no cursor is recorded (a new database, or items an older version wrote), and fires the due ones', async () => {
+    const setup = deadlineSetup();
+    const item = (runId: string, dueAt: string): WorkItem => ({ _id: `deadline:${runId}`, kind: 'deadline', runId, tenantId: 't1', dueAt });
+    await setup.collections.runDeadlines.insertOne(item('run_overdue', setup.at(-600_000)));
+    await setup.collections.runDeadlines.insertOne(item('run_later', setup.at(20_000)));
+    await setup.run(6);
+    expect(setup.timers).toEqual(['run.in.run_overdue.timer']);
+    await setup.run(20);
+    expect(setup.timers).toEqual(['run.in.run_overdue.timer', 'run.in.run_later.timer']);
+  });
+
+  it('a replica that starts reads on from the recorded cursor: a deadline due while none ran still fires', async () => {
+    const setup = deadlineSetup();
+    await setup.sweep();
+    await setup.store.lowerDeadline('run_a', 't1', setup.at(45_000));
+    await setup.run(35); // the cursor is recorded (every 30 s), then the replica dies
+    const cursor = setup.collections.workTimeline.documents.get('deadline/cursor')!.slot as number;
+    expect(cursor).toBeGreaterThan(timelineSlotOf(setup.now()) - 10);
+    // Nothing runs for ten minutes; then a new replica starts.
+    let clock = setup.now() + 600_000;
     const timers: string[] = [];
-    const sweep = createDeadlineSweep({
-      store,
-      watermark,
+    const restarted = createDeadlineSweep({
+      store: setup.store,
       logger: capturingLogger().logger,
       now: () => clock,
-      js: {
-        async publish(subject: string) {
-          timers.push(subject);
-          return { stream: 'RUN_INBOX', seq: timers.length, duplicate: false, domain: '' };
-        },
-      } as never,
+      js: { async publish(subject: string) { timers.push(subject); return { stream: 'RUN_INBOX', seq: 1, duplicate: false, domain: '' }; } } as never,
     });
-    return { store, watermark, timers, sweep, advance: (ms: number) => (clock += ms), now: () => clock };
-  }
-
-  it('skips every tick until the earliest deadline, then fires it on time', async () => {
-    // 1,000 suspended runs whose approvals expire in an hour, one step deadline in 5 s.
-    const { store, timers, sweep, advance } = setup([...Array.from({ length: 1_000 }, (_, index) => item(`run_${index}`, t0 + 3_600_000)), item('run_soon', t0 + 5_000)]);
-    await sweep();
-    expect(store.reads.due).toBe(1);
-    for (let second = 1; second < 5; second += 1) {
-      advance(1_000);
-      await sweep();
-    }
-    expect(store.reads.due).toBe(1);
-    expect(timers).toEqual([]);
-    advance(1_000);
-    await sweep();
-    expect(timers).toEqual(['run.in.run_soon.timer']);
-    expect(store.reads.due).toBe(2);
+    await restarted();
+    expect(timers).toEqual(['run.in.run_a.timer']);
   });
 
-  it('sweeps at once for a deadline this process writes earlier than the watermark, even one written during a sweep', async () => {
-    const { store, watermark, timers, sweep, advance, now } = setup([item('run_late', t0 + 3_600_000)]);
-    await sweep();
-    advance(1_000);
-    await sweep();
-    expect(store.reads.due).toBe(1);
-    // Written while a sweep is in flight (after its read): the sweep's end must keep it.
-    const begun = watermark.begin();
-    store.pending.set('deadline:run_new', item('run_new', now() + 2_000));
-    watermark.written(new Date(now() + 2_000).toISOString());
-    watermark.end(begun, false, new Date(t0 + 3_600_000).toISOString(), false);
-    advance(2_000);
-    await sweep();
-    expect(timers).toEqual(['run.in.run_new.timer']);
-  });
-
-  it('still reads the whole list every minute, for deadlines other replicas wrote (and moves legacy items)', async () => {
-    const { store, timers, sweep, advance, now } = setup([]);
-    await sweep();
-    expect(store.reads.legacy).toBe(1);
-    // Another replica writes a deadline due in 10 s: this one does not know.
-    store.pending.set('deadline:run_other', item('run_other', now() + 10_000));
-    for (let elapsed = 1_000; elapsed < fullDeadlineSweepMs; elapsed += 1_000) {
-      advance(1_000);
-      await sweep();
-    }
-    expect(timers).toEqual([]);
-    advance(1_000);
-    await sweep();
-    expect(timers).toEqual(['run.in.run_other.timer']);
-    expect(store.reads.legacy).toBe(2);
-  });
-
-  it('sweeps again at the next tick while a timer waits for its retry', async () => {
+  it('keeps the slot of a timer that failed, retries it with backoff, fires the others, and reports it overdue after a minute', async () => {
     let failing = true;
-    let clock = t0;
-    const store = fakeWorkStore([item('run_a', t0 - 1)]);
-    const sweep = createDeadlineSweep({
-      store,
-      watermark: createWorkWatermark({ now: () => clock }),
-      logger: capturingLogger().logger,
-      now: () => clock,
-      js: {
-        async publish() {
-          if (failing) throw new Error('nats: timeout');
-          return { stream: 'RUN_INBOX', seq: 1, duplicate: false, domain: '' };
-        },
-      } as never,
-    });
-    await sweep();
+    const setup = deadlineSetup({ failPublish: (subject) => failing && subject.includes('run_bad') });
+    await setup.sweep();
+    const dueAt = Date.parse(setup.at(2_000));
+    await setup.store.lowerDeadline('run_bad', 't1', setup.at(2_000));
+    await setup.store.lowerDeadline('run_good', 't1', setup.at(2_000));
+    await setup.run(8);
+    expect(setup.timers).toEqual(['run.in.run_good.timer']);
+    expect(setup.lines.filter((line) => line.msg === 'could not send a deadline timer; will retry').map((line) => line.runId)).toEqual(['run_bad']);
+    expect(await setup.metrics.render()).toContain('abide_deadline_timer_failures_total 1');
+    expect(setup.sweep.oldestPendingDueAt()).toBe(dueAt);
+    await setup.run(70);
+    expect(setup.timers).toEqual(['run.in.run_good.timer']);
     failing = false;
-    clock += itemRetryDelayMs(1) + 1;
-    const before = store.reads.due;
-    await sweep();
-    expect(store.reads.due).toBe(before + 1);
+    await setup.run(31);
+    expect(setup.timers).toEqual(['run.in.run_good.timer', 'run.in.run_bad.timer']);
+    expect(setup.sweep.oldestPendingDueAt()).toBeNull();
   });
 });
 
 /* ---------- retention (issue 9, item 8) ---------- */
 
 /** An in-memory collection with just what the run store's retention path uses (exact-`_id` reads and writes). */
-function memoryCollection(documents: Record<string, unknown>[] = []) {
+function retentionCollection(documents: Record<string, unknown>[] = []) {
   const byId = new Map(documents.map((document) => [document._id as string, structuredClone(document)]));
   const deletesById: string[] = [];
   return {
@@ -343,38 +347,52 @@ function endedRun(runId: string, versions: number, readModel: Partial<Record<str
 }
 
 function retentionFixture(runs: ReturnType<typeof endedRun>[], items: WorkItem[]) {
-  const runsCollection = memoryCollection(runs.map((run) => run.readModel));
-  const transitions = memoryCollection(runs.flatMap((run) => run.transitions));
+  const runsCollection = retentionCollection(runs.map((run) => run.readModel));
+  const transitions = retentionCollection(runs.flatMap((run) => run.transitions));
+  let clock = 0;
+  const work = timelineFixture(() => clock);
+  for (const item of items) work.collections.runRetention.documents.set(item._id, structuredClone(item));
   const runStore = createRunStore({ runs: runsCollection, runTransitions: transitions, writes: { runs: createWriteBatcher(runsCollection as never), runTransitions: createWriteBatcher(transitions as never) } } as never);
-  const work = fakeWorkStore(items);
-  const store = {
-    findDueWork: work.findDueWork,
-    earliestDueAfter: work.earliestDueAfter,
-    pruneRunHistory: runStore.pruneRunHistory,
-    async deleteWork(id: string) {
-      work.pending.delete(id);
-    },
+  const store = { timeline: work.store.timeline, loadWork: work.store.loadWork, indexWork: work.store.indexWork, deleteWork: work.store.deleteWork, pruneRunHistory: runStore.pruneRunHistory };
+  /** The retention items left. */
+  const pending = () => [...work.collections.runRetention.documents.keys()];
+  /** One retention sweeper; `at(ms)` runs a tick at that time (its first tick indexes the items and records the cursor). */
+  const sweeper = (options: { metrics?: ReturnType<typeof createMetrics>; logger?: ReturnType<typeof capturingLogger>['logger'] } = {}) => {
+    const sweep = createRetentionSweep({ store, logger: options.logger ?? capturingLogger().logger, ...(options.metrics ? { metrics: options.metrics } : {}), now: () => clock });
+    return {
+      async at(ms: number) {
+        clock = ms;
+        await sweep();
+      },
+    };
   };
-  return { runsCollection, transitions, runStore, work, store };
+  return { runsCollection, transitions, runStore, pending, sweeper };
 }
 
 const retentionItem = (runId: string, dueAt: string): WorkItem => ({ _id: `retention:${runId}`, kind: 'retention', runId, tenantId: 'tenant-a', dueAt });
 
 describe('retention sweeper: an ended run keeps its summary, loses its history', () => {
   const nowMs = Date.parse('2026-11-30T12:00:00.000Z');
-  const past = new Date(nowMs - 1_000).toISOString();
+  const past = new Date(nowMs - 10_000).toISOString();
+  /** Index at `nowMs - 6 s`, then the tick at `nowMs` reads the slots the past items fall in. */
+  const sweepOnce = async (fixture: ReturnType<typeof retentionFixture>, options: Parameters<ReturnType<typeof retentionFixture>['sweeper']>[0] = {}) => {
+    const sweeper = fixture.sweeper(options);
+    await sweeper.at(nowMs - 6_000);
+    await sweeper.at(nowMs);
+    return sweeper;
+  };
 
   it('deletes every transition of a due run by exact _id, marks the read model pruned and keeps its state, and deletes the item', async () => {
     const fixture = retentionFixture([endedRun('run_old', 7), endedRun('run_recent', 3)], [retentionItem('run_old', past), retentionItem('run_recent', new Date(nowMs + 60_000).toISOString())]);
     const metrics = createMetrics();
     const { logger } = capturingLogger();
-    await createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => nowMs }), logger, metrics, now: () => nowMs })();
+    await sweepOnce(fixture, { metrics, logger });
 
     expect(fixture.transitions.deletesById).toEqual(Array.from({ length: 7 }, (_, index) => `run_old:${index + 1}`));
     expect([...fixture.transitions.byId.keys()]).toEqual(['run_recent:1', 'run_recent:2', 'run_recent:3']);
     expect(fixture.runsCollection.byId.get('run_old')).toMatchObject({ status: 'completed', output: 'output of run_old', version: 7, prunedAt: new Date(nowMs).toISOString() });
     expect(fixture.runsCollection.byId.get('run_recent')!.prunedAt).toBeUndefined();
-    expect([...fixture.work.pending.keys()]).toEqual(['retention:run_recent']);
+    expect(fixture.pending()).toEqual(['retention:run_recent']);
     expect(await metrics.render()).toContain('abide_runs_pruned_total 1');
 
     // Readers take the summary as the run's final state: no transition left to roll through.
@@ -387,37 +405,34 @@ describe('retention sweeper: an ended run keeps its summary, loses its history',
     run.transitions.splice(0, 2);
     const fixture = retentionFixture([run], [retentionItem('run_half', past)]);
     const { logger } = capturingLogger();
-    await createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => nowMs }), logger, now: () => nowMs })();
+    await sweepOnce(fixture, { logger });
     expect(fixture.transitions.byId.size).toBe(0);
     // The first mark stands; nothing else about the summary changes.
     expect(fixture.runsCollection.byId.get('run_half')!.prunedAt).toBe(new Date(nowMs - 60_000).toISOString());
-    expect(fixture.work.pending.size).toBe(0);
+    expect(fixture.pending()).toEqual([]);
   });
 
   it('touches nothing while the read model does not record the end as published, and prunes on a later sweep once it does', async () => {
     const lagging = endedRun('run_lagging', 4, { status: 'running', version: 3, publishedVersion: 3 });
     const fixture = retentionFixture([lagging], [retentionItem('run_lagging', past)]);
-    let clock = nowMs;
     const { lines, logger } = capturingLogger();
-    const sweep = createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => clock }), logger, now: () => clock });
-    await sweep();
+    const sweeper = await sweepOnce(fixture, { logger });
     expect(fixture.transitions.byId.size).toBe(4);
     expect(fixture.runsCollection.byId.get('run_lagging')!.prunedAt).toBeUndefined();
-    expect(fixture.work.pending.has('retention:run_lagging')).toBe(true);
+    expect(fixture.pending()).toEqual(['retention:run_lagging']);
     expect(lines.some((line) => line.runId === 'run_lagging' && line.msg === 'could not prune an ended run; will retry')).toBe(true);
 
     // The terminal transition's read model lands (its settle wrote the item just before it).
     Object.assign(fixture.runsCollection.byId.get('run_lagging')!, { status: 'completed', version: 4, publishedVersion: 4 });
-    clock += itemRetryDelayMs(1);
-    await sweep();
+    await sweeper.at(nowMs + itemRetryDelayMs(1));
     expect(fixture.transitions.byId.size).toBe(0);
-    expect(fixture.work.pending.size).toBe(0);
+    expect(fixture.pending()).toEqual([]);
   });
 
   it('drops the item of a run that left nothing behind', async () => {
     const fixture = retentionFixture([], [retentionItem('run_gone', past)]);
     const { logger } = capturingLogger();
-    await createRetentionSweep({ store: fixture.store, watermark: createWorkWatermark({ now: () => nowMs }), logger, now: () => nowMs })();
-    expect(fixture.work.pending.size).toBe(0);
+    await sweepOnce(fixture, { logger });
+    expect(fixture.pending()).toEqual([]);
   });
 });

@@ -11,6 +11,11 @@ import {
   type MetricsCounter,
   type RunStore,
   type SweepCursor,
+  type TimelineKind,
+  type WorkTimeline,
+  timelineGraceMs,
+  timelineSlotOf,
+  timelineSlotStart,
 } from '@abide/shared';
 import type { RunProcessor } from './run-processor.ts';
 
@@ -27,10 +32,10 @@ export function nextSweepDelay(intervalMs: number, lastDurationMs: number): numb
 }
 
 /**
- * Runs `tick` every `intervalMs`, never two at once, until stopped. A sweep reads only its kind's
- * work list (`run_work`, `run_deadlines`, `run_retention`), whose size follows the runs with
- * pending work of that kind (FerretDB scans it: it has no index on `dueAt`), never the growing
- * collections, and the watermarked ones read nothing until an item is due; a slow query still stretches the pause after
+ * Runs `tick` every `intervalMs`, never two at once, until stopped. The outbox sweep reads only
+ * `run_work` (new runs' items, empty when nothing is being created; FerretDB scans it: it has no
+ * index on `dueAt`); the deadline and retention sweeps read the work timeline by exact `_id`
+ * (`createTimelineSweep`), never a list that grows with the runs. A slow query still stretches the pause after
  * it (`nextSweepDelay`), keeping each replica's sweeping to about 1/`sweepDutyFactor` of the
  * database's time instead of saturating it. `tick` resolves to the time its queries took: time
  * spent handling items (a publish waiting through a NATS election) is not the database's and
@@ -214,126 +219,173 @@ export function createOutboxSweep(deps: {
   return async () => (await sweep()).queryMs;
 }
 
-/** The deadline sweeper's page size. */
-export const deadlineSweepPageSize = 500;
+/** Slots a timeline sweep reads per tick at most (a replica catching up after a long stop reads the rest at the next ticks). */
+export const timelineSlotsPerTick = 600;
+/** How often a timeline sweeper records its cursor (a replica that starts reads on from it). */
+export const timelineCursorWriteMs = 30_000;
 
-/** How often a watermarked sweeper reads its list even when its watermark says nothing is due. */
-export const fullDeadlineSweepMs = 60_000;
+/** What a timeline sweep reads: the timeline, and the items its entries point to. */
+export type TimelineSweepStore = Pick<RunStore, 'loadWork' | 'indexWork'> & { timeline: Pick<WorkTimeline, 'read' | 'clear' | 'readCursor' | 'writeCursor'> };
 
-/**
- * When a sweeper of far-future work has something to do (issue 9, item 5: idle CPU with many
- * suspended runs; a sweep is a scan of its list on FerretDB): the earliest item not yet due,
- * learnt from the last sweep and lowered by every item this process writes. Until then a tick is
- * skipped without touching the database. Items other replicas write are theirs to sweep; a full
- * sweep every `fullSweepMs` still finds them (and those of a replica that died), so such an item
- * is acted on at most `fullSweepMs` late. Used by the deadline and retention sweepers.
- */
-export function createWorkWatermark(options: { now?: () => number; fullSweepMs?: number } = {}) {
-  const now = options.now ?? Date.now;
-  const fullSweepMs = options.fullSweepMs ?? fullDeadlineSweepMs;
-  let nextDueAt = Number.NEGATIVE_INFINITY; // unknown until the first sweep
-  let lastFullSweepAt = Number.NEGATIVE_INFINITY;
-  let sweeping = false;
-  let writtenDuringSweep = Number.POSITIVE_INFINITY;
-  return {
-    /** An item this process wrote, due at `dueAtIso` (called after the write landed). */
-    written(dueAtIso: string): void {
-      const at = Date.parse(dueAtIso);
-      nextDueAt = Math.min(nextDueAt, at);
-      // A sweep in flight may have read the list before this write: `end` keeps it.
-      if (sweeping) writtenDuringSweep = Math.min(writtenDuringSweep, at);
-    },
-    /** Whether a sweep is needed now, and whether it is the periodic full one. */
-    due(): { sweep: boolean; full: boolean } {
-      const at = now();
-      const full = at - lastFullSweepAt >= fullSweepMs;
-      return { sweep: full || at >= nextDueAt, full };
-    },
-    begin(): number {
-      sweeping = true;
-      writtenDuringSweep = Number.POSITIVE_INFINITY;
-      return now();
-    },
-    /**
-     * The sweep begun at `startedAt` ended: `earliest` is the earliest item due after what it
-     * handled (null: none); `retriesPending` when items wait for a retry (sweep again next tick).
-     */
-    end(startedAt: number, full: boolean, earliest: string | null, retriesPending: boolean): void {
-      sweeping = false;
-      if (full) lastFullSweepAt = startedAt;
-      nextDueAt = Math.min(earliest === null ? Number.POSITIVE_INFINITY : Date.parse(earliest), writtenDuringSweep, retriesPending ? now() : Number.POSITIVE_INFINITY);
-    },
-  };
-}
-export type WorkWatermark = ReturnType<typeof createWorkWatermark>;
+/** A sweep over the timeline of one kind (deadline, retention): its tick, and how late it is. */
+export type TimelineSweep = {
+  (): Promise<number>;
+  /**
+   * The due time (ms) of the oldest item this replica knows due and not yet handled: the start
+   * of the first slot it has not read though it is over, or an item waiting for its retry; null
+   * when nothing is behind.
+   */
+  oldestPendingDueAt(): number | null;
+};
 
 /**
- * A sweep behind a watermark: skipped while nothing is due; otherwise runs `sweep` (after
- * `onFullSweep` on a full one), then reads the earliest item left to set the watermark. Resolves
- * to the time its queries took (the sweep's pacing).
+ * Acts on the items of `kind` as they fall due, reading the timeline (`work-timeline.ts`)
+ * slot by slot by exact `_id` (issue 9, item 5): an idle tick reads one entry `_id` that is not
+ * there; nothing reads the item lists, which grow with the live runs. Each slot is read
+ * `timelineGraceMs` after it ends; for each entry the item is read by `_id` and handed to `handle`
+ * only if it is still due (a stale entry, its item moved later or gone, is skipped), once per
+ * slot. When every item of the slot was handled the slot's entries are deleted; an item that
+ * fails is logged, counted and retried with the item backoff, its slot kept (re-read at later
+ * ticks) and the other items and slots go on. Every replica reads every slot (its in-memory
+ * cursor, recorded in the timeline every `timelineCursorWriteMs` for a replica that starts);
+ * what two replicas both send is deduplicated by its msg id, and a crash re-reads from the
+ * recorded cursor. With no cursor recorded (a new database, or items written by an older version
+ * without entries), the first tick indexes the stored items once. Resolves to the time its
+ * queries took (the pacing of `every`).
  */
-function watermarked(deps: {
-  kind: WorkItem['kind'];
-  watermark: WorkWatermark;
-  store: Pick<RunStore, 'earliestDueAfter'>;
-  sweep: () => Promise<{ handled: number; queryMs: number; retriesPending: boolean }>;
-  onFullSweep?: () => Promise<void>;
-  onHandled(count: number): void;
-  now: () => number;
-}): () => Promise<number> {
-  const { watermark, now } = deps;
-  return async () => {
-    const { sweep: needed, full } = watermark.due();
-    if (!needed) return 0;
-    const startedAt = watermark.begin();
-    let ended = false;
-    try {
-      let fullMs = 0;
-      if (full && deps.onFullSweep) {
-        const fullStarted = now();
-        await deps.onFullSweep();
-        fullMs = now() - fullStarted;
-      }
-      const { handled, queryMs, retriesPending } = await deps.sweep();
-      if (handled) deps.onHandled(handled);
-      const earliestStarted = now();
-      const earliest = await deps.store.earliestDueAfter(deps.kind, new Date(startedAt).toISOString());
-      watermark.end(startedAt, full, earliest, retriesPending);
-      ended = true;
-      return fullMs + queryMs + (now() - earliestStarted);
-    } finally {
-      // A sweep that failed learnt nothing: sweep again at the next tick.
-      if (!ended) watermark.end(startedAt, false, null, true);
-    }
-  };
-}
-
-type DeadlineStore = Pick<RunStore, 'findDueWork' | 'earliestDueAfter' | 'moveLegacyDeadlines'>;
-
-/**
- * Finds deadline items (`run_deadlines`) that have passed and sends each run a `timer` message;
- * the run's transition decides what the deadline means. Nothing waits in memory: deadlines live
- * in MongoDB and any replica enforces them (the watermark only skips sweeps that would find
- * nothing). The msg id dedupes the timers of several replicas. Each sweep pages through every
- * due item (earliest first), so runs whose deadlines stay due (stuck, or not processed yet)
- * cannot fill a page and starve the rest; a failed publish is isolated like the outbox sweeper's.
- */
-export function createDeadlineSweeper(deps: { store: DeadlineStore; watermark: WorkWatermark; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
-  return every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, createDeadlineSweep(deps));
-}
-
-/** One deadline sweep tick (exported for tests): skipped while the watermark says nothing is due. */
-export function createDeadlineSweep(deps: {
-  store: DeadlineStore;
-  watermark: WorkWatermark;
-  js: Pick<JetStreamClient, 'publish'>;
+function createTimelineSweep(deps: {
+  kind: TimelineKind;
+  store: TimelineSweepStore;
   logger: Logger;
-  metrics?: Metrics;
-  now?: () => number;
-}): () => Promise<number> {
-  const sweep = createWorkSweep({
+  failures: MetricsCounter | undefined;
+  keyOf(item: WorkItem): string;
+  handle(item: WorkItem, key: string): Promise<void>;
+  failedMessage: string;
+  onHandled(count: number): void;
+  /** Runs before the one-time index (with no cursor recorded). */
+  beforeIndex?: () => Promise<void>;
+  now: () => number;
+}): TimelineSweep {
+  const { kind, store, now } = deps;
+  const backoff = createItemBackoff(now);
+  let cursor: number | undefined;
+  /** Slots read with items left to retry: the earliest due time among those, and the keys already handled (not sent again). */
+  const unfinished = new Map<number, { earliestLeft: number; handled: Set<string> }>();
+  let recorded: number | undefined;
+  let recordedAt = Number.NEGATIVE_INFINITY;
+
+  /** Reads one slot and handles its due items; true when all were handled (its entries are then deleted). */
+  async function sweepSlot(slot: number, nowIso: string, spent: { handleMs: number; handled: number }): Promise<boolean> {
+    const entries = await store.timeline.read(kind, slot);
+    if (entries.length === 0) return true;
+    let earliestLeft: number | undefined;
+    const seen = new Set<string>();
+    const handled = unfinished.get(slot)?.handled ?? new Set<string>();
+    for (const entry of entries) {
+      if (seen.has(entry.runId)) continue; // one run's item, pointed to twice in this slot
+      seen.add(entry.runId);
+      const item = await store.loadWork(kind, entry.runId);
+      if (!item || item.dueAt > nowIso) continue; // stale: moved later (its own entry is in its slot) or gone
+      const key = deps.keyOf(item);
+      if (handled.has(key)) continue;
+      if (backoff.waiting(key)) {
+        earliestLeft = Math.min(earliestLeft ?? Number.POSITIVE_INFINITY, Date.parse(item.dueAt));
+        continue;
+      }
+      const handleStarted = now();
+      try {
+        await deps.handle(item, key);
+        backoff.succeeded(key);
+        handled.add(key);
+        spent.handled += 1;
+      } catch (error) {
+        // Isolated: this item waits for its backoff (its slot is kept); the others go on.
+        const count = backoff.failed(key);
+        deps.failures?.inc();
+        deps.logger.warn({ sweeper: kind, runId: item.runId, tenantId: item.tenantId, failures: count, err: ensureError(error) }, deps.failedMessage);
+        earliestLeft = Math.min(earliestLeft ?? Number.POSITIVE_INFINITY, Date.parse(item.dueAt));
+      } finally {
+        spent.handleMs += now() - handleStarted;
+      }
+    }
+    if (earliestLeft !== undefined) {
+      unfinished.set(slot, { earliestLeft, handled });
+      return false;
+    }
+    // Every item of the slot was handled (or is stale): its entries go, highest first.
+    await store.timeline.clear(kind, slot, entries.length);
+    unfinished.delete(slot);
+    return true;
+  }
+
+  const sweep = async () => {
+    const started = now();
+    const spent = { handleMs: 0, handled: 0 };
+    if (cursor === undefined) {
+      const stored = await store.timeline.readCursor(kind);
+      if (stored === null) {
+        // Before the index: items written meanwhile write their own entries.
+        const startSlot = timelineSlotOf(started);
+        await deps.beforeIndex?.();
+        const indexed = await store.indexWork(kind);
+        if (indexed > 0) deps.logger.info({ sweeper: kind, count: indexed }, 'indexed stored items in the work timeline');
+        await store.timeline.writeCursor(kind, startSlot);
+        cursor = startSlot;
+        recorded = startSlot;
+        recordedAt = started;
+      } else {
+        cursor = stored;
+        recorded = stored;
+        recordedAt = started;
+      }
+    }
+    const nowIso = new Date(started).toISOString();
+    backoff.beginSweep();
+    for (const slot of [...unfinished.keys()]) await sweepSlot(slot, nowIso, spent);
+    const lastOver = timelineSlotOf(started - timelineGraceMs) - 1;
+    for (let read = 0; cursor <= lastOver && read < timelineSlotsPerTick; read += 1) {
+      await sweepSlot(cursor, nowIso, spent);
+      cursor += 1;
+    }
+    // Only items seen in this sweep keep their backoff: a failed item's slot is re-read at every tick until it is handled.
+    backoff.endSweep();
+    const safe = Math.min(cursor, ...unfinished.keys());
+    if (safe !== recorded && started - recordedAt >= timelineCursorWriteMs) {
+      await store.timeline.writeCursor(kind, safe);
+      recorded = safe;
+      recordedAt = started;
+    }
+    if (spent.handled) deps.onHandled(spent.handled);
+    return now() - started - spent.handleMs;
+  };
+  return Object.assign(sweep, {
+    oldestPendingDueAt(): number | null {
+      const at = now();
+      let oldest: number | null = cursor !== undefined && cursor <= timelineSlotOf(at - timelineGraceMs) - 1 ? timelineSlotStart(cursor) : null;
+      for (const { earliestLeft } of unfinished.values()) oldest = oldest === null ? earliestLeft : Math.min(oldest, earliestLeft);
+      return oldest;
+    },
+  });
+}
+
+type DeadlineStore = TimelineSweepStore & Pick<RunStore, 'moveLegacyDeadlines'>;
+
+/**
+ * Sends each run whose deadline item (`run_deadlines`) has passed a `timer` message, as the
+ * work timeline brings it due; the run's transition decides what the deadline means. Nothing
+ * waits in memory: deadlines and their timeline entries live in MongoDB and every replica reads
+ * every slot. The msg id dedupes the timers of several replicas; a failed publish is isolated
+ * like the outbox sweeper's.
+ */
+export function createDeadlineSweeper(deps: { store: DeadlineStore; js: JetStreamClient; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper & { oldestPendingDueAt(): number | null } {
+  const sweep = createDeadlineSweep(deps);
+  return { ...every(deps.intervalMs ?? 1_000, 'deadline', deps.logger, sweep), oldestPendingDueAt: sweep.oldestPendingDueAt };
+}
+
+/** One deadline sweep tick (exported for tests). */
+export function createDeadlineSweep(deps: { store: DeadlineStore; js: Pick<JetStreamClient, 'publish'>; logger: Logger; metrics?: Metrics; now?: () => number }): TimelineSweep {
+  return createTimelineSweep({
     kind: 'deadline',
-    pageSize: deadlineSweepPageSize,
     store: deps.store,
     logger: deps.logger,
     failures: deps.metrics?.counter('deadline_timer_failures_total', 'Deadline timers the sweeper failed to publish (each retried later with backoff)'),
@@ -344,60 +396,39 @@ export function createDeadlineSweep(deps: {
       await publishJson(deps.js as JetStreamClient, subjects.runInbox(item.runId, 'timer'), message, id);
     },
     failedMessage: 'could not send a deadline timer; will retry',
-    now: deps.now ?? Date.now,
-  });
-  const now = deps.now ?? Date.now;
-  return watermarked({
-    kind: 'deadline',
-    watermark: deps.watermark,
-    store: deps.store,
-    sweep,
-    now,
-    async onFullSweep() {
+    onHandled: (count) => deps.logger.info({ count, collection: collectionNames.runDeadlines }, 'deadline timers sent'),
+    async beforeIndex() {
+      // Deadline items a version before `run_deadlines` wrote into `run_work`: moved, then indexed with the rest.
       const moved = await deps.store.moveLegacyDeadlines();
       if (moved) deps.logger.info({ count: moved, from: collectionNames.runWork, to: collectionNames.runDeadlines }, 'moved deadline items an older version wrote');
     },
-    onHandled: (count) => deps.logger.info({ count, collection: collectionNames.runDeadlines }, 'deadline timers sent'),
+    now: deps.now ?? Date.now,
   });
 }
 
-/** The retention sweeper's page size. */
-export const retentionSweepPageSize = 200;
+type RetentionStore = TimelineSweepStore & Pick<RunStore, 'pruneRunHistory' | 'deleteWork'>;
 
 /**
  * Prunes ended runs' history once `RUN_RETENTION` has passed (issue 9): FerretDB has no TTL
  * indexes, so each run that ends leaves a `retention:<runId>` item in `run_retention` (due at its end
- * plus the retention, see run-processor.ts `settle`), and this sweep hands every due one to
- * `pruneRunHistory` (read model marked `prunedAt`, then every per-run history collection deleted
- * by exact `_id`), then deletes the item. Crash windows: dying between the deletes, or after them
- * and before the item's delete, leaves the item due, and the next sweep (any replica's) does
- * the rest: every step is idempotent. A run whose read model does not record its end yet is
- * retried with the item backoff; failures are isolated per item like the other sweeps'.
+ * plus the retention, see run-processor.ts `settle`), and this sweep hands every one the work
+ * timeline brings due to `pruneRunHistory` (read model marked `prunedAt`, then every per-run
+ * history collection deleted by exact `_id`), then deletes the item. Crash windows: dying between
+ * the deletes, or after them and before the item's delete, leaves the item and its entry, and the
+ * next sweep (any replica's, from the recorded cursor) does the rest: every step is idempotent. A
+ * run whose read model does not record its end yet is retried with the item backoff; failures are
+ * isolated per item like the other sweeps'.
  */
-export function createRetentionSweeper(deps: {
-  store: Pick<RunStore, 'findDueWork' | 'pruneRunHistory' | 'deleteWork' | 'earliestDueAfter'>;
-  watermark: WorkWatermark;
-  logger: Logger;
-  metrics?: Metrics;
-  intervalMs?: number;
-  now?: () => number;
-}): Sweeper {
+export function createRetentionSweeper(deps: { store: RetentionStore; logger: Logger; metrics?: Metrics; intervalMs?: number; now?: () => number }): Sweeper {
   return every(deps.intervalMs ?? 5_000, 'retention', deps.logger, createRetentionSweep(deps));
 }
 
 /** One retention sweep (exported for tests). */
-export function createRetentionSweep(deps: {
-  store: Pick<RunStore, 'findDueWork' | 'pruneRunHistory' | 'deleteWork' | 'earliestDueAfter'>;
-  watermark: WorkWatermark;
-  logger: Logger;
-  metrics?: Metrics;
-  now?: () => number;
-}): () => Promise<number> {
+export function createRetentionSweep(deps: { store: RetentionStore; logger: Logger; metrics?: Metrics; now?: () => number }): TimelineSweep {
   const now = deps.now ?? Date.now;
   const pruned = deps.metrics?.counter('runs_pruned_total', 'Ended runs whose history the retention sweeper deleted (RUN_RETENTION)');
-  const sweep = createWorkSweep({
+  return createTimelineSweep({
     kind: 'retention',
-    pageSize: retentionSweepPageSize,
     store: deps.store,
     logger: deps.logger,
     failures: deps.metrics?.counter('run_prune_failures_total', 'Ended runs the retention sweeper failed to prune (each retried later with backoff)'),
@@ -412,14 +443,7 @@ export function createRetentionSweep(deps: {
       if (outcome === 'pruned') pruned?.inc();
     },
     failedMessage: 'could not prune an ended run; will retry',
-    now,
-  });
-  return watermarked({
-    kind: 'retention',
-    watermark: deps.watermark,
-    store: deps.store,
-    sweep,
-    now,
     onHandled: (count) => deps.logger.info({ count, collection: collectionNames.runRetention }, 'ended runs pruned'),
+    now,
   });
 }
