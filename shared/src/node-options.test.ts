@@ -1,7 +1,9 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { serviceEnvironment, type ServiceName } from './config.ts';
@@ -92,6 +94,31 @@ describe('service node options', () => {
       // The first start strips the types (Node's WASM stripper, amaro) and writes the cache at exit; the second reads it.
       expect(start()).toEqual([expect.stringContaining('amaro')]);
       expect(start()).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('are written once a service has started (persistCompileCache), so a start after a kill skips the type stripper too', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'abide-compile-cache-'));
+    try {
+      const module = join(dir, 'service.ts');
+      const lifecycle = new URL('./lifecycle.ts', import.meta.url).pathname;
+      writeFileSync(
+        module,
+        `import { persistCompileCache } from ${JSON.stringify(lifecycle)};\nconst loaded: string[] = process.moduleLoadList.filter((name) => name.includes('amaro'));\npersistCompileCache();\nprocess.stdout.write(JSON.stringify(loaded) + '\\n');\nsetInterval(() => {}, 1_000);\n`,
+      );
+      // Started, then killed from outside once it has said so: no clean exit, so only persistCompileCache can have written the cache.
+      const startAndKill = async () => {
+        const child = spawn(process.execPath, [module], { stdio: ['ignore', 'pipe', 'inherit'], env: { PATH: process.env.PATH, ...serviceProcessVariables(join(dir, 'cache')) } });
+        const exited = once(child, 'exit');
+        const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
+        child.kill('SIGKILL');
+        expect(await exited).toEqual([null, 'SIGKILL']);
+        return JSON.parse(line) as string[];
+      };
+      expect(await startAndKill()).toEqual([expect.stringContaining('amaro')]);
+      expect(await startAndKill()).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

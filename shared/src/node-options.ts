@@ -33,7 +33,8 @@ export const serviceNodeOptions: Readonly<Record<ServiceName, readonly string[]>
  * the `app` stage of `deploy/Dockerfile` with a directory under `/tmp`, the one writable mount
  * (`node-options.test.ts` checks the two agree). Abide's own code reads neither.
  * - `NODE_COMPILE_CACHE`: Node keeps each module's type-stripped source and V8 code cache in this
- *   directory (written when a process exits, keyed by the file and checked against its contents).
+ *   directory (written at a clean exit and once a service has started, `persistCompileCache`;
+ *   keyed by the file and checked against its contents).
  *   A service started with a warm cache never loads Node's type stripper (a WASM module) and
  *   compiles less: ~25 MB less resident per service, and a faster start. A module that changed
  *   since is stripped again, as without the cache.
