@@ -21,7 +21,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, styleText } from 'node:util';
 import { prettyFactory } from 'pino-pretty';
-import { serviceEnvironment, serviceNodeOptions, type ServiceName } from '@abide/shared';
+import { serviceEnvironment, serviceNodeOptions, serviceProcessVariables, type ServiceName } from '@abide/shared';
 import { buildConsole } from '../console/build.ts';
 import { abidePaths, errorMessage, startServersFromEnv, type StartedServers } from './lib/servers.ts';
 
@@ -144,7 +144,8 @@ const processBasics = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_ALL', 'TZ'];
 function serviceProcessEnvironment(spec: ServiceSpec): Record<string, string> {
   const names = new Set([...processBasics, ...serviceEnvironment[spec.name].variables]);
   const inherited = Object.entries(process.env).filter((entry): entry is [string, string] => names.has(entry[0]) && entry[1] !== undefined);
-  return { ...Object.fromEntries(inherited), ...spec.env };
+  // Node's compile cache and glibc's arena limit, as the harness and the images set them (shared/src/node-options.ts).
+  return { ...Object.fromEntries(inherited), ...serviceProcessVariables(abidePaths.compileCacheDir), ...spec.env };
 }
 
 /**

@@ -26,6 +26,8 @@ export const abidePaths = {
   repoRoot,
   binDir: process.env.ABIDE_BIN_DIR ? resolve(process.env.ABIDE_BIN_DIR) : join(repoRoot, '.abide/bin'),
   dataRoot: join(repoRoot, '.abide/data'),
+  /** Node's module compile cache of the services (`serviceProcessVariables` in shared/src/node-options.ts). */
+  compileCacheDir: join(repoRoot, '.abide/compile-cache'),
 } as const;
 
 export const natsServerModule = { path: 'github.com/nats-io/nats-server/v2', version: 'v2.15.2' } as const;

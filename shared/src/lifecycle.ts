@@ -1,3 +1,4 @@
+import { flushCompileCache } from 'node:module';
 import { ensureError } from './errors.ts';
 import type { Logger } from './logger.ts';
 
@@ -41,4 +42,15 @@ export function exitOnStartupError(logger: Logger | undefined, error: unknown): 
   if (logger) logger.fatal({ err: failure }, 'failed to start');
   else process.stderr.write(`${failure.message}\n`);
   process.exit(1);
+}
+
+/**
+ * Writes Node's module compile cache (`NODE_COMPILE_CACHE`, shared/src/node-options.ts) once the
+ * service has started. Node writes it by itself only at a clean exit, so a service killed before
+ * one (SIGKILL, out of memory, a crash) would leave the next start without it, loading the type
+ * stripper again. Without the variable this does nothing; a failed write is silent (Node's
+ * choice: the cache only saves work).
+ */
+export function persistCompileCache(): void {
+  flushCompileCache();
 }

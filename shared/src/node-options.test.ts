@@ -1,10 +1,13 @@
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { serviceEnvironment, type ServiceName } from './config.ts';
-import { serviceNodeOptions } from './node-options.ts';
+import { serviceNodeOptions, serviceProcessVariables } from './node-options.ts';
 
 const repoRoot = new URL('../../', import.meta.url).pathname;
 const services = Object.keys(serviceEnvironment) as ServiceName[];
@@ -19,6 +22,24 @@ function dockerfileNodeOptions(): Map<string, string> {
     else if (/^FROM\s/i.test(line)) stage = undefined;
     const env = /^ENV\s+NODE_OPTIONS="([^"]*)"\s*$/.exec(line);
     if (env && stage) found.set(stage, env[1]!);
+  }
+  return found;
+}
+
+/** The variables the `ENV` instructions of the `app` stage of deploy/Dockerfile set (every service's stage builds on it). */
+function dockerfileAppEnvironment(): Map<string, string> {
+  const found = new Map<string, string>();
+  let stage: string | undefined;
+  // Continuation lines joined, so that one `ENV` instruction is one line.
+  for (const line of readFileSync(join(repoRoot, 'deploy/Dockerfile'), 'utf8').replace(/\\\n\s*/g, ' ').split('\n')) {
+    const from = /^FROM\s+\S+\s+AS\s+(\S+)/i.exec(line);
+    if (from) stage = from[1];
+    const env = /^ENV\s+(.*)$/.exec(line);
+    if (!env || stage !== 'app') continue;
+    for (const assignment of env[1]!.trim().split(/\s+/)) {
+      const [name, ...value] = assignment.split('=');
+      found.set(name!, value.join('=').replace(/^"(.*)"$/, '$1'));
+    }
   }
   return found;
 }
@@ -42,6 +63,65 @@ describe('service node options', () => {
     const inImages = dockerfileNodeOptions();
     for (const service of services) expect(inImages.get(service), service).toBe(serviceNodeOptions[service].join(' '));
     expect([...inImages.keys()].sort()).toEqual([...services].sort());
+  });
+
+  it('come with the same Node and glibc variables in the images as under npm start and the tests', () => {
+    const inImage = dockerfileAppEnvironment();
+    const cacheDir = inImage.get('NODE_COMPILE_CACHE');
+    expect(serviceProcessVariables(cacheDir ?? '')).toEqual(Object.fromEntries([...inImage].filter(([name]) => name in serviceProcessVariables(''))));
+    // The image's root file system is read-only: the cache must sit on the /tmp every manifest mounts writable.
+    expect(cacheDir).toMatch(/^\/tmp\//);
+    for (const service of services) {
+      const documents = parseAllDocuments(readFileSync(join(repoRoot, 'k8s/base', `${service}.yaml`), 'utf8')).map((document) => document.toJSON());
+      const deployment = documents.find((document) => document?.kind === 'Deployment');
+      const spec = deployment.spec.template.spec;
+      const mount = spec.containers[0].volumeMounts.find((candidate: { mountPath: string }) => candidate.mountPath === '/tmp');
+      expect(mount, service).toBeDefined();
+      expect(mount.readOnly, service).not.toBe(true);
+      expect(spec.volumes.find((volume: { name: string }) => volume.name === mount.name)?.emptyDir, service).toBeDefined();
+      // Nothing in a manifest replaces them.
+      const names = (spec.containers[0].env ?? []).map((variable: { name: string }) => variable.name);
+      for (const name of Object.keys(serviceProcessVariables(''))) expect(names, service).not.toContain(name);
+    }
+  });
+
+  it('let a second start of the same TypeScript module skip the type stripper (the compile cache)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'abide-compile-cache-'));
+    try {
+      const module = join(dir, 'module.ts');
+      writeFileSync(module, "const loaded: string[] = process.moduleLoadList.filter((name) => name.includes('amaro'));\nprocess.stdout.write(JSON.stringify(loaded));\n");
+      const start = () => JSON.parse(execFileSync(process.execPath, [module], { encoding: 'utf8', env: { PATH: process.env.PATH, ...serviceProcessVariables(join(dir, 'cache')) } })) as string[];
+      // The first start strips the types (Node's WASM stripper, amaro) and writes the cache at exit; the second reads it.
+      expect(start()).toEqual([expect.stringContaining('amaro')]);
+      expect(start()).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('are written once a service has started (persistCompileCache), so a start after a kill skips the type stripper too', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'abide-compile-cache-'));
+    try {
+      const module = join(dir, 'service.ts');
+      const lifecycle = new URL('./lifecycle.ts', import.meta.url).pathname;
+      writeFileSync(
+        module,
+        `import { persistCompileCache } from ${JSON.stringify(lifecycle)};\nconst loaded: string[] = process.moduleLoadList.filter((name) => name.includes('amaro'));\npersistCompileCache();\nprocess.stdout.write(JSON.stringify(loaded) + '\\n');\nsetInterval(() => {}, 1_000);\n`,
+      );
+      // Started, then killed from outside once it has said so: no clean exit, so only persistCompileCache can have written the cache.
+      const startAndKill = async () => {
+        const child = spawn(process.execPath, [module], { stdio: ['ignore', 'pipe', 'inherit'], env: { PATH: process.env.PATH, ...serviceProcessVariables(join(dir, 'cache')) } });
+        const exited = once(child, 'exit');
+        const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
+        child.kill('SIGKILL');
+        expect(await exited).toEqual([null, 'SIGKILL']);
+        return JSON.parse(line) as string[];
+      };
+      expect(await startAndKill()).toEqual([expect.stringContaining('amaro')]);
+      expect(await startAndKill()).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('leave each service’s old space well below its Kubernetes memory limit', () => {

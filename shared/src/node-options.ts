@@ -25,3 +25,23 @@ export const serviceNodeOptions: Readonly<Record<ServiceName, readonly string[]>
   'llm-worker': ['--max-semi-space-size=4', '--max-old-space-size=768'],
   'tool-worker': ['--max-semi-space-size=4', '--max-old-space-size=384'],
 };
+
+/**
+ * The environment variables Node and glibc read in each service process, wherever it is started
+ * (issue 9, docs/decisions.md "Memory"): `npm start` and the test harness add them to the
+ * service's environment with `compileCacheDir` = `.abide/compile-cache`; the images set them in
+ * the `app` stage of `deploy/Dockerfile` with a directory under `/tmp`, the one writable mount
+ * (`node-options.test.ts` checks the two agree). Abide's own code reads neither.
+ * - `NODE_COMPILE_CACHE`: Node keeps each module's type-stripped source and V8 code cache in this
+ *   directory (written at a clean exit and once a service has started, `persistCompileCache`;
+ *   keyed by the file and checked against its contents).
+ *   A service started with a warm cache never loads Node's type stripper (a WASM module) and
+ *   compiles less: ~25 MB less resident per service, and a faster start. A module that changed
+ *   since is stripped again, as without the cache.
+ * - `MALLOC_ARENA_MAX=2`: glibc gives each thread that allocates its own malloc arena, up to 8
+ *   per core, and keeps freed memory in each; two arenas hold less idle memory (the services'
+ *   threads are the main one, V8's few helpers and libuv's pool, none of them allocation-bound).
+ */
+export function serviceProcessVariables(compileCacheDir: string): Readonly<Record<string, string>> {
+  return { NODE_COMPILE_CACHE: compileCacheDir, MALLOC_ARENA_MAX: '2' };
+}

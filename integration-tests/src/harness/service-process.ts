@@ -2,7 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
-import { serviceNodeOptions } from '@abide/shared';
+import { serviceNodeOptions, serviceProcessVariables } from '@abide/shared';
+import { abidePaths } from '../../../scripts/lib/servers.ts';
 
 export type ServiceName = 'gateway' | 'orchestrator' | 'llm-worker' | 'tool-worker';
 
@@ -49,7 +50,8 @@ export class ServiceProcess {
   /** Starts the process; `overrides` replace environment variables for this start only (e.g. crash points). */
   start(overrides: Record<string, string | undefined> = {}): void {
     this.#log = createWriteStream(this.logFile, { flags: 'a' });
-    const env: Record<string, string> = { PATH: process.env.PATH ?? '', ...this.env };
+    // Node's compile cache and glibc's arena limit, as `npm start` and the images set them (shared/src/node-options.ts).
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', ...serviceProcessVariables(abidePaths.compileCacheDir), ...this.env };
     for (const [name, value] of Object.entries(overrides)) {
       if (value === undefined) delete env[name];
       else env[name] = value;

@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, createReadiness, exitOnStartupError, installShutdown, jetStreamCheck, mongoCheck, natsCheck, startTracing, streams, type Logger } from '@abide/shared';
+import { createLogger, createMetrics, createReadiness, exitOnStartupError, installShutdown, jetStreamCheck, mongoCheck, natsCheck, persistCompileCache, startTracing, streams, type Logger } from '@abide/shared';
 import { createApp } from './app.ts';
 import { connectBackend, type ConnectedBackend } from './backend.ts';
 import { loadGatewayConfig } from './config.ts';
@@ -61,6 +61,7 @@ async function main(): Promise<void> {
     await app.listen({ host: config.LISTEN_HOST, port: config.GATEWAY_PORT });
     connected = await connectBackend(config, logger, stopping.signal);
     logger.info({ port: config.GATEWAY_PORT }, 'gateway ready');
+    persistCompileCache();
   } catch (error) {
     // A signal during start-up aborts the connecting; the shutdown handler exits (0) by itself.
     if (stopping.signal.aborted) return;

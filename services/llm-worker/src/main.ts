@@ -24,6 +24,7 @@ import {
   ensureError,
   exitOnStartupError,
   installShutdown,
+  persistCompileCache,
   startTracing,
   jetStreamCheck,
   natsCheck,
@@ -185,6 +186,7 @@ async function main(): Promise<void> {
   });
   await runner.start();
   logger.info({ concurrency: config.LLM_CONCURRENCY }, 'consuming llm requests');
+  persistCompileCache();
 }
 
 /**

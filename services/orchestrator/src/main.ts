@@ -14,6 +14,7 @@ import {
   createRunStore,
   exitOnStartupError,
   installShutdown,
+  persistCompileCache,
   jetStreamCheck,
   maxDeliveriesAdvisorySchema,
   mongoCheck,
@@ -174,6 +175,7 @@ async function main(): Promise<void> {
     deadlineSweeper.start();
     retentionSweeper?.start();
     log.info('orchestrator started');
+    persistCompileCache();
 
     installShutdown({
       logger: log,

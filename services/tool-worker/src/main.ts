@@ -19,6 +19,7 @@ import {
   ensureError,
   exitOnStartupError,
   installShutdown,
+  persistCompileCache,
   startTracing,
   jetStreamCheck,
   natsCheck,
@@ -187,6 +188,7 @@ async function main(): Promise<void> {
     });
     await runner.start();
     log.info({ workerId, concurrency: config.TOOL_CONCURRENCY, egressAllow: config.TOOL_EGRESS_ALLOW }, 'tool-worker consuming');
+    persistCompileCache();
   } catch (error) {
     exitOnStartupError(logger, error);
   }
