@@ -313,6 +313,24 @@ describe('run processor: one write on a step critical path (issue 9)', () => {
     await kept.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
     expect(forever.log.some((line) => line.startsWith('work '))).toBe(false);
   });
+
+  it('before the terminal event, writes the read model (not yet published) while the deadline item is still being written, and publishes only once both are done', async () => {
+    const h = harness({ holdDeadlineSet: true });
+    const processor = h.make();
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
+    const ended = processor.apply('run_1', 't1', finalAnswer, 'llm:run_1:0');
+    await expect.poll(() => h.log.includes('deadline set held')).toBe(true);
+    // The read model recording version 3 not yet published is written meanwhile ...
+    await expect.poll(() => h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 2 });
+    // ... but no event of version 3 goes out before the deadline item is written too.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(h.log.some((line) => line.startsWith('publish run.events.run_1 run_1:3:'))).toBe(false);
+    h.deadlineHold.resolve();
+    expect(await ended).toEqual({ kind: 'committed', version: 3 });
+    const cleared = h.log.indexOf('deadline cleared');
+    expect(h.log.findIndex((line) => line.startsWith('publish run.events.run_1 run_1:3:'))).toBeGreaterThan(cleared);
+    expect(h.readModel.at(-1)).toEqual({ version: 3, publishedVersion: 3 });
+  });
 });
 
 describe('run processor: deadline items fire no later than the deadline, written only when that needs it', () => {
