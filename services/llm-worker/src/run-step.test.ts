@@ -372,33 +372,6 @@ describe('createRunStep', () => {
     expect(entries.get('run_1.0')).toEqual(payload);
   });
 
-  it('onExhausted publishes the result another delivery stored between its read and its store, not the failure', async () => {
-    const { results: store, entries } = createFakeResultStore();
-    const late: LlmResultPayload = { ok: true, step: 0, attempt: 5, text: 'just in time', toolCalls: [], finishReason: 'stop', usage: { inputTokens: 0, outputTokens: 0, totalTokens: 0 } };
-    const results: RunStepDeps['results'] = {
-      async get() {
-        // The other delivery stores its result right after this read.
-        entries.set('run_1.0', late);
-        return undefined;
-      },
-      saveFirst: (runId, step, result) => store.saveFirst(runId, step, result),
-    };
-    const { publisher, published } = createFakePublisher();
-    const handler = createRunStep({
-      publisher,
-      results,
-      bodies: createFakeBodyReader(),
-      cancellations: createFakeCancellations().tracker,
-      createModel: () => {
-        throw new Error('not called');
-      },
-      logger: silentLogger,
-      maxRetryAfterMs: 60_000,
-    });
-    await handler.onExhausted(deliveryOf(llmRequest({ model: scripted({ steps: [{}] }), step: 0 }), { deliveryCount: 6 }), new Error('HTTP 503'));
-    expect(published.map((message) => message.value.payload)).toEqual([late]);
-  });
-
   it('onExhausted republishes a result another delivery already stored', async () => {
     const { handler, entries, llmResults } = setup();
     const stored: LlmResultPayload = { ok: true, step: 0, attempt: 5, text: 'late', toolCalls: [], finishReason: 'stop', usage: { inputTokens: 0, outputTokens: 0, totalTokens: 0 } };

@@ -272,9 +272,7 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
         await publishResult(message, stored);
         return;
       }
-      // Off the hot path, so stored first and then what the store holds is published: a result
-      // another delivery stored meanwhile wins over this failure, as the read above intends.
-      const exhausted = await deps.results.saveFirst(runId, payload.step, {
+      await finish(message, {
         ok: false,
         step: payload.step,
         attempt: delivery.deliveryCount,
@@ -283,7 +281,6 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
           message: `the model step failed on all ${delivery.deliveryCount} deliveries; last error: ${error.message}`.slice(0, 4_000),
         },
       });
-      await publishResult(message, exhausted);
       metrics.failed('delivery_exhausted');
     },
   };
