@@ -122,8 +122,8 @@ export function createConsumerRunner<Schema extends z.ZodType>(options: Consumer
    * Crash window: dying between the publish and the ack leaves both copies (the original comes
    * back after ack_wait). Both are handled, and the second is harmless by the workers' existing
    * idempotency: the llm-worker answers a step found in `LLM_RESULTS` from there without calling
-   * the model (two copies at the same moment call it twice, both publish under the step's msg
-   * id, and the run records the one that landed first); the tool-worker answers a call found in `TOOL_RESULTS` from there, naks while
+   * the model (two copies at the same moment call it twice; the result stored first is the one
+   * published); the tool-worker answers a call found in `TOOL_RESULTS` from there, naks while
    * another worker's `.started` marker is fresh (and drops, without a result, a copy that runs out
    * of deliveries that way), and treats a stale marker without a result as the outcome-unknown
    * case with the same idempotency key; the orchestrator records a step's or call's first result only.

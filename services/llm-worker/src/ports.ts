@@ -14,9 +14,8 @@ export type BusPublisher = {
 export type LlmResultStore = {
   get(runId: string, step: number): Promise<LlmResultPayload | undefined>;
   /**
-   * Stores `result` unless the step already has one, and returns the one stored (the first
-   * finished attempt's). A redelivery republishes it under the step's msg id; the run has
-   * recorded the first result published, which the worker sends alongside this store (run-step.ts `finish`).
+   * Stores `result` unless the step already has one, and returns the one stored: the first
+   * finished attempt wins, so what a redelivery republishes is what was published first.
    */
   saveFirst(runId: string, step: number, result: LlmResultPayload): Promise<LlmResultPayload>;
 };

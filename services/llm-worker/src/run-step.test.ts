@@ -111,7 +111,7 @@ describe('createRunStep', () => {
     expect(published.at(-1)).toBe(result);
   });
 
-  it('passes its crash points once the first delta is acknowledged and once the result is stored', async () => {
+  it('passes its crash points once the first delta is acknowledged and once the result is stored, before it is published', async () => {
     const hits: { name: string; published: string[]; stored: boolean }[] = [];
     const { handler, published, entries } = setup({
       crashPoints: { hit: (name) => hits.push({ name, published: published.map((message) => message.msgId), stored: entries.has('run_1.0') }) },
@@ -121,67 +121,8 @@ describe('createRunStep', () => {
     expect(hits[0]!.published).toContain('run_1:s0:a1:d0');
     expect(hits[0]!.stored).toBe(false);
     expect(hits[1]!.stored).toBe(true);
+    expect(hits[1]!.published).not.toContain('run_1:llm_result:0');
     expect(published.at(-1)!.msgId).toBe('run_1:llm_result:0');
-  });
-
-  it('publishes the result without waiting for its store, and resolves (the ack) only once both are done', async () => {
-    const { results: store, entries } = createFakeResultStore();
-    let releaseStore!: () => void;
-    const storeHeld = new Promise<void>((resolve) => (releaseStore = resolve));
-    const results: RunStepDeps['results'] = {
-      get: (runId, step) => store.get(runId, step),
-      async saveFirst(runId, step, result) {
-        await storeHeld;
-        return store.saveFirst(runId, step, result);
-      },
-    };
-    const { publisher, published } = createFakePublisher();
-    const handler = createRunStep({
-      publisher,
-      results,
-      bodies: createFakeBodyReader(),
-      cancellations: createFakeCancellations().tracker,
-      createModel: (config, { step, tenantId }) =>
-        createLanguageModel(config, { step, tenantId, secrets: createFakeSecrets(), egress: createEgressPolicy({ allow: [], variable: 'LLM_EGRESS_ALLOW' }) }),
-      logger: silentLogger,
-      maxRetryAfterMs: 60_000,
-    });
-    let done = false;
-    const handled = handler.handle(deliveryOf(llmRequest({ model: scripted({ steps: [{ text: 'hello' }] }) }))).then(() => (done = true));
-    await vi.waitFor(() => expect(published.map((message) => message.msgId)).toContain('run_1:llm_result:0'));
-    // Published while the store is still outstanding; the events before it, in order.
-    expect(published.map((message) => message.msgId)).toEqual(['run_1:s0:a1:started', 'run_1:s0:a1:d0', 'run_1:llm_result:0']);
-    expect(entries.has('run_1.0')).toBe(false);
-    await new Promise((resolve) => setImmediate(resolve));
-    expect(done).toBe(false);
-    releaseStore();
-    await handled;
-    expect(entries.get('run_1.0')).toEqual(published.at(-1)!.value.payload);
-  });
-
-  it('fails the delivery (nak) when the store fails, even though the result went out', async () => {
-    const { results: store } = createFakeResultStore();
-    const results: RunStepDeps['results'] = {
-      get: (runId, step) => store.get(runId, step),
-      saveFirst: async () => {
-        throw new AbideError('internal', 'LLM_RESULTS unreachable', { retryable: true });
-      },
-    };
-    const { publisher, published } = createFakePublisher();
-    const handler = createRunStep({
-      publisher,
-      results,
-      bodies: createFakeBodyReader(),
-      cancellations: createFakeCancellations().tracker,
-      createModel: (config, { step, tenantId }) =>
-        createLanguageModel(config, { step, tenantId, secrets: createFakeSecrets(), egress: createEgressPolicy({ allow: [], variable: 'LLM_EGRESS_ALLOW' }) }),
-      logger: silentLogger,
-      maxRetryAfterMs: 60_000,
-    });
-    const error = await handler.handle(deliveryOf(llmRequest({ model: scripted({ steps: [{ text: 'hello' }] }) }))).catch((caught: unknown) => caught);
-    expect(ackDecisionFor(error as Error).action).toBe('nak');
-    // The redelivery publishes under the same msg id: dropped inside the duplicate window, ignored by the run after it.
-    expect(published.filter((message) => message.msgId === 'run_1:llm_result:0')).toHaveLength(1);
   });
 
   it("stores the result while its attempt's last PubAcks are outstanding, and publishes it only after them", async () => {

@@ -40,7 +40,7 @@ export type RunStepDeps = {
   maxRetryAfterMs: number;
   /** Delta coalescing. @default { maxDelayMs: 50, maxChars: 512 } */
   coalescing?: Omit<DeltaCoalescerOptions, 'emit'>;
-  /** Test-only crash points: `llm-worker.mid_stream` (the first delta's PubAck arrived) and `llm-worker.after_store` (result stored; its publish, sent at once, may or may not have landed). */
+  /** Test-only crash points: `llm-worker.mid_stream` (the first delta's PubAck arrived) and `llm-worker.after_store` (result stored, not published). */
   crashPoints?: Pick<CrashPoints, 'hit'>;
 };
 
@@ -82,32 +82,19 @@ export function createRunStep(deps: RunStepDeps): RunStepHandler {
   }
 
   /**
-   * Stores `result` in `LLM_RESULTS` and publishes it at once (issue 9: the run's next step no
-   * longer waits for the store's round trip); the delivery is acked only after both. The publish
-   * always waits for `eventsSettled` (the attempt's event PubAcks), so the run's events stay in
-   * order; the store does not. The run records the first result published for the step (one
-   * `Nats-Msg-Id` per step); `LLM_RESULTS` only answers a redelivery without calling the model.
-   * Crash windows (docs/decisions.md, "the llm-worker stores and publishes a result at once"):
-   * - stored, not published (or a delta's publish failed, which naks): the redelivery publishes
-   *   the stored result without calling the model; its deltas may be partly missing, and
-   *   `message.completed` carries the recorded text, which replaces them (DESIGN §6);
-   * - published, not stored (the store failed or the process died first): the redelivery calls
-   *   the model again and publishes under the same msg id, dropped inside the duplicate window
-   *   (and ignored by the run, which no longer awaits the step); the step's outcome is recorded
-   *   once. That attempt's deltas are dropped by readers (§6: none after `message.completed`);
-   * - two copies at once (a deferral's crash window): both publish under one msg id; the run
-   *   records whichever landed first, which may differ from the one `LLM_RESULTS` keeps. Nothing
-   *   reads that entry for a recorded step but a redelivery, whose publish is dropped or ignored.
+   * Stores then publishes `result`; the first result stored for the step is the one published.
+   * `eventsSettled` (the attempt's event PubAcks) is awaited alongside the store (issue 9: one
+   * round trip less per step) and always before the publish, so the run's events stay in order.
+   * Crash window: the result may be stored before every delta of its attempt is acknowledged;
+   * dying then (or a delta's publish failing, which naks) leaves a stored result whose deltas
+   * are partly missing, and the redelivery publishes it without calling the model. Clients lose
+   * nothing: `message.completed` carries the recorded text, which replaces the deltas (DESIGN §6).
    */
   async function finish(message: LlmRequestMessage, result: LlmResultPayload, eventsSettled: Promise<void> = Promise.resolve()): Promise<LlmResultPayload> {
-    const parsed = llmResultPayloadSchema.parse(result);
-    const stored = deps.results.saveFirst(message.runId, result.step, parsed).then((value) => {
-      deps.crashPoints?.hit('llm-worker.after_store');
-      return value;
-    });
-    const published = eventsSettled.then(() => publishResult(message, parsed));
-    await Promise.all([stored, published]);
-    return parsed;
+    const [stored] = await Promise.all([deps.results.saveFirst(message.runId, result.step, llmResultPayloadSchema.parse(result)), eventsSettled]);
+    deps.crashPoints?.hit('llm-worker.after_store');
+    await publishResult(message, stored);
+    return stored;
   }
 
   async function resolveBody(message: LlmRequestMessage): Promise<LlmRequestBody | ErrorInfo> {
