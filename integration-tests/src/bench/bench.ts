@@ -9,8 +9,8 @@
  * binary the four services map, counted once); `rss_mb_by_process` each one's RSS at the start
  * and at its own peak. It asserts nothing
  * about speed and is not part of `npm test`. Every scenario runs on a fresh stack (servers with
- * empty data, one replica of each service). Every process it starts is stopped at the end, on
- * an error, and on Ctrl-C / SIGTERM.
+ * empty data, one replica of each service, restarted once so that Node's compile cache is warm).
+ * Every process it starts is stopped at the end, on an error, and on Ctrl-C / SIGTERM.
  *
  * Environment: LLM_MS, TOOL_MS, SEQ_RUNS (200), TP_RUNS (500), TP_CONC (50), WARMUP_RUNS (10),
  * FSYNC_RUNS (20), APPROVAL_RUNS (1000), APPROVAL_CREATE_CONC (10), APPROVAL_BUDGET_S (90),
