@@ -39,8 +39,8 @@ export const serviceNodeOptions: Readonly<Record<ServiceName, readonly string[]>
  *   compiles less: ~25 MB less resident per service, and a faster start. A module that changed
  *   since is stripped again, as without the cache.
  * - `MALLOC_ARENA_MAX=2`: glibc gives each thread that allocates its own malloc arena, up to 8
- *   per core, and keeps freed memory in each; two arenas hold less idle memory (the services'
- *   threads are the main one, V8's few helpers and libuv's pool, none of them allocation-bound).
+ *   per core, and keeps freed memory in each; two hold less (measured: ~8 MB less per stack on
+ *   2 cores, and no more CPU; docs/decisions.md "Memory").
  */
 export function serviceProcessVariables(compileCacheDir: string): Readonly<Record<string, string>> {
   return { NODE_COMPILE_CACHE: compileCacheDir, MALLOC_ARENA_MAX: '2' };

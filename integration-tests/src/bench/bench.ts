@@ -10,8 +10,8 @@
  * and at its own peak. CPU: `cpu_ms_per_run_by_process` the CPU time each process spent per run
  * during the scenario, and their `total` (sequential and throughput). It asserts nothing
  * about speed and is not part of `npm test`. Every scenario runs on a fresh stack (servers with
- * empty data, one replica of each service). Every process it starts is stopped at the end, on
- * an error, and on Ctrl-C / SIGTERM.
+ * empty data, one replica of each service, restarted once so that Node's compile cache is warm).
+ * Every process it starts is stopped at the end, on an error, and on Ctrl-C / SIGTERM.
  *
  * Environment: LLM_MS, TOOL_MS, SEQ_RUNS (200), TP_RUNS (500), TP_CONC (50), WARMUP_RUNS (10),
  * FSYNC_RUNS (20), APPROVAL_RUNS (1000), APPROVAL_CREATE_CONC (10), APPROVAL_BUDGET_S (90),
