@@ -94,10 +94,13 @@ export function createWorkTimeline(collections: Pick<Collections, 'workTimeline'
     }
   }
 
-  /** Slots long over keep no writer (their next number is only a cache: a new writer finds it again by duplicates). */
+  /**
+   * Slots long over keep no writer, nor any idle one past 10,000 writers (their next number is
+   * only a cache: a new writer finds it again by duplicates).
+   */
   function forgetOldWriters() {
     if (writers.size < 64) return;
-    const oldest = timelineSlotOf(now()) - 60;
+    const oldest = writers.size > 10_000 ? Number.POSITIVE_INFINITY : timelineSlotOf(now()) - 60;
     for (const [key, writer] of writers) if (!writer.draining && writer.queue.length === 0 && writer.slot < oldest) writers.delete(key);
   }
 
