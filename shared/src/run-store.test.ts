@@ -206,5 +206,9 @@ describe('run store: the live-status sets abide_runs counts', () => {
     expect(members()).toEqual({ running: ['run_1'], suspended: [] });
     await store.writeReadModel(at(8, 'completed'), null);
     expect(members()).toEqual({ running: [], suspended: [] });
+    // An ended run's last version written again once its events are out: nothing written.
+    writes = 0;
+    await store.writeReadModel({ ...at(8, 'completed'), published: true }, null);
+    expect(writes).toBe(0);
   });
 });

@@ -233,8 +233,9 @@ export function createRunStore(collections: Collections, options: { now?: () => 
     await Promise.all(
       Object.entries(statusSets).map(([setStatus, collection]) => (setStatus === status ? writes[collection].insert({ _id: runId }) : writes[collection].delete(runId))),
     );
+    // An ended run is remembered too: its read model is written twice for its last version
+    // (before and after its events go out), and the second write need not delete again.
     statusWritten.delete(runId);
-    if (isTerminalStatus(status)) return;
     statusWritten.set(runId, { version, status });
     if (statusWritten.size > 10_000) statusWritten.delete(statusWritten.keys().next().value!);
   }
