@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { connect, nanos } from '@nats-io/transport-node';
+import { MongoClient } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buckets,
@@ -337,6 +338,30 @@ describe('limits and isolation', () => {
     const plan = JSON.stringify(await collections.conversationLocks.find({ _id: 'tenant-a:conv_5', runId: 'run_5' } as never).explain());
     expect(plan).not.toMatch(/detail=SCAN |Seq Scan|COLLSCAN/);
     await db.dropDatabase();
+  });
+
+  it('the store answers 300 updates at once (FerretDB 1.24 as released deadlocked from 100: the local build reads before it writes)', { timeout: 60_000 }, async () => {
+    // Each on its own connection, all open before the updates start, so the server gets them at
+    // once; matched by a field FerretDB cannot push down, so each query reads for a while. An
+    // update of FerretDB 1.24 as released held one of its 100 pooled SQLite connections for its
+    // query while it waited for a second one for its write: 100 of them waited for good, and so
+    // did every command after them (the whole stack stopped under the approvals bench).
+    const client = new MongoClient(stack.mongoUrl, { minPoolSize: 300, maxPoolSize: 300, maxConnecting: 300 });
+    await client.connect();
+    const db = client.db(`${stack.db.databaseName}_updates`);
+    try {
+      const items = db.collection<{ _id: string; key: string; n: number }>('items');
+      await items.insertMany(Array.from({ length: 2_000 }, (_, index) => ({ _id: `item_${index}`, key: `key_${index}`, n: 0 })));
+      await Promise.all(Array.from({ length: 300 }, () => db.command({ ping: 1 })));
+      const updated = await Promise.all(Array.from({ length: 300 }, (_, index) => items.updateOne({ key: `key_${index}` }, { $set: { n: 1 } })));
+      expect(updated.filter((result) => result.modifiedCount === 1)).toHaveLength(300);
+      const upserted = await Promise.all(Array.from({ length: 300 }, (_, index) => items.updateOne({ key: `new_${index}` }, { $set: { n: 2 } }, { upsert: true })));
+      expect(upserted.filter((result) => result.upsertedCount === 1)).toHaveLength(300);
+      expect(await items.countDocuments({ n: { $gt: 0 } })).toBe(600);
+    } finally {
+      await db.dropDatabase();
+      await client.close();
+    }
   });
 });
 

@@ -117,7 +117,7 @@ export async function ensurePromtoolBinary(log: Log = defaultLog): Promise<strin
  * Returns a MongoDB-compatible server: `mongod` on PATH, else FerretDB 1.24.2 from the repo
  * cache, built with Go on first use. Safe to call from several processes at once.
  */
-const ferretdbBinaryName = 'ferretdb-v1.24.2-abide3';
+const ferretdbBinaryName = 'ferretdb-v1.24.2-abide5';
 
 export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ kind: 'mongod' | 'ferretdb'; path: string }> {
   const mongod = findOnPath('mongod');
@@ -213,6 +213,7 @@ async function buildFerretdb(workDir: string, outputPath: string, log: Log): Pro
   await patchDebugLogging(sourceCopy);
   await patchResourceTracking(sourceCopy);
   await patchIdPushdown(sourceCopy);
+  await patchUpdateReadsFirst(sourceCopy);
   await runGo(['mod', 'edit', `-replace=${ferretdbModule.path}=./ferretdb-src`], goOptions, log);
   await runGo(['build', '-buildvcs=false', '-o', outputPath, `${ferretdbModule.path}/cmd/ferretdb`], goOptions, log);
 }
@@ -293,6 +294,32 @@ async function patchIdPushdown(sourceCopy: string): Promise<void> {
   // The query and its explain.
   if (occurrences !== 2) throw new Error(`cannot patch FerretDB's _id pushdown: expected the lone-_id check twice in ${file}, found it ${occurrences} times`);
   await writeFile(file, source.replaceAll(idPushdownAnchor, idPushdownAnchor.replace('== 1', '>= 1')));
+}
+
+/*
+ * FerretDB 1.24 updates a document while the query that found it is still open: `UpdateDocument`
+ * reads the matches through an iterator that holds one pooled SQLite connection, and writes each
+ * (or the upsert) in a transaction that needs a second. The pool holds 100 connections, so 100
+ * updates at once each hold one and wait for another: FerretDB deadlocks for good, every command
+ * after them waits, and the orchestrator stops (found by the approvals bench: 20 approvals in
+ * flight, each applying with a few updates, stalled the stack after ~600 runs; the goroutine
+ * dump showed 100 open `Rows` and every other command waiting in `sql.(*DB).conn`). The patch
+ * reads the matches to the end and closes the query before writing anything, so an update holds
+ * at most one connection at a time. Updates here match one document by `_id`; a multi-document
+ * update holds its matches in memory, as its reply does anyway.
+ */
+const updateAnchor = 'func UpdateDocument(ctx context.Context, c backends.Collection, cmd string, iter types.DocumentsIterator, param *Update) (*UpdateResult, error) { //nolint:lll // for readability\n';
+
+async function patchUpdateReadsFirst(sourceCopy: string): Promise<void> {
+  const file = join(sourceCopy, 'internal/handler/common/update.go');
+  const source = await readFile(file, 'utf8');
+  if (!source.includes(updateAnchor)) throw new Error(`cannot patch FerretDB's update: UpdateDocument's signature is not in ${file}`);
+  const readFirst =
+    '\t// Abide: every match read and the query closed before any write (scripts/lib/server-binaries.ts).\n' +
+    '\tmatches, err := iterator.ConsumeValues(iter)\n' +
+    '\tif err != nil {\n\t\treturn nil, lazyerrors.Error(err)\n\t}\n' +
+    '\titer = iterator.Values(iterator.ForSlice(matches))\n\n';
+  await writeFile(file, source.replace(updateAnchor, updateAnchor + readFirst));
 }
 
 /** The module cache is read-only; the copy must accept a new file. */
