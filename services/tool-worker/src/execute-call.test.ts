@@ -120,11 +120,12 @@ function marker(worker: string, ageMs: number, attempt = 1): ToolStartedMarker {
 }
 
 describe('tool call handler', () => {
-  it('executes a new call, stores its result before publishing it, and removes the marker', async () => {
+  it('executes a new call, stores its result before publishing it, and leaves the marker to expire (no write after the publish)', async () => {
     const { handler, results, published, log, runTool } = setup();
     await handler.handle(delivery(request()));
     expect(runTool).toHaveBeenCalledTimes(1);
-    expect(log).toEqual([`create ${markerKey}`, `create ${resultKey}`, `publish ${runId}:tool_result:s0c0`, `delete ${markerKey}`]);
+    expect(log).toEqual([`create ${markerKey}`, `create ${resultKey}`, `publish ${runId}:tool_result:s0c0`]);
+    expect(results.json(markerKey)).toMatchObject({ worker: 'worker-b' });
     expect(results.json(resultKey)).toEqual({ toolCallId: 's0c0', step: 0, outcome: { kind: 'success', value: { text: 'hi' } } });
     expect(published).toHaveLength(1);
     expect(published[0]).toMatchObject({
@@ -141,7 +142,7 @@ describe('tool call handler', () => {
     // The hits go into the same log as the bucket writes and publishes, to show where they fall.
     const { handler, log } = setup({ deps: { crashPoints: { hit: (name) => log.push(`hit ${name}`) } } });
     await handler.handle(delivery(request()));
-    expect(log).toEqual([`create ${markerKey}`, 'hit tool-worker.after_execute', `create ${resultKey}`, 'hit tool-worker.after_store', `publish ${runId}:tool_result:s0c0`, `delete ${markerKey}`]);
+    expect(log).toEqual([`create ${markerKey}`, 'hit tool-worker.after_execute', `create ${resultKey}`, 'hit tool-worker.after_store', `publish ${runId}:tool_result:s0c0`]);
   });
 
   it('writes the started marker with worker, attempt and heartbeat before executing', async () => {
@@ -253,7 +254,7 @@ describe('tool call handler', () => {
     results.seed(markerKey, marker('worker-a', 60_000));
     await handler.handle(delivery(request(), { deliveryCount: 2 }));
     expect(runTool).toHaveBeenCalledTimes(1);
-    expect(log).toEqual([`update ${markerKey}`, `create ${resultKey}`, `publish ${runId}:tool_result:s0c0`, `delete ${markerKey}`]);
+    expect(log).toEqual([`update ${markerKey}`, `create ${resultKey}`, `publish ${runId}:tool_result:s0c0`]);
     expect(published[0]!.payload.outcome).toEqual({ kind: 'success', value: { text: 'hi' } });
 
     // A second redelivery is answered from the stored result.
@@ -391,7 +392,7 @@ describe('tool call handler', () => {
       expect(results.json(markerKey)).toMatchObject({ worker: 'worker-b', heartbeatAt: new Date(clock).toISOString() });
       finishCall();
       await handling;
-      expect(log.at(-1)).toBe(`delete ${markerKey}`);
+      expect(log.at(-1)).toBe(`publish ${runId}:tool_result:s0c0`);
     } finally {
       vi.useRealTimers();
     }

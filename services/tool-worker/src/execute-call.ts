@@ -182,10 +182,9 @@ export function createToolCallHandler(deps: ToolCallHandlerDeps) {
     metrics.callFinished(call.toolLabel, outcomeLabel(result.outcome));
     const level = result.outcome.kind === 'success' ? 'info' : 'warn';
     call.log[level]({ outcome: outcomeLabel(result.outcome) }, 'tool result stored and published');
-    // Off the critical path (the ack does not wait for it): once the result is stored, a
-    // redelivery answers from it whatever the marker says, so a crash before this delete only
-    // leaves a marker that nothing reads.
-    void deleteMarker(call, 'the result is stored');
+    // The started marker stays: once the result is stored, a redelivery answers from it whatever
+    // the marker says, so nothing reads the marker again, and it expires with the bucket's other
+    // entries (`EVENTS_MAX_AGE`). Deleting it was one more synced KV write per call (issue 9).
   }
 
   type MarkerAttempt = { marker: ToolStartedMarker; created: Awaited<ReturnType<typeof createMarker>> };
