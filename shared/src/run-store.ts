@@ -59,7 +59,7 @@ export const baseVersionOf = (version: number) => version - ((version - 1) % sna
  * A `run_transitions` document: the header as fields, and what the transition carries
  * (`state` or `delta`, `outbox`) as one JSON string, `body`. FerretDB 1.24 stores a document as
  * JSON with a type schema beside it and decodes it level by level on every read; a transition's
- * nested messages, tool calls and outbox made that most of its CPU per command (measured with a
+ * nested messages, tool calls and outbox made that about a third of its CPU under load (measured with a
  * run's real 5 KB transition: a find 2.2× and an insert ~15% cheaper as one string). Nothing
  * queries inside a transition (it is read only by exact `_id`), so nothing is lost there; the
  * string needs no key escaping either (`stored-keys.ts`): any JSON is stored exactly. `status`,
