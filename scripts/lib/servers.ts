@@ -7,6 +7,7 @@
  * Node built-ins, and the `mongodb` driver the services use for the MongoDB readiness `ping`.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, createServer } from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -559,16 +560,46 @@ function somethingListens(port: number): Promise<boolean> {
   });
 }
 
-/** A port that was free on 127.0.0.1 a moment ago (bind to port 0, read it, close). */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePromise, reject) => {
+/**
+ * A port that was free on 127.0.0.1 a moment ago, for a process started next to listen on.
+ *
+ * Window: between this check and the process's own `listen`, anything may take the port. A port
+ * from the kernel's ephemeral range (`ip_local_port_range`, where binding to port 0 picks from)
+ * is taken there by any outgoing connection: a stack's services open dozens to NATS and the
+ * store while the next one starts, and one such connection took a health port in CI
+ * (EADDRINUSE). So the port comes from below that range, where only an explicit bind lands;
+ * each process walks it from its own offset (by pid), so two test processes asking at once
+ * rarely try the same port, and one that is bound is skipped.
+ */
+export async function freePort(): Promise<number> {
+  const span = explicitPorts.high - explicitPorts.low;
+  for (let attempt = 0; attempt < 500; attempt += 1) {
+    const port = explicitPorts.low + ((explicitPorts.offset + explicitPorts.next++) % span);
+    if (await canBind(port)) return port;
+  }
+  throw new Error(`no free port in ${explicitPorts.low}-${explicitPorts.high - 1} after 500 tries`);
+}
+
+/** Ports below the ephemeral range (Linux default 32768-60999; elsewhere the same bounds). */
+const explicitPorts = (() => {
+  let ephemeralLow = 32_768;
+  try {
+    const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low && Number.isInteger(low)) ephemeralLow = low;
+  } catch {
+    // Not Linux: keep the default.
+  }
+  const low = 20_000;
+  const high = Math.max(low + 1_000, ephemeralLow);
+  return { low, high, offset: (process.pid * 97) % (high - low), next: 0 };
+})();
+
+function canBind(port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
     const server = createServer();
     server.unref();
-    server.once('error', reject);
-    server.listen({ host: '127.0.0.1', port: 0 }, () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolvePromise(address.port) : reject(new Error('no port assigned'))));
-    });
+    server.once('error', () => resolvePromise(false));
+    server.listen({ host: '127.0.0.1', port, exclusive: true }, () => server.close(() => resolvePromise(true)));
   });
 }
 

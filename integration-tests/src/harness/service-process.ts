@@ -72,7 +72,7 @@ export class ServiceProcess {
   async waitReady(timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      if (!this.running) throw new Error(`${this.name}#${this.replica} exited during start-up; see ${this.logFile}`);
+      if (!this.running) throw new Error(`${this.name}#${this.replica} exited during start-up; see ${this.logFile}\n${this.logTail(10)}`);
       try {
         const response = await fetch(`${this.healthUrl}/readyz`, { signal: AbortSignal.timeout(1_000) });
         if (response.status === 200) return;
@@ -81,7 +81,7 @@ export class ServiceProcess {
       }
       await sleep(100);
     }
-    throw new Error(`${this.name}#${this.replica} not ready after ${timeoutMs} ms; see ${this.logFile}`);
+    throw new Error(`${this.name}#${this.replica} not ready after ${timeoutMs} ms; see ${this.logFile}\n${this.logTail(10)}`);
   }
 
   /** Sends `signal` and waits for the exit; returns the exit code (null when killed by a signal). */
