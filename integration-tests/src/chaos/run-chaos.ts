@@ -72,6 +72,14 @@ export type ChaosReport = {
 };
 
 const apiKey = testKeys.a;
+/**
+ * How long a gateway may leave a subscription quiet when the NATS node holding its reader fails
+ * (services/gateway/src/nats-event-source.ts, event-relay.ts): the stall is seen within 10 s
+ * (three missed 2.5-s heartbeats, checked every 2.5 s), then the relay resumes or sends
+ * `subscription_interrupted` within 20 s, the last attempt taking up to one 5-s request
+ * timeout. A follower of an ended run quiet for longer was left silent.
+ */
+const relayResumeBoundMs = 40_000;
 const outcomeUnknownReason = 'outcome_unknown: retried with the same key after a tool-worker died mid-call';
 const killedMidCallReason = 'a tool-worker was killed between the calls (its retry log line was lost with it)';
 
@@ -202,8 +210,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         if (!view || view.status !== 200 || !['completed', 'failed', 'cancelled'].includes(view.body.status)) continue;
         const since = endedAt.get(run.runId) ?? Date.now();
         endedAt.set(run.runId, since);
-        // Ended, but the follower has not seen the end after a while: its subscription went quiet.
-        if (Date.now() - since > 5_000) follower.resubscribe(run.runId);
+        // Ended, but the follower has not seen the end for longer than the relay may take to
+        // resume or say `subscription_interrupted`: its subscription ended silently.
+        if (Date.now() - since > 5_000 && Date.now() - run.lastProgressAt > relayResumeBoundMs) follower.resubscribe(run.runId);
       }
       await sleep(2_000);
     }
