@@ -1,4 +1,5 @@
 export * from './agent.ts';
+export * from './agent-cache.ts';
 export * from './api.ts';
 export * from './cancel-watch.ts';
 export * from './chat-api.ts';

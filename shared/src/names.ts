@@ -116,6 +116,16 @@ export const lockIds = {
   runSlot: (tenantId: string, slot: number) => `${tenantId}/active-run/${slot}`,
 } as const;
 
+/**
+ * `_id`s of an agent's documents (DESIGN §3): `agents` holds the version in force,
+ * `agent_versions` every version, immutable once inserted (the insert decides the version). A
+ * transition that carries a run's whole state names its agent by the version's `_id`.
+ */
+export const agentIds = {
+  document: (tenantId: string, agentId: string) => `${tenantId}:${agentId}`,
+  version: (tenantId: string, agentId: string, version: number) => `${tenantId}:${agentId}:${version}`,
+} as const;
+
 /** MongoDB collection names (DESIGN §3). */
 export const collections = {
   agents: 'agents',

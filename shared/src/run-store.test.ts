@@ -8,14 +8,15 @@ import { encodeDelta } from './run-delta.ts';
 import { encodeStoredKeys } from './stored-keys.ts';
 import type { RunState } from './run-state.ts';
 import { timelineSlotOf } from './work-timeline.ts';
-import { createRunStore, packTransition, readModelSummary, TransitionConflictError, transitionId, unpackTransition, type RunDocument, type TransitionDocument } from './run-store.ts';
+import { agentIds } from './names.ts';
+import { createRunStore, packTransition, resolveTransitionAgent, readModelSummary, TransitionConflictError, transitionId, unpackTransition, type RunDocument, type TransitionDocument } from './run-store.ts';
 
 const at = '2026-11-30T00:00:00.000Z';
 
 /** The run store's collections over memory, with the write batchers `getCollections` would build. */
-function memoryCollections(parts: Record<'runs' | 'runTransitions' | 'runWork' | 'runDeadlines' | 'workTimeline' | 'runsRunning' | 'runsSuspended', ReturnType<typeof memoryCollection>>): Collections {
+function memoryCollections(parts: Record<'runs' | 'runTransitions' | 'runWork' | 'runDeadlines' | 'workTimeline' | 'runsRunning' | 'runsSuspended' | 'agentVersions', ReturnType<typeof memoryCollection>>): Collections {
   const batcher = (collection: ReturnType<typeof memoryCollection>) => createWriteBatcher(collection as unknown as Collection<{ _id: string }>);
-  const writes = Object.fromEntries(Object.entries(parts).map(([name, collection]) => [name, batcher(collection)]));
+  const writes = Object.fromEntries(Object.entries(parts).filter(([name]) => name !== 'agentVersions').map(([name, collection]) => [name, batcher(collection)]));
   return { ...parts, writes } as unknown as Collections;
 }
 
@@ -53,8 +54,12 @@ function harness() {
   const workTimeline = memoryCollection();
   const runsRunning = memoryCollection();
   const runsSuspended = memoryCollection();
-  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines, workTimeline, runsRunning, runsSuspended }), { now: () => Date.parse(at) });
-  return { runs, runTransitions, runDeadlines, workTimeline, runsRunning, runsSuspended, store };
+  // The agent version the test states run on, as a PUT stores it (`_id` and the agent).
+  const agentVersions = memoryCollection();
+  const agent = initialState().agentSnapshot;
+  agentVersions.documents.set(agentIds.version(agent.tenantId, agent.agentId, agent.version), { _id: agentIds.version(agent.tenantId, agent.agentId, agent.version), ...structuredClone(agent) });
+  const store = createRunStore(memoryCollections({ runs, runTransitions, runWork: memoryCollection(), runDeadlines, workTimeline, runsRunning, runsSuspended, agentVersions }), { now: () => Date.parse(at) });
+  return { runs, runTransitions, runDeadlines, workTimeline, runsRunning, runsSuspended, agentVersions, store };
 }
 
 describe('run store: transitions as deltas', () => {
@@ -103,6 +108,30 @@ describe('run store: transitions as deltas', () => {
     expect((await store.loadLatest('run_1'))!.transition.state).toEqual(stateAt(4));
   });
 
+  it('names the agent of a base by its agent_versions _id instead of embedding it, reads each version once, and refuses a missing or foreign one', async () => {
+    const { runTransitions, agentVersions, store } = harness();
+    await store.commit(transitionOf(stateAt(1), 1), null);
+    await store.commit(transitionOf(stateAt(2), 2), stateAt(1));
+    const stored = runTransitions.documents.get('run_1:1')!;
+    const body = JSON.parse(stored.body as string) as { state: Record<string, unknown>; agentVersionId: string };
+    expect(body.state).not.toHaveProperty('agentSnapshot');
+    expect(body.agentVersionId).toBe('t1:a1:2');
+    expect(JSON.stringify(body)).not.toContain('"echo"');
+
+    // A cold load puts the version back; a second load of the same version reads no agent.
+    expect((await store.loadVersion('run_1', 2))!.state).toEqual(stateAt(2));
+    expect((await store.loadLatest('run_1'))!.transition.state).toEqual(stateAt(2));
+    expect(agentVersions.reads).toEqual(['t1:a1:2']);
+
+    // A version that is gone or that belongs to another tenant is corrupt data, never loaded silently.
+    const unpacked = unpackTransition(stored);
+    await expect(resolveTransitionAgent(unpacked, async () => null)).rejects.toThrow(/t1:a1:2, which is not stored/);
+    const foreign = { ...stateAt(1).agentSnapshot, tenantId: 't2' };
+    await expect(resolveTransitionAgent(unpacked, async () => foreign)).rejects.toThrow(/of another tenant or agent/);
+    await expect(resolveTransitionAgent({ ...unpacked, agentVersionId: 't2:a1:2' }, async () => stateAt(1).agentSnapshot)).rejects.toThrow(/not a version of its own agent/);
+    expect(await resolveTransitionAgent(unpacked, async () => stateAt(1).agentSnapshot)).toMatchObject({ state: stateAt(1) });
+  });
+
   it('stores a transition as its header fields and one JSON body that keeps any key exactly, and still loads escaped documents older code wrote', async () => {
     const { runTransitions, store } = harness();
     const first = stateAt(1);
@@ -121,7 +150,7 @@ describe('run store: transitions as deltas', () => {
     expect(loaded!.state).toEqual(second);
     expect(loaded!.outbox).toEqual([{ kind: 'event', type: 'tool.call', payload: { args: hostile } }]);
     expect(loaded!.traceparent).toBe('00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
-    expect(unpackTransition(packTransition(unpackTransition(stored)))).toEqual(unpackTransition(stored));
+    expect(unpackTransition(packTransition(await resolveTransitionAgent(unpackTransition(stored), async () => null)))).toEqual(unpackTransition(stored));
 
     // Version 3 as the previous code stored it: a delta with its keys escaped and no body.
     const third = structuredClone(second);

@@ -1,5 +1,7 @@
+import type { Agent } from './agent.ts';
+import { agentFromDocument, createAgentCache, type AgentCache } from './agent-cache.ts';
 import type { Collections } from './mongo.ts';
-import { workIds } from './names.ts';
+import { agentIds, workIds } from './names.ts';
 import type { OutboxEntry } from './outbox.ts';
 import { applyDelta, encodeDelta, type RunDelta } from './run-delta.ts';
 import { isTerminalStatus, type RunState, type RunStatus } from './run-state.ts';
@@ -69,15 +71,34 @@ export const baseVersionOf = (version: number) => version - ((version - 1) % sna
 export type TransitionRecord = Pick<TransitionDocument, '_id' | 'runId' | 'tenantId' | 'version' | 'at' | 'cause' | 'published' | 'traceparent'> &
   Pick<RunState, 'status' | 'step' | 'awaiting'> & { body: string };
 
+/**
+ * A base's state as its body stores it: without the agent, which `agentVersionId` names instead
+ * (DESIGN §3: referenced by its `agent_versions` `_id`, never embedded). Bases written before
+ * that, and every transition stored without `body`, still carry `agentSnapshot`.
+ */
+type PackedState = { [field: string]: unknown; agentSnapshot?: Agent };
+
 /** What a `TransitionRecord`'s `body` holds. */
-type TransitionBody = Pick<StoredTransition, 'state' | 'delta' | 'outbox'>;
+type TransitionBody = Pick<StoredTransition, 'delta' | 'outbox'> & { state?: PackedState; agentVersionId?: string };
+
+/**
+ * A `run_transitions` document read back (`unpackTransition`): a base's agent may still be only
+ * named (`agentVersionId`); `resolveTransitionAgent` reads it.
+ */
+export type UnpackedTransition = Omit<StoredTransition, 'state'> & { state?: PackedState; agentVersionId?: string };
 
 /** The document a stored transition is written as. */
 export function packTransition(stored: StoredTransition): TransitionRecord {
   const { _id, runId, tenantId, version, at, cause, published, traceparent, state, delta, outbox } = stored;
   const header = state ?? delta?.set;
   if (!header || header.status === undefined || header.step === undefined || header.awaiting === undefined) throw new Error(`transition ${_id} has neither a state nor a delta with its header fields`);
-  const body: TransitionBody = state ? { state, outbox } : { delta, outbox };
+  let body: TransitionBody;
+  if (state) {
+    const { agentSnapshot, ...rest } = state;
+    body = { state: rest, agentVersionId: agentIds.version(agentSnapshot.tenantId, agentSnapshot.agentId, agentSnapshot.version), outbox };
+  } else {
+    body = { delta, outbox };
+  }
   return {
     _id, runId, tenantId, version, at, cause, published,
     ...(traceparent !== undefined ? { traceparent } : {}),
@@ -87,10 +108,53 @@ export function packTransition(stored: StoredTransition): TransitionRecord {
 }
 
 /** A `run_transitions` document as a stored transition: packed (`packTransition`), or as older code wrote it (keys escaped, no `body`). */
-export function unpackTransition(document: Record<string, unknown>): StoredTransition {
+export function unpackTransition(document: Record<string, unknown>): UnpackedTransition {
   if (typeof document.body !== 'string') return decodeStoredKeys(document as unknown as StoredTransition);
   const { body, status: _status, step: _step, awaiting: _awaiting, ...header } = document as unknown as TransitionRecord;
-  return { ...header, ...(JSON.parse(body) as TransitionBody) } as StoredTransition;
+  return { ...header, ...(JSON.parse(body) as TransitionBody) };
+}
+
+/** Reads version `version` of a tenant's agent from `agent_versions` (null when there is none). */
+export type AgentVersionReader = (tenantId: string, agentId: string, version: number) => Promise<Agent | null>;
+
+/**
+ * An unpacked transition with its agent in place: a base that names its agent gets the version
+ * read by `readAgentVersion`, for the run's own tenant and agent (the name must be theirs). The
+ * version must exist: every agent a run is created with was read from `agents` or
+ * `agent_versions`, and each PUT inserts its `agent_versions` document before `agents` is
+ * rewritten, so a missing one is corrupt data, never loaded silently.
+ */
+export async function resolveTransitionAgent(unpacked: UnpackedTransition, readAgentVersion: AgentVersionReader): Promise<StoredTransition> {
+  const { agentVersionId, state, ...header } = unpacked;
+  if (!state) return header;
+  // A base's state is a `RunState` but for its agent (written by `packTransition` from one).
+  if (state.agentSnapshot) return { ...header, state: state as RunState };
+  const { tenantId, agentId } = state as Pick<RunState, 'tenantId' | 'agentId'>;
+  const version = Number(agentVersionId?.slice(agentVersionId.lastIndexOf(':') + 1));
+  if (agentVersionId === undefined || tenantId !== unpacked.tenantId || agentIds.version(tenantId, agentId, version) !== agentVersionId) {
+    throw new Error(`transition ${unpacked._id} stores a state without its agent and names ${agentVersionId ?? 'no agent version'}, not a version of its own agent`);
+  }
+  const agent = await readAgentVersion(tenantId, agentId, version);
+  if (!agent) throw new Error(`transition ${unpacked._id} names agent version ${agentVersionId}, which is not stored`);
+  if (agent.tenantId !== tenantId || agent.agentId !== agentId || agent.version !== version) throw new Error(`transition ${unpacked._id} names agent version ${agentVersionId}, which holds an agent of another tenant or agent`);
+  return { ...header, state: { ...state, agentSnapshot: agent } as RunState };
+}
+
+/**
+ * Reads `agent_versions` by `_id` through `cache` (`agent-cache.ts`; a version never changes
+ * once inserted, so a kept one is never stale): a cold load of a run on the version kept reads
+ * no agent. Each call returns its own copy.
+ */
+export function createAgentVersionReader(collections: Pick<Collections, 'agentVersions'>, cache: AgentCache = createAgentCache()): AgentVersionReader {
+  return async (tenantId, agentId, version) => {
+    const kept = cache.version(tenantId, agentId, version);
+    if (kept) return structuredClone(kept);
+    const document = await collections.agentVersions.findOne({ _id: agentIds.version(tenantId, agentId, version) });
+    if (!document) return null;
+    const agent = agentFromDocument(document);
+    cache.remember(agent);
+    return agent;
+  };
 }
 
 /** The stored form of a transition committed on `previous` (the state of the version before). */
@@ -203,7 +267,7 @@ export type WorkItem = { _id: string; kind: 'outbox' | 'deadline' | 'retention';
  * are free JSON and may hold keys FerretDB refuses; transitions hold theirs in a JSON string
  * (`packTransition`).
  */
-export function createRunStore(collections: Collections, options: { now?: () => number } = {}) {
+export function createRunStore(collections: Collections, options: { now?: () => number; /** Agent versions kept for cold loads (shared with the gateway's agent lookups). */ agentCache?: AgentCache } = {}) {
   const { runs, runTransitions, runWork, writes } = collections;
   /** When deadline and retention items fall due (`work-timeline.ts`): every write of such an item with a due time writes its entry first. */
   const timeline = createWorkTimeline(collections, options);
@@ -257,9 +321,11 @@ export function createRunStore(collections: Collections, options: { now?: () => 
     return { _id: transitionId(runId, version), runId, tenantId: state.tenantId, version, at: new Date(prunedAt ?? 0), cause: '', state: state as RunState, outbox: [], published: true };
   }
 
+  const readAgentVersion = createAgentVersionReader(collections, options.agentCache);
+
   async function loadStored(runId: string, version: number): Promise<StoredTransition | null> {
     const stored = await runTransitions.findOne({ _id: transitionId(runId, version) });
-    return stored ? unpackTransition(stored) : null;
+    return stored ? resolveTransitionAgent(unpackTransition(stored), readAgentVersion) : null;
   }
 
   /** The transition after `previous`, folded onto its state; null if none is committed. */

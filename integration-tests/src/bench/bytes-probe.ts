@@ -1,4 +1,4 @@
-import { encodeStoredKeys, foldStoredTransitions, readModelDocument, unpackTransition, type TransitionDocument } from '@abide/shared';
+import { collections, createAgentVersionReader, encodeStoredKeys, foldStoredTransitions, readModelDocument, resolveTransitionAgent, unpackTransition, type TransitionDocument } from '@abide/shared';
 import { BSON, type Db } from 'mongodb';
 
 /** What one run wrote to MongoDB, in BSON bytes, and the same run as whole-state documents. */
@@ -34,7 +34,8 @@ const writesOf = (transition: TransitionDocument) =>
  */
 export async function measureRunBytes(db: Db, runId: string, steps: number): Promise<RunBytes> {
   const stored = await db.collection('run_transitions').find({ runId }).sort({ version: 1 }).toArray();
-  const folded = foldStoredTransitions(stored.map((document) => unpackTransition(document)));
+  const readAgentVersion = createAgentVersionReader({ agentVersions: db.collection<{ _id: string }>(collections.agentVersions) });
+  const folded = foldStoredTransitions(await Promise.all(stored.map((document) => resolveTransitionAgent(unpackTransition(document), readAgentVersion))));
   const bytes: RunBytes = { runId, steps, versions: stored.length, transitionBytes: 0, readModelBytes: 0, readModelWrites: 0, wholeTransitionBytes: 0, wholeReadModelBytes: 0, firstTransitionBytes: 0 };
   for (const [index, document] of stored.entries()) {
     const transition = folded[index]!;

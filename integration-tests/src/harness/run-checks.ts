@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager, jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { consumers, foldStoredTransitions, streams, subjects, unpackTransition, type TransitionDocument } from '@abide/shared';
+import { collections, consumers, createAgentVersionReader, foldStoredTransitions, resolveTransitionAgent, streams, subjects, unpackTransition, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
 import type { Stack } from './stack.ts';
 
@@ -95,12 +95,14 @@ export async function waitForPublishedLatest(db: Db, runId: string, timeoutMs = 
 
 /**
  * Every transition of the run from MongoDB (the truth, DESIGN §3), each with its whole state:
- * stored transitions after a base hold only a delta (issue 9), folded here by the stores' own
- * decoder, which also refuses a gap in the versions or a delta that does not fit its base.
+ * stored transitions after a base hold only a delta (issue 9), and a base names its agent by its
+ * `agent_versions` `_id`; folded here by the stores' own decoder, which also refuses a gap in the
+ * versions, a delta that does not fit its base, or an agent version that is not stored.
  */
 export async function readRunTransitions(db: Db, runId: string): Promise<TransitionDocument[]> {
   const stored = await db.collection('run_transitions').find({ runId }).sort({ version: 1 }).toArray();
-  return foldStoredTransitions(stored.map((document) => unpackTransition(document)));
+  const readAgentVersion = createAgentVersionReader({ agentVersions: db.collection<{ _id: string }>(collections.agentVersions) });
+  return foldStoredTransitions(await Promise.all(stored.map((document) => resolveTransitionAgent(unpackTransition(document), readAgentVersion))));
 }
 
 /** The latest transition of the run from MongoDB, with its whole state. */

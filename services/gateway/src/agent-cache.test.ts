@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Agent, Collections, RunStore } from '@abide/shared';
 import type { Db } from 'mongodb';
-import { createAgentCache } from './agent-cache.ts';
+import { createAgentCache } from '@abide/shared';
 import { createMongoStore } from './mongo-store.ts';
 
 const agentOf = (tenantId: string, version: number, system = `v${version}`): Agent => ({

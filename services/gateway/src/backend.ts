@@ -3,6 +3,7 @@ import {
   buckets,
   createTenantLeases,
   connectNats,
+  createAgentCache,
   createRunStore,
   provisionJetStream,
   streams,
@@ -77,9 +78,11 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
   const subscriptions = createTenantLeases({ bucket: nats.tenantLeases, kind: 'subscription', limit: config.TENANT_MAX_SUBSCRIPTIONS, holder, logger });
   connections.start();
   subscriptions.start();
+  const agentCache = createAgentCache();
   const backend: Backend = {
     capacity: { connections, subscriptions },
-    store: createMongoStore({ db: mongo.db, collections, runStore: createRunStore(collections) }),
+    // One cache of agent versions for lookups at creation and for cold loads (a run's base names its agent's version).
+    store: createMongoStore({ db: mongo.db, collections, runStore: createRunStore(collections, { agentCache }), agentCache }),
     bus: createNatsBus({ connection: nats.connection, js: nats.js, approvalLedger: nats.approvalLedger, wsTickets: nats.wsTickets, logger }),
     events: createNatsEventSource({ js: nats.js, jsm: nats.jsm, logger }),
   };

@@ -1,24 +1,18 @@
-import { decodeStoredKeys, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { agentFromDocument, agentIds, createAgentCache, decodeStoredKeys, type AgentCache, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
-import { createAgentCache, type AgentCacheOptions } from './agent-cache.ts';
 import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
-export const agentDocumentId = (tenantId: string, agentId: string) => `${tenantId}:${agentId}`;
-export const agentVersionId = (tenantId: string, agentId: string, version: number) => `${tenantId}:${agentId}:${version}`;
+const { document: agentDocumentId, version: agentVersionId } = agentIds;
 
-/** Strips MongoDB's `_id` (and read-model bookkeeping) from a stored agent. */
-function toAgent(document: Record<string, unknown>): Agent {
-  const { _id: _ignored, ...agent } = decodeStoredKeys(document);
-  return agent as Agent;
-}
+const toAgent = agentFromDocument;
 
 /**
  * The gateway's MongoDB access (DESIGN §3). Races are decided by inserts; every hot path goes by
  * `_id`; reads roll forward past a lagging `agents` / `runs` document.
  */
-export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore; agentCache?: AgentCacheOptions }): GatewayStore {
+export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore; agentCache?: AgentCache }): GatewayStore {
   const { db, collections, runStore } = options;
-  const agentCache = createAgentCache(options.agentCache);
+  const agentCache = options.agentCache ?? createAgentCache();
 
   /**
    * A read-model document's summary rolled forward through `run_transitions` by `_id` (stored

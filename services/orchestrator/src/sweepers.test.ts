@@ -341,7 +341,8 @@ function retentionCollection(documents: Record<string, unknown>[] = []) {
 }
 
 function endedRun(runId: string, versions: number, readModel: Partial<Record<string, unknown>> = {}) {
-  const state = { runId, tenantId: 'tenant-a', status: 'completed', output: `output of ${runId}`, step: versions };
+  // Stored whole, as older code wrote transitions (their agent embedded).
+  const state = { runId, tenantId: 'tenant-a', agentSnapshot: { tenantId: 'tenant-a', agentId: 'agent', version: 1 }, status: 'completed', output: `output of ${runId}`, step: versions };
   const transitions = Array.from({ length: versions }, (_, index) => ({ _id: `${runId}:${index + 1}`, runId, tenantId: 'tenant-a', version: index + 1, state: { ...state, status: index + 1 === versions ? 'completed' : 'running' } }));
   return { readModel: { _id: runId, ...state, version: versions, lastSeq: 40, publishedVersion: versions, ...readModel }, transitions };
 }

@@ -1,4 +1,5 @@
-import type { Agent } from '@abide/shared';
+import type { Agent } from './agent.ts';
+import { decodeStoredKeys } from './stored-keys.ts';
 
 /** Options of `createAgentCache`. */
 export type AgentCacheOptions = {
@@ -8,12 +9,18 @@ export type AgentCacheOptions = {
   maxBytes?: number;
 };
 
+/** An agent as stored in `agents` or `agent_versions`, without MongoDB's `_id` (keys decoded). */
+export function agentFromDocument(document: Record<string, unknown>): Agent {
+  const { _id: _ignored, ...agent } = decodeStoredKeys(document);
+  return agent as Agent;
+}
+
 /**
- * The gateway's agents by (tenant, agent), each with the one version last seen: an
- * `agent_versions` document never changes once inserted, so a version read once can be served
- * again, as long as the caller has checked that the version is still the one in force (the
- * store probes `agent_versions` for the next version on every lookup: an agent PUT takes effect
- * for the next run).
+ * Agents by (tenant, agent), each with the one version last seen: an `agent_versions` document
+ * never changes once inserted, so a version read once can be served again. The gateway serves
+ * `latest` once it has checked that the version is still the one in force (its store probes
+ * `agent_versions` for the next version on every lookup: an agent PUT takes effect for the next
+ * run); the run store serves `version` to a cold load whose transition names that version.
  * LRU, bounded by count and by approximate bytes. The key holds the tenant, and an entry is
  * served only for the tenant its agent names, so no tenant reads another's agent.
  */
@@ -42,6 +49,13 @@ export function createAgentCache(options: AgentCacheOptions = {}) {
       entries.delete(key);
       entries.set(key, entry);
       return entry.agent;
+    },
+
+    /** Exactly version `version` of the tenant's agent if it is the one kept (most recently used now), or undefined. */
+    version(tenantId: string, agentId: string, version: number): Agent | undefined {
+      const kept = entries.get(keyOf(tenantId, agentId));
+      if (!kept || kept.agent.version !== version) return undefined;
+      return this.latest(tenantId, agentId);
     },
 
     /** Keeps `agent` (a version read from the store) unless a newer version of it is kept already. */
