@@ -1,5 +1,6 @@
 export * from './agent.ts';
 export * from './agent-cache.ts';
+export * from './conversation-heads.ts';
 export * from './api.ts';
 export * from './cancel-watch.ts';
 export * from './chat-api.ts';

@@ -54,6 +54,8 @@ export type Collections = {
   runs: Collection<Stored>;
   runTransitions: Collection<Stored>;
   conversationLocks: Collection<Stored>;
+  /** Each conversation's latest ended run, by the conversation lock's `_id` (`conversation-heads.ts`). */
+  conversations: Collection<Stored>;
   runWork: Collection<Stored>;
   runDeadlines: Collection<Stored>;
   runRetention: Collection<Stored>;
@@ -78,6 +80,7 @@ export function getCollections(db: Db): Collections {
     runs: db.collection<Stored>(collections.runs),
     runTransitions: db.collection<Stored>(collections.runTransitions),
     conversationLocks: db.collection<Stored>(collections.conversationLocks),
+    conversations: db.collection<Stored>(collections.conversations),
     runWork: db.collection<Stored>(collections.runWork),
     runDeadlines: db.collection<Stored>(collections.runDeadlines),
     runRetention: db.collection<Stored>(collections.runRetention),

@@ -133,6 +133,7 @@ export const collections = {
   runs: 'runs',
   runTransitions: 'run_transitions',
   conversationLocks: 'conversation_locks',
+  conversations: 'conversations',
   runMessages: 'run_messages',
   runWork: 'run_work',
   runDeadlines: 'run_deadlines',

@@ -166,21 +166,36 @@ describe('publishOutbox: a new run', () => {
     expect(startMessageSchema.parse(sent[0]!.message).payload).toEqual({});
   });
 
-  it('releases the conversation lock and the slot in one turn (one bulkWrite)', async () => {
-    const deletes: string[] = [];
-    let inTurn = 0;
+  it("records the run as its conversation's head, then releases the conversation lock and the slot in one turn (one bulkWrite)", async () => {
+    const calls: string[] = [];
+    let finishHead!: () => void;
+    const conversations = {
+      updateOne(filter: { _id: string; runCreatedAt: unknown }, update: { $set: { runId: string } }, options: { upsert: boolean }) {
+        calls.push(`head ${filter._id} ${update.$set.runId} ${JSON.stringify(filter.runCreatedAt)} upsert=${options.upsert}`);
+        return new Promise((resolve) => (finishHead = () => resolve({})));
+      },
+    };
+    /** How many deletes had been issued when the first one resolved. */
+    const issuedWhenFirstResolved: number[] = [];
     const conversationLocks = {
       delete(id: string, filter: { runId: string }) {
-        deletes.push(`${id} ${filter.runId}`);
-        inTurn += 1;
-        return Promise.resolve('ok');
+        calls.push(`delete ${id} ${filter.runId}`);
+        return new Promise((resolve) => setImmediate(() => {
+          issuedWhenFirstResolved.push(calls.filter((call) => call.startsWith('delete')).length);
+          resolve('ok');
+        }));
       },
     };
     const transition = transitionWith([{ kind: 'release_conversation_lock', conversationId: 'conv-1', runSlot: 3 }]);
-    const published = publishOutbox(deps({ collections: { writes: { conversationLocks } } as never }), transition);
-    // Both deletes were issued before the first could resolve.
-    expect(inTurn).toBe(2);
+    const published = publishOutbox(deps({ collections: { conversations, writes: { conversationLocks } } as never }), transition);
+    // The head is written first; no lock is deleted until it is.
+    await vi.waitFor(() => expect(calls).toHaveLength(1));
+    await new Promise(setImmediate);
+    expect(calls).toEqual([`head t1:conv-1 run_1 {"$lt":"${transition.state.createdAt}"} upsert=true`]);
+    finishHead();
     await published;
-    expect(deletes.sort()).toEqual(['t1/active-run/3 run_1', 't1:conv-1 run_1']);
+    expect(calls.slice(1).sort()).toEqual(['delete t1/active-run/3 run_1', 'delete t1:conv-1 run_1']);
+    // Both deletes were issued before the first resolved.
+    expect(issuedWhenFirstResolved[0]).toBe(2);
   });
 });

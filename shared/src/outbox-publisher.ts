@@ -1,6 +1,7 @@
 import type { KV } from '@nats-io/kv';
 import type { ObjectStore } from '@nats-io/obj';
 import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
+import { recordConversationEnd } from './conversation-heads.ts';
 import { makeEnvelope } from './envelope.ts';
 import { isTerminalEventType, makeBusEvent } from './events.ts';
 import { outboxEntryId } from './ids.ts';
@@ -201,6 +202,12 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
       await deps.runControl.put(kvKeys.runControl(runId), encodeJson({ cancelled: true, at: ts, ...(entry.reason ? { reason: entry.reason } : {}) }));
     } else if (entry.kind === 'release_conversation_lock') {
       if (!deps.collections) throw new Error('outbox entry release_conversation_lock needs MongoDB');
+      // The conversation's head first (conversation-heads.ts), then the locks: a run that takes
+      // the lock once it is deleted finds this run as the one to take its history from. A crash
+      // between the two republishes the whole outbox: the head write is idempotent and never
+      // moves back. (A creation that frees the lock of this ended run before that takes its
+      // history from this run directly, `run-creation.ts`.)
+      await recordConversationEnd(deps.collections, { tenantId, conversationId: entry.conversationId, runId, createdAt: transition.state.createdAt });
       // Only this run's locks: a newer run may hold the conversation (or the slot) by now. Both
       // issued in one turn, so they go out as one `bulkWrite` (write-batcher.ts). A crash with
       // one landed and not the other republishes the whole outbox: both are idempotent.

@@ -1,4 +1,4 @@
-import { agentFromDocument, agentIds, createAgentCache, decodeStoredKeys, type AgentCache, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { agentFromDocument, agentIds, createAgentCache, createHeadsCompleteCheck, readConversationHead, decodeStoredKeys, type AgentCache, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
 import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
@@ -13,6 +13,7 @@ const toAgent = agentFromDocument;
 export function createMongoStore(options: { db: Db; collections: Collections; runStore: RunStore; agentCache?: AgentCache }): GatewayStore {
   const { db, collections, runStore } = options;
   const agentCache = options.agentCache ?? createAgentCache();
+  const headsComplete = createHeadsCompleteCheck(collections);
 
   /**
    * A read-model document's summary rolled forward through `run_transitions` by `_id` (stored
@@ -157,6 +158,8 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       const last = page.at(-1);
       return { runs, last: last ? { createdAt: last.createdAt, runId: last._id } : null, hasMore };
     },
+
+    conversationHead: (tenantId, conversationId) => readConversationHead(collections, tenantId, conversationId, headsComplete),
 
     async conversationRuns(tenantId, conversationId, limit) {
       const documents = (await collections.runs

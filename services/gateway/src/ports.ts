@@ -76,7 +76,13 @@ export type GatewayStore = {
     last: RunListPosition | null;
     hasMore: boolean;
   }>;
-  /** The newest runs of a conversation (read model order), rolled forward, as summaries. */
+  /**
+   * The conversation's latest ended run by its head (`conversations`, by `_id`): null when it has
+   * none, undefined when it has no head and the heads are not known complete (a conversation
+   * older than heads: `conversationRuns` finds it).
+   */
+  conversationHead(tenantId: string, conversationId: string): Promise<{ runId: string } | null | undefined>;
+  /** The newest runs of a conversation (read model order), rolled forward, as summaries: a query, scanned by FerretDB. */
   conversationRuns(tenantId: string, conversationId: string, limit: number): Promise<LoadedSummary[]>;
   /** Inserts a transition; false if that version exists. */
   insertTransition(transition: TransitionDocument): Promise<boolean>;

@@ -185,3 +185,62 @@ describe('run creation near the tenant active-run limit (issue 9)', () => {
     expect(h.memory.locks.get('t1/active-run/1')?.runId).toBe(created.runId);
   });
 });
+
+describe("run creation: a conversation's history, from its latest ended run", () => {
+  type Memory = ReturnType<typeof harness>['memory'];
+  /** Ends `runId` as the orchestrator would: version 2, completed, with the model's answer appended. */
+  function end(memory: Memory, runId: string, answer: string): void {
+    const first = structuredClone(memory.transitions.get(`${runId}:1`)!);
+    const state = { ...first.state, status: 'completed' as const, messages: [...first.state.messages, { role: 'assistant' as const, content: answer }] };
+    memory.transitions.set(`${runId}:2`, { ...first, _id: `${runId}:2`, version: 2, published: true, state });
+  }
+  const messagesOf = (memory: Memory, runId: string) => memory.transitions.get(`${runId}:1`)!.state.messages;
+  const noQuery = () => ({
+    conversationRuns: async () => {
+      throw new Error('the conversation was looked up in runs');
+    },
+  });
+
+  it('takes it from the ended run whose lock the creation frees (its head not recorded yet), without the runs query', async () => {
+    const h = harness({ override: noQuery });
+    h.memory.conversationHeads.set('t1:conv-1', null); // heads complete, none recorded (and none will be here): only the freed lock tells
+    const first = await h.request({ conversationId: 'conv-1' });
+    end(h.memory, first.runId, 'one');
+    const second = await h.request({ conversationId: 'conv-1' });
+    expect(messagesOf(h.memory, second.runId)).toEqual([{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'one' }, { role: 'user', content: 'hi' }]);
+  });
+
+  it('takes it from the head once the lock is released, and none when the heads are complete and the conversation has none', async () => {
+    const h = harness({ override: noQuery });
+    h.memory.conversationHeads.set('t1:conv-1', null);
+    const first = await h.request({ conversationId: 'conv-1' });
+    end(h.memory, first.runId, 'one');
+    // Its terminal outbox: the head, then the lock's delete.
+    h.memory.conversationHeads.set('t1:conv-1', first.runId);
+    h.memory.locks.delete('t1:conv-1');
+    const second = await h.request({ conversationId: 'conv-1' });
+    expect(messagesOf(h.memory, second.runId).map((message) => message.content)).toEqual(['hi', 'one', 'hi']);
+
+    h.memory.conversationHeads.set('t1:conv-2', null);
+    const fresh = await h.request({ conversationId: 'conv-2' });
+    expect(messagesOf(h.memory, fresh.runId)).toEqual([{ role: 'user', content: 'hi' }]);
+  });
+
+  it('looks in runs only for a conversation without a head while the heads are not complete (one older than heads)', async () => {
+    const h = harness();
+    const first = await h.request({ conversationId: 'conv-1' });
+    end(h.memory, first.runId, 'one');
+    h.memory.locks.delete('t1:conv-1');
+    const second = await h.request({ conversationId: 'conv-1' });
+    expect(messagesOf(h.memory, second.runId).map((message) => message.content)).toEqual(['hi', 'one', 'hi']);
+  });
+
+  it("refuses a head that names a run of another conversation (corrupt data) instead of taking that run's history", async () => {
+    const h = harness({ override: noQuery });
+    h.memory.conversationHeads.set('t1:conv-other', null);
+    const other = await h.request({ conversationId: 'conv-other' });
+    end(h.memory, other.runId, 'secret');
+    h.memory.conversationHeads.set('t1:conv-1', other.runId);
+    await expect(h.request({ conversationId: 'conv-1' })).rejects.toThrow(/is not of conversation conv-1/);
+  });
+});

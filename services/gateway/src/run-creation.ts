@@ -193,26 +193,33 @@ export function createRunCreator(deps: {
    * a lock whose holder run ended, or never came to exist within 30 s, is freed and inserted again.
    * Returns the live holder's run id when the lock is held (undefined: lost every insert race).
    */
-  async function takeLock(lockId: string, runId: string, attempts: number): Promise<{ taken: true } | { taken: false; holder: string | undefined }> {
+  async function takeLock(lockId: string, runId: string, attempts: number): Promise<{ taken: true; freedEnded: string | undefined } | { taken: false; holder: string | undefined }> {
+    /** The ended run whose lock this freed: the latest run of the conversation, when taken after it. */
+    let freedEnded: string | undefined;
     for (let attempt = 0; attempt < attempts; attempt += 1) {
-      if (await store.insertLock({ _id: lockId, runId, at: now() })) return { taken: true };
+      if (await store.insertLock({ _id: lockId, runId, at: now() })) return { taken: true, freedEnded };
       const lock = await store.findLock(lockId);
       if (!lock) continue; // released meanwhile: insert again
-      if (lock.runId === runId) return { taken: true }; // a retry of the same Idempotency-Key took it before dying
+      if (lock.runId === runId) return { taken: true, freedEnded: undefined }; // a retry of the same Idempotency-Key took it before dying
       // Its status only: the read model rolled forward by `_id` (exact), not the run's whole state.
       const holder = await store.loadRunSummary(lock.runId);
       const free = holder ? isTerminalStatus(holder.state.status) : now().getTime() - new Date(lock.at).getTime() >= staleLockMs;
       if (!free) return { taken: false, holder: lock.runId };
       // Its holder ended (the orchestrator releases it too) or never came to exist: free it, insert again.
       await store.deleteLock(lockId, lock.runId);
+      freedEnded = holder ? lock.runId : undefined;
     }
     return { taken: false, holder: undefined };
   }
 
-  /** Takes the conversation's lock for `runId`, or throws 409 `conversation_busy`. */
-  async function acquireLock(tenantId: string, conversationId: string, runId: string): Promise<void> {
+  /**
+   * Takes the conversation's lock for `runId`, or throws 409 `conversation_busy`. Returns the
+   * ended run whose lock it freed, if it did: the run before this one, whose terminal outbox may
+   * not have recorded it as the conversation's head yet.
+   */
+  async function acquireLock(tenantId: string, conversationId: string, runId: string): Promise<string | undefined> {
     const outcome = await takeLock(conversationLockId(tenantId, conversationId), runId, maxLockAttempts);
-    if (outcome.taken) return;
+    if (outcome.taken) return outcome.freedEnded;
     if (outcome.holder !== undefined) throw new ApiError('conversation_busy', `conversation ${conversationId} has an active run (${outcome.holder})`);
     throw new ApiError('conversation_busy', `conversation ${conversationId} is being taken by another request`);
   }
@@ -295,14 +302,28 @@ export function createRunCreator(deps: {
     ]);
   }
 
-  /** The conversation so far: the messages of its latest ended run. */
-  async function conversationHistory(tenantId: string, conversationId: string): Promise<ModelMessage[]> {
-    const runs = await store.conversationRuns(tenantId, conversationId, conversationLookback);
-    const latestEnded = runs.find((run) => isTerminalStatus(run.state.status));
-    if (!latestEnded) return [];
+  /**
+   * The conversation so far: the messages of its latest ended run, read after taking its lock
+   * (no other run of it is active). That run is the one whose lock this creation freed, if it
+   * did, else the conversation's head (by `_id`); only a conversation older than heads, while the
+   * orchestrator has not finished recording theirs, is looked up in `runs` (a scan on FerretDB).
+   */
+  async function conversationHistory(tenantId: string, conversationId: string, freedEnded: string | undefined): Promise<ModelMessage[]> {
+    let latestEnded = freedEnded;
+    if (latestEnded === undefined) {
+      const head = await store.conversationHead(tenantId, conversationId);
+      if (head === null) return [];
+      latestEnded = head?.runId;
+    }
+    if (latestEnded === undefined) {
+      const runs = await store.conversationRuns(tenantId, conversationId, conversationLookback);
+      latestEnded = runs.find((run) => isTerminalStatus(run.state.status))?.state.runId;
+      if (latestEnded === undefined) return [];
+    }
     // Summaries carry no messages: the ended run's whole state is folded from its transitions.
-    const ended = await store.loadRun(latestEnded.state.runId);
-    if (!ended) throw new Error(`run ${latestEnded.state.runId} is listed but cannot be loaded`);
+    const ended = await store.loadRun(latestEnded);
+    if (!ended) throw new Error(`run ${latestEnded}, the latest ended run of conversation ${conversationId}, cannot be loaded`);
+    if (ended.state.tenantId !== tenantId || ended.state.conversationId !== conversationId) throw new Error(`run ${latestEnded} is not of conversation ${conversationId}`);
     return ended.state.messages;
   }
 
@@ -333,10 +354,10 @@ export function createRunCreator(deps: {
         if (!found) throw new ApiError('agent_not_found', `agent ${body.agentId} not found`);
         return found;
       }),
-      acquireLock(tenantId, conversationId, runId).then(() => {
+      acquireLock(tenantId, conversationId, runId).then((freedEnded) => {
         taken.lock = true;
         // Read after taking the lock: no other run of the conversation is active, its history is final.
-        return body.conversationId === undefined ? [] : conversationHistory(tenantId, conversationId);
+        return body.conversationId === undefined ? [] : conversationHistory(tenantId, conversationId, freedEnded);
       }),
       acquireRunSlot(tenantId, runId).then((runSlot) => {
         taken.runSlot = runSlot;

@@ -1,6 +1,7 @@
 import {
   approvalMessageSchema,
   buckets,
+  buildConversationHeads,
   connectNats,
   consumerPolicies,
   createConsumerRunner,
@@ -174,6 +175,16 @@ async function main(): Promise<void> {
     outboxSweeper.start();
     deadlineSweeper.start();
     retentionSweeper?.start();
+    // The heads of conversations whose runs ended before heads existed: once per database, in
+    // the background (a scan of `runs`); until it is done, a creation reads such a conversation from `runs`.
+    const headsBuild = new AbortController();
+    const heads = retryWithBackoff('recording the heads of older conversations', () => buildConversationHeads(collections, headsBuild.signal), { logger: log, signal: headsBuild.signal, maxMs: 60_000 })
+      .then((recorded) => {
+        if (recorded !== null) log.info({ conversations: recorded }, 'recorded the heads of older conversations');
+      })
+      .catch((error: unknown) => {
+        if (!headsBuild.signal.aborted) log.error({ err: error }, 'could not record the heads of older conversations');
+      });
     log.info('orchestrator started');
     persistCompileCache();
 
@@ -182,7 +193,8 @@ async function main(): Promise<void> {
       hardLimitMs: config.SHUTDOWN_GRACE + 10_000,
       async stop() {
         draining = true;
-        await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop(), retentionSweeper?.stop()]);
+        headsBuild.abort();
+        await Promise.all([outboxSweeper.stop(), deadlineSweeper.stop(), retentionSweeper?.stop(), heads]);
         await Promise.all([inbox.stop(config.SHUTDOWN_GRACE), approvals.stop(config.SHUTDOWN_GRACE), advisories.stop(config.SHUTDOWN_GRACE)]);
         // Read models still waiting out their delay (runs that moved on by themselves), before MongoDB closes.
         await processor.flushReadModels();

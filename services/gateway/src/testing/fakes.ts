@@ -12,6 +12,7 @@ const clone = <T>(value: T): T => structuredClone(value);
 export function createMemoryStore() {
   const agents = new Map<string, Agent>();
   const agentVersions = new Map<string, Agent>();
+  const conversationHeads = new Map<string, string | null>();
   const transitions = new Map<string, TransitionDocument>();
   const readModels = new Map<string, { version: number; lastSeq: number | null }>();
   const work = new Map<string, WorkItem>();
@@ -97,6 +98,11 @@ export function createMemoryStore() {
       const page = await store.listRuns({ ...query, status: 'suspended' });
       return { ...page, runs: page.runs.map(({ state }) => ({ runId: state.runId, createdAt: state.createdAt, pendingApprovals: state.pendingApprovals, toolCalls: state.toolCalls })) };
     },
+    async conversationHead(tenantId, conversationId) {
+      // A head a test recorded (as a terminal outbox would), else "heads not complete": the query.
+      const head = conversationHeads.get(`${tenantId}:${conversationId}`);
+      return head === undefined ? undefined : head === null ? null : { runId: head };
+    },
     async conversationRuns(tenantId, conversationId, limit) {
       return (await store.listRuns({ tenantId, conversationId, limit })).runs;
     },
@@ -134,6 +140,8 @@ export function createMemoryStore() {
     store,
     agents,
     agentVersions,
+    /** Conversation heads by `<tenantId>:<conversationId>`: a run id, or null for "complete, none". */
+    conversationHeads,
     transitions,
     readModels,
     locks,
