@@ -11,6 +11,7 @@ import {
   consumers,
   createLogger,
   createRunStore,
+  eventsMaxConsumers,
   makeEnvelope,
   modelOutputLimits,
   provisionJetStream,
@@ -376,6 +377,22 @@ describe('provisioning applies changed settings (issue 10, finding 1)', () => {
     await nats?.stop();
   });
 
+  it("serves more event readers at once than nats-server's default cap of 1,000 consumers per stream", { timeout: 120_000 }, async () => {
+    const settings: JetStreamSettings = { NATS_URL: nats.url, JS_REPLICAS: 1, JS_DUPLICATE_WINDOW: 10 * 60_000, EVENTS_MAX_AGE: 86_400_000, EVENTS_MAX_BYTES: 1024 ** 3 };
+    await provisionJetStream(await nats.connectAs('orchestrator'), settings, { streams: [streams.runEvents], consumers: [], buckets: [] }, createLogger('provisioning-test', 'silent'));
+    const jsm = await jetstreamManager(await nats.connectAs('admin'));
+    // Ephemeral readers as the gateway's ordered consumers are: in memory, one per subscription.
+    const readers = 1_050;
+    for (let index = 0; index < readers; index += 50) {
+      await Promise.all(
+        Array.from({ length: 50 }, (_, offset) =>
+          jsm.consumers.add(streams.runEvents, { name: `reader-${index + offset}`, filter_subject: subjects.runEvents(`run_${index + offset}`), mem_storage: true, inactive_threshold: nanos(60_000) }),
+        ),
+      );
+    }
+    expect((await jsm.streams.info(streams.runEvents)).state.consumer_count).toBe(readers);
+  });
+
   it('updates an existing stream, consumer, KV bucket and object store when their settings change', { timeout: 60_000 }, async () => {
     const logger = createLogger('provisioning-test', 'silent');
     const connection = await nats.connectAs('orchestrator');
@@ -388,15 +405,22 @@ describe('provisioning applies changed settings (issue 10, finding 1)', () => {
     const first: JetStreamSettings = { NATS_URL: nats.url, JS_REPLICAS: 1, JS_DUPLICATE_WINDOW: 10 * 60_000, EVENTS_MAX_AGE: 7 * 86_400_000, EVENTS_MAX_BYTES: 1024 ** 3 };
     await provisionJetStream(connection, first, wanted, logger);
     const jsm = await jetstreamManager(await nats.connectAs('admin'));
-    expect((await jsm.streams.info(streams.runEvents)).config).toMatchObject({ max_age: nanos(7 * 86_400_000), max_bytes: 1024 ** 3, max_msg_size: 1_048_576, discard: 'old' });
+    expect((await jsm.streams.info(streams.runEvents)).config).toMatchObject({ max_age: nanos(7 * 86_400_000), max_bytes: 1024 ** 3, max_msg_size: 1_048_576, discard: 'old', max_consumers: eventsMaxConsumers });
 
     // An operator (or an older version) left the consumer with another ack wait.
     await jsm.consumers.update(streams.runInbox, consumers.orchestrator, { ack_wait: nanos(5_000) });
     expect((await jsm.consumers.info(streams.runInbox, consumers.orchestrator)).config.ack_wait).toBe(nanos(5_000));
 
+    // A stream an older version created left `max_consumers` unset: the server's default of
+    // 1,000 then caps the readers; the next provisioning sets it.
+    const { max_consumers: _unset, ...olderEvents } = (await jsm.streams.info(streams.runEvents)).config;
+    await jsm.streams.delete(streams.runEvents);
+    await jsm.streams.add(olderEvents);
+    expect((await jsm.streams.info(streams.runEvents)).config.max_consumers).toBe(-1);
+
     const second: JetStreamSettings = { ...first, EVENTS_MAX_AGE: 3 * 86_400_000, EVENTS_MAX_BYTES: 512 * 1024 ** 2 };
     await provisionJetStream(connection, second, wanted, logger);
-    expect((await jsm.streams.info(streams.runEvents)).config).toMatchObject({ max_age: nanos(3 * 86_400_000), max_bytes: 512 * 1024 ** 2 });
+    expect((await jsm.streams.info(streams.runEvents)).config).toMatchObject({ max_age: nanos(3 * 86_400_000), max_bytes: 512 * 1024 ** 2, max_consumers: eventsMaxConsumers });
     expect((await jsm.consumers.info(streams.runInbox, consumers.orchestrator)).config.ack_wait).toBe(nanos(consumerPolicies.orchestrator.ackWaitMs));
     expect((await jsm.streams.info(`KV_${buckets.runControl}`)).config.max_age).toBe(nanos(3 * 86_400_000));
     expect((await jsm.streams.info('OBJ_PAYLOADS')).config.max_age).toBe(nanos(3 * 86_400_000));

@@ -44,6 +44,16 @@ export type JetStreamSettings = {
 export const eventMaxMessageBytes = 1_048_576;
 
 /**
+ * `RUN_EVENTS` `max_consumers`: how many readers the stream serves at once, across every
+ * gateway (each live event subscription reads through an ordered consumer of its own). Set
+ * explicitly because nats-server 2.15 caps a stream that sets none (or -1) at 1,000 consumers
+ * (`default_max_consumers`): past that, every new subscription failed with "maximum consumers
+ * limit reached" (the approvals bench, ~4,000 runs followed at once). The tenants' own share is
+ * bounded by `TENANT_MAX_SUBSCRIPTIONS`; this bounds the server's memory for all of them.
+ */
+export const eventsMaxConsumers = 100_000;
+
+/**
  * Connects and keeps reconnecting forever (a service that loses NATS answers not-ready, it does
  * not exit). Replies and pull deliveries use the service's own inbox prefix (`inboxPrefixes`),
  * the only inboxes its NATS user may subscribe to.
@@ -105,6 +115,7 @@ export function streamConfigs(settings: JetStreamSettings): Record<StreamName, P
       max_age: nanos(settings.EVENTS_MAX_AGE),
       max_bytes: settings.EVENTS_MAX_BYTES,
       max_msg_size: eventMaxMessageBytes,
+      max_consumers: eventsMaxConsumers,
       discard: DiscardPolicy.Old,
     },
     ADVISORIES: { ...common, name: streams.advisories, subjects: [subjects.maxDeliveriesAdvisoriesAll], retention: RetentionPolicy.Limits, max_age: nanos(7 * day) },
