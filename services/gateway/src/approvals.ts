@@ -7,6 +7,7 @@ import {
   subjects,
   type ApprovalLedgerEntry,
   type ApprovalPayload,
+  type LoadedSummary,
   type Logger,
 } from '@abide/shared';
 import type { Caller } from './auth.ts';
@@ -31,6 +32,13 @@ export type ApprovalDecision = {
 export type ApprovalOutcome = 'accepted' | 'already_decided';
 
 export type PendingApprovalItem = PendingApprovalView & { runId: string };
+
+/**
+ * A run as decisions on it read it: its summary (status, pending calls with their records, the
+ * agent's version), and the whole run, read once and only if a decision needs it (a call that is
+ * no longer pending, whose decision the ledger may hold). Null summary: no such run of the caller.
+ */
+export type DecisionRun = { summary: Pick<LoadedSummary | LoadedRun, 'state'> | null; whole(): Promise<LoadedRun | null> };
 
 /**
  * Decisions on pending tool calls (DESIGN §7, "Approvals"), in exactly this order:
@@ -68,21 +76,41 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
     throw new ApiError('approval_conflict', `tool call ${decision.toolCallId} was already ${recorded} (source: ${entry.source})`);
   }
 
+  /**
+   * The caller's run as decisions read it, exactly as of now: its summary (the read model rolled
+   * forward by `_id`: one read and a probe), not a fold of every transition; the whole run later
+   * if a decision needs it.
+   */
+  async function loadDecisionRun(caller: Caller, runId: string): Promise<DecisionRun> {
+    const summary = await store.loadRunSummary(runId);
+    let whole: Promise<LoadedRun | null> | undefined;
+    return {
+      summary: summary && summary.state.tenantId === caller.tenantId ? summary : null,
+      whole: () => (whole ??= findTenantRun(store, caller.tenantId, runId)),
+    };
+  }
+
   return {
-    /** The caller's run as it is now (null when missing or another tenant's), for `decide` on a batch. */
-    loadRun(caller: Caller, runId: string): Promise<LoadedRun | null> {
-      return findTenantRun(store, caller.tenantId, runId);
-    },
+    /** The caller's run, for `decide` on a batch (read once for all its decisions). */
+    loadRun: loadDecisionRun,
 
     /**
      * Records a decision. `loaded` is the run from `loadRun` when the caller decides several calls
      * of one run at once (a batch reads the run once); the ledger, not the run, decides races.
      */
-    async decide(caller: Caller, decision: ApprovalDecision, loaded?: LoadedRun | null): Promise<ApprovalOutcome> {
+    async decide(caller: Caller, decision: ApprovalDecision, loaded?: DecisionRun): Promise<ApprovalOutcome> {
       const { runId, toolCallId } = decision;
       const notFound = () => new ApiError('approval_not_found', `run ${runId} has no tool call ${toolCallId} awaiting a decision`);
-      const run = loaded === undefined ? await findTenantRun(store, caller.tenantId, runId) : loaded;
-      const call = run?.state.toolCalls.find((candidate) => candidate.toolCallId === toolCallId && candidate.needsApproval);
+      const loadedRun = loaded ?? (await loadDecisionRun(caller, runId));
+      const callOf = (view: Pick<LoadedSummary | LoadedRun, 'state'> | null) => view?.state.toolCalls.find((candidate) => candidate.toolCallId === toolCallId && candidate.needsApproval);
+      let run = loadedRun.summary;
+      let call = callOf(run);
+      // A summary holds only pending calls: one decided already (or never asked) is looked up in
+      // the whole run, so a repeated decision still gets the ledger's answer, in the order above.
+      if (run && !call) {
+        run = await loadedRun.whole();
+        call = callOf(run);
+      }
       if (!run || !call) throw notFound();
 
       const args = decision.approved && decision.args !== undefined ? decision.args : undefined;
@@ -95,7 +123,12 @@ export function createApprovalService(deps: { store: GatewayStore; bus: GatewayB
         throw new ApiError('run_not_suspended', `run ${runId} is ${run.state.status} and tool call ${toolCallId} is not pending`);
       }
       if (args !== undefined) {
-        const tool = run.state.agentSnapshot.tools.find((candidate) => candidate.name === call.toolName);
+        // The run's agent version, immutable: the whole run's snapshot, or `agent_versions` by `_id` (cached).
+        const agent =
+          'agentSnapshot' in run.state
+            ? run.state.agentSnapshot
+            : ((await store.findAgentVersion(caller.tenantId, run.state.agentId, run.state.agentVersion)) ?? (await loadedRun.whole())?.state.agentSnapshot);
+        const tool = agent?.tools.find((candidate) => candidate.name === call.toolName);
         if (!tool) throw notFound();
         let problems: string[];
         try {

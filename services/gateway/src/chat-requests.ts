@@ -80,7 +80,8 @@ async function decideFromChat(services: Services, maxBodyBytes: number, caller: 
           ...(part.approval.reason === undefined ? {} : { reason: part.approval.reason }),
           ...(edited ? { args: input as Record<string, unknown> } : {}),
         },
-        run,
+        // The whole run, read above to check the approval is of this chat.
+        { summary: run, whole: async () => run },
       );
       toolCallIds.push(part.toolCallId);
     } catch (error) {

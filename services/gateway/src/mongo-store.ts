@@ -1,4 +1,4 @@
-import { agentFromDocument, agentIds, createAgentCache, createHeadsCompleteCheck, readConversationHead, decodeStoredKeys, type AgentCache, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
+import { agentFromDocument, agentIds, createAgentCache, createAgentVersionReader, createHeadsCompleteCheck, readConversationHead, decodeStoredKeys, type AgentCache, encodeStoredKeys, isDuplicateKeyError, readModelSummary, summarizeRunState, transitionId, type Agent, type Collections, type LoadedSummary, type RunDocument, type RunStore, type TransitionDocument } from '@abide/shared';
 import type { Db } from 'mongodb';
 import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
@@ -14,6 +14,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
   const { db, collections, runStore } = options;
   const agentCache = options.agentCache ?? createAgentCache();
   const headsComplete = createHeadsCompleteCheck(collections);
+  const readAgentVersion = createAgentVersionReader(collections, agentCache);
 
   /**
    * A read-model document's summary rolled forward through `run_transitions` by `_id` (stored
@@ -67,6 +68,8 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
       if (agent) agentCache.remember(agent);
       return agent;
     },
+
+    findAgentVersion: readAgentVersion,
 
     async insertAgentVersion(agent) {
       try {

@@ -44,6 +44,8 @@ export type SuspendedRunSummary = Pick<RunState, 'runId' | 'createdAt' | 'pendin
 export type GatewayStore = {
   /** The agent in force: `agents` by `_id`, rolled forward through `agent_versions`. */
   findAgent(tenantId: string, agentId: string): Promise<Agent | null>;
+  /** Version `version` of the tenant's agent (`agent_versions` by `_id`, through the agent cache), or null. */
+  findAgentVersion(tenantId: string, agentId: string, version: number): Promise<Agent | null>;
   /** Inserts `agent_versions` `<tenantId>:<agentId>:<version>`; false if that version exists. */
   insertAgentVersion(agent: Agent): Promise<boolean>;
   /** Rewrites `agents` by `_id` (never moves it back to an older version when it can tell). */

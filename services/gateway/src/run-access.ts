@@ -34,7 +34,8 @@ export const cancelMessageId = (runId: string) => `${runId}:cancel`;
  */
 export function createRunCanceller(deps: { store: GatewayStore; bus: GatewayBus }) {
   return async function cancelRun(tenantId: string, runId: string, reason: string | undefined): Promise<void> {
-    const run = await loadTenantRun(deps.store, tenantId, runId);
+    // Its status only: the summary (the read model rolled forward by `_id`), not a fold of the whole run.
+    const run = await loadTenantRunSummary(deps.store, tenantId, runId);
     if (isEnded(run)) throw new ApiError('run_finished', `run ${runId} has ended (${run.state.status})`);
     const id = cancelMessageId(runId);
     const message = makeEnvelope('cancel', { id, runId, tenantId }, reason === undefined ? {} : { reason });

@@ -141,8 +141,31 @@ describe('approvals', () => {
     expect((await t.app.inject({ method: 'GET', url: '/v1/approvals?status=done', headers: auth() })).statusCode).toBe(400);
   });
 
+  it('decides a pending call from the run summary, without reading the whole run', async () => {
+    const loads = vi.spyOn(t.memory.store, 'loadRun');
+    const summaries = vi.spyOn(t.memory.store, 'loadRunSummary');
+    // The memory store folds a summary through `loadRun`: whole-run reads are the calls beyond those.
+    const wholeReads = () => loads.mock.calls.length - summaries.mock.calls.length;
+    const response = await t.app.inject({ method: 'POST', url: `/v1/runs/${runId}/approvals/s0c0`, headers: auth(), payload: { approved: true, args: { text: 'edited' } } });
+    expect(response.statusCode, response.body).toBe(202);
+    expect(summaries).toHaveBeenCalledTimes(1);
+    expect(wholeReads()).toBe(0);
+    // The orchestrator applied it: the call is no longer pending, so not in the summary. The same
+    // decision again reads the whole run, finds the call, and gets the ledger's answer.
+    t.memory.advance(runId, (state) => {
+      state.pendingApprovals = ['s0c1'];
+    });
+    const again = await t.app.inject({ method: 'POST', url: `/v1/runs/${runId}/approvals/s0c0`, headers: auth(), payload: { approved: true, args: { text: 'edited' } } });
+    expect([again.statusCode, again.json().status]).toEqual([200, 'already_decided']);
+    expect(wholeReads()).toBe(1);
+    const unknown = await t.app.inject({ method: 'POST', url: `/v1/runs/${runId}/approvals/s9c9`, headers: auth(), payload: { approved: true } });
+    expect([unknown.statusCode, unknown.json().error.code]).toEqual([404, 'approval_not_found']);
+  });
+
   it('reads the run once for a whole batch (not once per decision)', async () => {
     const loads = vi.spyOn(t.memory.store, 'loadRun');
+    const summaries = vi.spyOn(t.memory.store, 'loadRunSummary');
+    const wholeReads = () => loads.mock.calls.length - summaries.mock.calls.length;
     const decisions = [{ toolCallId: 's0c0', approved: true }, { toolCallId: 's0c1', approved: true }, ...Array.from({ length: 20 }, () => ({ toolCallId: 's9c9', approved: true }))];
     const response = await t.app.inject({ method: 'POST', url: `/v1/runs/${runId}/approvals`, headers: auth(), payload: { decisions } });
     expect(response.statusCode).toBe(200);
@@ -150,7 +173,9 @@ describe('approvals', () => {
       { toolCallId: 's0c0', status: 'accepted' },
       { toolCallId: 's0c1', status: 'accepted' },
     ]);
-    expect(loads).toHaveBeenCalledTimes(1);
+    // Its summary once, and the whole run once for the 20 decisions on a call it does not have.
+    expect(summaries).toHaveBeenCalledTimes(1);
+    expect(wholeReads()).toBe(1);
   });
 
   it('pages the inbox by suspended runs with the list cursor, reading no whole runs', async () => {

@@ -42,6 +42,10 @@ export function createMemoryStore() {
   }
 
   const store: GatewayStore = {
+    async findAgentVersion(tenantId, agentId, version) {
+      const agent = agentVersions.get(`${tenantId}:${agentId}:${version}`);
+      return agent ? clone(agent) : null;
+    },
     async findAgent(tenantId, agentId) {
       let agent = agents.get(`${tenantId}:${agentId}`);
       for (let probe = (agent?.version ?? 0) + 1; agentVersions.has(`${tenantId}:${agentId}:${probe}`); probe += 1) {
