@@ -635,6 +635,7 @@ async function scenarioApprovals(context: Context): Promise<void> {
   let approveErrors = 0;
   let approveCutShort = false;
   let cursor = 0;
+  context.proxy?.reset();
   const approvalsStarted = performance.now();
   await Promise.all(
     Array.from({ length: Math.min(config.approvalConc, suspended.length) }, async () => {
@@ -681,6 +682,7 @@ async function scenarioApprovals(context: Context): Promise<void> {
     }
   });
   const completedAt = performance.now();
+  if (context.proxy) log(`${name}: ${describeProfile(context.proxy, Math.max(1, completed), 'approved run, from its approval to its end')}`);
   const rssAfter = rssMb(orchestrator.pid);
   const peak = sampler.stop();
   for (const sample of errorSamples) log(`${name} error: ${sample}`);
