@@ -75,7 +75,9 @@ export function transition(state: RunState, input: RunInput, context: Transition
 type Draft = { state: RunState; outbox: OutboxEntry[] };
 
 function draftOf(state: RunState, context: TransitionContext): Draft {
-  return { state: structuredClone({ ...state, updatedAt: context.now.toISOString() }), outbox: [] };
+  // The agent version is immutable and nothing here changes it: the draft shares it, uncopied.
+  const { agentSnapshot, ...rest } = state;
+  return { state: { ...structuredClone({ ...rest, updatedAt: context.now.toISOString() }), agentSnapshot }, outbox: [] };
 }
 
 function done(draft: Draft): TransitionResult {

@@ -40,7 +40,7 @@ describe('transition cache', () => {
     expect(cache.get('r1')).toBeDefined();
     cache.remember('r1', entry('r1', { messages: [{ role: 'user', content: 'x'.repeat(5_000) }] }));
     expect(cache.get('r1')).toBeUndefined();
-    expect(cache.size).toEqual({ entries: 0, bytes: 0 });
+    expect(cache.size).toEqual({ entries: 0, bytes: 0, agents: 0 });
   });
 
   it('drops a run that has ended once its last transition is published, and keeps it while unpublished', () => {
@@ -50,7 +50,7 @@ describe('transition cache', () => {
     expect(cache.get('r1')?.transition.state.status).toBe('completed');
     cache.remember('r1', entry('r1', { status: 'completed' }, true));
     expect(cache.get('r1')).toBeUndefined();
-    expect(cache.size).toEqual({ entries: 0, bytes: 0 });
+    expect(cache.size).toEqual({ entries: 0, bytes: 0, agents: 0 });
   });
 
   it('delete forgets a run and its bytes', () => {
@@ -60,6 +60,28 @@ describe('transition cache', () => {
     cache.delete('r1');
     cache.delete('unknown');
     expect(cache.get('r1')).toBeUndefined();
-    expect(cache.size).toEqual({ entries: 1, bytes: 100 });
+    // r2's 100 and its agent's, kept while r2 uses it.
+    expect(cache.size).toEqual({ entries: 1, bytes: 100 + JSON.stringify(entry('r2').transition.state.agentSnapshot).length, agents: 1 });
+  });
+
+  it('keeps one copy of an agent version for all its runs, counted once, and lets it go with its last run', () => {
+    const agent = { system: 'x'.repeat(4_000) };
+    const cache = createTransitionCache({ maxEntries: 10_000, maxBytes: 10_000 });
+    const kept = Array.from({ length: 10 }, (_, index) => entry(`r${index}`, {}, true));
+    for (const [index, each] of kept.entries()) {
+      each.transition.state = testRunState({ runId: `r${index}`, status: 'suspended' }, { agent });
+      cache.remember(`r${index}`, each);
+    }
+    // Ten states of ~0.5 KB and one 4-KB agent fit in 10 KB; ten copies of it would not.
+    expect(cache.size).toMatchObject({ entries: 10, agents: 1 });
+    expect(cache.size.bytes).toBeLessThanOrEqual(10_000);
+    expect(cache.get('r3')!.transition.state.agentSnapshot).toBe(cache.get('r7')!.transition.state.agentSnapshot);
+    // Another version is another copy; the first goes when its last run does.
+    cache.remember('v2', { ...entry('v2'), transition: { ...entry('v2').transition, state: testRunState({ runId: 'v2', status: 'suspended' }, { agent, agentVersion: 2 }) } });
+    expect(cache.size.agents).toBe(2);
+    for (let index = 0; index < 10; index += 1) cache.delete(`r${index}`);
+    expect(cache.size.agents).toBe(1);
+    cache.delete('v2');
+    expect(cache.size).toEqual({ entries: 0, bytes: 0, agents: 0 });
   });
 });

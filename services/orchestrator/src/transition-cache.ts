@@ -1,4 +1,4 @@
-import { isTerminalStatus, type TransitionDocument } from '@abide/shared';
+import { isTerminalStatus, type Agent, type RunState, type TransitionDocument } from '@abide/shared';
 
 /** What the orchestrator keeps per run: its latest transition and the stream sequence of its last event. */
 export type CachedTransition = { transition: TransitionDocument; lastSeq: number | null };
@@ -8,7 +8,7 @@ export type TransitionCacheOptions = {
   maxEntries?: number | undefined;
   /** Sum of the entries' sizes (`sizeOf`) kept at most. @default 16 MiB */
   maxBytes?: number | undefined;
-  /** An entry's size: by default the length of its state as JSON, a proxy for what it holds on the heap. */
+  /** An entry's size without its agent: by default the length of its state as JSON, agent left out (counted once per version), a proxy for what it holds on the heap. */
   sizeOf?: (entry: CachedTransition) => number;
 };
 
@@ -22,19 +22,61 @@ export const defaultTransitionCacheBytes = 16 * 1024 * 1024;
  * gigabytes. An entry larger than the whole budget is not kept. A run that has ended is dropped
  * once its last transition is published: it takes no more steps, and a late input for it is
  * loaded from the store like any cache miss. Only ever an optimization: a miss costs a read.
+ *
+ * The runs of one agent version share one copy of it: an entry's agent is replaced by the copy
+ * already kept for its version (a version never changes), counted once in the bytes while an
+ * entry uses it. The agent is a large part of a waiting run's state (the workload's: ~3.5 of
+ * ~8 KB), so the same budget holds about twice the runs; past the budget every input of a run
+ * is a cold load, which is what 4,000 suspended runs approved at once met (issue 9, approvals).
  */
 export function createTransitionCache(options: TransitionCacheOptions = {}) {
   const maxEntries = options.maxEntries ?? 10_000;
   const maxBytes = options.maxBytes ?? defaultTransitionCacheBytes;
-  const sizeOf = options.sizeOf ?? ((entry: CachedTransition) => JSON.stringify(entry.transition.state).length);
+  const sizeOf =
+    options.sizeOf ??
+    ((entry: CachedTransition) => {
+      const { agentSnapshot: _counted, ...rest } = entry.transition.state;
+      return JSON.stringify(rest).length;
+    });
   const entries = new Map<string, { entry: CachedTransition; bytes: number }>();
+  /** The agent versions the entries use, one copy each, with how many entries use it. */
+  const agents = new Map<string, { agent: Agent; users: number; bytes: number }>();
   let bytes = 0;
+  // A JSON triple, not a joined string: no ids can spell another version's key.
+  const versionKey = (agent: Agent) => JSON.stringify([agent.tenantId, agent.agentId, agent.version]);
+
+  /** Points the state at the kept copy of its agent version (keeping this one if none is), and counts a user. */
+  function shareAgent(state: RunState): void {
+    const key = versionKey(state.agentSnapshot);
+    let shared = agents.get(key);
+    if (!shared) {
+      shared = { agent: state.agentSnapshot, users: 0, bytes: JSON.stringify(state.agentSnapshot).length };
+      agents.set(key, shared);
+      bytes += shared.bytes;
+    }
+    shared.users += 1;
+    state.agentSnapshot = shared.agent;
+  }
+
+  function releaseAgent(state: RunState): void {
+    const key = versionKey(state.agentSnapshot);
+    const shared = agents.get(key);
+    if (!shared) return;
+    shared.users -= 1;
+    if (shared.users > 0) return;
+    agents.delete(key);
+    bytes -= shared.bytes;
+  }
+
+  function drop(runId: string, found: { entry: CachedTransition; bytes: number }): void {
+    entries.delete(runId);
+    bytes -= found.bytes;
+    releaseAgent(found.entry.transition.state);
+  }
 
   function remove(runId: string): void {
     const found = entries.get(runId);
-    if (!found) return;
-    entries.delete(runId);
-    bytes -= found.bytes;
+    if (found) drop(runId, found);
   }
 
   return {
@@ -52,18 +94,18 @@ export function createTransitionCache(options: TransitionCacheOptions = {}) {
       if (entry.transition.published && isTerminalStatus(entry.transition.state.status)) return;
       const size = sizeOf(entry);
       if (size > maxBytes) return;
+      shareAgent(entry.transition.state);
       entries.set(runId, { entry, bytes: size });
       bytes += size;
       for (const [oldest, found] of entries) {
         if (entries.size <= maxEntries && bytes <= maxBytes) break;
-        entries.delete(oldest);
-        bytes -= found.bytes;
+        drop(oldest, found);
       }
     },
 
-    /** Runs kept and the sum of their sizes (for tests and metrics). */
-    get size(): { entries: number; bytes: number } {
-      return { entries: entries.size, bytes };
+    /** Runs kept and the sum of their sizes and of their agents' (for tests and metrics). */
+    get size(): { entries: number; bytes: number; agents: number } {
+      return { entries: entries.size, bytes, agents: agents.size };
     },
   };
 }
