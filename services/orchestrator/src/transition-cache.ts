@@ -25,9 +25,9 @@ export const defaultTransitionCacheBytes = 16 * 1024 * 1024;
  *
  * The runs of one agent version share one copy of it: an entry's agent is replaced by the copy
  * already kept for its version (a version never changes), counted once in the bytes while an
- * entry uses it. The agent is a large part of a waiting run's state (the workload's: ~3.5 of
- * ~8 KB), so the same budget holds about twice the runs; past the budget every input of a run
- * is a cold load, which is what 4,000 suspended runs approved at once met (issue 9, approvals).
+ * entry uses it. An agent can be a large part of a waiting run's state (the workload's is
+ * ~3.5 KB as stored, more than its version 1 without it), so the same budget holds more runs
+ * before an input of a run becomes a cold load.
  */
 export function createTransitionCache(options: TransitionCacheOptions = {}) {
   const maxEntries = options.maxEntries ?? 10_000;
