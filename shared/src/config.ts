@@ -172,6 +172,8 @@ export const orchestratorEnvSchema = z.object({
   HEALTH_PORT: port(8081),
   /** Messages a replica processes at once (its pull batch size). */
   ORCHESTRATOR_CONCURRENCY: positiveInt(64, 4096),
+  /** The bytes of run states a replica keeps in memory (its latest-transition cache); a run not kept is read from the store for each of its inputs. */
+  ORCHESTRATOR_CACHE_BYTES: byteSize(64 * 1024 ** 2, 1024 ** 2),
   /**
    * The largest model request (system prompt + conversation, as JSON): one over the server's
    * `max_payload` goes through the `PAYLOADS` object store; one over this fails its run with

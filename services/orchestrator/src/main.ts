@@ -117,6 +117,7 @@ async function main(): Promise<void> {
       commitLatency: orchestratorMetrics.commitLatency,
       crashPoints: createCrashPoints(config.ABIDE_CRASH_POINTS),
       retentionMs: config.RUN_RETENTION,
+      cacheBytes: config.ORCHESTRATOR_CACHE_BYTES,
     });
     const ledger = createApprovalLedger({ kv: kv.get(buckets.approvalLedger)!, processor, logger: log });
     const inbox = createConsumerRunner({
