@@ -15,8 +15,8 @@ export type TransitionCacheOptions = {
 /**
  * The default byte bound (`ORCHESTRATOR_CACHE_BYTES`). A waiting run of the workload is ~5 KB of
  * JSON without its agent, so this holds ~13,000 of them. 16 MiB held ~3,400: with 4,000 runs
- * approved at once the cache overflowed, nearly every input became a cold load (9,000 of them
- * in a minute), FerretDB saturated and the runs completed at ~10 a second instead of ~30.
+ * approved at once the cache overflowed, nearly every input became a cold load (~8,700 of
+ * them in 75 s), FerretDB saturated and the runs completed at ~10 a second instead of ~30.
  */
 export const defaultTransitionCacheBytes = 64 * 1024 * 1024;
 
