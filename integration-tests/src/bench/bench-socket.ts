@@ -94,6 +94,7 @@ export class BenchSocket {
     timeoutMs: number,
     until: (runId: string, event: RunEvent, at: number, started: number) => Result | undefined,
     onFailure: (runId: string | undefined, ms: number, error: string) => Result,
+    onCreated?: (at: number, started: number) => void,
   ): Promise<Result> {
     return new Promise((resolve) => {
       const requestId = `r${(this.#nextRequest += 1)}`;
@@ -115,6 +116,7 @@ export class BenchSocket {
       this.#creates.set(requestId, {
         onCreated: (created) => {
           runId = created;
+          onCreated?.(performance.now(), started);
           this.#runs.set(created, {
             onEvent: (event, at) => {
               const result = until(created, event, at, started);
@@ -152,6 +154,8 @@ export class BenchSocket {
         return keepEvents ? { ok: true, runId, ms, events } : { ok: true, runId, ms };
       },
       (runId, ms, error) => ({ ok: false, runId, ms, error }),
+      // The `run.created` answer, as a pseudo-event: the gateway's share of the creation.
+      keepEvents ? (at, started) => events.push({ type: 'run.created (frame)', at: at - started, event: { seq: 0, type: 'run.created (frame)' } }) : undefined,
     );
   }
 

@@ -18,7 +18,8 @@
  * APPROVAL_CONC (20), APPROVAL_IDLE_S (10), BENCH_SCENARIOS (comma list of sequential,
  * throughput_c50, fsync_probe, approvals), BENCH_LOG_LEVEL (info), BENCH_KEEP_DATA=1 (keep server
  * data and logs), and for diagnosis only: BENCH_MONGO_PROFILE=1 (per-command MongoDB times through
- * a proxy), BENCH_FERRETDB_ID_INDEX=1 (an experiment: see ferretdb-id-index.ts).
+ * a proxy), BENCH_FERRETDB_ID_INDEX=1 (an experiment: see ferretdb-id-index.ts), ABIDE_CPU_PROF_DIR=<dir>
+ * (a V8 CPU profile of each service process, `node --cpu-prof`, written there when it exits).
  * NATS_URL / MONGO_URL point it at servers of your own (then their processes are not sampled);
  * ABIDE_LOCAL_STORE=postgres runs FerretDB on PostgreSQL instead of SQLite (every line says `store`).
  */

@@ -57,7 +57,10 @@ export class ServiceProcess {
       else env[name] = value;
     }
     // The service's heap flags, as `npm start` and the images give them (shared/src/node-options.ts).
-    const child = spawn(process.execPath, [...serviceNodeOptions[this.name], join(repoRoot, 'services', this.name, 'src', 'main.ts')], {
+    // ABIDE_CPU_PROF_DIR: a V8 CPU profile per service process, written when it exits (`node --cpu-prof`).
+    const profDir = process.env.ABIDE_CPU_PROF_DIR;
+    const profile = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${this.name}-${this.replica}-\${pid}.cpuprofile`] : [];
+    const child = spawn(process.execPath, [...serviceNodeOptions[this.name], ...profile, join(repoRoot, 'services', this.name, 'src', 'main.ts')], {
       cwd: repoRoot,
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
