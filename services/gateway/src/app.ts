@@ -46,6 +46,8 @@ export type AppDeps = {
   consoleDirectory?: string;
   /** How long a live event stream may try to resume its reader before ending with `subscription_interrupted` (tests shorten it). @default 20000 */
   eventsResumeWithinMs?: number;
+  /** How long a created run's reader may read nothing before the run is checked (`run-events.ts`). @default 2500 */
+  createdRunCheckMs?: number;
   now?: () => Date;
 };
 
@@ -106,6 +108,7 @@ export function createApp(deps: AppDeps): { app: FastifyInstance; live: LiveConn
           maxActiveRuns: config.TENANT_MAX_ACTIVE_RUNS,
           ...(deps.now ? { now: deps.now } : {}),
           ...(deps.eventsResumeWithinMs === undefined ? {} : { eventsResumeWithinMs: deps.eventsResumeWithinMs }),
+          ...(deps.createdRunCheckMs === undefined ? {} : { createdRunCheckMs: deps.createdRunCheckMs }),
         }),
       };
     }

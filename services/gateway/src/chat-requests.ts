@@ -29,7 +29,8 @@ export type ChunkSelection = {
 
 /** What a chat request (HTTP POST or WebSocket `send`) answers with. */
 export type ChatPlan =
-  | { kind: 'run'; runId: string; conversationId: string; selection: ChunkSelection }
+  /** `created`: this request created the run a moment ago (`openRunEvents`). */
+  | { kind: 'run'; runId: string; conversationId: string; selection: ChunkSelection; created?: boolean }
   | { kind: 'refused'; errorText: string };
 
 /** A chunk of a response, with its index in the run's stream (the suspension's `finish` comes last, unindexed in the run). */
@@ -120,7 +121,7 @@ export async function planChatRequest(services: Services, maxBodyBytes: number, 
     idempotencyKey: key?.success ? key.data : undefined,
     requestId: request.requestId,
   });
-  return { kind: 'run', runId: created.runId, conversationId: created.conversationId, selection: { fromIndex: 0 } };
+  return { kind: 'run', runId: created.runId, conversationId: created.conversationId, selection: { fromIndex: 0 }, created: created.created };
 }
 
 /**
@@ -128,7 +129,7 @@ export async function planChatRequest(services: Services, maxBodyBytes: number, 
  * suspension the run still waits in (then a `finish` of reason `tool-calls`). `complete()` tells
  * whether the end was reached (not cut by the client leaving or the relay failing).
  */
-export async function* responseChunks(services: Services, request: { tenantId: string; runId: string; selection: ChunkSelection; signal: AbortSignal }): AsyncGenerator<ResponseChunk & { last: boolean }, void, undefined> {
+export async function* responseChunks(services: Services, request: { tenantId: string; runId: string; selection: ChunkSelection; signal: AbortSignal; created?: boolean }): AsyncGenerator<ResponseChunk & { last: boolean }, void, undefined> {
   const { selection } = request;
   let skipping = selection.afterSuspensionOf !== undefined;
   let lastIndex = 0;

@@ -39,12 +39,13 @@ export async function findChatRun(services: Services, request: { tenantId: strin
  * the run still waits on those calls now (read from MongoDB): a response ends there if it does.
  * The iteration ends after `finish` (or after the event at `untilSeq`).
  */
-export async function* runUiStream(services: Services, request: { tenantId: string; runId: string; signal: AbortSignal; untilSeq?: number }): AsyncGenerator<RunStreamItem, void, undefined> {
+export async function* runUiStream(services: Services, request: { tenantId: string; runId: string; signal: AbortSignal; untilSeq?: number; created?: boolean }): AsyncGenerator<RunStreamItem, void, undefined> {
   const { tenantId, runId, signal } = request;
   const translator = createUiMessageStreamTranslator(runId);
   let index = 0;
   yield { kind: 'chunk', index: index++, chunk: translator.start() };
-  const events = await services.openRunEvents({ tenantId, runId, after: undefined, signal });
+  // `created`: this request created the run a moment ago (`openRunEvents`).
+  const events = await services.openRunEvents({ tenantId, runId, after: undefined, signal, created: request.created ?? false });
   if (!events) return;
   for await (const event of events) {
     for (const chunk of translator.next(event)) yield { kind: 'chunk', index: index++, chunk };

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { decodeJson, outboxEntryId, type ClientEvent, type LoadedSummary } from '@abide/shared';
 import type { EventRelay } from './event-relay.ts';
 import { CursorExpiredError } from './http-errors.ts';
@@ -30,8 +31,17 @@ export type OpenRunEventsRequest = {
  *   followed up to its last stored message; null when nothing is left to send (the client holds
  *   the terminal event already).
  */
-export function createRunEventsOpener(deps: { store: GatewayStore; events: EventSource; relay: EventRelay; eventsMaxAgeMs: number; now?: () => number }) {
+export function createRunEventsOpener(deps: {
+  store: GatewayStore;
+  events: EventSource;
+  relay: EventRelay;
+  eventsMaxAgeMs: number;
+  now?: () => number;
+  /** How long a created run's reader may read nothing before the run is checked (`followCreated`). @default 2500 */
+  createdRunCheckMs?: number;
+}) {
   const now = deps.now ?? Date.now;
+  const createdRunCheckMs = deps.createdRunCheckMs ?? 2_500;
 
   /**
    * True when the run's first event is no longer stored although the run is young: `RUN_EVENTS`
@@ -72,26 +82,39 @@ export function createRunEventsOpener(deps: { store: GatewayStore; events: Event
   }
 
   /**
-   * A run this request has just created, from its first event: the reader (an ordered consumer)
-   * is started at once and the usual checks run while it starts; nothing is forwarded before
-   * they pass (a refusal stops the reader). The run follows to its terminal event like any
-   * other that had not ended when the subscription started.
+   * A run this request has just created, from its first event. The run exists, is the caller's
+   * and is young, so nothing is read before its reader (an ordered consumer) starts, and no check
+   * waits on the database: the one refusal left, a first event already discarded by the size
+   * limit (`EVENTS_MAX_BYTES`), shows in the first message read, which must be the run's first
+   * event (`<runId>:2:0`, the first entry of transition 2's outbox, `firstEventEvicted`); any other
+   * is answered 410 `cursor_expired` and nothing is forwarded. A reader that has read nothing after
+   * `createdRunCheckMs` (the orchestrator is slow, or every event of the run is gone already) runs
+   * the usual checks once, so a run whose events are all gone is refused rather than followed
+   * forever. The run follows to its terminal event like any other that had not ended when the
+   * subscription started.
    */
   async function* followCreated(request: OpenRunEventsRequest): AsyncGenerator<ClientEvent, void, undefined> {
+    const { tenantId, runId } = request;
     const reading = new AbortController();
     const stop = () => reading.abort();
     request.signal.addEventListener('abort', stop, { once: true });
-    const events = deps.relay.follow(request.runId, { after: undefined, signal: reading.signal });
+    const events = deps.relay.follow(runId, { after: undefined, signal: reading.signal });
     // Converted, not dropped: a reader failure is rethrown below, once the checks have passed.
     const first = events.next().then((result) => ({ result }), (error: unknown) => ({ error }));
+    const late = new AbortController();
     try {
-      await loadUnexpired(request.tenantId, request.runId, undefined);
+      const waited = await Promise.race([first, sleep(createdRunCheckMs, undefined, { signal: late.signal }).then(() => 'late' as const, () => 'late' as const)]);
+      if (waited === 'late') await loadUnexpired(tenantId, runId, undefined);
       const started = await first;
       if ('error' in started) throw started.error;
       if (started.result.done) return;
+      if (started.result.value.eventId !== outboxEntryId(runId, 2, 0)) {
+        throw new CursorExpiredError(toRunView(await loadTenantRunSummary(deps.store, tenantId, runId)));
+      }
       yield started.result.value;
       yield* events;
     } finally {
+      late.abort();
       request.signal.removeEventListener('abort', stop);
       // Ends a reader still waiting for its first event, so that its consumer is removed.
       reading.abort();

@@ -24,6 +24,8 @@ export function createServices(
     maxActiveRuns?: number | undefined;
     /** How long a live event stream tries to resume its reader (`event-relay.ts`). @default 20000 */
     eventsResumeWithinMs?: number;
+    /** How long a created run's reader may read nothing before the run is checked (`run-events.ts`). @default 2500 */
+    createdRunCheckMs?: number;
     now?: () => Date;
   },
 ) {
@@ -40,7 +42,14 @@ export function createServices(
     wsTickets: createWsTicketService({ tickets: bus.tickets, ttlMs: deps.wsTicketTtlMs, now }),
     /** The stream sequence of a run's last stored event (null: none yet). */
     lastEventSeq: (runId: string) => events.lastSequenceOf(runId),
-    openRunEvents: createRunEventsOpener({ store, events, relay, eventsMaxAgeMs: deps.eventsMaxAgeMs, now: () => now().getTime() }),
+    openRunEvents: createRunEventsOpener({
+      store,
+      events,
+      relay,
+      eventsMaxAgeMs: deps.eventsMaxAgeMs,
+      now: () => now().getTime(),
+      ...(deps.createdRunCheckMs === undefined ? {} : { createdRunCheckMs: deps.createdRunCheckMs }),
+    }),
   };
 }
 export type Services = ReturnType<typeof createServices>;

@@ -41,8 +41,9 @@ async function writeUiStream(context: RouteContext, request: FastifyRequest, rep
   }
 }
 
-function writeRunStream(context: RouteContext, request: FastifyRequest, reply: FastifyReply, caller: Caller, releaseLeases: () => Promise<void>, runId: string, selection: ChunkSelection, headers: Record<string, string>): Promise<void> {
-  return writeUiStream(context, request, reply, releaseLeases, headers, (signal) => responseChunks(context.services(), { tenantId: caller.tenantId, runId, selection, signal }));
+/** `created`: this request created the run a moment ago (`openRunEvents`). */
+function writeRunStream(context: RouteContext, request: FastifyRequest, reply: FastifyReply, caller: Caller, releaseLeases: () => Promise<void>, runId: string, selection: ChunkSelection, headers: Record<string, string>, created = false): Promise<void> {
+  return writeUiStream(context, request, reply, releaseLeases, headers, (signal) => responseChunks(context.services(), { tenantId: caller.tenantId, runId, selection, signal, created }));
 }
 
 /**
@@ -76,7 +77,7 @@ export function registerChatRoutes(app: FastifyInstance, context: RouteContext):
       'x-workflow-run-id': plan.selection.afterSuspensionOf === undefined ? plan.runId : chatApprovalId(plan.runId, plan.selection.afterSuspensionOf[0]!),
       [runIdHeader]: plan.runId,
       [conversationIdHeader]: plan.conversationId,
-    });
+    }, plan.created ?? false);
   });
 
   const streamSchema = {

@@ -33,9 +33,10 @@ type CompletionStop = { end: CompletionEnd } | { suspended: NonNullable<OpenAiCo
  * Follows the run, calling `onContent` with each piece of text, until it ends or suspends for
  * approvals it still waits on. Null when the client went away first.
  */
-async function followCompletion(services: Services, tenantId: string, runId: string, signal: AbortSignal, onContent: (text: string) => Promise<void>): Promise<CompletionStop | null> {
+async function followCompletion(services: Services, tenantId: string, runId: string, created: boolean, signal: AbortSignal, onContent: (text: string) => Promise<void>): Promise<CompletionStop | null> {
   const translator = createOpenAiTranslator();
-  const events = await services.openRunEvents({ tenantId, runId, after: undefined, signal });
+  // `created`: this request created the run a moment ago (`openRunEvents`).
+  const events = await services.openRunEvents({ tenantId, runId, after: undefined, signal, created });
   if (!events) return null;
   for await (const event of events) {
     const step = translator.next(event);
@@ -130,7 +131,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
       let content = '';
       let stop: CompletionStop | null;
       try {
-        stop = await followCompletion(services, caller.tenantId, runId, controller.signal, async (text) => {
+        stop = await followCompletion(services, caller.tenantId, runId, created.created, controller.signal, async (text) => {
           content += text;
         });
       } finally {
@@ -156,7 +157,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, context: RouteContext
     const send = (value: unknown) => response.write(`data: ${JSON.stringify(value)}\n\n`);
     try {
       await send(openAiChunk(fields, { role: 'assistant', content: '' }));
-      const stop = await followCompletion(services, caller.tenantId, runId, response.signal, (text) => send(openAiChunk(fields, { content: text })));
+      const stop = await followCompletion(services, caller.tenantId, runId, created.created, response.signal, (text) => send(openAiChunk(fields, { content: text })));
       if (!stop) return; // The client left, or the relay ended early: no [DONE], the client resumes from GET /v1/runs/:runId/events.
       if ('end' in stop && stop.end.kind !== 'completed') {
         // openai-node throws on an SSE event whose data has `error`: the protocol's way to fail mid-stream.

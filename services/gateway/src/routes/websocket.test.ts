@@ -153,27 +153,59 @@ describe('WebSocket /v1/ws', () => {
     client.socket.terminate();
   });
 
-  it('starts reading a run it created while the run is still being checked, and forwards nothing when the check refuses it', async () => {
-    // Older runs' events were discarded: the stream's first sequence is past a new reader's cursor.
-    for (const index of [1, 2, 3]) t.events.emit('run_older', 't1', `run_older:${index}:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'o' });
-    t.events.expireBefore(3);
-    let releaseLoad!: () => void;
-    const loadHeld = new Promise<void>((resolve) => (releaseLoad = resolve));
-    const loadRun = t.memory.store.loadRun;
-    t.memory.store.loadRun = async (id) => {
-      await loadHeld;
-      return loadRun(id);
+  it('follows a run it created from its first event without reading the run', async () => {
+    const client = await connect();
+    // A read of a run would never answer: neither the creation nor the following reads one.
+    let reads = 0;
+    t.memory.store.loadRun = () => {
+      reads += 1;
+      return new Promise(() => {});
     };
+    t.memory.store.loadRunSummary = () => {
+      reads += 1;
+      return new Promise(() => {});
+    };
+    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
+    const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
+    await expect.poll(() => t.events.openReaders).toBe(1);
+    t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId: createdRunId, event: { type: 'run.started', eventId: `${createdRunId}:2:0` } });
+    expect(reads).toBe(0);
+    client.socket.terminate();
+  });
+
+  it('refuses a run it created whose first event was discarded before its reader read it, and forwards nothing', async () => {
     const client = await connect();
     client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
     const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
-    // The reader is open although the run's load has not answered.
     await expect.poll(() => t.events.openReaders).toBe(1);
-    // The run's first event is published, then discarded by the size limit before the check ends.
-    t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    // The run's first event is published and discarded by the size limit (EVENTS_MAX_BYTES) in
+    // one turn, before the reader gets to it; the reader's first message is the run's second event.
+    const first = t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    t.events.expireBefore(first + 1);
     t.memory.advance(createdRunId, (state) => void (state.status = 'running'));
-    t.events.expireBefore(5);
-    releaseLoad();
+    t.events.emit(createdRunId, 't1', `${createdRunId}:2:1`, 'tool.call', { step: 0, toolCallId: 's0c0', toolName: 'echo', args: {}, needsApproval: false });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ runId: createdRunId, code: 'cursor_expired' });
+    await expect.poll(() => t.events.openReaders).toBe(0);
+    expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
+    client.socket.terminate();
+  });
+
+  it('checks a run it created once its reader has read nothing for a while, and refuses it when every event of the run is gone', async () => {
+    await t.app.close();
+    await setup({ createdRunCheckMs: 50 });
+    const client = await connect();
+    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
+    const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
+    await expect.poll(() => t.events.openReaders).toBe(1);
+    // The whole run is published and ended, and all of its events discarded, before the reader reads any.
+    const first = t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    const last = t.events.emit(createdRunId, 't1', `${createdRunId}:2:1`, 'run.completed', { output: 'done', usage });
+    t.events.expireBefore(last + 1);
+    expect(last).toBeGreaterThan(first);
+    // The stream holds other runs' events (it discarded this run's to stay under its size limit).
+    t.events.emit('run_other', 't1', 'run_other:2:0', 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'o' });
+    t.memory.advance(createdRunId, (state) => void (state.status = 'completed'));
     expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ runId: createdRunId, code: 'cursor_expired' });
     await expect.poll(() => t.events.openReaders).toBe(0);
     expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
