@@ -132,6 +132,16 @@ const mongoFields = {
   MONGO_WRITE_CONCERN: z.enum(['majority', 'journaled', 'acknowledged']).default('majority'),
 };
 
+/**
+ * How long a process keeps a tenant's released slot (a worker's model/tool slot,
+ * `TENANT_MAX_LLM_CALLS`, `TENANT_MAX_TOOL_CALLS`; a gateway's connection or subscription slot,
+ * `TENANT_MAX_CONNECTIONS`, `TENANT_MAX_SUBSCRIPTIONS`) for that tenant's next use on the same
+ * replica, which reuses it with no KV write (issue 9); 0 deletes it at release. Meanwhile a tenant
+ * at its limit may see other replicas defer its messages, or refuse its stream with 429
+ * (docs/decisions.md, "Tenant capacity"). The default is the consumer runner's defer pause.
+ */
+const tenantLeaseKeepIdle = durationSchema.default(parseDuration('1s')).pipe(z.number().int().min(0).max(60_000));
+
 export const gatewayEnvSchema = z.object({
   ...commonFields,
   ...mongoFields,
@@ -164,6 +174,7 @@ export const gatewayEnvSchema = z.object({
   TENANT_MAX_CONNECTIONS: positiveInt(100, 1_000),
   /** Run event subscriptions (SSE streams, WebSocket `subscribe`s) a tenant may hold at once, across every gateway. */
   TENANT_MAX_SUBSCRIPTIONS: positiveInt(500, 1_000),
+  TENANT_LEASE_KEEP_IDLE: tenantLeaseKeepIdle,
 });
 
 export const orchestratorEnvSchema = z.object({
@@ -183,15 +194,6 @@ export const orchestratorEnvSchema = z.object({
   /** How long a finished run's transitions are kept (`30d`), or `forever`; the `runs` summary stays (docs/decisions.md, issue 9). */
   RUN_RETENTION: retention,
 });
-
-/**
- * How long a worker keeps a released model/tool slot of a tenant (`TENANT_MAX_LLM_CALLS`,
- * `TENANT_MAX_TOOL_CALLS`) for that tenant's next message on the same replica, which reuses it with
- * no KV write (issue 9); 0 deletes it at release. Meanwhile a tenant at its limit may see other
- * replicas defer its messages (docs/decisions.md, "Tenant capacity"). The default is the consumer
- * runner's defer pause.
- */
-const tenantLeaseKeepIdle = durationSchema.default(parseDuration('1s')).pipe(z.number().int().min(0).max(60_000));
 
 export const llmWorkerEnvSchema = z.object({
   ...commonFields,

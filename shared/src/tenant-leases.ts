@@ -45,7 +45,7 @@ export type TenantLeasesOptions = {
   /**
    * How long a released slot stays held ("warm") for this process's next `tryAcquire` of the same
    * tenant, which then reuses it without a KV operation; a warm slot idle this long is deleted. 0
-   * deletes at release (the gateway's leases); the workers use `TENANT_LEASE_KEEP_IDLE`. @default 0
+   * deletes at release; the services use `TENANT_LEASE_KEEP_IDLE`. @default 0
    */
   keepIdleMs?: number;
   now?: () => number;

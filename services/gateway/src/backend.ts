@@ -74,8 +74,11 @@ export async function connectBackend(config: GatewayConfig, logger: Logger, sign
   const collections = getCollections(mongo.db);
   // Open SSE streams + WebSockets and event subscriptions per tenant, across every gateway (issue 8).
   const holder = `gateway/${hostname()}/${process.pid}`;
-  const connections = createTenantLeases({ bucket: nats.tenantLeases, kind: 'connection', limit: config.TENANT_MAX_CONNECTIONS, holder, logger });
-  const subscriptions = createTenantLeases({ bucket: nats.tenantLeases, kind: 'subscription', limit: config.TENANT_MAX_SUBSCRIPTIONS, holder, logger });
+  // A released slot stays warm for the tenant's next stream here (`TENANT_LEASE_KEEP_IDLE`): a
+  // client that follows one run after another takes no KV create or delete per run.
+  const keepIdleMs = config.TENANT_LEASE_KEEP_IDLE;
+  const connections = createTenantLeases({ bucket: nats.tenantLeases, kind: 'connection', limit: config.TENANT_MAX_CONNECTIONS, holder, logger, keepIdleMs });
+  const subscriptions = createTenantLeases({ bucket: nats.tenantLeases, kind: 'subscription', limit: config.TENANT_MAX_SUBSCRIPTIONS, holder, logger, keepIdleMs });
   connections.start();
   subscriptions.start();
   const agentCache = createAgentCache();

@@ -51,6 +51,10 @@ async function main(): Promise<void> {
         await Promise.race([app.close(), graceOver]);
         clearTimeout(graceTimer);
         if (connected) {
+          // The tenants' warm slots back (their streams are closed), so they do not count against
+          // the tenants' limits on other gateways until they turn stale.
+          const { capacity } = connected.backend;
+          await Promise.all([capacity?.connections.stop(), capacity?.subscriptions.stop()]).catch((error: unknown) => log.warn({ err: error }, 'releasing tenant slots failed'));
           await connected.nats.drain().catch((error: unknown) => log.warn({ err: error }, 'NATS drain failed'));
           await connected.mongo.close().catch((error: unknown) => log.warn({ err: error }, 'MongoDB close failed'));
         }
