@@ -73,6 +73,15 @@ describe('metrics of the running services', () => {
       expect(texts[service], durable).toMatch(new RegExp(`^abide_consumer_ack_pending_messages\\{durable="${durable}"\\} \\d+$`, 'm'));
     }
     expect(texts.orchestrator).toMatch(/^abide_oldest_overdue_deadline_seconds 0$/m);
+    // The run cache: each run's start carried its version 1, every later input found its run kept;
+    // the suspended run is still kept, nothing was evicted.
+    expect(texts.orchestrator).toMatch(/^abide_run_cache_lookups_total\{result="carried"\} 2$/m);
+    expect(texts.orchestrator).toMatch(/^abide_run_cache_lookups_total\{result="hit"\} [1-9]\d*$/m);
+    expect(texts.orchestrator).not.toMatch(/^abide_run_cache_lookups_total\{result="miss"\}/m);
+    expect(texts.orchestrator).toMatch(/^abide_run_cache_runs 1$/m);
+    expect(texts.orchestrator).toMatch(/^abide_run_cache_bytes [1-9]\d*$/m);
+    expect(texts.orchestrator).toMatch(/^# TYPE abide_run_cache_evictions_total counter$/m);
+    expect(texts.orchestrator).not.toMatch(/^abide_run_cache_evictions_total [1-9]/m);
     // Runs by live status, the counts of the status sets the read-model writes keep (the first scrape counts): one suspended, the other completed (out of every set).
     expect(texts.orchestrator).toMatch(/^abide_runs\{status="suspended"\} 1$/m);
     for (const status of ['queued', 'running']) expect(texts.orchestrator, status).toMatch(new RegExp(`^abide_runs\\{status="${status}"\\} 0$`, 'm'));

@@ -115,7 +115,13 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   const retentionMs = deps.retentionMs ?? null;
   const readModelDelayMs = deps.readModelDelayMs ?? 1_000;
   const now = deps.now ?? (() => new Date());
-  const cache = createTransitionCache({ maxEntries: deps.cacheSize, maxBytes: deps.cacheBytes });
+  // The cache's use, for sizing `ORCHESTRATOR_CACHE_BYTES`: misses and evictions that climb under a
+  // steady load mean runs are read from the store for every input (docs/operations.md).
+  const evictions = deps.metrics?.counter('run_cache_evictions_total', 'Runs dropped from the run cache to stay within ORCHESTRATOR_CACHE_BYTES (or its entry bound)', []);
+  const cache = createTransitionCache({ maxEntries: deps.cacheSize, maxBytes: deps.cacheBytes, onEvict: () => evictions?.inc() });
+  const cacheLookups = deps.metrics?.counter('run_cache_lookups_total', 'Inputs by where their run came from: kept in memory (hit), carried by the start message (carried), read from the store (miss)', ['result']);
+  deps.metrics?.gauge('run_cache_runs', 'Runs kept in the run cache', () => cache.size.entries);
+  deps.metrics?.gauge('run_cache_bytes', 'Bytes the run cache counts against ORCHESTRATOR_CACHE_BYTES (run states as JSON, each agent version once)', () => cache.size.bytes);
   const committed = deps.metrics?.counter('transitions_committed_total', 'Transitions committed');
   const conflicts = deps.metrics?.counter('transition_conflicts_total', 'Commit races lost to another replica');
   const ignoredInputs = deps.metrics?.counter('inputs_ignored_total', 'Stale or duplicate inputs acked and ignored');
@@ -140,11 +146,19 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    */
   async function loadForApply(runId: string, verified: boolean, cause: string, first: TransitionDocument | undefined) {
     const cached = cache.get(runId);
-    if (cached && !verified) return { ...cached, verified: false };
+    if (cached && !verified) {
+      cacheLookups?.inc({ result: 'hit' });
+      return { ...cached, verified: false };
+    }
     // Version 1 as its `start` carried it (first delivery, `inbox-handler.ts`): committed before
     // that message was published, and taken like a cached copy: unread, so if version 2 exists
     // (another copy of the `start` was applied) its insert fails and the run is loaded.
-    if (!cached && first && !verified) return { transition: first, lastSeq: null, verified: false };
+    if (!cached && first && !verified) {
+      cacheLookups?.inc({ result: 'carried' });
+      return { transition: first, lastSeq: null, verified: false };
+    }
+    // A read: a run not kept (or a re-check of one that was: `verified`, not counted again).
+    if (!verified) cacheLookups?.inc({ result: 'miss' });
     if (!cached && cause === outboxEntryId(runId, 1, 0)) {
       // A run's `start`, its first input: version 1 and the probe for version 2 at once (the
       // read model holds nothing more: its `lastSeq` is null until an event is published).

@@ -24,7 +24,8 @@ describe('transition cache', () => {
 
   it('bounds the sum of the entries by bytes, whatever their count', () => {
     const big = 'x'.repeat(4_000);
-    const cache = createTransitionCache({ maxEntries: 10_000, maxBytes: 10_000 });
+    let evicted = 0;
+    const cache = createTransitionCache({ maxEntries: 10_000, maxBytes: 10_000, onEvict: () => (evicted += 1) });
     for (let index = 0; index < 10; index += 1) cache.remember(`r${index}`, entry(`r${index}`, { messages: [{ role: 'user', content: big }] }));
     // Each state is a little over 4 KB of JSON: only the two most recent fit in 10 KB.
     expect(cache.size.entries).toBe(2);
@@ -32,6 +33,13 @@ describe('transition cache', () => {
     expect(cache.get('r9')).toBeDefined();
     expect(cache.get('r8')).toBeDefined();
     expect(cache.get('r7')).toBeUndefined();
+    // Eight runs dropped for the bound (the metric operators size ORCHESTRATOR_CACHE_BYTES by) ...
+    expect(evicted).toBe(8);
+    // ... and none for a run that ended, or that is forgotten on purpose.
+    cache.remember('r9', entry('r9', { status: 'completed' }));
+    cache.delete('r8');
+    expect(cache.size.entries).toBe(0);
+    expect(evicted).toBe(8);
   });
 
   it('keeps no entry larger than the whole budget, and forgets the run’s older entry', () => {

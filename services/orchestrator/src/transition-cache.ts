@@ -10,6 +10,8 @@ export type TransitionCacheOptions = {
   maxBytes?: number | undefined;
   /** An entry's size without its agent: by default the length of its state as JSON, agent left out (counted once per version), a proxy for what it holds on the heap. */
   sizeOf?: (entry: CachedTransition) => number;
+  /** Called for each run dropped to stay within the bounds (not for a run dropped because it ended). */
+  onEvict?: () => void;
 };
 
 /**
@@ -105,6 +107,7 @@ export function createTransitionCache(options: TransitionCacheOptions = {}) {
       for (const [oldest, found] of entries) {
         if (entries.size <= maxEntries && bytes <= maxBytes) break;
         drop(oldest, found);
+        options.onEvict?.();
       }
     },
 
