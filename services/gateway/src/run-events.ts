@@ -89,8 +89,8 @@ export function createRunEventsOpener(deps: {
    * event (`<runId>:2:0`, the first entry of transition 2's outbox, `firstEventEvicted`); any other
    * is answered 410 `cursor_expired` and nothing is forwarded. A reader that has read nothing after
    * `createdRunCheckMs` (the orchestrator is slow, or every event of the run is gone already) runs
-   * the usual checks once, so a run whose events are all gone is refused rather than followed
-   * forever. The run follows to its terminal event like any other that had not ended when the
+   * the usual checks, once they answer (a check that fails is tried again after as long), so a run
+   * whose events are all gone is refused rather than followed forever. The run follows to its terminal event like any other that had not ended when the
    * subscription started.
    */
   async function* followCreated(request: OpenRunEventsRequest): AsyncGenerator<ClientEvent, void, undefined> {
@@ -103,8 +103,19 @@ export function createRunEventsOpener(deps: {
     const first = events.next().then((result) => ({ result }), (error: unknown) => ({ error }));
     const late = new AbortController();
     try {
-      const waited = await Promise.race([first, sleep(createdRunCheckMs, undefined, { signal: late.signal }).then(() => 'late' as const, () => 'late' as const)]);
-      if (waited === 'late') await loadUnexpired(tenantId, runId, undefined);
+      // Until the first event: every `createdRunCheckMs`, the usual checks, until one answers. A
+      // check that fails (the bus or the store unreachable: a reader reads nothing then either)
+      // refuses nothing; the relay's own bound ends a reader that cannot resume.
+      for (let checked = false; !checked; ) {
+        const waited = await Promise.race([first, sleep(createdRunCheckMs, undefined, { signal: late.signal }).then(() => 'late' as const, () => 'late' as const)]);
+        if (waited !== 'late') break;
+        try {
+          await loadUnexpired(tenantId, runId, undefined);
+          checked = true;
+        } catch (error) {
+          if (error instanceof CursorExpiredError) throw error;
+        }
+      }
       const started = await first;
       if ('error' in started) throw started.error;
       if (started.result.done) return;

@@ -212,6 +212,25 @@ describe('WebSocket /v1/ws', () => {
     client.socket.terminate();
   });
 
+  it('keeps following a run it created when the check of a quiet reader fails (the store is unreachable), and forwards its events once they come', async () => {
+    await t.app.close();
+    await setup({ createdRunCheckMs: 50 });
+    const client = await connect();
+    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
+    const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
+    let checks = 0;
+    t.memory.store.loadRunSummary = async () => {
+      checks += 1;
+      throw new Error('store unreachable (fake)');
+    };
+    // The reader reads nothing; its check fails, and is tried again.
+    await expect.poll(() => checks).toBeGreaterThanOrEqual(2);
+    t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId: createdRunId, event: { type: 'run.started' } });
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+    client.socket.terminate();
+  });
+
   it('cancels and decides approvals with acks, and errors with the HTTP codes', async () => {
     const client = await connect();
     client.send({ type: 'cancel', requestId: 'c1', runId, reason: 'stop' });
