@@ -1,7 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { eventEntry, type OutboxEntry } from './outbox.ts';
 import { startMessageSchema } from './messages.ts';
-import { findUnpublishableEntry, messageHeaderRoomBytes, publishOutbox, startWithStateMaxBytes, type OutboxPublisherDeps } from './outbox-publisher.ts';
+import { encodeOutbox, findUnpublishableEntry, messageHeaderRoomBytes, publishOutbox, startWithStateMaxBytes, type OutboxPublisherDeps } from './outbox-publisher.ts';
 import { zeroUsage, type RunState } from './run-state.ts';
 import type { TransitionDocument } from './run-store.ts';
 import { testRunState } from './testing/run-state.ts';
@@ -50,6 +50,37 @@ describe('findUnpublishableEntry (finding 5)', () => {
       code: 'message_too_large',
       message: expect.stringContaining('the tool.result event'),
     });
+  });
+});
+
+describe('an outbox encoded once for the check and the publish', () => {
+  /** A JetStream client that acknowledges at once and keeps what it was sent. */
+  function recordingJs() {
+    const sent: { subject: string; body: any }[] = [];
+    let seq = 0;
+    const js = {
+      async publish(subject: string, data: Uint8Array) {
+        sent.push({ subject, body: JSON.parse(new TextDecoder().decode(data)) });
+        return { stream: 'S', seq: ++seq, duplicate: false };
+      },
+    };
+    return { js: js as never, sent };
+  }
+
+  it('publishes the bytes the size check encoded, and encodes again when the limits changed since', async () => {
+    const transition = transitionWith([eventEntry('run.resumed', {}), { kind: 'llm_request', step: 1 }], { messages: [{ role: 'user', content: 'as checked' }] });
+    const recorded = recordingJs();
+    const prepared = encodeOutbox(deps({ js: recorded.js }), transition);
+    expect(findUnpublishableEntry(deps(), transition, prepared)).toBeNull();
+    // Changed after the check: the publish sends what was checked, not a new encoding.
+    transition.state.messages = [{ role: 'user', content: 'changed later' }];
+    await publishOutbox(deps({ js: recorded.js }), transition, prepared);
+    const request = recorded.sent.find((message) => message.subject.startsWith('llm.request.'))!;
+    expect(JSON.stringify(request.body)).toContain('as checked');
+    // A reconnect to a server with another max_payload: the outbox is encoded again under the new limits.
+    const again = recordingJs();
+    await publishOutbox(deps({ js: again.js, maxPayloadBytes: 2 * 1_048_576 }), transition, prepared);
+    expect(JSON.stringify(again.sent.find((message) => message.subject.startsWith('llm.request.'))!.body)).toContain('changed later');
   });
 });
 

@@ -117,15 +117,29 @@ function describeEntry(entry: OutboxEntry): string {
 }
 
 /**
+ * A transition's outbox as its messages, encoded once for both the size check before its commit
+ * and its publish after: a model request carries the whole conversation, so building and encoding
+ * it twice per step cost twice what grows with the run. Valid for the limits it was encoded under
+ * (`publishOutbox` encodes again if the server's `max_payload` changed since, after a reconnect).
+ */
+export type EncodedOutbox = { readonly limits: Limits; readonly entries: readonly (Encoded | null)[] };
+
+export function encodeOutbox(deps: OutboxPublisherDeps, transition: TransitionDocument): EncodedOutbox {
+  const limits = limitsOf(deps);
+  return { limits, entries: transition.outbox.map((entry, index) => encodeEntry(deps, transition, entry, index, limits)) };
+}
+
+/**
  * The first message of `transition`'s outbox that could never be published (larger than the
  * server's `max_payload` minus header room, an event over `RUN_EVENTS`' `max_msg_size`, a model
  * request body over `LLM_REQUEST_MAX_BYTES`), as the error its run fails with; null if all fit.
  * Checked before a commit, so nothing is committed that can never publish (issue 8, finding 5).
+ * `prepared`: the outbox as `encodeOutbox` encoded it (then handed to `publishOutbox`).
  */
-export function findUnpublishableEntry(deps: OutboxPublisherDeps, transition: TransitionDocument): ErrorInfo | null {
-  const limits = limitsOf(deps);
+export function findUnpublishableEntry(deps: OutboxPublisherDeps, transition: TransitionDocument, prepared: EncodedOutbox = encodeOutbox(deps, transition)): ErrorInfo | null {
+  const { limits } = prepared;
   for (const [index, entry] of transition.outbox.entries()) {
-    const encoded = encodeEntry(deps, transition, entry, index, limits);
+    const encoded = prepared.entries[index] ?? null;
     if (!encoded) continue;
     const limit = encoded.kind === 'event' ? limits.event : limits.message;
     if (encoded.data.byteLength > limit) {
@@ -154,13 +168,16 @@ export function findUnpublishableEntry(deps: OutboxPublisherDeps, transition: Tr
  * not (the process died, or a publish failed and the input is nakked): the tool may run and its
  * result arrive before the events are out; whoever applies that result publishes this outbox first
  * (the request again, dropped as a duplicate), so `tool.call` still precedes `tool.result`.
- * Returns the stream sequence of the last event, if any.
+ * `prepared`: the outbox as the size check before the commit encoded it (`encodeOutbox`), reused
+ * unless the limits changed since. Returns the stream sequence of the last event, if any.
  */
-export async function publishOutbox(deps: OutboxPublisherDeps, transition: TransitionDocument): Promise<number | null> {
+export async function publishOutbox(deps: OutboxPublisherDeps, transition: TransitionDocument, prepared?: EncodedOutbox): Promise<number | null> {
   const { js } = deps;
   const { runId, tenantId } = transition;
   const ts = transition.at.toISOString();
   const limits = limitsOf(deps);
+  const sameLimits = prepared !== undefined && prepared.limits.message === limits.message && prepared.limits.event === limits.event && prepared.limits.modelRequest === limits.modelRequest;
+  const encodings = sameLimits ? prepared.entries : encodeOutbox(deps, transition).entries;
   // The run's trace (issue 10): stored with the transition, so an outbox published again after a
   // crash, by another replica or a sweeper, still continues the trace of the step that made it.
   const trace = transition.traceparent ? contextFromTraceparent(transition.traceparent) : undefined;
@@ -170,7 +187,7 @@ export async function publishOutbox(deps: OutboxPublisherDeps, transition: Trans
   const pendingWork: Promise<PubAck>[] = [];
   for (const [index, entry] of transition.outbox.entries()) {
     const id = outboxEntryId(runId, transition.version, index);
-    const encoded = encodeEntry(deps, transition, entry, index, limits);
+    const encoded = encodings[index] ?? null;
     if (encoded?.kind === 'event') {
       if (entry.kind === 'event' && isTerminalEventType(entry.type) && pendingEvents.length) {
         // The terminal event goes out only once every earlier event is stored: a pipelined event

@@ -4,6 +4,7 @@ import {
   outboxEntryId,
   type WorkItem,
   type CrashPoints,
+  encodeOutbox,
   findUnpublishableEntry,
   publishOutbox,
   transitionId,
@@ -12,6 +13,7 @@ import {
   type Logger,
   type Metrics,
   type MetricsHistogram,
+  type EncodedOutbox,
   type OutboxPublisherDeps,
   type RunStore,
   type TransitionDocument,
@@ -390,8 +392,8 @@ export function createRunProcessor(deps: RunProcessorDeps) {
    * (`settle`). `committedHere`: the transition was just committed by this call (not left
    * unpublished by a crash or a slower replica).
    */
-  async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null, committedHere = false): Promise<number | null> {
-    const lastEventSeq = await publishOutbox(publisher, committedTransition);
+  async function publish(committedTransition: TransitionDocument, previousLastSeq: number | null, committedHere = false, prepared?: EncodedOutbox): Promise<number | null> {
+    const lastEventSeq = await publishOutbox(publisher, committedTransition, prepared);
     deps.crashPoints?.hit(committedHere ? 'orchestrator.after_publish' : 'orchestrator.after_republish');
     const lastSeq = lastEventSeq ?? previousLastSeq;
     const published = { ...committedTransition, published: true };
@@ -469,12 +471,15 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       // that can never be published (over the server's max_payload, an event over RUN_EVENTS'
       // max_msg_size, a model request over LLM_REQUEST_MAX_BYTES) is never committed; the run
       // fails with `message_too_large` instead, from the same state, and nothing else waits on it.
-      const unpublishable = findUnpublishableEntry(publisher, next);
+      // Encoded once: the check reads the sizes, the publish after the commit sends the same bytes.
+      let prepared: EncodedOutbox | undefined = encodeOutbox(publisher, next);
+      const unpublishable = findUnpublishableEntry(publisher, next, prepared);
       if (unpublishable) {
         result = transition(current.state, { type: 'fail', error: unpublishable }, { now: at });
         if (result.kind !== 'changed') throw new Error(`run ${runId}: a failure could not be applied to a ${current.state.status} run`);
         next.state = result.state;
         next.outbox = result.outbox;
+        prepared = undefined;
         oversize?.inc();
         logger.warn({ runId, tenantId: next.tenantId, step: current.state.step, cause, reason: unpublishable.message }, 'a transition would publish a message too large for the bus; failing the run instead');
       }
@@ -503,7 +508,7 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       // listings (the approvals inbox). A crash between the two is the "after the commit" window.
       if (!movesOn(next)) await settle(next, lastSeq);
       logger.info({ runId, tenantId: next.tenantId, step: next.state.step, version: next.version, status: next.state.status, cause }, 'transition committed');
-      await publish(next, lastSeq, true);
+      await publish(next, lastSeq, true, prepared);
       return { kind: 'committed', version: next.version };
     }
     throw new AbideError('internal', `run ${runId}: lost ${maxConflictRetries + 1} commit races in a row`, { retryable: true, retryAfterMs: 200 });
