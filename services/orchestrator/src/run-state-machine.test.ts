@@ -13,7 +13,10 @@ const stored = <Value>(value: Value): Value => decodeStoredKeys(JSON.parse(JSON.
  * whole would, and the read model's summary (`run-summary.ts`) rolls forward by it too.
  */
 function transition(...args: Parameters<typeof machineTransition>): TransitionResult {
-  const result = machineTransition(...args);
+  // The input frozen through and through: the next state shares what it does not change with
+  // it (`draftOf`), so a change made in place to anything shared throws here instead of
+  // silently rewriting the previous state (which the orchestrator keeps cached).
+  const result = machineTransition(deepFreeze(args[0]), args[1], args[2]);
   if (result.kind === 'changed') {
     const delta = stored(encodeDelta(args[0], result.state));
     expect(applyDelta(stored(args[0]), delta)).toEqual(stored(result.state));
@@ -21,6 +24,14 @@ function transition(...args: Parameters<typeof machineTransition>): TransitionRe
     expect(applyDeltaToSummary(stored(summarizeRunState(args[0])), delta)).toEqual(stored(summarizeRunState(result.state)));
   }
   return result;
+}
+
+function deepFreeze<Value>(value: Value): Value {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const member of Object.values(value)) deepFreeze(member);
+  }
+  return value;
 }
 
 const now = new Date('2026-11-24T10:00:00.000Z');

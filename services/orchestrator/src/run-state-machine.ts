@@ -74,10 +74,27 @@ export function transition(state: RunState, input: RunInput, context: Transition
 /** A mutable draft of the next state, with its outbox. */
 type Draft = { state: RunState; outbox: OutboxEntry[] };
 
+/**
+ * The next state starts as a copy of `state` that shares what no transition changes in place, so
+ * a step costs what it changes, not a copy of the whole run (the conversation grows with every
+ * step; copying it whole made each step's CPU grow with the run, like `applyDelta`'s fold does
+ * not). Copied: the arrays the transitions push to or set an element of (`messages`,
+ * `pendingApprovals`, `llmAttempts`) and each tool call record (they set its fields). Shared:
+ * everything else, which they only ever replace (a message, once appended, is never edited; the
+ * agent version is immutable; `awaiting`, `usage`, an outcome, args are assigned anew).
+ */
 function draftOf(state: RunState, context: TransitionContext): Draft {
-  // The agent version is immutable and nothing here changes it: the draft shares it, uncopied.
-  const { agentSnapshot, ...rest } = state;
-  return { state: { ...structuredClone({ ...rest, updatedAt: context.now.toISOString() }), agentSnapshot }, outbox: [] };
+  return {
+    state: {
+      ...state,
+      updatedAt: context.now.toISOString(),
+      messages: [...state.messages],
+      toolCalls: state.toolCalls.map((call) => ({ ...call })),
+      pendingApprovals: [...state.pendingApprovals],
+      llmAttempts: [...state.llmAttempts],
+    },
+    outbox: [],
+  };
 }
 
 function done(draft: Draft): TransitionResult {
