@@ -42,6 +42,17 @@ describe('transition cache', () => {
     expect(evicted).toBe(8);
   });
 
+  it('counts about the length of the state as JSON without its agent', () => {
+    const cache = createTransitionCache({ maxEntries: 10, maxBytes: 1_000_000 });
+    const messages = Array.from({ length: 20 }, (_, index) => ({ role: 'user' as const, content: `message ${index} ${'x'.repeat(500)}` }));
+    const toolCalls = [{ toolCallId: 's0c0', providerToolCallId: 'p', step: 0, toolName: 'echo', args: { text: 'y'.repeat(300) }, needsApproval: false, state: 'completed' as const, outcome: { kind: 'success' as const, value: 'z'.repeat(300) } }];
+    const kept = entry('r1', { messages, toolCalls });
+    cache.remember('r1', kept);
+    const { agentSnapshot: _agent, ...rest } = kept.transition.state;
+    const agentBytes = JSON.stringify(kept.transition.state.agentSnapshot).length;
+    expect(Math.abs(cache.size.bytes - agentBytes - JSON.stringify(rest).length)).toBeLessThan(64);
+  });
+
   it('keeps no entry larger than the whole budget, and forgets the run’s older entry', () => {
     const cache = createTransitionCache({ maxEntries: 10, maxBytes: 3_000 });
     cache.remember('r1', entry('r1'));

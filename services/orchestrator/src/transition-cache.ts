@@ -8,7 +8,7 @@ export type TransitionCacheOptions = {
   maxEntries?: number | undefined;
   /** Sum of the entries' sizes (`sizeOf`) kept at most. @default 64 MiB (`ORCHESTRATOR_CACHE_BYTES`) */
   maxBytes?: number | undefined;
-  /** An entry's size without its agent: by default the length of its state as JSON, agent left out (counted once per version), a proxy for what it holds on the heap. */
+  /** An entry's size without its agent: by default about the length of its state as JSON, agent left out (counted once per version), a proxy for what it holds on the heap. */
   sizeOf?: (entry: CachedTransition) => number;
   /** Called for each run dropped to stay within the bounds (not for a run dropped because it ended). */
   onEvict?: () => void;
@@ -37,14 +37,34 @@ export const defaultTransitionCacheBytes = 64 * 1024 * 1024;
  * before an input of a run becomes a cold load.
  */
 export function createTransitionCache(options: TransitionCacheOptions = {}) {
+  /**
+   * JSON sizes of the messages, tool call arguments and outcomes measured so far, by object: a
+   * state shares them with the states before it (`draftOf`, `applyDelta`), so each is measured
+   * once, not at every step of its run (measuring the whole state was ~0.5 ms per step at 200
+   * steps). A state is never changed once kept, so a measured object keeps its size.
+   */
+  const measured = new WeakMap<object, number>();
+  function bytesOf(value: unknown): number {
+    if (typeof value !== 'object' || value === null) return JSON.stringify(value ?? null).length;
+    let size = measured.get(value);
+    if (size === undefined) {
+      size = JSON.stringify(value).length;
+      measured.set(value, size);
+    }
+    return size;
+  }
+  /** About the length of the state as JSON, its agent left out (counted once per version). */
+  function stateBytes(state: RunState): number {
+    const { agentSnapshot: _counted, messages, toolCalls, ...rest } = state;
+    let size = JSON.stringify(rest).length;
+    for (const message of messages) size += bytesOf(message) + 1;
+    for (const { args, outcome, ...call } of toolCalls) size += JSON.stringify(call).length + bytesOf(args) + bytesOf(outcome) + 1;
+    return size;
+  }
+
   const maxEntries = options.maxEntries ?? 10_000;
   const maxBytes = options.maxBytes ?? defaultTransitionCacheBytes;
-  const sizeOf =
-    options.sizeOf ??
-    ((entry: CachedTransition) => {
-      const { agentSnapshot: _counted, ...rest } = entry.transition.state;
-      return JSON.stringify(rest).length;
-    });
+  const sizeOf = options.sizeOf ?? ((entry: CachedTransition) => stateBytes(entry.transition.state));
   const entries = new Map<string, { entry: CachedTransition; bytes: number }>();
   /** The agent versions the entries use, one copy each, with how many entries use it. */
   const agents = new Map<string, { agent: Agent; users: number; bytes: number }>();
