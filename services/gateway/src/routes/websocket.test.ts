@@ -22,6 +22,15 @@ afterEach(async () => {
 
 type Frame = Record<string, unknown> & { type: string };
 
+/** A client that created a run with `run.create`, once the run's reader is open. */
+async function createOverSocket() {
+  const client = await connect();
+  client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
+  const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
+  await expect.poll(() => t.events.openReaders).toBe(1);
+  return { client, createdRunId };
+}
+
 /** A test client: every frame received, and a way to wait for the next matching one. */
 async function connect(headers: Record<string, string> = auth(), path = '/v1/ws') {
   const frames: Frame[] = [];
@@ -175,10 +184,7 @@ describe('WebSocket /v1/ws', () => {
   });
 
   it('refuses a run it created whose first event was discarded before its reader read it, and forwards nothing', async () => {
-    const client = await connect();
-    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
-    const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
-    await expect.poll(() => t.events.openReaders).toBe(1);
+    const { client, createdRunId } = await createOverSocket();
     // The run's first event is published and discarded by the size limit (EVENTS_MAX_BYTES) in
     // one turn, before the reader gets to it; the reader's first message is the run's second event.
     const first = t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
@@ -194,10 +200,7 @@ describe('WebSocket /v1/ws', () => {
   it('checks a run it created once its reader has read nothing for a while, and refuses it when every event of the run is gone', async () => {
     await t.app.close();
     await setup({ createdRunCheckMs: 50 });
-    const client = await connect();
-    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
-    const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
-    await expect.poll(() => t.events.openReaders).toBe(1);
+    const { client, createdRunId } = await createOverSocket();
     // The whole run is published and ended, and all of its events discarded, before the reader reads any.
     const first = t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
     const last = t.events.emit(createdRunId, 't1', `${createdRunId}:2:1`, 'run.completed', { output: 'done', usage });
@@ -215,14 +218,13 @@ describe('WebSocket /v1/ws', () => {
   it('keeps following a run it created when the check of a quiet reader fails (the store is unreachable), and forwards its events once they come', async () => {
     await t.app.close();
     await setup({ createdRunCheckMs: 50 });
-    const client = await connect();
-    client.send({ type: 'run.create', requestId: 'q1', agentId: 'helper', input: 'hello' });
-    const createdRunId = (await client.next((frame) => frame.type === 'run.created')).runId as string;
+    // Unreachable from the start (the creation reads no run, so only the reader's check asks).
     let checks = 0;
     t.memory.store.loadRunSummary = async () => {
       checks += 1;
       throw new Error('store unreachable (fake)');
     };
+    const { client, createdRunId } = await createOverSocket();
     // The reader reads nothing; its check fails, and is tried again.
     await expect.poll(() => checks).toBeGreaterThanOrEqual(2);
     t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
