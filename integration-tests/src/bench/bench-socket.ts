@@ -6,6 +6,9 @@ export type RunEvent = { seq: number; type: string; [field: string]: any };
 
 const terminalTypes = new Set(['run.completed', 'run.failed', 'run.cancelled']);
 
+/** The `type` of the pseudo-event a kept trace records for the `run.created` answer (not a run event). */
+export const createdFrameType = 'run.created (frame)';
+
 /** What a run tracker hears about its run. */
 type Tracker = {
   onEvent(event: RunEvent, at: number): void;
@@ -155,7 +158,7 @@ export class BenchSocket {
       },
       (runId, ms, error) => ({ ok: false, runId, ms, error }),
       // The `run.created` answer, as a pseudo-event: the gateway's share of the creation.
-      keepEvents ? (at, started) => events.push({ type: 'run.created (frame)', at: at - started, event: { seq: 0, type: 'run.created (frame)' } }) : undefined,
+      keepEvents ? (at, started) => events.push({ type: createdFrameType, at: at - started, event: { seq: 0, type: createdFrameType } }) : undefined,
     );
   }
 

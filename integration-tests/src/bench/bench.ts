@@ -31,7 +31,7 @@ import { performance } from 'node:perf_hooks';
 import { isDeepStrictEqual } from 'node:util';
 import { startServersFromEnv, type StartedServers } from '../../../scripts/lib/servers.ts';
 import { Stack } from '../harness/stack.ts';
-import { BenchSocket, type RunOutcome } from './bench-socket.ts';
+import { BenchSocket, createdFrameType, type RunOutcome } from './bench-socket.ts';
 import { describeRunBytes, measureRunBytes } from './bytes-probe.ts';
 import { measureDocumentOps, measureFloor, type DocumentOps, type FloorProbes } from './floor-probes.ts';
 import { addFerretDbIdIndexes } from './ferretdb-id-index.ts';
@@ -929,7 +929,7 @@ function fmt(summary: LatencySummary): string {
 }
 
 function verifyWorkload(outcome: Extract<RunOutcome, { ok: true }>, workload: WorkloadOptions): void {
-  const events = outcome.events ?? [];
+  const events = (outcome.events ?? []).filter((entry) => entry.type !== createdFrameType);
   const results = events.filter((entry) => entry.type === 'tool.result').map((entry) => entry.event);
   const calls = events.filter((entry) => entry.type === 'tool.call').map((entry) => entry.event);
   const tool = workloadToolName(workload);
