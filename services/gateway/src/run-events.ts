@@ -89,9 +89,9 @@ export function createRunEventsOpener(deps: {
    * event (`<runId>:2:0`, the first entry of transition 2's outbox, `firstEventEvicted`); any other
    * is answered 410 `cursor_expired` and nothing is forwarded. A reader that has read nothing after
    * `createdRunCheckMs` (the orchestrator is slow, or every event of the run is gone already) runs
-   * the usual checks, once they answer (a check that fails is tried again after as long), so a run
-   * whose events are all gone is refused rather than followed forever. The run follows to its terminal event like any other that had not ended when the
-   * subscription started.
+   * the usual checks until they answer (a check that fails is tried again after as long), so a
+   * run whose events are all gone is refused rather than followed forever. The run follows to its
+   * terminal event like any other that had not ended when the subscription started.
    */
   async function* followCreated(request: OpenRunEventsRequest): AsyncGenerator<ClientEvent, void, undefined> {
     const { tenantId, runId } = request;
@@ -99,7 +99,7 @@ export function createRunEventsOpener(deps: {
     const stop = () => reading.abort();
     request.signal.addEventListener('abort', stop, { once: true });
     const events = deps.relay.follow(runId, { after: undefined, signal: reading.signal });
-    // Converted, not dropped: a reader failure is rethrown below, once the checks have passed.
+    // Converted, not dropped: a reader failure is rethrown below (after a check under way).
     const first = events.next().then((result) => ({ result }), (error: unknown) => ({ error }));
     const late = new AbortController();
     try {
