@@ -54,14 +54,14 @@ describe('deploy/monitoring', () => {
     }
   });
 
-  it('alert rules: the four alerts, each well-formed, on metrics the services export', () => {
+  it('alert rules: the five alerts, each well-formed, on metrics the services export', () => {
     const document = parse(readFileSync(rulesFile, 'utf8')) as { groups: { name: string; rules: Rule[] }[] };
     expect(document.groups.length).toBeGreaterThan(0);
     const rules = document.groups.flatMap((group) => {
       expect(group.name).toMatch(/\S/);
       return group.rules;
     });
-    expect(rules.map((rule) => rule.alert).sort()).toEqual(['AbideBacklogGrowing', 'AbideDeliveryExhausted', 'AbideRedeliveries', 'AbideRunsStuckPastDeadline']);
+    expect(rules.map((rule) => rule.alert).sort()).toEqual(['AbideBacklogGrowing', 'AbideDeliveryExhausted', 'AbideRedeliveries', 'AbideRunCacheTooSmall', 'AbideRunsStuckPastDeadline']);
     for (const rule of rules) {
       expect(Object.keys(rule).every((key) => ['alert', 'expr', 'for', 'labels', 'annotations', 'keep_firing_for'].includes(key)), rule.alert).toBe(true);
       expect(typeof rule.expr, rule.alert).toBe('string');
