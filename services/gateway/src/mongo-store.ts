@@ -2,10 +2,6 @@ import { agentFromDocument, agentIds, createAgentCache, createAgentVersionReader
 import type { Db } from 'mongodb';
 import type { ConversationLock, GatewayStore, LoadedRun, RunListQuery, TransitionHeader } from './ports.ts';
 
-const { document: agentDocumentId, version: agentVersionId } = agentIds;
-
-const toAgent = agentFromDocument;
-
 /**
  * The gateway's MongoDB access (DESIGN §3). Races are decided by inserts; every hot path goes by
  * `_id`; reads roll forward past a lagging `agents` / `runs` document.
@@ -38,13 +34,13 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
   /** The agent in force, read whole: `agents`, rolled forward through `agent_versions`. */
   async function readAgent(tenantId: string, agentId: string): Promise<Agent | null> {
-    const current = await collections.agents.findOne({ _id: agentDocumentId(tenantId, agentId) });
-    let agent = current ? toAgent(current) : null;
+    const current = await collections.agents.findOne({ _id: agentIds.document(tenantId, agentId) });
+    let agent = current ? agentFromDocument(current) : null;
     // `agents` may lag behind `agent_versions` (a writer died between the two writes, or a slower one lost).
     for (let probe = (agent?.version ?? 0) + 1; ; probe += 1) {
-      const next = await collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, probe) });
+      const next = await collections.agentVersions.findOne({ _id: agentIds.version(tenantId, agentId, probe) });
       if (!next) break;
-      agent = toAgent(next);
+      agent = agentFromDocument(next);
     }
     return agent;
   }
@@ -61,7 +57,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     async findAgent(tenantId, agentId) {
       const cached = agentCache.latest(tenantId, agentId);
       if (cached) {
-        const next = await collections.agentVersions.findOne({ _id: agentVersionId(tenantId, agentId, cached.version + 1) }, { projection: { _id: 1 } });
+        const next = await collections.agentVersions.findOne({ _id: agentIds.version(tenantId, agentId, cached.version + 1) }, { projection: { _id: 1 } });
         if (!next) return structuredClone(cached);
       }
       const agent = await readAgent(tenantId, agentId);
@@ -73,7 +69,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
 
     async insertAgentVersion(agent) {
       try {
-        await collections.agentVersions.insertOne(encodeStoredKeys({ _id: agentVersionId(agent.tenantId, agent.agentId, agent.version), ...agent }));
+        await collections.agentVersions.insertOne(encodeStoredKeys({ _id: agentIds.version(agent.tenantId, agent.agentId, agent.version), ...agent }));
         return true;
       } catch (error) {
         if (isDuplicateKeyError(error)) return false;
@@ -82,7 +78,7 @@ export function createMongoStore(options: { db: Db; collections: Collections; ru
     },
 
     async writeAgent(agent) {
-      const _id = agentDocumentId(agent.tenantId, agent.agentId);
+      const _id = agentIds.document(agent.tenantId, agent.agentId);
       const replaced = await collections.agents.replaceOne({ _id, version: { $lt: agent.version } }, encodeStoredKeys({ _id, ...agent }));
       if (replaced.matchedCount === 0) {
         try {

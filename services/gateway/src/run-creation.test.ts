@@ -200,47 +200,52 @@ describe("run creation: a conversation's history, from its latest ended run", ()
       throw new Error('the conversation was looked up in runs');
     },
   });
+  /** A harness whose heads are complete, none recorded for `conversationIds`, and that fails if a history is looked up in `runs`. */
+  function withCompleteHeads(...conversationIds: string[]) {
+    const h = harness({ override: noQuery });
+    for (const conversationId of conversationIds) h.memory.conversationHeads.set(`t1:${conversationId}`, null);
+    return h;
+  }
+  /** A run of `conversationId`, created and ended with `answer`; its id. */
+  async function endedRun(h: ReturnType<typeof harness>, conversationId: string, answer: string): Promise<string> {
+    const { runId } = await h.request({ conversationId });
+    end(h.memory, runId, answer);
+    return runId;
+  }
 
   it('takes it from the ended run whose lock the creation frees (its head not recorded yet), without the runs query', async () => {
-    const h = harness({ override: noQuery });
-    h.memory.conversationHeads.set('t1:conv-1', null); // heads complete, none recorded (and none will be here): only the freed lock tells
-    const first = await h.request({ conversationId: 'conv-1' });
-    end(h.memory, first.runId, 'one');
+    // None recorded (and none will be here): only the freed lock tells.
+    const h = withCompleteHeads('conv-1');
+    await endedRun(h, 'conv-1', 'one');
     const second = await h.request({ conversationId: 'conv-1' });
     expect(messagesOf(h.memory, second.runId)).toEqual([{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'one' }, { role: 'user', content: 'hi' }]);
   });
 
   it('takes it from the head once the lock is released, and none when the heads are complete and the conversation has none', async () => {
-    const h = harness({ override: noQuery });
-    h.memory.conversationHeads.set('t1:conv-1', null);
-    const first = await h.request({ conversationId: 'conv-1' });
-    end(h.memory, first.runId, 'one');
+    const h = withCompleteHeads('conv-1', 'conv-2');
+    const first = await endedRun(h, 'conv-1', 'one');
     // Its terminal outbox: the head, then the lock's delete.
-    h.memory.conversationHeads.set('t1:conv-1', first.runId);
+    h.memory.conversationHeads.set('t1:conv-1', first);
     h.memory.locks.delete('t1:conv-1');
     const second = await h.request({ conversationId: 'conv-1' });
     expect(messagesOf(h.memory, second.runId).map((message) => message.content)).toEqual(['hi', 'one', 'hi']);
 
-    h.memory.conversationHeads.set('t1:conv-2', null);
     const fresh = await h.request({ conversationId: 'conv-2' });
     expect(messagesOf(h.memory, fresh.runId)).toEqual([{ role: 'user', content: 'hi' }]);
   });
 
   it('looks in runs only for a conversation without a head while the heads are not complete (one older than heads)', async () => {
     const h = harness();
-    const first = await h.request({ conversationId: 'conv-1' });
-    end(h.memory, first.runId, 'one');
+    await endedRun(h, 'conv-1', 'one');
     h.memory.locks.delete('t1:conv-1');
     const second = await h.request({ conversationId: 'conv-1' });
     expect(messagesOf(h.memory, second.runId).map((message) => message.content)).toEqual(['hi', 'one', 'hi']);
   });
 
   it("refuses a head that names a run of another conversation (corrupt data) instead of taking that run's history", async () => {
-    const h = harness({ override: noQuery });
-    h.memory.conversationHeads.set('t1:conv-other', null);
-    const other = await h.request({ conversationId: 'conv-other' });
-    end(h.memory, other.runId, 'secret');
-    h.memory.conversationHeads.set('t1:conv-1', other.runId);
+    const h = withCompleteHeads('conv-other');
+    const other = await endedRun(h, 'conv-other', 'secret');
+    h.memory.conversationHeads.set('t1:conv-1', other);
     await expect(h.request({ conversationId: 'conv-1' })).rejects.toThrow(/is not of conversation conv-1/);
   });
 });

@@ -197,40 +197,43 @@ describe('WebSocket /v1/ws', () => {
     client.socket.terminate();
   });
 
-  it('checks a run it created once its reader has read nothing for a while, and refuses it when every event of the run is gone', async () => {
-    await t.app.close();
-    await setup({ createdRunCheckMs: 50 });
-    const { client, createdRunId } = await createOverSocket();
-    // The whole run is published and ended, and all of its events discarded, before the reader reads any.
-    const first = t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
-    const last = t.events.emit(createdRunId, 't1', `${createdRunId}:2:1`, 'run.completed', { output: 'done', usage });
-    t.events.expireBefore(last + 1);
-    expect(last).toBeGreaterThan(first);
-    // The stream holds other runs' events (it discarded this run's to stay under its size limit).
-    t.events.emit('run_other', 't1', 'run_other:2:0', 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'o' });
-    t.memory.advance(createdRunId, (state) => void (state.status = 'completed'));
-    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ runId: createdRunId, code: 'cursor_expired' });
-    await expect.poll(() => t.events.openReaders).toBe(0);
-    expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
-    client.socket.terminate();
-  });
+  describe('with a quiet reader checked after 50 ms', () => {
+    beforeEach(async () => {
+      await t.app.close();
+      await setup({ createdRunCheckMs: 50 });
+    });
 
-  it('keeps following a run it created when the check of a quiet reader fails (the store is unreachable), and forwards its events once they come', async () => {
-    await t.app.close();
-    await setup({ createdRunCheckMs: 50 });
-    // Unreachable from the start (the creation reads no run, so only the reader's check asks).
-    let checks = 0;
-    t.memory.store.loadRunSummary = async () => {
-      checks += 1;
-      throw new Error('store unreachable (fake)');
-    };
-    const { client, createdRunId } = await createOverSocket();
-    // The reader reads nothing; its check fails, and is tried again.
-    await expect.poll(() => checks).toBeGreaterThanOrEqual(2);
-    t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
-    expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId: createdRunId, event: { type: 'run.started' } });
-    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
-    client.socket.terminate();
+    it('checks a run it created once its reader has read nothing for a while, and refuses it when every event of the run is gone', async () => {
+      const { client, createdRunId } = await createOverSocket();
+      // The whole run is published and ended, and all of its events discarded, before the reader reads any.
+      const first = t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+      const last = t.events.emit(createdRunId, 't1', `${createdRunId}:2:1`, 'run.completed', { output: 'done', usage });
+      t.events.expireBefore(last + 1);
+      expect(last).toBeGreaterThan(first);
+      // The stream holds other runs' events (it discarded this run's to stay under its size limit).
+      t.events.emit('run_other', 't1', 'run_other:2:0', 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'o' });
+      t.memory.advance(createdRunId, (state) => void (state.status = 'completed'));
+      expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ runId: createdRunId, code: 'cursor_expired' });
+      await expect.poll(() => t.events.openReaders).toBe(0);
+      expect(client.frames.filter((frame) => frame.type === 'event')).toEqual([]);
+      client.socket.terminate();
+    });
+
+    it('keeps following a run it created when the check of a quiet reader fails (the store is unreachable), and forwards its events once they come', async () => {
+      // Unreachable from the start (the creation reads no run, so only the reader's check asks).
+      let checks = 0;
+      t.memory.store.loadRunSummary = async () => {
+        checks += 1;
+        throw new Error('store unreachable (fake)');
+      };
+      const { client, createdRunId } = await createOverSocket();
+      // The reader reads nothing; its check fails, and is tried again.
+      await expect.poll(() => checks).toBeGreaterThanOrEqual(2);
+      t.events.emit(createdRunId, 't1', `${createdRunId}:2:0`, 'run.started', { agentId: 'helper', agentVersion: 1, conversationId: 'c' });
+      expect(await client.next((frame) => frame.type === 'event')).toMatchObject({ runId: createdRunId, event: { type: 'run.started' } });
+      expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+      client.socket.terminate();
+    });
   });
 
   it('cancels and decides approvals with acks, and errors with the HTTP codes', async () => {
