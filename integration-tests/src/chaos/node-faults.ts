@@ -43,6 +43,20 @@ export async function streamLeader(cluster: NatsCluster, stream: string): Promis
   }
 }
 
+/**
+ * The stream's leader, asked again until one answers: right after the meta leader's restart the
+ * request can time out and an election leaves the stream without a leader for a few seconds.
+ */
+async function waitForStreamLeader(cluster: NatsCluster, stream: string, timeoutMs: number): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const leader = await streamLeader(cluster, stream).catch(() => undefined); // no answer yet: ask again
+    if (leader) return leader;
+    if (Date.now() > deadline) throw new Error(`no leader of ${stream} after ${timeoutMs} ms`);
+    await sleep(200);
+  }
+}
+
 /** Waits until the node's full `/healthz` answers 200: JetStream is up and its streams have caught up. */
 async function waitHealthy(node: NatsClusterNode, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -84,7 +98,7 @@ export function startNodeFaults(options: NodeFaultOptions): NodeFaults {
       if (node) return { node, target: 'meta leader' };
     }
     if (index === 1) {
-      const node = byName(await streamLeader(cluster, streams.runInbox).catch(() => undefined)); // no answer: a random node instead
+      const node = byName(await waitForStreamLeader(cluster, streams.runInbox, 60_000));
       if (node) return { node, target: 'RUN_INBOX leader' };
     }
     return { node: random.pick(cluster.nodes), target: 'random' };
