@@ -24,7 +24,8 @@ export const storedKeySchema = z
   .max(storedJsonLimits.maxKeyLength)
   .regex(/^[^$.\u0000][^.\u0000]*$/, 'a key must not be empty, start with $, or contain . or NUL');
 
-const scalarSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
+/** The scalars, as options of a union (not a union of their own: see `buildLevels`). */
+const scalarOptions = () => [z.string(), z.number(), z.boolean(), z.null()] as const;
 
 /**
  * `levels[n]`: a JSON value whose keys pass `key`, at most n levels of arrays and objects deep,
@@ -36,13 +37,17 @@ const scalarSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
 function buildLevels(key: z.ZodType<string>, name: string): z.ZodType<unknown>[] {
   const tooDeep = `nested more than ${storedJsonLimits.maxDepth} levels deep`;
   // Each level is named (`id`): the OpenAPI document holds it once among its components.
-  const levels: z.ZodType<unknown>[] = [z.union([z.string(), z.number(), z.boolean(), z.null()], { error: tooDeep }).meta({ id: `${name}0` })];
+  const levels: z.ZodType<unknown>[] = [z.union(scalarOptions(), { error: tooDeep }).meta({ id: `${name}0` })];
   /** `elements[n]`: what an array at level n+1 holds: scalars and objects, never arrays. */
   const elements: z.ZodType<unknown>[] = [levels[0]!];
+  // Flat unions, the scalars inlined: zod stops at the first option that passes, but a nested
+  // union that fails as a whole (the scalars, for every object and array) builds and finalizes
+  // an issue per option before the next option is tried. Every `llm.request` and `tool.request`
+  // carries an agent's tool schemas and scripted arguments, so this was most of their parse (issue 9).
   for (let depth = 1; depth <= storedJsonLimits.maxDepth; depth += 1) {
     const object = z.record(key, levels[depth - 1]!);
-    elements.push(z.union([scalarSchema, object], { error: `an array inside an array cannot be stored, or ${tooDeep}` }).meta({ id: `${name}Element${depth}` }));
-    levels.push(z.union([scalarSchema, z.array(elements[depth - 1]!), object]).meta({ id: `${name}${depth}` }));
+    elements.push(z.union([...scalarOptions(), object], { error: `an array inside an array cannot be stored, or ${tooDeep}` }).meta({ id: `${name}Element${depth}` }));
+    levels.push(z.union([...scalarOptions(), z.array(elements[depth - 1]!), object]).meta({ id: `${name}${depth}` }));
   }
   return levels;
 }
