@@ -332,12 +332,15 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       if (!published.published) {
         // The write before the events of a run that waits or has ended go out (`applyNow`): this
         // read model records the version as not yet published, so it implies nothing about the
-        // work items, and both are written at once (issue 9: one database round trip on the run's
-        // last step, not two). The events wait for both; the write after the publish, which records
-        // the version published, still follows the work items.
-        const [items, readModel] = await Promise.allSettled([writeWorkItems(), writeReadModel(published, lastSeq)]);
-        if (items.status === 'rejected') throw items.reason;
-        if (readModel.status === 'rejected') throw readModel.reason;
+        // work items, and they are written after the events (the write after the publish, which
+        // records the version published, follows them), not before: on the local store two writes
+        // at once wait on each other, so the events waited for both (issue 9). Window: the events
+        // out, the work items not written (the process died, or a write failed and the input is
+        // nakked) → the input is redelivered, finds the version not known published, publishes it
+        // again (dropped as duplicates) and writes them. Until then an ended run's deadline item
+        // may fire and is ignored (no deadline of an ended run is due), and a waiting run's
+        // approval deadline is not yet stored, as in the window after any commit.
+        await writeReadModel(published, lastSeq);
         return;
       }
       const deadlineWrite = await writeWorkItems();
@@ -502,8 +505,8 @@ export function createRunProcessor(deps: RunProcessorDeps) {
       committed?.inc();
       deps.crashPoints?.hit('orchestrator.after_commit');
       // A transition after which the run waits for a person or has ended (no work message in its
-      // outbox) has no next step to delay: its deadline item and read model are written before
-      // its events go out (as not yet published; the write after the publish records that), so a
+      // outbox) has no next step to delay: its read model is written before its events go out (as
+      // not yet published; the write after the publish, after the work items, records that), so a
       // client that sees `run.suspended` or the terminal event finds the run in that state in
       // listings (the approvals inbox). A crash between the two is the "after the commit" window.
       if (!movesOn(next)) await settle(next, lastSeq);
