@@ -52,6 +52,8 @@ const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key-change-me-
 /** Everything the signal handlers need; built in main(). */
 interface Stack {
   shuttingDown: boolean;
+  /** When the first stop signal arrived (`Date.now()`). */
+  stopSignalAt?: number;
   servers: StartedServers | undefined;
   services: SupervisedService[];
 }
@@ -280,7 +282,15 @@ function printUsage(apiKey: string, servers: StartedServers): void {
 // ---------------------------------------------------------------------------------------------
 // Start and stop
 
+/**
+ * A second signal within this window is the same Ctrl-C, not a second one: the terminal sends
+ * SIGINT to the whole foreground process group (npm and this process), and npm forwards the one
+ * it gets to this process as well, so each Ctrl-C arrives twice, microseconds apart.
+ */
+const sameSignalMs = 1_000;
+
 async function shutDown(stack: Stack, signal: NodeJS.Signals): Promise<void> {
+  if (stack.shuttingDown && stack.stopSignalAt !== undefined && Date.now() - stack.stopSignalAt < sameSignalMs) return;
   if (stack.shuttingDown) {
     say(`${signal} again: killing everything`);
     for (const service of stack.services) service.kill();
@@ -290,6 +300,7 @@ async function shutDown(stack: Stack, signal: NodeJS.Signals): Promise<void> {
     process.exit(1);
   }
   stack.shuttingDown = true;
+  stack.stopSignalAt = Date.now();
   // Servers still starting are not in `stack` yet: the servers library SIGTERMs them when this process exits.
   say(`${signal}: stopping the services (up to ${serviceGraceMs / 1000} s; Ctrl-C again to kill)`);
   await stopEverything(stack);
