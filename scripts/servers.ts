@@ -12,6 +12,7 @@
  */
 import { parseArgs } from 'node:util';
 import { ensureMongoServerBinary, ensureNatsServerBinary, ensurePostgresBinaries, errorMessage, startServersFromEnv, type Log, type ManagedServer } from './lib/servers.ts';
+import { onStopSignals } from './lib/stop-signals.ts';
 
 const usage = `usage: node scripts/servers.ts [--nats-port N] [--mongo-port N] [--cluster N] [--data-dir DIR] [--install-only]`;
 
@@ -72,27 +73,26 @@ async function main(): Promise<void> {
   const replicas = servers.natsCluster ? ` JS_REPLICAS=${servers.natsCluster.nodes.length}` : '';
   process.stdout.write(`\nexport NATS_URL=${servers.natsUrl} MONGO_URL=${servers.mongoUrl}${replicas}\n\nCtrl-C stops the servers.\n`);
 
-  let stopping = false;
-  const shutDown = (signal: NodeJS.Signals) => {
-    if (stopping) {
+  onStopSignals({
+    stop(signal) {
+      log(`${signal}: stopping the servers`);
+      servers.stop().then(
+        () => process.exit(0),
+        (error: unknown) => {
+          log(`stopping failed: ${errorMessage(error)}`);
+          process.exit(1);
+        },
+      );
+    },
+    kill(signal) {
       log(`${signal} again: killing the servers`);
       servers.nats?.kill('SIGKILL');
       for (const node of servers.natsCluster?.nodes ?? []) node.server.kill('SIGKILL');
       servers.mongo?.kill('SIGKILL');
       servers.postgres?.kill('SIGKILL');
       process.exit(1);
-    }
-    stopping = true;
-    log(`${signal}: stopping the servers`);
-    servers.stop().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        log(`stopping failed: ${errorMessage(error)}`);
-        process.exit(1);
-      },
-    );
-  };
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => shutDown(signal));
+    },
+  });
   // Stay up until a signal arrives, even if a server dies meanwhile.
   setInterval(() => undefined, 1 << 30);
 }

@@ -24,6 +24,7 @@ import { prettyFactory } from 'pino-pretty';
 import { serviceEnvironment, serviceNodeOptions, serviceProcessVariables, type ServiceName } from '@abide/shared';
 import { buildConsole } from '../console/build.ts';
 import { abidePaths, errorMessage, startServersFromEnv, type StartedServers } from './lib/servers.ts';
+import { onStopSignals } from './lib/stop-signals.ts';
 
 type Color = 'cyan' | 'magenta' | 'yellow' | 'green' | 'blue' | 'red' | 'gray';
 
@@ -52,8 +53,6 @@ const apiKeys = apiKeysGiven ? process.env.ABIDE_API_KEYS : 'demo-key-change-me-
 /** Everything the signal handlers need; built in main(). */
 interface Stack {
   shuttingDown: boolean;
-  /** When the first stop signal arrived (`Date.now()`). */
-  stopSignalAt?: number;
   servers: StartedServers | undefined;
   services: SupervisedService[];
 }
@@ -282,25 +281,19 @@ function printUsage(apiKey: string, servers: StartedServers): void {
 // ---------------------------------------------------------------------------------------------
 // Start and stop
 
-/**
- * A second signal within this window is the same Ctrl-C, not a second one: the terminal sends
- * SIGINT to the whole foreground process group (npm and this process), and npm forwards the one
- * it gets to this process as well, so each Ctrl-C arrives twice, microseconds apart.
- */
-const sameSignalMs = 1_000;
+function killEverything(stack: Stack, signal: NodeJS.Signals): never {
+  say(`${signal} again: killing everything`);
+  for (const service of stack.services) service.kill();
+  stack.servers?.nats?.kill('SIGKILL');
+  stack.servers?.mongo?.kill('SIGKILL');
+  stack.servers?.postgres?.kill('SIGKILL');
+  process.exit(1);
+}
 
 async function shutDown(stack: Stack, signal: NodeJS.Signals): Promise<void> {
-  if (stack.shuttingDown && stack.stopSignalAt !== undefined && Date.now() - stack.stopSignalAt < sameSignalMs) return;
-  if (stack.shuttingDown) {
-    say(`${signal} again: killing everything`);
-    for (const service of stack.services) service.kill();
-    stack.servers?.nats?.kill('SIGKILL');
-    stack.servers?.mongo?.kill('SIGKILL');
-    stack.servers?.postgres?.kill('SIGKILL');
-    process.exit(1);
-  }
+  // Already stopping after a failed start: the signal asks to stop waiting.
+  if (stack.shuttingDown) killEverything(stack, signal);
   stack.shuttingDown = true;
-  stack.stopSignalAt = Date.now();
   // Servers still starting are not in `stack` yet: the servers library SIGTERMs them when this process exits.
   say(`${signal}: stopping the services (up to ${serviceGraceMs / 1000} s; Ctrl-C again to kill)`);
   await stopEverything(stack);
@@ -316,14 +309,15 @@ async function stopEverything(stack: Stack): Promise<void> {
 }
 
 async function main(stack: Stack): Promise<void> {
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(signal, () => {
+  onStopSignals({
+    stop(signal) {
       shutDown(stack, signal).catch((error: unknown) => {
         say(`shutting down failed: ${errorMessage(error)}`);
         process.exit(1);
       });
-    });
-  }
+    },
+    kill: (signal) => killEverything(stack, signal),
+  });
 
   const names = ['gateway', 'orchestrator', 'llm-worker', 'tool-worker'] as const;
   const missing = names.filter((name) => !existsSync(join(abidePaths.repoRoot, 'services', name, 'src', 'main.ts')));
