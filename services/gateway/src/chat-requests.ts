@@ -30,7 +30,7 @@ export type ChunkSelection = {
 /** What a chat request (HTTP POST or WebSocket `send`) answers with. */
 export type ChatPlan =
   /** `created`: this request created the run a moment ago (`openRunEvents`). */
-  | { kind: 'run'; runId: string; conversationId: string; selection: ChunkSelection; created?: boolean }
+  | { kind: 'run'; runId: string; conversationId: string; selection: ChunkSelection; created: boolean }
   | { kind: 'refused'; errorText: string };
 
 /** A chunk of a response, with its index in the run's stream (the suspension's `finish` comes last, unindexed in the run). */
@@ -93,7 +93,7 @@ async function decideFromChat(services: Services, maxBodyBytes: number, caller: 
     }
   }
   if (problems.length > 0 || runId === undefined) return { kind: 'refused', errorText: problems.join('; ') || 'no approval to decide' };
-  return { kind: 'run', runId, conversationId: chatId, selection: { fromIndex: 0, afterSuspensionOf: toolCallIds } };
+  return { kind: 'run', runId, conversationId: chatId, selection: { fromIndex: 0, afterSuspensionOf: toolCallIds }, created: false };
 }
 
 /**

@@ -137,7 +137,7 @@ function handleChatConnection(socket: WebSocket, request: FastifyRequest, caller
           await cancel(plan.runId);
           return;
         }
-        const chunks = responseChunks(services, { tenantId: caller.tenantId, runId: plan.runId, selection: plan.selection, signal: controller.signal, created: plan.created ?? false });
+        const chunks = responseChunks(services, { tenantId: caller.tenantId, runId: plan.runId, selection: plan.selection, signal: controller.signal, created: plan.created });
         await stream(requestId, chunks, controller.signal, (_chunk, position) => position);
         return;
       }

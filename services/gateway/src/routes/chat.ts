@@ -77,7 +77,7 @@ export function registerChatRoutes(app: FastifyInstance, context: RouteContext):
       'x-workflow-run-id': plan.selection.afterSuspensionOf === undefined ? plan.runId : chatApprovalId(plan.runId, plan.selection.afterSuspensionOf[0]!),
       [runIdHeader]: plan.runId,
       [conversationIdHeader]: plan.conversationId,
-    }, plan.created ?? false);
+    }, plan.created);
   });
 
   const streamSchema = {
