@@ -3,13 +3,13 @@ import { Writable } from 'node:stream';
 import { createLogger, foldStoredTransitions, fromStoredTransition, toStoredTransition, TransitionConflictError, type RunState, type RunStore, type StoredTransition, type TransitionDocument } from '@abide/shared';
 import { testRunState } from '@abide/shared/testing';
 import { createKeyedQueue } from './keyed-queue.ts';
-import { createRunProcessor, deadlineWriteNeeded } from './run-processor.ts';
+import { createRunProcessor, deadlineItemDue, deadlineWriteNeeded, minDeadlineItemHorizonMs } from './run-processor.ts';
 import type { RunInput } from './run-state-machine.ts';
 
 const now = new Date('2026-11-24T10:00:00.000Z');
 
-function queuedState(): RunState {
-  return testRunState({}, { at: now.toISOString() });
+function queuedState(agent?: Record<string, unknown>): RunState {
+  return testRunState({}, { at: now.toISOString(), ...(agent ? { agent } : {}) });
 }
 
 const finalAnswer: RunInput = {
@@ -36,7 +36,9 @@ function deferred() {
  * An in-memory run store with the semantics the processor relies on (insert decides, read model
  * by `_id`), recording every write and publish in one ordered log.
  */
-function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; retentionMs?: number; readModelDelayMs?: number } = {}) {
+function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; retentionMs?: number; readModelDelayMs?: number; agent?: Record<string, unknown> } = {}) {
+  /** The processors' clock: tests move it on. */
+  const clock = { now };
   const log: string[] = [];
   /** Which cold load each `apply` used: `first` (version 1 and the probe of 2 at once) or `latest` (the read model, then roll forward). */
   const loads: string[] = [];
@@ -49,7 +51,7 @@ function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; r
   let held = false;
   const deadlineHold = deferred();
   let deadlineHeld = false;
-  const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
+  const v1: TransitionDocument = { _id: 'run_1:1', runId: 'run_1', tenantId: 't1', version: 1, at: now, cause: 'create:r1', state: queuedState(options.agent), outbox: [{ kind: 'inbox', inboxKind: 'start', payload: {} }], published: false };
   transitions.set(v1._id, structuredClone(v1));
   const loadAll = (runId: string) => {
     const stored: StoredTransition[] = [];
@@ -127,8 +129,8 @@ function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; r
   const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
   // The delayed read models are written by `flushReadModels` unless a test sets a short delay.
   const make = () =>
-    createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => now, retentionMs: options.retentionMs, readModelDelayMs: options.readModelDelayMs ?? 3_600_000 });
-  return { log, loads, transitions, readModel, deadlines, probes, hold, deadlineHold, make };
+    createRunProcessor({ store, publisher: { js: js as never, collections: collections as never }, queue: createKeyedQueue(), logger, now: () => clock.now, retentionMs: options.retentionMs, readModelDelayMs: options.readModelDelayMs ?? 3_600_000 });
+  return { log, loads, transitions, readModel, deadlines, probes, hold, deadlineHold, make, clock };
 }
 
 describe('run processor: one write on a step critical path (issue 9)', () => {
@@ -359,72 +361,131 @@ describe('run processor: deadline items fire no later than the deadline, written
     expect(deadlineWriteNeeded({ version: 3, dueAt: null, retention: false }, 4, hour)).toBe(true);
   });
 
-  it('a run alternating model and tool steps writes its item only when the deadline comes earlier, and deletes it once when it ends', async () => {
+  /** Tool calls due in 30 s: a horizon under `minDeadlineItemHorizonMs`, so the item is due at the run's deadline itself. */
+  const shortTools = { tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' }, timeoutMs: 30_000 }] };
+  const thirtySeconds = '2026-11-24T10:00:30.000Z';
+  const at = (offsetMs: number) => new Date(now.getTime() + offsetMs);
+
+  it('a working run\'s item is due within its deadline horizon; a run waiting for people, or with a short horizon, at its deadline', () => {
+    const working = testRunState({ status: 'running', nextDeadlineAt: hour }, { at: now.toISOString() });
+    // The default agent: model steps due in an hour, tool calls in ten minutes: a ten-minute horizon.
+    expect(deadlineItemDue(working, now.getTime())).toBe(tenMinutes);
+    // Never later than the deadline itself.
+    expect(deadlineItemDue({ ...working, nextDeadlineAt: '2026-11-24T10:05:00.000Z' }, now.getTime())).toBe('2026-11-24T10:05:00.000Z');
+    expect(deadlineItemDue({ ...working, nextDeadlineAt: null }, now.getTime())).toBeNull();
+    // An approval due sooner than any tool call makes the horizon shorter.
+    const approvals = testRunState({ status: 'running', nextDeadlineAt: hour }, { agent: { tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' }, needsApproval: true, approvalTimeoutMs: 120_000 }] } });
+    expect(deadlineItemDue(approvals, now.getTime())).toBe('2026-11-24T10:02:00.000Z');
+    expect(deadlineItemDue({ ...approvals, status: 'suspended' }, now.getTime())).toBe(hour);
+    // Under the minimum horizon the item is due at the deadline: a short horizon would fire that often.
+    const short = testRunState({ status: 'running', nextDeadlineAt: hour }, { agent: shortTools });
+    expect(30_000).toBeLessThan(minDeadlineItemHorizonMs);
+    expect(deadlineItemDue(short, now.getTime())).toBe(hour);
+  });
+
+  it('a working run writes its item at its first step only, as every later step is due no earlier, and deletes it once when it ends', async () => {
     const h = harness();
     const processor = h.make();
     const deadlineWrites = () => h.log.filter((line) => line.startsWith('deadline '));
-    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0'); // v2: model step, due in an hour
-    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0'); // v3: tool call, due in ten minutes (earlier)
-    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered']);
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0'); // v2: model step, due in an hour; the item within the ten-minute horizon
+    expect(deadlineWrites()).toEqual(['deadline lowered']);
     expect(h.deadlines.get('run_1')).toBe(tenMinutes);
-    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0'); // v4: model step 1, due in an hour (later): not written
-    expect(deadlineWrites()).toHaveLength(2);
+    h.clock.now = at(1_000);
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0'); // v3: tool call, due in ten minutes from a second later
+    h.clock.now = at(2_000);
+    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0'); // v4: model step 1
+    await processor.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1'); // v5
+    await processor.apply('run_1', 't1', toolResult(1), 'tool:run_1:s1c0'); // v6
+    expect(deadlineWrites()).toEqual(['deadline lowered']);
     expect(h.deadlines.get('run_1')).toBe(tenMinutes);
-    await processor.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1'); // v5: due in ten minutes, earlier than v4's hour: written
-    expect(deadlineWrites()).toHaveLength(3);
-    await processor.apply('run_1', 't1', toolResult(1), 'tool:run_1:s1c0'); // v6: not written
     await processor.apply('run_1', 't1', finalAnswerAt(2), 'llm:run_1:2'); // v7: completed
     // Ended: deleted once, though the run is settled twice (before its terminal event and after).
-    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered', 'deadline lowered', 'deadline cleared']);
+    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline cleared']);
     expect(h.deadlines.has('run_1')).toBe(false);
     expect(h.readModel.at(-1)).toEqual({ version: 7, publishedVersion: 7 });
   });
 
-  it('a timer from an item left early is ignored and moves the item to the run\'s deadline', async () => {
+  it('with a short horizon, a run alternating model and tool steps writes its item only when the deadline comes earlier', async () => {
+    const h = harness({ agent: shortTools });
+    const processor = h.make();
+    const deadlineWrites = () => h.log.filter((line) => line.startsWith('deadline '));
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0'); // v2: model step, due in an hour
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0'); // v3: tool call, due in 30 s (earlier)
+    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered']);
+    expect(h.deadlines.get('run_1')).toBe(thirtySeconds);
+    await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0'); // v4: model step 1, due in an hour (later): not written
+    expect(deadlineWrites()).toHaveLength(2);
+    await processor.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1'); // v5: due in 30 s, earlier than v4's hour: written
+    expect(deadlineWrites()).toHaveLength(3);
+    await processor.apply('run_1', 't1', toolResult(1), 'tool:run_1:s1c0'); // v6: not written
+    await processor.apply('run_1', 't1', finalAnswerAt(2), 'llm:run_1:2'); // v7: completed
+    expect(deadlineWrites()).toEqual(['deadline lowered', 'deadline lowered', 'deadline lowered', 'deadline cleared']);
+    expect(h.deadlines.has('run_1')).toBe(false);
+  });
+
+  it('a timer from an item left early is ignored and moves the item on by the horizon, then to the run\'s deadline', async () => {
     const h = harness();
     const processor = h.make();
     await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
     await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0');
     await processor.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
-    // The item still holds the tool call's ten minutes; the run (v4, a model step) is due in an hour.
+    // The item still holds the first step's ten minutes; the run (v4, a model step) is due in an hour.
     expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    h.clock.now = at(10 * 60_000);
     expect(await processor.apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`)).toEqual({ kind: 'ignored', reason: 'no deadline due' });
+    expect(h.deadlines.get('run_1')).toBe('2026-11-24T10:20:00.000Z');
+    h.clock.now = at(55 * 60_000);
+    expect(await processor.apply('run_1', 't1', { type: 'deadline' }, 'run_1:timer:2026-11-24T10:20:00.000Z')).toEqual({ kind: 'ignored', reason: 'no deadline due' });
     expect(h.deadlines.get('run_1')).toBe(hour);
   });
 
+  it('a run waiting for an approval keeps the earlier item; its early timer moves the item to the approval\'s deadline', async () => {
+    const h = harness({ agent: { tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' }, needsApproval: true }] } });
+    const processor = h.make();
+    const deadlineWrites = () => h.log.filter((line) => line.startsWith('deadline '));
+    await processor.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0'); // v2: due within the ten-minute horizon
+    h.clock.now = at(1_000);
+    await processor.apply('run_1', 't1', toolCall, 'llm:run_1:0'); // v3: suspended, the approval expires in 30 minutes
+    expect(deadlineWrites()).toEqual(['deadline lowered']);
+    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    h.clock.now = at(10 * 60_000);
+    expect(await processor.apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`)).toEqual({ kind: 'ignored', reason: 'no deadline due' });
+    expect(h.deadlines.get('run_1')).toBe('2026-11-24T10:30:01.000Z');
+  });
+
   it('a stale timer\'s move of the item to a later time that lands after another replica lowered it for a newer version is lowered again', async () => {
-    const h = harness({ holdDeadlineSet: true });
+    const h = harness({ holdDeadlineSet: true, agent: shortTools });
     const first = h.make();
     await first.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
     await first.apply('run_1', 't1', toolCall, 'llm:run_1:0');
     await first.apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
     await first.flushReadModels();
-    // v4 (a model step, an hour) left the item at v3's ten minutes; its timer reaches another replica, whose move to the hour is slow ...
-    const stale = h.make().apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${tenMinutes}`);
+    // v4 (a model step, an hour) left the item at v3's 30 s; its timer reaches another replica, whose move to the hour is slow ...
+    const stale = h.make().apply('run_1', 't1', { type: 'deadline' }, `run_1:timer:${thirtySeconds}`);
     await expect.poll(() => h.log.includes('deadline set held')).toBe(true);
-    // ... while the first commits v5 (a tool call, ten minutes) and lowers the item.
+    // ... while the first commits v5 (a tool call, 30 s) and lowers the item.
     await first.apply('run_1', 't1', toolCallAt(1), 'llm:run_1:1');
-    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    expect(h.deadlines.get('run_1')).toBe(thirtySeconds);
     h.deadlineHold.resolve();
     expect(await stale).toEqual({ kind: 'ignored', reason: 'no deadline due' });
-    // The move to v4's hour landed last; v5 exists, so the item is lowered to v5's ten minutes again.
-    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    // The move to v4's hour landed last; v5 exists, so the item is lowered to v5's 30 s again.
+    expect(h.deadlines.get('run_1')).toBe(thirtySeconds);
     expect(h.log.slice(-2)).toEqual(['deadline set', 'deadline lowered']);
   });
 
   it('a process that did not write the run\'s previous item writes the next one, lowering it only', async () => {
-    const h = harness();
+    const h = harness({ agent: shortTools });
     const first = h.make();
     await first.apply('run_1', 't1', { type: 'start' }, 'run_1:1:0');
     await first.apply('run_1', 't1', toolCall, 'llm:run_1:0');
     await first.flushReadModels();
-    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    expect(h.deadlines.get('run_1')).toBe(thirtySeconds);
     const writes = () => h.log.filter((line) => line.startsWith('deadline ')).length;
     const before = writes();
     // Another process (another replica, or after a restart) commits v4, due later than the stored
     // item: it does not know what is stored, so it writes, and the item (due earlier) stays.
     await h.make().apply('run_1', 't1', toolResult(0), 'tool:run_1:s0c0');
     expect(writes()).toBe(before + 1);
-    expect(h.deadlines.get('run_1')).toBe(tenMinutes);
+    expect(h.deadlines.get('run_1')).toBe(thirtySeconds);
   });
 });

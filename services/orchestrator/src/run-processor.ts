@@ -15,11 +15,12 @@ import {
   type MetricsHistogram,
   type EncodedOutbox,
   type OutboxPublisherDeps,
+  type RunState,
   type RunStore,
   type TransitionDocument,
 } from '@abide/shared';
 import type { KeyedQueue } from './keyed-queue.ts';
-import { transition, type RunInput } from './run-state-machine.ts';
+import { deadlineHorizonMs, transition, type RunInput } from './run-state-machine.ts';
 import { createTransitionCache, type CachedTransition } from './transition-cache.ts';
 import { createTransitionSpans, type TransitionSpans } from './transition-tracing.ts';
 
@@ -56,21 +57,44 @@ export type RunProcessorDeps = {
 /**
  * What a process knows of a run's deadline item (`run_deadlines`): it wrote it for run version
  * `version`, or knew for that version that it need not (`deadlineWriteNeeded`); either way the
- * stored item is due no later than `dueAt` (null: it deleted the item). `retention`: it also
- * inserted the run's retention item at that version.
+ * stored item is due no later than `dueAt`, that version's `deadlineItemDue` (null: it deleted
+ * the item). `retention`: it also inserted the run's retention item at that version.
  */
 export type KnownDeadlineItem = { version: number; dueAt: string | null; retention: boolean };
 
+/** Below this `deadlineHorizonMs`, a run's item is due at its deadline (`deadlineItemDue`): an item due sooner would fire that often. */
+export const minDeadlineItemHorizonMs = 60_000;
+
 /**
- * Whether settling run version `version`, whose deadline is `dueAt` (null: none), must write the
- * run's deadline item, given what this process knows of it (docs/decisions.md, "deadline items
- * fire no later than the deadline"). A deadline item need only fire no later than the run's real
- * deadline: one that fires early finds no deadline due, is ignored, and the item is set to the
- * run's deadline then (the stale-timer path). So the write is skipped when this process handled
- * the item for this very version already, or for the version just before (contiguous: nothing it
- * does not know of came between) with a due time no later than `dueAt`. Never skipped: a first
- * write of a run this process does not know (another replica's, or before a restart), a deadline
- * earlier than what is known stored, and a delete (`dueAt` null) of another version.
+ * When the run's deadline item is due after a transition of `state` at `atMs` (docs/decisions.md,
+ * "a running run's deadline item is due within the run's deadline horizon"): no later than the
+ * run's deadline, and for a run that works (not one waiting for people) no later than `atMs` plus
+ * its `deadlineHorizonMs`, the least time any of its deadlines lies ahead of the transition that
+ * sets it. So along a run's steps the due times never decrease (each step's is at least the one
+ * before), and the item written at the run's first step serves every step after it
+ * (`deadlineWriteNeeded`); a run still working past the horizon gets an early timer, which moves
+ * the item on by at most the horizon. A run waiting for people is due at its deadline: one early
+ * timer, then quiet until the approval expires.
+ */
+export function deadlineItemDue(state: RunState, atMs: number): string | null {
+  const deadline = state.nextDeadlineAt;
+  if (deadline === null || state.status === 'suspended') return deadline;
+  const horizon = deadlineHorizonMs(state);
+  if (horizon < minDeadlineItemHorizonMs || atMs + horizon >= Date.parse(deadline)) return deadline;
+  return new Date(atMs + horizon).toISOString();
+}
+
+/**
+ * Whether settling run version `version`, whose deadline item is due at `dueAt`
+ * (`deadlineItemDue`; null: no deadline), must write the item, given what this process knows of
+ * it (docs/decisions.md, "deadline items fire no later than the deadline"). A deadline item need
+ * only fire no later than the run's real deadline: one that fires early finds no deadline due, is
+ * ignored, and the item is moved on then (the stale-timer path). So the write is skipped when
+ * this process handled the item for this very version already, or for the version just before
+ * (contiguous: nothing it does not know of came between) with a due time no later than `dueAt`.
+ * Never skipped: a first write of a run this process does not know (another replica's, or before
+ * a restart), a due time earlier than what is known stored, and a delete (`dueAt` null) of
+ * another version.
  */
 export function deadlineWriteNeeded(known: KnownDeadlineItem | undefined, version: number, dueAt: string | null): boolean {
   if (!known) return true;
@@ -184,11 +208,13 @@ export function createRunProcessor(deps: RunProcessorDeps) {
   }
 
   /**
-   * Writes the run's deadline item after version `version`: nothing when `deadlineWriteNeeded`
-   * says the stored one already fires no later than `dueAt`; otherwise lowered to `dueAt` (never
-   * later: `lowerDeadline`), or deleted when the run has no deadline. Returns what it did.
+   * Writes the run's deadline item after `published`, due at `deadlineItemDue`: nothing when
+   * `deadlineWriteNeeded` says the stored one already fires no later; otherwise lowered to that
+   * time (never later: `lowerDeadline`), or deleted when the run has no deadline. Returns what it did.
    */
-  async function settleDeadlineItem(runId: string, tenantId: string, version: number, dueAt: string | null): Promise<'skipped' | 'lowered' | 'deleted'> {
+  async function settleDeadlineItem(published: TransitionDocument): Promise<'skipped' | 'lowered' | 'deleted'> {
+    const { runId, tenantId, version } = published;
+    const dueAt = deadlineItemDue(published.state, published.at.getTime());
     if (!deadlineWriteNeeded(deadlineItems.get(runId), version, dueAt)) {
       knowDeadlineItem(runId, version, dueAt);
       return 'skipped';
@@ -315,14 +341,15 @@ export function createRunProcessor(deps: RunProcessorDeps) {
     const { runId } = published;
     /** The run's work items after this version: its deadline item, and for a run that has ended its retention item. */
     const writeWorkItems = async () => {
-      const deadlineWrite = await settleDeadlineItem(runId, published.tenantId, published.version, published.state.nextDeadlineAt);
+      const deadlineWrite = await settleDeadlineItem(published);
       const knownItem = deadlineItems.get(runId);
       if (retentionMs != null && isTerminalStatus(published.state.status) && !(knownItem?.version === published.version && knownItem.retention)) {
         // Insert-unless-exists: a repeat (redelivery, another replica) keeps the first due time.
         // Once per version in this process (a run that ends is settled twice, see `applyNow`).
         const dueAt = new Date(now().getTime() + retentionMs).toISOString();
         await store.insertWork({ _id: workIds.retention(runId), kind: 'retention', runId, tenantId: published.tenantId, dueAt });
-        knowDeadlineItem(runId, published.version, published.state.nextDeadlineAt, true);
+        // An ended run has no deadline: its item is deleted (`deadlineItemDue` is null).
+        knowDeadlineItem(runId, published.version, null, true);
       }
       return deadlineWrite;
     };
@@ -439,18 +466,24 @@ export function createRunProcessor(deps: RunProcessorDeps) {
         }
         ignoredInputs?.inc({ reason: 'stale' });
         // A timer from a deadline item that fired before the run's deadline (one left earlier on
-        // purpose, `deadlineWriteNeeded`, or by a write that lost a race with another replica's):
-        // set the item to the run's deadline, so it stops firing.
+        // purpose, `deadlineWriteNeeded` and `deadlineItemDue`, or by a write that lost a race
+        // with another replica's): move the item on to when it is due now (`deadlineItemDue`).
+        // For a working run that is at most the horizon from now, and no version committed after
+        // the probe below can be due before it: each deadline is set at least the horizon after
+        // its transition, or carried from `current`'s. For a waiting run it is its deadline, the
+        // due time every process that knows `current` knows, so a later version due earlier is
+        // written, not skipped (docs/decisions.md).
         if (input.type === 'deadline') {
-          await store.writeDeadline(runId, current.tenantId, current.state.nextDeadlineAt);
-          knowDeadlineItem(runId, current.version, current.state.nextDeadlineAt);
+          const movedTo = deadlineItemDue(current.state, now().getTime());
+          await store.writeDeadline(runId, current.tenantId, movedTo);
+          knowDeadlineItem(runId, current.version, movedTo);
           // This write moves the item later, the only one that does: another replica may have
           // committed on top of `current` and lowered the item to its earlier deadline before it
-          // landed. If a newer version exists, lower the item to the latest one's deadline (a
+          // landed. If a newer version exists, lower the item to the latest one's due time (a
           // lowering never hurts: at worst it fires early once more).
           if (await store.exists(runId, current.version + 1)) {
             const latest = await loadLatest(runId);
-            const dueAt = latest?.transition.state.nextDeadlineAt ?? null;
+            const dueAt = latest ? deadlineItemDue(latest.transition.state, latest.transition.at.getTime()) : null;
             if (latest && dueAt !== null) {
               await store.lowerDeadline(runId, current.tenantId, dueAt);
               knowDeadlineItem(runId, latest.transition.version, dueAt);

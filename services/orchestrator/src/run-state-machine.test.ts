@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { applyDelta, applyDeltaToSummary, summarizeRunState, decodeStoredKeys, encodeDelta, encodeStoredKeys, runErrorCodes, type ApprovalLedgerEntry, type LlmResultPayload, type OutboxEntry, type RunState } from '@abide/shared';
 import { testRunState } from '@abide/shared/testing';
-import { transition as machineTransition, type RunInput, type TransitionResult } from './run-state-machine.ts';
+import { deadlineHorizonMs, transition as machineTransition, type RunInput, type TransitionResult } from './run-state-machine.ts';
 
 /** A value as storing it and reading it back gives it (stored-key escaping, JSON). */
 const stored = <Value>(value: Value): Value => decodeStoredKeys(JSON.parse(JSON.stringify(encodeStoredKeys(value))) as Value);
@@ -347,5 +347,55 @@ describe('exhausted deliveries', () => {
     expect(result.state.error).toEqual({ code: 'delivery_exhausted', message: 'gone' });
     expect(result.state.toolCalls[0]!.outcome).toEqual({ kind: 'cancelled' });
     expect(eventTypes(result.outbox)).toEqual(['run.failed']);
+  });
+});
+
+describe('deadline horizon', () => {
+  it('is the least of the model step, tool call and approval timeouts (a tool without one: the default)', () => {
+    expect(deadlineHorizonMs(makeState())).toBe(600_000);
+    const agent = { limits: { llmStepTimeoutMs: 900_000 }, tools: [{ name: 'echo', kind: 'builtin', inputSchema: { type: 'object' }, timeoutMs: 1_200_000, needsApproval: true, approvalTimeoutMs: 300_000 }] };
+    expect(deadlineHorizonMs(makeState({}, agent))).toBe(300_000);
+  });
+
+  it('every deadline a transition sets lies at least the horizon after it, or is an approval deadline set before', () => {
+    const agent = {
+      limits: { llmStepTimeoutMs: 900_000 },
+      tools: [
+        { name: 'echo', kind: 'builtin', inputSchema: { type: 'object' }, timeoutMs: 240_000 },
+        { name: 'pay', kind: 'http', http: { url: 'https://pay.example/api' }, inputSchema: { type: 'object' }, needsApproval: true, approvalTimeoutMs: 180_000 },
+      ],
+    };
+    let state = makeState({}, agent);
+    const horizon = deadlineHorizonMs(state);
+    expect(horizon).toBe(180_000);
+    let clock = now.getTime();
+    const inputs: RunInput[] = [
+      { type: 'start' },
+      llm(0, { toolCalls: [{ providerToolCallId: 'p0', toolName: 'pay', args: {} }, { providerToolCallId: 'p1', toolName: 'pay', args: {} }, { providerToolCallId: 'p2', toolName: 'echo', args: {} }] }),
+      toolResult('s0c2', 0),
+      { type: 'deadline' }, // early: nothing due yet
+      decision('s0c0', true),
+      decision('s0c1', true),
+      toolResult('s0c0', 0),
+      toolResult('s0c1', 0),
+      llm(1, { toolCalls: [{ providerToolCallId: 'p3', toolName: 'echo', args: {} }] }),
+      toolResult('s1c0', 1),
+      llm(2, { text: 'done' }),
+    ];
+    const checked: string[] = [];
+    for (const input of inputs) {
+      clock += 50_000;
+      const approvalDeadlines = new Set(state.toolCalls.flatMap((call) => (call.approvalExpiresAt ? [call.approvalExpiresAt] : [])));
+      const result = transition(state, input, { now: new Date(clock) });
+      if (result.kind !== 'changed') continue;
+      const deadline = result.state.nextDeadlineAt;
+      if (deadline !== null && !approvalDeadlines.has(deadline)) expect(Date.parse(deadline)).toBeGreaterThanOrEqual(clock + horizon);
+      if (deadline !== null) checked.push(approvalDeadlines.has(deadline) ? 'carried' : 'set');
+      state = result.state;
+    }
+    expect(state.status).toBe('completed');
+    // Both kinds were met: deadlines set by a transition and an approval's carried past it.
+    expect(checked).toContain('set');
+    expect(checked).toContain('carried');
   });
 });

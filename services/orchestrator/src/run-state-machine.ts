@@ -109,6 +109,32 @@ function llmStepTimeout(state: RunState): number {
   return state.agentSnapshot.limits.llmStepTimeoutMs ?? defaultTimeouts.llmStepMs;
 }
 
+/** How long a call of `tool` may run before the run's deadline for it (a tool the agent lacks never runs: the default). */
+function toolCallTimeout(tool: ToolDefinition | undefined): number {
+  return tool?.timeoutMs ?? defaultTimeouts.functionToolMs;
+}
+
+function approvalTimeout(tool: ToolDefinition): number {
+  return tool.approvalTimeoutMs ?? defaultTimeouts.approvalMs;
+}
+
+/**
+ * The least time by which any deadline a transition of this run sets lies after that
+ * transition's `now`: every deadline is set as `now` plus a model step's timeout, a tool call's
+ * or an approval's (then carried unchanged by later transitions), and the agent snapshot, which
+ * holds those timeouts, never changes during a run. The run processor relies on it to cap the
+ * due time of the run's deadline item (`deadlineItemDue`, docs/decisions.md). Keep it in step with
+ * every place below that sets `nextDeadlineAt`.
+ */
+export function deadlineHorizonMs(state: RunState): number {
+  let horizon = Math.min(llmStepTimeout(state), toolCallTimeout(undefined));
+  for (const tool of state.agentSnapshot.tools) {
+    horizon = Math.min(horizon, toolCallTimeout(tool));
+    if (tool.needsApproval) horizon = Math.min(horizon, approvalTimeout(tool));
+  }
+  return horizon;
+}
+
 function toolOf(state: RunState, name: string): ToolDefinition | undefined {
   return state.agentSnapshot.tools.find((tool) => tool.name === name);
 }
@@ -193,14 +219,14 @@ function onLlmResult(state: RunState, result: LlmResultPayload, context: Transit
       record.outcome = { kind: 'error', error: { code: 'tool_not_found' satisfies RunErrorCode, message: `the agent has no tool named "${call.toolName}"` } };
       draft.outbox.push(toolResultEvent(record));
     } else if (tool.needsApproval) {
-      const timeout = tool.approvalTimeoutMs ?? defaultTimeouts.approvalMs;
+      const timeout = approvalTimeout(tool);
       record.state = 'awaiting_approval';
       record.approvalExpiresAt = plus(context.now, timeout);
       run.pendingApprovals.push(toolCallId);
       deadlines.push(context.now.getTime() + timeout);
       draft.outbox.push(eventEntry('approval.requested', { toolCallId, toolName: call.toolName, args: call.args, expiresAt: record.approvalExpiresAt }));
     } else {
-      deadlines.push(context.now.getTime() + (tool.timeoutMs ?? defaultTimeouts.functionToolMs));
+      deadlines.push(context.now.getTime() + toolCallTimeout(tool));
       draft.outbox.push({ kind: 'tool_request', toolCallId });
     }
     run.toolCalls.push(record);
@@ -330,8 +356,7 @@ function nextDeadline(run: RunState, context: TransitionContext): string | null 
     if (call.step !== run.step) continue;
     if (call.state === 'awaiting_approval' && call.approvalExpiresAt) times.push(Date.parse(call.approvalExpiresAt));
     if (call.state === 'requested') {
-      const tool = toolOf(run, call.toolName);
-      times.push(context.now.getTime() + (tool?.timeoutMs ?? defaultTimeouts.functionToolMs));
+      times.push(context.now.getTime() + toolCallTimeout(toolOf(run, call.toolName)));
     }
   }
   return times.length ? new Date(Math.min(...times)).toISOString() : null;
