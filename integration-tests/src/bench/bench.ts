@@ -8,7 +8,9 @@
  * `peak_pss_mb` the peak of their summed Pss (pages shared between processes, such as the Node
  * binary the four services map, counted once); `rss_mb_by_process` each one's RSS at the start
  * and at its own peak. CPU: `cpu_ms_per_run_by_process` the CPU time each process spent per run
- * during the scenario, and their `total` (sequential and throughput). It asserts nothing
+ * during the scenario, and their `total` (sequential and throughput). Stderr also gives, for both,
+ * the median gap between consecutive events as the client receives them: where a run's time goes
+ * and, under load, which stage it queues behind. It asserts nothing
  * about speed and is not part of `npm test`. Every scenario runs on a fresh stack (servers with
  * empty data, one replica of each service, restarted once so that Node's compile cache is warm).
  * Every process it starts is stopped at the end, on an error, and on Ctrl-C / SIGTERM.
@@ -446,10 +448,14 @@ async function scenarioThroughput(context: Context): Promise<void> {
     concurrency: config.tpConc,
     // One tenant (and socket) per client: the per-tenant creation limit never binds.
     socketFor: (worker) => context.sockets[worker % context.sockets.length]!,
+    // Where a run's time goes under load: which stage it queues behind.
+    keepEvents: true,
   });
   const peak = sampler.stop();
   const summary = summarize(result.latencies);
   const runsPerS = result.latencies.length / result.wallS;
+  const breakdown = describeTraces(result.traces);
+  if (breakdown) log(`throughput_c${config.tpConc}: ${breakdown}`);
   emit({
     peer: 'abide',
     scenario: `throughput_c${config.tpConc}`,
