@@ -35,7 +35,7 @@ import { startServersFromEnv, type StartedServers } from '../../../scripts/lib/s
 import { Stack } from '../harness/stack.ts';
 import { BenchSocket, createdFrameType, type RunOutcome } from './bench-socket.ts';
 import { describeRunBytes, measureRunBytes } from './bytes-probe.ts';
-import { measureDocumentOps, measureFloor, type DocumentOps, type FloorProbes } from './floor-probes.ts';
+import { concurrentWriters, measureDocumentOps, measureFloor, type DocumentOps, type FloorProbes } from './floor-probes.ts';
 import { addFerretDbIdIndexes } from './ferretdb-id-index.ts';
 import { ensureStrace, FsyncProbe, fsyncCalls, type FsyncCounts } from './fsync-probe.ts';
 import { startMongoProfileProxy, type MongoProfileProxy } from './mongo-profile-proxy.ts';
@@ -421,7 +421,7 @@ async function scenarioSequential(context: Context): Promise<void> {
       ...(floor
         ? [
             `floor measured here (p50, same disk and servers): fsync ${floor.fsync.p50!.toFixed(3)} ms, JetStream publish+PubAck ${floor.jsPublish.p50!.toFixed(3)} ms, ` +
-              `MongoDB-server insertOne of 1 KiB ${floor.mongoInsert.p50!.toFixed(3)} ms, findOne by _id ${floor.mongoFindById.p50!.toFixed(3)} ms`,
+              `MongoDB-server insertOne of 1 KiB ${floor.mongoInsert.p50!.toFixed(3)} ms (p50/p99 with ${concurrentWriters} writers at once ${floor.mongoInsertConcurrent.p50!.toFixed(3)}/${floor.mongoInsertConcurrent.p99!.toFixed(3)} ms), findOne by _id ${floor.mongoFindById.p50!.toFixed(3)} ms`,
           ]
         : []),
       ...(context.bytesPerStep ? [`bytes written to MongoDB (BSON): ${context.bytesPerStep}`] : []),
@@ -895,7 +895,10 @@ async function main(): Promise<void> {
       log('floor probes: fsync, JetStream publish+PubAck, FerretDB insertOne / findOne; hot-path operations with real documents');
       if (context.servers.nats) {
         context.floor = await measureFloor({ dir: context.servers.mongo?.dataDir ?? context.stack.dir, natsUrl: context.servers.natsUrl, db: context.stack.db });
-        log(`floor (p50/p99 ms): fsync ${fmt(context.floor.fsync)}; JetStream publish ${fmt(context.floor.jsPublish)}; MongoDB-server insertOne 1 KiB ${fmt(context.floor.mongoInsert)}; findOne ${fmt(context.floor.mongoFindById)}`);
+        log(
+          `floor (p50/p99 ms): fsync ${fmt(context.floor.fsync)}; JetStream publish ${fmt(context.floor.jsPublish)}; MongoDB-server insertOne 1 KiB ${fmt(context.floor.mongoInsert)}, ` +
+            `${concurrentWriters} writers at once ${fmt(context.floor.mongoInsertConcurrent)}; findOne ${fmt(context.floor.mongoFindById)}`,
+        );
       }
       context.documentOps = context.firstRunId ? await measureDocumentOps(context.stack.db, context.firstRunId, context.indexTables) : undefined;
       if (context.documentOps) {

@@ -11,9 +11,20 @@ import { summarize, type LatencySummary } from './stats.ts';
 /**
  * The floor under a durable step on this machine (WORKLOAD.md quotes ~0.38 ms fsync, ~0.25 ms
  * JetStream publish + PubAck on the reference machine), measured against the same disk and the
- * same servers the stack uses, plus a raw FerretDB/MongoDB insert round trip.
+ * same servers the stack uses, plus a raw FerretDB/MongoDB insert round trip, alone and with
+ * `concurrentWriters` writers at once (what the services' writes meet under load: on FerretDB/SQLite
+ * one writer at a time, so this shows how the server queues them).
  */
-export type FloorProbes = { fsync: LatencySummary; jsPublish: LatencySummary; mongoInsert: LatencySummary; mongoFindById: LatencySummary };
+export type FloorProbes = {
+  fsync: LatencySummary;
+  jsPublish: LatencySummary;
+  mongoInsert: LatencySummary;
+  mongoInsertConcurrent: LatencySummary;
+  mongoFindById: LatencySummary;
+};
+
+/** The writers of the concurrent insert probe. */
+export const concurrentWriters = 8;
 
 async function timeEach(count: number, operation: (index: number) => Promise<void> | void): Promise<LatencySummary> {
   const latencies: number[] = [];
@@ -57,8 +68,21 @@ export async function measureFloor(options: { dir: string; natsUrl: string; db: 
   await timeEach(20, async (index) => void (await collection.insertOne({ _id: `warm-${index}`, body })));
   const mongoInsert = await timeEach(count, async (index) => void (await collection.insertOne({ _id: `d-${index}`, body })));
   const mongoFindById = await timeEach(count, async (index) => void (await collection.findOne({ _id: `d-${index}` })));
+  // The same insert from `concurrentWriters` writers at once, each on its own pooled connection.
+  const perWriter = Math.ceil(count / concurrentWriters);
+  const latencies: number[] = [];
+  await Promise.all(
+    Array.from({ length: concurrentWriters }, async (_, writer) => {
+      for (let index = 0; index < perWriter; index += 1) {
+        const started = performance.now();
+        await collection.insertOne({ _id: `c-${writer}-${index}`, body });
+        latencies.push(performance.now() - started);
+      }
+    }),
+  );
+  const mongoInsertConcurrent = summarize(latencies);
   await collection.drop().catch(() => undefined); // best effort
-  return { fsync, jsPublish, mongoInsert, mongoFindById };
+  return { fsync, jsPublish, mongoInsert, mongoInsertConcurrent, mongoFindById };
 }
 
 export type DocumentOps = {
