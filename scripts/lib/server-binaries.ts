@@ -117,7 +117,7 @@ export async function ensurePromtoolBinary(log: Log = defaultLog): Promise<strin
  * Returns a MongoDB-compatible server: `mongod` on PATH, else FerretDB 1.24.2 from the repo
  * cache, built with Go on first use. Safe to call from several processes at once.
  */
-const ferretdbBinaryName = 'ferretdb-v1.24.2-abide5';
+const ferretdbBinaryName = 'ferretdb-v1.24.2-abide6';
 
 export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ kind: 'mongod' | 'ferretdb'; path: string }> {
   const mongod = findOnPath('mongod');
@@ -214,6 +214,7 @@ async function buildFerretdb(workDir: string, outputPath: string, log: Log): Pro
   await patchResourceTracking(sourceCopy);
   await patchIdPushdown(sourceCopy);
   await patchUpdateReadsFirst(sourceCopy);
+  await patchWriterQueue(sourceCopy);
   await runGo(['mod', 'edit', `-replace=${ferretdbModule.path}=./ferretdb-src`], goOptions, log);
   await runGo(['build', '-buildvcs=false', '-o', outputPath, `${ferretdbModule.path}/cmd/ferretdb`], goOptions, log);
 }
@@ -320,6 +321,48 @@ async function patchUpdateReadsFirst(sourceCopy: string): Promise<void> {
     '\tif err != nil {\n\t\treturn nil, lazyerrors.Error(err)\n\t}\n' +
     '\titer = iterator.Values(iterator.ForSlice(matches))\n\n';
   await writeFile(file, source.replace(updateAnchor, updateAnchor + readFirst));
+}
+
+/*
+ * FerretDB 1.24's SQLite backend lets every command write through its own pooled connection, and
+ * SQLite admits one writer at a time: a second writer meets SQLITE_BUSY, and SQLite's busy
+ * handler sleeps 1, 2, 5, 10, 15 ms… between tries, whenever the first writer finishes. A write
+ * takes ~0.3 ms, so two writes at once (the gateway's creation beside the previous run's
+ * clean-up, or any two runs at 50 in flight) cost the second a millisecond or more of sleep.
+ * The patch queues a database's writers in FerretDB instead (a one-slot channel around
+ * `ExecContext` and `InTransaction`, the only writing calls of `fsql.DB`; a waiter gives up
+ * when its context ends), so the next writer starts as the previous one commits. Readers are
+ * not queued (WAL: they never wait for the writer). Only `fsql` is patched: the PostgreSQL
+ * backend does not use it. No caller writes through the `DB` inside a transaction of the same
+ * `DB`, so the queue is never re-entered; the registry's lock is taken before it, never inside.
+ */
+const fsqlFieldAnchor = '\tBatchSize int\n}\n';
+const fsqlWrapAnchor = '\t\ttoken:            resource.NewToken(),\n';
+const fsqlExecAnchor = 'func (db *DB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {\n';
+const fsqlTransactionAnchor = 'func (db *DB) InTransaction(ctx context.Context, f func(*Tx) error) (err error) {\n';
+
+async function patchWriterQueue(sourceCopy: string): Promise<void> {
+  const file = join(sourceCopy, 'internal/util/fsql/db.go');
+  let source = await readFile(file, 'utf8');
+  for (const anchor of [fsqlFieldAnchor, fsqlWrapAnchor, fsqlExecAnchor, fsqlTransactionAnchor]) {
+    if (source.split(anchor).length !== 2) throw new Error(`cannot patch FerretDB's writer queue: expected ${JSON.stringify(anchor)} once in ${file}`);
+  }
+  const waitForTurn = '\tif err := db.waitForWriteTurn(ctx); err != nil {\n\t\treturn nil, lazyerrors.Error(err)\n\t}\n\tdefer db.endWriteTurn()\n\n';
+  source = source
+    .replace(fsqlFieldAnchor, '\tBatchSize int\n\n\t// Abide: one writer at a time, queued here (scripts/lib/server-binaries.ts).\n\twriteTurn chan struct{}\n}\n')
+    .replace(fsqlWrapAnchor, fsqlWrapAnchor + '\t\twriteTurn:        make(chan struct{}, 1),\n')
+    .replace(fsqlExecAnchor, fsqlExecAnchor + waitForTurn)
+    .replace(
+      fsqlTransactionAnchor,
+      fsqlTransactionAnchor + '\tif err = db.waitForWriteTurn(ctx); err != nil {\n\t\treturn lazyerrors.Error(err)\n\t}\n\tdefer db.endWriteTurn()\n\n',
+    );
+  source +=
+    '\n// waitForWriteTurn waits until no other writer of db is writing, or ctx ends (Abide).\n' +
+    'func (db *DB) waitForWriteTurn(ctx context.Context) error {\n' +
+    '\tselect {\n\tcase db.writeTurn <- struct{}{}:\n\t\treturn nil\n\tcase <-ctx.Done():\n\t\treturn ctx.Err()\n\t}\n}\n\n' +
+    '// endWriteTurn lets the next writer of db in (Abide).\n' +
+    'func (db *DB) endWriteTurn() {\n\t<-db.writeTurn\n}\n';
+  await writeFile(file, source);
 }
 
 /** The module cache is read-only; the copy must accept a new file. */
