@@ -117,7 +117,7 @@ export async function ensurePromtoolBinary(log: Log = defaultLog): Promise<strin
  * Returns a MongoDB-compatible server: `mongod` on PATH, else FerretDB 1.24.2 from the repo
  * cache, built with Go on first use. Safe to call from several processes at once.
  */
-const ferretdbBinaryName = 'ferretdb-v1.24.2-abide6';
+const ferretdbBinaryName = 'ferretdb-v1.24.2-abide7';
 
 export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ kind: 'mongod' | 'ferretdb'; path: string }> {
   const mongod = findOnPath('mongod');
@@ -331,10 +331,11 @@ async function patchUpdateReadsFirst(sourceCopy: string): Promise<void> {
  * clean-up, or any two runs at 50 in flight) cost the second a millisecond or more of sleep.
  * The patch queues a database's writers in FerretDB instead (a one-slot channel around
  * `ExecContext` and `InTransaction`, the only writing calls of `fsql.DB`; a waiter gives up
- * when its context ends), so the next writer starts as the previous one commits. Readers are
- * not queued (WAL: they never wait for the writer). Only `fsql` is patched: the PostgreSQL
- * backend does not use it. No caller writes through the `DB` inside a transaction of the same
- * `DB`, so the queue is never re-entered; the registry's lock is taken before it, never inside.
+ * when its context ends, or after 10 s, as SQLite's busy handler did), so the next writer starts
+ * as the previous one commits. Readers are not queued (WAL: they never wait for the writer).
+ * Only `fsql` is patched: the PostgreSQL backend does not use it. No caller writes through the
+ * `DB` inside a transaction of the same `DB`, so the queue is never re-entered; the registry's
+ * lock is taken before it, never inside; a writer takes its connection after its turn.
  */
 const fsqlFieldAnchor = '\tBatchSize int\n}\n';
 const fsqlWrapAnchor = '\t\ttoken:            resource.NewToken(),\n';
@@ -357,9 +358,13 @@ async function patchWriterQueue(sourceCopy: string): Promise<void> {
       fsqlTransactionAnchor + '\tif err = db.waitForWriteTurn(ctx); err != nil {\n\t\treturn lazyerrors.Error(err)\n\t}\n\tdefer db.endWriteTurn()\n\n',
     );
   source +=
-    '\n// waitForWriteTurn waits until no other writer of db is writing, or ctx ends (Abide).\n' +
+    '\n// waitForWriteTurn waits until no other writer of db is writing (Abide). It gives up when ctx\n' +
+    '// ends, or after the 10 s FerretDB gives SQLite\'s busy handler (busy_timeout), as SQLite did.\n' +
     'func (db *DB) waitForWriteTurn(ctx context.Context) error {\n' +
-    '\tselect {\n\tcase db.writeTurn <- struct{}{}:\n\t\treturn nil\n\tcase <-ctx.Done():\n\t\treturn ctx.Err()\n\t}\n}\n\n' +
+    '\tselect {\n\tcase db.writeTurn <- struct{}{}:\n\t\treturn nil\n\tdefault:\n\t}\n\n' +
+    '\ttimer := time.NewTimer(10 * time.Second)\n\tdefer timer.Stop()\n\n' +
+    '\tselect {\n\tcase db.writeTurn <- struct{}{}:\n\t\treturn nil\n\tcase <-ctx.Done():\n\t\treturn ctx.Err()\n' +
+    '\tcase <-timer.C:\n\t\treturn fmt.Errorf("database is locked: no write turn within 10s")\n\t}\n}\n\n' +
     '// endWriteTurn lets the next writer of db in (Abide).\n' +
     'func (db *DB) endWriteTurn() {\n\t<-db.writeTurn\n}\n';
   await writeFile(file, source);
