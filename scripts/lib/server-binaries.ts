@@ -46,7 +46,8 @@ const installLockWaitMs = 30 * 60_000;
  * Safe to call from several processes at once (one builds, the others wait for it).
  */
 export async function ensureNatsServerBinary(log: Log = defaultLog): Promise<string> {
-  const cached = join(abidePaths.binDir, 'nats-server');
+  // The name carries the patch level, so a binary built before the latest patch is rebuilt.
+  const cached = join(abidePaths.binDir, natsServerBinaryName);
   if (await binaryRuns(cached)) return cached;
 
   const onPath = findOnPath('nats-server');
@@ -56,11 +57,11 @@ export async function ensureNatsServerBinary(log: Log = defaultLog): Promise<str
   let buildError: unknown;
   if (findOnPath('go')) {
     try {
-      return await installOnce('nats-server', log, async (scratchDir) => {
+      return await installOnce(natsServerBinaryName, log, async (scratchDir) => {
         log(`building nats-server ${natsServerModule.version} with Go into ${abidePaths.binDir} (a few minutes on first use)`);
         const workDir = await mkdtemp(join(tmpdir(), 'abide-nats-build-'));
         try {
-          await runGo(['install', `${natsServerModule.path}@${natsServerModule.version}`], { cwd: workDir, env: { GOBIN: scratchDir } }, log);
+          await buildNatsServer(workDir, join(scratchDir, 'nats-server'), log);
         } finally {
           await rm(workDir, { recursive: true, force: true });
         }
@@ -89,6 +90,126 @@ export async function ensureNatsServerBinary(log: Log = defaultLog): Promise<str
     'no nats-server available: install Go ≥ 1.25 (https://go.dev/dl/, or `apt-get install golang-go` if recent enough) so that ' +
       `${natsServerModule.path}@${natsServerModule.version} can be built, put nats-server ≥ 2.10 on PATH, or set NATS_URL to a running server`,
   );
+}
+
+/** The locally built nats-server's name in the cache: the version and Abide's patch level (`patchGroupSync`). */
+const natsServerBinaryName = 'nats-server-v2.15.2-abide1';
+
+/**
+ * Builds nats-server from a patched copy of its module source (resolved with `go mod download`,
+ * so the module proxy and checksum database vouch for it), with the module's own go.mod and go.sum.
+ */
+async function buildNatsServer(workDir: string, outputPath: string, log: Log): Promise<void> {
+  const download = JSON.parse(await runGo(['mod', 'download', '-json', `${natsServerModule.path}@${natsServerModule.version}`], { cwd: workDir, env: {} }, log)) as { Dir?: string };
+  if (!download.Dir) throw new Error(`go mod download did not say where ${natsServerModule.path}@${natsServerModule.version} is`);
+  const sourceCopy = join(workDir, 'nats-server-src');
+  await cp(download.Dir, sourceCopy, { recursive: true });
+  await makeWritable(sourceCopy);
+  await patchGroupSync(sourceCopy);
+  await runGo(['build', '-buildvcs=false', '-o', outputPath, '.'], { cwd: sourceCopy, env: {} }, log);
+}
+
+/*
+ * Group sync (issue 9). With `sync_interval: always` a stream's file store syncs every append
+ * before returning, one fsync per message: at 50 runs in flight that was ~40% of nats-server's CPU
+ * (kernel time in fsync) and ~4 of its ~7 ms per run. A stream's internal loop takes its queued
+ * inbound messages in batches and stores them one by one; each PubAck, and every delivery and
+ * direct get of that stream, goes out through the stream's `outq`, which only that same loop
+ * drains, after the batch. The patch stores a batch of two or more with the syncs deferred and
+ * syncs each block written once at the batch's end, before the loop can send anything: no PubAck
+ * of the batch, and no delivery of its messages, leaves the server before their data is synced,
+ * as with one sync per message. A failed sync panics the server before the batch's queued PubAcks
+ * go out (publishers retry with their message ids). Only R1 streams on a file store: a replicated
+ * stream's durability is its Raft log's; a replicated deployment (JS_REPLICAS=3, the Kubernetes
+ * manifests) runs the stock server.
+ * Second, a removal's tombstone (an acked work-queue message, a message deleted through the API)
+ * is written at once but synced with its block's next sync (the next append's, a batch's, or the
+ * periodic one every 2 min) instead of on its own: after a power loss an acked message may come
+ * back and be delivered again, which every consumer already handles (a lost `ack` does the same).
+ * A published message is never acknowledged before it is synced.
+ */
+const groupSyncFieldAnchor = '\tsyncMu      sync.Mutex // Serializes background and explicit block syncs.\n';
+const groupSyncFlushAnchor = '\t// Check if we are in sync always mode.\n\tif mb.fs.syncAlways.Load() {\n\t\tif err = mb.mfd.Sync(); err != nil {\n';
+const groupSyncBlockFieldAnchor = '\tneedSync    bool\n';
+const removalTombstoneAnchor = '\t\tif err := lmb.writeTombstone(seq, ts); err != nil {\n';
+const groupSyncPopAnchor = '\t\t\tisClustered := mset.IsClustered()\n\t\t\tims := msgs.pop()\n\t\t\tfor _, im := range ims {\n';
+const groupSyncEndAnchor =
+  '\t\t\t\t\tmset.processJetStreamMsg(im.subj, im.rply, im.hdr, im.msg, 0, 0, im.mt, false, true)\n\t\t\t\t}\n\t\t\t\tim.returnToPool()\n\t\t\t}\n\t\t\tmsgs.recycle(&ims)\n';
+
+async function patchGroupSync(sourceCopy: string): Promise<void> {
+  const fileStore = join(sourceCopy, 'server/filestore.go');
+  const stream = join(sourceCopy, 'server/stream.go');
+  let store = await readFile(fileStore, 'utf8');
+  let loop = await readFile(stream, 'utf8');
+  for (const [file, source, anchors] of [
+    [fileStore, store, [groupSyncFieldAnchor, groupSyncBlockFieldAnchor, groupSyncFlushAnchor, removalTombstoneAnchor]],
+    [stream, loop, [groupSyncPopAnchor, groupSyncEndAnchor]],
+  ] as const) {
+    for (const anchor of anchors) {
+      if (source.split(anchor).length !== 2) throw new Error(`cannot patch nats-server's group sync: expected ${JSON.stringify(anchor)} once in ${file}`);
+    }
+  }
+  store = store
+    .replace(
+      groupSyncFieldAnchor,
+      groupSyncFieldAnchor +
+        '\t// Abide: group sync of a batch of appends (scripts/lib/server-binaries.ts).\n' +
+        '\tgroupMu    sync.Mutex  // Guards groupDepth and groupDirty.\n' +
+        '\tgroupDepth int         // > 0 while a batch defers its syncs to endGroupSync.\n' +
+        '\tgroupDirty []*msgBlock // Blocks written and not synced while the group was open.\n',
+    )
+    .replace(groupSyncBlockFieldAnchor, groupSyncBlockFieldAnchor + '\tdeferSync   bool // Abide: this write is a removal tombstone; its sync waits for the block\'s next.\n')
+    .replace(removalTombstoneAnchor, '\t\tif err := lmb.writeTombstoneDeferredSync(seq, ts); err != nil {\n')
+    .replace(
+      groupSyncFlushAnchor,
+      '\t// Check if we are in sync always mode.\n' +
+        '\t// Abide: inside a group (beginGroupSync) the sync is left to endGroupSync; a removal\n' +
+        '\t// tombstone\'s to the block\'s next sync (writeTombstoneDeferredSync).\n' +
+        '\tif mb.fs.syncAlways.Load() && (mb.fs.deferSyncToGroup(mb) || mb.deferSync) {\n' +
+        '\t\tmb.needSync = true\n' +
+        '\t} else if mb.fs.syncAlways.Load() {\n' +
+        '\t\tif err = mb.mfd.Sync(); err != nil {\n',
+    );
+  store +=
+    '\n// writeTombstoneDeferredSync writes a removal\'s tombstone to the file now and leaves its sync to\n' +
+    '// the block\'s next one: the next append\'s, a group\'s, or the periodic sync (Abide).\n' +
+    'func (mb *msgBlock) writeTombstoneDeferredSync(seq uint64, ts int64) error {\n\tmb.mu.Lock()\n\tdefer mb.mu.Unlock()\n' +
+    '\tmb.deferSync = true\n\tdefer func() { mb.deferSync = false }()\n' +
+    '\treturn mb.writeMsgRecordLocked(emptyRecordLen, seq|tbit, _EMPTY_, nil, nil, ts, true, true)\n}\n' +
+    '\n// beginGroupSync opens a group: appends defer their syncs to endGroupSync (Abide).\n' +
+    'func (fs *fileStore) beginGroupSync() {\n\tfs.groupMu.Lock()\n\tfs.groupDepth++\n\tfs.groupMu.Unlock()\n}\n\n' +
+    '// deferSyncToGroup records mb for endGroupSync and reports true while a group is open (Abide).\n' +
+    '// Called with mb.mu held.\n' +
+    'func (fs *fileStore) deferSyncToGroup(mb *msgBlock) bool {\n\tfs.groupMu.Lock()\n\tdefer fs.groupMu.Unlock()\n' +
+    '\tif fs.groupDepth == 0 {\n\t\treturn false\n\t}\n' +
+    '\tfor _, dirty := range fs.groupDirty {\n\t\tif dirty == mb {\n\t\t\treturn true\n\t\t}\n\t}\n' +
+    '\tfs.groupDirty = append(fs.groupDirty, mb)\n\treturn true\n}\n\n' +
+    '// endGroupSync closes the group and syncs every block written in it, a closed one through its\n' +
+    '// file (Abide). A write after the group closed syncs itself. A failed sync panics: the batch\'s\n' +
+    '// PubAcks are queued and must not go out for data whose durability is unknown.\n' +
+    'func (fs *fileStore) endGroupSync() {\n\tfs.groupMu.Lock()\n\tfs.groupDepth--\n\tdirty := fs.groupDirty\n\tfs.groupDirty = nil\n\tfs.groupMu.Unlock()\n' +
+    '\tfor _, mb := range dirty {\n\t\tmb.mu.Lock()\n\t\tif mb.needSync {\n' +
+    '\t\t\tif err := mb.syncFile(); err != nil {\n\t\t\t\tmb.mu.Unlock()\n' +
+    '\t\t\t\tpanic(fmt.Sprintf("abide group sync: fsync of a block of stream %q failed: %v", fs.cfg.Name, err))\n\t\t\t}\n' +
+    '\t\t\tmb.needSync = false\n\t\t}\n\t\tmb.mu.Unlock()\n\t}\n}\n';
+  loop = loop
+    .replace(
+      groupSyncPopAnchor,
+      '\t\t\tisClustered := mset.IsClustered()\n\t\t\tims := msgs.pop()\n' +
+        '\t\t\t// Abide: one sync per block for the batch (fileStore.beginGroupSync).\n' +
+        '\t\t\tvar group *fileStore\n' +
+        '\t\t\tif !isClustered && len(ims) > 1 {\n\t\t\t\tmset.mu.RLock()\n' +
+        '\t\t\t\tif fs, ok := mset.store.(*fileStore); ok && fs.syncAlways.Load() {\n\t\t\t\t\tgroup = fs\n\t\t\t\t}\n' +
+        '\t\t\t\tmset.mu.RUnlock()\n\t\t\t}\n' +
+        '\t\t\tif group != nil {\n\t\t\t\tgroup.beginGroupSync()\n\t\t\t}\n' +
+        '\t\t\tfor _, im := range ims {\n',
+    )
+    .replace(
+      groupSyncEndAnchor,
+      groupSyncEndAnchor.replace('\t\t\tmsgs.recycle(&ims)\n', '\t\t\tif group != nil {\n\t\t\t\tgroup.endGroupSync()\n\t\t\t}\n\t\t\tmsgs.recycle(&ims)\n'),
+    );
+  await writeFile(fileStore, store);
+  await writeFile(stream, loop);
 }
 
 export const promtoolModule = { path: 'github.com/prometheus/prometheus', version: 'v0.316.0' } as const;
