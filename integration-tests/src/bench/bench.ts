@@ -26,9 +26,9 @@
  * ABIDE_LOCAL_STORE=postgres runs FerretDB on PostgreSQL instead of SQLite (every line says `store`).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { isDeepStrictEqual } from 'node:util';
 import { startServersFromEnv, type StartedServers } from '../../../scripts/lib/servers.ts';
@@ -969,7 +969,18 @@ function describeDurability(servers: StartedServers, workload: WorkloadOptions, 
       // Config file not where expected: say so below.
     }
     const sync = /^\s*sync_interval:\s*(\S+)/m.exec(conf)?.[1];
-    nats = `nats-server JetStream file storage, R1, sync_interval: ${sync ?? 'default (2 min!)'}${sync === 'always' ? ' (fsync on every write)' : ''}`;
+    // Abide's build (scripts/lib/server-binaries.ts, patchGroupSync) is named `nats-server-<version>-abide<n>`.
+    let binary = '';
+    try {
+      binary = readlinkSync(`/proc/${servers.nats.pid}/exe`);
+    } catch {
+      // Not Linux, or the process is gone: the binary is not named below.
+    }
+    const grouped = /-abide\d+$/.test(basename(binary));
+    const always = grouped
+      ? " (Abide's build: every append synced before its PubAck, one fsync per batch of appends a stream takes at once; a removal synced with its block's next sync)"
+      : ' (fsync on every write)';
+    nats = `nats-server JetStream file storage, R1, sync_interval: ${sync ?? 'default (2 min!)'}${sync === 'always' ? always : ''}`;
   }
   const mongo = servers.store === 'postgres'
     ? `FerretDB 1.24 on PostgreSQL ${servers.postgres ? `(${servers.postgres.url.replace(/\/\/[^@]*@/, '//')})` : ''} with fsync=on, synchronous_commit=on (the WAL is flushed at each commit); its memory is the Pss of the postmaster and its backends`
