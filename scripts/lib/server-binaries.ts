@@ -122,8 +122,8 @@ async function buildNatsServer(workDir: string, outputPath: string, log: Log): P
  * go out (publishers retry with their message ids). Only R1 streams on a file store: a replicated
  * stream's durability is its Raft log's; a replicated deployment (JS_REPLICAS=3, the Kubernetes
  * manifests) runs the stock server.
- * Second, a removal's tombstone (an acked work-queue message, a message deleted through the API)
- * is written at once but synced with its block's next sync (the next append's, a batch's, or the
+ * Second, a removal's tombstone (an acked work-queue message, or an exhausted one the orchestrator
+ * deletes) is written at once but synced with its block's next sync (the next append's, a batch's, or the
  * periodic one every 2 min) instead of on its own: after a power loss an acked message may come
  * back and be delivered again, which every consumer already handles (a lost `ack` does the same).
  * A published message is never acknowledged before it is synced.
