@@ -84,7 +84,7 @@ export function createArgsValidation(options: ArgsValidationOptions = {}) {
     if (!worker) {
       // One worker thread at a time: a new one starts once the overrun one has exited. Node can
       // crash (SIGSEGV, in V8 creating the new isolate) when a worker starts while another is
-      // being terminated (nodejs/node#56312, open); seen here about once in 20 runs of the tests.
+      // being terminated (nodejs/node#56312, open); seen here 3 times in ~150 runs of the tests.
       if (retiring) return;
       worker = startWorker();
       ready = false;
