@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collections, conversationHeadsCompleteId, recordConversationEnd } from '@abide/shared';
+import { createWriteBatcher } from '@abide/shared/mongo';
 import { waitForStatus } from './harness/run-checks.ts';
 import { Stack, testKeys } from './harness/stack.ts';
 
@@ -63,7 +64,7 @@ describe('conversation heads', () => {
   });
 
   it("never moves a head back: the first run's terminal outbox published again leaves the second's head", async () => {
-    await recordConversationEnd({ conversations: heads() as never }, { tenantId: 'tenant-a', conversationId: 'chat-1', runId: first.runId, createdAt: first.createdAt });
+    await recordConversationEnd({ writes: { conversations: createWriteBatcher(heads()) } }, { tenantId: 'tenant-a', conversationId: 'chat-1', runId: first.runId, createdAt: first.createdAt });
     expect((await heads().findOne({ _id: 'tenant-a:chat-1' }))?.runId).toBe(second.runId);
   });
 

@@ -30,20 +30,22 @@ export type ConversationHead = {
  */
 export const conversationHeadsCompleteId = '~complete';
 
-/** Records `run` as its conversation's latest ended run, unless a newer one is recorded (idempotent). */
+/**
+ * Records `run` as its conversation's latest ended run, unless a newer one is recorded
+ * (idempotent). Group-committed with the other heads this process records at the same time
+ * (`write-batcher.ts`): every run's end writes one, so under load they shared no sync while
+ * every other write of a step did (issue 9: at 50 runs in flight it was one of the ~5.5 commands
+ * a run cost the store, alone in its transaction).
+ */
 export async function recordConversationEnd(
-  collections: Pick<Collections, 'conversations'>,
+  collections: { writes: Pick<Collections['writes'], 'conversations'> },
   run: { tenantId: string; conversationId: string; runId: string; createdAt: string },
 ): Promise<void> {
   const _id = lockIds.conversation(run.tenantId, run.conversationId);
   const head: Omit<ConversationHead, '_id'> = { tenantId: run.tenantId, conversationId: run.conversationId, runId: run.runId, runCreatedAt: run.createdAt };
-  try {
-    // Matches an older head (replaced) or none (inserted); a head as new or newer makes the
-    // upsert's insert collide on `_id`, and that head stands.
-    await collections.conversations.updateOne({ _id, runCreatedAt: { $lt: run.createdAt } }, { $set: head }, { upsert: true });
-  } catch (error) {
-    if (!isDuplicateKeyError(error)) throw error;
-  }
+  // Matches an older head (replaced) or none (inserted); a head as new or newer makes the
+  // upsert's insert collide on `_id` (`'duplicate'`), and that head stands.
+  await collections.writes.conversations.update(_id, { $set: head }, { upsert: true, filter: { runCreatedAt: { $lt: run.createdAt } } });
 }
 
 /**
@@ -82,7 +84,7 @@ export function createHeadsCompleteCheck(collections: Pick<Collections, 'convers
  * published, so only a run whose outbox older code published and whose read model still lags
  * is missed, and its conversation continues from the run before it.
  */
-export async function buildConversationHeads(collections: Pick<Collections, 'conversations' | 'runs'>, signal?: AbortSignal): Promise<number | null> {
+export async function buildConversationHeads(collections: Pick<Collections, 'conversations' | 'runs' | 'writes'>, signal?: AbortSignal): Promise<number | null> {
   if (await collections.conversations.findOne({ _id: conversationHeadsCompleteId }, { projection: { _id: 1 } })) return null;
   const latest = new Map<string, { tenantId: string; conversationId: string; runId: string; createdAt: string }>();
   const cursor = collections.runs.find({}, { projection: { _id: 1, tenantId: 1, conversationId: 1, status: 1, createdAt: 1 } });

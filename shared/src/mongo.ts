@@ -69,7 +69,7 @@ export type Collections = {
    * batcher per collection per process, so concurrent runs share each sync. Reads, and writes
    * whose result needs a matched count, use the collections directly.
    */
-  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; runRetention: WriteBatcher<Stored>; workTimeline: WriteBatcher<Stored>; runsRunning: WriteBatcher<Stored>; runsSuspended: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored> };
+  writes: { runs: WriteBatcher<Stored>; runTransitions: WriteBatcher<Stored>; runWork: WriteBatcher<Stored>; runDeadlines: WriteBatcher<Stored>; runRetention: WriteBatcher<Stored>; workTimeline: WriteBatcher<Stored>; runsRunning: WriteBatcher<Stored>; runsSuspended: WriteBatcher<Stored>; conversationLocks: WriteBatcher<Stored>; conversations: WriteBatcher<Stored> };
 };
 
 /** The collections (call once per process, in its composition root: the batchers live here). */
@@ -100,6 +100,7 @@ export function getCollections(db: Db): Collections {
       runsRunning: createWriteBatcher(found.runsRunning),
       runsSuspended: createWriteBatcher(found.runsSuspended),
       conversationLocks: createWriteBatcher(found.conversationLocks),
+      conversations: createWriteBatcher(found.conversations),
     },
   };
 }

@@ -32,6 +32,15 @@ function heldCollection() {
           else documents.set(document._id, document);
         } else if ('replaceOne' in operation) {
           documents.set(String(operation.replaceOne.filter._id), { ...operation.replaceOne.replacement, _id: operation.replaceOne.filter._id });
+        } else if ('updateOne' in operation) {
+          // The conditional upsert of conversation heads: `_id`, and `$lt` on one other field.
+          const { _id, ...rest } = operation.updateOne.filter as Document;
+          const existing = documents.get(String(_id));
+          const matches = existing !== undefined && Object.entries(rest).every(([field, condition]) => (existing[field] as number) < (condition as { $lt: number }).$lt);
+          const set = (operation.updateOne.update as { $set: Document }).$set;
+          if (matches) documents.set(String(_id), { ...existing, ...set });
+          else if (existing) writeErrors.push({ index, code: 11000, errmsg: 'duplicate key' });
+          else if (operation.updateOne.upsert) documents.set(String(_id), { ...set, _id });
         } else if ('deleteOne' in operation) {
           documents.delete(String(operation.deleteOne.filter._id));
         }
@@ -130,5 +139,30 @@ describe('write batcher (group commit)', () => {
     await held.releaseNext();
     expect(await after).toBe('ok');
     expect(held.calls.map((call) => call.length)).toEqual([1, 2, 1]);
+  });
+
+  it('sends conditional upserts of several documents in one batch, each with its own outcome (a document that does not match stands)', async () => {
+    const held = heldCollection();
+    const batcher = createWriteBatcher(held.collection);
+    const blocker = batcher.insert({ _id: 'first', body: 1 });
+    await new Promise((resolve) => setImmediate(resolve));
+    const upsert = (id: string, at: number) => batcher.update(id, { $set: { at } }, { upsert: true, filter: { at: { $lt: at } } });
+    const outcomes = [upsert('new', 5), upsert('older', 7), upsert('newer', 3)];
+    held.documents.set('older', { _id: 'older', at: 6 });
+    held.documents.set('newer', { _id: 'newer', at: 4 });
+    await held.releaseNext();
+    await blocker;
+    await held.releaseNext();
+    expect(await Promise.all(outcomes)).toEqual(['ok', 'ok', 'duplicate']);
+    expect(held.calls[1]!.map((operation) => ('updateOne' in operation ? operation.updateOne.filter : null))).toEqual([
+      { at: { $lt: 5 }, _id: 'new' },
+      { at: { $lt: 7 }, _id: 'older' },
+      { at: { $lt: 3 }, _id: 'newer' },
+    ]);
+    expect([...held.documents.values()].filter((document) => document._id !== 'first')).toEqual([
+      { _id: 'older', at: 7 },
+      { _id: 'newer', at: 4 },
+      { at: 5, _id: 'new' },
+    ]);
   });
 });

@@ -107,8 +107,14 @@ export function createWriteBatcher<T extends Document & { _id: string }>(collect
     insert: (document: T) => enqueue(document._id, { insertOne: { document } }),
     /** Replaces the document with `document._id` (inserting it when `upsert`); `'duplicate'` when an upsert lost an insert race. */
     replace: (document: T, options: { upsert: boolean }) => enqueue(document._id, { replaceOne: { filter: { _id: document._id }, replacement: withoutId(document), upsert: options.upsert } }),
-    /** Applies `update` (operators) to the document with `id` (inserting it when `upsert`); `'duplicate'` when an upsert lost an insert race. */
-    update: (id: string, update: Document, options: { upsert: boolean }) => enqueue(id, { updateOne: { filter: { _id: id }, update, upsert: options.upsert } }),
+    /**
+     * Applies `update` (operators) to the document with `id` (inserting it when `upsert`) if it
+     * also matches `filter`'s other fields; `'duplicate'` when an upsert's insert collided on
+     * `_id`: it lost an insert race, or (with `filter`) a document with that `_id` exists that does
+     * not match (a conditional upsert that finds it stands).
+     */
+    update: (id: string, update: Document, options: { upsert: boolean; filter?: Document }) =>
+      enqueue(id, { updateOne: { filter: { ...options.filter, _id: id }, update, upsert: options.upsert } }),
     /** Deletes the document with `_id` (and, if given, the other fields of `filter`); idempotent. */
     delete: (id: string, filter: Document = {}) => enqueue(id, { deleteOne: { filter: { ...filter, _id: id } } }),
   };
