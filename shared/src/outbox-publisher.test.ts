@@ -201,9 +201,9 @@ describe('publishOutbox: a new run', () => {
     const calls: string[] = [];
     let finishHead!: () => void;
     const conversations = {
-      updateOne(filter: { _id: string; runCreatedAt: unknown }, update: { $set: { runId: string } }, options: { upsert: boolean }) {
-        calls.push(`head ${filter._id} ${update.$set.runId} ${JSON.stringify(filter.runCreatedAt)} upsert=${options.upsert}`);
-        return new Promise((resolve) => (finishHead = () => resolve({})));
+      update(id: string, update: { $set: { runId: string } }, options: { upsert: boolean; filter: { runCreatedAt: unknown } }) {
+        calls.push(`head ${id} ${update.$set.runId} ${JSON.stringify(options.filter.runCreatedAt)} upsert=${options.upsert}`);
+        return new Promise((resolve) => (finishHead = () => resolve('ok')));
       },
     };
     /** How many deletes had been issued when the first one resolved. */
@@ -218,7 +218,7 @@ describe('publishOutbox: a new run', () => {
       },
     };
     const transition = transitionWith([{ kind: 'release_conversation_lock', conversationId: 'conv-1', runSlot: 3 }]);
-    const published = publishOutbox(deps({ collections: { conversations, writes: { conversationLocks } } as never }), transition);
+    const published = publishOutbox(deps({ collections: { writes: { conversations, conversationLocks } } as never }), transition);
     // The head is written first; no lock is deleted until it is.
     await vi.waitFor(() => expect(calls).toHaveLength(1));
     await new Promise(setImmediate);

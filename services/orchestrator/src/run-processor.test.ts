@@ -125,7 +125,7 @@ function harness(options: { holdReadModel?: number; holdDeadlineSet?: boolean; r
       return { stream: 'S', seq: log.length, duplicate: false, domain: '' };
     },
   };
-  const collections = { conversations: { updateOne: async () => ({}) }, writes: { conversationLocks: { delete: async () => 'ok' } } };
+  const collections = { writes: { conversations: { update: async () => 'ok' }, conversationLocks: { delete: async () => 'ok' } } };
   const logger = createLogger('orchestrator', 'silent', new Writable({ write: (_chunk, _encoding, done) => done() }));
   // The delayed read models are written by `flushReadModels` unless a test sets a short delay.
   const make = () =>
