@@ -1,7 +1,11 @@
 /**
  * `npm run bench`: Abide on the workload of WORKLOAD.md (sequential, throughput at 50 in flight,
  * fsync count per run) and issue 3's approvals scenario (1,000 runs suspended at once: the
- * orchestrator's memory and CPU while they wait, and approval → tool call latency).
+ * orchestrator's memory and CPU while they wait, and approval → tool call latency); then the
+ * protocol floor (`protocol-floor.ts`): the same workload's messages and writes played by bare
+ * processes with no Abide code, as the sequential and throughput scenarios, its lines under the
+ * peer `protocol-floor (design)` and `protocol-floor (pipelined)`: what the architecture costs
+ * on this machine before any of Abide's own code.
  *
  * One JSON line per scenario on stdout; progress and diagnostics on stderr. Memory: `peak_rss_mb`
  * is the peak of the processes' summed VmRSS (sampled every 500 ms), as the peers are measured;
@@ -18,7 +22,7 @@
  * Environment: LLM_MS, TOOL_MS, SEQ_RUNS (200), TP_RUNS (500), TP_CONC (50), WARMUP_RUNS (10),
  * FSYNC_RUNS (20), APPROVAL_RUNS (1000), APPROVAL_CREATE_CONC (10), APPROVAL_BUDGET_S (90),
  * APPROVAL_CONC (20), APPROVAL_IDLE_S (10), BENCH_SCENARIOS (comma list of sequential,
- * throughput_c50, fsync_probe, approvals), BENCH_LOG_LEVEL (info), BENCH_KEEP_DATA=1 (keep server
+ * throughput_c50, fsync_probe, approvals, protocol_floor), BENCH_LOG_LEVEL (info), BENCH_KEEP_DATA=1 (keep server
  * data and logs), and for diagnosis only: BENCH_MONGO_PROFILE=1 (per-command MongoDB times through
  * a proxy), BENCH_FERRETDB_ID_INDEX=1 (an experiment: see ferretdb-id-index.ts), ABIDE_CPU_PROF_DIR=<dir>
  * (a V8 CPU profile of each service process, `node --cpu-prof`, written there when it exits).
@@ -37,6 +41,7 @@ import { BenchSocket, createdFrameType, type RunOutcome } from './bench-socket.t
 import { describeRunBytes, measureRunBytes } from './bytes-probe.ts';
 import { concurrentWriters, measureDocumentOps, measureFloor, type DocumentOps, type FloorProbes } from './floor-probes.ts';
 import { addFerretDbIdIndexes } from './ferretdb-id-index.ts';
+import { floorSteps, runProtocolFloor } from './protocol-floor.ts';
 import { ensureStrace, FsyncProbe, fsyncCalls, type FsyncCounts } from './fsync-probe.ts';
 import { startMongoProfileProxy, type MongoProfileProxy } from './mongo-profile-proxy.ts';
 import { cpuPercentOver, cpuSeconds, rssMb, RssSampler, type StackProcess } from './proc.ts';
@@ -58,7 +63,7 @@ function intFromEnv(name: string, fallback: number, minimum = 0): number {
   return value;
 }
 
-const allScenarios = ['sequential', 'throughput_c50', 'fsync_probe', 'approvals'] as const;
+const allScenarios = ['sequential', 'throughput_c50', 'fsync_probe', 'approvals', 'protocol_floor'] as const;
 type ScenarioName = (typeof allScenarios)[number];
 
 const config = {
@@ -188,7 +193,8 @@ function checkInterrupted(): void {
 // Output
 
 type ScenarioLine = {
-  peer: 'abide';
+  /** `protocol-floor (…)`: the protocol floor's lines (`protocol-floor.ts`), beside Abide's. */
+  peer: 'abide' | `protocol-floor (${'design' | 'pipelined'})`;
   scenario: string;
   runs: number;
   errors: number;
@@ -913,7 +919,55 @@ async function main(): Promise<void> {
   if (config.scenarios.has('throughput_c50')) await withStack(`throughput_c${config.tpConc}`, tenantsFor.throughput, toolServer, scenarioThroughput);
   if (config.scenarios.has('fsync_probe')) await withStack('fsync_probe', tenantsFor.fsync, toolServer, scenarioFsyncProbe);
   if (config.scenarios.has('approvals')) await withStack(`approvals_${config.approvalRuns}`, tenantsFor.approvals, toolServer, scenarioApprovals);
+  if (config.scenarios.has('protocol_floor')) await scenarioProtocolFloor();
   log(`done in ${((performance.now() - started) / 1000).toFixed(1)} s; load average now ${loadavg().map((value) => value.toFixed(2)).join(' ')}`);
+}
+
+/**
+ * The protocol floor (`protocol-floor.ts`): the workload's message pattern played by bare
+ * processes on fresh servers, as the sequential and throughput scenarios, once as DESIGN §4
+ * orders it and once with those orderings relaxed. What the architecture costs before any of
+ * Abide's code: Abide's lines can come down to these, not below.
+ */
+async function scenarioProtocolFloor(): Promise<void> {
+  checkInterrupted();
+  log(`protocol_floor: the workload's message pattern by bare processes (no Abide code), ${config.seqRuns} sequential and ${config.tpRuns} at ${config.tpConc} in flight, twice`);
+  const floor = await runProtocolFloor({ sequentialRuns: config.seqRuns, concurrentRuns: config.tpRuns, concurrency: config.tpConc });
+  currentStore = floor.store === 'sqlite' || floor.store === 'postgres' ? `ferretdb-${floor.store}` : floor.store;
+  const pattern: Record<'design' | 'pipelined', string> = {
+    design: 'as DESIGN §4 orders it (events, then the work; a result stored, then published)',
+    pipelined: "DESIGN §4's orderings relaxed (events beside the work; a result's store beside its publish): what protocol changes could reach",
+  };
+  for (const variant of ['design', 'pipelined'] as const) {
+    for (const [scenario, measured] of [
+      ['sequential', floor[variant].sequential],
+      [`throughput_c${config.tpConc}`, floor[variant].concurrent],
+    ] as const) {
+      const runsPerS = measured.runs / measured.wallS;
+      emit({
+        peer: `protocol-floor (${variant})`,
+        scenario,
+        runs: measured.runs,
+        errors: 0,
+        concurrency: measured.concurrency,
+        p50_ms: round(measured.latency.p50),
+        p95_ms: round(measured.latency.p95),
+        p99_ms: round(measured.latency.p99),
+        mean_ms: round(measured.latency.mean),
+        runs_per_s: round(runsPerS),
+        steps_per_s: round(runsPerS * floorSteps),
+        per_step_overhead_ms: measured.concurrency === 1 ? round(measured.latency.p50! / floorSteps, 3) : null,
+        wall_s: round(measured.wallS),
+        peak_rss_mb: null,
+        llm_ms: 0,
+        tool_ms: 0,
+        cpu_ms_per_run_by_process: measured.cpuMsPerRun,
+        notes:
+          `not Abide: the workload's messages and writes by bare processes (protocol-floor.ts), ${pattern[variant]}; the gateway's creation writes, ` +
+          "an ordered consumer per run for the client, one ~1 KiB transition insert per step, the workers' KV reads, markers and result stores; same servers and durability as Abide's lines (sync_interval: always, w majority j true); the gateway+client process is the measuring one",
+      });
+    }
+  }
 }
 
 /**
