@@ -28,7 +28,7 @@
  * `node integration-tests/src/bench/protocol-floor.ts` (fresh servers, or `NATS_URL` / `MONGO_URL`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -38,6 +38,7 @@ import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jets
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { MongoClient } from 'mongodb';
+import { cpuSeconds } from './proc.ts';
 import { summarize, type LatencySummary } from './stats.ts';
 
 /** A run slower than this fails the measurement (WORKLOAD.md's bound on a run). */
@@ -152,16 +153,8 @@ async function runRole(role: Role, natsUrl: string, mongoUrl: string, pipelined:
   }
 }
 
-/** CPU time (user + system, ms) of a process so far, from `/proc`. */
-async function cpuMs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // clock ticks at USER_HZ = 100
-}
-
-async function cpuSnapshot(pids: Record<string, number>): Promise<Record<string, number>> {
-  const entries = await Promise.all(Object.entries(pids).map(async ([name, pid]) => [name, await cpuMs(pid)] as const));
-  return Object.fromEntries(entries);
+function cpuSnapshot(pids: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSeconds(pid) * 1000]));
 }
 
 function cpuPerRun(before: Record<string, number>, after: Record<string, number>, runs: number): Record<string, number> {
@@ -271,7 +264,7 @@ export async function measureProtocolFloor(options: {
     };
     /** `runs` runs, `inFlight` at a time (closed loop, as the bench's clients). */
     const scenario = async (runs: number, inFlight: number): Promise<FloorScenario> => {
-      const before = await cpuSnapshot(pids);
+      const before = cpuSnapshot(pids);
       const latencies: number[] = [];
       let started = 0;
       const wallStarted = performance.now();
@@ -284,7 +277,7 @@ export async function measureProtocolFloor(options: {
         }),
       );
       const wallS = (performance.now() - wallStarted) / 1000;
-      return { runs, concurrency: inFlight, latency: summarize(latencies), wallS, cpuMsPerRun: cpuPerRun(before, await cpuSnapshot(pids), runs) };
+      return { runs, concurrency: inFlight, latency: summarize(latencies), wallS, cpuMsPerRun: cpuPerRun(before, cpuSnapshot(pids), runs) };
     };
     await scenario(20, 1); // warm-up
     return { sequential: await scenario(sequentialRuns, 1), concurrent: await scenario(concurrentRuns, concurrency) };
