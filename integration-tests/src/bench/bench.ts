@@ -927,7 +927,8 @@ async function main(): Promise<void> {
  * The protocol floor (`protocol-floor.ts`): the workload's message pattern played by bare
  * processes on fresh servers, as the sequential and throughput scenarios, once as DESIGN §4
  * orders it and once with those orderings relaxed. What the architecture costs before any of
- * Abide's code: Abide's lines can come down to these, not below.
+ * Abide's code: a lone run of Abide can come down to these, not below; under load Abide
+ * group-commits its writes (`write-batcher.ts`) and the floor does not.
  */
 async function scenarioProtocolFloor(): Promise<void> {
   checkInterrupted();
