@@ -4,8 +4,8 @@
  * orchestrator's memory and CPU while they wait, and approval → tool call latency); then the
  * protocol floor (`protocol-floor.ts`): the same workload's messages and writes played by bare
  * processes with no Abide code, as the sequential and throughput scenarios, its lines under the
- * peer `protocol-floor (design)` and `protocol-floor (pipelined)`: what the architecture costs
- * on this machine before any of Abide's own code.
+ * peers `protocol-floor (design)`, `(pipelined)` and `(steps)`: what the architecture costs on
+ * this machine before any of Abide's own code.
  *
  * One JSON line per scenario on stdout; progress and diagnostics on stderr. Memory: `peak_rss_mb`
  * is the peak of the processes' summed VmRSS (sampled every 500 ms), as the peers are measured;
@@ -41,7 +41,7 @@ import { BenchSocket, createdFrameType, type RunOutcome } from './bench-socket.t
 import { describeRunBytes, measureRunBytes } from './bytes-probe.ts';
 import { concurrentWriters, measureDocumentOps, measureFloor, type DocumentOps, type FloorProbes } from './floor-probes.ts';
 import { addFerretDbIdIndexes } from './ferretdb-id-index.ts';
-import { floorSteps, runProtocolFloor } from './protocol-floor.ts';
+import { floorSteps, floorVariants, runProtocolFloor, type FloorVariant } from './protocol-floor.ts';
 import { ensureStrace, FsyncProbe, fsyncCalls, type FsyncCounts } from './fsync-probe.ts';
 import { startMongoProfileProxy, type MongoProfileProxy } from './mongo-profile-proxy.ts';
 import { cpuPercentOver, cpuSeconds, rssMb, RssSampler, type StackProcess } from './proc.ts';
@@ -194,7 +194,7 @@ function checkInterrupted(): void {
 
 type ScenarioLine = {
   /** `protocol-floor (…)`: the protocol floor's lines (`protocol-floor.ts`), beside Abide's. */
-  peer: 'abide' | `protocol-floor (${'design' | 'pipelined'})`;
+  peer: 'abide' | `protocol-floor (${FloorVariant})`;
   scenario: string;
   runs: number;
   errors: number;
@@ -925,24 +925,26 @@ async function main(): Promise<void> {
 
 /**
  * The protocol floor (`protocol-floor.ts`): the workload's message pattern played by bare
- * processes on fresh servers, as the sequential and throughput scenarios, once as DESIGN §4
- * orders it and once with those orderings relaxed. What the architecture costs before any of
+ * processes on fresh servers, as the sequential and throughput scenarios: as DESIGN §4 orders it,
+ * with those orderings relaxed, and the step chain alone. What the architecture costs before any of
  * Abide's code: a lone run of Abide can come down to these, not below; under load Abide
  * group-commits its writes (`write-batcher.ts`) and the floor does not.
  */
 async function scenarioProtocolFloor(): Promise<void> {
   checkInterrupted();
-  log(`protocol_floor: the workload's message pattern by bare processes (no Abide code), ${config.seqRuns} sequential and ${config.tpRuns} at ${config.tpConc} in flight, twice`);
+  log(`protocol_floor: the workload's message pattern by bare processes (no Abide code), ${config.seqRuns} sequential and ${config.tpRuns} at ${config.tpConc} in flight, in each of ${floorVariants.length} variants`);
   const floor = await runProtocolFloor({ sequentialRuns: config.seqRuns, concurrentRuns: config.tpRuns, concurrency: config.tpConc });
   currentStore = floor.store === 'sqlite' || floor.store === 'postgres' ? `ferretdb-${floor.store}` : floor.store;
-  const pattern: Record<'design' | 'pipelined', string> = {
-    design: 'as DESIGN §4 orders it (events, then the work; a result stored, then published)',
-    pipelined: "DESIGN §4's orderings relaxed (events beside the work; a result's store beside its publish): what protocol changes could reach",
+  const gatewayPart = "the gateway's creation writes and an ordered consumer per run for the client";
+  const pattern: Record<FloorVariant, string> = {
+    design: `as DESIGN §4 orders it (events, then the work; a result stored, then published); ${gatewayPart}`,
+    pipelined: `DESIGN §4's orderings relaxed (events beside the work; a result's store beside its publish): what protocol changes could reach; ${gatewayPart}`,
+    steps: "as DESIGN §4 orders it, the step chain alone: the start published at once (no creation writes), the client a plain subscription (no ordered consumer)",
   };
-  for (const variant of ['design', 'pipelined'] as const) {
+  for (const variant of floorVariants) {
     for (const [scenario, measured] of [
-      ['sequential', floor[variant].sequential],
-      [`throughput_c${config.tpConc}`, floor[variant].concurrent],
+      ['sequential', floor.floors[variant].sequential],
+      [`throughput_c${config.tpConc}`, floor.floors[variant].concurrent],
     ] as const) {
       const runsPerS = measured.runs / measured.wallS;
       emit({
@@ -964,8 +966,8 @@ async function scenarioProtocolFloor(): Promise<void> {
         tool_ms: 0,
         cpu_ms_per_run_by_process: measured.cpuMsPerRun,
         notes:
-          `not Abide: the workload's messages and writes by bare processes (protocol-floor.ts), ${pattern[variant]}; the gateway's creation writes, ` +
-          "an ordered consumer per run for the client, one ~1 KiB transition insert per step, the workers' KV reads, markers and result stores; same servers and durability as Abide's lines (sync_interval: always, w majority j true); the gateway+client process is the measuring one",
+          `not Abide: the workload's messages and writes by bare processes (protocol-floor.ts), ${pattern[variant]}; ` +
+          "one ~1 KiB transition insert per step, the workers' KV reads, markers and result stores; same servers and durability as Abide's lines (sync_interval: always, w majority j true); the gateway+client process is the measuring one",
       });
     }
   }

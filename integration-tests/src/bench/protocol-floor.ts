@@ -21,8 +21,10 @@
  * - the "tool-worker" takes a tool step: the two KV reads and the started marker's create at once,
  *   then the result's KV create, then its publish, then the ack;
  * - five steps: llm, tool, llm, tool, llm.
- * `pipelined` relaxes DESIGN §4's orderings (events beside the work, a result's store beside its
- * publish): what changing those protocols could reach at best.
+ * Variants (`floorVariants`): `design` as above; `pipelined` relaxes DESIGN §4's orderings (events
+ * beside the work, a result's store beside its publish): what changing those protocols could
+ * reach at best; `steps` keeps DESIGN's orderings but leaves out the gateway's part (the `start`
+ * published at once, the client a plain subscription): the step chain alone.
  *
  * `npm run bench` runs it as the scenario `protocol_floor`; alone:
  * `node integration-tests/src/bench/protocol-floor.ts` (fresh servers, or `NATS_URL` / `MONGO_URL`).
@@ -60,6 +62,13 @@ export type FloorScenario = { runs: number; concurrency: number; latency: Latenc
 export type ProtocolFloor = { sequential: FloorScenario; concurrent: FloorScenario };
 /** The workload's steps: what `per_step_overhead_ms` divides by. */
 export const floorSteps = 5;
+/**
+ * `design`: the whole pattern as DESIGN orders it; `pipelined`: with §4's orderings relaxed;
+ * `steps`: DESIGN's orderings, the step chain alone (the `start` published at once, no creation
+ * writes; the client a plain subscription, no ordered consumer).
+ */
+export const floorVariants = ['design', 'pipelined', 'steps'] as const;
+export type FloorVariant = (typeof floorVariants)[number];
 
 async function provision(connection: NatsConnection): Promise<void> {
   const manager = await jetstreamManager(connection);
@@ -181,8 +190,7 @@ export async function measureProtocolFloor(options: {
   sequentialRuns?: number;
   concurrentRuns?: number;
   concurrency?: number;
-  /** The pattern with DESIGN §4's orderings relaxed: events alongside the work, results stored alongside their publish. */
-  pipelined?: boolean;
+  variant: FloorVariant;
 }): Promise<ProtocolFloor> {
   const sequentialRuns = options.sequentialRuns ?? 200;
   const concurrentRuns = options.concurrentRuns ?? 500;
@@ -204,7 +212,7 @@ export async function measureProtocolFloor(options: {
     const runs = db.collection<{ _id: string; status: string; version: number; body: string }>(names.runs);
     const self = fileURLToPath(import.meta.url);
     for (const role of roles) {
-      const child = spawn(process.execPath, [self, '--role', role, ...(options.pipelined ? ['--pipelined'] : [])], {
+      const child = spawn(process.execPath, [self, '--role', role, ...(options.variant === 'pipelined' ? ['--pipelined'] : [])], {
         env: { ...process.env, FLOOR_NATS_URL: options.natsUrl, FLOOR_MONGO_URL: options.mongoUrl },
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
@@ -219,6 +227,31 @@ export async function measureProtocolFloor(options: {
     const measurementFailed = new Promise<never>((_, reject) => (failMeasurement = reject));
     measurementFailed.catch(() => undefined); // raced below; unobserved otherwise
     children.forEach((child, index) => child.once('exit', (code, signal) => failMeasurement(new Error(`floor ${roles[index]} exited (${code ?? signal})`))));
+    /** `completed`, unless a process of the floor dies or the run takes longer than `runTimeoutMs`. */
+    const within = async (completed: Promise<void>, runId: string): Promise<void> => {
+      const timer = new AbortController();
+      const timedOut = sleep(runTimeoutMs, undefined, { signal: timer.signal }).then(
+        () => Promise.reject(new Error(`run ${runId} did not complete within ${runTimeoutMs} ms`)),
+        () => new Promise<never>(() => {}), // cancelled: the run ended first
+      );
+      try {
+        await Promise.race([completed, measurementFailed, timedOut]);
+      } finally {
+        timer.abort();
+      }
+    };
+    // The `steps` variant's client: one plain subscription to every run's events.
+    const completions = new Map<string, () => void>();
+    if (options.variant === 'steps') {
+      connection.subscribe('floor.events.>', {
+        callback: (_error, message) => {
+          if (decode<{ type: string }>(message.data).type !== 'run.completed') return;
+          const runId = message.subject.slice('floor.events.'.length);
+          completions.get(runId)?.();
+          completions.delete(runId);
+        },
+      });
+    }
     const pids = { ...options.serverPids, 'gateway+client': process.pid, ...Object.fromEntries(roles.map((role, index) => [role, children[index]!.pid!])) };
     let counter = 0;
     /**
@@ -230,6 +263,12 @@ export async function measureProtocolFloor(options: {
     const oneRun = async (): Promise<number> => {
       const runId = `f${process.pid}x${(counter += 1)}`;
       const started = performance.now();
+      if (options.variant === 'steps') {
+        const completed = new Promise<void>((resolve) => completions.set(runId, resolve));
+        await js.publish(`floor.in.${runId}.start`, encode({ runId, kind: 'start', step: -1 } satisfies Inbox), { msgID: `${runId}:start` });
+        await within(completed, runId);
+        return performance.now() - started;
+      }
       await Promise.all([agents.findOne({ _id: 'agent' }), locks.insertMany([{ _id: `conv:${runId}`, runId }, { _id: `slot:${runId}`, runId }], { ordered: false })]);
       await workItems.insertOne({ _id: `outbox:${runId}`, runId });
       await transitions.insertOne({ _id: `${runId}:1`, step: -1, body });
@@ -246,15 +285,9 @@ export async function measureProtocolFloor(options: {
         }
         throw new Error(`run ${runId}: its events ended before run.completed`);
       })();
-      const timer = new AbortController();
-      const timedOut = sleep(runTimeoutMs, undefined, { signal: timer.signal }).then(
-        () => Promise.reject(new Error(`run ${runId} did not complete within ${runTimeoutMs} ms`)),
-        () => new Promise<never>(() => {}), // cancelled: the run ended first
-      );
       try {
-        await Promise.race([completed, measurementFailed, timedOut]);
+        await within(completed, runId);
       } finally {
-        timer.abort();
         events.stop();
       }
       void consumer.delete().catch(() => false);
@@ -296,9 +329,9 @@ export async function measureProtocolFloor(options: {
 
 /**
  * Starts fresh servers (as the bench does for each scenario: `NATS_URL` / `MONGO_URL` name others
- * instead), measures the floor in both variants on them, and stops them.
+ * instead), measures the floor in each variant on them, and stops them.
  */
-export async function runProtocolFloor(options: { sequentialRuns: number; concurrentRuns: number; concurrency: number }): Promise<{ store: string; design: ProtocolFloor; pipelined: ProtocolFloor }> {
+export async function runProtocolFloor(options: { sequentialRuns: number; concurrentRuns: number; concurrency: number }): Promise<{ store: string; floors: Record<FloorVariant, ProtocolFloor> }> {
   const { startServersFromEnv } = await import('../../../scripts/lib/servers.ts');
   const dataRoot = await mkdtemp(join(tmpdir(), 'abide-floor-'));
   const servers = await startServersFromEnv(process.env, { dataRoot, log: () => {} });
@@ -307,10 +340,11 @@ export async function runProtocolFloor(options: { sequentialRuns: number; concur
     if (servers.nats) serverPids['nats-server'] = servers.nats.pid;
     if (servers.mongo) serverPids[servers.mongo.kind] = servers.mongo.pid;
     if (servers.postgres) serverPids.postgres = servers.postgres.pid;
-    const common = { natsUrl: servers.natsUrl, mongoUrl: servers.mongoUrl, serverPids, ...options };
-    const design = await measureProtocolFloor(common);
-    const pipelined = await measureProtocolFloor({ ...common, pipelined: true });
-    return { store: servers.store, design, pipelined };
+    const floors: Partial<Record<FloorVariant, ProtocolFloor>> = {};
+    for (const variant of floorVariants) {
+      floors[variant] = await measureProtocolFloor({ natsUrl: servers.natsUrl, mongoUrl: servers.mongoUrl, serverPids, ...options, variant });
+    }
+    return { store: servers.store, floors: floors as Record<FloorVariant, ProtocolFloor> };
   } finally {
     await servers.stop();
     await rm(dataRoot, { recursive: true, force: true });
