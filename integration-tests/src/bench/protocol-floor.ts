@@ -258,7 +258,8 @@ export async function measureProtocolFloor(options: {
      * One run as the gateway makes and follows it: the agent read beside the conversation lock
      * and the tenant's run slot (one bulk insert), the outbox work item, version 1, then its read
      * model beside the `start` publish, the work item deleted after; the client's events through
-     * an ordered consumer filtered to the run, until `run.completed`.
+     * an ordered consumer filtered to the run, until `run.completed`. In the `steps` variant only
+     * the `start` publish, and the shared subscription tells the end.
      */
     const oneRun = async (): Promise<number> => {
       const runId = `f${process.pid}x${(counter += 1)}`;
@@ -276,7 +277,8 @@ export async function measureProtocolFloor(options: {
         runs.insertOne({ _id: runId, status: 'queued', version: 1, body }),
         js.publish(`floor.in.${runId}.start`, encode({ runId, kind: 'start', step: -1 } satisfies Inbox), { msgID: `${runId}:start` }),
       ]);
-      void workItems.deleteOne({ _id: `outbox:${runId}` });
+      // Off the run's path, as the gateway deletes it; a failure only leaves a row in a scratch collection.
+      void workItems.deleteOne({ _id: `outbox:${runId}` }).catch(() => undefined);
       const consumer = await js.consumers.get(names.events, { filter_subjects: `floor.events.${runId}` });
       const events = await consumer.consume({ max_messages: 64 });
       const completed = (async () => {
@@ -292,25 +294,25 @@ export async function measureProtocolFloor(options: {
       }
       void consumer.delete().catch(() => false);
       // The run slot is freed with the run (the orchestrator frees the conversation lock).
-      void locks.deleteOne({ _id: `slot:${runId}` });
+      void locks.deleteOne({ _id: `slot:${runId}` }).catch(() => undefined); // as above
       return performance.now() - started;
     };
-    /** `runs` runs, `inFlight` at a time (closed loop, as the bench's clients). */
-    const scenario = async (runs: number, inFlight: number): Promise<FloorScenario> => {
+    /** `count` runs, `inFlight` at a time (closed loop, as the bench's clients). */
+    const scenario = async (count: number, inFlight: number): Promise<FloorScenario> => {
       const before = cpuSnapshot(pids);
       const latencies: number[] = [];
       let started = 0;
       const wallStarted = performance.now();
       await Promise.all(
         Array.from({ length: inFlight }, async () => {
-          while (started < runs) {
+          while (started < count) {
             started += 1;
             latencies.push(await oneRun());
           }
         }),
       );
       const wallS = (performance.now() - wallStarted) / 1000;
-      return { runs, concurrency: inFlight, latency: summarize(latencies), wallS, cpuMsPerRun: cpuPerRun(before, cpuSnapshot(pids), runs) };
+      return { runs: count, concurrency: inFlight, latency: summarize(latencies), wallS, cpuMsPerRun: cpuPerRun(before, cpuSnapshot(pids), count) };
     };
     await scenario(20, 1); // warm-up
     return { sequential: await scenario(sequentialRuns, 1), concurrent: await scenario(concurrentRuns, concurrency) };
