@@ -44,7 +44,7 @@ import { addFerretDbIdIndexes } from './ferretdb-id-index.ts';
 import { floorSteps, floorVariants, runProtocolFloor, type FloorVariant } from './protocol-floor.ts';
 import { ensureStrace, FsyncProbe, fsyncCalls, type FsyncCounts } from './fsync-probe.ts';
 import { startMongoProfileProxy, type MongoProfileProxy } from './mongo-profile-proxy.ts';
-import { cpuPercentOver, cpuSeconds, rssMb, RssSampler, type StackProcess } from './proc.ts';
+import { cpuMsPerRun, cpuPercentOver, cpuSnapshot, rssMb, RssSampler, type StackProcess } from './proc.ts';
 import { round, summarize, type LatencySummary } from './stats.ts';
 import { startBenchToolServer, type BenchToolServer } from './tool-server.ts';
 import { approvalAgent, finalText, toolArgs, toolRoundsAgent, toolStepText, workloadAgent, workloadToolName, type WorkloadOptions } from './workload.ts';
@@ -230,26 +230,6 @@ function emit(line: ScenarioLine): void {
 }
 
 /** CPU seconds (user + system) each process has used so far. */
-const cpuSnapshot = (processes: readonly StackProcess[]) => new Map(processes.map((entry) => [entry.name, cpuSeconds(entry.pid)]));
-
-/**
- * CPU time each process spent per run between two snapshots, in ms, and their sum: what a run
- * costs the machine, which caps throughput on 2 cores and holds still when other work shares the
- * machine (latencies do not). Ticks are 10 ms, so a scenario needs a few hundred runs to read it
- * to 0.1 ms. A server that forks per connection (PostgreSQL) counts its first process only.
- */
-function cpuMsPerRun(before: Map<string, number>, processes: readonly StackProcess[], runs: number): Record<string, number | null> {
-  const perRun: Record<string, number | null> = {};
-  let total = 0;
-  for (const entry of processes) {
-    const used = cpuSeconds(entry.pid) - (before.get(entry.name) ?? 0);
-    perRun[entry.name] = runs > 0 ? round((used * 1000) / runs, 2) : null;
-    total += used;
-  }
-  perRun.total = runs > 0 ? round((total * 1000) / runs, 2) : null;
-  return perRun;
-}
-
 /** Each process's RSS (MiB) when the scenario started and at its own peak during it. */
 function rssByProcess(sampler: RssSampler): Record<string, { start: number | null; peak: number | null }> {
   return Object.fromEntries([...sampler.peakByProcessMb].map(([name, peak]) => [name, { start: round(sampler.startByProcessMb.get(name) ?? 0, 1), peak: round(peak, 1) }]));

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { round } from './stats.ts';
 
 /**
  * A process of the stack, by name, as seen in /proc. `tree`: a server that forks a process per
@@ -126,7 +127,7 @@ export class RssSampler {
 
 /** CPU use of each process over a window, in percent of one core. */
 export async function cpuPercentOver(processes: StackProcess[], windowMs: number, onSample?: () => void, sampleMs = 500): Promise<Map<string, number>> {
-  const before = new Map(processes.map((process) => [process.name, cpuSeconds(process.pid)]));
+  const before = cpuSnapshot(processes);
   const started = performance.now();
   while (performance.now() - started < windowMs) {
     await sleep(Math.min(sampleMs, windowMs - (performance.now() - started)));
@@ -134,4 +135,25 @@ export async function cpuPercentOver(processes: StackProcess[], windowMs: number
   }
   const elapsedS = (performance.now() - started) / 1000;
   return new Map(processes.map((process) => [process.name, ((cpuSeconds(process.pid) - before.get(process.name)!) / elapsedS) * 100]));
+}
+
+/** CPU seconds (user + system) each process has used so far, by name. */
+export const cpuSnapshot = (processes: readonly StackProcess[]) => new Map(processes.map((entry) => [entry.name, cpuSeconds(entry.pid)]));
+
+/**
+ * CPU time each process spent per run between two snapshots, in ms, and their sum: what a run
+ * costs the machine, which caps throughput on 2 cores and holds still when other work shares the
+ * machine (latencies do not). Ticks are 10 ms, so a scenario needs a few hundred runs to read it
+ * to 0.1 ms. A server that forks per connection (PostgreSQL) counts its first process only.
+ */
+export function cpuMsPerRun(before: Map<string, number>, processes: readonly StackProcess[], runs: number): Record<string, number | null> {
+  const perRun: Record<string, number | null> = {};
+  let total = 0;
+  for (const entry of processes) {
+    const used = cpuSeconds(entry.pid) - (before.get(entry.name) ?? 0);
+    perRun[entry.name] = runs > 0 ? round((used * 1000) / runs, 2) : null;
+    total += used;
+  }
+  perRun.total = runs > 0 ? round((total * 1000) / runs, 2) : null;
+  return perRun;
 }

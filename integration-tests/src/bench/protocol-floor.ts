@@ -40,7 +40,7 @@ import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jets
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { MongoClient } from 'mongodb';
-import { cpuSeconds } from './proc.ts';
+import { cpuMsPerRun, cpuSnapshot, type StackProcess } from './proc.ts';
 import { summarize, type LatencySummary } from './stats.ts';
 
 /** A run slower than this fails the measurement (WORKLOAD.md's bound on a run). */
@@ -58,7 +58,7 @@ const decode = <T>(data: Uint8Array) => JSON.parse(decoder.decode(data)) as T;
 const names = { inbox: 'FLOOR_INBOX', workStream: 'FLOOR_WORK', events: 'FLOOR_EVENTS', control: 'floor_control', results: 'floor_results', collection: 'floor_transitions', runs: 'floor_runs', locks: 'floor_locks', work: 'floor_work_items' };
 
 /** One scenario of the floor: its runs' latencies (ms), how long it took, and each process's CPU per run (ms). */
-export type FloorScenario = { runs: number; concurrency: number; latency: LatencySummary; wallS: number; cpuMsPerRun: Record<string, number> };
+export type FloorScenario = { runs: number; concurrency: number; latency: LatencySummary; wallS: number; cpuMsPerRun: Record<string, number | null> };
 export type ProtocolFloor = { sequential: FloorScenario; concurrent: FloorScenario };
 /** The workload's steps: what `per_step_overhead_ms` divides by. */
 export const floorSteps = 5;
@@ -162,22 +162,6 @@ async function runRole(role: Role, natsUrl: string, mongoUrl: string, pipelined:
   }
 }
 
-function cpuSnapshot(pids: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSeconds(pid) * 1000]));
-}
-
-function cpuPerRun(before: Record<string, number>, after: Record<string, number>, runs: number): Record<string, number> {
-  const perRun: Record<string, number> = {};
-  let total = 0;
-  for (const name of Object.keys(before)) {
-    const value = (after[name]! - before[name]!) / runs;
-    perRun[name] = Number(value.toFixed(2));
-    total += value;
-  }
-  perRun.total = Number(total.toFixed(2));
-  return perRun;
-}
-
 /**
  * Runs the floor against the servers at `natsUrl` / `mongoUrl` (whose pids, when given, are
  * counted in the CPU per run): `sequentialRuns` one after another, then `concurrentRuns` with
@@ -252,7 +236,11 @@ export async function measureProtocolFloor(options: {
         },
       });
     }
-    const pids = { ...options.serverPids, 'gateway+client': process.pid, ...Object.fromEntries(roles.map((role, index) => [role, children[index]!.pid!])) };
+    const processes: StackProcess[] = [
+      ...Object.entries(options.serverPids ?? {}).map(([name, pid]) => ({ name, pid })),
+      { name: 'gateway+client', pid: process.pid },
+      ...roles.map((role, index) => ({ name: role, pid: children[index]!.pid! })),
+    ];
     let counter = 0;
     /**
      * One run as the gateway makes and follows it: the agent read beside the conversation lock
@@ -299,7 +287,7 @@ export async function measureProtocolFloor(options: {
     };
     /** `count` runs, `inFlight` at a time (closed loop, as the bench's clients). */
     const scenario = async (count: number, inFlight: number): Promise<FloorScenario> => {
-      const before = cpuSnapshot(pids);
+      const before = cpuSnapshot(processes);
       const latencies: number[] = [];
       let started = 0;
       const wallStarted = performance.now();
@@ -312,7 +300,7 @@ export async function measureProtocolFloor(options: {
         }),
       );
       const wallS = (performance.now() - wallStarted) / 1000;
-      return { runs: count, concurrency: inFlight, latency: summarize(latencies), wallS, cpuMsPerRun: cpuPerRun(before, cpuSnapshot(pids), count) };
+      return { runs: count, concurrency: inFlight, latency: summarize(latencies), wallS, cpuMsPerRun: cpuMsPerRun(before, processes, count) };
     };
     await scenario(20, 1); // warm-up
     return { sequential: await scenario(sequentialRuns, 1), concurrent: await scenario(concurrentRuns, concurrency) };
