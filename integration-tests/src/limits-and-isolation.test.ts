@@ -346,7 +346,10 @@ describe('limits and isolation', () => {
     // once; matched by a field FerretDB cannot push down, so each query reads for a while. An
     // update of FerretDB 1.24 as released held one of its 100 pooled SQLite connections for its
     // query while it waited for a second one for its write: 100 of them waited for good, and so
-    // did every command after them (the whole stack stopped under the approvals bench).
+    // did every command after them (the whole stack stopped under the approvals bench). Their
+    // writes then queue for the database's one writer connection (the local build's writer
+    // queue): on a loaded machine that queue runs past 10 s, and must answer every one of them,
+    // not fail the last with "database is locked" (`abide7` did, `docs/decisions.md`).
     const client = new MongoClient(stack.mongoUrl, { minPoolSize: 300, maxPoolSize: 300, maxConnecting: 300 });
     await client.connect();
     const db = client.db(`${stack.db.databaseName}_updates`);

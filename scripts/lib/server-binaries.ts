@@ -238,7 +238,7 @@ export async function ensurePromtoolBinary(log: Log = defaultLog): Promise<strin
  * Returns a MongoDB-compatible server: `mongod` on PATH, else FerretDB 1.24.2 from the repo
  * cache, built with Go on first use. Safe to call from several processes at once.
  */
-const ferretdbBinaryName = 'ferretdb-v1.24.2-abide7';
+const ferretdbBinaryName = 'ferretdb-v1.24.2-abide8';
 
 export async function ensureMongoServerBinary(log: Log = defaultLog): Promise<{ kind: 'mongod' | 'ferretdb'; path: string }> {
   const mongod = findOnPath('mongod');
@@ -450,45 +450,233 @@ async function patchUpdateReadsFirst(sourceCopy: string): Promise<void> {
  * handler sleeps 1, 2, 5, 10, 15 ms… between tries, whenever the first writer finishes. A write
  * takes ~0.3 ms, so two writes at once (the gateway's creation beside the previous run's
  * clean-up, or any two runs at 50 in flight) cost the second a millisecond or more of sleep.
- * The patch queues a database's writers in FerretDB instead (a one-slot channel around
- * `ExecContext` and `InTransaction`, the only writing calls of `fsql.DB`; a waiter gives up
- * when its context ends, or after 10 s, as SQLite's busy handler did), so the next writer starts
- * as the previous one commits. Readers are not queued (WAL: they never wait for the writer).
- * Only `fsql` is patched: the PostgreSQL backend does not use it. No caller writes through the
- * `DB` inside a transaction of the same `DB`, so the queue is never re-entered; the registry's
- * lock is taken before it, never inside; a writer takes its connection after its turn.
+ * The patch queues a database's writers in FerretDB instead, first come first served, around
+ * `ExecContext` and `InTransaction` (the only writing calls of `fsql.DB`), so the next writer
+ * starts as the previous one commits. Readers are not queued (WAL: they never wait for the
+ * writer). Only `fsql` is patched: the PostgreSQL backend does not use it. No caller writes
+ * through the `DB` inside a transaction of the same `DB`, so the queue is never re-entered; the
+ * registry's lock is taken before it, never inside.
+ *
+ * The writer holding the turn writes through a connection the queue reserves on its first write
+ * and keeps (SQLite's one writer connection beside its readers), not through the pool: there,
+ * database/sql hands a freed connection to a random one of its waiters, and under 300 reads at
+ * once on 100 connections the turn's holder waited behind them for seconds while every writer
+ * queued behind it. A pool of one connection (an in-memory database) reserves none. Waiting for
+ * the turn never holds a connection.
+ *
+ * A waiter gives up when its command's context ends, or when no writer of its database has
+ * finished for 10 s (FerretDB's busy_timeout, after which SQLite's busy handler gave up too): a
+ * stuck writer, not a long queue. `abide7` gave up after 10 s in the queue however fast it moved,
+ * and 300 upserts at once, each commit synced, took longer than that on a loaded CI machine
+ * (`limits-and-isolation.test.ts`): slowness became "database is locked" errors.
  */
+const fsqlImportAnchor = '\t"log/slog"\n';
 const fsqlFieldAnchor = '\tBatchSize int\n}\n';
-const fsqlWrapAnchor = '\t\ttoken:            resource.NewToken(),\n';
+const fsqlCloseAnchor = '\tresource.Untrack(db, db.token)\n\treturn db.sqlDB.Close()\n';
 const fsqlExecAnchor = 'func (db *DB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {\n';
+const fsqlExecCallAnchor = '\tres, err := db.sqlDB.ExecContext(ctx, query, args...)\n';
 const fsqlTransactionAnchor = 'func (db *DB) InTransaction(ctx context.Context, f func(*Tx) error) (err error) {\n';
+const fsqlBeginAnchor = '\tif sqlTx, err = db.sqlDB.BeginTx(ctx, nil); err != nil {\n';
+
+const writeQueueSource = `
+// writeQueue admits one writer of a DB at a time, in the order they came, and holds the
+// connection they write through (Abide, scripts/lib/server-binaries.ts). Its zero value is an
+// empty queue without a connection.
+type writeQueue struct {
+	mu       sync.Mutex
+	busy     bool
+	waiters  []chan struct{}
+	finished uint64    // turns ended: tells a waiter a slow queue from a stuck writer
+	conn     *sql.Conn // reserved by the first writer; nil until then, or with a pool of one
+}
+
+// waitForWriteTurn waits until the writers before it have written. It gives up when ctx ends, or
+// when no writer of db has finished for 10 s (FerretDB's busy_timeout, after which SQLite's busy
+// handler gave up too), however long the queue: a moving queue is slow, not locked.
+func (db *DB) waitForWriteTurn(ctx context.Context) error {
+	q := &db.writes
+
+	q.mu.Lock()
+	if !q.busy {
+		q.busy = true
+		q.mu.Unlock()
+
+		return nil
+	}
+
+	turn := make(chan struct{})
+	q.waiters = append(q.waiters, turn)
+	seen := q.finished
+	q.mu.Unlock()
+
+	ticker := time.NewTicker(10 * time.Second)
+	defer ticker.Stop()
+
+	for {
+		var err error
+
+		select {
+		case <-turn:
+			return nil
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-ticker.C:
+			q.mu.Lock()
+			finished := q.finished
+			q.mu.Unlock()
+
+			if finished != seen {
+				seen = finished
+				continue
+			}
+
+			err = fmt.Errorf("database is locked: no writer finished within 10s")
+		}
+
+		if !q.leave(turn) {
+			// Handed the turn as it gave up: the next writer must not wait for a turn nobody uses.
+			db.endWriteTurn()
+		}
+
+		return err
+	}
+}
+
+// leave takes turn out of the queue; false if the turn was handed to it already.
+func (q *writeQueue) leave(turn chan struct{}) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+
+	for i, waiting := range q.waiters {
+		if waiting == turn {
+			q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
+			return true
+		}
+	}
+
+	return false
+}
+
+// endWriteTurn hands the turn to the first waiter of db, if any.
+func (db *DB) endWriteTurn() {
+	q := &db.writes
+
+	q.mu.Lock()
+	defer q.mu.Unlock()
+
+	q.finished++
+
+	if len(q.waiters) == 0 {
+		q.busy = false
+		return
+	}
+
+	next := q.waiters[0]
+	q.waiters[0] = nil
+	q.waiters = q.waiters[1:]
+	close(next)
+}
+
+// writerConn returns the connection the turn's holder writes through, reserved on the first
+// write; nil (write through the pool) when the pool has a single connection, which the reserved
+// one would take from every reader. Called only by the turn's holder.
+func (db *DB) writerConn(ctx context.Context) (*sql.Conn, error) {
+	q := &db.writes
+
+	q.mu.Lock()
+	conn := q.conn
+	q.mu.Unlock()
+
+	if conn != nil || db.sqlDB.Stats().MaxOpenConnections == 1 {
+		return conn, nil
+	}
+
+	conn, err := db.sqlDB.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	q.mu.Lock()
+	q.conn = conn
+	q.mu.Unlock()
+
+	return conn, nil
+}
+
+// dropWriterConn closes the reserved connection if err says it is gone (the next writer reserves
+// another one), or unconditionally when force is set (the DB closes).
+func (db *DB) dropWriterConn(err error, force bool) {
+	if !force && !errors.Is(err, sql.ErrConnDone) && !errors.Is(err, driver.ErrBadConn) {
+		return
+	}
+
+	q := &db.writes
+
+	q.mu.Lock()
+	conn := q.conn
+	q.conn = nil
+	q.mu.Unlock()
+
+	if conn != nil {
+		_ = conn.Close()
+	}
+}
+
+// execAsWriter runs a writing statement on the writer's connection.
+func (db *DB) execAsWriter(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	conn, err := db.writerConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	if conn == nil {
+		return db.sqlDB.ExecContext(ctx, query, args...)
+	}
+
+	res, err := conn.ExecContext(ctx, query, args...)
+	db.dropWriterConn(err, false)
+
+	return res, err
+}
+
+// beginAsWriter begins a transaction on the writer's connection.
+func (db *DB) beginAsWriter(ctx context.Context) (*sql.Tx, error) {
+	conn, err := db.writerConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	if conn == nil {
+		return db.sqlDB.BeginTx(ctx, nil)
+	}
+
+	tx, err := conn.BeginTx(ctx, nil)
+	db.dropWriterConn(err, false)
+
+	return tx, err
+}
+`;
 
 async function patchWriterQueue(sourceCopy: string): Promise<void> {
   const file = join(sourceCopy, 'internal/util/fsql/db.go');
   let source = await readFile(file, 'utf8');
-  for (const anchor of [fsqlFieldAnchor, fsqlWrapAnchor, fsqlExecAnchor, fsqlTransactionAnchor]) {
+  const anchors = [fsqlImportAnchor, fsqlFieldAnchor, fsqlCloseAnchor, fsqlExecAnchor, fsqlExecCallAnchor, fsqlTransactionAnchor, fsqlBeginAnchor];
+  for (const anchor of anchors) {
     if (source.split(anchor).length !== 2) throw new Error(`cannot patch FerretDB's writer queue: expected ${JSON.stringify(anchor)} once in ${file}`);
   }
   const waitForTurn = '\tif err := db.waitForWriteTurn(ctx); err != nil {\n\t\treturn nil, lazyerrors.Error(err)\n\t}\n\tdefer db.endWriteTurn()\n\n';
   source = source
-    .replace(fsqlFieldAnchor, '\tBatchSize int\n\n\t// Abide: one writer at a time, queued here (scripts/lib/server-binaries.ts).\n\twriteTurn chan struct{}\n}\n')
-    .replace(fsqlWrapAnchor, fsqlWrapAnchor + '\t\twriteTurn:        make(chan struct{}, 1),\n')
+    .replace(fsqlImportAnchor, '\t"database/sql/driver"\n\t"errors"\n' + fsqlImportAnchor + '\t"sync"\n')
+    .replace(fsqlFieldAnchor, '\tBatchSize int\n\n\t// Abide: one writer at a time, queued here (scripts/lib/server-binaries.ts).\n\twrites writeQueue\n}\n')
+    .replace(fsqlCloseAnchor, '\tresource.Untrack(db, db.token)\n\tdb.dropWriterConn(nil, true)\n\n\treturn db.sqlDB.Close()\n')
     .replace(fsqlExecAnchor, fsqlExecAnchor + waitForTurn)
+    .replace(fsqlExecCallAnchor, '\tres, err := db.execAsWriter(ctx, query, args...)\n')
     .replace(
       fsqlTransactionAnchor,
       fsqlTransactionAnchor + '\tif err = db.waitForWriteTurn(ctx); err != nil {\n\t\treturn lazyerrors.Error(err)\n\t}\n\tdefer db.endWriteTurn()\n\n',
-    );
-  source +=
-    '\n// waitForWriteTurn waits until no other writer of db is writing (Abide). It gives up when ctx\n' +
-    '// ends, or after the 10 s FerretDB gives SQLite\'s busy handler (busy_timeout), as SQLite did.\n' +
-    'func (db *DB) waitForWriteTurn(ctx context.Context) error {\n' +
-    '\tselect {\n\tcase db.writeTurn <- struct{}{}:\n\t\treturn nil\n\tdefault:\n\t}\n\n' +
-    '\ttimer := time.NewTimer(10 * time.Second)\n\tdefer timer.Stop()\n\n' +
-    '\tselect {\n\tcase db.writeTurn <- struct{}{}:\n\t\treturn nil\n\tcase <-ctx.Done():\n\t\treturn ctx.Err()\n' +
-    '\tcase <-timer.C:\n\t\treturn fmt.Errorf("database is locked: no write turn within 10s")\n\t}\n}\n\n' +
-    '// endWriteTurn lets the next writer of db in (Abide).\n' +
-    'func (db *DB) endWriteTurn() {\n\t<-db.writeTurn\n}\n';
-  await writeFile(file, source);
+    )
+    .replace(fsqlBeginAnchor, '\tif sqlTx, err = db.beginAsWriter(ctx); err != nil {\n');
+  await writeFile(file, source + writeQueueSource);
 }
 
 /** The module cache is read-only; the copy must accept a new file. */
